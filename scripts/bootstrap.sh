@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Installs the Debian packages Parley builds, tests and runs with.
+# Skips what is already installed and says what it installs.
+set -euo pipefail
+
+PACKAGES=(
+  build-essential cmake pkg-config git
+  liblua5.4-dev
+  libwebsockets-dev libwebsockets-evlib-uv libuv1-dev libssl-dev
+  libprotobuf-c-dev protobuf-c-compiler
+  libyaml-dev
+  libcurl4-openssl-dev
+  libsqlite3-dev sqlite3
+  libsodium-dev
+  libicu-dev
+  lua-cjson-dev lua-cjson
+  libcmocka-dev
+  clang libclang-rt-14-dev
+  curl python3 openssl
+)
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+    missing+=("$p")
+  fi
+done
+
+if [ ${#missing[@]} -eq 0 ]; then
+  echo "bootstrap: all ${#PACKAGES[@]} packages already installed"
+  exit 0
+fi
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+
+echo "bootstrap: installing ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+$SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+echo "bootstrap: done"

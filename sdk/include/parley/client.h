@@ -1,0 +1,218 @@
+/* Parley client: one connection to a gateway as a customer, agent or bot.
+ *
+ * A client is an opaque handle created from a versioned options struct. It
+ * runs on a libuv loop: the caller's (options.loop) or its own
+ * (parley_client_run). The client keeps the four promises for the
+ * application: sends are ACKed or reported failed, inbound events are
+ * delivered once each, in seq order, per conversation.
+ *
+ * Thread safety: a client and everything it hands out belong to the thread
+ * running its loop. Call its functions only from that thread (from the
+ * callbacks or from other callbacks of the same loop). Different clients on
+ * different loops are independent.
+ *
+ * Ownership: every pointer passed to a callback is borrowed until the
+ * callback returns; copy what you keep. Every pointer passed to a function
+ * is copied before the function returns.
+ */
+#ifndef PARLEY_CLIENT_H
+#define PARLEY_CLIENT_H
+
+#include <parley/error.h>
+#include <parley/types.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+struct uv_loop_s;
+typedef struct parley_client parley_client;
+
+typedef enum parley_conn_state {
+  PARLEY_CONN_IDLE = 0,        /* created, not started */
+  PARLEY_CONN_CONNECTING = 1,  /* opening the WebSocket */
+  PARLEY_CONN_HANDSHAKE = 2,   /* Hello sent, waiting for Welcome */
+  PARLEY_CONN_READY = 3,       /* Welcome received: sending and receiving */
+  PARLEY_CONN_BACKOFF = 4,     /* lost; waiting before reconnecting */
+  PARLEY_CONN_CLOSING = 5,     /* parley_client_stop: flushing */
+  PARLEY_CONN_CLOSED = 6,      /* stopped; no more callbacks but this one */
+} parley_conn_state;
+
+/* The outcome of one send (message or action). */
+typedef struct parley_send_result {
+  const char *conversation;
+  uint8_t msg_id[PARLEY_MSG_ID_LEN];
+  int status;             /* 0 stored; PARLEY_E* when it failed for good */
+  uint64_t seq;           /* seq assigned by the gateway (original one if duplicate) */
+  int64_t server_time_ms;
+  bool duplicate;         /* the gateway already had it */
+  uint32_t attempts;      /* how many times it was written */
+  const char *message;    /* detail for a failure, may be NULL */
+} parley_send_result;
+
+typedef struct parley_commit_result {
+  const char *conversation;
+  uint64_t ack_seq;
+  int status;             /* 0 applied; PARLEY_ESTALE_EPOCH, ... */
+  bool duplicate;         /* already applied before */
+  uint64_t state_version;
+} parley_commit_result;
+
+typedef struct parley_queue_item {
+  const char *conversation;
+  const char *queue;
+  const char *customer;
+  const char *note;
+  int64_t since_ms;
+  uint64_t last_seq;
+  const char *locale;
+} parley_queue_item;
+
+typedef struct parley_callbacks {
+  /* An inbound event, in seq order, once. For customers and agents the
+   * event is acknowledged when this returns (unless manual_ack); for bots
+   * only parley_client_commit acknowledges. */
+  void (*on_event)(parley_client *c, const parley_event *ev, void *ud);
+  /* A send completed or failed for good. send_ud is the pointer given to
+   * parley_client_send. */
+  void (*on_send_result)(parley_client *c, const parley_send_result *r,
+                         void *send_ud, void *ud);
+  /* Bots: a commit was applied or refused. */
+  void (*on_commit_result)(parley_client *c, const parley_commit_result *r,
+                           void *ud);
+  /* Bots: a conversation was assigned to this connection. */
+  void (*on_assign)(parley_client *c, const parley_assignment *a, void *ud);
+  /* Bots: a conversation left this connection. */
+  void (*on_revoke)(parley_client *c, const char *conversation, uint64_t epoch,
+                    const char *reason, void *ud);
+  /* Agents: a queue listing (update == false) or a change (update == true). */
+  void (*on_queue)(parley_client *c, const parley_queue_item *items, size_t n,
+                   bool update, bool removed, void *ud);
+  /* The connection changed state. status says why it was lost, or 0. */
+  void (*on_state)(parley_client *c, parley_conn_state state, int status,
+                   void *ud);
+  /* The gateway reported an error not tied to a send or commit. */
+  void (*on_error)(parley_client *c, int status, const char *message,
+                   void *ud);
+} parley_callbacks;
+
+/* Tuning of the protocol engine. Zero means the default in brackets. */
+typedef struct parley_tuning {
+  uint32_t ack_timeout_ms;       /* [2000] resend an unacknowledged send after this */
+  uint32_t retry_max_ms;         /* [30000] cap of the exponential backoff */
+  uint32_t max_attempts;         /* [10] then the send fails with PARLEY_EATTEMPTS */
+  uint32_t send_deadline_ms;     /* [120000] then the send fails with PARLEY_ETIMEOUT */
+  uint32_t outbox_max;           /* [10000] pending sends; then PARLEY_EBACKPRESSURE */
+  uint32_t ack_batch_n;          /* [32] flush cumulative ACKs after this many events */
+  uint32_t ack_batch_ms;         /* [50] ... or after this long */
+  uint32_t heartbeat_ms;         /* [10000] ping interval; peer dead after two */
+  uint32_t reorder_max;          /* [256] early events held per conversation */
+  uint32_t reorder_max_bytes;    /* [8 MiB] early event bytes held in all */
+  uint32_t gap_timeout_ms;       /* [200] then fetch the missing range */
+  uint32_t fetch_page;           /* [200] events per fetch page */
+  uint32_t reconnect_min_ms;     /* [100] first reconnect backoff */
+  uint32_t reconnect_max_ms;     /* [30000] cap of the reconnect backoff */
+  uint32_t max_frame_bytes;      /* [1 MiB] larger inbound frames are refused */
+  uint64_t seed;                 /* [from the clock] jitter; fixed in tests */
+} parley_tuning;
+
+#define PARLEY_CLIENT_OPTIONS_VERSION 1
+
+typedef struct parley_client_options {
+  uint32_t struct_version;   /* PARLEY_CLIENT_OPTIONS_VERSION */
+  const char *url;           /* ws://host:port/path or wss://... */
+  const char *principal;
+  const char *token;         /* sent in the Authorization header */
+  parley_role role;
+  const char *device;        /* stable per installation; default: principal */
+  const char *locale;        /* customers: locale of conversations they open */
+  const char *const *queues; /* agents: queues to watch */
+  size_t n_queues;
+  struct uv_loop_s *loop;    /* NULL: the client owns a loop, see parley_client_run */
+  bool manual_ack;           /* customers/agents: acknowledge with parley_client_ack */
+  bool tls_insecure;         /* development only: accept any certificate */
+  const char *ca_file;       /* extra CA bundle for wss:// */
+  parley_tuning tuning;
+  parley_callbacks cb;
+  void *user_data;           /* passed to every callback */
+} parley_client_options;
+
+#define PARLEY_CLIENT_OPTIONS_INIT \
+  { .struct_version = PARLEY_CLIENT_OPTIONS_VERSION }
+
+/* Library version, "MAJOR.MINOR.PATCH". */
+const char *parley_version(void);
+
+/* Creates a client. It does not connect until parley_client_start. */
+int parley_client_new(const parley_client_options *opts, parley_client **out);
+
+/* Connects, and keeps reconnecting with backoff until stopped. */
+int parley_client_start(parley_client *c);
+
+/* Runs the client's own loop until the client is closed. Only for clients
+ * created with loop == NULL. */
+int parley_client_run(parley_client *c);
+
+/* Stops: flushes pending ACKs, waits up to drain_ms for pending sends and
+ * commits, then closes the connection. on_state(CLOSED) follows. */
+int parley_client_stop(parley_client *c, uint32_t drain_ms);
+
+/* Frees a client. Safe on a client that is not closed: it is closed first,
+ * without draining. NULL is a no-op. */
+void parley_client_free(parley_client *c);
+
+/* Sends a message. msg_id may be NULL (a random id is drawn) or a derived
+ * id (parley_msg_id_derive). epoch is the assignment epoch for bots, 0
+ * otherwise. The result arrives through on_send_result with send_ud. */
+int parley_client_send(parley_client *c, const char *conversation,
+                       const parley_content *content, const parley_quote *quote,
+                       const uint8_t *msg_id, uint64_t epoch, void *send_ud);
+
+/* Sends a conversation action (tag, handoff, take, ...). Same rules as
+ * parley_client_send. */
+int parley_client_action(parley_client *c, const char *conversation,
+                         const parley_action *action, const uint8_t *msg_id,
+                         uint64_t epoch, void *send_ud);
+
+/* manual_ack: everything up to seq in the conversation is applied. */
+int parley_client_ack(parley_client *c, const char *conversation, uint64_t seq);
+
+/* Bots: commits handled events with state and tag changes. Several
+ * conversations may be given at once; they share one frame. */
+int parley_client_commit(parley_client *c, const parley_commit *commits,
+                         size_t n);
+
+/* Agents: asks for the listing of a queue (NULL: all watched queues). */
+int parley_client_queue(parley_client *c, const char *queue);
+
+parley_conn_state parley_client_state(const parley_client *c);
+struct uv_loop_s *parley_client_loop(parley_client *c);
+
+/* Counters for metrics; every field is monotonic unless noted. */
+typedef struct parley_client_stats {
+  uint64_t events_in, events_out, sends, retries, send_failures;
+  uint64_t duplicates_dropped, gaps_fetched, reconnects, commits;
+  uint64_t outbox_size;          /* gauge */
+  uint64_t reorder_events;       /* gauge */
+  uint64_t reorder_bytes;        /* gauge */
+  uint64_t buffered_bytes;       /* gauge: all bytes the engine holds */
+} parley_client_stats;
+void parley_client_stats_get(const parley_client *c, parley_client_stats *out);
+
+/* A reply's client message id derived from (principal, conversation,
+ * inbound seq, reply ordinal) with BLAKE2b: a handler that runs again
+ * sends the same ids, and the gateway drops them as duplicates. */
+void parley_msg_id_derive(const char *principal, const char *conversation,
+                          uint64_t inbound_seq, uint32_t ordinal,
+                          uint8_t out[PARLEY_MSG_ID_LEN]);
+
+/* A random client message id. */
+void parley_msg_id_random(uint8_t out[PARLEY_MSG_ID_LEN]);
+
+/* Hex rendering of a message id: 32 characters and a NUL. */
+void parley_msg_id_hex(const uint8_t id[PARLEY_MSG_ID_LEN], char out[33]);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* PARLEY_CLIENT_H */

@@ -1,0 +1,44 @@
+/* Frame encoding and decoding, shared by the client engine and the gateway.
+ *
+ * Limits are checked before decoding: a frame larger than max_bytes is
+ * refused without being parsed. Decoded frames are validated for the rules
+ * protobuf cannot express (16-byte message ids, conversation id syntax,
+ * non-zero seqs where required) so that the state machines above never see
+ * a structurally invalid frame.
+ */
+#ifndef PARLEY_CORE_WIRE_H
+#define PARLEY_CORE_WIRE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "parley.pb-c.h"
+
+typedef Parley__V1__Frame pw_frame;
+
+#define PW_DEFAULT_MAX_FRAME (1024u * 1024u)
+
+/* Decodes one frame. On success *out must be freed with pw_frame_free.
+ * Errors: PARLEY_ETOOBIG (before parsing), PARLEY_EMALFORMED (does not
+ * decode, or no body), PARLEY_EINVAL (decodes but a field is invalid; *why
+ * says which). */
+int pw_decode(const uint8_t *data, size_t len, size_t max_bytes,
+              pw_frame **out, const char **why);
+void pw_frame_free(pw_frame *f);
+
+/* Encodes a frame into a new malloc'd buffer with `headroom` spare bytes in
+ * front (libwebsockets wants LWS_PRE). *out points at the start of the
+ * allocation; the frame starts at *out + headroom. */
+int pw_encode(const pw_frame *f, size_t headroom, uint8_t **out, size_t *len);
+
+/* Conversation ids: 1..128 bytes of [A-Za-z0-9._:@-]. */
+int pw_valid_conversation(const char *id);
+
+/* Maps between wire error codes and PARLEY_E* statuses. */
+int pw_status_from_code(Parley__V1__ErrorCode code);
+Parley__V1__ErrorCode pw_code_from_status(int status);
+
+/* WebSocket close code for a fatal error (4000 + wire code). */
+int pw_close_code(Parley__V1__ErrorCode code);
+
+#endif
