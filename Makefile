@@ -1,34 +1,45 @@
 # The two commands of the README:
 #   make run    bootstrap, build, run the FAQ bot against the embedded gateway
 #   make test   bootstrap, build (normal and sanitizer builds), run every test
-# CTEST_ARGS passes options to ctest, e.g. make test CTEST_ARGS="-L chaos".
+# Build output goes to stderr so that `echo hi | make -s run` prints only the
+# conversation on stdout.
+# Tests labelled "long" (full-size fault and soak runs) are left out unless
+# asked for: make test LABELS=long runs only them, at full size.
 
 JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 BOT ?= bots/faq
-CTEST_ARGS ?=
+RUN_ARGS ?=
+LABELS ?=
+
+ifeq ($(LABELS),)
+CTEST_SEL := -LE long
+ASAN_SEL := -LE 'long|nosan'
+else
+CTEST_SEL := -L $(LABELS)
+ASAN_SEL := -L $(LABELS) -LE nosan
+endif
 
 .PHONY: run test bootstrap build build-asan clean
 
 run: bootstrap build
-	./build/cli/parley run $(BOT)
+	@./build/cli/parley run $(BOT) $(RUN_ARGS)
 
 test: bootstrap build build-asan
-	cd build && ctest --output-on-failure -j$(JOBS) $(CTEST_ARGS)
-	cd build-asan && ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
-	  ctest --output-on-failure -j$(JOBS) -LE nosan $(CTEST_ARGS)
+	cd build && ctest --output-on-failure --timeout 300 -j$(JOBS) $(CTEST_SEL)
+	cd build-asan && ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
+	  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+	  ctest --output-on-failure --timeout 600 -j$(JOBS) $(ASAN_SEL)
 
 bootstrap:
-	@./scripts/bootstrap.sh
+	@./scripts/bootstrap.sh >&2
 
 build:
-	@cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
-	@cmake --build build -j$(JOBS) 2>&1 | grep -vE '^\[ *[0-9]+%\]' || true
-	@test -x build/cli/parley
+	@cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo >&2
+	@cmake --build build -j$(JOBS) >&2
 
 build-asan:
-	@cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DPARLEY_SANITIZE=ON >/dev/null
-	@cmake --build build-asan -j$(JOBS) 2>&1 | grep -vE '^\[ *[0-9]+%\]' || true
-	@test -x build-asan/cli/parley
+	@cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DPARLEY_SANITIZE=ON >&2
+	@cmake --build build-asan -j$(JOBS) >&2
 
 clean:
 	rm -rf build build-asan

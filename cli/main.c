@@ -1,27 +1,60 @@
 /* parley: one binary, subcommands. */
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
+#include <libwebsockets.h>
+
 #include <parley/client.h>
+
+#include "cli.h"
+#include "gateway.h"
+#include "runtime.h"
 
 static int usage(FILE *out) {
   fprintf(out,
           "usage: parley <command> [options]\n"
           "\n"
           "commands:\n"
-          "  gateway    run the reference gateway\n"
-          "  run        run a bot (against the embedded gateway by default)\n"
-          "  version    print the version\n");
+          "  run <botdir>       run a bot (against the embedded gateway by default)\n"
+          "  gateway            run the reference gateway\n"
+          "  lint <botdir>      load and check a bot without connecting\n"
+          "  version            print the version\n"
+          "\n"
+          "`parley <command> --help` describes a command's options.\n");
   return out == stderr ? 2 : 0;
+}
+
+int cli_lint(int argc, char **argv) {
+  if (argc < 2 || !strcmp(argv[1], "--help")) {
+    fprintf(stderr, "usage: parley lint <botdir>\n");
+    return 2;
+  }
+  char err[4096];
+  if (plr_load_check(argv[1], err, sizeof err) != 0) {
+    fprintf(stderr, "%s\n", err);
+    return 1;
+  }
+  printf("%s: ok\n", argv[1]);
+  return 0;
 }
 
 int main(int argc, char **argv) {
   if (argc < 2) return usage(stderr);
-  if (!strcmp(argv[1], "version") || !strcmp(argv[1], "--version")) {
-    printf("parley %s\n", parley_version());
+  /* libwebsockets logs notices to stderr by default; the CLI reports what
+   * matters itself, so only lws errors and warnings get through, unless
+   * PARLEY_LWS_LOG gives lws's own level mask. */
+  const char *lws_level = getenv("PARLEY_LWS_LOG");
+  lws_set_log_level(lws_level ? atoi(lws_level) : (LLL_ERR | LLL_WARN), NULL);
+  const char *cmd = argv[1];
+  if (!strcmp(cmd, "version") || !strcmp(cmd, "--version")) {
+    printf("parley %s (protocol v%d)\n", parley_version(), PARLEY_PROTOCOL_VERSION);
     return 0;
   }
-  if (!strcmp(argv[1], "help") || !strcmp(argv[1], "--help")) return usage(stdout);
-  fprintf(stderr, "parley: unknown command '%s'\n", argv[1]);
+  if (!strcmp(cmd, "help") || !strcmp(cmd, "--help") || !strcmp(cmd, "-h")) return usage(stdout);
+  if (!strcmp(cmd, "run")) return cli_run(argc - 1, argv + 1);
+  if (!strcmp(cmd, "gateway")) return pg_gateway_main(argc - 1, argv + 1);
+  if (!strcmp(cmd, "lint")) return cli_lint(argc - 1, argv + 1);
+  fprintf(stderr, "parley: unknown command '%s'\n", cmd);
   return usage(stderr);
 }

@@ -12,6 +12,7 @@ PACKAGES=(
   libcurl4-openssl-dev
   libsqlite3-dev sqlite3
   libsodium-dev
+  libjansson-dev
   libicu-dev
   lua-cjson-dev lua-cjson
   libcmocka-dev

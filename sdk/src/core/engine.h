@@ -52,6 +52,11 @@ typedef struct pe_config {
   size_t n_queues;
   bool manual_ack;          /* bots always behave as manual_ack (commit only) */
   parley_tuning tuning;     /* zero fields take the defaults */
+  /* Additions (zero keeps the default): */
+  size_t outbox_max_bytes;  /* [64 MiB] bytes of pending sends and commits */
+  size_t out_headroom;      /* spare bytes before every output frame, e.g.
+                             * LWS_PRE: the caller may write into
+                             * data[-out_headroom .. -1] of a taken frame */
 } pe_config;
 
 pe_engine *pe_engine_new(const pe_config *cfg, const pe_hooks *hooks);

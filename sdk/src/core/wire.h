@@ -20,8 +20,9 @@ typedef Parley__V1__Frame pw_frame;
 
 /* Decodes one frame. On success *out must be freed with pw_frame_free.
  * Errors: PARLEY_ETOOBIG (before parsing), PARLEY_EMALFORMED (does not
- * decode, or no body), PARLEY_EINVAL (decodes but a field is invalid; *why
- * says which). */
+ * decode), PARLEY_EUNSUPPORTED (no body: empty input, or only a frame type
+ * from a later protocol version), PARLEY_EINVAL (decodes but a field is
+ * invalid; *why says which). */
 int pw_decode(const uint8_t *data, size_t len, size_t max_bytes,
               pw_frame **out, const char **why);
 void pw_frame_free(pw_frame *f);

@@ -1,0 +1,76 @@
+-- Handoff bot. The conversation's state remembers how many questions went
+-- unanswered and whether it was handed off; the "no_agent" timer lives in
+-- the state too, so it survives restarts and moves between replicas.
+local bot = parley.bot()
+local cfg = parley.config.settings
+
+local answer_keys = {}
+for key in pairs(cfg.answers) do answer_keys[#answer_keys + 1] = key end
+table.sort(answer_keys)
+
+local function find_any(text, patterns)
+  for _, p in ipairs(patterns) do
+    if text:find(p) then return true end
+  end
+  return false
+end
+
+local function hand_off(ctx, why, last)
+  local st = ctx.state
+  st.handed_off = true
+  st.unanswered = 0
+  ctx:tag("handoff:" .. why)
+  ctx:reply(ctx:t("handing_off", { minutes = math.ceil(cfg.agent_wait / 60) }))
+  ctx:after(cfg.agent_wait, "no_agent", { queue = cfg.queue })
+  ctx:handoff(cfg.queue, ctx:t("note", { reason = ctx:t("reason." .. why), text = last }))
+end
+
+bot:on_open(function(ctx)
+  ctx:reply(ctx:t("greeting"))
+end)
+
+bot:on_message(function(ctx, msg)
+  local st = ctx.state
+  local text = msg.text:lower()
+  if find_any(text, cfg.human) then
+    hand_off(ctx, "asked", msg.text)
+    return
+  end
+  for _, key in ipairs(answer_keys) do
+    if find_any(text, cfg.answers[key]) then
+      st.unanswered = 0
+      ctx:reply(ctx:t("answer." .. key))
+      return
+    end
+  end
+  st.unanswered = (st.unanswered or 0) + 1
+  if st.unanswered >= cfg.max_unanswered then
+    hand_off(ctx, "unanswered", msg.text)
+  else
+    ctx:reply(ctx:t("not_sure"))
+  end
+end)
+
+-- An agent took the conversation: the customer does not need the warning.
+bot:on_event("assigned", function(ctx, ev)
+  if ev.assignee and ev.assignee ~= parley.name and ev.assignee ~= "" then
+    ctx:cancel("no_agent")
+    ctx.state.agent = ev.assignee
+  end
+end)
+
+-- Back with the bot. When no agent ever took it, the timer (due by now)
+-- tells the customer; an agent handing it back is thanked for instead.
+bot:on_event("handed_back", function(ctx)
+  ctx.state.handed_off = false
+  if ctx.state.agent then
+    ctx.state.agent = nil
+    ctx:reply(ctx:t("back"))
+  end
+end)
+
+bot:on_timer("no_agent", function(ctx)
+  ctx:reply(ctx:t("no_agent", { minutes = math.ceil(cfg.agent_wait / 60) }))
+end)
+
+return bot

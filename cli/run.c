@@ -1,0 +1,356 @@
+/* `parley run <botdir>`: runs a bot.
+ *
+ * With --url the bot connects to that gateway and runs until SIGTERM or
+ * SIGINT (graceful: handlers finish and commit within the drain time) and
+ * reloads on SIGHUP.
+ *
+ * Without --url it runs against the embedded gateway: a gateway in this
+ * process on the same libuv loop, with a fresh data directory, and a
+ * customer console on stdin/stdout. Piped input ends the run once every
+ * line was acknowledged and the bot has answered and committed all of it.
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <uv.h>
+
+#include <parley/client.h>
+
+#include "cli.h"
+#include "config/config.h"
+#include "console.h"
+#include "gateway.h"
+#include "runtime.h"
+
+#define SETTLE_CHECK_MS 50
+#define SETTLE_ROUNDS 3
+#define DEFAULT_DRAIN_MS 10000
+
+typedef struct run_ctx {
+  uv_loop_t *loop;
+  pg_gateway *gw;
+  pg_config *gw_cfg;
+  plr_runtime *rt;
+  console *con;
+  uv_signal_t sig_term, sig_int, sig_hup;
+  uv_timer_t settle;
+  bool settle_started;
+  int settled_rounds;
+  uint64_t settle_deadline;
+  uint32_t wait_ms;
+  int exit_code;
+  bool stopping;
+  int pending_stops;
+  char data_dir[256];
+  bool own_data_dir;
+} run_ctx;
+
+static void random_token(char out[33]) {
+  uint8_t id[PARLEY_MSG_ID_LEN];
+  parley_msg_id_random(id);
+  parley_msg_id_hex(id, out);
+}
+
+/* The bot's principal is bot.yaml's `name`, else the folder's name. */
+static void bot_name(const char *dir, char *out, size_t size) {
+  char path[1024];
+  snprintf(path, sizeof path, "%s/bot.yaml", dir);
+  pc_doc *doc = NULL;
+  pc_error err;
+  const char *name = NULL;
+  if (pc_load_file(path, &doc, &err) == 0) {
+    pc_get_str(pc_root(doc), "name", NULL, &name, &err);
+  }
+  if (name && name[0]) {
+    snprintf(out, size, "%s", name);
+  } else {
+    const char *base = strrchr(dir, '/');
+    base = base && base[1] ? base + 1 : dir;
+    snprintf(out, size, "%s", base);
+    size_t n = strlen(out);
+    while (n && out[n - 1] == '/') out[--n] = 0;
+    if (!out[0]) snprintf(out, size, "bot");
+  }
+  pc_doc_free(doc);
+}
+
+static void rm_tree(const char *dir) {
+  /* Only the files the gateway creates live there; a shell-free removal. */
+  static const char *names[] = {"parley.db", "parley.db-wal", "parley.db-shm", NULL};
+  char path[512];
+  for (int i = 0; names[i]; i++) {
+    snprintf(path, sizeof path, "%s/%s", dir, names[i]);
+    unlink(path);
+  }
+  rmdir(dir);
+}
+
+static void stop_done(void *ud) {
+  run_ctx *r = ud;
+  if (r->pending_stops > 0) r->pending_stops--;
+}
+
+static void on_handle_closed(uv_handle_t *h) { (void)h; }
+
+static void begin_stop(run_ctx *r, int code) {
+  if (r->stopping) return;
+  r->stopping = true;
+  r->exit_code = code;
+  if (r->settle_started) {
+    uv_timer_stop(&r->settle);
+    uv_close((uv_handle_t *)&r->settle, on_handle_closed);
+    r->settle_started = false;
+  }
+  uv_signal_stop(&r->sig_term);
+  uv_signal_stop(&r->sig_int);
+  uv_signal_stop(&r->sig_hup);
+  uv_close((uv_handle_t *)&r->sig_term, on_handle_closed);
+  uv_close((uv_handle_t *)&r->sig_int, on_handle_closed);
+  uv_close((uv_handle_t *)&r->sig_hup, on_handle_closed);
+  if (r->con) console_stop(r->con);
+  if (r->rt) {
+    r->pending_stops++;
+    plr_runtime_stop(r->rt, DEFAULT_DRAIN_MS, stop_done, r);
+  }
+}
+
+/* After the gateway's clients are gone, the gateway itself stops. */
+static void stop_gateway_when_clients_done(uv_timer_t *t) {
+  run_ctx *r = t->data;
+  if (r->pending_stops > 0) return;
+  uv_timer_stop(t);
+  uv_close((uv_handle_t *)t, on_handle_closed);
+  if (r->gw) pg_gateway_stop(r->gw, NULL, NULL);
+}
+
+static void on_signal(uv_signal_t *s, int signum) {
+  run_ctx *r = s->data;
+  if (signum == SIGHUP) {
+    char err[1024];
+    if (r->rt && plr_runtime_reload(r->rt, err, sizeof err) != 0)
+      fprintf(stderr, "parley: reload failed, the running bot goes on: %s\n", err);
+    else
+      fprintf(stderr, "parley: bot reloaded\n");
+    return;
+  }
+  begin_stop(r, 0);
+}
+
+/* Piped input: wait until the bot has handled and committed everything up
+ * to the last acknowledged customer message, and this console has seen
+ * every event the bot committed (its replies included), a few checks in a
+ * row so that replies still on the wire are not cut off. */
+static void on_settle_tick(uv_timer_t *t) {
+  run_ctx *r = t->data;
+  const char *conv = console_conversation(r->con);
+  uint64_t sent = console_last_sent_seq(r->con);
+  uint64_t seen = console_last_seen_seq(r->con);
+  uint64_t committed = plr_runtime_committed(r->rt, conv);
+  bool ok = !plr_runtime_busy(r->rt) && committed >= sent && seen >= committed;
+  if (sent == 0) ok = true; /* nothing was sent */
+  r->settled_rounds = ok ? r->settled_rounds + 1 : 0;
+  if (r->settled_rounds >= SETTLE_ROUNDS) {
+    begin_stop(r, console_failures(r->con) ? 1 : 0);
+    return;
+  }
+  if (uv_now(r->loop) > r->settle_deadline) {
+    fprintf(stderr,
+            "parley: gave up waiting for the bot after %u ms (sent #%llu, committed #%llu, "
+            "seen #%llu)\n",
+            r->wait_ms, (unsigned long long)sent, (unsigned long long)committed,
+            (unsigned long long)seen);
+    begin_stop(r, 1);
+  }
+}
+
+static void on_input_done(void *ud) {
+  run_ctx *r = ud;
+  if (r->stopping || r->settle_started) return;
+  uv_timer_init(r->loop, &r->settle);
+  r->settle.data = r;
+  r->settle_started = true;
+  r->settle_deadline = uv_now(r->loop) + r->wait_ms;
+  uv_timer_start(&r->settle, on_settle_tick, SETTLE_CHECK_MS, SETTLE_CHECK_MS);
+}
+
+static int usage(void) {
+  fprintf(stderr,
+          "usage: parley run <botdir> [options]\n"
+          "  --url URL          gateway to connect to (default: the embedded gateway)\n"
+          "  --token TOKEN      the bot's token (or env PARLEY_TOKEN)\n"
+          "  --principal NAME   the bot's principal (default: bot.yaml name)\n"
+          "  --locale TAG       console: the customer's locale (default en)\n"
+          "  --data-dir DIR     embedded gateway: keep its log here (default: temporary)\n"
+          "  --wait MS          piped console: how long to wait for the bot (default 30000)\n"
+          "  --log-format F     text, json or logfmt\n"
+          "  --insecure         development only: accept any TLS certificate\n");
+  return 2;
+}
+
+int cli_run(int argc, char **argv) {
+  static const struct option opts[] = {
+      {"url", required_argument, 0, 'u'},       {"token", required_argument, 0, 't'},
+      {"principal", required_argument, 0, 'p'}, {"locale", required_argument, 0, 'l'},
+      {"data-dir", required_argument, 0, 'd'},  {"wait", required_argument, 0, 'w'},
+      {"log-format", required_argument, 0, 'f'}, {"insecure", no_argument, 0, 'k'},
+      {"help", no_argument, 0, 'h'},            {0, 0, 0, 0}};
+  const char *url = NULL, *token = getenv("PARLEY_TOKEN"), *principal = NULL;
+  const char *locale = "en", *data_dir = NULL;
+  int log_format = 0;
+  bool insecure = false;
+  run_ctx r = {.wait_ms = 30000};
+  optind = 1;
+  int ch;
+  while ((ch = getopt_long(argc, argv, "u:t:p:l:d:w:f:kh", opts, NULL)) != -1) {
+    switch (ch) {
+    case 'u': url = optarg; break;
+    case 't': token = optarg; break;
+    case 'p': principal = optarg; break;
+    case 'l': locale = optarg; break;
+    case 'd': data_dir = optarg; break;
+    case 'w': r.wait_ms = (uint32_t)strtoul(optarg, NULL, 10); break;
+    case 'f':
+      log_format = !strcmp(optarg, "json") ? 1 : !strcmp(optarg, "logfmt") ? 2 : 0;
+      break;
+    case 'k': insecure = true; break;
+    default: return usage();
+    }
+  }
+  if (optind >= argc) return usage();
+  const char *bot_dir = argv[optind];
+
+  char name[128];
+  bot_name(bot_dir, name, sizeof name);
+  if (!principal) principal = name;
+
+  char err[2048];
+  if (plr_load_check(bot_dir, err, sizeof err) != 0) {
+    fprintf(stderr, "parley: cannot load bot %s:\n%s\n", bot_dir, err);
+    return 1;
+  }
+
+  r.loop = uv_default_loop();
+  char bot_token[33], customer_token[33], gw_url[128];
+
+  if (!url) {
+    /* Embedded gateway: generated config, tokens only this process knows. */
+    random_token(bot_token);
+    random_token(customer_token);
+    token = bot_token;
+    if (data_dir) {
+      snprintf(r.data_dir, sizeof r.data_dir, "%s", data_dir);
+    } else {
+      const char *tmp = getenv("TMPDIR");
+      snprintf(r.data_dir, sizeof r.data_dir, "%s/parley-run-XXXXXX", tmp && *tmp ? tmp : "/tmp");
+      if (!mkdtemp(r.data_dir)) {
+        fprintf(stderr, "parley: cannot create a data directory: %s\n", strerror(errno));
+        return 1;
+      }
+      r.own_data_dir = true;
+    }
+    char yaml[2048];
+    snprintf(yaml, sizeof yaml,
+             "listen: 127.0.0.1\n"
+             "port: 0\n"
+             "data_dir: \"%s\"\n"
+             "durability: normal\n"
+             "bot: %s\n"
+             "principals:\n"
+             "  - name: %s\n"
+             "    role: bot\n"
+             "    token: \"%s\"\n"
+             "  - name: customer\n"
+             "    role: customer\n"
+             "    token: \"%s\"\n",
+             r.data_dir, principal, principal, bot_token, customer_token);
+    if (pg_config_from_string("embedded", yaml, &r.gw_cfg, err, sizeof err) != 0) {
+      fprintf(stderr, "parley: embedded gateway config: %s\n", err);
+      return 1;
+    }
+    int rc = pg_gateway_new(r.loop, r.gw_cfg, &r.gw);
+    if (rc != 0) {
+      fprintf(stderr, "parley: cannot start the embedded gateway: %s\n", parley_strerror(rc));
+      pg_config_free(r.gw_cfg);
+      return 1;
+    }
+    snprintf(gw_url, sizeof gw_url, "ws://127.0.0.1:%d/", pg_gateway_port(r.gw));
+    url = gw_url;
+  } else if (!token) {
+    fprintf(stderr, "parley: --token (or PARLEY_TOKEN) is required with --url\n");
+    return 2;
+  }
+
+  plr_options ro = {0};
+  ro.loop = r.loop;
+  ro.bot_dir = bot_dir;
+  ro.url = url;
+  ro.principal = principal;
+  ro.token = token;
+  ro.tls_insecure = insecure;
+  ro.log_format = log_format;
+  ro.log_out = stderr;
+  ro.log_level = r.gw ? 2 : 1; /* embedded: warnings only, the console is the show */
+  int rc = plr_runtime_new(&ro, &r.rt, err, sizeof err);
+  if (rc != 0) {
+    fprintf(stderr, "parley: %s\n", err);
+    goto out;
+  }
+  if ((rc = plr_runtime_start(r.rt)) != 0) {
+    fprintf(stderr, "parley: cannot start the bot: %s\n", parley_strerror(rc));
+    goto out;
+  }
+
+  if (r.gw) {
+    console_options co = {0};
+    co.loop = r.loop;
+    co.url = url;
+    co.principal = "customer";
+    co.token = customer_token;
+    co.locale = locale;
+    co.interactive = isatty(STDIN_FILENO) && isatty(STDOUT_FILENO);
+    co.color = co.interactive && getenv("NO_COLOR") == NULL;
+    co.out = stdout;
+    co.on_input_done = on_input_done;
+    co.ud = &r;
+    if ((rc = console_new(&co, &r.con)) != 0 || (rc = console_start(r.con)) != 0) {
+      fprintf(stderr, "parley: cannot start the console: %s\n", parley_strerror(rc));
+      goto out;
+    }
+  }
+
+  uv_signal_init(r.loop, &r.sig_term);
+  uv_signal_init(r.loop, &r.sig_int);
+  uv_signal_init(r.loop, &r.sig_hup);
+  r.sig_term.data = r.sig_int.data = r.sig_hup.data = &r;
+  uv_signal_start(&r.sig_term, on_signal, SIGTERM);
+  uv_signal_start(&r.sig_int, on_signal, SIGINT);
+  uv_signal_start(&r.sig_hup, on_signal, SIGHUP);
+
+  uv_timer_t gw_stopper;
+  if (r.gw) {
+    uv_timer_init(r.loop, &gw_stopper);
+    gw_stopper.data = &r;
+  }
+  bool gw_stopper_started = false;
+  while (uv_run(r.loop, UV_RUN_ONCE)) {
+    if (r.stopping && r.gw && !gw_stopper_started) {
+      gw_stopper_started = true;
+      uv_timer_start(&gw_stopper, stop_gateway_when_clients_done, 20, 20);
+    }
+  }
+  rc = r.exit_code;
+
+out:
+  if (r.con) console_free(r.con);
+  if (r.rt) plr_runtime_free(r.rt);
+  if (r.gw) pg_gateway_free(r.gw);
+  if (r.gw_cfg) pg_config_free(r.gw_cfg);
+  uv_loop_close(r.loop);
+  if (r.own_data_dir) rm_tree(r.data_dir);
+  return rc ? 1 : 0;
+}

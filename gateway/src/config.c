@@ -1,0 +1,432 @@
+/* Gateway configuration: YAML through the shared pc_* reader, validated
+ * into a pg_config, and principal authentication. */
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <sodium.h>
+
+#include <parley/error.h>
+
+#include "config/config.h"
+#include "gw.h"
+
+/* Records a validation error against a node so the message names file,
+ * line and key like every other configuration error. */
+static int node_fail(pc_error *err, const pc_node *n, const char *fallback_key,
+                     const char *fmt, ...) {
+  /* err->file already names the document (set before validation). */
+  err->line = pc_node_line(n);
+  snprintf(err->key, sizeof err->key, "%s",
+           n && pc_node_path(n)[0] ? pc_node_path(n) : fallback_key);
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(err->message, sizeof err->message, fmt, ap);
+  va_end(ap);
+  return PARLEY_ECONFIG;
+}
+
+static char *dupstr(const char *s) { return s ? strdup(s) : NULL; }
+
+static void free_principal(pg_principal *p) {
+  free(p->name);
+  if (p->token) sodium_memzero(p->token, strlen(p->token));
+  free(p->token);
+  for (size_t i = 0; i < p->n_queues; i++) free(p->queues[i]);
+  free(p->queues);
+}
+
+void pg_config_free(pg_config *c) {
+  if (!c) return;
+  free(c->name);
+  free(c->listen);
+  free(c->data_dir);
+  free(c->bot);
+  for (size_t i = 0; i < c->n_principals; i++) free_principal(&c->principals[i]);
+  free(c->principals);
+  if (c->customer_secret) sodium_memzero(c->customer_secret, c->secret_len);
+  free(c->customer_secret);
+  free(c->tls_cert);
+  free(c->tls_key);
+  free(c);
+}
+
+static bool valid_name(const char *s) { return pw_valid_conversation(s); }
+
+static int hex_decode(const char *hex, uint8_t *out, size_t outlen) {
+  size_t bin_len = 0;
+  if (strlen(hex) != outlen * 2) return -1;
+  if (sodium_hex2bin(out, outlen, hex, strlen(hex), NULL, &bin_len, NULL) != 0 ||
+      bin_len != outlen)
+    return -1;
+  return 0;
+}
+
+static int parse_role(const char *s) {
+  if (!strcmp(s, "bot")) return PG_ROLE_BOT;
+  if (!strcmp(s, "agent")) return PG_ROLE_AGENT;
+  if (!strcmp(s, "customer")) return PG_ROLE_CUSTOMER;
+  return 0;
+}
+
+static int load_principal(pg_config *c, const pc_node *n, pg_principal *p, pc_error *err) {
+  static const char *const keys[] = {"name", "role", "token_hash", "token_env", "token",
+                                     "queues", NULL};
+  int rc;
+  if (pc_node_kind(n) != PC_MAP) return node_fail(err, n, "principals", "expected a mapping");
+  if ((rc = pc_check_keys(n, keys, err))) return rc;
+  const char *name = NULL, *role = NULL, *th = NULL, *tenv = NULL, *tok = NULL;
+  if ((rc = pc_get_str(n, "name", NULL, &name, err)) ||
+      (rc = pc_get_str(n, "role", NULL, &role, err)) ||
+      (rc = pc_get_str(n, "token_hash", NULL, &th, err)) ||
+      (rc = pc_get_str(n, "token_env", NULL, &tenv, err)) ||
+      (rc = pc_get_str(n, "token", NULL, &tok, err)))
+    return rc;
+  if (!name || !valid_name(name))
+    return node_fail(err, name ? pc_get(n, "name") : n, "principals.name",
+                     "a principal name is required: 1-128 bytes of [A-Za-z0-9._:@-]");
+  if (!role || !(p->role = parse_role(role)))
+    return node_fail(err, role ? pc_get(n, "role") : n, "principals.role",
+                     "role must be bot, agent or customer");
+  p->name = strdup(name);
+  if (!p->name) return PARLEY_ENOMEM;
+  int nsrc = (th != NULL) + (tenv != NULL) + (tok != NULL);
+  if (nsrc != 1)
+    return node_fail(err, n, "principals", "principal '%s' needs exactly one of token_hash, "
+                     "token_env or token", name);
+  if (th) {
+    const char *hex = th;
+    p->hash_kind = PG_HASH_ANY;
+    if (!strncmp(th, "sha256:", 7)) p->hash_kind = PG_HASH_SHA256, hex = th + 7;
+    else if (!strncmp(th, "blake2b:", 8)) p->hash_kind = PG_HASH_BLAKE2B, hex = th + 8;
+    if (hex_decode(hex, p->hash, 32) != 0)
+      return node_fail(err, pc_get(n, "token_hash"), "token_hash",
+                       "expected 64 hex digits, optionally prefixed sha256: or blake2b:");
+  } else if (tenv) {
+    const char *v = getenv(tenv);
+    if (!v || !v[0])
+      return node_fail(err, pc_get(n, "token_env"), "token_env",
+                       "environment variable %s is not set", tenv);
+    p->token = strdup(v);
+  } else {
+    p->token = strdup(tok);
+    c->plain_tokens = true;
+  }
+  if ((th == NULL) && !p->token) return PARLEY_ENOMEM;
+  const pc_node *q = pc_get(n, "queues");
+  if (q && pc_node_kind(q) != PC_NULL) {
+    if (p->role != PG_ROLE_AGENT)
+      return node_fail(err, q, "queues", "only agents have queues");
+    if (pc_node_kind(q) != PC_SEQ) return node_fail(err, q, "queues", "expected a list");
+    size_t nq = pc_len(q);
+    if (nq > 256) return node_fail(err, q, "queues", "at most 256 queues");
+    p->queues = calloc(nq ? nq : 1, sizeof *p->queues);
+    if (!p->queues) return PARLEY_ENOMEM;
+    for (size_t i = 0; i < nq; i++) {
+      const char *qs = pc_scalar(pc_at(q, i));
+      if (!qs || !valid_name(qs))
+        return node_fail(err, pc_at(q, i), "queues",
+                         "queue names are 1-128 bytes of [A-Za-z0-9._:@-]");
+      if (!(p->queues[p->n_queues++] = strdup(qs))) return PARLEY_ENOMEM;
+    }
+  }
+  return 0;
+}
+
+static int load_limits(pg_config *c, const pc_node *l, pc_error *err) {
+  static const char *const keys[] = {"max_frame_bytes", "window", "ack_timeout", "heartbeat",
+                                     "rate", "burst", "max_connections_per_principal",
+                                     "max_connections", "fetch_limit", NULL};
+  int rc;
+  uint64_t v;
+  if ((rc = pc_check_keys(l, keys, err))) return rc;
+  if ((rc = pc_get_size(l, "max_frame_bytes", PW_DEFAULT_MAX_FRAME, &v, err))) return rc;
+  if (v < 1024 || v > 64u * 1024 * 1024)
+    return node_fail(err, pc_get(l, "max_frame_bytes"), "limits.max_frame_bytes",
+                     "must be between 1KiB and 64MiB");
+  c->max_frame_bytes = (uint32_t)v;
+  if ((rc = pc_get_u64(l, "window", 256, 1, 65536, &v, err))) return rc;
+  c->window = (uint32_t)v;
+  if ((rc = pc_get_ms(l, "ack_timeout", 5000, &v, err))) return rc;
+  if (v < 10 || v > 3600000)
+    return node_fail(err, pc_get(l, "ack_timeout"), "limits.ack_timeout",
+                     "must be between 10ms and 1h");
+  c->ack_timeout_ms = (uint32_t)v;
+  if ((rc = pc_get_ms(l, "heartbeat", 10000, &v, err))) return rc;
+  if (v < 20 || v > 3600000)
+    return node_fail(err, pc_get(l, "heartbeat"), "limits.heartbeat",
+                     "must be between 20ms and 1h");
+  c->heartbeat_ms = (uint32_t)v;
+  if ((rc = pc_get_u64(l, "rate", 0, 0, 1000000, &v, err))) return rc;
+  c->rate = (double)v;
+  if ((rc = pc_get_u64(l, "burst", c->rate > 0 ? (uint64_t)c->rate * 2 : 0, 0, 10000000, &v,
+                       err)))
+    return rc;
+  c->burst = (uint32_t)v;
+  if (c->rate > 0 && c->burst < 1)
+    return node_fail(err, pc_get(l, "burst"), "limits.burst", "must be at least 1 with a rate");
+  if ((rc = pc_get_u64(l, "max_connections_per_principal", 64, 1, 100000, &v, err))) return rc;
+  c->max_conns = (uint32_t)v;
+  if ((rc = pc_get_u64(l, "max_connections", 10000, 1, 1000000, &v, err))) return rc;
+  c->max_connections = (uint32_t)v;
+  if ((rc = pc_get_u64(l, "fetch_limit", 500, 1, 100000, &v, err))) return rc;
+  c->fetch_limit = (uint32_t)v;
+  return 0;
+}
+
+static int load_doc(pg_config *c, const pc_node *root, pc_error *err) {
+  static const char *const keys[] = {"listen", "port", "data_dir", "durability", "group_commit",
+                                     "bot", "principals", "customers", "limits", "tls", NULL};
+  int rc;
+  const char *s;
+  uint64_t v;
+  if (pc_node_kind(root) != PC_MAP && pc_node_kind(root) != PC_NULL)
+    return node_fail(err, root, "", "expected a mapping at the top level");
+  if ((rc = pc_check_keys(root, keys, err))) return rc;
+  if ((rc = pc_get_str(root, "listen", "127.0.0.1", &s, err))) return rc;
+  if (!(c->listen = strdup(s))) return PARLEY_ENOMEM;
+  if ((rc = pc_get_u64(root, "port", 7800, 0, 65535, &v, err))) return rc;
+  c->port = (int)v;
+  if ((rc = pc_get_str(root, "data_dir", "./parley-data", &s, err))) return rc;
+  if (!s[0]) return node_fail(err, pc_get(root, "data_dir"), "data_dir", "must not be empty");
+  if (!(c->data_dir = strdup(s))) return PARLEY_ENOMEM;
+  if ((rc = pc_get_str(root, "durability", "full", &s, err))) return rc;
+  if (!strcmp(s, "full")) c->durability = PG_DUR_FULL;
+  else if (!strcmp(s, "normal")) c->durability = PG_DUR_NORMAL;
+  else if (!strcmp(s, "off")) c->durability = PG_DUR_OFF;
+  else
+    return node_fail(err, pc_get(root, "durability"), "durability",
+                     "must be full, normal or off, got '%.32s'", s);
+  if ((rc = pc_get_bool(root, "group_commit", true, &c->group_commit, err))) return rc;
+  if ((rc = pc_get_str(root, "bot", NULL, &s, err))) return rc;
+  if (!s) return node_fail(err, root, "bot", "bot: the bot principal new conversations go to, "
+                           "is required");
+  if (!(c->bot = strdup(s))) return PARLEY_ENOMEM;
+
+  const pc_node *ps = pc_get(root, "principals");
+  if (ps && pc_node_kind(ps) != PC_SEQ && pc_node_kind(ps) != PC_NULL)
+    return node_fail(err, ps, "principals", "expected a list");
+  size_t np = pc_len(ps);
+  if (np > 100000) return node_fail(err, ps, "principals", "at most 100000 principals");
+  c->principals = calloc(np ? np : 1, sizeof *c->principals);
+  if (!c->principals) return PARLEY_ENOMEM;
+  for (size_t i = 0; i < np; i++) {
+    pg_principal *p = &c->principals[c->n_principals++];
+    if ((rc = load_principal(c, pc_at(ps, i), p, err))) return rc;
+    for (size_t j = 0; j + 1 < c->n_principals; j++)
+      if (!strcmp(c->principals[j].name, p->name))
+        return node_fail(err, pc_get(pc_at(ps, i), "name"), "principals.name",
+                         "principal '%s' is listed twice", p->name);
+  }
+  const pg_principal *bot = pg_config_principal(c, c->bot);
+  if (!bot || bot->role != PG_ROLE_BOT)
+    return node_fail(err, pc_get(root, "bot"), "bot",
+                     "'%s' must be listed under principals with role bot", c->bot);
+
+  const pc_node *cu = pc_get(root, "customers");
+  if (cu && pc_node_kind(cu) != PC_NULL) {
+    static const char *const ckeys[] = {"secret_env", "secret", NULL};
+    if ((rc = pc_check_keys(cu, ckeys, err))) return rc;
+    const char *senv = NULL, *sec = NULL;
+    if ((rc = pc_get_str(cu, "secret_env", NULL, &senv, err)) ||
+        (rc = pc_get_str(cu, "secret", NULL, &sec, err)))
+      return rc;
+    if ((senv != NULL) == (sec != NULL))
+      return node_fail(err, cu, "customers", "exactly one of secret_env or secret is required");
+    const pc_node *sn = pc_get(cu, senv ? "secret_env" : "secret");
+    if (senv) {
+      sec = getenv(senv);
+      if (!sec || !sec[0])
+        return node_fail(err, sn, "customers.secret_env", "environment variable %s is not set",
+                         senv);
+    } else {
+      c->plain_tokens = true;
+    }
+    size_t sl = strlen(sec);
+    if (sl < crypto_generichash_KEYBYTES_MIN || sl > crypto_generichash_KEYBYTES_MAX)
+      return node_fail(err, sn, "customers.secret", "the secret must be %d to %d bytes",
+                       crypto_generichash_KEYBYTES_MIN, crypto_generichash_KEYBYTES_MAX);
+    if (!(c->customer_secret = malloc(sl))) return PARLEY_ENOMEM;
+    memcpy(c->customer_secret, sec, sl);
+    c->secret_len = sl;
+  }
+
+  if ((rc = load_limits(c, pc_get(root, "limits"), err))) return rc;
+
+  const pc_node *tls = pc_get(root, "tls");
+  if (tls && pc_node_kind(tls) != PC_NULL) {
+    static const char *const tkeys[] = {"cert", "key", NULL};
+    const char *cert = NULL, *key = NULL;
+    if ((rc = pc_check_keys(tls, tkeys, err)) ||
+        (rc = pc_get_str(tls, "cert", NULL, &cert, err)) ||
+        (rc = pc_get_str(tls, "key", NULL, &key, err)))
+      return rc;
+    if (!cert || !key) return node_fail(err, tls, "tls", "tls needs both cert and key");
+    if (!(c->tls_cert = strdup(cert)) || !(c->tls_key = strdup(key))) return PARLEY_ENOMEM;
+  }
+  return 0;
+}
+
+static int finish(pc_doc *doc, int rc, pc_error *err, pg_config **out, char *errbuf,
+                  size_t errlen) {
+  pg_config *c = NULL;
+  if (rc == 0) rc = pc_apply_env(doc, "PARLEY_GATEWAY", err);
+  if (rc == 0) {
+    c = calloc(1, sizeof *c);
+    if (!c) rc = PARLEY_ENOMEM;
+  }
+  if (rc == 0) {
+    c->name = dupstr(pc_doc_name(doc));
+    snprintf(err->file, sizeof err->file, "%s", pc_doc_name(doc) ? pc_doc_name(doc) : "");
+    rc = load_doc(c, pc_root(doc), err);
+  }
+  if (rc != 0) {
+    if (errbuf && errlen) {
+      if (rc == PARLEY_ENOMEM) snprintf(errbuf, errlen, "out of memory");
+      else pc_error_format(err, errbuf, errlen);
+    }
+    pg_config_free(c);
+    pc_doc_free(doc);
+    return rc == PARLEY_ENOMEM ? rc : PARLEY_ECONFIG;
+  }
+  pc_doc_free(doc);
+  *out = c;
+  return 0;
+}
+
+int pg_config_load(const char *path, pg_config **out, char *errbuf, size_t errlen) {
+  pc_error err;
+  memset(&err, 0, sizeof err);
+  pc_doc *doc = NULL;
+  *out = NULL;
+  if (sodium_init() < 0) return PARLEY_EINTERNAL;
+  int rc = pc_load_file(path, &doc, &err);
+  return finish(doc, rc, &err, out, errbuf, errlen);
+}
+
+int pg_config_from_string(const char *name, const char *yaml, pg_config **out, char *errbuf,
+                          size_t errlen) {
+  pc_error err;
+  memset(&err, 0, sizeof err);
+  pc_doc *doc = NULL;
+  *out = NULL;
+  if (sodium_init() < 0) return PARLEY_EINTERNAL;
+  int rc = pc_load_string(name, yaml, strlen(yaml), &doc, &err);
+  return finish(doc, rc, &err, out, errbuf, errlen);
+}
+
+int pg_config_set_port(pg_config *c, int port) {
+  if (port < 0 || port > 65535) return PARLEY_EINVAL;
+  c->port = port;
+  return 0;
+}
+
+int pg_config_set_data_dir(pg_config *c, const char *dir) {
+  char *d = strdup(dir);
+  if (!d || !d[0]) {
+    free(d);
+    return PARLEY_EINVAL;
+  }
+  free(c->data_dir);
+  c->data_dir = d;
+  return 0;
+}
+
+pg_config *pg_config_dup(const pg_config *s) {
+  pg_config *c = calloc(1, sizeof *c);
+  if (!c) return NULL;
+  *c = *s;
+  c->name = dupstr(s->name);
+  c->listen = dupstr(s->listen);
+  c->data_dir = dupstr(s->data_dir);
+  c->bot = dupstr(s->bot);
+  c->tls_cert = dupstr(s->tls_cert);
+  c->tls_key = dupstr(s->tls_key);
+  c->principals = calloc(s->n_principals ? s->n_principals : 1, sizeof *c->principals);
+  c->customer_secret = NULL;
+  c->n_principals = 0;
+  bool ok = c->listen && c->data_dir && c->bot && c->principals;
+  for (size_t i = 0; ok && i < s->n_principals; i++) {
+    const pg_principal *sp = &s->principals[i];
+    pg_principal *p = &c->principals[c->n_principals++];
+    *p = *sp;
+    p->name = strdup(sp->name);
+    p->token = dupstr(sp->token);
+    p->queues = calloc(sp->n_queues ? sp->n_queues : 1, sizeof *p->queues);
+    p->n_queues = 0;
+    ok = p->name && (!sp->token || p->token) && p->queues;
+    for (size_t j = 0; ok && j < sp->n_queues; j++)
+      ok = (p->queues[p->n_queues++] = strdup(sp->queues[j])) != NULL;
+  }
+  if (ok && s->customer_secret) {
+    c->customer_secret = malloc(s->secret_len);
+    ok = c->customer_secret != NULL;
+    if (ok) memcpy(c->customer_secret, s->customer_secret, s->secret_len);
+  }
+  if (!ok) {
+    pg_config_free(c);
+    return NULL;
+  }
+  return c;
+}
+
+const pg_principal *pg_config_principal(const pg_config *c, const char *name) {
+  for (size_t i = 0; i < c->n_principals; i++)
+    if (!strcmp(c->principals[i].name, name)) return &c->principals[i];
+  return NULL;
+}
+
+int pg_customer_token(const uint8_t *secret, size_t secret_len, const char *principal,
+                      char out[65]) {
+  uint8_t mac[32];
+  if (crypto_generichash(mac, sizeof mac, (const uint8_t *)principal, strlen(principal), secret,
+                         secret_len) != 0)
+    return PARLEY_EINVAL;
+  sodium_bin2hex(out, 65, mac, sizeof mac);
+  return 0;
+}
+
+/* Compares in constant time, so response timing says nothing about how
+ * much of a token matched. */
+static bool hash_matches(const pg_principal *p, const char *token) {
+  uint8_t h[32];
+  size_t n = strlen(token);
+  if (p->hash_kind == PG_HASH_SHA256 || p->hash_kind == PG_HASH_ANY) {
+    crypto_hash_sha256(h, (const uint8_t *)token, n);
+    if (sodium_memcmp(h, p->hash, 32) == 0) return true;
+  }
+  if (p->hash_kind == PG_HASH_BLAKE2B || p->hash_kind == PG_HASH_ANY) {
+    crypto_generichash(h, 32, (const uint8_t *)token, n, NULL, 0);
+    if (sodium_memcmp(h, p->hash, 32) == 0) return true;
+  }
+  return false;
+}
+
+static bool str_matches(const char *want, const char *got) {
+  /* Hashing both sides gives equal-length inputs to the constant-time
+   * comparison whatever the token lengths. */
+  uint8_t a[32], b[32];
+  crypto_generichash(a, 32, (const uint8_t *)want, strlen(want), NULL, 0);
+  crypto_generichash(b, 32, (const uint8_t *)got, strlen(got), NULL, 0);
+  return sodium_memcmp(a, b, 32) == 0;
+}
+
+int pg_auth(const pg_config *c, const char *principal, int role, const char *token,
+            const pg_principal **out) {
+  *out = NULL;
+  if (!principal || !valid_name(principal) || !token || !token[0]) return PARLEY_EUNAUTH;
+  const pg_principal *p = pg_config_principal(c, principal);
+  if (p) {
+    if (p->role != role) return PARLEY_EUNAUTH;
+    bool ok = p->token ? str_matches(p->token, token) : hash_matches(p, token);
+    if (!ok) return PARLEY_EUNAUTH;
+    *out = p;
+    return 0;
+  }
+  if (role != PG_ROLE_CUSTOMER || !c->customer_secret) return PARLEY_EUNAUTH;
+  char want[65];
+  if (pg_customer_token(c->customer_secret, c->secret_len, principal, want) != 0)
+    return PARLEY_EUNAUTH;
+  return str_matches(want, token) ? 0 : PARLEY_EUNAUTH;
+}

@@ -1,0 +1,51 @@
+/* The reference gateway: a Parley protocol server with a durable SQLite log.
+ *
+ * It runs on a libuv loop it is given (libwebsockets with a foreign loop),
+ * so it can share a loop with clients in one process, or run alone under
+ * `parley gateway`. docs/gateway.md describes the configuration and the
+ * guarantees; docs/protocol.md the protocol it speaks.
+ */
+#ifndef PARLEY_GATEWAY_H
+#define PARLEY_GATEWAY_H
+
+#include <stddef.h>
+
+struct uv_loop_s;
+
+/* A parsed, validated configuration. Immutable once loaded. */
+typedef struct pg_config pg_config;
+
+/* Loads and validates a YAML file, then applies PARLEY_GATEWAY_* environment
+ * overrides. On failure returns PARLEY_ECONFIG (or PARLEY_ENOMEM) and writes
+ * "file:line: key: message" into err. */
+int pg_config_load(const char *path, pg_config **out, char *err, size_t errlen);
+/* The same from a string; `name` stands for the file name in errors. */
+int pg_config_from_string(const char *name, const char *yaml, pg_config **out,
+                          char *err, size_t errlen);
+void pg_config_free(pg_config *c);
+
+/* Command-line overrides applied after loading (used by pg_gateway_main). */
+int pg_config_set_port(pg_config *c, int port);
+int pg_config_set_data_dir(pg_config *c, const char *dir);
+
+typedef struct pg_gateway pg_gateway;
+
+/* Opens the database in cfg's data_dir and listens. cfg is copied where
+ * needed; the caller may free it after this returns. */
+int pg_gateway_new(struct uv_loop_s *loop, const pg_config *cfg, pg_gateway **out);
+/* The bound port (config port 0 picks an ephemeral one). */
+int pg_gateway_port(const pg_gateway *g);
+/* Commits what is pending, closes every connection with 1001, stops
+ * listening and closes the database. done(ud) runs on the loop once the
+ * gateway's loop handles are closed; then call pg_gateway_free. */
+void pg_gateway_stop(pg_gateway *g, void (*done)(void *ud), void *ud);
+void pg_gateway_free(pg_gateway *g);
+
+/* `parley gateway --config FILE [--port N] [--data-dir DIR]` and
+ * `parley gateway token --secret S --principal P`, `parley gateway
+ * hash-token TOKEN`. argv[0] is the command name ("gateway"). Prints
+ * "gateway listening on 127.0.0.1:PORT" (flushed) once listening;
+ * SIGTERM/SIGINT stop it cleanly with exit status 0. */
+int pg_gateway_main(int argc, char **argv);
+
+#endif

@@ -1,0 +1,494 @@
+/* Conversations after a commit: who takes part, which bot connection a
+ * conversation is assigned to (fleets, epochs), queue notifications, and
+ * pushing events to connections within their window. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <parley/error.h>
+
+#include "gw.h"
+
+static bool live(const pg_conn *c) { return c && c->state == PG_CS_OPEN && c->wsi; }
+
+pg_conv *pg_router_conv(pg_gateway *g, const char *id) {
+  pg_conv *cv = gw_map_get(&g->convs, id);
+  if (cv) return cv;
+  cv = calloc(1, sizeof *cv);
+  if (!cv) return NULL;
+  if (pg_db_conv_get(g->db, id, &cv->row) != 0 || gw_map_put(&g->convs, id, cv) != 0) {
+    pg_convrow_clear(&cv->row);
+    free(cv);
+    return NULL;
+  }
+  return cv;
+}
+
+void pg_router_touch(pg_gateway *g, const char *id) { gw_map_put(&g->touched, id, (void *)1); }
+
+bool pg_router_participant(const pg_conn *c, const pg_conv *cv) {
+  if (!live(c)) return false;
+  switch (c->role) {
+  case PG_ROLE_CUSTOMER: return !strcmp(cv->row.customer, c->principal);
+  case PG_ROLE_AGENT: return !strcmp(cv->row.assignee, c->principal);
+  case PG_ROLE_BOT: return cv->owner == c;
+  default: return false;
+  }
+}
+
+/* ---------------------------------------------------------------- streams */
+
+static void seen_key(const pg_conn *c, const char *conv, char *buf, size_t n) {
+  snprintf(buf, n, "%s\x1f%s\x1f%s", c->principal, c->role == PG_ROLE_BOT ? "" : c->device,
+           conv);
+}
+
+pg_stream *pg_router_stream(pg_conn *c, const char *conv, bool create) {
+  pg_stream *s = gw_map_get(&c->streams, conv);
+  if (s || !create) return s;
+  s = calloc(1, sizeof *s);
+  if (!s) return NULL;
+  snprintf(s->conv, sizeof s->conv, "%s", conv);
+  s->active = true;
+  s->acked = pg_db_watermark(c->g->db, c->principal, c->role == PG_ROLE_BOT ? "" : c->device,
+                             conv);
+  s->pushed = s->high = s->acked;
+  char key[600];
+  seen_key(c, conv, key, sizeof key);
+  s->seen = (uint64_t)(uintptr_t)gw_map_get(&c->g->seen, key);
+  if (gw_map_put(&c->streams, conv, s) != 0) {
+    free(s);
+    return NULL;
+  }
+  return s;
+}
+
+/* The stream stops, but stays known: an ACK the client flushes a little
+ * later is still in range and still moves the stored watermark. */
+void pg_router_drop_stream(pg_conn *c, const char *conv) {
+  pg_stream *s = gw_map_get(&c->streams, conv);
+  if (!s || !s->active) return;
+  c->inflight -= (uint32_t)(s->pushed - s->acked);
+  s->pushed = s->acked;
+  s->active = false;
+}
+
+void pg_router_stream_acked(pg_conn *c, pg_stream *s, uint64_t up) {
+  if (up <= s->acked) return;
+  uint64_t before = s->pushed - s->acked;
+  s->acked = up;
+  if (s->pushed < up) s->pushed = up;
+  c->inflight -= (uint32_t)(before - (s->pushed - s->acked));
+  s->last_push_ms = pg_mono_ms();
+}
+
+typedef struct push_ctx {
+  pg_conn *c;
+  pg_stream *s;
+  Parley__V1__Event **evs;
+  size_t n, bytes;
+  uint64_t max_seq;
+  int rc;
+} push_ctx;
+
+static void push_flush(push_ctx *p) {
+  if (!p->n) return;
+  Parley__V1__Deliver d = PARLEY__V1__DELIVER__INIT;
+  d.events = p->evs;
+  d.n_events = p->n;
+  pw_frame f = PARLEY__V1__FRAME__INIT;
+  f.body_case = PARLEY__V1__FRAME__BODY_DELIVER;
+  f.deliver = &d;
+  if (pg_conn_send_frame(p->c, &f) != 0) p->rc = PARLEY_EIO;
+  for (size_t i = 0; i < p->n; i++) parley__v1__event__free_unpacked(p->evs[i], NULL);
+  p->n = 0;
+  p->bytes = 0;
+}
+
+static int push_one(void *ud, uint64_t seq, const void *blob, size_t len) {
+  push_ctx *p = ud;
+  /* Keep each Deliver under the frame limit the peer was promised. */
+  if (p->n && p->bytes + len + 16 > p->c->g->cfg->max_frame_bytes - 64) push_flush(p);
+  Parley__V1__Event *ev = parley__v1__event__unpack(NULL, len, blob);
+  if (!ev) return PARLEY_EDB;
+  ev->redelivered = seq <= p->s->seen;
+  p->evs[p->n++] = ev;
+  p->bytes += len + 16;
+  p->max_seq = seq;
+  return 0;
+}
+
+/* Pushes what the window allows of one stream. */
+static void pump_stream(pg_conn *c, pg_stream *s, uint64_t last_seq) {
+  if (!live(c) || !s->active || s->pushed >= last_seq || c->inflight >= c->window) return;
+  uint64_t room = c->window - c->inflight;
+  uint64_t to = last_seq;
+  if (to - s->pushed > room) to = s->pushed + room;
+  size_t want = (size_t)(to - s->pushed);
+  push_ctx p = {.c = c, .s = s};
+  p.evs = calloc(want, sizeof *p.evs);
+  if (!p.evs) return;
+  int rc = pg_db_events(c->g->db, s->conv, s->pushed + 1, to, (uint32_t)want, push_one, &p);
+  push_flush(&p);
+  free(p.evs);
+  if (rc != 0 || p.max_seq <= s->pushed) return;
+  uint64_t now = pg_mono_ms();
+  if (s->pushed == s->acked) s->last_push_ms = now;
+  c->inflight += (uint32_t)(p.max_seq - s->pushed);
+  s->pushed = p.max_seq;
+  if (s->pushed > s->high) s->high = s->pushed;
+  if (s->pushed > s->seen) {
+    s->seen = s->pushed;
+    char key[600];
+    seen_key(c, s->conv, key, sizeof key);
+    gw_map_put(&c->g->seen, key, (void *)(uintptr_t)s->seen);
+  }
+}
+
+void pg_router_pump(pg_conn *c) {
+  if (!live(c)) return;
+  size_t i = 0;
+  const char *k;
+  void *v;
+  while (c->inflight < c->window && gw_map_next(&c->streams, &i, &k, &v)) {
+    pg_stream *s = v;
+    pg_conv *cv = pg_router_conv(c->g, k);
+    if (cv) pump_stream(c, s, cv->row.last_seq);
+  }
+}
+
+void pg_router_pump_conv(pg_gateway *g, pg_conv *cv) {
+  for (pg_conn *c = g->conns; c; c = c->next) {
+    if (c->state != PG_CS_OPEN) continue;
+    if (pg_router_participant(c, cv)) {
+      pg_stream *old = gw_map_get(&c->streams, cv->row.id);
+      bool fresh = !old || !old->active;
+      pg_stream *s = old ? old : pg_router_stream(c, cv->row.id, true);
+      if (!s) continue;
+      s->active = true;
+      /* A conversation an agent takes during a session was announced by no
+       * cursor, so the client expects it from seq 1: its history. */
+      if (fresh && c->role == PG_ROLE_AGENT) s->acked = s->pushed = 0;
+      pump_stream(c, s, cv->row.last_seq);
+    } else {
+      pg_router_drop_stream(c, cv->row.id);
+    }
+  }
+}
+
+void pg_router_redeliver(pg_gateway *g, uint64_t now) {
+  uint64_t t = g->cfg->ack_timeout_ms;
+  for (pg_conn *c = g->conns; c; c = c->next) {
+    if (!live(c) || !c->inflight) continue;
+    size_t i = 0;
+    const char *k;
+    void *v;
+    bool any = false;
+    while (gw_map_next(&c->streams, &i, &k, &v)) {
+      pg_stream *s = v;
+      if (s->pushed > s->acked && now - s->last_push_ms >= t) {
+        /* Rewinding to the watermark makes the pump send the range
+         * again; `seen` marks it redelivered. */
+        c->inflight -= (uint32_t)(s->pushed - s->acked);
+        s->pushed = s->acked;
+        any = true;
+      }
+    }
+    if (any) pg_router_pump(c);
+  }
+}
+
+/* ------------------------------------------------------------- bot fleet */
+
+static int add_state(void *ud, const char *key, const void *val, size_t len) {
+  Parley__V1__Assign *a = ud;
+  Parley__V1__StateEntry *e = calloc(1, sizeof *e);
+  if (!e) return PARLEY_ENOMEM;
+  parley__v1__state_entry__init(e);
+  e->key = strdup(key);
+  e->value.data = malloc(len ? len : 1);
+  if (!e->key || !e->value.data) {
+    free(e->key);
+    free(e->value.data);
+    free(e);
+    return PARLEY_ENOMEM;
+  }
+  memcpy(e->value.data, val, len);
+  e->value.len = len;
+  Parley__V1__StateEntry **t = realloc(a->state, (a->n_state + 1) * sizeof *t);
+  if (!t) {
+    free(e->key);
+    free(e->value.data);
+    free(e);
+    return PARLEY_ENOMEM;
+  }
+  a->state = t;
+  a->state[a->n_state++] = e;
+  return 0;
+}
+
+/* Splits the stored "a\nb\nc" tag list; returns the count. */
+static size_t split_tags(char *tags, char **out, size_t max) {
+  size_t n = 0;
+  for (char *p = tags; p && *p && n < max;) {
+    out[n++] = p;
+    char *nl = strchr(p, '\n');
+    if (!nl) break;
+    *nl = '\0';
+    p = nl + 1;
+  }
+  return n;
+}
+
+static void send_assign(pg_conn *c, pg_conv *cv) {
+  Parley__V1__Assign a = PARLEY__V1__ASSIGN__INIT;
+  a.conversation = cv->row.id;
+  a.epoch = cv->row.epoch;
+  a.state_version = cv->row.state_version;
+  a.locale = cv->row.locale;
+  a.customer = cv->row.customer;
+  pg_stream *s = pg_router_stream(c, cv->row.id, true);
+  if (!s) return;
+  /* The stream restarts from the committed watermark, also when this
+   * connection held the conversation before. */
+  uint64_t wm = pg_db_watermark(c->g->db, c->principal, "", cv->row.id);
+  if (s->active) c->inflight -= (uint32_t)(s->pushed - s->acked);
+  s->acked = s->pushed = wm;
+  if (s->high < wm) s->high = wm;
+  s->active = true;
+  s->epoch = cv->row.epoch;
+  a.acked_seq = s->acked;
+  pg_db_state_each(c->g->db, cv->row.id, add_state, &a);
+  char *tags = strdup(cv->row.tags);
+  char *tv[256];
+  a.n_tags = split_tags(tags, tv, 256);
+  a.tags = tv;
+  pw_frame f = PARLEY__V1__FRAME__INIT;
+  f.body_case = PARLEY__V1__FRAME__BODY_ASSIGN;
+  f.assign = &a;
+  pg_conn_send_frame(c, &f);
+  for (size_t i = 0; i < a.n_state; i++) {
+    free(a.state[i]->key);
+    free(a.state[i]->value.data);
+    free(a.state[i]);
+  }
+  free(a.state);
+  free(tags);
+}
+
+static void send_revoke(pg_conn *c, const char *conv, uint64_t epoch, const char *reason) {
+  Parley__V1__Revoke r = PARLEY__V1__REVOKE__INIT;
+  r.conversation = (char *)conv;
+  r.epoch = epoch;
+  r.reason = (char *)reason;
+  pw_frame f = PARLEY__V1__FRAME__INIT;
+  f.body_case = PARLEY__V1__FRAME__BODY_REVOKE;
+  f.revoke = &r;
+  pg_conn_send_frame(c, &f);
+}
+
+/* The live connection of the bot principal with the fewest conversations. */
+static pg_conn *pick_bot(pg_gateway *g, const char *bot) {
+  pg_conn *best = NULL;
+  for (pg_conn *c = g->conns; c; c = c->next)
+    if (live(c) && c->role == PG_ROLE_BOT && !strcmp(c->principal, bot) &&
+        (!best || c->n_owned < best->n_owned))
+      best = c;
+  return best;
+}
+
+static bool bot_assigned(const pg_conv *cv) {
+  return cv->row.status == PG_CONV_OPEN && !strcmp(cv->row.assignee, cv->row.bot);
+}
+
+/* Places unowned bot conversations on live connections. An epoch that was
+ * already given to some connection is bumped first (in one transaction),
+ * so frames from the previous holder are refused as stale. */
+static void place(pg_gateway *g, pg_conv **list, size_t n) {
+  if (!n || g->stopping) return;
+  pg_conn **to = calloc(n, sizeof *to);
+  bool *bumped = calloc(n, sizeof *bumped);
+  if (!to || !bumped) goto out;
+  bool need_bump = false;
+  for (size_t i = 0; i < n; i++) {
+    to[i] = pick_bot(g, list[i]->row.bot);
+    if (to[i]) {
+      to[i]->n_owned++; /* so the next pick balances */
+      if (list[i]->placed_epoch == list[i]->row.epoch) need_bump = true;
+    }
+  }
+  if (need_bump) {
+    bool ok = pg_db_begin(g->db) == 0;
+    for (size_t i = 0; ok && i < n; i++) {
+      if (!to[i] || list[i]->placed_epoch != list[i]->row.epoch) continue;
+      list[i]->row.epoch++;
+      bumped[i] = true;
+      ok = pg_db_conv_update(g->db, &list[i]->row) == 0;
+    }
+    if (ok) ok = pg_db_commit(g->db) == 0;
+    if (!ok) {
+      pg_db_rollback(g->db);
+      for (size_t i = 0; i < n; i++) {
+        if (bumped[i]) list[i]->row.epoch--;
+        if (to[i]) to[i]->n_owned--;
+      }
+      goto out;
+    }
+  }
+  for (size_t i = 0; i < n; i++) {
+    if (!to[i]) continue;
+    list[i]->owner = to[i];
+    list[i]->placed_epoch = list[i]->row.epoch;
+    send_assign(to[i], list[i]);
+    pg_stream *s = pg_router_stream(to[i], list[i]->row.id, false);
+    if (s) pump_stream(to[i], s, list[i]->row.last_seq);
+  }
+out:
+  free(to);
+  free(bumped);
+}
+
+typedef struct collect_ctx {
+  pg_gateway *g;
+  pg_conv **list;
+  size_t n, cap;
+} collect_ctx;
+
+static void collect(collect_ctx *cc, pg_conv *cv) {
+  if (cc->n == cc->cap) {
+    size_t nc = cc->cap ? cc->cap * 2 : 16;
+    pg_conv **t = realloc(cc->list, nc * sizeof *t);
+    if (!t) return;
+    cc->list = t;
+    cc->cap = nc;
+  }
+  cc->list[cc->n++] = cv;
+}
+
+static int collect_assigned(void *ud, const pg_convrow *r) {
+  collect_ctx *cc = ud;
+  pg_conv *cv = pg_router_conv(cc->g, r->id);
+  if (cv && bot_assigned(cv) && !live(cv->owner)) collect(cc, cv);
+  return 0;
+}
+
+void pg_router_bot_joined(pg_conn *c) {
+  collect_ctx cc = {.g = c->g};
+  pg_db_conv_each(c->g->db, "assignee", c->principal, collect_assigned, &cc);
+  for (size_t i = 0; i < cc.n; i++)
+    if (cc.list[i]->owner && !live(cc.list[i]->owner)) cc.list[i]->owner = NULL;
+  place(c->g, cc.list, cc.n);
+  free(cc.list);
+}
+
+void pg_router_conn_gone(pg_conn *c) {
+  collect_ctx cc = {.g = c->g};
+  size_t i = 0;
+  const char *k;
+  void *v;
+  /* Every cached conversation is checked, not only the streams, so no
+   * conversation is left pointing at a connection about to be freed. */
+  while (gw_map_next(&c->g->convs, &i, &k, &v)) {
+    pg_conv *cv = v;
+    if (cv->owner == c) {
+      cv->owner = NULL;
+      if (bot_assigned(cv)) collect(&cc, cv);
+    }
+  }
+  c->n_owned = 0;
+  place(c->g, cc.list, cc.n);
+  free(cc.list);
+}
+
+/* -------------------------------------------------------------- queues */
+
+int pg_queue_item(const pg_convrow *r, Parley__V1__QueueItem *it) {
+  parley__v1__queue_item__init(it);
+  it->conversation = r->id;
+  it->queue = r->queue;
+  it->customer = r->customer;
+  it->note = r->note;
+  it->since_ms = r->queued_ms;
+  it->last_seq = r->last_seq;
+  it->locale = r->locale;
+  return 0;
+}
+
+static bool watches(const pg_conn *c, const char *queue) {
+  for (size_t i = 0; i < c->n_queues; i++)
+    if (!strcmp(c->queues[i], queue)) return true;
+  return false;
+}
+
+void pg_router_queue_update(pg_gateway *g, const pg_convrow *r, const char *queue,
+                            bool removed) {
+  Parley__V1__QueueItem it;
+  pg_queue_item(r, &it);
+  it.queue = (char *)queue;
+  Parley__V1__QueueUpdate u = PARLEY__V1__QUEUE_UPDATE__INIT;
+  u.item = &it;
+  u.removed = removed;
+  pw_frame f = PARLEY__V1__FRAME__INIT;
+  f.body_case = PARLEY__V1__FRAME__BODY_QUEUE_UPDATE;
+  f.queue_update = &u;
+  for (pg_conn *c = g->conns; c; c = c->next)
+    if (live(c) && c->role == PG_ROLE_AGENT && watches(c, queue)) pg_conn_send_frame(c, &f);
+}
+
+/* --------------------------------------------------------- after commit */
+
+/* Compares the cached row (before the batch) with the committed one and
+ * derives what connections must be told: revokes, queue updates, new bot
+ * assignments, and the new events. */
+static void apply_change(pg_gateway *g, const char *id) {
+  pg_convrow nr;
+  if (pg_db_conv_get(g->db, id, &nr) != 0) return;
+  pg_conv *cv = gw_map_get(&g->convs, id);
+  bool fresh = false;
+  if (!cv) {
+    cv = calloc(1, sizeof *cv);
+    if (!cv || gw_map_put(&g->convs, id, cv) != 0) {
+      free(cv);
+      pg_convrow_clear(&nr);
+      return;
+    }
+    fresh = true;
+  }
+  pg_convrow old = cv->row;
+  cv->row = nr;
+  bool was_queued = !fresh && old.status == PG_CONV_QUEUED;
+  if (cv->owner && (!bot_assigned(cv) || cv->row.epoch != old.epoch)) {
+    const char *why = cv->row.status == PG_CONV_CLOSED   ? "closed"
+                      : cv->row.status == PG_CONV_QUEUED ? "handed_off"
+                                                         : "moved";
+    if (live(cv->owner)) send_revoke(cv->owner, id, old.epoch, why);
+    pg_router_drop_stream(cv->owner, id);
+    cv->owner->n_owned--;
+    cv->owner = NULL;
+  }
+  if (was_queued && (cv->row.status != PG_CONV_QUEUED || strcmp(old.queue, cv->row.queue)))
+    pg_router_queue_update(g, &old, old.queue, true);
+  if (cv->row.status == PG_CONV_QUEUED && (!was_queued || strcmp(old.queue, cv->row.queue)))
+    pg_router_queue_update(g, &cv->row, cv->row.queue, false);
+  if (!fresh) pg_convrow_clear(&old);
+  if (bot_assigned(cv) && !live(cv->owner)) {
+    cv->owner = NULL;
+    place(g, &cv, 1);
+  }
+  pg_router_pump_conv(g, cv);
+}
+
+void pg_router_after_commit(pg_gateway *g) {
+  size_t n = g->touched.len, i = 0, k = 0;
+  char **ids = calloc(n ? n : 1, sizeof *ids);
+  const char *key;
+  while (ids && gw_map_next(&g->touched, &i, &key, NULL)) ids[k++] = strdup(key);
+  gw_map_clear(&g->touched);
+  for (size_t j = 0; j < k; j++) {
+    if (ids[j]) apply_change(g, ids[j]);
+    free(ids[j]);
+  }
+  free(ids);
+}
+
+void pg_router_discard(pg_gateway *g) { gw_map_clear(&g->touched); }

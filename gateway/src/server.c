@@ -1,0 +1,489 @@
+/* libwebsockets glue and the gateway's lifecycle: one lws context on the
+ * caller's libuv loop (foreign loop), a tick timer for heartbeats and
+ * redelivery, and a check handle that runs the group commit once per loop
+ * iteration, after every frame that arrived in it has been read. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <libwebsockets.h>
+#include <sodium.h>
+
+#include <parley/error.h>
+
+#include "gw.h"
+
+#define E(x) PARLEY__V1__ERROR_CODE__ERROR_##x
+
+/* lws 4.1 keeps the Close opcode out of its public enum (value 4, between
+ * LWS_WRITE_HTTP and LWS_WRITE_PING); lws itself writes Close frames with it. */
+#define PG_LWS_WRITE_CLOSE ((enum lws_write_protocol)4)
+
+uint64_t pg_now_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+uint64_t pg_mono_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+/* ------------------------------------------------------------ outgoing */
+
+int pg_conn_send_frame(pg_conn *c, const pw_frame *f) {
+  if (!c->wsi || c->close_code) return PARLEY_EDISCONNECTED;
+  pg_outbuf *b = calloc(1, sizeof *b);
+  if (!b) return PARLEY_ENOMEM;
+  if (pw_encode(f, LWS_PRE, &b->buf, &b->len) != 0) {
+    free(b);
+    return PARLEY_ENOMEM;
+  }
+  /* A peer that does not read is cut off rather than buffered forever. */
+  if (c->out_bytes + b->len > PG_OUTQ_MAX_BYTES) {
+    free(b->buf);
+    free(b);
+    pg_conn_close(c, 4000 + E(BUSY), "peer does not read");
+    return PARLEY_EBACKPRESSURE;
+  }
+  if (c->out_tail) c->out_tail->next = b;
+  else c->out_head = b;
+  c->out_tail = b;
+  c->out_bytes += b->len;
+  c->last_tx_ms = pg_mono_ms();
+  lws_callback_on_writable(c->wsi);
+  return 0;
+}
+
+void pg_conn_close(pg_conn *c, int code, const char *msg) {
+  if (!c->wsi || c->close_code) return;
+  c->close_code = code;
+  snprintf(c->close_msg, sizeof c->close_msg, "%s", msg ? msg : "");
+  if (c->state == PG_CS_OPEN) c->state = PG_CS_CLOSING;
+  else if (c->state == PG_CS_HELLO) c->state = PG_CS_CLOSING;
+  lws_callback_on_writable(c->wsi);
+}
+
+void pg_conn_error(pg_conn *c, Parley__V1__ErrorCode code, bool fatal, const char *msg,
+                   const char *conv, const ProtobufCBinaryData *msg_id, uint64_t request_id,
+                   uint32_t retry_after_ms) {
+  Parley__V1__Error e = PARLEY__V1__ERROR__INIT;
+  e.code = code;
+  e.message = (char *)(msg ? msg : "");
+  if (conv) e.conversation = (char *)conv;
+  if (msg_id) e.client_msg_id = *msg_id;
+  e.request_id = request_id;
+  e.retry_after_ms = retry_after_ms;
+  e.fatal = fatal;
+  pw_frame f = PARLEY__V1__FRAME__INIT;
+  f.body_case = PARLEY__V1__FRAME__BODY_ERROR;
+  f.error = &e;
+  pg_conn_send_frame(c, &f);
+  if (fatal) {
+    bool was_bot = c->role == PG_ROLE_BOT && c->state == PG_CS_OPEN;
+    pg_conn_close(c, pw_close_code(code), msg);
+    if (was_bot) pg_router_conn_gone(c);
+  }
+}
+
+void pg_gateway_enqueue(pg_gateway *g, pg_conn *c, pw_frame *f) {
+  pg_op *op = calloc(1, sizeof *op);
+  if (op) {
+    op->principal = strdup(c->principal);
+    op->device = strdup(c->device);
+    op->locale = strdup(c->locale ? c->locale : "");
+  }
+  if (!op || !op->principal || !op->device || !op->locale) {
+    if (op) {
+      free(op->principal);
+      free(op->device);
+      free(op->locale);
+      free(op);
+    }
+    pw_frame_free(f);
+    pg_conn_error(c, E(INTERNAL), false, "out of memory", NULL, NULL, 0, 100);
+    return;
+  }
+  op->conn = c;
+  op->frame = f;
+  op->role = c->role;
+  if (g->ops_tail) g->ops_tail->next = op;
+  else g->ops_head = op;
+  g->ops_tail = op;
+  g->n_ops++;
+}
+
+/* --------------------------------------------------------- connections */
+
+static void conn_free(pg_conn *c) {
+  while (c->out_head) {
+    pg_outbuf *b = c->out_head;
+    c->out_head = b->next;
+    free(b->buf);
+    free(b);
+  }
+  size_t i = 0;
+  void *v;
+  while (gw_map_next(&c->streams, &i, NULL, &v)) free(v);
+  gw_map_clear(&c->streams);
+  for (size_t k = 0; k < c->n_queues; k++) free(c->queues[k]);
+  free(c->queues);
+  free(c->principal);
+  free(c->device);
+  free(c->locale);
+  free(c->rx);
+  sodium_memzero(c->header_token, sizeof c->header_token);
+  free(c);
+}
+
+static void conn_unlink(pg_gateway *g, pg_conn *c) {
+  if (c->prev) c->prev->next = c->next;
+  else g->conns = c->next;
+  if (c->next) c->next->prev = c->prev;
+  g->n_conns--;
+}
+
+static void capture_token(pg_conn *c, struct lws *wsi) {
+  char buf[PG_TOKEN_MAX + 16];
+  int n = lws_hdr_copy(wsi, buf, sizeof buf, WSI_TOKEN_HTTP_AUTHORIZATION);
+  if (n <= 7 || strncasecmp(buf, "Bearer ", 7) != 0) return;
+  const char *t = buf + 7;
+  while (*t == ' ') t++;
+  snprintf(c->header_token, sizeof c->header_token, "%s", t);
+  sodium_memzero(buf, sizeof buf);
+}
+
+static int on_receive(pg_conn *c, struct lws *wsi, const void *in, size_t len) {
+  pg_gateway *g = c->g;
+  c->last_rx_ms = pg_mono_ms();
+  if (c->state == PG_CS_CLOSING) return 0;
+  if (lws_is_first_fragment(wsi)) {
+    c->rx_len = 0;
+    c->rx_discard = false;
+  }
+  if (c->rx_discard) return 0;
+  size_t remaining = lws_remaining_packet_payload(wsi);
+  /* The size is checked against what the frame header announces, before
+   * buffering or decoding anything. */
+  if (c->rx_len + len + remaining > g->cfg->max_frame_bytes) {
+    c->rx_discard = true;
+    pg_conn_error(c, E(FRAME_TOO_LARGE), true, "frame larger than max_frame_bytes", NULL, NULL,
+                  0, 0);
+    return 0;
+  }
+  if (c->rx_len + len > c->rx_cap) {
+    size_t ncap = c->rx_len + len + remaining;
+    uint8_t *t = realloc(c->rx, ncap);
+    if (!t) {
+      pg_conn_error(c, E(INTERNAL), true, "out of memory", NULL, NULL, 0, 1000);
+      return 0;
+    }
+    c->rx = t;
+    c->rx_cap = ncap;
+  }
+  if (len) memcpy(c->rx + c->rx_len, in, len);
+  c->rx_len += len;
+  if (!lws_is_final_fragment(wsi) || remaining) return 0;
+  size_t n = c->rx_len;
+  c->rx_len = 0;
+  pg_session_frame(c, c->rx, n);
+  /* Large reassembly buffers are not kept around between frames. */
+  if (c->rx_cap > 64 * 1024) {
+    free(c->rx);
+    c->rx = NULL;
+    c->rx_cap = 0;
+  }
+  return 0;
+}
+
+static int on_writeable(pg_conn *c, struct lws *wsi) {
+  pg_outbuf *b = c->out_head;
+  if (b) {
+    c->out_head = b->next;
+    if (!c->out_head) c->out_tail = NULL;
+    c->out_bytes -= b->len;
+    int n = lws_write(wsi, b->buf + LWS_PRE, b->len, LWS_WRITE_BINARY);
+    free(b->buf);
+    free(b);
+    if (n < 0) return -1;
+    if (c->out_head || c->close_code) lws_callback_on_writable(wsi);
+    return 0;
+  }
+  if (c->close_code && !c->close_sent) {
+    /* The Close frame is written here: returning -1 from a writeable
+     * callback would drop the socket without one. The peer's echo then
+     * ends the connection; the timeout covers a peer that never answers. */
+    c->close_sent = true;
+    uint8_t buf[LWS_PRE + 2 + sizeof c->close_msg];
+    size_t ml = strlen(c->close_msg);
+    buf[LWS_PRE] = (uint8_t)(c->close_code >> 8);
+    buf[LWS_PRE + 1] = (uint8_t)c->close_code;
+    memcpy(buf + LWS_PRE + 2, c->close_msg, ml);
+    if (lws_write(wsi, buf + LWS_PRE, 2 + ml, PG_LWS_WRITE_CLOSE) < 0) return -1;
+    lws_set_timeout(wsi, PENDING_TIMEOUT_CLOSE_ACK, 2);
+  }
+  return 0;
+}
+
+static int ws_callback(struct lws *wsi, enum lws_callback_reasons reason, void *user, void *in,
+                       size_t len) {
+  pg_conn **slot = user;
+  struct lws_context *ctx = lws_get_context(wsi);
+  pg_gateway *g = ctx ? lws_context_user(ctx) : NULL;
+  switch (reason) {
+  case LWS_CALLBACK_ESTABLISHED: {
+    if (!g || !slot) return -1;
+    pg_conn *c = calloc(1, sizeof *c);
+    if (!c) return -1;
+    c->g = g;
+    c->wsi = wsi;
+    c->id = ++g->next_conn_id;
+    c->last_rx_ms = c->last_tx_ms = c->tokens_ms = pg_mono_ms();
+    c->tokens = g->cfg->burst;
+    capture_token(c, wsi);
+    c->next = g->conns;
+    if (g->conns) g->conns->prev = c;
+    g->conns = c;
+    g->n_conns++;
+    *slot = c;
+    if (g->stopping) {
+      pg_conn_error(c, E(SHUTTING_DOWN), true, "the gateway is shutting down", NULL, NULL, 0,
+                    1000);
+    } else if (g->n_conns > g->cfg->max_connections) {
+      pg_conn_error(c, E(TOO_MANY_CONNECTIONS), true, "the gateway is full", NULL, NULL, 0,
+                    1000);
+    }
+    return 0;
+  }
+  case LWS_CALLBACK_RECEIVE:
+    if (!slot || !*slot) return -1;
+    return on_receive(*slot, wsi, in, len);
+  case LWS_CALLBACK_SERVER_WRITEABLE:
+    if (!slot || !*slot) return -1;
+    return on_writeable(*slot, wsi);
+  case LWS_CALLBACK_CLOSED: {
+    if (!slot || !*slot) return 0;
+    pg_conn *c = *slot;
+    *slot = NULL;
+    c->wsi = NULL;
+    int prev = c->state;
+    c->state = PG_CS_CLOSING;
+    if (prev != PG_CS_HELLO || c->role) pg_session_closed(c);
+    conn_unlink(g, c);
+    conn_free(c);
+    return 0;
+  }
+  default:
+    break;
+  }
+  return lws_callback_http_dummy(wsi, reason, user, in, len);
+}
+
+static const struct lws_protocols protocols[] = {
+    {"parley.v1", ws_callback, sizeof(pg_conn *), 0, 0, NULL, 0},
+    {NULL, NULL, 0, 0, 0, NULL, 0},
+};
+
+/* ----------------------------------------------------------------- timers */
+
+static void on_tick(uv_timer_t *t) {
+  pg_gateway *g = t->data;
+  if (g->stopping) return;
+  uint64_t now = pg_mono_ms(), hb = g->cfg->heartbeat_ms;
+  for (pg_conn *c = g->conns; c; c = c->next) {
+    if (!c->wsi || c->close_code) continue;
+    if (now - c->last_rx_ms >= 2 * hb) {
+      /* Silent for two intervals: dead. Its conversations move now, not
+       * when the socket finally closes. */
+      bool was_bot = c->role == PG_ROLE_BOT && c->state == PG_CS_OPEN;
+      pg_conn_close(c, 4000 + E(PROTOCOL), "heartbeat timeout");
+      if (was_bot) pg_router_conn_gone(c);
+      continue;
+    }
+    if (c->state == PG_CS_OPEN && now - c->last_tx_ms >= hb) {
+      Parley__V1__Ping p = PARLEY__V1__PING__INIT;
+      p.nonce = now;
+      p.time_ms = (int64_t)pg_now_ms();
+      pw_frame f = PARLEY__V1__FRAME__INIT;
+      f.body_case = PARLEY__V1__FRAME__BODY_PING;
+      f.ping = &p;
+      pg_conn_send_frame(c, &f);
+    }
+  }
+  pg_router_redeliver(g, now);
+}
+
+static void on_check(uv_check_t *h) {
+  pg_gateway *g = h->data;
+  if (g->ops_head) pg_session_batch(g);
+}
+
+/* ---------------------------------------------------------------- lifecycle */
+
+static void no_signals(void *handle, int signum) {
+  (void)handle;
+  (void)signum;
+}
+
+int pg_gateway_new(uv_loop_t *loop, const pg_config *cfg, pg_gateway **out) {
+  *out = NULL;
+  if (sodium_init() < 0) return PARLEY_EINTERNAL;
+  pg_gateway *g = calloc(1, sizeof *g);
+  if (!g) return PARLEY_ENOMEM;
+  g->loop = loop;
+  g->cfg = pg_config_dup(cfg);
+  if (!g->cfg) {
+    free(g);
+    return PARLEY_ENOMEM;
+  }
+  char err[512];
+  int rc = pg_db_open(&g->db, g->cfg->data_dir, g->cfg->durability, err, sizeof err);
+  if (rc) {
+    fprintf(stderr, "gateway: %s\n", err);
+    pg_config_free(g->cfg);
+    free(g);
+    return rc;
+  }
+  if (g->cfg->plain_tokens)
+    fprintf(stderr, "gateway: warning: plain tokens or secrets in %s are for development only\n",
+            g->cfg->name ? g->cfg->name : "the configuration");
+
+  struct lws_context_creation_info info;
+  memset(&info, 0, sizeof info);
+  g->foreign[0] = loop;
+  info.options = LWS_SERVER_OPTION_LIBUV | LWS_SERVER_OPTION_EXPLICIT_VHOSTS;
+  if (g->cfg->tls_cert) info.options |= LWS_SERVER_OPTION_DO_SSL_GLOBAL_INIT;
+  info.foreign_loops = g->foreign;
+  info.signal_cb = no_signals;
+  info.user = g;
+  info.pcontext = &g->ctx_alive;
+  g->ctx = lws_create_context(&info);
+  if (!g->ctx) {
+    pg_db_close(g->db);
+    pg_config_free(g->cfg);
+    free(g);
+    return PARLEY_EIO;
+  }
+  g->ctx_alive = g->ctx;
+  memset(&info, 0, sizeof info);
+  info.port = g->cfg->port;
+  info.iface = g->cfg->listen;
+  info.protocols = protocols;
+  info.vhost_name = "parley-gateway";
+  info.options = LWS_SERVER_OPTION_LIBUV;
+  if (g->cfg->tls_cert) {
+    info.options |= LWS_SERVER_OPTION_DO_SSL_GLOBAL_INIT;
+    info.ssl_cert_filepath = g->cfg->tls_cert;
+    info.ssl_private_key_filepath = g->cfg->tls_key;
+  }
+  g->vh = lws_create_vhost(g->ctx, &info);
+  if (!g->vh) {
+    fprintf(stderr, "gateway: cannot listen on %s:%d\n", g->cfg->listen, g->cfg->port);
+    lws_context_destroy(g->ctx);
+    g->ctx = NULL;
+    pg_db_close(g->db);
+    pg_config_free(g->cfg);
+    free(g);
+    return PARLEY_EIO;
+  }
+  g->port = lws_get_vhost_listen_port(g->vh);
+
+  uint64_t tick = g->cfg->heartbeat_ms < g->cfg->ack_timeout_ms ? g->cfg->heartbeat_ms
+                                                                 : g->cfg->ack_timeout_ms;
+  tick /= 4;
+  if (tick < 10) tick = 10;
+  if (tick > 1000) tick = 1000;
+  uv_timer_init(loop, &g->tick);
+  g->tick.data = g;
+  uv_timer_start(&g->tick, on_tick, tick, tick);
+  uv_check_init(loop, &g->check);
+  g->check.data = g;
+  uv_check_start(&g->check, on_check);
+  uv_unref((uv_handle_t *)&g->check);
+  uv_timer_init(loop, &g->stop_timer);
+  g->stop_timer.data = g;
+  g->handles_open = 3;
+  *out = g;
+  return 0;
+}
+
+int pg_gateway_port(const pg_gateway *g) { return g ? g->port : -1; }
+
+static void on_handle_closed(uv_handle_t *h) {
+  pg_gateway *g = h->data;
+  if (--g->handles_open == 0 && g->done) g->done(g->done_ud);
+}
+
+/* Stop runs in phases on a short timer: connections close (1001) and
+ * drain, then the lws context is destroyed and its handles close on the
+ * loop, then the database and our own handles. */
+static void on_stop_timer(uv_timer_t *t) {
+  pg_gateway *g = t->data;
+  uint64_t waited = pg_mono_ms() - g->stop_started_ms;
+  if (g->ops_head) pg_session_batch(g);
+  if (!g->destroy_calls && g->n_conns && waited < 1000) return;
+  /* With a foreign loop lws finishes destroying its context in steps: the
+   * first call closes its handles, which needs the loop to run; later calls
+   * free what is left and finally clear ctx_alive (info.pcontext). */
+  if (g->ctx_alive && g->destroy_calls < 8) {
+    g->destroy_calls++;
+    lws_context_destroy(g->ctx);
+    return;
+  }
+  g->ctx = NULL;
+  uv_timer_stop(t);
+  if (g->ops_head) pg_session_batch(g);
+  pg_db_close(g->db);
+  g->db = NULL;
+  uv_close((uv_handle_t *)&g->tick, on_handle_closed);
+  uv_close((uv_handle_t *)&g->check, on_handle_closed);
+  uv_close((uv_handle_t *)&g->stop_timer, on_handle_closed);
+}
+
+void pg_gateway_stop(pg_gateway *g, void (*done)(void *ud), void *ud) {
+  if (g->stopping) return;
+  g->stopping = true;
+  g->done = done;
+  g->done_ud = ud;
+  g->stop_started_ms = pg_mono_ms();
+  if (g->ops_head) pg_session_batch(g);
+  for (pg_conn *c = g->conns; c; c = c->next) pg_conn_close(c, 1001, "gateway going away");
+  uv_timer_stop(&g->tick);
+  uv_timer_start(&g->stop_timer, on_stop_timer, 10, 10);
+}
+
+void pg_gateway_free(pg_gateway *g) {
+  if (!g) return;
+  if (g->ctx && g->ctx_alive) lws_context_destroy(g->ctx);
+  while (g->conns) {
+    pg_conn *c = g->conns;
+    conn_unlink(g, c);
+    conn_free(c);
+  }
+  size_t i = 0;
+  void *v;
+  while (gw_map_next(&g->convs, &i, NULL, &v)) {
+    pg_conv *cv = v;
+    pg_convrow_clear(&cv->row);
+    free(cv);
+  }
+  gw_map_clear(&g->convs);
+  gw_map_clear(&g->seen);
+  gw_map_clear(&g->touched);
+  while (g->ops_head) {
+    pg_op *op = g->ops_head;
+    g->ops_head = op->next;
+    pw_frame_free(op->frame);
+    free(op->principal);
+    free(op->device);
+    free(op->locale);
+    free(op->outcomes);
+    free(op);
+  }
+  pg_db_close(g->db);
+  pg_config_free(g->cfg);
+  free(g);
+}

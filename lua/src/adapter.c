@@ -1,0 +1,251 @@
+/* The runtime's driver on the real SDK: parley_client_* for the gateway and
+ * ph_* for HTTP, both on the caller's loop. Kept apart from runtime.c so the
+ * tests, which drive the runtime with a fake driver, link without a client.
+ */
+#include "vm.h"
+
+#include "http/http.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct plr_adapter {
+  plr_runtime *rt;
+  parley_client *client;
+  ph_client *http;
+  bool closed;
+} plr_adapter;
+
+/* One HTTP request in flight: the runtime's callback and ph's id. */
+typedef struct adapter_req {
+  plr_adapter *a;
+  plr_http_done done;
+  void *cb_ud;
+  uint64_t id;
+} adapter_req;
+
+static void cb_event(parley_client *c, const parley_event *ev, void *ud) {
+  (void)c;
+  plr_adapter *a = ud;
+  plr_rt_on_event(a->rt, ev);
+}
+
+static void cb_send_result(parley_client *c, const parley_send_result *r, void *send_ud,
+                           void *ud) {
+  (void)c;
+  plr_adapter *a = ud;
+  plr_rt_on_send_result(a->rt, r, send_ud);
+}
+
+static void cb_commit_result(parley_client *c, const parley_commit_result *r, void *ud) {
+  (void)c;
+  plr_adapter *a = ud;
+  plr_rt_on_commit_result(a->rt, r);
+}
+
+static void cb_assign(parley_client *c, const parley_assignment *as, void *ud) {
+  (void)c;
+  plr_adapter *a = ud;
+  plr_rt_on_assign(a->rt, as);
+}
+
+static void cb_revoke(parley_client *c, const char *conv, uint64_t epoch, const char *reason,
+                      void *ud) {
+  (void)c;
+  plr_adapter *a = ud;
+  plr_rt_on_revoke(a->rt, conv, epoch, reason);
+}
+
+static void cb_state(parley_client *c, parley_conn_state st, int status, void *ud) {
+  (void)c;
+  plr_adapter *a = ud;
+  plr_log(a->rt, st == PARLEY_CONN_BACKOFF ? 2 : 0, NULL, 0, "connection: state %d%s%s", (int)st,
+          status ? ", " : "", status ? parley_strerror(status) : "");
+  if (st == PARLEY_CONN_CLOSED && !a->closed) {
+    a->closed = true;
+    plr_rt_on_stopped(a->rt);
+  }
+}
+
+static void cb_error(parley_client *c, int status, const char *message, void *ud) {
+  (void)c;
+  plr_adapter *a = ud;
+  plr_log(a->rt, 2, NULL, 0, "gateway error: %s%s%s", parley_strerror(status),
+          message ? ": " : "", message ? message : "");
+}
+
+static int d_send(void *ud, const char *conv, const parley_content *content,
+                  const parley_quote *quote, const uint8_t id[PARLEY_MSG_ID_LEN], uint64_t epoch,
+                  void *send_ud) {
+  plr_adapter *a = ud;
+  return parley_client_send(a->client, conv, content, quote, id, epoch, send_ud);
+}
+
+static int d_action(void *ud, const char *conv, const parley_action *action,
+                    const uint8_t id[PARLEY_MSG_ID_LEN], uint64_t epoch, void *send_ud) {
+  plr_adapter *a = ud;
+  return parley_client_action(a->client, conv, action, id, epoch, send_ud);
+}
+
+static int d_commit(void *ud, const parley_commit *commits, size_t n) {
+  plr_adapter *a = ud;
+  return parley_client_commit(a->client, commits, n);
+}
+
+static void http_cb(const ph_response *resp, void *ud) {
+  adapter_req *q = ud;
+  const char *lines[PH_MAX_RESPONSE_HEADERS];
+  char *buf[PH_MAX_RESPONSE_HEADERS];
+  size_t n = resp->n_headers < PH_MAX_RESPONSE_HEADERS ? resp->n_headers : PH_MAX_RESPONSE_HEADERS;
+  size_t k = 0;
+  for (size_t i = 0; i < n; i++) {
+    size_t len = strlen(resp->headers[i].name) + strlen(resp->headers[i].value) + 3;
+    buf[k] = malloc(len);
+    if (!buf[k]) continue;
+    snprintf(buf[k], len, "%s: %s", resp->headers[i].name, resp->headers[i].value);
+    lines[k] = buf[k];
+    k++;
+  }
+  plr_http_resp r = {.status = resp->status == 0 ? (int)resp->http_status : 0,
+                     .body = resp->body,
+                     .body_len = resp->body_len,
+                     .headers = lines,
+                     .n_headers = k,
+                     .error = resp->status ? (resp->error ? resp->error : parley_strerror(resp->status))
+                                           : NULL};
+  plr_http_done done = q->done;
+  void *cb_ud = q->cb_ud;
+  free(q);
+  done(cb_ud, &r);
+  for (size_t i = 0; i < k; i++) free(buf[i]);
+}
+
+static int d_http(void *ud, const plr_http_req *req, plr_http_done done, void *cb_ud,
+                  void **handle) {
+  plr_adapter *a = ud;
+  if (!a->http) return PARLEY_EUNSUPPORTED;
+  ph_header hs[PH_MAX_REQUEST_HEADERS];
+  char *copies[PH_MAX_REQUEST_HEADERS];
+  size_t n = req->n_headers < PH_MAX_REQUEST_HEADERS ? req->n_headers : PH_MAX_REQUEST_HEADERS;
+  size_t k = 0;
+  for (size_t i = 0; i < n; i++) {
+    char *line = strdup(req->headers[i]);
+    if (!line) break;
+    char *colon = strchr(line, ':');
+    if (!colon) {
+      free(line);
+      continue;
+    }
+    *colon = '\0';
+    char *v = colon + 1;
+    while (*v == ' ') v++;
+    copies[k] = line;
+    hs[k].name = line;
+    hs[k].value = v;
+    k++;
+  }
+  adapter_req *q = calloc(1, sizeof *q);
+  int rc = PARLEY_ENOMEM;
+  if (q) {
+    q->a = a;
+    q->done = done;
+    q->cb_ud = cb_ud;
+    ph_request pr = {.method = req->method,
+                     .url = req->url,
+                     .headers = hs,
+                     .n_headers = k,
+                     .body = req->body,
+                     .body_len = req->body_len,
+                     .timeout_ms = req->timeout_ms,
+                     .max_response_bytes = req->max_response_bytes,
+                     .allow_hosts = req->allow_hosts,
+                     .n_allow_hosts = req->n_allow_hosts,
+                     .allow_private = req->allow_private};
+    rc = ph_request_start(a->http, &pr, http_cb, q, &q->id);
+    if (rc) {
+      plr_log(a->rt, 2, NULL, 0, "http request refused: %s", ph_client_last_error(a->http));
+      free(q);
+    } else {
+      *handle = q;
+    }
+  }
+  for (size_t i = 0; i < k; i++) free(copies[i]);
+  return rc;
+}
+
+static void d_http_cancel(void *ud, void *handle) {
+  plr_adapter *a = ud;
+  adapter_req *q = handle;
+  if (a->http && q && ph_request_cancel(a->http, q->id) == 0) free(q);
+}
+
+static void d_stop(void *ud, uint32_t drain_ms) {
+  plr_adapter *a = ud;
+  if (!a->client || parley_client_stop(a->client, drain_ms) != 0) {
+    a->closed = true;
+    plr_rt_on_stopped(a->rt);
+  }
+}
+
+static int d_start(void *ud) {
+  plr_adapter *a = ud;
+  return parley_client_start(a->client);
+}
+
+static void d_destroy(void *ud) {
+  plr_adapter *a = ud;
+  parley_client_free(a->client);
+  ph_client_free(a->http);
+  free(a);
+}
+
+int plr_runtime_new(const plr_options *o, plr_runtime **out, char *err, size_t errlen) {
+  *out = NULL;
+  if (!o || !o->loop || !o->url) {
+    if (err && errlen) snprintf(err, errlen, "runtime options need a loop and a gateway url");
+    return PARLEY_EINVAL;
+  }
+  plr_adapter *a = calloc(1, sizeof *a);
+  if (!a) return PARLEY_ENOMEM;
+  plr_driver d = {.send = d_send,
+                  .action = d_action,
+                  .commit = d_commit,
+                  .http = d_http,
+                  .http_cancel = d_http_cancel,
+                  .stop = d_stop,
+                  .start = d_start,
+                  .destroy = d_destroy,
+                  .ud = a};
+  plr_runtime *r = NULL;
+  int rc = plr_runtime_new_driver(o, &d, &r, err, errlen);
+  if (rc) {
+    free(a);
+    return rc;
+  }
+  a->rt = r;
+  rc = ph_client_new(o->loop, &a->http);
+  if (rc) a->http = NULL; /* bots without http.allow do not need it */
+  parley_client_options co = PARLEY_CLIENT_OPTIONS_INIT;
+  co.url = o->url;
+  co.principal = plr_rt_principal(r);
+  co.token = o->token;
+  co.role = PARLEY_ROLE_BOT;
+  co.loop = o->loop;
+  co.tls_insecure = o->tls_insecure;
+  co.cb.on_event = cb_event;
+  co.cb.on_send_result = cb_send_result;
+  co.cb.on_commit_result = cb_commit_result;
+  co.cb.on_assign = cb_assign;
+  co.cb.on_revoke = cb_revoke;
+  co.cb.on_state = cb_state;
+  co.cb.on_error = cb_error;
+  co.user_data = a;
+  rc = parley_client_new(&co, &a->client);
+  if (rc) {
+    if (err && errlen) snprintf(err, errlen, "cannot create the client: %s", parley_strerror(rc));
+    plr_runtime_free(r);
+    return rc;
+  }
+  *out = r;
+  return 0;
+}

@@ -1,0 +1,435 @@
+/* One bot's Lua state: the counting allocator, the instruction budget, the
+ * allow-listed libraries, bot.yaml, the templates and bot.lua.
+ */
+#include "vm.h"
+
+#include "config/config.h"
+
+#include <lauxlib.h>
+#include <lua-cjson.h>
+#include <lualib.h>
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#define PLR_BOT_SOURCE_MAX (1024 * 1024)
+
+/* The allocator counts every byte of the state and refuses what would go
+ * over the cap: Lua then raises "not enough memory" in the code that asked,
+ * after an emergency collection. */
+static void *vm_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
+  plr_vm *vm = ud;
+  size_t old = ptr ? osize : 0;
+  if (nsize == 0) {
+    free(ptr);
+    vm->mem_used -= old;
+    return NULL;
+  }
+  if (nsize > old && vm->mem_used - old + nsize > vm->mem_limit) return NULL;
+  void *p = realloc(ptr, nsize);
+  if (!p) return NULL;
+  vm->mem_used = vm->mem_used - old + nsize;
+  if (vm->mem_used > vm->mem_peak) vm->mem_peak = vm->mem_used;
+  return p;
+}
+
+plr_vm *plr_vm_of(lua_State *L) {
+  plr_vm *vm;
+  memcpy(&vm, lua_getextraspace(L), sizeof vm);
+  return vm;
+}
+
+/* The count hook charges the running code. Once the budget is spent it
+ * fires on every instruction and raises every time, so a pcall in the bot
+ * catches one error and fails again at its next instruction: only
+ * abandoning the coroutine ends it. */
+static void vm_hook(lua_State *L, lua_Debug *ar) {
+  (void)ar;
+  plr_vm *vm = plr_vm_of(L);
+  vm->budget -= lua_gethookcount(L);
+  if (vm->exhausted || vm->budget < 0) {
+    vm->exhausted = true;
+    lua_sethook(L, vm_hook, LUA_MASKCOUNT, 1);
+    /* The error may be raised in a coroutine the handler created; the
+     * handler's own coroutine must fail at its next instruction too. */
+    if (vm->budget_co && vm->budget_co != L)
+      lua_sethook(vm->budget_co, vm_hook, LUA_MASKCOUNT, 1);
+    luaL_error(L, "handler exceeded its instruction budget");
+    return;
+  }
+  if (lua_gethookcount(L) != PLR_HOOK_STEP)
+    lua_sethook(L, vm_hook, LUA_MASKCOUNT, PLR_HOOK_STEP);
+}
+
+void plr_vm_budget(plr_vm *vm, lua_State *L, int64_t budget, bool exhausted) {
+  vm->budget = budget;
+  vm->exhausted = exhausted;
+  vm->budget_co = L;
+  lua_sethook(L, vm_hook, LUA_MASKCOUNT, exhausted ? 1 : PLR_HOOK_STEP);
+}
+
+static void seterr(char *err, size_t errlen, const char *fmt, ...) {
+  if (!err || !errlen) return;
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(err, errlen, fmt, ap);
+  va_end(ap);
+}
+
+/* The traceback message handler of every protected call into Lua. */
+int plr_msgh(lua_State *L) {
+  const char *msg = lua_tostring(L, 1);
+  if (!msg) {
+    if (luaL_callmeta(L, 1, "__tostring") && lua_type(L, -1) == LUA_TSTRING) return 1;
+    msg = lua_pushfstring(L, "(error object is a %s value)", luaL_typename(L, 1));
+  }
+  luaL_traceback(L, L, msg, 1);
+  return 1;
+}
+
+int plr_vm_pcall(plr_vm *vm, int nargs, int nres, char *err, size_t errlen) {
+  lua_State *L = vm->L;
+  plr_vm_budget(vm, L, PLR_INTERNAL_BUDGET, false);
+  int base = lua_gettop(L) - nargs;
+  lua_pushcfunction(L, plr_msgh);
+  lua_insert(L, base);
+  int rc = lua_pcall(L, nargs, nres, base);
+  lua_remove(L, base);
+  if (rc != LUA_OK) {
+    seterr(err, errlen, "%s", lua_tostring(L, -1) ? lua_tostring(L, -1) : "error");
+    lua_pop(L, 1);
+    return rc == LUA_ERRMEM ? PARLEY_ENOMEM : PARLEY_ELUA;
+  }
+  return 0;
+}
+
+/* C primitives that need no runtime. ------------------------------------ */
+
+static int l_log(lua_State *L) {
+  plr_vm *vm = plr_vm_of(L);
+  int level = (int)luaL_checkinteger(L, 1);
+  const char *msg = luaL_checkstring(L, 2);
+  const char *conv = luaL_optstring(L, 3, NULL);
+  lua_Integer seq = luaL_optinteger(L, 4, 0);
+  plr_log(vm->rt, level, conv, (uint64_t)seq, "%s: %s", vm->name, msg);
+  return 0;
+}
+
+static int l_now(lua_State *L) {
+  plr_vm *vm = plr_vm_of(L);
+  lua_pushinteger(L, plr_rt_now(vm->rt));
+  return 1;
+}
+
+static int l_version(lua_State *L) {
+  lua_pushstring(L, PLR_VERSION);
+  return 1;
+}
+
+/* Loading. -------------------------------------------------------------- */
+
+static char *read_file(const char *path, size_t max, size_t *len, char *err,
+                       size_t errlen) {
+  FILE *f = fopen(path, "rb");
+  if (!f) {
+    seterr(err, errlen, "%s: %s", path, strerror(errno));
+    return NULL;
+  }
+  char *buf = malloc(max + 1);
+  size_t n = buf ? fread(buf, 1, max + 1, f) : 0;
+  fclose(f);
+  if (!buf) {
+    seterr(err, errlen, "%s: out of memory", path);
+    return NULL;
+  }
+  if (n > max) {
+    free(buf);
+    seterr(err, errlen, "%s: larger than %zu bytes", path, max);
+    return NULL;
+  }
+  buf[n] = '\0';
+  *len = n;
+  return buf;
+}
+
+static int cfg_err(const pc_error *pe, char *err, size_t errlen) {
+  char buf[768];
+  seterr(err, errlen, "%s", pc_error_format(pe, buf, sizeof buf));
+  return PARLEY_ECONFIG;
+}
+
+static const char *const BOT_KEYS[] = {"name",   "default_locale", "fallback_reply",
+                                       "limits", "http",           "description",
+                                       "settings", NULL};
+static const char *const LIMIT_KEYS[] = {
+    "memory", "instructions", "load_instructions", "http_timeout",
+    "http_max_body", "queue_max", "conversations_max", NULL};
+
+/* Reads bot.yaml: identity, locale, limits. Unknown top-level keys are
+ * errors so that typos show; a bot keeps its own keys under settings:.
+ * PARLEY_BOT_SETTINGS__BASE_URL=... overrides settings.base_url. */
+static int vm_config(plr_vm *vm, char *err, size_t errlen) {
+  pc_error pe;
+  memset(&pe, 0, sizeof pe);
+  char path[1024];
+  snprintf(path, sizeof path, "%s/bot.yaml", vm->dir);
+  int rc = pc_load_file(path, &vm->cfg, &pe);
+  if (rc) return cfg_err(&pe, err, errlen);
+  if (pc_apply_env(vm->cfg, "PARLEY_BOT", &pe)) return cfg_err(&pe, err, errlen);
+  const pc_node *root = pc_root(vm->cfg);
+  if (pc_node_kind(root) != PC_MAP) {
+    seterr(err, errlen, "%s:1: bot.yaml must be a map", path);
+    return PARLEY_ECONFIG;
+  }
+  if (pc_check_keys(root, BOT_KEYS, &pe)) return cfg_err(&pe, err, errlen);
+  const char *s = NULL;
+  if (pc_get_str(root, "name", NULL, &s, &pe)) return cfg_err(&pe, err, errlen);
+  if (!s || !*s) {
+    seterr(err, errlen, "%s:1: name: missing bot name", path);
+    return PARLEY_ECONFIG;
+  }
+  vm->name = strdup(s);
+  if (pc_get_str(root, "default_locale", "en", &s, &pe))
+    return cfg_err(&pe, err, errlen);
+  vm->default_locale = strdup(s);
+  if (!vm->name || !vm->default_locale) return PARLEY_ENOMEM;
+
+  const pc_node *lim = pc_get(root, "limits");
+  uint64_t v;
+  if (lim) {
+    if (pc_check_keys(lim, LIMIT_KEYS, &pe)) return cfg_err(&pe, err, errlen);
+  }
+  if (pc_get_size(lim, "memory", vm->lim.memory, &v, &pe)) return cfg_err(&pe, err, errlen);
+  if (v < 1024 * 1024 || v > (uint64_t)4 << 30) {
+    seterr(err, errlen, "%s:%d: limits.memory: must be between 1MiB and 4GiB", path,
+           pc_node_line(pc_get(lim, "memory")));
+    return PARLEY_ECONFIG;
+  }
+  vm->lim.memory = v;
+  if (pc_get_u64(lim, "instructions", vm->lim.instructions, 10000,
+                 UINT64_C(100000000000), &vm->lim.instructions, &pe))
+    return cfg_err(&pe, err, errlen);
+  if (pc_get_u64(lim, "load_instructions", vm->lim.load_instructions, 10000,
+                 UINT64_C(100000000000), &vm->lim.load_instructions, &pe))
+    return cfg_err(&pe, err, errlen);
+  if (pc_get_ms(lim, "http_timeout", vm->lim.http_timeout_ms, &v, &pe))
+    return cfg_err(&pe, err, errlen);
+  vm->lim.http_timeout_ms = (uint32_t)(v > 120000 ? 120000 : v);
+  if (pc_get_size(lim, "http_max_body", vm->lim.http_max_body, &v, &pe))
+    return cfg_err(&pe, err, errlen);
+  vm->lim.http_max_body = (uint32_t)(v > (64u << 20) ? (64u << 20) : v);
+  if (pc_get_u64(lim, "queue_max", vm->lim.queue_max, 1, 1000000, &v, &pe))
+    return cfg_err(&pe, err, errlen);
+  vm->lim.queue_max = (uint32_t)v;
+  if (pc_get_u64(lim, "conversations_max", vm->lim.conversations_max, 1, 10000000,
+                 &v, &pe))
+    return cfg_err(&pe, err, errlen);
+  vm->lim.conversations_max = (uint32_t)v;
+
+  const pc_node *http = pc_get(root, "http");
+  if (http) {
+    static const char *const HTTP_KEYS[] = {"allow", "allow_private", NULL};
+    if (pc_check_keys(http, HTTP_KEYS, &pe)) return cfg_err(&pe, err, errlen);
+    if (pc_get_bool(http, "allow_private", false, &vm->allow_private, &pe))
+      return cfg_err(&pe, err, errlen);
+    const pc_node *allow = pc_get(http, "allow");
+    if (allow && pc_node_kind(allow) != PC_SEQ) {
+      seterr(err, errlen, "%s:%d: http.allow: must be a list of host names", path,
+             pc_node_line(allow));
+      return PARLEY_ECONFIG;
+    }
+    size_t n = pc_len(allow);
+    if (n > 256) {
+      seterr(err, errlen, "%s:%d: http.allow: more than 256 hosts", path, pc_node_line(allow));
+      return PARLEY_ECONFIG;
+    }
+    vm->allow = calloc(n ? n : 1, sizeof *vm->allow);
+    if (!vm->allow) return PARLEY_ENOMEM;
+    for (size_t i = 0; i < n; i++) {
+      const char *h = pc_scalar(pc_at(allow, i));
+      if (!h || !*h) {
+        seterr(err, errlen, "%s:%d: http.allow: every entry must be a host name", path,
+               pc_node_line(pc_at(allow, i)));
+        return PARLEY_ECONFIG;
+      }
+      if (!(vm->allow[vm->n_allow++] = strdup(h))) return PARLEY_ENOMEM;
+    }
+  }
+  return 0;
+}
+
+static void vm_open_libs(lua_State *L) {
+  static const luaL_Reg libs[] = {
+      {LUA_GNAME, luaopen_base},         {LUA_STRLIBNAME, luaopen_string},
+      {LUA_TABLIBNAME, luaopen_table},   {LUA_MATHLIBNAME, luaopen_math},
+      {LUA_UTF8LIBNAME, luaopen_utf8},   {LUA_COLIBNAME, luaopen_coroutine},
+      {NULL, NULL}};
+  for (const luaL_Reg *l = libs; l->name; l++) {
+    luaL_requiref(L, l->name, l->func, 1);
+    lua_pop(L, 1);
+  }
+  /* Not in the allow-list even for the runtime's own chunk: nothing of the
+   * runtime needs them, and bot code must never reach them. */
+  static const char *const drop[] = {"dofile", "loadfile", "collectgarbage",
+                                     "require", NULL};
+  for (const char *const *d = drop; *d; d++) {
+    lua_pushnil(L);
+    lua_setglobal(L, *d);
+  }
+}
+
+static const plr_embedded *find_embedded(const char *name) {
+  for (size_t i = 0; i < plr_embedded_lib_count; i++)
+    if (strcmp(plr_embedded_lib[i].name, name) == 0) return &plr_embedded_lib[i];
+  return NULL;
+}
+
+/* Runs the embedded runtime.lua with (C, templates, config, cjson) and
+ * keeps the table it returns. Stack: templates on top on entry; popped. */
+static int vm_boot(plr_vm *vm, char *err, size_t errlen) {
+  lua_State *L = vm->L;
+  const plr_embedded *lib = find_embedded("runtime");
+  if (!lib) {
+    lua_pop(L, 1);
+    seterr(err, errlen, "runtime.lua is not embedded");
+    return PARLEY_EINTERNAL;
+  }
+  int tpl = lua_gettop(L);
+  if (luaL_loadbufferx(L, (const char *)lib->data, lib->len, "=runtime", "t") != LUA_OK) {
+    seterr(err, errlen, "%s", lua_tostring(L, -1));
+    lua_settop(L, tpl - 1);
+    return PARLEY_EINTERNAL;
+  }
+  /* Stack: templates, chunk. Arguments: C, templates, config, cjson. */
+  lua_createtable(L, 0, 16);
+  static const luaL_Reg prims[] = {{"log", l_log},
+                                   {"now", l_now},
+                                   {"plural", plr_l_plural},
+                                   {"locale_chain", plr_l_locale_chain},
+                                   {NULL, NULL}};
+  luaL_setfuncs(L, prims, 0);
+  l_version(L);
+  lua_setfield(L, -2, "version");
+  plr_rt_bind(L, vm->rt);
+  lua_pushvalue(L, tpl);
+  plr_push_yaml(L, pc_root(vm->cfg), true);
+  luaopen_cjson(L);
+  int rc = plr_vm_pcall(vm, 4, 1, err, errlen);
+  if (rc) {
+    lua_settop(L, tpl - 1);
+    return rc;
+  }
+  vm->rt_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  lua_settop(L, tpl - 1);
+  return 0;
+}
+
+int plr_vm_rt_get(plr_vm *vm, const char *fn) {
+  lua_rawgeti(vm->L, LUA_REGISTRYINDEX, vm->rt_ref);
+  int t = lua_getfield(vm->L, -1, fn);
+  lua_remove(vm->L, -2);
+  return t;
+}
+
+/* bot.lua runs in a coroutine with the load budget, like a handler would,
+ * so that a runaway top level is stopped the same way. */
+static int vm_run_bot(plr_vm *vm, char *err, size_t errlen) {
+  lua_State *L = vm->L;
+  char path[1024];
+  snprintf(path, sizeof path, "%s/bot.lua", vm->dir);
+  size_t len = 0;
+  char *src = read_file(path, PLR_BOT_SOURCE_MAX, &len, err, errlen);
+  if (!src) return PARLEY_ECONFIG;
+  plr_vm_budget(vm, L, PLR_INTERNAL_BUDGET, false);
+  lua_State *co = lua_newthread(L);
+  int top = lua_gettop(L);
+  plr_vm_rt_get(vm, "load_bot");
+  lua_xmove(L, co, 1);
+  lua_pushlstring(co, src, len);
+  free(src);
+  lua_pushfstring(co, "@%s", path);
+  plr_vm_budget(vm, co, (int64_t)vm->lim.load_instructions, false);
+  int nres = 0;
+  int rc = lua_resume(co, L, 2, &nres);
+  int status = 0;
+  if (rc == LUA_YIELD) {
+    seterr(err, errlen, "%s: bot.lua may not yield or call http while loading", path);
+    status = PARLEY_ELUA;
+  } else if (rc != LUA_OK) {
+    const char *m = lua_tostring(co, -1);
+    seterr(err, errlen, "%s", m ? m : "error while loading bot.lua");
+    status = rc == LUA_ERRMEM ? PARLEY_ENOMEM : PARLEY_ELUA;
+  }
+  lua_settop(L, top - 1);
+  return status;
+}
+
+int plr_vm_load(plr_runtime *rt, const char *bot_dir, plr_vm **out, char *err,
+                size_t errlen) {
+  *out = NULL;
+  plr_vm *vm = calloc(1, sizeof *vm);
+  if (!vm) return PARLEY_ENOMEM;
+  vm->rt = rt;
+  vm->rt_ref = LUA_NOREF;
+  vm->dir = strdup(bot_dir ? bot_dir : ".");
+  vm->lim = (plr_limits){.memory = 64u << 20,
+                         .instructions = 10000000,
+                         .load_instructions = 50000000,
+                         .http_timeout_ms = 10000,
+                         .http_max_body = 1u << 20,
+                         .queue_max = 1024,
+                         .conversations_max = 100000};
+  int rc = vm->dir ? vm_config(vm, err, errlen) : PARLEY_ENOMEM;
+  if (rc) goto fail;
+  vm->mem_limit = (size_t)vm->lim.memory;
+  vm->L = lua_newstate(vm_alloc, vm);
+  if (!vm->L) {
+    rc = PARLEY_ENOMEM;
+    seterr(err, errlen, "cannot create a Lua state");
+    goto fail;
+  }
+  memcpy(lua_getextraspace(vm->L), &vm, sizeof vm);
+  lua_State *L = vm->L;
+  /* Library opening runs unprotected: only an out-of-memory could fail it,
+   * and the cap is at least 1 MiB, far above what the libraries take. */
+  vm_open_libs(L);
+  rc = plr_templates_load(L, vm->dir, vm->default_locale, err, errlen);
+  if (rc) goto fail;
+  rc = vm_boot(vm, err, errlen);
+  if (rc) goto fail;
+  rc = vm_run_bot(vm, err, errlen);
+  if (rc) goto fail;
+  *out = vm;
+  return 0;
+fail:
+  plr_vm_free(vm);
+  return rc;
+}
+
+void plr_vm_free(plr_vm *vm) {
+  if (!vm) return;
+  if (vm->L) lua_close(vm->L);
+  if (vm->cfg) pc_doc_free(vm->cfg);
+  free(vm->name);
+  free(vm->default_locale);
+  free(vm->dir);
+  for (size_t i = 0; i < vm->n_allow; i++) free(vm->allow[i]);
+  free(vm->allow);
+  free(vm);
+}
+
+lua_State *plr_vm_state(plr_vm *vm) { return vm->L; }
+const char *plr_vm_name(const plr_vm *vm) { return vm->name; }
+const char *plr_vm_default_locale(const plr_vm *vm) { return vm->default_locale; }
+const plr_limits *plr_vm_limits(const plr_vm *vm) { return &vm->lim; }
+size_t plr_vm_memory(const plr_vm *vm) { return vm->mem_used; }
+
+int plr_load_check(const char *bot_dir, char *err, size_t errlen) {
+  plr_vm *vm = NULL;
+  int rc = plr_vm_load(NULL, bot_dir, &vm, err, errlen);
+  plr_vm_free(vm);
+  return rc;
+}

@@ -1,0 +1,49 @@
+/* The inside of a bot's Lua state, shared by vm.c and runtime.c. */
+#ifndef PARLEY_LUA_VM_H
+#define PARLEY_LUA_VM_H
+
+#include "rt.h"
+
+#include <lua.h>
+
+#define PLR_VERSION "0.1.0"
+/* Instructions between two runs of the count hook. */
+#define PLR_HOOK_STEP 1000
+/* Budget of the runtime's own calls into Lua (diffs, assignments): they do
+ * bounded work, but a bound keeps a bug there from hanging the loop. */
+#define PLR_INTERNAL_BUDGET 50000000
+
+struct pc_doc;
+
+struct plr_vm {
+  lua_State *L;
+  plr_runtime *rt;      /* NULL when only checking */
+  size_t mem_used, mem_limit, mem_peak;
+  int64_t budget;       /* instructions left for the code running now */
+  bool exhausted;       /* the budget ran out: every hook raises */
+  lua_State *budget_co; /* the thread the budget was given to */
+  int rt_ref;           /* registry ref of runtime.lua's table */
+  char *name, *default_locale, *dir;
+  plr_limits lim;
+  struct pc_doc *cfg;
+  char **allow;         /* bot.yaml http.allow */
+  size_t n_allow;
+  bool allow_private;
+};
+
+plr_vm *plr_vm_of(lua_State *L);
+/* Sets the budget of the code about to run on thread L. */
+void plr_vm_budget(plr_vm *vm, lua_State *L, int64_t budget, bool exhausted);
+/* Protected call on the main thread with a traceback and the internal
+ * budget; on error fills err and returns PARLEY_ELUA or PARLEY_ENOMEM. */
+int plr_vm_pcall(plr_vm *vm, int nargs, int nres, char *err, size_t errlen);
+int plr_msgh(lua_State *L);
+/* Pushes runtime.lua's function fn; returns its Lua type. */
+int plr_vm_rt_get(plr_vm *vm, const char *fn);
+
+/* runtime.c: adds send, action, http, sync_timers, idem to the C table on
+ * top of the stack (stubs that raise when rt is NULL). */
+void plr_rt_bind(lua_State *L, plr_runtime *rt);
+int64_t plr_rt_now(plr_runtime *rt);
+
+#endif

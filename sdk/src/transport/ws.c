@@ -1,0 +1,626 @@
+/* The WebSocket transport on libwebsockets 4.1 and libuv; see ws.h.
+ *
+ * Lifetimes. A pt_ws owns one lws context for its whole life and at most
+ * one client wsi at a time. The wsi is identified through its opaque user
+ * data, so nothing here is global and any number of transports (and other
+ * lws contexts, such as an in-process gateway) can share one uv loop.
+ *
+ * Teardown with a foreign loop (lws 4.1.6). lws_context_destroy() cannot
+ * finish synchronously, because libuv closes handles asynchronously:
+ *   1. the first call closes the context's wsis; once the last one is gone
+ *      lws itself moves on and starts closing its own per-thread handles
+ *      (an idle and a timer, whose handle->data is the context);
+ *   2. those closes complete while the loop runs;
+ *   3. a second lws_context_destroy() then frees the context.
+ * Calling the second one too early frees memory that pending close
+ * callbacks still use, and destroying a context while a client wsi is
+ * still connecting trips a double close inside lws. So the transport first
+ * makes sure its own wsi is gone, then runs the sequence from a uv timer of
+ * its own ("the reaper"), outside every lws callback, polling the loop's
+ * handle list until no handle refers to the context any more.
+ *
+ * TLS. lws 4.1.6 keeps the OpenSSL ex_data index it uses to find a
+ * context's own client SSL_CTX in a process-wide variable, renewed by every
+ * context created with LWS_SERVER_OPTION_DO_SSL_GLOBAL_INIT. With several
+ * TLS contexts alive (several clients, or a client and an in-process
+ * gateway) every context but the newest then fails that lookup when it is
+ * destroyed and leaks its SSL_CTX with the whole CA store. So the transport
+ * makes its client SSL_CTX itself (provided_client_ssl_ctx, which lws never
+ * frees and never looks up) and frees it after the context is gone.
+ */
+#include "transport/ws.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <libwebsockets.h>
+#include <openssl/ssl.h>
+#include <uv.h>
+
+#include <parley/error.h>
+
+#include "transport/reasm.h"
+#include "transport/url.h"
+
+/* How long the reaper waits for lws's handles to close before it gives up
+ * and leaks the context rather than risk freeing memory in use. */
+#define PT_REAP_MAX_MS 5000u
+/* The WebSocket close opcode as lws_write() takes it (see write_close). */
+#define PT_LWS_WRITE_CLOSE 4
+/* Seconds to wait for the peer to answer our close frame. */
+#define PT_CLOSE_ACK_SECS 3
+/* Bytes of "Bearer " plus the token, bounded so the upgrade request fits
+ * the lws header buffer. */
+#define PT_AUTH_MAX 2048u
+
+typedef struct pt_frame {
+  struct pt_frame *next;
+  size_t len;
+  uint8_t buf[]; /* LWS_PRE bytes of headroom, then the message */
+} pt_frame;
+
+struct pt_ws {
+  uv_loop_t *loop;
+  struct lws_context *ctx;
+  SSL_CTX *ssl_ctx; /* wss:// only; owned here, see the TLS note above */
+  pt_ws_hooks hooks;
+  pt_url url;
+  char *auth; /* "Bearer <token>", or NULL */
+  bool tls_insecure;
+  size_t max_queue;
+  pt_reasm rx;
+
+  /* The current connection, if any. */
+  struct lws *wsi;
+  bool has_conn;    /* a wsi exists or is being created */
+  bool open;        /* handshake done */
+  bool closing;     /* graceful close asked: flush, then close frame */
+  bool close_written; /* our close frame is out; waiting for the echo */
+  bool kill;        /* dropping the connection: no more hooks or writes */
+  bool discarding;  /* refusing the rest of an inbound message */
+  int close_code;
+  char close_reason[64];
+  bool status_set;  /* first cause of the end of this connection */
+  int status;
+  int status_code;
+  bool in_connect;  /* inside lws_client_connect_via_info */
+  bool sync_failed; /* the wsi died inside lws_client_connect_via_info */
+
+  pt_frame *q_head, *q_tail;
+  size_t q_bytes;
+
+  /* Teardown. */
+  bool destroying;
+  bool reaping;
+  int reap_phase;
+  size_t static_handles; /* lws handles seen on the loop at creation */
+  bool leaked_ctx;       /* the context could not be destroyed safely */
+  uint64_t reap_start;
+  uv_timer_t reaper;
+};
+
+/* ------------------------------------------------------------ helpers */
+
+static void queue_clear(pt_ws *t) {
+  pt_frame *f = t->q_head;
+  while (f) {
+    pt_frame *n = f->next;
+    free(f);
+    f = n;
+  }
+  t->q_head = t->q_tail = NULL;
+  t->q_bytes = 0;
+}
+
+static void set_status(pt_ws *t, int status, int code) {
+  if (t->status_set)
+    return;
+  t->status_set = true;
+  t->status = status;
+  t->status_code = code;
+}
+
+/* Hooks stop once the owner asked to drop the connection or destroy the
+ * transport; only `closed` (or `destroyed`) follows. */
+static bool hooks_live(const pt_ws *t) { return !t->destroying && !t->kill; }
+
+typedef struct handle_count {
+  const void *ctx;
+  size_t n;
+} handle_count;
+
+static void count_ctx_handles(uv_handle_t *h, void *arg) {
+  handle_count *hc = arg;
+  if (h->data == hc->ctx)
+    hc->n++;
+}
+
+/* Handles on the loop whose data is the lws context: lws 4.1 marks its
+ * per-thread idle and timer handles that way. Only pointer values are
+ * compared; no other module's handle data is dereferenced. */
+static size_t ctx_handles(pt_ws *t) {
+  handle_count hc = {t->ctx, 0};
+  uv_walk(t->loop, count_ctx_handles, &hc);
+  return hc.n;
+}
+
+/* ------------------------------------------------------------ teardown */
+
+static void reaper_closed(uv_handle_t *h) {
+  pt_ws *t = h->data;
+  if (t->hooks.destroyed)
+    t->hooks.destroyed(t->hooks.ud);
+  queue_clear(t);
+  pt_reasm_free(&t->rx);
+  if (t->ssl_ctx && !t->leaked_ctx)
+    SSL_CTX_free(t->ssl_ctx);
+  free(t->auth);
+  free(t);
+}
+
+static void reap_tick(uv_timer_t *h) {
+  pt_ws *t = h->data;
+  if (t->reap_phase == 0) {
+    /* Step 1: closes the event pipe; lws then closes its own handles. */
+    t->reap_phase = 1;
+    t->reap_start = uv_now(t->loop);
+    lws_context_destroy(t->ctx);
+    return;
+  }
+  size_t left = ctx_handles(t);
+  uint64_t waited = uv_now(t->loop) - t->reap_start;
+  if (t->static_handles == 0) {
+    /* This lws marks no handle with its context, so completion cannot be
+     * observed; give the closes a generous number of loop turns. */
+    left = waited < 100 ? 1 : 0;
+  }
+  if (left && waited < PT_REAP_MAX_MS)
+    return;
+  if (left) {
+    /* Better a leak than a use after free inside lws. */
+    lwsl_err("parley: lws context %p did not finish closing; leaking it\n",
+             (void *)t->ctx);
+    t->leaked_ctx = true;
+  } else {
+    /* Step 3: everything is closed; this frees the context. */
+    lws_context_destroy(t->ctx);
+  }
+  t->ctx = NULL;
+  uv_timer_stop(&t->reaper);
+  uv_close((uv_handle_t *)&t->reaper, reaper_closed);
+}
+
+static void start_reaper(pt_ws *t) {
+  if (t->reaping)
+    return;
+  t->reaping = true;
+  uv_timer_start(&t->reaper, reap_tick, 0, 1);
+}
+
+/* ------------------------------------------------------------ connection end */
+
+/* The wsi is gone: report why, once, and reset the per-connection state. */
+static void connection_gone(pt_ws *t) {
+  int status = t->status_set ? t->status : PARLEY_EIO;
+  int code = t->status_set ? t->status_code : 1006;
+  t->wsi = NULL;
+  t->has_conn = false;
+  t->open = false;
+  t->closing = false;
+  t->close_written = false;
+  t->kill = false;
+  t->discarding = false;
+  t->status_set = false;
+  queue_clear(t);
+  pt_reasm_reset(&t->rx);
+  if (t->in_connect) {
+    t->sync_failed = true;
+    return;
+  }
+  if (t->destroying) {
+    start_reaper(t);
+    return;
+  }
+  if (t->hooks.closed)
+    t->hooks.closed(t->hooks.ud, status, code);
+}
+
+static int classify_connect_error(struct lws *wsi, const char *msg) {
+  unsigned int http = lws_http_client_http_response(wsi);
+  if (http == 401 || http == 403)
+    return PARLEY_EUNAUTH;
+  if (msg && (strstr(msg, "ssl") || strstr(msg, "SSL") || strstr(msg, "tls") ||
+              strstr(msg, "TLS") || strstr(msg, "cert")))
+    return PARLEY_ETLS;
+  return PARLEY_EIO;
+}
+
+/* ------------------------------------------------------------ lws callbacks */
+
+static int on_append_headers(pt_ws *t, struct lws *wsi, void *in, size_t len) {
+  if (!t->auth)
+    return 0;
+  unsigned char **p = in;
+  unsigned char *end = *p + len;
+  if (lws_add_http_header_by_token(wsi, WSI_TOKEN_HTTP_AUTHORIZATION,
+                                   (const unsigned char *)t->auth,
+                                   (int)strlen(t->auth), p, end)) {
+    set_status(t, PARLEY_EINVAL, 1006);
+    return -1;
+  }
+  return 0;
+}
+
+/* Starts a graceful close from inside lws callbacks: nothing more of ours
+ * is written but the close frame. */
+static void close_with(pt_ws *t, struct lws *wsi, int status, int code,
+                       const char *reason) {
+  set_status(t, status, code);
+  queue_clear(t);
+  t->closing = true;
+  t->close_code = code;
+  snprintf(t->close_reason, sizeof t->close_reason, "%s", reason);
+  lws_callback_on_writable(wsi);
+}
+
+static int on_receive(pt_ws *t, struct lws *wsi, const uint8_t *in,
+                      size_t len) {
+  /* lws 4.1.6 overruns its receive buffer when a RECEIVE callback returns
+   * -1 in the middle of a frame, so a refused message is read to its end
+   * and dropped while the close handshake runs. */
+  if (t->kill || t->discarding)
+    return 0;
+  size_t remaining = lws_remaining_packet_payload(wsi);
+  bool last = lws_is_final_fragment(wsi) && remaining == 0;
+  const uint8_t *msg = NULL;
+  size_t msg_len = 0;
+  int rc;
+
+  /* The frame header announces the rest of this fragment: refuse an
+   * oversized message before buffering any of it. */
+  if (remaining > t->rx.max || pt_reasm_would_exceed(&t->rx, len + remaining))
+    rc = PARLEY_ETOOBIG;
+  else
+    rc = pt_reasm_feed(&t->rx, in, len, !t->rx.active, last, &msg, &msg_len);
+
+  if (rc < 0) {
+    /* 4002 is the protocol's close code for FRAME_TOO_LARGE. */
+    pt_reasm_reset(&t->rx);
+    t->discarding = true;
+    if (rc == PARLEY_ETOOBIG)
+      close_with(t, wsi, rc, 4002, "message too large");
+    else
+      close_with(t, wsi, rc, LWS_CLOSE_STATUS_PROTOCOL_ERR, "bad fragments");
+    return 0;
+  }
+  if (rc == 1 && hooks_live(t) && t->hooks.message) {
+    t->hooks.message(t->hooks.ud, msg, msg_len);
+  }
+  return 0;
+}
+
+/* Writes the close frame of a graceful close and waits for the peer's.
+ *
+ * lws 4.1.6 drops the connection without any close frame when a WRITEABLE
+ * callback calls lws_close_reason() and returns -1 (it does send one when
+ * the same happens in a RECEIVE callback), so the frame is written here
+ * with the close opcode, which lws_write still accepts although the header
+ * no longer names it. The peer echoes the close and lws then ends the
+ * connection; if the echo does not come, lws kills it after
+ * PT_CLOSE_ACK_SECS. */
+static int write_close(pt_ws *t, struct lws *wsi) {
+  uint8_t buf[LWS_PRE + 2 + sizeof t->close_reason];
+  size_t rl = strlen(t->close_reason);
+  uint8_t *p = buf + LWS_PRE;
+  p[0] = (uint8_t)((t->close_code >> 8) & 0xff);
+  p[1] = (uint8_t)(t->close_code & 0xff);
+  memcpy(p + 2, t->close_reason, rl);
+  set_status(t, 0, t->close_code);
+  t->close_written = true;
+  if (lws_write(wsi, p, 2 + rl, (enum lws_write_protocol)PT_LWS_WRITE_CLOSE) < 0)
+    return -1;
+  lws_set_timeout(wsi, PENDING_TIMEOUT_CLOSE_ACK, PT_CLOSE_ACK_SECS);
+  return 0;
+}
+
+static int on_writeable(pt_ws *t, struct lws *wsi) {
+  if (t->kill)
+    return 0; /* lws kills the connection on its next service */
+  pt_frame *f = t->q_head;
+  if (f) {
+    t->q_head = f->next;
+    if (!t->q_head)
+      t->q_tail = NULL;
+    t->q_bytes -= f->len;
+    /* lws keeps any part the socket does not take and delays the next
+     * WRITEABLE until it is out, so a short count is a real failure. */
+    int n = lws_write(wsi, f->buf + LWS_PRE, f->len, LWS_WRITE_BINARY);
+    size_t want = f->len;
+    free(f);
+    if (n < 0 || (size_t)n < want) {
+      set_status(t, PARLEY_EIO, 1006);
+      return -1;
+    }
+    if (t->q_head || t->closing)
+      lws_callback_on_writable(wsi);
+    return 0;
+  }
+  if (t->closing && !t->close_written)
+    return write_close(t, wsi);
+  return 0;
+}
+
+static int ws_callback(struct lws *wsi, enum lws_callback_reasons reason,
+                       void *user, void *in, size_t len) {
+  (void)user;
+  pt_ws *t = wsi ? lws_get_opaque_user_data(wsi) : NULL;
+  if (!t)
+    return 0;
+
+  switch (reason) {
+  case LWS_CALLBACK_CLIENT_APPEND_HANDSHAKE_HEADER:
+    return on_append_headers(t, wsi, in, len);
+
+  case LWS_CALLBACK_CLIENT_ESTABLISHED:
+    t->wsi = wsi;
+    t->open = true;
+    pt_reasm_reset(&t->rx);
+    if (hooks_live(t) && t->hooks.open) {
+        t->hooks.open(t->hooks.ud);
+      }
+    if (t->q_head || t->closing)
+      lws_callback_on_writable(wsi);
+    return 0;
+
+  case LWS_CALLBACK_CLIENT_RECEIVE:
+    return on_receive(t, wsi, in, len);
+
+  case LWS_CALLBACK_CLIENT_WRITEABLE:
+    return on_writeable(t, wsi);
+
+  case LWS_CALLBACK_CLIENT_CONNECTION_ERROR:
+    set_status(t, classify_connect_error(wsi, in), 1006);
+    return 0;
+
+  case LWS_CALLBACK_WS_PEER_INITIATED_CLOSE: {
+    const uint8_t *b = in;
+    int code = len >= 2 ? (b[0] << 8) | b[1] : LWS_CLOSE_STATUS_NO_STATUS;
+    set_status(t, PARLEY_EDISCONNECTED, code);
+    return 0; /* lws echoes the close */
+  }
+
+  case LWS_CALLBACK_CLIENT_CLOSED:
+    set_status(t, PARLEY_EDISCONNECTED, 1006);
+    return 0;
+
+  case LWS_CALLBACK_WSI_DESTROY:
+    if (t->has_conn)
+      connection_gone(t);
+    return 0;
+
+  default:
+    return 0;
+  }
+}
+
+/* Read-only and shared by every context; lws keeps no state in it. */
+static const struct lws_protocols pt_protocols[] = {
+    {PT_WS_SUBPROTOCOL, ws_callback, 0, 0, 0, NULL, 0},
+    {NULL, NULL, 0, 0, 0, NULL, 0},
+};
+
+/* ------------------------------------------------------------ public API */
+
+/* The client TLS context: TLS 1.2 or later, peers verified against the
+ * system CAs plus ca_file. Whether a connection verifies at all, and checks
+ * the host name, is decided per connection by lws from LCCSCF flags. */
+static int make_ssl_ctx(pt_ws *t, const char *ca_file, const char **why) {
+  t->ssl_ctx = SSL_CTX_new(TLS_client_method());
+  if (!t->ssl_ctx) {
+    *why = "cannot create the TLS context";
+    return PARLEY_ETLS;
+  }
+  SSL_CTX_set_min_proto_version(t->ssl_ctx, TLS1_2_VERSION);
+  /* A system without a CA store still works with ca_file alone. */
+  (void)SSL_CTX_set_default_verify_paths(t->ssl_ctx);
+  if (ca_file && SSL_CTX_load_verify_locations(t->ssl_ctx, ca_file, NULL) != 1) {
+    *why = "cannot read ca_file as a PEM CA bundle";
+    return PARLEY_ETLS;
+  }
+  return 0;
+}
+
+static int fail_new(pt_ws *t, int status) {
+  if (t) {
+    if (t->ssl_ctx)
+      SSL_CTX_free(t->ssl_ctx);
+    free(t->auth);
+    pt_reasm_free(&t->rx);
+    free(t);
+  }
+  return status;
+}
+
+int pt_ws_new(uv_loop_t *loop, const pt_ws_config *cfg,
+              const pt_ws_hooks *hooks, pt_ws **out, const char **why) {
+  const char *dummy;
+  if (!why)
+    why = &dummy;
+  *out = NULL;
+  if (!loop || !cfg || !hooks) {
+    *why = "missing loop, config or hooks";
+    return PARLEY_EINVAL;
+  }
+  pt_ws *t = calloc(1, sizeof *t);
+  if (!t)
+    return PARLEY_ENOMEM;
+  t->loop = loop;
+  t->hooks = *hooks;
+  t->tls_insecure = cfg->tls_insecure;
+  t->max_queue = cfg->max_queue_bytes ? cfg->max_queue_bytes
+                                      : PT_WS_DEFAULT_MAX_QUEUE;
+  pt_reasm_init(&t->rx, cfg->max_message_bytes ? cfg->max_message_bytes
+                                               : PT_WS_DEFAULT_MAX_MESSAGE);
+  int rc = pt_url_parse(cfg->url, &t->url, why);
+  if (rc)
+    return fail_new(t, rc);
+
+  if (cfg->token && *cfg->token) {
+    size_t n = strlen(cfg->token);
+    if (n + 8 > PT_AUTH_MAX) {
+      *why = "token too long";
+      return fail_new(t, PARLEY_EINVAL);
+    }
+    /* A CR or LF would let the token inject headers into the upgrade. */
+    for (size_t i = 0; i < n; i++)
+      if ((unsigned char)cfg->token[i] < 0x20 || cfg->token[i] == 0x7f) {
+        *why = "control character in token";
+        return fail_new(t, PARLEY_EINVAL);
+      }
+    t->auth = malloc(n + 8);
+    if (!t->auth)
+      return fail_new(t, PARLEY_ENOMEM);
+    memcpy(t->auth, "Bearer ", 7);
+    memcpy(t->auth + 7, cfg->token, n + 1);
+  }
+
+  struct lws_context_creation_info info;
+  memset(&info, 0, sizeof info);
+  void *loops[1] = {loop};
+  info.options = LWS_SERVER_OPTION_LIBUV;
+  if (t->url.tls) {
+    rc = make_ssl_ctx(t, cfg->ca_file, why);
+    if (rc)
+      return fail_new(t, rc);
+    /* lws only uses a provided client SSL_CTX with its TLS support on. */
+    info.options |= LWS_SERVER_OPTION_DO_SSL_GLOBAL_INIT;
+    info.provided_client_ssl_ctx = t->ssl_ctx;
+  }
+  info.foreign_loops = loops;
+  info.port = CONTEXT_PORT_NO_LISTEN;
+  info.protocols = pt_protocols;
+  info.gid = -1;
+  info.uid = -1;
+  info.user = t;
+  info.timeout_secs = 10;
+  info.connect_timeout_secs = 10;
+  t->ctx = lws_create_context(&info);
+  if (!t->ctx) {
+    *why = "cannot create the WebSocket context";
+    return fail_new(t, PARLEY_EIO);
+  }
+  t->static_handles = ctx_handles(t);
+  uv_timer_init(loop, &t->reaper);
+  t->reaper.data = t;
+  *out = t;
+  return 0;
+}
+
+int pt_ws_connect(pt_ws *t) {
+  if (t->destroying || t->has_conn)
+    return PARLEY_ESTATE;
+
+  struct lws_client_connect_info ci;
+  memset(&ci, 0, sizeof ci);
+  ci.context = t->ctx;
+  ci.address = t->url.host;
+  ci.port = t->url.port;
+  ci.path = t->url.path;
+  ci.host = t->url.host;
+  ci.origin = t->url.host;
+  ci.protocol = PT_WS_SUBPROTOCOL;
+  ci.opaque_user_data = t;
+  if (t->url.tls) {
+    ci.ssl_connection = LCCSCF_USE_SSL;
+    if (t->tls_insecure)
+      ci.ssl_connection |= LCCSCF_ALLOW_SELFSIGNED |
+                           LCCSCF_SKIP_SERVER_CERT_HOSTNAME_CHECK |
+                           LCCSCF_ALLOW_EXPIRED;
+  }
+
+  t->has_conn = true;
+  t->status_set = false;
+  t->sync_failed = false;
+  t->in_connect = true;
+  struct lws *wsi = lws_client_connect_via_info(&ci);
+  t->in_connect = false;
+  if (!wsi || t->sync_failed) {
+    /* Either lws refused at once or the wsi already died inside the call;
+     * both are reported to the caller, not through a hook. */
+    t->has_conn = false;
+    t->wsi = NULL;
+    t->status_set = false;
+    return PARLEY_EIO;
+  }
+  t->wsi = wsi;
+  return 0;
+}
+
+int pt_ws_send(pt_ws *t, const uint8_t *data, size_t len) {
+  if (t->destroying || !t->open || t->closing || t->kill)
+    return PARLEY_EDISCONNECTED;
+  if (len > t->max_queue || t->q_bytes > t->max_queue - len)
+    return PARLEY_EBACKPRESSURE;
+  pt_frame *f = malloc(sizeof *f + LWS_PRE + len);
+  if (!f)
+    return PARLEY_ENOMEM;
+  f->next = NULL;
+  f->len = len;
+  if (len)
+    memcpy(f->buf + LWS_PRE, data, len);
+  if (t->q_tail)
+    t->q_tail->next = f;
+  else
+    t->q_head = f;
+  t->q_tail = f;
+  t->q_bytes += len;
+  lws_callback_on_writable(t->wsi);
+  return 0;
+}
+
+/* Ends the connection without a close handshake. lws is asked to kill the
+ * wsi on its next service, never synchronously under the caller's feet
+ * (and never by returning -1 from a receive callback, see on_receive). */
+static void kill_conn(pt_ws *t) {
+  if (!t->has_conn || !t->wsi || t->kill)
+    return;
+  set_status(t, 0, 1006);
+  t->kill = true;
+  lws_set_timeout(t->wsi, PENDING_TIMEOUT_USER_OK, LWS_TO_KILL_ASYNC);
+}
+
+void pt_ws_abort(pt_ws *t) { kill_conn(t); }
+
+void pt_ws_close(pt_ws *t, int code, const char *reason) {
+  if (!t->has_conn)
+    return;
+  if (!t->open) {
+    kill_conn(t);
+    return;
+  }
+  if (t->closing)
+    return;
+  t->closing = true;
+  t->close_code = code;
+  snprintf(t->close_reason, sizeof t->close_reason, "%s", reason ? reason : "");
+  lws_callback_on_writable(t->wsi);
+}
+
+void pt_ws_destroy(pt_ws *t) {
+  if (!t || t->destroying)
+    return;
+  t->destroying = true;
+  if (t->has_conn)
+    kill_conn(t); /* connection_gone() starts the reaper */
+  else
+    start_reaper(t);
+}
+
+bool pt_ws_is_open(const pt_ws *t) {
+  return t->open && !t->closing && !t->kill && !t->destroying;
+}
+
+bool pt_ws_busy(const pt_ws *t) { return t->has_conn; }
+
+size_t pt_ws_queued_bytes(const pt_ws *t) { return t->q_bytes; }

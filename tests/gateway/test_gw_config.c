@@ -1,0 +1,149 @@
+/* Gateway configuration: defaults, every error names file, line and key,
+ * environment overrides, token checks, and the shipped example loads. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include <parley/error.h>
+
+#include "gateway.h"
+#include "gw.h"
+
+#define BASE                                                                                 \
+  "bot: faqbot\n"                                                                            \
+  "principals:\n"                                                                            \
+  "  - {name: faqbot, role: bot, token_hash: "                                               \
+  "\"sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08\"}\n"
+
+static void expect_error(const char *yaml, const char *want) {
+  pg_config *c = NULL;
+  char err[512] = "";
+  assert_int_equal(pg_config_from_string("gw.yaml", yaml, &c, err, sizeof err), PARLEY_ECONFIG);
+  assert_null(c);
+  if (!strstr(err, want)) fail_msg("error '%s' does not contain '%s'", err, want);
+}
+
+static void test_defaults(void **state) {
+  (void)state;
+  pg_config *c = NULL;
+  char err[512] = "";
+  assert_int_equal(pg_config_from_string("gw.yaml", BASE, &c, err, sizeof err), 0);
+  assert_string_equal(c->listen, "127.0.0.1");
+  assert_int_equal(c->port, 7800);
+  assert_int_equal(c->durability, PG_DUR_FULL);
+  assert_true(c->group_commit);
+  assert_int_equal(c->max_frame_bytes, 1024 * 1024);
+  assert_int_equal(c->window, 256);
+  assert_int_equal(c->ack_timeout_ms, 5000);
+  assert_int_equal(c->heartbeat_ms, 10000);
+  assert_false(c->plain_tokens);
+  /* sha256("test"), as `parley gateway hash-token test` prints it. */
+  const pg_principal *p = NULL;
+  assert_int_equal(pg_auth(c, "faqbot", PG_ROLE_BOT, "test", &p), 0);
+  assert_non_null(p);
+  assert_int_equal(pg_auth(c, "faqbot", PG_ROLE_BOT, "tesT", &p), PARLEY_EUNAUTH);
+  assert_int_equal(pg_auth(c, "faqbot", PG_ROLE_AGENT, "test", &p), PARLEY_EUNAUTH);
+  assert_int_equal(pg_auth(c, "nobody", PG_ROLE_CUSTOMER, "test", &p), PARLEY_EUNAUTH);
+  pg_config_free(c);
+}
+
+static void test_errors_name_file_line_key(void **state) {
+  (void)state;
+  expect_error(BASE "limits:\n  windw: 3\n", "gw.yaml:5: limits.windw: unknown key");
+  expect_error(BASE "durability: sometimes\n", "gw.yaml:4: durability: must be full, normal or off");
+  expect_error(BASE "limits:\n  window: 0\n", "gw.yaml:5: limits.window");
+  expect_error(BASE "limits:\n  ack_timeout: 5 parsecs\n", "limits.ack_timeout");
+  expect_error(BASE "port: 70000\n", "gw.yaml:4: port");
+  expect_error("bot: ghost\nprincipals: []\n", "gw.yaml:1: bot: 'ghost' must be listed");
+  expect_error("bot: b\nprincipals:\n  - {name: b, role: robot, token: x}\n",
+               "gw.yaml:3: principals[0].role");
+  expect_error("bot: b\nprincipals:\n  - {name: b, role: bot}\n", "needs exactly one of");
+  expect_error("bot: b\nprincipals:\n  - {name: b, role: bot, token_hash: abc}\n",
+               "expected 64 hex digits");
+  expect_error("bot: b\nprincipals:\n  - {name: b, role: bot, token_env: PG_TEST_UNSET_VAR}\n",
+               "PG_TEST_UNSET_VAR is not set");
+  expect_error(BASE "customers: {secret: short}\n", "customers.secret");
+  expect_error(BASE "tls: {cert: a.pem}\n", "tls needs both cert and key");
+  expect_error("bot: b\nprincipals:\n  - {name: b, role: bot, token: x, queues: [q]}\n",
+               "only agents have queues");
+  expect_error("bot: [1, 2]\n", "gw.yaml:1: bot");
+}
+
+static void test_env_overrides(void **state) {
+  (void)state;
+  setenv("PARLEY_GATEWAY_PORT", "9123", 1);
+  setenv("PARLEY_GATEWAY_LIMITS__ACK_TIMEOUT", "2s", 1);
+  setenv("PARLEY_GATEWAY_DURABILITY", "normal", 1);
+  pg_config *c = NULL;
+  char err[512] = "";
+  int rc = pg_config_from_string("gw.yaml", BASE "port: 1\n", &c, err, sizeof err);
+  unsetenv("PARLEY_GATEWAY_PORT");
+  unsetenv("PARLEY_GATEWAY_LIMITS__ACK_TIMEOUT");
+  unsetenv("PARLEY_GATEWAY_DURABILITY");
+  assert_int_equal(rc, 0);
+  assert_int_equal(c->port, 9123);
+  assert_int_equal(c->ack_timeout_ms, 2000);
+  assert_int_equal(c->durability, PG_DUR_NORMAL);
+  pg_config_free(c);
+  setenv("PARLEY_GATEWAY_LIMITS__WINDOW", "lots", 1);
+  expect_error(BASE, "limits.window");
+  unsetenv("PARLEY_GATEWAY_LIMITS__WINDOW");
+}
+
+static void test_customer_tokens(void **state) {
+  (void)state;
+  pg_config *c = NULL;
+  char err[512] = "";
+  assert_int_equal(pg_config_from_string("gw.yaml",
+                                         BASE "customers: {secret: 0123456789abcdef0123}\n", &c,
+                                         err, sizeof err),
+                   0);
+  assert_true(c->plain_tokens);
+  char tok[65], other[65];
+  assert_int_equal(pg_customer_token(c->customer_secret, c->secret_len, "cust-1", tok), 0);
+  assert_int_equal(pg_customer_token(c->customer_secret, c->secret_len, "cust-2", other), 0);
+  assert_int_equal(strlen(tok), 64);
+  assert_string_not_equal(tok, other);
+  const pg_principal *p = (const pg_principal *)1;
+  assert_int_equal(pg_auth(c, "cust-1", PG_ROLE_CUSTOMER, tok, &p), 0);
+  assert_null(p);
+  assert_int_equal(pg_auth(c, "cust-2", PG_ROLE_CUSTOMER, tok, &p), PARLEY_EUNAUTH);
+  assert_int_equal(pg_auth(c, "cust-1", PG_ROLE_AGENT, tok, &p), PARLEY_EUNAUTH);
+  /* A listed principal cannot be impersonated with a minted token. */
+  assert_int_equal(pg_customer_token(c->customer_secret, c->secret_len, "faqbot", tok), 0);
+  assert_int_equal(pg_auth(c, "faqbot", PG_ROLE_BOT, tok, &p), PARLEY_EUNAUTH);
+  pg_config_free(c);
+}
+
+static void test_example_loads(void **state) {
+  (void)state;
+  setenv("PARLEY_ALICE_TOKEN", "alice", 1);
+  setenv("PARLEY_CUSTOMER_SECRET", "a-secret-of-32-bytes-for-testing", 1);
+  pg_config *c = NULL;
+  char err[512] = "";
+  int rc = pg_config_load(PARLEY_SOURCE_DIR "/gateway/example.yaml", &c, err, sizeof err);
+  if (rc) fail_msg("%s", err);
+  assert_int_equal(c->n_principals, 2);
+  assert_int_equal(c->rate, 50);
+  assert_non_null(c->customer_secret);
+  pg_config_free(c);
+  unsetenv("PARLEY_ALICE_TOKEN");
+  unsetenv("PARLEY_CUSTOMER_SECRET");
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_defaults),
+      cmocka_unit_test(test_errors_name_file_line_key),
+      cmocka_unit_test(test_env_overrides),
+      cmocka_unit_test(test_customer_tokens),
+      cmocka_unit_test(test_example_loads),
+  };
+  return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -1,0 +1,390 @@
+/* The gateway's session rules against a real gateway: authentication,
+ * version negotiation, opening a conversation, delivery to every
+ * participant, idempotent resend (also across a restart), redelivery, ACK
+ * range checks, oversized and malformed frames. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include <parley/error.h>
+
+#include "gwharness.h"
+
+typedef struct fx {
+  char *dir;
+  gwh *h;
+} fx;
+
+static int setup(void **state) {
+  fx *f = calloc(1, sizeof *f);
+  f->dir = gwh_tmpdir();
+  assert_non_null(f->dir);
+  f->h = gwh_start(f->dir, NULL, NULL);
+  assert_non_null(f->h);
+  *state = f;
+  return 0;
+}
+
+static int teardown(void **state) {
+  fx *f = *state;
+  gwh_stop(f->h);
+  gwh_rmdir(f->dir);
+  free(f);
+  return 0;
+}
+
+static void test_auth_refusals(void **state) {
+  fx *f = *state;
+  int code = 0;
+  /* Wrong token: UNAUTHENTICATED, fatal, close 4005. */
+  wsc *c = wsc_connect("127.0.0.1", gwh_port(f->h), "Bearer nope", 2000);
+  assert_non_null(c);
+  Parley__V1__Hello he = PARLEY__V1__HELLO__INIT;
+  he.min_version = 1;
+  he.max_version = 1;
+  he.principal = "carol";
+  he.role = R_CUSTOMER;
+  pw_frame hf = PARLEY__V1__FRAME__INIT;
+  hf.body_case = PARLEY__V1__FRAME__BODY_HELLO;
+  hf.hello = &he;
+  assert_int_equal(wsc_send_frame(c, &hf), 0);
+  pw_frame *r = gwh_wait(c, PARLEY__V1__FRAME__BODY_ERROR, 2000);
+  assert_non_null(r);
+  assert_int_equal(r->error->code, PARLEY__V1__ERROR_CODE__ERROR_UNAUTHENTICATED);
+  assert_true(r->error->fatal);
+  pw_frame_free(r);
+  assert_int_equal(wsc_recv_close(c, 2000), 4005);
+  wsc_abort(c);
+
+  /* Missing token. */
+  assert_null(gwh_login(f->h, "carol", R_CUSTOMER, NULL, "d1", NULL, &code));
+  assert_int_equal(code, PARLEY__V1__ERROR_CODE__ERROR_UNAUTHENTICATED);
+  /* Right token, wrong role. */
+  assert_null(gwh_login(f->h, "carol", R_AGENT, "carol-token", "d1", NULL, &code));
+  assert_int_equal(code, PARLEY__V1__ERROR_CODE__ERROR_UNAUTHENTICATED);
+  /* Another principal's token. */
+  assert_null(gwh_login(f->h, "faqbot", R_BOT, "alice-token", "d1", NULL, &code));
+  assert_int_equal(code, PARLEY__V1__ERROR_CODE__ERROR_UNAUTHENTICATED);
+  /* A minted customer token for one principal does not work for another. */
+  assert_null(gwh_login(f->h, "dave", R_CUSTOMER,
+                        "0000000000000000000000000000000000000000000000000000000000000000", "d1",
+                        NULL, &code));
+  assert_int_equal(code, PARLEY__V1__ERROR_CODE__ERROR_UNAUTHENTICATED);
+
+  /* The token may travel in Hello.token instead of the header. */
+  c = wsc_connect("127.0.0.1", gwh_port(f->h), NULL, 2000);
+  assert_non_null(c);
+  he.token = "carol-token";
+  assert_int_equal(wsc_send_frame(c, &hf), 0);
+  r = NULL;
+  assert_int_equal(wsc_recv_frame(c, 2000, &r), 0);
+  assert_int_equal(r->body_case, PARLEY__V1__FRAME__BODY_WELCOME);
+  assert_int_equal(r->welcome->version, 1);
+  assert_string_equal(r->welcome->principal, "carol");
+  assert_int_equal(r->welcome->window, 64);
+  assert_int_equal(r->welcome->ack_timeout_ms, 400);
+  pw_frame_free(r);
+  wsc_close(c, 1000);
+}
+
+static void test_version_and_hello_required(void **state) {
+  fx *f = *state;
+  wsc *c = wsc_connect("127.0.0.1", gwh_port(f->h), "Bearer carol-token", 2000);
+  assert_non_null(c);
+  Parley__V1__Hello he = PARLEY__V1__HELLO__INIT;
+  he.min_version = 2;
+  he.max_version = 3;
+  he.principal = "carol";
+  he.role = R_CUSTOMER;
+  pw_frame hf = PARLEY__V1__FRAME__INIT;
+  hf.body_case = PARLEY__V1__FRAME__BODY_HELLO;
+  hf.hello = &he;
+  wsc_send_frame(c, &hf);
+  pw_frame *r = gwh_wait(c, PARLEY__V1__FRAME__BODY_ERROR, 2000);
+  assert_non_null(r);
+  assert_int_equal(r->error->code, PARLEY__V1__ERROR_CODE__ERROR_UNSUPPORTED_VERSION);
+  pw_frame_free(r);
+  assert_int_equal(wsc_recv_close(c, 2000), 4003);
+  wsc_abort(c);
+
+  /* A v1..v5 client gets v1. */
+  c = wsc_connect("127.0.0.1", gwh_port(f->h), "Bearer carol-token", 2000);
+  he.min_version = 1;
+  he.max_version = 5;
+  wsc_send_frame(c, &hf);
+  r = gwh_wait(c, PARLEY__V1__FRAME__BODY_WELCOME, 2000);
+  assert_non_null(r);
+  assert_int_equal(r->welcome->version, 1);
+  pw_frame_free(r);
+  wsc_close(c, 1000);
+
+  /* Anything but Hello first. */
+  c = wsc_connect("127.0.0.1", gwh_port(f->h), "Bearer carol-token", 2000);
+  Parley__V1__Ping p = PARLEY__V1__PING__INIT;
+  pw_frame pf = PARLEY__V1__FRAME__INIT;
+  pf.body_case = PARLEY__V1__FRAME__BODY_PING;
+  pf.ping = &p;
+  wsc_send_frame(c, &pf);
+  r = gwh_wait(c, PARLEY__V1__FRAME__BODY_ERROR, 2000);
+  assert_non_null(r);
+  assert_int_equal(r->error->code, PARLEY__V1__ERROR_CODE__ERROR_HELLO_REQUIRED);
+  pw_frame_free(r);
+  assert_int_equal(wsc_recv_close(c, 2000), 4017);
+  wsc_abort(c);
+}
+
+static void test_open_and_deliver(void **state) {
+  fx *f = *state;
+  pw_frame *w = NULL;
+  wsc *bot = gwh_login(f->h, "faqbot", R_BOT, "bot-token", NULL, &w, NULL);
+  assert_non_null(bot);
+  pw_frame_free(w);
+  wsc *cu = gwh_login(f->h, "carol", R_CUSTOMER, "carol-token", "phone", NULL, NULL);
+  wsc *cu2 = gwh_login(f->h, "carol", R_CUSTOMER, "carol-token", "laptop", NULL, NULL);
+  assert_non_null(cu);
+  assert_non_null(cu2);
+  assert_int_equal(gwh_send_text(cu, "c-open", 1, "hello", 0), 0);
+  pw_frame *a = gwh_wait_ack(cu, 1, 2000);
+  assert_non_null(a);
+  assert_int_equal(a->send_ack->error, 0);
+  assert_int_equal(a->send_ack->seq, 3);
+  assert_false(a->send_ack->duplicate);
+  pw_frame_free(a);
+  /* The sender, its other device and the bot all get seqs 1..3. */
+  uint64_t seqs[8];
+  assert_int_equal(gwh_collect(cu, "c-open", 3, 2000, seqs, NULL, 8), 3);
+  assert_int_equal(seqs[0], 1);
+  assert_int_equal(seqs[2], 3);
+  assert_int_equal(gwh_collect(cu2, "c-open", 3, 2000, seqs, NULL, 8), 3);
+  pw_frame *as = gwh_wait(bot, PARLEY__V1__FRAME__BODY_ASSIGN, 2000);
+  assert_non_null(as);
+  assert_string_equal(as->assign->conversation, "c-open");
+  assert_int_equal(as->assign->epoch, 1);
+  assert_string_equal(as->assign->customer, "carol");
+  assert_int_equal(as->assign->acked_seq, 0);
+  pw_frame_free(as);
+  assert_int_equal(gwh_collect(bot, "c-open", 3, 2000, seqs, NULL, 8), 3);
+
+  /* The bot replies with its epoch; everyone gets seq 4. */
+  assert_int_equal(gwh_send_text(bot, "c-open", 100, "hi carol", 1), 0);
+  a = gwh_wait_ack(bot, 100, 2000);
+  assert_non_null(a);
+  assert_int_equal(a->send_ack->seq, 4);
+  pw_frame_free(a);
+  assert_int_equal(gwh_collect(cu, "c-open", 4, 2000, seqs, NULL, 8), 1);
+  assert_int_equal(seqs[0], 4);
+  /* A wrong epoch is refused and stores nothing. */
+  assert_int_equal(gwh_send_text(bot, "c-open", 101, "stale", 7), 0);
+  a = gwh_wait_ack(bot, 101, 2000);
+  assert_non_null(a);
+  assert_int_equal(a->send_ack->error, PARLEY__V1__ERROR_CODE__ERROR_STALE_EPOCH);
+  assert_int_equal(a->send_ack->seq, 0);
+  pw_frame_free(a);
+  wsc_close(bot, 1000);
+  wsc_close(cu, 1000);
+  wsc_close(cu2, 1000);
+}
+
+static void test_idempotent_resend_across_restart(void **state) {
+  fx *f = *state;
+  wsc *cu = gwh_login(f->h, "carol", R_CUSTOMER, "carol-token", "phone", NULL, NULL);
+  assert_non_null(cu);
+  assert_int_equal(gwh_send_text(cu, "c-idem", 7, "once", 0), 0);
+  pw_frame *a = gwh_wait_ack(cu, 7, 2000);
+  assert_non_null(a);
+  uint64_t seq = a->send_ack->seq;
+  assert_int_equal(seq, 3);
+  pw_frame_free(a);
+  assert_int_equal(gwh_send_text(cu, "c-idem", 7, "once", 0), 0);
+  a = gwh_wait_ack(cu, 7, 2000);
+  assert_non_null(a);
+  assert_true(a->send_ack->duplicate);
+  assert_int_equal(a->send_ack->seq, seq);
+  pw_frame_free(a);
+  wsc_abort(cu);
+
+  /* Restart on the same data dir: the id is still known. */
+  gwh_stop(f->h);
+  f->h = gwh_start(f->dir, NULL, NULL);
+  assert_non_null(f->h);
+  pw_frame *w = NULL;
+  cu = gwh_login(f->h, "carol", R_CUSTOMER, "carol-token", "phone", &w, NULL);
+  assert_non_null(cu);
+  assert_int_equal(w->welcome->n_cursors, 1);
+  assert_string_equal(w->welcome->cursors[0]->conversation, "c-idem");
+  pw_frame_free(w);
+  assert_int_equal(gwh_send_text(cu, "c-idem", 7, "once", 0), 0);
+  a = gwh_wait_ack(cu, 7, 2000);
+  assert_non_null(a);
+  assert_true(a->send_ack->duplicate);
+  assert_int_equal(a->send_ack->seq, seq);
+  pw_frame_free(a);
+  /* And the next message continues the numbering without a gap. */
+  assert_int_equal(gwh_send_text(cu, "c-idem", 8, "twice", 0), 0);
+  a = gwh_wait_ack(cu, 8, 2000);
+  assert_non_null(a);
+  assert_false(a->send_ack->duplicate);
+  assert_int_equal(a->send_ack->seq, seq + 1);
+  pw_frame_free(a);
+  /* Fetch sees exactly one copy. */
+  Parley__V1__Fetch fe = PARLEY__V1__FETCH__INIT;
+  fe.request_id = 9;
+  fe.conversation = "c-idem";
+  fe.from_seq = 1;
+  pw_frame ff = PARLEY__V1__FRAME__INIT;
+  ff.body_case = PARLEY__V1__FRAME__BODY_FETCH;
+  ff.fetch = &fe;
+  wsc_send_frame(cu, &ff);
+  pw_frame *fr = gwh_wait(cu, PARLEY__V1__FRAME__BODY_FETCH_RESULT, 2000);
+  assert_non_null(fr);
+  assert_int_equal(fr->fetch_result->n_events, 4);
+  assert_true(fr->fetch_result->end);
+  assert_int_equal(fr->fetch_result->last_seq, 4);
+  pw_frame_free(fr);
+  wsc_close(cu, 1000);
+}
+
+static void test_redelivery(void **state) {
+  fx *f = *state;
+  wsc *cu = gwh_login(f->h, "carol", R_CUSTOMER, "carol-token", "phone", NULL, NULL);
+  assert_non_null(cu);
+  assert_int_equal(gwh_send_text(cu, "c-redeliver", 1, "x", 0), 0);
+  uint64_t seqs[16];
+  bool red[16];
+  assert_int_equal(gwh_collect(cu, "c-redeliver", 3, 2000, seqs, red, 16), 3);
+  assert_false(red[0]);
+  /* Not acknowledged within ack_timeout (400 ms): pushed again, flagged. */
+  int n = gwh_collect(cu, "c-redeliver", 3, 3000, seqs, red, 16);
+  assert_int_equal(n, 3);
+  assert_int_equal(seqs[0], 1);
+  assert_true(red[0] && red[1] && red[2]);
+  /* Acknowledge 1..2, drop the connection: after reconnect only 3 comes
+   * back, flagged redelivered. */
+  gwh_ack(cu, "c-redeliver", 2);
+  pw_frame *p = NULL;
+  /* A Ping round trip makes sure the Ack was processed before the drop. */
+  Parley__V1__Ping pg = PARLEY__V1__PING__INIT;
+  pg.nonce = 77;
+  pw_frame pf = PARLEY__V1__FRAME__INIT;
+  pf.body_case = PARLEY__V1__FRAME__BODY_PING;
+  pf.ping = &pg;
+  wsc_send_frame(cu, &pf);
+  p = gwh_wait(cu, PARLEY__V1__FRAME__BODY_PONG, 2000);
+  assert_non_null(p);
+  assert_int_equal(p->pong->nonce, 77);
+  pw_frame_free(p);
+  wsc_abort(cu);
+  pw_frame *w = NULL;
+  cu = gwh_login(f->h, "carol", R_CUSTOMER, "carol-token", "phone", &w, NULL);
+  assert_non_null(cu);
+  assert_int_equal(w->welcome->n_cursors, 1);
+  assert_int_equal(w->welcome->cursors[0]->after_seq, 2);
+  pw_frame_free(w);
+  n = gwh_collect(cu, "c-redeliver", 3, 2000, seqs, red, 16);
+  assert_int_equal(n, 1);
+  assert_int_equal(seqs[0], 3);
+  assert_true(red[0]);
+  /* Another device has its own watermark: it gets all three, never
+   * pushed to it before, so not flagged. */
+  wsc *cu2 = gwh_login(f->h, "carol", R_CUSTOMER, "carol-token", "tablet", NULL, NULL);
+  n = gwh_collect(cu2, "c-redeliver", 3, 2000, seqs, red, 16);
+  assert_int_equal(n, 3);
+  assert_false(red[0]);
+  wsc_close(cu2, 1000);
+  wsc_close(cu, 1000);
+}
+
+static void test_ack_out_of_range(void **state) {
+  fx *f = *state;
+  wsc *cu = gwh_login(f->h, "carol", R_CUSTOMER, "carol-token", "phone", NULL, NULL);
+  gwh_send_text(cu, "c-ackrange", 1, "x", 0);
+  uint64_t seqs[8];
+  assert_int_equal(gwh_collect(cu, "c-ackrange", 3, 2000, seqs, NULL, 8), 3);
+  gwh_ack(cu, "c-ackrange", 9);
+  pw_frame *e = gwh_wait(cu, PARLEY__V1__FRAME__BODY_ERROR, 2000);
+  assert_non_null(e);
+  assert_int_equal(e->error->code, PARLEY__V1__ERROR_CODE__ERROR_ACK_OUT_OF_RANGE);
+  assert_false(e->error->fatal);
+  pw_frame_free(e);
+  wsc_abort(cu);
+  /* Nothing changed: the stored watermark is still 0. */
+  pw_frame *w = NULL;
+  cu = gwh_login(f->h, "carol", R_CUSTOMER, "carol-token", "phone", &w, NULL);
+  assert_non_null(cu);
+  assert_int_equal(w->welcome->n_cursors, 1);
+  assert_int_equal(w->welcome->cursors[0]->after_seq, 0);
+  pw_frame_free(w);
+  wsc_close(cu, 1000);
+}
+
+static void test_oversized_and_malformed(void **state) {
+  fx *f = *state;
+  wsc *cu = gwh_login(f->h, "carol", R_CUSTOMER, "carol-token", "phone", NULL, NULL);
+  assert_non_null(cu);
+  /* Garbage that does not decode: a non-fatal MALFORMED error. */
+  const uint8_t junk[] = {0xff, 0xff, 0xff, 0xff, 0x0f, 0x12};
+  wsc_send_bytes(cu, junk, sizeof junk);
+  pw_frame *e = gwh_wait(cu, PARLEY__V1__FRAME__BODY_ERROR, 2000);
+  assert_non_null(e);
+  assert_int_equal(e->error->code, PARLEY__V1__ERROR_CODE__ERROR_MALFORMED);
+  assert_false(e->error->fatal);
+  pw_frame_free(e);
+  /* A Send with a 3-byte message id: INVALID, still not fatal. */
+  uint8_t bad_id[3] = {1, 2, 3};
+  Parley__V1__Text t = PARLEY__V1__TEXT__INIT;
+  t.body = "x";
+  Parley__V1__Content ct = PARLEY__V1__CONTENT__INIT;
+  ct.body_case = PARLEY__V1__CONTENT__BODY_TEXT;
+  ct.text = &t;
+  Parley__V1__Send s = PARLEY__V1__SEND__INIT;
+  s.client_msg_id.data = bad_id;
+  s.client_msg_id.len = 3;
+  s.conversation = "c-bad";
+  s.body_case = PARLEY__V1__SEND__BODY_CONTENT;
+  s.content = &ct;
+  pw_frame sf = PARLEY__V1__FRAME__INIT;
+  sf.body_case = PARLEY__V1__FRAME__BODY_SEND;
+  sf.send = &s;
+  wsc_send_frame(cu, &sf);
+  e = gwh_wait(cu, PARLEY__V1__FRAME__BODY_ERROR, 2000);
+  assert_non_null(e);
+  assert_int_equal(e->error->code, PARLEY__V1__ERROR_CODE__ERROR_INVALID);
+  pw_frame_free(e);
+  /* The connection still works. */
+  assert_int_equal(gwh_send_text(cu, "c-bad", 1, "fine", 0), 0);
+  pw_frame *a = gwh_wait_ack(cu, 1, 2000);
+  assert_non_null(a);
+  assert_int_equal(a->send_ack->seq, 3);
+  pw_frame_free(a);
+  /* Larger than max_frame_bytes (1 MiB): the header announces it, the
+   * gateway answers FRAME_TOO_LARGE and closes with 4002. */
+  size_t big = 1024 * 1024 + 100;
+  uint8_t *buf = calloc(1, big);
+  wsc_send_bytes(cu, buf, big);
+  free(buf);
+  e = gwh_wait(cu, PARLEY__V1__FRAME__BODY_ERROR, 3000);
+  assert_non_null(e);
+  assert_int_equal(e->error->code, PARLEY__V1__ERROR_CODE__ERROR_FRAME_TOO_LARGE);
+  assert_true(e->error->fatal);
+  pw_frame_free(e);
+  assert_int_equal(wsc_recv_close(cu, 3000), 4002);
+  wsc_abort(cu);
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test_setup_teardown(test_auth_refusals, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_version_and_hello_required, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_open_and_deliver, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_idempotent_resend_across_restart, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_redelivery, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_ack_out_of_range, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_oversized_and_malformed, setup, teardown),
+  };
+  return cmocka_run_group_tests(tests, NULL, NULL);
+}

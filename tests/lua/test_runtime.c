@@ -1,0 +1,400 @@
+/* The event handling of the runtime, driven through the recording fake
+ * driver: derived reply ids, commits after replies, state diffs, failures,
+ * own events, ordering, HTTP suspension, timers, quoting and reload. */
+#include "fake_driver.h"
+
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <cmocka.h>
+
+#include <stdio.h>
+#include <string.h>
+
+#define BOT_LUA                                                                       \
+  "local bot = parley.bot()\n"                                                        \
+  "bot:on_open(function(ctx, ev) ctx:reply(ctx:t('hello')) end)\n"                    \
+  "bot:command('/count', function(ctx)\n"                                             \
+  "  ctx.state.count = (ctx.state.count or 0) + 1\n"                                  \
+  "  ctx:reply('count ' .. ctx.state.count)\n"                                        \
+  "end)\n"                                                                            \
+  "bot:command('/two', function(ctx)\n"                                               \
+  "  ctx:reply('one')\n"                                                              \
+  "  ctx:reply({card = {title = 'T', text = 'body', buttons = {\n"                    \
+  "    {label = 'Go', postback = 'go:1'}, {label = 'Site', url = 'https://example.com'}}}})\n" \
+  "end)\n"                                                                            \
+  "bot:command('/qr', function(ctx)\n"                                                \
+  "  ctx:reply({quick_replies = {text = 'Pick', options = {{label = 'A', payload = 'a'}, {label = 'B', payload = 'b'}}}})\n" \
+  "  ctx:reply({image = {url = 'https://example.com/i.png', alt = 'a cat'}})\n"      \
+  "end)\n"                                                                            \
+  "bot:command('/quote', function(ctx, msg) ctx:reply('quoted', {quote = msg}) end)\n" \
+  "bot:command('/fail', function(ctx) ctx.state.count = 999; ctx:tag('x'); error('boom') end)\n" \
+  "bot:command('/tag', function(ctx, msg, args) ctx:tag(args[1]); ctx:untag('old') end)\n" \
+  "bot:command('/profile', function(ctx)\n"                                           \
+  "  ctx.state.profile = {name = 'Jos\xc3\xa9', tags = {'a', 'b'}, n = 1.5}\n"        \
+  "end)\n"                                                                            \
+  "bot:command('/who', function(ctx) ctx:reply(ctx.state.profile.name .. ' ' .. #ctx.state.profile.tags) end)\n" \
+  "bot:command('/remind', function(ctx, msg, args)\n"                                 \
+  "  ctx:after(tonumber(args[1]), 'remind', {text = args[2]})\n"                     \
+  "end)\n"                                                                            \
+  "bot:on_timer('remind', function(ctx, data) ctx:reply('reminder ' .. data.text) end)\n" \
+  "bot:command('/fetch', function(ctx, msg, args)\n"                                  \
+  "  local r, err = http.get('http://orders.test/o/' .. args[1], {headers = {Accept = 'application/json'}})\n" \
+  "  if not r then ctx:reply('err ' .. err) return end\n"                            \
+  "  local d = json.decode(r.body)\n"                                                 \
+  "  ctx:reply('status ' .. r.status .. ' ' .. d.state .. ' ' .. r.headers['content-type'])\n" \
+  "end)\n"                                                                            \
+  "bot:command('/deny', function(ctx) http.get('http://evil.test/') end)\n"          \
+  "bot:command('/idem', function(ctx) ctx:reply(ctx.idempotency_key) end)\n"         \
+  "bot:command('/handoff', function(ctx) ctx:handoff('humans', 'asked') end)\n"      \
+  "bot:match('reset.*password', function(ctx, msg) ctx:reply('reset answer') end)\n" \
+  "bot:on_postback('go:(%d+)', function(ctx, pb, caps) ctx:reply('go ' .. caps[1]) end)\n" \
+  "bot:fallback(function(ctx, msg) ctx:reply(rawget(_G, 'VERSION_TEXT') or 'fallback') end)\n"     \
+  "return bot\n"
+
+static const char *const BOT[] = {
+    "bot.yaml",
+    "name: rtbot\ndefault_locale: en\nfallback_reply: sorry\n"
+    "http:\n  allow: [orders.test]\n",
+    "templates/en.yaml", "hello: \"Hello!\"\nsorry: \"Sorry, something went wrong.\"\n",
+    "templates/es.yaml", "hello: \"\xc2\xa1Hola!\"\n",
+    "bot.lua", BOT_LUA,
+    NULL};
+
+typedef struct rtc {
+  fd f;
+  char dir[256];
+} rtc;
+
+static int setup(void **state) {
+  static rtc t;
+  memset(&t, 0, sizeof t);
+  const char *dir = fd_bot_dir(BOT);
+  assert_non_null(dir);
+  snprintf(t.dir, sizeof t.dir, "%s", dir);
+  char err[1024] = "";
+  int rc = fd_open(&t.f, t.dir, err, sizeof err);
+  if (rc) fprintf(stderr, "%s\n", err);
+  assert_int_equal(rc, 0);
+  fd_assign(&t.f, "c1", "en");
+  *state = &t;
+  return 0;
+}
+
+static int teardown(void **state) {
+  rtc *t = *state;
+  fd_close(&t->f);
+  fd_rm_rf(t->dir);
+  return 0;
+}
+
+static void test_reply_ids_and_commit_after_acks(void **state) {
+  rtc *t = *state;
+  fd_message(&t->f, "c1", 3, "/two");
+  assert_int_equal(t->f.nsends, 2);
+  uint8_t id[PARLEY_MSG_ID_LEN];
+  parley_msg_id_derive("rtbot", "c1", 3, 0, id);
+  assert_memory_equal(t->f.sends[0].msg_id, id, PARLEY_MSG_ID_LEN);
+  parley_msg_id_derive("rtbot", "c1", 3, 1, id);
+  assert_memory_equal(t->f.sends[1].msg_id, id, PARLEY_MSG_ID_LEN);
+  assert_int_equal(t->f.sends[0].epoch, 1);
+  assert_string_equal(t->f.sends[0].text, "one");
+  assert_int_equal(t->f.sends[1].kind, PARLEY_CONTENT_CARD);
+  assert_string_equal(t->f.sends[1].title, "T");
+  assert_string_equal(t->f.sends[1].buttons, "Go|go:1|;Site||https://example.com;");
+  assert_string_equal(t->f.sends[1].fallback, "T\nbody\n- Go\n- Site: https://example.com");
+  /* No commit while the replies are unanswered, however long we wait. */
+  uv_run(&t->f.loop, UV_RUN_NOWAIT);
+  assert_int_equal(t->f.ncommits, 0);
+  assert_true(plr_runtime_busy(t->f.r));
+  fd_pump(&t->f);
+  assert_int_equal(t->f.ncommits, 1);
+  assert_int_equal(t->f.commits[0].ack_seq, 3);
+  assert_int_equal(t->f.commits[0].epoch, 1);
+  assert_int_equal(plr_runtime_committed(t->f.r, "c1"), 3);
+  assert_false(plr_runtime_busy(t->f.r));
+}
+
+static void test_rich_fallbacks(void **state) {
+  rtc *t = *state;
+  fd_message(&t->f, "c1", 1, "/qr");
+  fd_pump(&t->f);
+  assert_int_equal(t->f.nsends, 2);
+  assert_int_equal(t->f.sends[0].kind, PARLEY_CONTENT_QUICK_REPLIES);
+  assert_string_equal(t->f.sends[0].fallback, "Pick\n1. A\n2. B");
+  assert_string_equal(t->f.sends[0].buttons, "A|a|;B|b|;");
+  assert_int_equal(t->f.sends[1].kind, PARLEY_CONTENT_IMAGE);
+  assert_string_equal(t->f.sends[1].fallback, "[a cat] https://example.com/i.png");
+}
+
+static void test_state_diff_and_tags(void **state) {
+  rtc *t = *state;
+  fd_message(&t->f, "c1", 1, "/count");
+  fd_pump(&t->f);
+  assert_string_equal(fd_last_commit(&t->f, "c1")->state, "count=1;");
+  fd_message(&t->f, "c1", 2, "/count");
+  fd_pump(&t->f);
+  assert_string_equal(fd_last_send(&t->f, "c1")->text, "count 2");
+  assert_string_equal(fd_last_commit(&t->f, "c1")->state, "count=2;");
+  /* Only changed keys travel; tags go with the commit. */
+  fd_message(&t->f, "c1", 3, "/tag vip");
+  fd_pump(&t->f);
+  const fd_commit *c = fd_last_commit(&t->f, "c1");
+  assert_int_equal(c->ack_seq, 3);
+  assert_string_equal(c->state, "");
+  assert_string_equal(c->tags, "+vip -old ");
+  /* JSON round trip through the canonical encoder. */
+  fd_message(&t->f, "c1", 4, "/profile");
+  fd_pump(&t->f);
+  assert_string_equal(fd_last_commit(&t->f, "c1")->state,
+                      "profile={\"n\":1.5,\"name\":\"Jos\xc3\xa9\",\"tags\":[\"a\",\"b\"]};");
+}
+
+static void test_failure_rolls_back(void **state) {
+  rtc *t = *state;
+  fd_message(&t->f, "c1", 1, "/count");
+  fd_message(&t->f, "c1", 2, "/fail");
+  fd_pump(&t->f);
+  assert_string_equal(fd_last_send(&t->f, "c1")->text, "Sorry, something went wrong.");
+  const fd_commit *c = fd_last_commit(&t->f, "c1");
+  assert_int_equal(c->ack_seq, 2);
+  assert_string_equal(c->tags, "");
+  fd_message(&t->f, "c1", 3, "/count");
+  fd_pump(&t->f);
+  assert_string_equal(fd_last_send(&t->f, "c1")->text, "count 2");
+  assert_non_null(strstr(t->f.log, "boom"));
+  plr_stats st;
+  plr_runtime_stats(t->f.r, &st);
+  assert_int_equal(st.failures, 1);
+  /* A host outside http.allow is misuse: the handler fails. */
+  fd_message(&t->f, "c1", 4, "/deny");
+  fd_pump(&t->f);
+  assert_string_equal(fd_last_send(&t->f, "c1")->text, "Sorry, something went wrong.");
+  assert_non_null(strstr(t->f.log, "not in bot.yaml http.allow"));
+}
+
+static void test_own_events_and_no_handler(void **state) {
+  rtc *t = *state;
+  parley_event own = {.kind = PARLEY_EVENT_MESSAGE, .conversation = "c1", .seq = 1,
+                      .sender = "rtbot", .sender_role = PARLEY_ROLE_BOT,
+                      .content = {.kind = PARLEY_CONTENT_TEXT, .text = "/count"}};
+  fd_event(&t->f, &own);
+  parley_event st = {.kind = PARLEY_EVENT_STATE_CHANGED, .conversation = "c1", .seq = 2,
+                     .sender = "", .sender_role = PARLEY_ROLE_SYSTEM};
+  fd_event(&t->f, &st);
+  fd_pump(&t->f);
+  assert_int_equal(t->f.nsends, 0);
+  assert_int_equal(fd_last_commit(&t->f, "c1")->ack_seq, 2);
+  /* Duplicates are dropped. */
+  fd_message(&t->f, "c1", 2, "/count");
+  fd_pump(&t->f);
+  assert_int_equal(t->f.nsends, 0);
+}
+
+static void test_redelivered_state_and_open(void **state) {
+  rtc *t = *state;
+  parley_state_entry st[] = {{.key = "count", .value = "5", .value_len = 1}};
+  fd_assign_state(&t->f, "c2", "es", 7, 10, st, 1);
+  fd_message(&t->f, "c2", 11, "/count");
+  fd_pump(&t->f);
+  const fd_send *s = fd_last_send(&t->f, "c2");
+  assert_string_equal(s->text, "count 6");
+  assert_int_equal(s->epoch, 7);
+  parley_event open = {.kind = PARLEY_EVENT_OPENED, .conversation = "c2", .seq = 12,
+                       .sender = "", .locale = "es-MX", .customer = "cust"};
+  fd_event(&t->f, &open);
+  fd_pump(&t->f);
+  assert_string_equal(fd_last_send(&t->f, "c2")->text, "\xc2\xa1Hola!");
+  assert_int_equal(fd_last_commit(&t->f, "c2")->ack_seq, 12);
+}
+
+static void test_order_and_concurrency(void **state) {
+  rtc *t = *state;
+  fd_assign(&t->f, "c2", "en");
+  fd_message(&t->f, "c1", 1, "/fetch 42");
+  /* c1 waits on HTTP; its later events wait behind it, c2 goes on. */
+  fd_message(&t->f, "c1", 2, "/count");
+  fd_message(&t->f, "c2", 1, "/count");
+  fd_pump(&t->f);
+  assert_int_equal(t->f.nhttp, 1);
+  assert_string_equal(t->f.http[0].url, "http://orders.test/o/42");
+  assert_string_equal(t->f.http[0].headers, "Accept: application/json\n");
+  assert_int_equal(fd_count_sends(&t->f, "c1"), 0);
+  assert_string_equal(fd_last_send(&t->f, "c2")->text, "count 1");
+  assert_null(fd_last_commit(&t->f, "c1"));
+  assert_true(plr_runtime_busy(t->f.r));
+  fd_http_complete(&t->f, 0, 200, "{\"state\":\"shipped\"}");
+  fd_pump(&t->f);
+  assert_int_equal(fd_count_sends(&t->f, "c1"), 2);
+  assert_string_equal(t->f.sends[1].text, "status 200 shipped application/json");
+  assert_string_equal(fd_last_send(&t->f, "c1")->text, "count 1");
+  assert_int_equal(fd_last_commit(&t->f, "c1")->ack_seq, 2);
+  /* A failed request is an expected failure: nil, err. */
+  fd_message(&t->f, "c1", 3, "/fetch 7");
+  fd_pump(&t->f);
+  fd_http_complete(&t->f, 1, 0, NULL);
+  fd_pump(&t->f);
+  assert_string_equal(fd_last_send(&t->f, "c1")->text, "err connection refused");
+}
+
+static void test_match_postback_quote_idem(void **state) {
+  rtc *t = *state;
+  fd_message(&t->f, "c1", 1, "How do I RESET my Password?");
+  fd_pump(&t->f);
+  assert_string_equal(fd_last_send(&t->f, "c1")->text, "reset answer");
+  parley_event pb = {.kind = PARLEY_EVENT_MESSAGE, .conversation = "c1", .seq = 2,
+                     .sender = "cust", .content = {.kind = PARLEY_CONTENT_POSTBACK,
+                                                   .payload = "go:7", .label = "Go"}};
+  fd_event(&t->f, &pb);
+  fd_pump(&t->f);
+  assert_string_equal(fd_last_send(&t->f, "c1")->text, "go 7");
+  char text[600] = "/quote ";
+  for (int i = 0; i < 200; i++) strcat(text, "\xc3\xa9");
+  fd_message(&t->f, "c1", 3, text);
+  fd_pump(&t->f);
+  const fd_send *s = fd_last_send(&t->f, "c1");
+  assert_int_equal(s->quote_seq, 3);
+  assert_string_equal(s->quote_sender, "cust");
+  /* 280 bytes at most, cut on a character boundary: "/quote " is 7 bytes,
+   * then 136 two-byte characters fit. */
+  assert_int_equal(strlen(s->quote_excerpt), 7 + 136 * 2);
+  fd_message(&t->f, "c1", 4, "/idem");
+  fd_pump(&t->f);
+  uint8_t id[PARLEY_MSG_ID_LEN];
+  char hex[33];
+  parley_msg_id_derive("rtbot", "c1", 4, 0xFFFFFFFFu, id);
+  parley_msg_id_hex(id, hex);
+  assert_string_equal(fd_last_send(&t->f, "c1")->text, hex);
+  fd_message(&t->f, "c1", 5, "/handoff");
+  fd_pump(&t->f);
+  s = fd_last_send(&t->f, "c1");
+  assert_int_equal(s->kind, 100 + PARLEY_ACTION_HANDOFF);
+  assert_string_equal(s->queue, "humans");
+  assert_string_equal(s->note, "asked");
+  fd_message(&t->f, "c1", 6, "anything else");
+  fd_pump(&t->f);
+  assert_string_equal(fd_last_send(&t->f, "c1")->text, "fallback");
+}
+
+/* Runs the loop until the conversation has n sends, for at most ~4 s. */
+static void wait_sends(rtc *t, const char *conv, size_t n) {
+  for (int i = 0; i < 400 && fd_count_sends(&t->f, conv) < n; i++) {
+    uv_sleep(10);
+    fd_pump(&t->f);
+  }
+}
+
+static void test_timers_in_state(void **state) {
+  rtc *t = *state;
+  fd_message(&t->f, "c1", 1, "/remind 0.05 hello");
+  fd_pump(&t->f);
+  const fd_commit *c = fd_last_commit(&t->f, "c1");
+  assert_non_null(strstr(c->state, "_timers={\"list\":[{\"data\":{\"text\":\"hello\"},\"due\":"));
+  char saved[1024];
+  snprintf(saved, sizeof saved, "%s", strchr(c->state, '=') + 1);
+  saved[strlen(saved) - 1] = '\0'; /* the trailing ';' */
+  wait_sends(t, "c1", 1);
+  const fd_send *s = fd_last_send(&t->f, "c1");
+  assert_non_null(s);
+  assert_string_equal(s->text, "reminder hello");
+  uint8_t id[PARLEY_MSG_ID_LEN];
+  parley_msg_id_derive("rtbot", "c1", 0, 0x40000000u + 1 * 256, id);
+  assert_memory_equal(s->msg_id, id, PARLEY_MSG_ID_LEN);
+  /* The timer's removal is committed with the next acknowledged event
+   * (here the reply itself coming back). */
+  parley_event own = {.kind = PARLEY_EVENT_MESSAGE, .conversation = "c1", .seq = 2,
+                      .sender = "rtbot", .content = {.kind = PARLEY_CONTENT_TEXT, .text = "x"}};
+  fd_event(&t->f, &own);
+  fd_pump(&t->f);
+  c = fd_last_commit(&t->f, "c1");
+  assert_int_equal(c->ack_seq, 2);
+  assert_string_equal(c->state, "_timers=<deleted>;");
+  /* A timer kept in the state survives a restart: a fresh runtime re-arms
+   * it on Assign and, being overdue, it fires after the assignment grace. */
+  fd_close(&t->f);
+  char err[512];
+  assert_int_equal(fd_open(&t->f, t->dir, err, sizeof err), 0);
+  t->f.now += 60000;
+  parley_state_entry st[] = {{.key = "_timers", .value = saved, .value_len = strlen(saved)}};
+  fd_assign_state(&t->f, "c1", "en", 2, 1, st, 1);
+  wait_sends(t, "c1", 1);
+  assert_string_equal(fd_last_send(&t->f, "c1")->text, "reminder hello");
+  /* Same timer, same reply id: the gateway would drop it as a duplicate. */
+  assert_memory_equal(fd_last_send(&t->f, "c1")->msg_id, id, PARLEY_MSG_ID_LEN);
+}
+
+static void test_reload(void **state) {
+  rtc *t = *state;
+  fd_message(&t->f, "c1", 1, "/count");
+  fd_pump(&t->f);
+  char path[512];
+  snprintf(path, sizeof path, "%s/bot.lua", t->dir);
+  FILE *fp = fopen(path, "w");
+  fputs("VERSION_TEXT = 'v2'\n" BOT_LUA, fp);
+  fclose(fp);
+  /* Reload while c1 waits on HTTP: the swap waits for the handler. */
+  fd_message(&t->f, "c1", 2, "/fetch 1");
+  fd_pump(&t->f);
+  char err[1024] = "";
+  assert_int_equal(plr_runtime_reload(t->f.r, err, sizeof err), 0);
+  fd_message(&t->f, "c1", 3, "hello?");
+  fd_http_complete(&t->f, 0, 200, "{\"state\":\"new\"}");
+  fd_pump(&t->f);
+  assert_string_equal(fd_last_send(&t->f, "c1")->text, "v2");
+  fd_message(&t->f, "c1", 4, "/count");
+  fd_pump(&t->f);
+  assert_string_equal(fd_last_send(&t->f, "c1")->text, "count 2");
+  assert_int_equal(fd_last_commit(&t->f, "c1")->ack_seq, 4);
+  /* A broken bot.lua is refused and the running one stays. */
+  fp = fopen(path, "w");
+  fputs("local bot = parley.bot(\n", fp);
+  fclose(fp);
+  assert_int_not_equal(plr_runtime_reload(t->f.r, err, sizeof err), 0);
+  assert_non_null(strstr(err, "bot.lua"));
+  fd_message(&t->f, "c1", 5, "/count");
+  fd_pump(&t->f);
+  assert_string_equal(fd_last_send(&t->f, "c1")->text, "count 3");
+  plr_stats st;
+  plr_runtime_stats(t->f.r, &st);
+  assert_int_equal(st.reloads, 1);
+  assert_int_equal(st.reload_failures, 1);
+  fp = fopen(path, "w");
+  fputs(BOT_LUA, fp);
+  fclose(fp);
+}
+
+static void stop_done(void *ud) { *(int *)ud += 1; }
+
+static void test_stop_drains(void **state) {
+  rtc *t = *state;
+  fd_message(&t->f, "c1", 1, "/fetch 9");
+  fd_pump(&t->f);
+  int done = 0;
+  plr_runtime_stop(t->f.r, 5000, stop_done, &done);
+  fd_pump(&t->f);
+  assert_int_equal(done, 0);
+  /* New events are not taken while stopping. */
+  fd_message(&t->f, "c1", 2, "/count");
+  fd_http_complete(&t->f, 0, 200, "{\"state\":\"x\"}");
+  fd_pump(&t->f);
+  assert_int_equal(done, 1);
+  assert_int_equal(fd_last_commit(&t->f, "c1")->ack_seq, 1);
+  assert_int_equal(fd_count_sends(&t->f, "c1"), 1);
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test_setup_teardown(test_reply_ids_and_commit_after_acks, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_rich_fallbacks, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_state_diff_and_tags, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_failure_rolls_back, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_own_events_and_no_handler, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_redelivered_state_and_open, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_order_and_concurrency, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_match_postback_quote_idem, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_timers_in_state, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_reload, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_stop_drains, setup, teardown),
+  };
+  return cmocka_run_group_tests(tests, NULL, NULL);
+}
