@@ -4,7 +4,9 @@
 # Build output goes to stderr so that `echo hi | make -s run` prints only the
 # conversation on stdout.
 # Tests labelled "long" (full-size fault and soak runs) are left out unless
-# asked for: make test LABELS=long runs only them, at full size.
+# asked for: make test LABELS=long runs only them, at full size. Tests labelled
+# "known_failure" (they reproduce a known bug, see docs/reliability.md) are
+# left out too; make test LABELS=known_failure runs them.
 
 JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 BOT ?= bots/faq
@@ -12,8 +14,8 @@ RUN_ARGS ?=
 LABELS ?=
 
 ifeq ($(LABELS),)
-CTEST_SEL := -LE long
-ASAN_SEL := -LE 'long|nosan'
+CTEST_SEL := -LE 'long|known_failure'
+ASAN_SEL := -LE 'long|nosan|known_failure'
 else
 CTEST_SEL := -L $(LABELS)
 ASAN_SEL := -L $(LABELS) -LE nosan

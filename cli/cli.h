@@ -5,5 +5,8 @@
 
 int cli_run(int argc, char **argv);
 int cli_lint(int argc, char **argv);
+int cli_chat(int argc, char **argv);
+int cli_test(int argc, char **argv);
+int cli_config(int argc, char **argv);
 
 #endif

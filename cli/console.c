@@ -124,7 +124,8 @@ void console_render_event(FILE *out, const parley_event *ev, const char *self,
   const char *indent = "    ";
 
   if (ev->kind != PARLEY_EVENT_MESSAGE) {
-    if (!interactive) return;
+    /* State changes are the bot's bookkeeping, not part of the chat. */
+    if (!interactive || ev->kind == PARLEY_EVENT_STATE_CHANGED) return;
     fprintf(out, "%s-- #%llu %s", dim, (unsigned long long)ev->seq, event_name(ev->kind));
     switch (ev->kind) {
     case PARLEY_EVENT_ASSIGNED:

@@ -19,6 +19,9 @@ static int usage(FILE *out) {
           "  run <botdir>       run a bot (against the embedded gateway by default)\n"
           "  gateway            run the reference gateway\n"
           "  lint <botdir>      load and check a bot without connecting\n"
+          "  test <botdir>      run a bot's spec files against it (--faults, --seed N)\n"
+          "  chat               a console as a customer or an agent against a gateway\n"
+          "  config check FILE  check a gateway config or a bot.yaml\n"
           "  version            print the version\n"
           "\n"
           "`parley <command> --help` describes a command's options.\n");
@@ -55,6 +58,9 @@ int main(int argc, char **argv) {
   if (!strcmp(cmd, "run")) return cli_run(argc - 1, argv + 1);
   if (!strcmp(cmd, "gateway")) return pg_gateway_main(argc - 1, argv + 1);
   if (!strcmp(cmd, "lint")) return cli_lint(argc - 1, argv + 1);
+  if (!strcmp(cmd, "test")) return cli_test(argc - 1, argv + 1);
+  if (!strcmp(cmd, "chat")) return cli_chat(argc - 1, argv + 1);
+  if (!strcmp(cmd, "config")) return cli_config(argc - 1, argv + 1);
   fprintf(stderr, "parley: unknown command '%s'\n", cmd);
   return usage(stderr);
 }

@@ -17,6 +17,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include <sodium.h>
 #include <uv.h>
 
 #include <parley/client.h>
@@ -56,6 +57,14 @@ static void random_token(char out[33]) {
   parley_msg_id_hex(id, out);
 }
 
+/* The gateway keeps tokens hashed: "blake2b:" and BLAKE2b-256 in hex. */
+static void token_hash(const char *token, char out[8 + 65]) {
+  uint8_t h[32];
+  crypto_generichash(h, sizeof h, (const uint8_t *)token, strlen(token), NULL, 0);
+  memcpy(out, "blake2b:", 8);
+  sodium_bin2hex(out + 8, 65, h, sizeof h);
+}
+
 /* The bot's principal is bot.yaml's `name`, else the folder's name. */
 static void bot_name(const char *dir, char *out, size_t size) {
   char path[1024];
@@ -81,7 +90,7 @@ static void bot_name(const char *dir, char *out, size_t size) {
 
 static void rm_tree(const char *dir) {
   /* Only the files the gateway creates live there; a shell-free removal. */
-  static const char *names[] = {"parley.db", "parley.db-wal", "parley.db-shm", NULL};
+  static const char *names[] = {"gateway.db", "gateway.db-wal", "gateway.db-shm", NULL};
   char path[512];
   for (int i = 0; names[i]; i++) {
     snprintf(path, sizeof path, "%s/%s", dir, names[i]);
@@ -253,6 +262,10 @@ int cli_run(int argc, char **argv) {
       }
       r.own_data_dir = true;
     }
+    char bot_hash[8 + 65], customer_hash[8 + 65];
+    if (sodium_init() < 0) return 1;
+    token_hash(bot_token, bot_hash);
+    token_hash(customer_token, customer_hash);
     char yaml[2048];
     snprintf(yaml, sizeof yaml,
              "listen: 127.0.0.1\n"
@@ -263,11 +276,11 @@ int cli_run(int argc, char **argv) {
              "principals:\n"
              "  - name: %s\n"
              "    role: bot\n"
-             "    token: \"%s\"\n"
+             "    token_hash: \"%s\"\n"
              "  - name: customer\n"
              "    role: customer\n"
-             "    token: \"%s\"\n",
-             r.data_dir, principal, principal, bot_token, customer_token);
+             "    token_hash: \"%s\"\n",
+             r.data_dir, principal, principal, bot_hash, customer_hash);
     if (pg_config_from_string("embedded", yaml, &r.gw_cfg, err, sizeof err) != 0) {
       fprintf(stderr, "parley: embedded gateway config: %s\n", err);
       return 1;

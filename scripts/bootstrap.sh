@@ -16,6 +16,7 @@ PACKAGES=(
   libicu-dev
   lua-cjson-dev lua-cjson
   libcmocka-dev
+  libfaketime
   clang libclang-rt-14-dev
   curl python3 openssl
 )

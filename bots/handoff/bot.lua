@@ -20,7 +20,8 @@ local function hand_off(ctx, why, last)
   st.handed_off = true
   st.unanswered = 0
   ctx:tag("handoff:" .. why)
-  ctx:reply(ctx:t("handing_off", { minutes = math.ceil(cfg.agent_wait / 60) }))
+  local minutes = math.ceil(cfg.agent_wait / 60)
+  ctx:reply(ctx:t("handing_off", { count = minutes, minutes = minutes }))
   ctx:after(cfg.agent_wait, "no_agent", { queue = cfg.queue })
   ctx:handoff(cfg.queue, ctx:t("note", { reason = ctx:t("reason." .. why), text = last }))
 end
@@ -70,7 +71,8 @@ bot:on_event("handed_back", function(ctx)
 end)
 
 bot:on_timer("no_agent", function(ctx)
-  ctx:reply(ctx:t("no_agent", { minutes = math.ceil(cfg.agent_wait / 60) }))
+  local minutes = math.ceil(cfg.agent_wait / 60)
+  ctx:reply(ctx:t("no_agent", { count = minutes, minutes = minutes }))
 end)
 
 return bot

@@ -16,6 +16,8 @@
 #define PG_MAX_TAG_LEN 64
 #define PG_MAX_STATE_KEY 128
 #define PG_MAX_STATE_KEYS 256
+/* Deliver and Frame headers around one event, with room to spare. */
+#define PG_DELIVER_OVERHEAD 32
 
 static int refuse(pg_op *op, Parley__V1__ErrorCode code, const char *msg) {
   op->error = code;
@@ -38,6 +40,8 @@ static int append_event(pg_gateway *g, pg_convrow *r, Parley__V1__Event *ev) {
   ev->seq = r->last_seq + 1;
   ev->server_time_ms = (int64_t)pg_now_ms();
   size_t n = parley__v1__event__get_packed_size(ev);
+  /* Every event must fit a Deliver frame within the peer's frame limit. */
+  if (n + PG_DELIVER_OVERHEAD > g->cfg->max_frame_bytes) return PARLEY_ETOOBIG;
   uint8_t *buf = malloc(n ? n : 1);
   if (!buf) return PARLEY_ENOMEM;
   parley__v1__event__pack(ev, buf);
@@ -233,7 +237,7 @@ static int open_conversation(pg_gateway *g, pg_op *op, const Parley__V1__Send *s
   if (rc == 0) rc = pg_db_conv_update(g->db, &r);
   if (rc == 0) {
     op->seq = r.last_seq;
-    pg_router_touch(g, r.id);
+    pg_router_touch(g, r.id, true);
   }
   return rc;
 }
@@ -429,7 +433,7 @@ static int apply_send(pg_gateway *g, pg_op *op) {
   if (rc == 0) rc = pg_db_sent_put(g->db, op->principal, s->client_msg_id.data, r.id, r.last_seq);
   if (rc == 0) {
     op->seq = r.last_seq;
-    pg_router_touch(g, r.id);
+    pg_router_touch(g, r.id, false);
   }
   pg_convrow_clear(&r);
   return rc;
@@ -517,7 +521,7 @@ static int apply_item(pg_gateway *g, pg_op *op, const Parley__V1__ConversationCo
   if (rc == 0) rc = pg_db_conv_update(g->db, &r);
   if (rc == 0) {
     out->state_version = r.state_version;
-    pg_router_touch(g, r.id);
+    pg_router_touch(g, r.id, false);
   }
   pg_convrow_clear(&r);
   return rc;
@@ -539,7 +543,7 @@ static int apply_commit(pg_gateway *g, pg_op *op) {
       pg_db_rollback_to(g->db);
     } else if (rc < 0) {
       pg_db_rollback_to(g->db);
-      out->error = E(INTERNAL);
+      out->error = rc == PARLEY_ETOOBIG ? E(INVALID) : E(INTERNAL);
     } else if (pg_db_release(g->db)) {
       return PARLEY_EDB;
     }
@@ -571,7 +575,9 @@ static int apply_op(pg_gateway *g, pg_op *op) {
   }
   if (rc == 0) return pg_db_release(g->db);
   pg_db_rollback_to(g->db);
-  if (rc < 0) {
+  if (rc == PARLEY_ETOOBIG) {
+    refuse(op, E(INVALID), "the event would not fit in max_frame_bytes");
+  } else if (rc < 0) {
     op->error = E(INTERNAL);
     snprintf(op->msg, sizeof op->msg, "storage error: %s", pg_db_errmsg(g->db));
     op->seq = 0;

@@ -2,7 +2,8 @@
  *   config.c  YAML -> pg_config, token checks
  *   map.c     a bounded string-keyed hash map
  *   db.c      SQLite schema and statements
- *   session.c per-connection protocol (Hello, Send, Ack, Fetch, Commit, ...)
+ *   session.c per-connection protocol (Hello, Ack, Fetch, QueueRequest, ...)
+ *   apply.c   group commit: Send, Commit and Ack applied in one transaction
  *   router.c  conversations: participants, bot assignment, fleets, pushing
  *   server.c  libwebsockets glue, timers, group commit, lifecycle
  *   main.c    pg_gateway_main
@@ -166,11 +167,14 @@ typedef struct pg_outbuf {
 
 #define PG_TOKEN_MAX 512
 #define PG_OUTQ_MAX_BYTES (64u * 1024u * 1024u)
+#define PG_MAX_OPS 100000u   /* writes queued for one group commit */
 
 struct pg_conn {
   pg_gateway *g;
   struct lws *wsi;
   pg_conn *next, *prev;
+  pg_conn *pnext;          /* next connection of the same principal */
+  bool indexed;            /* linked into pg_gateway.by_principal */
   uint64_t id;
   int state;               /* PG_CS_* */
   char header_token[PG_TOKEN_MAX];
@@ -237,6 +241,7 @@ struct pg_gateway {
   size_t n_conns;
   uint64_t next_conn_id;
   gw_map convs;            /* conv id -> pg_conv */
+  gw_map by_principal;     /* principal -> first pg_conn (pnext list) */
   gw_map seen;             /* "principal\x1f device\x1f conv" -> (uintptr) seq */
   pg_op *ops_head, *ops_tail;
   size_t n_ops;
@@ -246,7 +251,7 @@ struct pg_gateway {
   void *done_ud;
   struct lws_context *ctx_alive; /* lws writes NULL here when destroyed */
   uint64_t stop_started_ms;
-  int destroy_calls;
+  int destroy_calls, destroy_wait;
 };
 
 uint64_t pg_now_ms(void);  /* wall clock, for server_time_ms */
@@ -267,11 +272,17 @@ void pg_session_closed(pg_conn *c);
 
 /* router.c */
 pg_conv *pg_router_conv(pg_gateway *g, const char *id);  /* cached, loads; NULL if none */
-void pg_router_touch(pg_gateway *g, const char *id);
+void pg_router_touch(pg_gateway *g, const char *id, bool opened);
 void pg_router_after_commit(pg_gateway *g);              /* applies touched */
 void pg_router_discard(pg_gateway *g);                   /* rollback: reload */
 void pg_router_pump(pg_conn *c);
-void pg_router_pump_conv(pg_gateway *g, pg_conv *cv);
+/* Pushes a conversation's new events to its participants and stops its
+ * stream on connections of old_assignee (NULL: none) that left it. */
+void pg_router_pump_conv(pg_gateway *g, pg_conv *cv, const char *old_assignee);
+/* The by-principal index of open connections. */
+int pg_router_index(pg_conn *c);
+void pg_router_unindex(pg_conn *c);
+pg_conn *pg_router_conns_of(pg_gateway *g, const char *principal);
 pg_stream *pg_router_stream(pg_conn *c, const char *conv, bool create);
 void pg_router_drop_stream(pg_conn *c, const char *conv);
 /* Raises a stream's watermark to up (<= high), keeping inflight right. */

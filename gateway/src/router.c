@@ -21,10 +21,17 @@ pg_conv *pg_router_conv(pg_gateway *g, const char *id) {
     free(cv);
     return NULL;
   }
+  /* Its current epoch may have been given to a connection before a
+   * restart: the next placement bumps it, fencing that connection. */
+  cv->placed_epoch = cv->row.epoch;
   return cv;
 }
 
-void pg_router_touch(pg_gateway *g, const char *id) { gw_map_put(&g->touched, id, (void *)1); }
+void pg_router_touch(pg_gateway *g, const char *id, bool opened) {
+  /* "Opened" sticks when a conversation is touched again in the batch. */
+  if (gw_map_get(&g->touched, id) == (void *)2) opened = true;
+  gw_map_put(&g->touched, id, (void *)(uintptr_t)(opened ? 2 : 1));
+}
 
 bool pg_router_participant(const pg_conn *c, const pg_conv *cv) {
   if (!live(c)) return false;
@@ -157,23 +164,66 @@ void pg_router_pump(pg_conn *c) {
   }
 }
 
-void pg_router_pump_conv(pg_gateway *g, pg_conv *cv) {
-  for (pg_conn *c = g->conns; c; c = c->next) {
-    if (c->state != PG_CS_OPEN) continue;
-    if (pg_router_participant(c, cv)) {
-      pg_stream *old = gw_map_get(&c->streams, cv->row.id);
-      bool fresh = !old || !old->active;
-      pg_stream *s = old ? old : pg_router_stream(c, cv->row.id, true);
-      if (!s) continue;
-      s->active = true;
-      /* A conversation an agent takes during a session was announced by no
-       * cursor, so the client expects it from seq 1: its history. */
-      if (fresh && c->role == PG_ROLE_AGENT) s->acked = s->pushed = 0;
-      pump_stream(c, s, cv->row.last_seq);
-    } else {
-      pg_router_drop_stream(c, cv->row.id);
-    }
+int pg_router_index(pg_conn *c) {
+  pg_gateway *g = c->g;
+  c->pnext = gw_map_get(&g->by_principal, c->principal);
+  int rc = gw_map_put(&g->by_principal, c->principal, c);
+  if (rc != 0) {
+    c->pnext = NULL;
+    return rc;
   }
+  c->indexed = true;
+  return 0;
+}
+
+void pg_router_unindex(pg_conn *c) {
+  if (!c->indexed) return;
+  pg_gateway *g = c->g;
+  pg_conn *head = gw_map_get(&g->by_principal, c->principal);
+  if (head == c) {
+    if (c->pnext) gw_map_put(&g->by_principal, c->principal, c->pnext);
+    else gw_map_del(&g->by_principal, c->principal);
+  } else {
+    for (pg_conn *p = head; p; p = p->pnext)
+      if (p->pnext == c) {
+        p->pnext = c->pnext;
+        break;
+      }
+  }
+  c->pnext = NULL;
+  c->indexed = false;
+}
+
+pg_conn *pg_router_conns_of(pg_gateway *g, const char *principal) {
+  return principal && principal[0] ? gw_map_get(&g->by_principal, principal) : NULL;
+}
+
+static void pump_one(pg_conn *c, pg_conv *cv) {
+  if (c->state != PG_CS_OPEN) return;
+  if (pg_router_participant(c, cv)) {
+    pg_stream *old = gw_map_get(&c->streams, cv->row.id);
+    bool fresh = !old || !old->active;
+    pg_stream *s = old ? old : pg_router_stream(c, cv->row.id, true);
+    if (!s) return;
+    s->active = true;
+    /* A conversation an agent takes during a session was announced by no
+     * cursor, so the client expects it from seq 1: its history. */
+    if (fresh && c->role == PG_ROLE_AGENT) s->acked = s->pushed = 0;
+    pump_stream(c, s, cv->row.last_seq);
+  } else {
+    pg_router_drop_stream(c, cv->row.id);
+  }
+}
+
+/* Only the connections of the principals involved are visited, so the cost
+ * does not grow with the number of connections. */
+void pg_router_pump_conv(pg_gateway *g, pg_conv *cv, const char *old_assignee) {
+  for (pg_conn *c = pg_router_conns_of(g, cv->row.customer); c; c = c->pnext) pump_one(c, cv);
+  if (strcmp(cv->row.assignee, cv->row.customer))
+    for (pg_conn *c = pg_router_conns_of(g, cv->row.assignee); c; c = c->pnext) pump_one(c, cv);
+  if (old_assignee && strcmp(old_assignee, cv->row.assignee) &&
+      strcmp(old_assignee, cv->row.customer))
+    for (pg_conn *c = pg_router_conns_of(g, old_assignee); c; c = c->pnext) pump_one(c, cv);
 }
 
 void pg_router_redeliver(pg_gateway *g, uint64_t now) {
@@ -290,10 +340,8 @@ static void send_revoke(pg_conn *c, const char *conv, uint64_t epoch, const char
 /* The live connection of the bot principal with the fewest conversations. */
 static pg_conn *pick_bot(pg_gateway *g, const char *bot) {
   pg_conn *best = NULL;
-  for (pg_conn *c = g->conns; c; c = c->next)
-    if (live(c) && c->role == PG_ROLE_BOT && !strcmp(c->principal, bot) &&
-        (!best || c->n_owned < best->n_owned))
-      best = c;
+  for (pg_conn *c = pg_router_conns_of(g, bot); c; c = c->pnext)
+    if (live(c) && c->role == PG_ROLE_BOT && (!best || c->n_owned < best->n_owned)) best = c;
   return best;
 }
 
@@ -440,7 +488,7 @@ void pg_router_queue_update(pg_gateway *g, const pg_convrow *r, const char *queu
 /* Compares the cached row (before the batch) with the committed one and
  * derives what connections must be told: revokes, queue updates, new bot
  * assignments, and the new events. */
-static void apply_change(pg_gateway *g, const char *id) {
+static void apply_change(pg_gateway *g, const char *id, bool opened) {
   pg_convrow nr;
   if (pg_db_conv_get(g->db, id, &nr) != 0) return;
   pg_conv *cv = gw_map_get(&g->convs, id);
@@ -453,6 +501,9 @@ static void apply_change(pg_gateway *g, const char *id) {
       return;
     }
     fresh = true;
+    /* Only a conversation opened in this batch has an epoch no connection
+     * ever held. */
+    if (!opened) cv->placed_epoch = nr.epoch;
   }
   pg_convrow old = cv->row;
   cv->row = nr;
@@ -470,25 +521,34 @@ static void apply_change(pg_gateway *g, const char *id) {
     pg_router_queue_update(g, &old, old.queue, true);
   if (cv->row.status == PG_CONV_QUEUED && (!was_queued || strcmp(old.queue, cv->row.queue)))
     pg_router_queue_update(g, &cv->row, cv->row.queue, false);
+  char *old_assignee = fresh ? NULL : old.assignee;
+  old.assignee = NULL;
   if (!fresh) pg_convrow_clear(&old);
   if (bot_assigned(cv) && !live(cv->owner)) {
     cv->owner = NULL;
     place(g, &cv, 1);
   }
-  pg_router_pump_conv(g, cv);
+  pg_router_pump_conv(g, cv, old_assignee);
+  free(old_assignee);
 }
 
 void pg_router_after_commit(pg_gateway *g) {
   size_t n = g->touched.len, i = 0, k = 0;
   char **ids = calloc(n ? n : 1, sizeof *ids);
+  bool *opened = calloc(n ? n : 1, sizeof *opened);
   const char *key;
-  while (ids && gw_map_next(&g->touched, &i, &key, NULL)) ids[k++] = strdup(key);
+  void *val;
+  while (ids && opened && gw_map_next(&g->touched, &i, &key, &val)) {
+    opened[k] = val == (void *)2;
+    ids[k++] = strdup(key);
+  }
   gw_map_clear(&g->touched);
   for (size_t j = 0; j < k; j++) {
-    if (ids[j]) apply_change(g, ids[j]);
+    if (ids[j]) apply_change(g, ids[j], opened[j]);
     free(ids[j]);
   }
   free(ids);
+  free(opened);
 }
 
 void pg_router_discard(pg_gateway *g) { gw_map_clear(&g->touched); }

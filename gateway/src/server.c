@@ -90,6 +90,27 @@ void pg_conn_error(pg_conn *c, Parley__V1__ErrorCode code, bool fatal, const cha
 }
 
 void pg_gateway_enqueue(pg_gateway *g, pg_conn *c, pw_frame *f) {
+  /* One loop iteration's writes are bounded; past that the sender waits. */
+  if (g->n_ops >= PG_MAX_OPS) {
+    const Parley__V1__Send *s = f->body_case == PARLEY__V1__FRAME__BODY_SEND ? f->send : NULL;
+    pg_conn_error(c, E(BUSY), false, "too many pending writes", s ? s->conversation : NULL,
+                  s ? &s->client_msg_id : NULL,
+                  f->body_case == PARLEY__V1__FRAME__BODY_COMMIT ? f->commit->request_id : 0,
+                  100);
+    if (s) {
+      Parley__V1__SendAck a = PARLEY__V1__SEND_ACK__INIT;
+      a.client_msg_id = s->client_msg_id;
+      a.conversation = s->conversation;
+      a.error = E(BUSY);
+      a.message = "too many pending writes";
+      pw_frame out = PARLEY__V1__FRAME__INIT;
+      out.body_case = PARLEY__V1__FRAME__BODY_SEND_ACK;
+      out.send_ack = &a;
+      pg_conn_send_frame(c, &out);
+    }
+    pw_frame_free(f);
+    return;
+  }
   pg_op *op = calloc(1, sizeof *op);
   if (op) {
     op->principal = strdup(c->principal);
@@ -140,6 +161,7 @@ static void conn_free(pg_conn *c) {
 }
 
 static void conn_unlink(pg_gateway *g, pg_conn *c) {
+  pg_router_unindex(c);
   if (c->prev) c->prev->next = c->next;
   else g->conns = c->next;
   if (c->next) c->next->prev = c->prev;
@@ -429,6 +451,11 @@ static void on_stop_timer(uv_timer_t *t) {
    * first call closes its handles, which needs the loop to run; later calls
    * free what is left and finally clear ctx_alive (info.pcontext). */
   if (g->ctx_alive && g->destroy_calls < 8) {
+    /* Each step gets a few loop passes: lws closes some handles from the
+     * close callbacks of others, and the next step unloads its event
+     * library plugin. */
+    if (g->destroy_calls && ++g->destroy_wait < 3) return;
+    g->destroy_wait = 0;
     g->destroy_calls++;
     lws_context_destroy(g->ctx);
     return;
@@ -457,6 +484,24 @@ void pg_gateway_stop(pg_gateway *g, void (*done)(void *ud), void *ud) {
 
 void pg_gateway_free(pg_gateway *g) {
   if (!g) return;
+  if (!g->stopping) {
+    /* Freed without pg_gateway_stop (an error path of the embedder): stop
+     * here, running the loop just long enough for lws and our handles to
+     * close, since their memory is about to go. */
+    g->stopping = true;
+    if (g->ops_head) pg_session_batch(g);
+    uv_timer_stop(&g->tick);
+    for (int i = 0; i < 8 && g->ctx_alive; i++) {
+      lws_context_destroy(g->ctx);
+      /* Several passes: lws closes some handles from close callbacks. */
+      for (int k = 0; k < 4; k++) uv_run(g->loop, UV_RUN_NOWAIT);
+    }
+    g->ctx = NULL;
+    uv_close((uv_handle_t *)&g->tick, on_handle_closed);
+    uv_close((uv_handle_t *)&g->check, on_handle_closed);
+    uv_close((uv_handle_t *)&g->stop_timer, on_handle_closed);
+    for (int i = 0; i < 100 && g->handles_open > 0; i++) uv_run(g->loop, UV_RUN_NOWAIT);
+  }
   if (g->ctx && g->ctx_alive) lws_context_destroy(g->ctx);
   while (g->conns) {
     pg_conn *c = g->conns;
@@ -471,6 +516,7 @@ void pg_gateway_free(pg_gateway *g) {
     free(cv);
   }
   gw_map_clear(&g->convs);
+  gw_map_clear(&g->by_principal);
   gw_map_clear(&g->seen);
   gw_map_clear(&g->touched);
   while (g->ops_head) {

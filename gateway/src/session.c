@@ -31,7 +31,7 @@ typedef struct hello_ctx {
   const Parley__V1__Hello *h;
   Parley__V1__ResumeCursor *cur;
   Parley__V1__ResumeCursor **curp;
-  size_t n, cap;
+  size_t n, cap, bytes;
 } hello_ctx;
 
 static uint64_t resume_of(const Parley__V1__Hello *h, const char *conv) {
@@ -56,6 +56,11 @@ static int hello_stream(void *ud, const pg_convrow *r) {
     pg_router_drop_stream(c, r->id);
     return 0;
   }
+  /* Welcome must fit the frame limit; a stream left out of it still
+   * streams, and its client fills the gap with Fetch. */
+  size_t cost = strlen(s->conv) + 16;
+  if (hc->bytes + cost > c->g->cfg->max_frame_bytes - 4096) return 0;
+  hc->bytes += cost;
   if (hc->n == hc->cap) {
     size_t nc = hc->cap ? hc->cap * 2 : 16;
     Parley__V1__ResumeCursor *t = realloc(hc->cur, nc * sizeof *t);
@@ -109,8 +114,8 @@ static void on_hello(pg_conn *c, const Parley__V1__Hello *h) {
   }
   sodium_memzero(c->header_token, sizeof c->header_token);
   uint32_t same = 0;
-  for (pg_conn *o = g->conns; o; o = o->next)
-    if (o->state == PG_CS_OPEN && !strcmp(o->principal, h->principal)) same++;
+  for (pg_conn *o = pg_router_conns_of(g, h->principal); o; o = o->pnext)
+    if (o->state == PG_CS_OPEN) same++;
   if (same >= g->cfg->max_conns) {
     pg_conn_error(c, E(TOO_MANY_CONNECTIONS), true, "too many connections for this principal",
                   NULL, NULL, 0, 1000);
@@ -136,6 +141,10 @@ static void on_hello(pg_conn *c, const Parley__V1__Hello *h) {
   }
   c->window = g->cfg->window;
   if (h->window && h->window < c->window) c->window = h->window;
+  if (pg_router_index(c) != 0) {
+    fatal(c, E(INTERNAL), "too many principals connected");
+    return;
+  }
   c->state = PG_CS_OPEN;
 
   hello_ctx hc = {.c = c, .h = h};

@@ -701,6 +701,7 @@ end
 -- The environment bot code runs in.
 
 local api, http_mod, json_mod
+local handler_threads = setmetatable({}, { __mode = "k" })
 
 local function make_env()
   local env = {}
@@ -745,7 +746,16 @@ local function make_env()
   env.table = readonly(table, "table")
   env.math = readonly(math, "math")
   env.utf8 = readonly(utf8, "utf8")
-  env.coroutine = readonly(coroutine, "coroutine")
+  -- A handler's own coroutine stays out of reach: resumed or closed from
+  -- bot code it would run outside the runtime's control.
+  local co_lib = {}
+  for k, f in pairs(coroutine) do co_lib[k] = f end
+  co_lib.running = function()
+    local co, main = coroutine.running()
+    if handler_threads[co] then return nil, true end
+    return co, main
+  end
+  env.coroutine = readonly(co_lib, "coroutine")
   env.parley = api
   env.http = http_mod
   env.json = json_mod
@@ -886,6 +896,7 @@ end
 -- Runs inside the handler's coroutine. kind is "event" or "timer"; for a
 -- timer, ev is its id. Returns true when a handler ran.
 function rt.run(conv, kind, ev, seq)
+  handler_threads[coroutine.running()] = true
   local rec = conv_rec(conv)
   local b = the_bot
   if kind == "timer" then
@@ -967,17 +978,22 @@ function rt.fail(conv, kind, ev, err)
   end
 end
 
--- The pending changes of a conversation, cleared: state, tags to add, tags
--- to remove.
+-- The pending changes of a conversation: state, tags to add, tags to
+-- remove. They stay pending until rt.commit_sent says the commit went out.
 function rt.take_commit(conv)
   local rec = convs[conv]
   if not rec then return {}, {}, {} end
-  local st, add, rm = rec.pending, {}, {}
+  local add, rm = {}, {}
   for t in pairs(rec.tags_add) do add[#add + 1] = t end
   for t in pairs(rec.tags_remove) do rm[#rm + 1] = t end
   table.sort(add); table.sort(rm)
+  return rec.pending, add, rm
+end
+
+function rt.commit_sent(conv)
+  local rec = convs[conv]
+  if not rec then return end
   rec.pending, rec.tags_add, rec.tags_remove = {}, {}, {}
-  return st, add, rm
 end
 
 -- Reload: everything a new state needs to take over, as JSON text.

@@ -2,19 +2,47 @@
  * ph_* for HTTP, both on the caller's loop. Kept apart from runtime.c so the
  * tests, which drive the runtime with a fake driver, link without a client.
  */
-#include "vm.h"
+#include "rt_int.h"
 
 #include "http/http.h"
 
 #include <stdlib.h>
 #include <string.h>
 
+/* A send in flight: the runtime's send_ud and when it was handed to the
+ * client, for the ACK latency. Listed so that d_destroy frees the ones a
+ * stopped client never answered. */
+typedef struct adapter_send {
+  struct adapter_send *prev, *next;
+  void *send_ud;
+  uint64_t t0;
+} adapter_send;
+
 typedef struct plr_adapter {
   plr_runtime *rt;
   parley_client *client;
   ph_client *http;
   bool closed;
+  adapter_send *sends;
 } plr_adapter;
+
+static adapter_send *send_track(plr_adapter *a, void *send_ud) {
+  adapter_send *s = calloc(1, sizeof *s);
+  if (!s) return NULL;
+  s->send_ud = send_ud;
+  s->t0 = uv_hrtime();
+  s->next = a->sends;
+  if (a->sends) a->sends->prev = s;
+  a->sends = s;
+  return s;
+}
+
+static void send_untrack(plr_adapter *a, adapter_send *s) {
+  if (s->prev) s->prev->next = s->next;
+  else a->sends = s->next;
+  if (s->next) s->next->prev = s->prev;
+  free(s);
+}
 
 /* One HTTP request in flight: the runtime's callback and ph's id. */
 typedef struct adapter_req {
@@ -34,7 +62,14 @@ static void cb_send_result(parley_client *c, const parley_send_result *r, void *
                            void *ud) {
   (void)c;
   plr_adapter *a = ud;
-  plr_rt_on_send_result(a->rt, r, send_ud);
+  adapter_send *s = send_ud;
+  void *inner = s ? s->send_ud : NULL;
+  if (s) {
+    if (r->status == 0 && a->rt->on_observe)
+      a->rt->on_observe(a->rt->ud, PLR_OBSERVE_ACK, (double)(uv_hrtime() - s->t0) / 1e9);
+    send_untrack(a, s);
+  }
+  plr_rt_on_send_result(a->rt, r, inner);
 }
 
 static void cb_commit_result(parley_client *c, const parley_commit_result *r, void *ud) {
@@ -78,13 +113,21 @@ static int d_send(void *ud, const char *conv, const parley_content *content,
                   const parley_quote *quote, const uint8_t id[PARLEY_MSG_ID_LEN], uint64_t epoch,
                   void *send_ud) {
   plr_adapter *a = ud;
-  return parley_client_send(a->client, conv, content, quote, id, epoch, send_ud);
+  adapter_send *s = send_track(a, send_ud);
+  if (!s) return PARLEY_ENOMEM;
+  int rc = parley_client_send(a->client, conv, content, quote, id, epoch, s);
+  if (rc) send_untrack(a, s);
+  return rc;
 }
 
 static int d_action(void *ud, const char *conv, const parley_action *action,
                     const uint8_t id[PARLEY_MSG_ID_LEN], uint64_t epoch, void *send_ud) {
   plr_adapter *a = ud;
-  return parley_client_action(a->client, conv, action, id, epoch, send_ud);
+  adapter_send *s = send_track(a, send_ud);
+  if (!s) return PARLEY_ENOMEM;
+  int rc = parley_client_action(a->client, conv, action, id, epoch, s);
+  if (rc) send_untrack(a, s);
+  return rc;
 }
 
 static int d_commit(void *ud, const parley_commit *commits, size_t n) {
@@ -187,6 +230,12 @@ static void d_stop(void *ud, uint32_t drain_ms) {
   }
 }
 
+static void d_quiesce(void *ud) {
+  plr_adapter *a = ud;
+  ph_client_free(a->http);
+  a->http = NULL;
+}
+
 static int d_start(void *ud) {
   plr_adapter *a = ud;
   return parley_client_start(a->client);
@@ -196,7 +245,13 @@ static void d_destroy(void *ud) {
   plr_adapter *a = ud;
   parley_client_free(a->client);
   ph_client_free(a->http);
+  while (a->sends) send_untrack(a, a->sends);
   free(a);
+}
+
+parley_client *plr_runtime_client(plr_runtime *r) {
+  if (!r || r->drv.destroy != d_destroy) return NULL;
+  return ((plr_adapter *)r->drv.ud)->client;
 }
 
 int plr_runtime_new(const plr_options *o, plr_runtime **out, char *err, size_t errlen) {
@@ -214,6 +269,7 @@ int plr_runtime_new(const plr_options *o, plr_runtime **out, char *err, size_t e
                   .http_cancel = d_http_cancel,
                   .stop = d_stop,
                   .start = d_start,
+                  .quiesce = d_quiesce,
                   .destroy = d_destroy,
                   .ud = a};
   plr_runtime *r = NULL;

@@ -72,6 +72,8 @@ typedef struct plr_driver {
   void (*stop)(void *ud, uint32_t drain_ms);
   /* plr_runtime_start: connects. May be NULL. */
   int (*start)(void *ud);
+  /* The runtime stopped: close what holds the loop (HTTP). May be NULL. */
+  void (*quiesce)(void *ud);
   /* plr_runtime_free: releases the driver; no callback may follow. May be
    * NULL. */
   void (*destroy)(void *ud);
@@ -83,6 +85,8 @@ typedef struct plr_limits {
   uint64_t memory;          /* bytes of Lua heap [64 MiB] */
   uint64_t instructions;    /* per handler [10,000,000] */
   uint64_t load_instructions; /* for running bot.lua [50,000,000] */
+  uint32_t cpu_time_ms;     /* time a handler may run, waits excluded [5 s] */
+  uint32_t load_time_ms;    /* for running bot.lua [4 x cpu_time] */
   uint32_t http_timeout_ms; /* default request timeout [10 s] */
   uint32_t http_max_body;   /* response bytes kept [1 MiB] */
   uint32_t queue_max;       /* events queued per conversation [1024] */

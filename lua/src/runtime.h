@@ -34,7 +34,17 @@ typedef struct plr_options {
   /* Optional: called when no handler runs and nothing is uncommitted. */
   void (*on_idle)(void *ud);
   void *ud;
+  /* Optional: latencies for metrics, in seconds, called with ud. Handler:
+   * from the start of a handler to its end (replies answered included).
+   * Ack: from a send handed to the client to its SendAck. */
+  void (*on_observe)(void *ud, int what, double seconds);
 } plr_options;
+
+#define PLR_OBSERVE_HANDLER 1
+#define PLR_OBSERVE_ACK 2
+
+struct parley_content;
+struct parley_client;
 
 /* `parley lint`: loads the config, the templates and bot.lua in a fresh
  * state, without a connection. 0 or a PARLEY_E* status with err filled as
@@ -60,5 +70,25 @@ int plr_runtime_reload(plr_runtime *r, char *err, size_t errlen);
 uint64_t plr_runtime_committed(const plr_runtime *r, const char *conversation);
 /* Handlers running, or events or commits pending. */
 bool plr_runtime_busy(const plr_runtime *r);
+
+/* A message the bot sends on its own (the sidecar API). It goes into the
+ * conversation's queue, so it follows the replies of a handler that runs
+ * now, and it carries the conversation's assignment epoch. content is
+ * copied. Returns 0 when under way: done(ud, status, seq, duplicate) then
+ * follows exactly once, from the loop (status 0 when the gateway stored it;
+ * duplicate when it already had msg_id). Otherwise PARLEY_ENOTFOUND (the
+ * conversation is not assigned to this runtime), PARLEY_ESHUTDOWN
+ * (stopping), PARLEY_EBACKPRESSURE (its queue is full), PARLEY_EINVAL or
+ * PARLEY_ENOMEM, and done is never called. */
+int plr_runtime_send_proactive(plr_runtime *r, const char *conversation,
+                               const struct parley_content *content,
+                               const uint8_t msg_id[16],
+                               void (*done)(void *ud, int status, uint64_t seq,
+                                            bool duplicate),
+                               void *ud);
+
+/* The runtime's client (adapter runtimes only), NULL otherwise: for
+ * readiness and metrics. */
+struct parley_client *plr_runtime_client(plr_runtime *r);
 
 #endif

@@ -10,10 +10,12 @@
 #include <lualib.h>
 
 #include <errno.h>
+#include <stdio.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 
 #define PLR_BOT_SOURCE_MAX (1024 * 1024)
 
@@ -28,7 +30,7 @@ static void *vm_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
     vm->mem_used -= old;
     return NULL;
   }
-  if (nsize > old && vm->mem_used - old + nsize > vm->mem_limit) return NULL;
+  if (!vm->unlimited && nsize > old && vm->mem_used - old + nsize > vm->mem_limit) return NULL;
   void *p = realloc(ptr, nsize);
   if (!p) return NULL;
   vm->mem_used = vm->mem_used - old + nsize;
@@ -46,10 +48,19 @@ plr_vm *plr_vm_of(lua_State *L) {
  * fires on every instruction and raises every time, so a pcall in the bot
  * catches one error and fails again at its next instruction: only
  * abandoning the coroutine ends it. */
+int64_t plr_vm_now_ns(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
 static void vm_hook(lua_State *L, lua_Debug *ar) {
   (void)ar;
   plr_vm *vm = plr_vm_of(L);
   vm->budget -= lua_gethookcount(L);
+  /* Instructions do not count the time C functions take (string.rep,
+   * table.concat, gsub): a time limit per handler covers those. */
+  if (vm->deadline_ns && plr_vm_now_ns() > vm->deadline_ns) vm->budget = -1;
   if (vm->exhausted || vm->budget < 0) {
     vm->exhausted = true;
     lua_sethook(L, vm_hook, LUA_MASKCOUNT, 1);
@@ -65,6 +76,7 @@ static void vm_hook(lua_State *L, lua_Debug *ar) {
 }
 
 void plr_vm_budget(plr_vm *vm, lua_State *L, int64_t budget, bool exhausted) {
+  vm->deadline_ns = 0;
   vm->budget = budget;
   vm->exhausted = exhausted;
   vm->budget_co = L;
@@ -77,6 +89,15 @@ static void seterr(char *err, size_t errlen, const char *fmt, ...) {
   va_start(ap, fmt);
   vsnprintf(err, errlen, fmt, ap);
   va_end(ap);
+}
+
+/* Only reached for an error outside every protected call, which the
+ * runtime avoids (the cap is lifted there); say what happened before Lua
+ * aborts. */
+static int vm_panic(lua_State *L) {
+  const char *msg = lua_tostring(L, -1);
+  fprintf(stderr, "parley: unprotected Lua error: %s\n", msg ? msg : "(not a string)");
+  return 0;
 }
 
 /* The traceback message handler of every protected call into Lua. */
@@ -93,6 +114,10 @@ int plr_msgh(lua_State *L) {
 int plr_vm_pcall(plr_vm *vm, int nargs, int nres, char *err, size_t errlen) {
   lua_State *L = vm->L;
   plr_vm_budget(vm, L, PLR_INTERNAL_BUDGET, false);
+  /* The runtime's own calls (diffs, commits, rollback) run without the cap:
+   * their allocations are bounded by the state limits, and they must work
+   * when the bot has filled its heap. */
+  vm->unlimited = true;
   int base = lua_gettop(L) - nargs;
   lua_pushcfunction(L, plr_msgh);
   lua_insert(L, base);
@@ -114,7 +139,7 @@ static int l_log(lua_State *L) {
   const char *msg = luaL_checkstring(L, 2);
   const char *conv = luaL_optstring(L, 3, NULL);
   lua_Integer seq = luaL_optinteger(L, 4, 0);
-  plr_log(vm->rt, level, conv, (uint64_t)seq, "%s: %s", vm->name, msg);
+  plr_log(vm->rt, level, conv, (uint64_t)seq, "%s", msg);
   return 0;
 }
 
@@ -165,7 +190,7 @@ static const char *const BOT_KEYS[] = {"name",   "default_locale", "fallback_rep
                                        "limits", "http",           "description",
                                        "settings", NULL};
 static const char *const LIMIT_KEYS[] = {
-    "memory", "instructions", "load_instructions", "http_timeout",
+    "memory", "instructions", "load_instructions", "cpu_time", "http_timeout",
     "http_max_body", "queue_max", "conversations_max", NULL};
 
 /* Reads bot.yaml: identity, locale, limits. Unknown top-level keys are
@@ -215,6 +240,14 @@ static int vm_config(plr_vm *vm, char *err, size_t errlen) {
   if (pc_get_u64(lim, "load_instructions", vm->lim.load_instructions, 10000,
                  UINT64_C(100000000000), &vm->lim.load_instructions, &pe))
     return cfg_err(&pe, err, errlen);
+  if (pc_get_ms(lim, "cpu_time", vm->lim.cpu_time_ms, &v, &pe)) return cfg_err(&pe, err, errlen);
+  if (v < 10 || v > 600000) {
+    seterr(err, errlen, "%s:%d: limits.cpu_time: must be between 10ms and 10m", path,
+           pc_node_line(pc_get(lim, "cpu_time")));
+    return PARLEY_ECONFIG;
+  }
+  vm->lim.cpu_time_ms = (uint32_t)v;
+  vm->lim.load_time_ms = vm->lim.cpu_time_ms * 4;
   if (pc_get_ms(lim, "http_timeout", vm->lim.http_timeout_ms, &v, &pe))
     return cfg_err(&pe, err, errlen);
   vm->lim.http_timeout_ms = (uint32_t)(v > 120000 ? 120000 : v);
@@ -304,6 +337,7 @@ static int vm_boot(plr_vm *vm, char *err, size_t errlen) {
     return PARLEY_EINTERNAL;
   }
   /* Stack: templates, chunk. Arguments: C, templates, config, cjson. */
+  vm->unlimited = true;
   lua_createtable(L, 0, 16);
   static const luaL_Reg prims[] = {{"log", l_log},
                                    {"now", l_now},
@@ -352,8 +386,12 @@ static int vm_run_bot(plr_vm *vm, char *err, size_t errlen) {
   free(src);
   lua_pushfstring(co, "@%s", path);
   plr_vm_budget(vm, co, (int64_t)vm->lim.load_instructions, false);
+  vm->deadline_ns = plr_vm_now_ns() + (int64_t)vm->lim.load_time_ms * 1000000;
+  vm->unlimited = false;
   int nres = 0;
   int rc = lua_resume(co, L, 2, &nres);
+  vm->unlimited = true;
+  vm->deadline_ns = 0;
   int status = 0;
   if (rc == LUA_YIELD) {
     seterr(err, errlen, "%s: bot.lua may not yield or call http while loading", path);
@@ -378,6 +416,8 @@ int plr_vm_load(plr_runtime *rt, const char *bot_dir, plr_vm **out, char *err,
   vm->lim = (plr_limits){.memory = 64u << 20,
                          .instructions = 10000000,
                          .load_instructions = 50000000,
+                         .cpu_time_ms = 5000,
+                         .load_time_ms = 20000,
                          .http_timeout_ms = 10000,
                          .http_max_body = 1u << 20,
                          .queue_max = 1024,
@@ -392,6 +432,7 @@ int plr_vm_load(plr_runtime *rt, const char *bot_dir, plr_vm **out, char *err,
     goto fail;
   }
   memcpy(lua_getextraspace(vm->L), &vm, sizeof vm);
+  lua_atpanic(vm->L, vm_panic);
   lua_State *L = vm->L;
   /* Library opening runs unprotected: only an out-of-memory could fail it,
    * and the cap is at least 1 MiB, far above what the libraries take. */

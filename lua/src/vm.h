@@ -22,6 +22,8 @@ struct plr_vm {
   int64_t budget;       /* instructions left for the code running now */
   bool exhausted;       /* the budget ran out: every hook raises */
   lua_State *budget_co; /* the thread the budget was given to */
+  bool unlimited;       /* the C side is pushing: the cap is for bot code */
+  int64_t deadline_ns;  /* monotonic time the running handler must end by; 0 none */
   int rt_ref;           /* registry ref of runtime.lua's table */
   char *name, *default_locale, *dir;
   plr_limits lim;
@@ -32,10 +34,18 @@ struct plr_vm {
 };
 
 plr_vm *plr_vm_of(lua_State *L);
-/* Sets the budget of the code about to run on thread L. */
+/* Lifts the memory cap while the C side pushes values outside a protected
+ * call, where an allocation failure would be a panic. The cap holds only
+ * while bot code runs: every resume of a handler or of bot.lua puts it on
+ * and lifts it again when it returns. */
+static inline void plr_vm_uncapped(plr_vm *vm) { vm->unlimited = true; }
+int64_t plr_vm_now_ns(void);
+/* Sets the budget of the code about to run on thread L (and clears the
+ * deadline; set vm->deadline_ns after it for handlers). */
 void plr_vm_budget(plr_vm *vm, lua_State *L, int64_t budget, bool exhausted);
-/* Protected call on the main thread with a traceback and the internal
- * budget; on error fills err and returns PARLEY_ELUA or PARLEY_ENOMEM. */
+/* Protected call on the main thread with a traceback, the internal budget
+ * and no memory cap (the runtime's own Lua code); on error fills err and
+ * returns PARLEY_ELUA or PARLEY_ENOMEM. */
 int plr_vm_pcall(plr_vm *vm, int nargs, int nres, char *err, size_t errlen);
 int plr_msgh(lua_State *L);
 /* Pushes runtime.lua's function fn; returns its Lua type. */

@@ -1007,6 +1007,34 @@ static void t_same_id_rerun(void **state) {
   H_EQ(h.results[1].status, 0);
   H_TRUE(h.results[1].ud == (void *)2);
   H_EQ(h.n_errors, 0);
+
+  /* Same story in the other order: the old send is refused before the
+   * handler runs again, and its second refusal comes after the new send
+   * was written. */
+  deliver1(&h, CONV_A, 2);
+  uint8_t id3[16];
+  parley_msg_id_derive("bot-1", CONV_A, 2, 0, id3);
+  H_EQ(pe_engine_send(h.e, CONV_A, &txt, NULL, id3, 2, (void *)3, h.now), 0);
+  f = h_expect(&h, PARLEY__V1__FRAME__BODY_SEND);
+  pw_frame_free(f);
+  h_run_until(&h, pe_engine_deadline(h.e));
+  f = h_expect(&h, PARLEY__V1__FRAME__BODY_SEND);
+  pw_frame_free(f);
+  feed_free(&h, mk_assign(CONV_A, 3, 1), 0);
+  feed_free(&h, mk_send_ack(id3, CONV_A, 0, false, PARLEY__V1__ERROR_CODE__ERROR_STALE_EPOCH), 0);
+  H_EQ(h.n_results, 3);
+  H_EQ(h.results[2].status, PARLEY_ESTALE_EPOCH);
+  deliver1(&h, CONV_A, 2);
+  H_EQ(pe_engine_send(h.e, CONV_A, &txt, NULL, id3, 3, (void *)4, h.now), 0);
+  f = h_expect(&h, PARLEY__V1__FRAME__BODY_SEND);
+  H_EQ(f->send->epoch, 3);
+  pw_frame_free(f);
+  feed_free(&h, mk_send_ack(id3, CONV_A, 0, false, PARLEY__V1__ERROR_CODE__ERROR_STALE_EPOCH), 0);
+  H_EQ(h.n_results, 3); /* owed to the old send: ignored */
+  feed_free(&h, mk_send_ack(id3, CONV_A, 0, false, PARLEY__V1__ERROR_CODE__ERROR_STALE_EPOCH), 0);
+  H_EQ(h.n_results, 4); /* nothing owed any more: this one is real */
+  H_EQ(h.results[3].status, PARLEY_ESTALE_EPOCH);
+  H_EQ(h.n_errors, 0);
   h_fini(&h);
 }
 
@@ -1207,6 +1235,40 @@ static void t_close_drain(void **state) {
   h_fini(&h);
 }
 
+/* Resume cursors are kept to half the gateway's frame limit. */
+static void t_hello_budget(void **state) {
+  (void)state;
+  harness h;
+  pe_config cfg = h_config(PARLEY_ROLE_CUSTOMER);
+  h_init(&h, &cfg);
+  H_EQ(pe_engine_on_connect(h.e, h.now), 0);
+  h_drain(&h);
+  pw_frame *w = mk_welcome(600000, 0);
+  w->welcome->max_frame_bytes = 1000;
+  feed_free(&h, w, 0);
+  char name[32];
+  for (int i = 0; i < 100; i++) {
+    snprintf(name, sizeof name, "c-%04d", i);
+    deliver1(&h, name, 1);
+  }
+  h_drain(&h);
+  pe_engine_on_disconnect(h.e, h.now);
+  h.now = pe_engine_reconnect_at(h.e);
+  H_EQ(pe_engine_on_connect(h.e, h.now), 0);
+  const uint8_t *d;
+  size_t n;
+  H_TRUE(pe_engine_take_output(h.e, &d, &n));
+  H_TRUE(n < 1000);
+  pw_frame *f = NULL;
+  const char *why;
+  H_EQ(pw_decode(d, n, 0, &f, &why), 0);
+  H_EQ(f->body_case, PARLEY__V1__FRAME__BODY_HELLO);
+  H_TRUE(f->hello->n_resume > 10 && f->hello->n_resume < 100);
+  for (size_t i = 0; i < f->hello->n_resume; i++) H_EQ(f->hello->resume[i]->after_seq, 1);
+  pw_frame_free(f);
+  h_fini(&h);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(t_handshake),
@@ -1234,6 +1296,7 @@ int main(void) {
       cmocka_unit_test(t_agent_queue),
       cmocka_unit_test(t_commit_retry),
       cmocka_unit_test(t_close_drain),
+      cmocka_unit_test(t_hello_budget),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -21,6 +21,9 @@
  * committed; every send and commit gets exactly one result (stored,
  * duplicate, or refused as STALE_EPOCH when the epoch moved on).
  *
+ * One seed in six runs a customer with manual_ack, acknowledging what it
+ * applied on its own schedule (pe_engine_ack).
+ *
  * PARLEY_PROPERTY_SEEDS=N runs N seeds (default 2000);
  * PARLEY_PROPERTY_SEED=N replays one seed verbosely.
  */
@@ -137,6 +140,11 @@ typedef struct sim {
   bool got_has[NCONV][MAXLOG];
   /* Bots. */
   bool bot;
+  /* Manual ACK customers: the application acknowledges what it applied
+   * every ack_every ms instead of after each callback. */
+  bool manual;
+  uint64_t ack_every, next_manual_ack;
+  size_t manual_acks;
   uint64_t gw_epoch[NCONV];  /* the gateway's current epoch per conversation */
   uint64_t app_epoch[NCONV]; /* the epoch the bot was last assigned */
   uint64_t app_next[NCONV];  /* next seq the bot expects in this assignment */
@@ -766,7 +774,8 @@ static void after_engine_call(sim *s) {
 /* --------------------------------------------------------------- run */
 
 /* Totals over all seeds, for the summary line. */
-static size_t g_bot_seeds, g_tot_commits, g_tot_stale, g_tot_runs;
+static size_t g_bot_seeds, g_tot_commits, g_tot_stale, g_tot_runs, g_manual_seeds,
+    g_tot_manual_acks;
 static size_t g_tot_frames, g_tot_sends, g_tot_events, g_tot_cuts, g_tot_fetches, g_tot_dups,
     g_tot_retries;
 
@@ -789,6 +798,9 @@ static int run_seed(uint64_t seed) {
   s->injects_left = (int)rbelow(&s->r, 60);
   s->n_sends = (int)rbelow(&s->r, MAXSENDS);
   s->bot = seed % 3 == 0;
+  s->manual = seed % 6 == 1;
+  s->ack_every = 20 + rbelow(&s->r, 400);
+  s->next_manual_ack = s->manual ? 1000 + s->ack_every : UINT64_MAX;
   if (s->bot) {
     /* The bot only answers: its sends are the handler's replies. A
      * SendAck names only the message id, so a network that doubles
@@ -820,6 +832,7 @@ static int run_seed(uint64_t seed) {
   memset(&cfg, 0, sizeof cfg);
   cfg.principal = s->bot ? BOT : "alice";
   cfg.role = s->bot ? PARLEY_ROLE_BOT : PARLEY_ROLE_CUSTOMER;
+  cfg.manual_ack = s->manual;
   cfg.device = "d1";
   cfg.tuning.seed = seed + 1;
   cfg.tuning.ack_timeout_ms = 100 + (uint32_t)rbelow(&s->r, 400);
@@ -881,6 +894,7 @@ static int run_seed(uint64_t seed) {
     if (next_send < s->n_sends) t = min2(t, s->sends[next_send].at);
     if (s->injects_left > 0) t = min2(t, s->next_inject);
     t = min2(t, s->next_cut);
+    t = min2(t, s->next_manual_ack);
     if (!s->conn) t = min2(t, pe_engine_reconnect_at(s->e));
     if (s->gw_session) t = min2(t, s->gw_last_tx + 1000); /* gateway heartbeat */
     if (t == UINT64_MAX) {
@@ -928,6 +942,17 @@ static int run_seed(uint64_t seed) {
       if (rc != 0) app_fail(s, "pe_engine_send: %s", parley_errname(rc));
       a->submitted = true;
       next_send++;
+      after_engine_call(s);
+    }
+    if (s->now >= s->next_manual_ack) {
+      for (int i = 0; i < NCONV; i++) {
+        if (s->got[i] == 0) continue;
+        int rc = pe_engine_ack(s->e, s->conv[i].name, s->got[i], s->now);
+        if (rc != 0) app_fail(s, "pe_engine_ack(%s, %llu): %s", s->conv[i].name,
+                              (unsigned long long)s->got[i], parley_errname(rc));
+        s->manual_acks++;
+      }
+      s->next_manual_ack = s->now + s->ack_every;
       after_engine_call(s);
     }
     if (s->injects_left > 0 && s->now >= s->next_inject) {
@@ -1081,6 +1106,10 @@ static int run_seed(uint64_t seed) {
   }
   g_tot_frames += s->stat_frames;
   g_tot_sends += (size_t)s->n_sends + (size_t)s->n_calls;
+  if (s->manual) {
+    g_manual_seeds++;
+    g_tot_manual_acks += s->manual_acks;
+  }
   if (s->bot) {
     g_bot_seeds++;
     g_tot_commits += s->commit_results;
@@ -1121,9 +1150,10 @@ int main(int argc, char **argv) {
   double secs = (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) / 1e9;
   printf("property: %llu seeds, %d failed, %.2f s; sends %zu, gateway events %zu, frames %zu, "
          "cuts %zu, fetches %zu, duplicates dropped %zu, retries %zu; bot seeds %zu: "
-         "handler runs %zu, commit results %zu (%zu stale epoch)\n",
+         "handler runs %zu, commit results %zu (%zu stale epoch); manual-ack seeds %zu: "
+         "%zu pe_engine_ack calls\n",
          (unsigned long long)n, failed, secs, g_tot_sends, g_tot_events, g_tot_frames,
          g_tot_cuts, g_tot_fetches, g_tot_dups, g_tot_retries, g_bot_seeds, g_tot_runs,
-         g_tot_commits, g_tot_stale);
+         g_tot_commits, g_tot_stale, g_manual_seeds, g_tot_manual_acks);
   return failed ? 1 : 0;
 }

@@ -99,8 +99,17 @@ static void call_getters(const pc_node *map, const char *key) {
   else if (absent) FZ_CHECK(u == 1024, "pc_get_size: absent key without the default");
 }
 
+/* Nodes that get the full treatment per walk; past this a big document is
+ * only navigated, so one input stays well under libFuzzer's -timeout. */
+#define FZ_FULL_VISITS 2000
+static size_t g_visits;
+
 static void walk(const pc_node *root, const pc_node *n, int depth) {
   FZ_CHECK(depth <= FZ_MAX_WALK_DEPTH, "tree deeper than %d levels", depth);
+  if (++g_visits > FZ_FULL_VISITS) {
+    for (size_t i = 0; i < pc_len(n); i++) walk(root, pc_at(n, i), depth + 1);
+    return;
+  }
   (void)pc_node_line(n);
   const char *path = pc_node_path(n);
   FZ_CHECK(path != NULL, "node without a path");
@@ -155,15 +164,18 @@ int LLVMFuzzerInitialize(int *argc, char ***argv) {
 /* The loader's documented document limit (docs/config.md). */
 #define FZ_DOC_LIMIT (4u * 1024u * 1024u)
 
-/* An input starting with byte 0xFF (never valid YAML) stands for a huge
- * document: the rest of the input repeated to one byte under, at, or one
- * byte over the 4 MiB limit (chosen by the second byte). Without this the
- * fuzzer, whose inputs are small, would never reach the limit. */
+/* An input starting with bytes FF FE (never valid YAML) stands for a big
+ * document: the rest of the input repeated up to a size chosen by the
+ * third byte s: one byte under, at, or one byte over the 4 MiB limit for
+ * s = 0, 1, 2, else s KiB. Without this the fuzzer, whose inputs are small,
+ * would never reach the size and node limits. Big documents are slow, so
+ * the seeds using this mode are kept in regressions/fuzz_config/ (run once
+ * by every regression run) rather than in the corpus the fuzzer mutates. */
 static char *make_text(const uint8_t *data, size_t size, size_t *len) {
-  if (size >= 2 && data[0] == 0xFF) {
-    size_t n = FZ_DOC_LIMIT - 1 + data[1] % 3;
-    const uint8_t *unit = data + 2;
-    size_t ulen = size - 2;
+  if (size >= 3 && data[0] == 0xFF && data[1] == 0xFE) {
+    size_t n = data[2] < 3 ? FZ_DOC_LIMIT - 1 + data[2] : (size_t)data[2] * 1024;
+    const uint8_t *unit = data + 3;
+    size_t ulen = size - 3;
     char *text = malloc(n);
     FZ_CHECK(text != NULL, "out of memory");
     if (ulen == 0) {
@@ -205,11 +217,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   free(text);
 
   const pc_node *root = pc_root(doc);
+  g_visits = 0;
   walk(root, root, 0);
 
   rc = pc_apply_env(doc, "PFUZZ", &err);
   check_error(rc, &err, "pc_apply_env");
   root = pc_root(doc);
+  g_visits = 0;
   walk(root, root, 0);
 
   pc_doc_free(doc);

@@ -10,14 +10,19 @@
  *              bit 4  tight limits (small reorder buffer, outbox, frames)
  *              bit 5  agent role when not a bot
  *   records, until the input ends; each starts with a byte h:
- *     h & 7 = 0..3  a gateway frame: u16 LE length, then that many bytes
+ *     h & 7 = 0..2  a gateway frame: u16 LE length, then that many bytes
  *                   (fewer when the input ends) for pe_engine_on_input
+ *     h & 7 = 3     u8 s: the reflecting gateway answers the engine's
+ *                   latest request, consistently: s & 3 = 0 SendAck,
+ *                   1 FetchResult, 2 CommitResult, 3 the next events of a
+ *                   conversation (see reflect() for the other bits)
  *     h & 7 = 4     application send (u8 conversation, u8 id, u8 kind)
  *     h & 7 = 5     application action (u8 conversation, u8 id, u8 kind)
- *     h & 7 = 6     ack (customer), commit (bot), queue request (agent):
- *                   u8 conversation, u8 seq
+ *     h & 7 = 6     u8 conversation, u8 seq: an ack (customers, agents),
+ *                   a commit (bots); agents ask for the queue listing
+ *                   instead when seq >= 128
  *     h & 7 = 7     u8 op: 0 disconnect, 1 graceful close, else nothing
- *     then the simulated clock advances by ((h >> 3) ^ 2) * 16 ms, with
+ *     then the simulated clock advances by (h >> 3) squared times 16 ms, with
  *     pe_engine_on_tick at every deadline on the way.
  *
  * After every step all output is taken and checked: each frame decodes
@@ -59,6 +64,7 @@ typedef struct track {
   uint64_t epoch;            /* bots: the current assignment's epoch */
   uint8_t wire_id[PARLEY_MSG_ID_LEN]; /* the Send on the wire, if any */
   bool has_wire;
+  uint64_t gw_top;           /* reflecting gateway: highest seq it made up */
 } track;
 
 typedef struct finished {
@@ -80,6 +86,21 @@ typedef struct fz_state {
   finished *done;
   size_t n_done, cap_done;
   int depth; /* callback nesting */
+  /* The latest requests the engine wrote, for the reflecting gateway. */
+  struct {
+    char conv[PARLEY_MAX_CONVERSATION_ID + 1];
+    uint8_t id[PARLEY_MSG_ID_LEN];
+  } sends[8];
+  size_t n_sends, next_send;
+  bool has_fetch;
+  uint64_t fetch_req, fetch_from, fetch_to;
+  char fetch_conv[PARLEY_MAX_CONVERSATION_ID + 1];
+  uint64_t commit_req;
+  size_t n_commit;
+  struct {
+    char conv[PARLEY_MAX_CONVERSATION_ID + 1];
+    uint64_t ack_seq;
+  } commit[8];
 } fz_state;
 
 static fz_state S;
@@ -270,7 +291,13 @@ static void check_output_frame(const uint8_t *data, size_t len) {
   case PARLEY__V1__FRAME__BODY_HELLO:
   case PARLEY__V1__FRAME__BODY_PING:
   case PARLEY__V1__FRAME__BODY_PONG:
+    break;
   case PARLEY__V1__FRAME__BODY_FETCH:
+    S.has_fetch = true;
+    S.fetch_req = f->fetch->request_id;
+    S.fetch_from = f->fetch->from_seq;
+    S.fetch_to = f->fetch->to_seq;
+    snprintf(S.fetch_conv, sizeof S.fetch_conv, "%s", f->fetch->conversation);
     break;
   case PARLEY__V1__FRAME__BODY_QUEUE_REQUEST:
     FZ_CHECK(S.flags & F_AGENT && !S.bot, "QueueRequest from a non-agent");
@@ -280,6 +307,13 @@ static void check_output_frame(const uint8_t *data, size_t len) {
     break;
   case PARLEY__V1__FRAME__BODY_COMMIT:
     FZ_CHECK(S.bot, "a non-bot wrote a Commit");
+    S.commit_req = f->commit->request_id;
+    S.n_commit = 0;
+    for (size_t i = 0; i < f->commit->n_items && S.n_commit < 8; i++, S.n_commit++) {
+      snprintf(S.commit[i].conv, sizeof S.commit[i].conv, "%s",
+               f->commit->items[i]->conversation);
+      S.commit[i].ack_seq = f->commit->items[i]->ack_seq;
+    }
     break;
   case PARLEY__V1__FRAME__BODY_SEND: {
     const Parley__V1__Send *s = f->send;
@@ -291,6 +325,10 @@ static void check_output_frame(const uint8_t *data, size_t len) {
       memcpy(t->wire_id, s->client_msg_id.data, PARLEY_MSG_ID_LEN);
       t->has_wire = true;
     }
+    size_t k = S.next_send++ % 8;
+    snprintf(S.sends[k].conv, sizeof S.sends[k].conv, "%s", s->conversation);
+    memcpy(S.sends[k].id, s->client_msg_id.data, PARLEY_MSG_ID_LEN);
+    if (S.n_sends < 8) S.n_sends++;
     break;
   }
   default:
@@ -346,6 +384,145 @@ static void advance(uint64_t ms) {
   }
 }
 
+/* ------------------------------------------------- reflecting gateway */
+
+/* Random frames rarely answer what the engine asked (a FetchResult must
+ * name the request id and start at the requested seq). A reflect record
+ * makes up a consistent gateway answer to the latest request instead, so
+ * the fuzzer reaches the engine's deeper states. */
+
+static void feed(const pw_frame *f) {
+  uint8_t *buf = NULL;
+  size_t len = 0;
+  FZ_CHECK(pw_encode(f, 0, &buf, &len) == 0, "pw_encode failed");
+  (void)pe_engine_on_input(S.e, buf, len, S.now);
+  free(buf);
+  after_call();
+}
+
+static void make_events(Parley__V1__Event *ev, Parley__V1__Event **evs, size_t n,
+                        const char *conv, uint64_t first) {
+  for (size_t i = 0; i < n; i++) {
+    parley__v1__event__init(&ev[i]);
+    ev[i].conversation = (char *)conv;
+    ev[i].seq = first + i;
+    /* Gateway events carry no message id, so an event made up twice is
+     * the same event both times. */
+    ev[i].kind = PARLEY__V1__EVENT_KIND__EVENT_TAGGED;
+    ev[i].sender = "gw";
+    evs[i] = &ev[i];
+  }
+}
+
+static void reflect_send_ack(uint8_t sub) {
+  if (!S.n_sends) return;
+  size_t k = (S.next_send - 1 - (sub >> 2) % S.n_sends) % 8;
+  track *t = track_get(S.sends[k].conv);
+  if (!t) return;
+  static const Parley__V1__ErrorCode codes[8] = {
+      PARLEY__V1__ERROR_CODE__ERROR_NONE,  PARLEY__V1__ERROR_CODE__ERROR_NONE,
+      PARLEY__V1__ERROR_CODE__ERROR_NONE,  PARLEY__V1__ERROR_CODE__ERROR_NONE,
+      PARLEY__V1__ERROR_CODE__ERROR_NONE,  PARLEY__V1__ERROR_CODE__ERROR_BUSY,
+      PARLEY__V1__ERROR_CODE__ERROR_CLOSED, PARLEY__V1__ERROR_CODE__ERROR_STALE_EPOCH};
+  Parley__V1__SendAck a = PARLEY__V1__SEND_ACK__INIT;
+  a.client_msg_id.data = S.sends[k].id;
+  a.client_msg_id.len = PARLEY_MSG_ID_LEN;
+  a.conversation = S.sends[k].conv;
+  a.error = codes[sub >> 5];
+  a.seq = a.error ? 0 : ++t->gw_top;
+  a.duplicate = (sub >> 5) == 4;
+  pw_frame f = PARLEY__V1__FRAME__INIT;
+  f.body_case = PARLEY__V1__FRAME__BODY_SEND_ACK;
+  f.send_ack = &a;
+  feed(&f);
+}
+
+static void reflect_fetch(uint8_t sub) {
+  if (!S.has_fetch) return;
+  track *t = track_get(S.fetch_conv);
+  if (!t) return;
+  Parley__V1__Event ev[4], *evs[4];
+  size_t n = (sub >> 2) & 3;
+  uint64_t top = t->gw_top > S.fetch_from + n ? t->gw_top : S.fetch_from + n;
+  if (S.fetch_to && S.fetch_from + n > S.fetch_to + 1) n = S.fetch_to + 1 - S.fetch_from;
+  make_events(ev, evs, n, S.fetch_conv, S.fetch_from);
+  Parley__V1__FetchResult r = PARLEY__V1__FETCH_RESULT__INIT;
+  r.request_id = S.fetch_req;
+  r.conversation = S.fetch_conv;
+  r.events = evs;
+  r.n_events = n;
+  r.end = sub & 0x10 || n == 0;
+  r.last_seq = sub & 0x20 ? top : S.fetch_from + n - 1;
+  if (sub & 0x40) r.error = PARLEY__V1__ERROR_CODE__ERROR_FORBIDDEN;
+  t->gw_top = top;
+  pw_frame f = PARLEY__V1__FRAME__INIT;
+  f.body_case = PARLEY__V1__FRAME__BODY_FETCH_RESULT;
+  f.fetch_result = &r;
+  feed(&f);
+}
+
+static void reflect_commit(uint8_t sub) {
+  if (!S.n_commit) return;
+  Parley__V1__CommitOutcome o[8], *os[8];
+  for (size_t i = 0; i < S.n_commit; i++) {
+    parley__v1__commit_outcome__init(&o[i]);
+    o[i].conversation = S.commit[i].conv;
+    o[i].ack_seq = S.commit[i].ack_seq;
+    o[i].duplicate = (sub >> (2 + i % 4)) & 1;
+    if ((sub >> 6) == 2) o[i].error = PARLEY__V1__ERROR_CODE__ERROR_INTERNAL;
+    if ((sub >> 6) == 3) o[i].error = PARLEY__V1__ERROR_CODE__ERROR_STALE_EPOCH;
+    o[i].state_version = i + 1;
+    os[i] = &o[i];
+  }
+  Parley__V1__CommitResult r = PARLEY__V1__COMMIT_RESULT__INIT;
+  r.request_id = S.commit_req;
+  r.outcomes = os;
+  r.n_outcomes = S.n_commit;
+  pw_frame f = PARLEY__V1__FRAME__INIT;
+  f.body_case = PARLEY__V1__FRAME__BODY_COMMIT_RESULT;
+  f.commit_result = &r;
+  feed(&f);
+}
+
+/* The next events of a conversation, with a gap of 0..3 seqs. */
+static void reflect_deliver(uint8_t sub) {
+  const char *conv = convs[(sub >> 2) & 3];
+  track *t = track_get(conv);
+  if (!t) return;
+  if (S.bot && t->epoch == 0) {
+    Parley__V1__Assign a = PARLEY__V1__ASSIGN__INIT;
+    a.conversation = (char *)conv;
+    a.epoch = 1;
+    a.acked_seq = t->gw_top;
+    pw_frame f = PARLEY__V1__FRAME__INIT;
+    f.body_case = PARLEY__V1__FRAME__BODY_ASSIGN;
+    f.assign = &a;
+    feed(&f);
+  }
+  Parley__V1__Event ev[2], *evs[2];
+  size_t n = 1 + ((sub >> 6) & 1);
+  uint64_t first = t->gw_top + 1 + ((sub >> 4) & 3);
+  make_events(ev, evs, n, conv, first);
+  ev[0].redelivered = sub >> 7;
+  t->gw_top = first + n - 1;
+  Parley__V1__Deliver d = PARLEY__V1__DELIVER__INIT;
+  d.events = evs;
+  d.n_events = n;
+  pw_frame f = PARLEY__V1__FRAME__INIT;
+  f.body_case = PARLEY__V1__FRAME__BODY_DELIVER;
+  f.deliver = &d;
+  feed(&f);
+}
+
+static void reflect(uint8_t sub) {
+  switch (sub & 3) {
+  case 0: reflect_send_ack(sub); break;
+  case 1: reflect_fetch(sub); break;
+  case 2: reflect_commit(sub); break;
+  default: reflect_deliver(sub); break;
+  }
+}
+
 /* ------------------------------------------------------------ driver */
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
@@ -397,7 +574,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   while (!fz_empty(&in)) {
     uint8_t h = fz_u8(&in);
     switch (h & 7) {
-    case 0: case 1: case 2: case 3: {
+    case 3:
+      reflect(fz_u8(&in));
+      break;
+    case 0: case 1: case 2: {
       size_t len;
       const uint8_t *frame = fz_bytes(&in, fz_u16(&in), &len);
       (void)pe_engine_on_input(S.e, frame, len, S.now);

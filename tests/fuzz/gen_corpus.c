@@ -48,6 +48,7 @@ typedef struct bytes {
 } bytes;
 
 static void put(bytes *b, const void *data, size_t len) {
+  if (len == 0) return;
   if (b->len + len > b->cap) {
     size_t cap = b->cap ? b->cap * 2 : 256;
     while (cap < b->len + len) cap *= 2;
@@ -638,6 +639,13 @@ static void rec_ack(bytes *p, uint8_t dt, uint8_t conv, uint8_t seq) {
   put_u8(p, seq);
 }
 
+/* The reflecting gateway: sub & 3 = 0 SendAck, 1 FetchResult,
+ * 2 CommitResult, 3 next events. */
+static void rec_reflect(bytes *p, uint8_t dt, uint8_t sub) {
+  put_u8(p, (uint8_t)(dt << 3 | 3));
+  put_u8(p, sub);
+}
+
 static void rec_ctl(bytes *p, uint8_t dt, uint8_t op) {
   put_u8(p, (uint8_t)(dt << 3 | 7));
   put_u8(p, op);
@@ -745,6 +753,35 @@ static void gen_engine(void) {
   rec_frame(&p, 3, fr_pong(1));
   rec_ctl(&p, 31, 2);
   seed_engine("tight_limits", &p);
+
+  /* A customer against the reflecting gateway: events with gaps that are
+   * fetched and answered, sends answered in turn. */
+  put_u8(&p, F_REPLY);
+  rec_frame(&p, 0, fr_welcome(10000, 100, NULL, 0));
+  rec_reflect(&p, 0, 3);        /* c1#1 (and the reply) */
+  rec_reflect(&p, 0, 0);        /* SendAck of the reply */
+  rec_reflect(&p, 6, 3 | 0x20); /* c1: two seqs skipped; the gap timer */
+  rec_reflect(&p, 0, 1 | 0x10 | 0x08); /* FetchResult */
+  rec_reflect(&p, 0, 0);
+  rec_reflect(&p, 0, 3 | 0x04 | 0x40); /* c2: two events */
+  rec_reflect(&p, 0, 0 | 0xA0); /* BUSY */
+  rec_reflect(&p, 8, 0);
+  seed_engine("reflect_customer", &p);
+
+  /* A bot against the reflecting gateway: assignment, events, replies and
+   * commits from inside the callback, their ACKs and CommitResults. */
+  put_u8(&p, F_BOT | F_REPLY | F_CB_ACK);
+  rec_frame(&p, 0, fr_welcome(10000, 100, NULL, 0));
+  rec_reflect(&p, 0, 3);
+  rec_reflect(&p, 0, 0);
+  rec_reflect(&p, 0, 2);
+  rec_reflect(&p, 0, 3 | 0x04);
+  rec_reflect(&p, 0, 0);
+  rec_reflect(&p, 0, 2 | 0x80); /* INTERNAL: retried */
+  rec_reflect(&p, 4, 2);
+  rec_reflect(&p, 6, 3 | 0x10);
+  rec_reflect(&p, 0, 1);
+  seed_engine("reflect_bot", &p);
 
   /* The handshake going wrong: a Ping first, a fatal error with
    * retry-after, a Welcome with another version. */
@@ -893,12 +930,47 @@ static void gen_config(void) {
             ": value\n"
             "!!str tagged: !custom 5\n");
   seed_yaml("bad_indent.yaml", "a:\n  b: 1\n c: 2\n\t- x\n");
-  /* fuzz_config's huge-document mode: byte 0xFF, a size selector, and a
-   * unit repeated to about 4 MiB. */
-  static const char huge_seq[] = "\xFF\x00- x\n";
-  static const char huge_over[] = "\xFF\x02# comment\n";
-  write_file("fuzz_config", "huge_seq", huge_seq, sizeof huge_seq - 1);
-  write_file("fuzz_config", "huge_over_limit", huge_over, sizeof huge_over - 1);
+}
+
+/* ---------------------------------------------------------- templates */
+
+/* fuzz_templates: en.yaml \0 de.yaml \0 pt_BR.yaml \0 locale \0 number. */
+static void seed_templates(const char *name, const char *const parts[5]) {
+  bytes b = {0};
+  for (size_t i = 0; i < 5 && parts[i]; i++) {
+    if (i) put_u8(&b, 0);
+    put(&b, parts[i], strlen(parts[i]));
+  }
+  write_file("fuzz_templates", name, b.p, b.len);
+  free(b.p);
+}
+
+static void gen_templates(void) {
+  static const char *const three[5] = {
+      "greeting: \"Hi {name}!\"\n"
+      "order:\n"
+      "  not_found: \"No order {id}.\"\n"
+      "  items:\n"
+      "    one: \"{count} item\"\n"
+      "    other: \"{count} items\"\n",
+      "greeting: \"Hallo {name}!\"\n"
+      "order:\n"
+      "  not_found: \"Keine Bestellung {id}.\"\n"
+      "  items: {one: \"{count} Artikel\", other: \"{count} Artikel\"}\n",
+      "greeting: \"Ol\xc3\xa1 {name}!\"\n"
+      "order.items:\n"
+      "  one: \"{count} item\"\n"
+      "  many: \"{count} de itens\"\n"
+      "  other: \"{count} itens\"\n",
+      "zh-TW", "2"};
+  seed_templates("three_locales", three);
+  static const char *const broken[5] = {
+      "greeting: \"Hi\"\nlist: [a, b]\nplural: {one: x}\n",
+      "greeting: \"Hallo {who}\"\nextra: \"nur hier\"\n",
+      NULL, NULL, NULL};
+  seed_templates("errors", broken);
+  static const char *const no_default[5] = {"", "greeting: Hallo\n", "", "pt_BR", "1.5"};
+  seed_templates("missing_default", no_default);
 }
 
 int main(int argc, char **argv) {
@@ -912,5 +984,6 @@ int main(int argc, char **argv) {
   gen_engine();
   gen_reassembly();
   gen_config();
+  gen_templates();
   return 0;
 }

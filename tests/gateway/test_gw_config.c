@@ -9,6 +9,8 @@
 #include <string.h>
 
 #include <cmocka.h>
+#include <libwebsockets.h>
+#include <uv.h>
 
 #include <parley/error.h>
 
@@ -137,6 +139,32 @@ static void test_example_loads(void **state) {
   unsetenv("PARLEY_CUSTOMER_SECRET");
 }
 
+/* An embedder's error path may free a running gateway without stopping it:
+ * every handle is closed and the loop can be closed afterwards. */
+static void test_free_without_stop(void **state) {
+  (void)state;
+  char dir[] = "/tmp/parley-gwcfg-XXXXXX";
+  assert_non_null(mkdtemp(dir));
+  char yaml[512];
+  snprintf(yaml, sizeof yaml, BASE "port: 0\ndata_dir: %s\n", dir);
+  pg_config *c = NULL;
+  char err[512] = "";
+  assert_int_equal(pg_config_from_string("gw.yaml", yaml, &c, err, sizeof err), 0);
+  lws_set_log_level(LLL_ERR, NULL);
+  uv_loop_t loop;
+  uv_loop_init(&loop);
+  pg_gateway *g = NULL;
+  assert_int_equal(pg_gateway_new(&loop, c, &g), 0);
+  assert_true(pg_gateway_port(g) > 0);
+  pg_gateway_free(g);
+  uv_run(&loop, UV_RUN_NOWAIT);
+  assert_int_equal(uv_loop_close(&loop), 0);
+  pg_config_free(c);
+  char cmd[600];
+  snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+  assert_int_equal(system(cmd), 0);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_defaults),
@@ -144,6 +172,7 @@ int main(void) {
       cmocka_unit_test(test_env_overrides),
       cmocka_unit_test(test_customer_tokens),
       cmocka_unit_test(test_example_loads),
+      cmocka_unit_test(test_free_without_stop),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

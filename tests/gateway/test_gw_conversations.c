@@ -340,6 +340,23 @@ static void test_handoff_and_back(void **state) {
   assert_int_equal(send_code(bot, "c-hand", 52, "old epoch", epoch), E(STALE_EPOCH));
   assert_int_equal(send_code(bot, "c-hand", 53, "welcome back", epoch + 1), 0);
   assert_int_equal(send_code(alice, "c-hand", 73, "me again", 0), E(FORBIDDEN));
+  /* Alice's ACK flushed after she handed it back is still accepted: the
+   * next frame she gets is the Pong, not an error. */
+  gwh_ack(alice, "c-hand", 6);
+  Parley__V1__Ping pg = PARLEY__V1__PING__INIT;
+  pg.nonce = 5;
+  pw_frame pf = PARLEY__V1__FRAME__INIT;
+  pf.body_case = PARLEY__V1__FRAME__BODY_PING;
+  pf.ping = &pg;
+  wsc_send_frame(alice, &pf);
+  for (;;) {
+    pw_frame *x = NULL;
+    assert_int_equal(wsc_recv_frame(alice, 2000, &x), 0);
+    assert_int_not_equal(x->body_case, PARLEY__V1__FRAME__BODY_ERROR);
+    bool pong = x->body_case == PARLEY__V1__FRAME__BODY_PONG;
+    pw_frame_free(x);
+    if (pong) break;
+  }
   /* Close: further sends are refused with CLOSED. */
   Parley__V1__Close cl = PARLEY__V1__CLOSE__INIT;
   cl.reason = "solved";
@@ -539,6 +556,92 @@ static void test_stop_closes_1001(void **state) {
   assert_non_null(f->h);
 }
 
+static void test_epoch_fenced_across_restart(void **state) {
+  fx *f = *state;
+  wsc *bot = gwh_login(f->h, "faqbot", R_BOT, "bot-token", NULL, NULL, NULL);
+  wsc *cu = gwh_login(f->h, "carol", R_CUSTOMER, "carol-token", "phone", NULL, NULL);
+  send_ok(cu, "c-restart", 1, "hi", 0);
+  pw_frame *as = gwh_wait(bot, PARLEY__V1__FRAME__BODY_ASSIGN, 2000);
+  assert_non_null(as);
+  uint64_t epoch = as->assign->epoch;
+  pw_frame_free(as);
+  wsc_abort(bot);
+  wsc_abort(cu);
+  gwh_stop(f->h);
+  f->h = gwh_start(f->dir, NULL, NULL);
+  assert_non_null(f->h);
+  /* Whichever replica connects first after the restart gets a new epoch,
+   * so a replica still holding the old one is fenced. */
+  bot = gwh_login(f->h, "faqbot", R_BOT, "bot-token", NULL, NULL, NULL);
+  as = gwh_wait(bot, PARLEY__V1__FRAME__BODY_ASSIGN, 2000);
+  assert_non_null(as);
+  assert_string_equal(as->assign->conversation, "c-restart");
+  assert_true(as->assign->epoch > epoch);
+  uint64_t now_epoch = as->assign->epoch;
+  pw_frame_free(as);
+  assert_int_equal(send_code(bot, "c-restart", 300, "old", epoch), E(STALE_EPOCH));
+  assert_int_equal(send_code(bot, "c-restart", 301, "new", now_epoch), 0);
+  wsc_close(bot, 1000);
+}
+
+static void test_agent_devices_resume(void **state) {
+  fx *f = *state;
+  wsc *bot = gwh_login(f->h, "faqbot", R_BOT, "bot-token", NULL, NULL, NULL);
+  wsc *cu = gwh_login(f->h, "carol", R_CUSTOMER, "carol-token", "phone", NULL, NULL);
+  wsc *desk = gwh_login(f->h, "alice", R_AGENT, "alice-token", "desk", NULL, NULL);
+  wsc *mobile = gwh_login(f->h, "alice", R_AGENT, "alice-token", "mobile", NULL, NULL);
+  send_ok(cu, "c-agent", 1, "help", 0);
+  pw_frame *as = gwh_wait(bot, PARLEY__V1__FRAME__BODY_ASSIGN, 2000);
+  assert_non_null(as);
+  uint64_t epoch = as->assign->epoch;
+  pw_frame_free(as);
+  Parley__V1__Handoff ho = PARLEY__V1__HANDOFF__INIT;
+  ho.queue = "sales";
+  Parley__V1__Action act = PARLEY__V1__ACTION__INIT;
+  act.body_case = PARLEY__V1__ACTION__BODY_HANDOFF;
+  act.handoff = &ho;
+  assert_int_equal(action_code(bot, "c-agent", 1, &act, epoch, NULL), 0);
+  Parley__V1__Take tk = PARLEY__V1__TAKE__INIT;
+  Parley__V1__Action take = PARLEY__V1__ACTION__INIT;
+  take.body_case = PARLEY__V1__ACTION__BODY_TAKE;
+  take.take = &tk;
+  uint64_t seq = 0;
+  assert_int_equal(action_code(desk, "c-agent", 1, &take, 0, &seq), 0);
+  assert_int_equal(seq, 5);
+  /* Both of alice's devices get the history. */
+  uint64_t seqs[8];
+  assert_int_equal(gwh_collect(desk, "c-agent", 5, 2000, seqs, NULL, 8), 5);
+  assert_int_equal(gwh_collect(mobile, "c-agent", 5, 2000, seqs, NULL, 8), 5);
+  assert_int_equal(seqs[0], 1);
+  /* The desk acknowledges everything, the phone nothing; after
+   * reconnecting each resumes from its own watermark. */
+  gwh_ack(desk, "c-agent", 5);
+  send_ok(desk, "c-agent", 2, "hello from alice", 0);
+  wsc_close(desk, 1000);
+  wsc_abort(mobile);
+  pw_frame *w = NULL;
+  desk = gwh_login(f->h, "alice", R_AGENT, "alice-token", "desk", &w, NULL);
+  assert_non_null(desk);
+  assert_int_equal(w->welcome->n_cursors, 1);
+  assert_string_equal(w->welcome->cursors[0]->conversation, "c-agent");
+  assert_int_equal(w->welcome->cursors[0]->after_seq, 5);
+  pw_frame_free(w);
+  assert_int_equal(gwh_collect(desk, "c-agent", 6, 2000, seqs, NULL, 8), 1);
+  assert_int_equal(seqs[0], 6);
+  mobile = gwh_login(f->h, "alice", R_AGENT, "alice-token", "mobile", &w, NULL);
+  assert_non_null(mobile);
+  assert_int_equal(w->welcome->cursors[0]->after_seq, 0);
+  pw_frame_free(w);
+  bool red[8];
+  assert_int_equal(gwh_collect(mobile, "c-agent", 6, 2000, seqs, red, 8), 6);
+  assert_true(red[0]);  /* pushed to this device before */
+  assert_true(red[4]);
+  wsc_close(mobile, 1000);
+  wsc_close(desk, 1000);
+  wsc_close(cu, 1000);
+  wsc_close(bot, 1000);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(test_fetch_paging, setup, teardown),
@@ -548,6 +651,8 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_forbidden, setup, teardown),
       cmocka_unit_test_setup_teardown(test_bot_crash_and_actions, setup, teardown),
       cmocka_unit_test_setup_teardown(test_stop_closes_1001, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_epoch_fenced_across_restart, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_agent_devices_resume, setup, teardown),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

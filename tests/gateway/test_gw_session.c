@@ -361,6 +361,42 @@ static void test_oversized_and_malformed(void **state) {
   assert_non_null(a);
   assert_int_equal(a->send_ack->seq, 3);
   pw_frame_free(a);
+  /* A Send that fits the limit but whose event would not fit a Deliver
+   * is refused as INVALID, not stored. */
+  {
+    size_t max = 1024 * 1024, blen = max - 100;
+    char *body = malloc(max);
+    memset(body, 'x', max);
+    body[blen] = '\0';
+    uint8_t mid[16];
+    gwh_msgid(mid, 2);
+    Parley__V1__Text bt = PARLEY__V1__TEXT__INIT;
+    bt.body = body;
+    Parley__V1__Content bc = PARLEY__V1__CONTENT__INIT;
+    bc.body_case = PARLEY__V1__CONTENT__BODY_TEXT;
+    bc.text = &bt;
+    Parley__V1__Send bs = PARLEY__V1__SEND__INIT;
+    bs.client_msg_id.data = mid;
+    bs.client_msg_id.len = 16;
+    bs.conversation = "c-bad";
+    bs.body_case = PARLEY__V1__SEND__BODY_CONTENT;
+    bs.content = &bc;
+    pw_frame bf = PARLEY__V1__FRAME__INIT;
+    bf.body_case = PARLEY__V1__FRAME__BODY_SEND;
+    bf.send = &bs;
+    size_t fsz = parley__v1__frame__get_packed_size(&bf);
+    body[blen] = 'x';
+    blen += max - 10 - fsz;
+    body[blen] = '\0';
+    assert_int_equal(parley__v1__frame__get_packed_size(&bf), max - 10);
+    assert_int_equal(wsc_send_frame(cu, &bf), 0);
+    free(body);
+    a = gwh_wait_ack(cu, 2, 3000);
+    assert_non_null(a);
+    assert_int_equal(a->send_ack->error, PARLEY__V1__ERROR_CODE__ERROR_INVALID);
+    assert_int_equal(a->send_ack->seq, 0);
+    pw_frame_free(a);
+  }
   /* Larger than max_frame_bytes (1 MiB): the header announces it, the
    * gateway answers FRAME_TOO_LARGE and closes with 4002. */
   size_t big = 1024 * 1024 + 100;
@@ -376,6 +412,82 @@ static void test_oversized_and_malformed(void **state) {
   wsc_abort(cu);
 }
 
+/* Writes one masked WebSocket frame with the given first byte (FIN and
+ * opcode), as a client that fragments messages would. */
+static void raw_frame(wsc *c, uint8_t b0, const uint8_t *data, size_t len) {
+  uint8_t buf[8 + 256];
+  assert_true(len < 126);
+  buf[0] = b0;
+  buf[1] = (uint8_t)(0x80 | len);
+  memset(buf + 2, 0, 4); /* zero mask: payload unchanged */
+  memcpy(buf + 6, data, len);
+  assert_int_equal(wsc_send_raw(c, buf, 6 + len), 0);
+}
+
+static void test_fragments_and_garbage(void **state) {
+  fx *f = *state;
+  wsc *c = wsc_connect("127.0.0.1", gwh_port(f->h), "Bearer carol-token", 2000);
+  assert_non_null(c);
+  Parley__V1__Hello he = PARLEY__V1__HELLO__INIT;
+  he.min_version = 1;
+  he.max_version = 1;
+  he.principal = "carol";
+  he.role = R_CUSTOMER;
+  he.device = "frag";
+  pw_frame hf = PARLEY__V1__FRAME__INIT;
+  hf.body_case = PARLEY__V1__FRAME__BODY_HELLO;
+  hf.hello = &he;
+  uint8_t *enc;
+  size_t len;
+  assert_int_equal(pw_encode(&hf, 0, &enc, &len), 0);
+  /* Hello split in three WebSocket fragments. */
+  size_t a = len / 3, b = 2 * len / 3;
+  raw_frame(c, 0x02, enc, a);
+  raw_frame(c, 0x00, enc + a, b - a);
+  raw_frame(c, 0x80, enc + b, len - b);
+  free(enc);
+  pw_frame *w = gwh_wait(c, PARLEY__V1__FRAME__BODY_WELCOME, 2000);
+  assert_non_null(w);
+  pw_frame_free(w);
+  /* Random garbage frames: each gets a non-fatal error, none crashes or
+   * closes the connection. */
+  srand(1234);
+  int errors = 0;
+  for (int i = 0; i < 50; i++) {
+    uint8_t junk[64];
+    size_t n = 1 + (size_t)(rand() % 63);
+    for (size_t k = 0; k < n; k++) junk[k] = (uint8_t)rand();
+    assert_int_equal(wsc_send_bytes(c, junk, n), 0);
+  }
+  /* A Ping after the garbage: everything before it was answered. */
+  Parley__V1__Ping pg = PARLEY__V1__PING__INIT;
+  pg.nonce = 4242;
+  pw_frame pf = PARLEY__V1__FRAME__INIT;
+  pf.body_case = PARLEY__V1__FRAME__BODY_PING;
+  pf.ping = &pg;
+  wsc_send_frame(c, &pf);
+  for (;;) {
+    pw_frame *x = NULL;
+    assert_int_equal(wsc_recv_frame(c, 3000, &x), 0);
+    if (x->body_case == PARLEY__V1__FRAME__BODY_ERROR) {
+      assert_false(x->error->fatal);
+      errors++;
+    }
+    bool done = x->body_case == PARLEY__V1__FRAME__BODY_PONG && x->pong->nonce == 4242;
+    pw_frame_free(x);
+    if (done) break;
+  }
+  assert_true(errors > 0);
+  assert_int_equal(wsc_close_code(c), 0);
+  /* Still usable. */
+  assert_int_equal(gwh_send_text(c, "c-frag", 1, "ok", 0), 0);
+  pw_frame *ack = gwh_wait_ack(c, 1, 2000);
+  assert_non_null(ack);
+  assert_int_equal(ack->send_ack->seq, 3);
+  pw_frame_free(ack);
+  wsc_close(c, 1000);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(test_auth_refusals, setup, teardown),
@@ -385,6 +497,7 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_redelivery, setup, teardown),
       cmocka_unit_test_setup_teardown(test_ack_out_of_range, setup, teardown),
       cmocka_unit_test_setup_teardown(test_oversized_and_malformed, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_fragments_and_garbage, setup, teardown),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

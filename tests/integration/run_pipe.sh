@@ -16,6 +16,11 @@ echo "$out"
 n=$(grep -ci "reset your password" <<<"$out" || true)
 [ "$n" -eq 1 ] || { echo "FAIL: expected exactly one password answer, got $n"; exit 1; }
 
+# The README's ten-line bot.
+out=$(printf 'good morning\n' | timeout 60 "$PARLEY" run "$SRC/examples/hello-bot")
+echo "$out"
+grep -q "You said: good morning" <<<"$out" || { echo "FAIL: README bot did not answer"; exit 1; }
+
 # Empty input: nothing to do, exit 0.
 timeout 60 "$PARLEY" run "$SRC/bots/faq" </dev/null
 echo "run_pipe: ok"

@@ -61,6 +61,10 @@ static int fd_action_cb(void *ud, const char *conv, const parley_action *a,
 
 static int fd_commit_cb(void *ud, const parley_commit *cs, size_t n) {
   fd *f = ud;
+  if (f->commit_fail > 0) {
+    f->commit_fail--;
+    return PARLEY_EDISCONNECTED;
+  }
   f->ncommit_calls++;
   for (size_t i = 0; i < n && f->ncommits < FD_MAX; i++) {
     fd_commit *c = &f->commits[f->ncommits++];
@@ -165,12 +169,16 @@ void fd_rm_rf(const char *dir) {
     nftw(dir, rm_one, 16, FTW_DEPTH | FTW_PHYS);
 }
 
+static int log_format;
+void fd_set_log_format(int format) { log_format = format; }
+
 int fd_open(fd *f, const char *dir, char *err, size_t errlen) {
   memset(f, 0, sizeof *f);
   uv_loop_init(&f->loop);
   f->now = 1700000000000;
   f->logf = fmemopen(f->log, sizeof f->log - 1, "w");
-  plr_options o = {.loop = &f->loop, .bot_dir = dir, .log_out = f->logf, .log_level = 0};
+  plr_options o = {.loop = &f->loop, .bot_dir = dir, .log_out = f->logf, .log_level = 0,
+                   .log_format = log_format};
   plr_driver d = {.send = fd_send_cb,
                   .action = fd_action_cb,
                   .commit = fd_commit_cb,
@@ -238,7 +246,7 @@ void fd_pump(fd *f) {
     }
     for (size_t i = 0; i < f->ncommits; i++) {
       fd_commit *c = &f->commits[i];
-      if (c->answered) continue;
+      if (c->answered || f->hold_commits) continue;
       c->answered = true;
       moved = true;
       parley_commit_result res = {.conversation = c->conv, .ack_seq = c->ack_seq};

@@ -56,6 +56,8 @@ typedef struct fd {
   size_t nhttp;
   int64_t now;
   int send_status;     /* status answered for sends */
+  int commit_fail;     /* refuse this many commit calls (not connected) */
+  bool hold_commits;   /* fd_pump leaves commits unanswered */
   char log[65536];
   FILE *logf;
 } fd;
@@ -69,6 +71,8 @@ void fd_rm_rf(const char *dir);
  * the message. */
 int fd_open(fd *f, const char *dir, char *err, size_t errlen);
 void fd_close(fd *f);
+/* Log format of the runtimes fd_open creates from now on (0 text). */
+void fd_set_log_format(int format);
 
 /* Assigns a conversation (epoch 1, no state). */
 void fd_assign(fd *f, const char *conv, const char *locale);

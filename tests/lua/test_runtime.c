@@ -2,6 +2,7 @@
  * driver: derived reply ids, commits after replies, state diffs, failures,
  * own events, ordering, HTTP suspension, timers, quoting and reload. */
 #include "fake_driver.h"
+#include "vm.h"
 
 #include <setjmp.h>
 #include <stdarg.h>
@@ -10,6 +11,9 @@
 
 #include <stdio.h>
 #include <string.h>
+#include <time.h>
+
+#include <lua.h>
 
 #define BOT_LUA                                                                       \
   "local bot = parley.bot()\n"                                                        \
@@ -45,6 +49,7 @@
   "  ctx:reply('status ' .. r.status .. ' ' .. d.state .. ' ' .. r.headers['content-type'])\n" \
   "end)\n"                                                                            \
   "bot:command('/deny', function(ctx) http.get('http://evil.test/') end)\n"          \
+  "bot:command('/log', function(ctx) ctx:log('warn', 'hello \"x\" = y') end)\n"              \
   "bot:command('/idem', function(ctx) ctx:reply(ctx.idempotency_key) end)\n"         \
   "bot:command('/handoff', function(ctx) ctx:handoff('humans', 'asked') end)\n"      \
   "bot:match('reset.*password', function(ctx, msg) ctx:reply('reset answer') end)\n" \
@@ -271,9 +276,19 @@ static void test_match_postback_quote_idem(void **state) {
   assert_int_equal(s->kind, 100 + PARLEY_ACTION_HANDOFF);
   assert_string_equal(s->queue, "humans");
   assert_string_equal(s->note, "asked");
+  /* After the bot's own handoff, events still queued are acknowledged
+   * without a handler: the conversation is the agents' now. */
+  size_t before = t->f.nsends;
   fd_message(&t->f, "c1", 6, "anything else");
   fd_pump(&t->f);
+  assert_int_equal(t->f.nsends, before);
+  assert_int_equal(fd_last_commit(&t->f, "c1")->ack_seq, 6);
+  /* Back with the bot (a new assignment): handlers run again. */
+  fd_assign_state(&t->f, "c1", "en", 2, 6, NULL, 0);
+  fd_message(&t->f, "c1", 7, "anything else");
+  fd_pump(&t->f);
   assert_string_equal(fd_last_send(&t->f, "c1")->text, "fallback");
+  assert_int_equal(fd_last_send(&t->f, "c1")->epoch, 2);
 }
 
 /* Runs the loop until the conversation has n sends, for at most ~4 s. */
@@ -363,6 +378,146 @@ static void test_reload(void **state) {
   fclose(fp);
 }
 
+static void test_commits_batched(void **state) {
+  rtc *t = *state;
+  fd_assign(&t->f, "c2", "en");
+  fd_assign(&t->f, "c3", "en");
+  fd_message(&t->f, "c1", 1, "/count");
+  fd_message(&t->f, "c2", 1, "/count");
+  fd_message(&t->f, "c3", 1, "/count");
+  fd_pump(&t->f);
+  assert_int_equal(t->f.ncommit_calls, 1);
+  assert_int_equal(t->f.ncommits, 3);
+  plr_stats st;
+  plr_runtime_stats(t->f.r, &st);
+  assert_int_equal(st.commits, 1);
+  assert_int_equal(st.commit_items, 3);
+}
+
+/* Text, JSON and logfmt lines carry the bot, the conversation and seq. */
+static void test_log_formats(void **state) {
+  rtc *t = *state;
+  fd_message(&t->f, "c1", 1, "/log");
+  fd_pump(&t->f);
+  fflush(t->f.logf);
+  assert_non_null(strstr(t->f.log, " warn  rtbot [c1#1] hello \"x\" = y\n"));
+  for (int format = 1; format <= 2; format++) {
+    fd_close(&t->f);
+    fd_set_log_format(format);
+    char err[512];
+    assert_int_equal(fd_open(&t->f, t->dir, err, sizeof err), 0);
+    fd_set_log_format(0);
+    fd_assign(&t->f, "c1", "en");
+    fd_message(&t->f, "c1", 7, "/log");
+    fd_pump(&t->f);
+    fflush(t->f.logf);
+    if (format == 1)
+      assert_non_null(strstr(t->f.log, "\"level\":\"warn\",\"bot\":\"rtbot\",\"conversation\":\"c1\","
+                                       "\"seq\":7,\"msg\":\"hello \\\"x\\\" = y\"}\n"));
+    else
+      assert_non_null(strstr(t->f.log, " level=warn bot=rtbot conversation=c1 seq=7 msg=\"hello \\\"x\\\" = y\"\n"));
+  }
+}
+
+/* Many events over many conversations: all handled, in order, committed;
+ * prints the rate (the fake driver answers at once, so this is the
+ * runtime's own cost per event). */
+static void test_throughput(void **state) {
+  rtc *t = *state;
+  enum { CONVS = 50, PER = 40 };
+  char ids[CONVS][16];
+  for (int c = 0; c < CONVS; c++) {
+    snprintf(ids[c], sizeof ids[c], "t%d", c);
+    fd_assign(&t->f, ids[c], "en");
+  }
+  struct timespec a, b;
+  clock_gettime(CLOCK_MONOTONIC, &a);
+  size_t replies = 0;
+  for (int k = 1; k <= PER; k++) {
+    for (int c = 0; c < CONVS; c++) fd_message(&t->f, ids[c], (uint64_t)k, "/count");
+    fd_pump(&t->f);
+    replies += t->f.nsends;
+    t->f.nsends = 0; /* the recording buffers are small; everything is answered */
+    t->f.ncommits = 0;
+  }
+  clock_gettime(CLOCK_MONOTONIC, &b);
+  double secs = (double)(b.tv_sec - a.tv_sec) + (double)(b.tv_nsec - a.tv_nsec) / 1e9;
+  assert_int_equal(replies, CONVS * PER);
+  for (int c = 0; c < CONVS; c++) assert_int_equal(plr_runtime_committed(t->f.r, ids[c]), PER);
+  printf("    %d events in %.3f s: %.0f events/s; Lua heap %zu KiB for %d conversations\n",
+         CONVS * PER, secs, CONVS * PER / secs, plr_vm_memory(plr_runtime_vm(t->f.r)) / 1024,
+         CONVS + 1);
+}
+
+/* A commit the client cannot take is tried again with its changes; a
+ * redelivered event whose commit was lost is committed again. */
+static void test_commit_retry(void **state) {
+  rtc *t = *state;
+  t->f.commit_fail = 1;
+  t->f.hold_commits = true;
+  fd_message(&t->f, "c1", 1, "/count");
+  fd_pump(&t->f);
+  assert_int_equal(t->f.ncommits, 0);
+  for (int i = 0; i < 300 && t->f.ncommits == 0; i++) {
+    uv_sleep(10);
+    fd_pump(&t->f);
+  }
+  assert_int_equal(t->f.ncommits, 1);
+  assert_int_equal(t->f.commits[0].ack_seq, 1);
+  assert_string_equal(t->f.commits[0].state, "count=1;");
+  /* The gateway refuses it and delivers the event again. */
+  t->f.commits[0].answered = true;
+  parley_commit_result res = {.conversation = "c1", .ack_seq = 1, .status = PARLEY_EINTERNAL};
+  plr_rt_on_commit_result(t->f.r, &res);
+  parley_event again = {.kind = PARLEY_EVENT_MESSAGE, .conversation = "c1", .seq = 1,
+                        .sender = "cust", .redelivered = true,
+                        .content = {.kind = PARLEY_CONTENT_TEXT, .text = "/count"}};
+  fd_event(&t->f, &again);
+  fd_pump(&t->f);
+  assert_int_equal(t->f.ncommits, 2);
+  assert_int_equal(t->f.commits[1].ack_seq, 1);
+  assert_int_equal(fd_count_sends(&t->f, "c1"), 1); /* not handled twice */
+  t->f.hold_commits = false;
+  fd_pump(&t->f);
+  assert_int_equal(plr_runtime_committed(t->f.r, "c1"), 1);
+}
+
+static bool has_lua_record(rtc *t, const char *conv) {
+  plr_vm *vm = plr_runtime_vm(t->f.r);
+  lua_State *L = plr_vm_state(vm);
+  plr_vm_rt_get(vm, "conv");
+  lua_pushstring(L, conv);
+  lua_call(L, 1, 1);
+  bool has = !lua_isnil(L, -1);
+  lua_pop(L, 1);
+  return has;
+}
+
+/* Conversations that left drop their Lua record once nothing is owed; the
+ * committed watermark stays known. */
+static void test_forget_after_leaving(void **state) {
+  rtc *t = *state;
+  fd_message(&t->f, "c1", 1, "/count");
+  fd_pump(&t->f);
+  assert_true(has_lua_record(t, "c1"));
+  plr_rt_on_revoke(t->f.r, "c1", 1, "handed_off");
+  fd_pump(&t->f);
+  assert_false(has_lua_record(t, "c1"));
+  assert_int_equal(plr_runtime_committed(t->f.r, "c1"), 1);
+  /* Back again: the state comes from the assignment. */
+  parley_state_entry st[] = {{.key = "count", .value = "1", .value_len = 1}};
+  fd_assign_state(&t->f, "c1", "en", 2, 1, st, 1);
+  fd_message(&t->f, "c1", 2, "/count");
+  fd_pump(&t->f);
+  assert_string_equal(fd_last_send(&t->f, "c1")->text, "count 2");
+  parley_event closed = {.kind = PARLEY_EVENT_CLOSED, .conversation = "c1", .seq = 3,
+                         .sender = "agent-1", .sender_role = PARLEY_ROLE_AGENT};
+  fd_event(&t->f, &closed);
+  fd_pump(&t->f);
+  assert_int_equal(fd_last_commit(&t->f, "c1")->ack_seq, 3);
+  assert_false(has_lua_record(t, "c1"));
+}
+
 static void stop_done(void *ud) { *(int *)ud += 1; }
 
 static void test_stop_drains(void **state) {
@@ -395,6 +550,11 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_timers_in_state, setup, teardown),
       cmocka_unit_test_setup_teardown(test_reload, setup, teardown),
       cmocka_unit_test_setup_teardown(test_stop_drains, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_commits_batched, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_log_formats, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_throughput, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_commit_retry, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_forget_after_leaving, setup, teardown),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -9,18 +9,19 @@
 
 #include <stdio.h>
 #include <string.h>
+#include <time.h>
 
 static const char *const PROBE[] = {
     "bot.yaml",
     "name: probe\ndefault_locale: en\nfallback_reply: sorry\n"
-    "limits:\n  memory: 8MiB\n  instructions: 20000000\n",
+    "limits:\n  memory: 8MiB\n  instructions: 20000000\n  cpu_time: 1s\n",
     "templates/en.yaml", "sorry: \"Sorry, something went wrong.\"\n",
     "bot.lua",
     "local bot = parley.bot()\n"
     "bot:on_message(function(ctx, msg)\n"
     "  local f, err = load(msg.text, '=probe')\n"
     "  if not f then ctx:reply('load error: ' .. err) return end\n"
-    "  local ok, v = pcall(f)\n"
+    "  local ok, v = pcall(f, ctx, msg)\n"
     "  ctx:reply((ok and 'ok: ' or 'error: ') .. tostring(v))\n"
     "end)\n"
     "return bot\n",
@@ -141,9 +142,17 @@ static void test_endless_loops(void **state) {
           "Sorry, something went wrong.");
   REFUSED(p, "string.rep('x', 1000):gsub('.', function() while true do end end)",
           "Sorry, something went wrong.");
+  /* Few instructions, much work in C: the time limit stops it. */
+  struct timespec a, b;
+  clock_gettime(CLOCK_MONOTONIC, &a);
+  REFUSED(p, "for i = 1, 1e9 do local s = string.rep('x', 1e6) end", "Sorry, something went wrong.");
+  clock_gettime(CLOCK_MONOTONIC, &b);
+  double secs = (double)(b.tv_sec - a.tv_sec) + (double)(b.tv_nsec - a.tv_nsec) / 1e9;
+  printf("    C-heavy loop stopped after %.2f s (cpu_time 1s)\n", secs);
+  assert_true(secs < 10.0);
   plr_runtime_stats(p->f.r, &st);
-  assert_int_equal(st.budget_exceeded, 7);
-  assert_int_equal(st.failures, 7);
+  assert_int_equal(st.budget_exceeded, 8);
+  assert_int_equal(st.failures, 8);
   /* Every other handler goes on. */
   REFUSED(p, "return 'still here'", "ok: still here");
   /* Every one of these events was committed. */
@@ -156,8 +165,56 @@ static void test_yield_outside_coroutine(void **state) {
   probe *p = *state;
   REFUSED(p, "coroutine.yield(1)", "Sorry, something went wrong.");
   REFUSED(p, "local co = coroutine.wrap(function() coroutine.yield(5) end) return co()", "ok: 5");
+  REFUSED(p, "return coroutine.running()", "ok: nil");
+  REFUSED(p, "return coroutine.wrap(function() return type(coroutine.running()) end)()", "ok: thread");
   REFUSED(p, "return coroutine.wrap(function() return http.get('http://x.example/') end)()",
           "not in bot.yaml http.allow");
+}
+
+/* The bindings: misuse raises, expected failures return nil, err. */
+static void test_bindings_misuse(void **state) {
+  probe *p = *state;
+  REFUSED(p, "local ctx = ... ctx:reply(42)", "reply must be a string or a table");
+  REFUSED(p, "local ctx = ... ctx:reply({card = {title = 't', buttons = {{label = 'x', postback = 'a', url = 'b'}}}})",
+          "needs exactly one of postback or url");
+  REFUSED(p, "local ctx = ... ctx:reply({card = {}})", "a card needs a title, a text or an image");
+  REFUSED(p, "local ctx = ... ctx:reply({quick_replies = {text = 'x', options = {}}})", "non-empty list");
+  REFUSED(p, "local ctx = ... ctx:reply('bad \\255 utf8')", "not valid UTF-8");
+  REFUSED(p, "local ctx = ... ctx:reply(string.rep('x', 20000))", "longer than 16384 bytes");
+  REFUSED(p, "local ctx = ... return ctx:t('nope')", "unknown template key 'nope'");
+  REFUSED(p, "local ctx = ... ctx:after(-1, 'x')", "between 0 and one year");
+  REFUSED(p, "local ctx = ... ctx:after(5, 'x')", "no on_timer handler for 'x'");
+  REFUSED(p, "local ctx = ... ctx:tag('')", "a tag must be a string of 1 to 64 bytes");
+  REFUSED(p, "local ctx = ... ctx:handoff()", "handoff needs a queue name");
+  REFUSED(p, "local ctx = ... ctx.log(1, 2)", "ctx methods are called with ':'");
+  REFUSED(p, "local ctx = ... ctx:log('loud', 'x')", "log level must be debug, info, warn or error");
+  REFUSED(p, "return parley.bot()", "may be called only once");
+  REFUSED(p, "return http.get('ftp://example.com/')", "url must start with http:// or https://");
+  REFUSED(p, "return json.encode(print)", "cannot encode a function");
+  REFUSED(p, "return json.encode({[true] = 1})", "non-string key");
+  /* Expected failures are values, not errors. */
+  REFUSED(p, "local v, err = json.decode('{bad') return tostring(v) .. ' ' .. err", "ok: nil Expected");
+  REFUSED(p, "return json.encode({b = 1, a = {1, 2, 'x'}, c = json.null})", "ok: {\"a\":[1,2,\"x\"],\"b\":1,\"c\":null}");
+  REFUSED(p, "return json.decode('{\"n\": 5}').n", "ok: 5");
+  /* A ctx kept past its handler is refused. */
+  REFUSED(p, "KEPT = ... return 'kept'", "ok: kept");
+  REFUSED(p, "KEPT:reply('late')", "ctx used after its handler finished");
+}
+
+/* With the heap full of the bot's own data, events still get through the
+ * runtime: handlers fail for lack of memory, nothing crashes, and the
+ * events are acknowledged. */
+static void test_heap_full_between_events(void **state) {
+  probe *p = *state;
+  run(p, "BIG = false for i = 1, 1e9 do BIG = {BIG, i} end");
+  for (int i = 0; i < 3; i++) run(p, "return 1");
+  plr_stats st;
+  plr_runtime_stats(p->f.r, &st);
+  assert_true(st.failures >= 1);
+  const fd_commit *c = fd_last_commit(&p->f, "c1");
+  assert_non_null(c);
+  assert_int_equal(c->ack_seq, p->seq);
+  assert_true(plr_vm_memory(plr_runtime_vm(p->f.r)) <= 8u * 1024 * 1024 + 64 * 1024);
 }
 
 int main(void) {
@@ -168,6 +225,8 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_memory_bombs, setup, teardown),
       cmocka_unit_test_setup_teardown(test_endless_loops, setup, teardown),
       cmocka_unit_test_setup_teardown(test_yield_outside_coroutine, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_heap_full_between_events, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_bindings_misuse, setup, teardown),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

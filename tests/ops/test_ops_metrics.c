@@ -185,6 +185,21 @@ static void test_parley_set(void **state) {
   pmet_parley_fill(&m, NULL);
   assert_true(pmet_value(m.connected) == 0);
   assert_true(pmet_value(m.sends) == 0);
+  /* A real client that was never started: its stats are read through the
+   * public API, and it is not connected. */
+  pmet_set(m.connected, 1);
+  pmet_counter_set(m.sends, 9);
+  parley_client_options o = PARLEY_CLIENT_OPTIONS_INIT;
+  o.url = "ws://127.0.0.1:1/v1";
+  o.principal = "bot:metrics";
+  o.token = "t";
+  o.role = PARLEY_ROLE_BOT;
+  parley_client *c = NULL;
+  assert_int_equal(parley_client_new(&o, &c), 0);
+  pmet_parley_fill(&m, c);
+  assert_true(pmet_value(m.connected) == 0);
+  assert_true(pmet_value(m.sends) == 0);
+  parley_client_free(c);
   pmet_registry_free(r);
 }
 

@@ -11,7 +11,9 @@
  *
  * Control frames (ping) from the server are answered inside the receive
  * calls. A Close from the server is remembered: wsc_close_code() returns
- * its code, and receive calls then return PARLEY_EDISCONNECTED.
+ * its code, and receive calls then return PARLEY_EDISCONNECTED. A timeout
+ * that strikes in the middle of a message leaves the stream unusable;
+ * timeouts while waiting for a message are harmless.
  */
 #ifndef PARLEY_TEST_WSCLIENT_H
 #define PARLEY_TEST_WSCLIENT_H
@@ -23,7 +25,8 @@
 
 typedef struct wsc wsc;
 
-/* Connects and upgrades with subprotocol "parley.v1". authorization is the
+/* Connects to an IPv4 address (e.g. "127.0.0.1") and upgrades with
+ * subprotocol "parley.v1". authorization is the
  * whole Authorization header value ("Bearer <token>") or NULL for none.
  * Returns NULL on failure (the reason goes to stderr). */
 wsc *wsc_connect(const char *host, int port, const char *authorization, int timeout_ms);

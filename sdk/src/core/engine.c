@@ -322,7 +322,8 @@ static void write_hello(pe_engine *e) {
   Parley__V1__ResumeCursor *rc = NULL, **rp = NULL;
   size_t n = 0;
   if (e->n_conv) {
-    size_t want = e->n_conv;
+    /* Each cursor costs at least 17 bytes, so no more fit the budget. */
+    size_t want = e->n_conv < budget / 17 + 1 ? e->n_conv : budget / 17 + 1;
     rc = calloc(want, sizeof *rc);
     rp = calloc(want, sizeof *rp);
     for (size_t i = 0; rc && rp && i < e->tab_cap && n < want; i++) {
@@ -378,9 +379,10 @@ static void go_down(pe_engine *e) {
   out_clear(e);
   for (pe_send *s = e->g_head; s; s = s->gnext) {
     s->state = Q_QUEUED;
-    s->unanswered = s->stale_answers = 0; /* answers died with the connection */
+    s->unanswered = 0; /* answers died with the connection */
     pe_timer_set(e, &s->timer, s->deadline_at);
   }
+  pe_done_forget_owed(e);
   for (pe_commit *k = e->c_head; k; k = k->gnext) {
     k->state = Q_QUEUED;
     pe_timer_set(e, &k->timer, k->deadline_at);
@@ -655,6 +657,7 @@ int pe_engine_on_tick(pe_engine *e, uint64_t now) {
 /* ---------------------------------------------------- output and state */
 
 bool pe_engine_take_output(pe_engine *e, const uint8_t **data, size_t *len) {
+  if (!e) return false;
   if (e->lent) {
     free(e->lent->buf);
     free(e->lent);
@@ -672,11 +675,15 @@ bool pe_engine_take_output(pe_engine *e, const uint8_t **data, size_t *len) {
 }
 
 bool pe_engine_should_close(const pe_engine *e, int *code) {
+  if (!e) {
+    if (code) *code = 0;
+    return false;
+  }
   if (code) *code = e->should_close ? e->close_code : 0;
   return e->should_close;
 }
 
-uint64_t pe_engine_reconnect_at(const pe_engine *e) { return e->reconnect_at; }
+uint64_t pe_engine_reconnect_at(const pe_engine *e) { return e ? e->reconnect_at : UINT64_MAX; }
 
 bool pe_engine_ready(const pe_engine *e) { return e && e->state == ST_READY; }
 
@@ -691,6 +698,10 @@ int pe_engine_close(pe_engine *e, uint64_t now, uint64_t deadline) {
 }
 
 void pe_engine_stats(const pe_engine *e, parley_client_stats *out) {
+  if (!e) {
+    memset(out, 0, sizeof *out);
+    return;
+  }
   *out = e->stats;
   out->outbox_size = e->n_sends + e->n_commits;
   out->reorder_events = e->reorder_events;

@@ -15,6 +15,8 @@
  *   - after each call: write every pe_engine_take_output() frame, close the
  *     connection if pe_engine_should_close(), and when disconnected
  *     reconnect at pe_engine_reconnect_at().
+ *   - the deadline matters while disconnected too: sends and commits fail
+ *     at their deadlines whether or not a connection exists.
  *
  * All times are milliseconds on a monotonic clock with an arbitrary origin.
  */

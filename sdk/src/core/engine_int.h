@@ -76,11 +76,8 @@ typedef struct pe_send {
   size_t len;
   void *ud;
   uint32_t attempts;
-  /* Writes on this connection not answered yet, and answers still due
-   * to an earlier send with the same id (a handler that ran again sends
-   * the same id): a SendAck names only the id, so a refusal may be the
-   * answer to that earlier write and must not fail this one. */
-  uint32_t unanswered, stale_answers;
+  /* Writes on this connection not answered yet. */
+  uint32_t unanswered;
   int state;
   uint64_t deadline_at;
   pe_timer timer;
@@ -193,7 +190,14 @@ struct pe_engine {
   uint64_t send_serial;
   pe_commit *c_head, *c_tail;
   size_t n_commits, commit_bytes;
-  uint8_t done_ring[PE_DONE_RING][PARLEY_MSG_ID_LEN];
+  /* Recently completed sends, and how many of their writes were still
+   * unanswered: a handler that runs again sends the same id, and since a
+   * SendAck names only the id, a refusal may be the late answer to that
+   * earlier send and must not fail the new one. */
+  struct pe_done {
+    uint8_t id[PARLEY_MSG_ID_LEN];
+    uint32_t owed;
+  } done_ring[PE_DONE_RING];
   size_t done_pos, done_n;
 
   /* Acknowledgements waiting to be flushed. */
@@ -242,6 +246,7 @@ void pe_commit_finish(pe_engine *e, pe_commit *k, int status, bool dup,
 void pe_commit_timer(pe_engine *e, pe_commit *k);
 void pe_on_commit_result(pe_engine *e, const Parley__V1__CommitResult *r);
 void pe_conv_pump(pe_engine *e, pe_conv *c);
+void pe_done_forget_owed(pe_engine *e);
 
 /* inbox.c: inbound events and ACKs. */
 void pe_held_trim(pe_engine *e, pe_conv *c);

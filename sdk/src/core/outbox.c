@@ -38,16 +38,25 @@ uint64_t pe_retry_delay(pe_engine *e, uint32_t attempts) {
   return d < floor ? floor : d;
 }
 
-static void done_remember(pe_engine *e, const uint8_t *id) {
-  memcpy(e->done_ring[e->done_pos], id, PARLEY_MSG_ID_LEN);
+static void done_remember(pe_engine *e, const uint8_t *id, uint32_t owed) {
+  memcpy(e->done_ring[e->done_pos].id, id, PARLEY_MSG_ID_LEN);
+  e->done_ring[e->done_pos].owed = owed;
   e->done_pos = (e->done_pos + 1) % PE_DONE_RING;
   if (e->done_n < PE_DONE_RING) e->done_n++;
 }
 
-static bool done_contains(const pe_engine *e, const uint8_t *id) {
-  for (size_t i = 0; i < e->done_n; i++)
-    if (memcmp(e->done_ring[i], id, PARLEY_MSG_ID_LEN) == 0) return true;
-  return false;
+/* The most recent completed send with this id, or NULL. */
+static struct pe_done *done_find(pe_engine *e, const uint8_t *id) {
+  for (size_t k = 1; k <= e->done_n; k++) {
+    size_t i = (e->done_pos + PE_DONE_RING - k) % PE_DONE_RING;
+    if (memcmp(e->done_ring[i].id, id, PARLEY_MSG_ID_LEN) == 0) return &e->done_ring[i];
+  }
+  return NULL;
+}
+
+/* Answers still owed by completed sends die with the connection. */
+void pe_done_forget_owed(pe_engine *e) {
+  for (size_t i = 0; i < e->done_n; i++) e->done_ring[i].owed = 0;
 }
 
 static void send_write(pe_engine *e, pe_send *s) {
@@ -97,14 +106,7 @@ void pe_send_finish(pe_engine *e, pe_send *s, int status, uint64_t seq,
   pe_timer_cancel(e, &s->timer);
   e->n_sends--;
   e->outbox_bytes -= s->len;
-  if (s->attempts > 0) done_remember(e, s->id);
-  if (s->unanswered) {
-    for (pe_send *o = c->sq_head; o; o = o->cnext)
-      if (memcmp(o->id, s->id, PARLEY_MSG_ID_LEN) == 0) {
-        o->stale_answers += s->unanswered;
-        break;
-      }
-  }
+  if (s->attempts > 0) done_remember(e, s->id, s->unanswered);
   if (status == 0) e->stats.events_out++;
   else e->stats.send_failures++;
 
@@ -262,8 +264,12 @@ pe_send *pe_send_lookup(pe_engine *e, const char *conversation,
 void pe_on_send_ack(pe_engine *e, const Parley__V1__SendAck *a) {
   char hex[33];
   pe_send *s = pe_send_lookup(e, a->conversation, a->client_msg_id.data);
+  struct pe_done *d = done_find(e, a->client_msg_id.data);
   if (!s || s->attempts == 0) {
-    if (done_contains(e, a->client_msg_id.data)) return; /* late duplicate */
+    if (d) {
+      if (d->owed) d->owed--;
+      return; /* a late answer to a completed send */
+    }
     id_hex(a->client_msg_id.data, a->client_msg_id.len, hex);
     pe_peer_error(e, PARLEY_EPROTOCOL, "SendAck for client_msg_id %s that is not pending%s%s",
                hex, a->conversation[0] ? " in conversation " : "", a->conversation);
@@ -274,8 +280,8 @@ void pe_on_send_ack(pe_engine *e, const Parley__V1__SendAck *a) {
     pe_send_finish(e, s, 0, a->seq, a->server_time_ms, a->duplicate, NULL);
     return;
   }
-  if (s->stale_answers) {
-    s->stale_answers--; /* the refusal of an earlier send with this id */
+  if (d && d->owed) {
+    d->owed--; /* the refusal of an earlier send with this id */
     return;
   }
   if (s->unanswered) s->unanswered--;

@@ -218,18 +218,11 @@ static void on_write(uv_write_t *w, int status) {
   }
 }
 
-/* Queues bytes on the connection. Returns 0 or PARLEY_ENOMEM/EIO, in which
- * case the connection has been closed. */
-static int conn_write(phd_conn *c, const char *data, size_t len) {
-  phd_write *pw = malloc(sizeof *pw + len);
-  if (!pw) {
-    conn_close(c);
-    return PARLEY_ENOMEM;
-  }
+/* Queues a write whose data is already in pw. Returns 0 or PARLEY_EIO, in
+ * which case the connection has been closed. */
+static int conn_queue(phd_conn *c, phd_write *pw) {
   pw->conn = c;
-  pw->len = len;
-  memcpy(pw->data, data, len);
-  uv_buf_t b = uv_buf_init(pw->data, (unsigned)len);
+  uv_buf_t b = uv_buf_init(pw->data, (unsigned)pw->len);
   if (uv_write(&pw->w, (uv_stream_t *)&c->tcp, &b, 1, on_write) != 0) {
     free(pw);
     conn_close(c);
@@ -239,7 +232,19 @@ static int conn_write(phd_conn *c, const char *data, size_t len) {
   return 0;
 }
 
-/* Builds a full response into one buffer and queues it. */
+/* Queues a copy of bytes on the connection. */
+static int conn_write(phd_conn *c, const char *data, size_t len) {
+  phd_write *pw = malloc(sizeof *pw + len);
+  if (!pw) {
+    conn_close(c);
+    return PARLEY_ENOMEM;
+  }
+  pw->len = len;
+  memcpy(pw->data, data, len);
+  return conn_queue(c, pw);
+}
+
+/* Builds a full response in one write request and queues it. */
 static int conn_send_response(phd_conn *c, int status, const char *ctype,
                               const phd_header *extra, size_t n_extra,
                               const void *body, size_t len, bool keep_alive,
@@ -247,11 +252,12 @@ static int conn_send_response(phd_conn *c, int status, const char *ctype,
   size_t cap = 256 + (ctype ? strlen(ctype) : 0) + (head_only ? 0 : len);
   for (size_t i = 0; i < n_extra; i++)
     cap += strlen(extra[i].name) + strlen(extra[i].value) + 4;
-  char *buf = malloc(cap);
-  if (!buf) {
+  phd_write *pw = malloc(sizeof *pw + cap);
+  if (!pw) {
     conn_close(c);
     return PARLEY_ENOMEM;
   }
+  char *buf = pw->data;
   int n = snprintf(buf, cap,
                    "HTTP/1.1 %d %s\r\nContent-Length: %zu\r\n"
                    "Cache-Control: no-store\r\nConnection: %s\r\n",
@@ -268,10 +274,9 @@ static int conn_send_response(phd_conn *c, int status, const char *ctype,
     memcpy(buf + off, body, len);
     off += len;
   }
+  pw->len = off;
   if (!keep_alive) c->close_after_write = true;
-  int rc = conn_write(c, buf, off);
-  free(buf);
-  return rc;
+  return conn_queue(c, pw);
 }
 
 /* An error found while reading a request: answer it and close, because the

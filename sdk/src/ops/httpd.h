@@ -36,7 +36,10 @@
  *   So a dead request is never a dangling pointer, as long as the handler
  *   answers it once.
  * - While a request waits for its answer the connection reads no further
- *   request, but still notices a disconnect (end of stream or error).
+ *   request, but still notices a disconnect (end of stream or error). The
+ *   one exception: a client that keeps pipelining until its input buffer
+ *   (max_head_bytes + max_body_bytes) is full is no longer read, so its
+ *   disconnect is only seen when the answer is written.
  * - The idle timeout counts from accept or from the last answer until the
  *   next request has fully arrived; it does not run while a handler owns a
  *   request, so a slow asynchronous answer is not cut off by it.

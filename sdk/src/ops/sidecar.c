@@ -100,6 +100,17 @@ static void answer_error(phd_request *http, int http_status, int st, const char 
   free(body);
 }
 
+/* One log record per send outcome, so an operator can match a caller's
+ * retry to the message the gateway stored. */
+static void log_outcome(const psc_server *s, const psc_request *r, int status, const char *what) {
+  if (!s || !s->hooks.log) return;
+  char hex[33];
+  parley_msg_id_hex(r->msg_id, hex);
+  plog_conv(s->hooks.log, status == 0 ? PLOG_INFO : PLOG_WARN, r->conversation,
+            status == 0 ? r->seq : 0, what, "msg_id", hex, "status", parley_errname(status),
+            "duplicate", status == 0 && r->duplicate ? "true" : "false", NULL);
+}
+
 static void answer_outcome(psc_request *r) {
   phd_request *http = r->http;
   r->http = NULL;
@@ -171,6 +182,7 @@ static void on_timeout(uv_timer_t *t) {
   /* Every send has the same timeout, so the list is in deadline order. */
   while (s->head && s->head->deadline_ms <= now) {
     psc_request *r = s->head;
+    log_outcome(s, r, PARLEY_ETIMEOUT, "sidecar send timed out");
     unlink_req(r);
     phd_request *http = r->http;
     r->http = NULL;
@@ -192,6 +204,7 @@ void psc_send_done(psc_request *r, int status, uint64_t seq, bool duplicate) {
   r->seq = seq;
   r->duplicate = duplicate;
   if (r->http) {
+    log_outcome(r->srv, r, status, "sidecar send done");
     unlink_req(r);
     answer_outcome(r);
   }
@@ -447,6 +460,7 @@ static void on_messages(phd_request *http, void *ud) {
     /* The send never started, so no outcome will come. */
     r->outcome_pending = false;
     if (r->http) {
+      log_outcome(s, r, st, "sidecar send refused");
       unlink_req(r);
       phd_request *h = r->http;
       r->http = NULL;

@@ -32,6 +32,7 @@
 #include <parley/types.h>
 
 #include "ops/httpd.h"
+#include "ops/log.h"
 #include "ops/metrics.h"
 
 struct uv_loop_s;
@@ -61,6 +62,10 @@ typedef struct psc_hooks {
    * pmet_parley_fill. May be NULL. */
   void (*before_metrics)(void *ud);
   pmet_registry *metrics; /* borrowed; NULL: /metrics renders nothing */
+  /* Borrowed; NULL: no log. Each send's outcome is logged (info when
+   * stored, warn when it failed or timed out) with conversation, seq,
+   * msg_id and status. */
+  plog_logger *log;
   void *ud;
   /* [30000] a send with no outcome by then is answered 504; the outcome
    * may still arrive later (psc_send_done stays valid), and a retry with

@@ -1,0 +1,591 @@
+/* `parley chat`: a console client against a gateway.
+ *
+ * --as customer (the default) is the customer console of console.c.
+ * --as agent reads commands: /queue, /take <conv>, /reply <text> (or plain
+ * text), /quote <seq> <text>, /tag <t>, /untag <t>, /handback [note],
+ * /close [reason], /switch <conv>, /quit.
+ *
+ * Both work with piped input: lines are handled one at a time, the next
+ * only once the previous one was answered by the gateway, so a script can
+ * take a conversation and reply to it in order. At end of input the
+ * console waits until every send is answered and the conversation has been
+ * quiet for a moment (so that answers still on their way get printed), and
+ * exits 0, or 1 if any send failed.
+ */
+#include <getopt.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <uv.h>
+
+#include <parley/client.h>
+
+#include "cli.h"
+#include "console.h"
+
+#define CHAT_MAX_LINE 4096
+#define CHAT_MAX_QUEUED 1024
+#define CHAT_MAX_QUEUES 16
+#define CHAT_MAX_TAKEN 64
+#define CHAT_QUIET_MS 700
+#define CHAT_TICK_MS 50
+#define CHAT_HISTORY 256   /* recent messages kept for /quote */
+#define CHAT_EXCERPT_MAX 280
+
+typedef struct chat_msg {
+  char *conversation, *sender, *text;
+  uint64_t seq;
+} chat_msg;
+
+typedef struct chat_line {
+  struct chat_line *next;
+  char *text; /* NULL: end of input */
+} chat_line;
+
+typedef struct chat {
+  uv_loop_t *loop;
+  uv_async_t wake;
+  uv_timer_t tick;
+  uv_signal_t sig_int, sig_term;
+  pthread_mutex_t mu;
+  chat_line *head, *tail;
+  size_t queued;
+  /* agent */
+  parley_client *client;
+  const char *principal;
+  char current[PARLEY_MAX_CONVERSATION_ID + 1];
+  char *taken[CHAT_MAX_TAKEN];
+  size_t n_taken;
+  unsigned pending;     /* sends and queue listings not yet answered */
+  unsigned failures;
+  bool input_done;
+  bool interactive, color;
+  chat_msg history[CHAT_HISTORY];
+  size_t n_history;
+  /* customer */
+  console *con;
+  /* both */
+  uint64_t last_event_ms;
+  uint64_t last_seen_seq; /* customer: to notice events */
+  uint64_t wait_ms, done_since;
+  uint64_t started_ms;
+  bool ever_ready;
+  bool stopping;
+  int exit_code;
+} chat;
+
+static char *xdup(const char *s) {
+  size_t n = strlen(s) + 1;
+  char *p = malloc(n);
+  if (p) memcpy(p, s, n);
+  return p;
+}
+
+static void on_closed(uv_handle_t *h) { (void)h; }
+
+static void chat_stop(chat *c, int code) {
+  if (c->stopping) return;
+  c->stopping = true;
+  c->exit_code = code;
+  uv_timer_stop(&c->tick);
+  uv_close((uv_handle_t *)&c->tick, on_closed);
+  uv_close((uv_handle_t *)&c->sig_int, on_closed);
+  uv_close((uv_handle_t *)&c->sig_term, on_closed);
+  if (!uv_is_closing((uv_handle_t *)&c->wake)) uv_close((uv_handle_t *)&c->wake, on_closed);
+  if (c->con) console_stop(c->con);
+  if (c->client) parley_client_stop(c->client, 2000);
+}
+
+/* ------------------------------------------------------------------ input */
+
+static void push_line(chat *c, char *text) {
+  chat_line *n = calloc(1, sizeof *n);
+  if (!n) {
+    free(text);
+    return;
+  }
+  n->text = text;
+  pthread_mutex_lock(&c->mu);
+  if (c->tail)
+    c->tail->next = n;
+  else
+    c->head = n;
+  c->tail = n;
+  c->queued++;
+  pthread_mutex_unlock(&c->mu);
+  uv_async_send(&c->wake);
+}
+
+/* getline on a thread: stdin may be a terminal, a pipe or a file. */
+static void *reader_main(void *arg) {
+  chat *c = arg;
+  char *buf = NULL;
+  size_t cap = 0;
+  ssize_t n;
+  while ((n = getline(&buf, &cap, stdin)) >= 0) {
+    if (n > CHAT_MAX_LINE) buf[CHAT_MAX_LINE] = 0;
+    for (;;) {
+      pthread_mutex_lock(&c->mu);
+      size_t q = c->queued;
+      pthread_mutex_unlock(&c->mu);
+      if (q < CHAT_MAX_QUEUED) break;
+      struct timespec ts = {0, 10 * 1000 * 1000};
+      nanosleep(&ts, NULL);
+    }
+    push_line(c, xdup(buf));
+  }
+  free(buf);
+  push_line(c, NULL);
+  return NULL;
+}
+
+static void prompt(chat *c) {
+  if (!c->interactive || c->input_done) return;
+  printf("%s%s>%s ", c->color ? "\033[1m" : "", c->current[0] ? c->current : "agent",
+         c->color ? "\033[0m" : "");
+  fflush(stdout);
+}
+
+static bool is_taken(chat *c, const char *conv) {
+  for (size_t i = 0; i < c->n_taken; i++)
+    if (!strcmp(c->taken[i], conv)) return true;
+  return false;
+}
+
+static void remember_taken(chat *c, const char *conv) {
+  if (is_taken(c, conv) || c->n_taken >= CHAT_MAX_TAKEN) return;
+  c->taken[c->n_taken++] = xdup(conv);
+}
+
+static int do_action(chat *c, parley_action *a) {
+  if (!c->current[0]) {
+    fprintf(stderr, "parley chat: no conversation: /take one first\n");
+    c->failures++;
+    return -1;
+  }
+  int rc = parley_client_action(c->client, c->current, a, NULL, 0, NULL);
+  if (rc) {
+    fprintf(stderr, "parley chat: cannot send: %s\n", parley_strerror(rc));
+    c->failures++;
+    return rc;
+  }
+  c->pending++;
+  return 0;
+}
+
+/* Remembers a message for /quote, in a ring of the most recent ones. */
+static void remember_message(chat *c, const parley_event *ev) {
+  chat_msg *m = &c->history[c->n_history++ % CHAT_HISTORY];
+  free(m->conversation), free(m->sender), free(m->text);
+  const char *t = ev->content.text ? ev->content.text : ev->content.fallback;
+  m->conversation = xdup(ev->conversation);
+  m->sender = xdup(ev->sender ? ev->sender : "");
+  m->text = xdup(t ? t : "");
+  m->seq = ev->seq;
+}
+
+static const chat_msg *find_message(chat *c, const char *conv, uint64_t seq) {
+  for (size_t i = 0; i < CHAT_HISTORY && i < c->n_history; i++) {
+    const chat_msg *m = &c->history[i];
+    if (m->seq == seq && m->conversation && !strcmp(m->conversation, conv)) return m;
+  }
+  return NULL;
+}
+
+static int do_send(chat *c, const char *text, uint64_t quote_seq) {
+  if (!c->current[0]) {
+    fprintf(stderr, "parley chat: no conversation: /take one first\n");
+    c->failures++;
+    return -1;
+  }
+  parley_content ct = {.kind = PARLEY_CONTENT_TEXT, .text = text};
+  parley_quote q = {.seq = quote_seq};
+  /* The excerpt is the quoted message's start, cut on a character
+   * boundary, so the reader sees what is answered. */
+  char excerpt[CHAT_EXCERPT_MAX + 1];
+  const chat_msg *m = quote_seq ? find_message(c, c->current, quote_seq) : NULL;
+  if (m) {
+    size_t n = strlen(m->text);
+    if (n > CHAT_EXCERPT_MAX) {
+      n = CHAT_EXCERPT_MAX;
+      while (n && ((unsigned char)m->text[n] & 0xC0) == 0x80) n--;
+    }
+    memcpy(excerpt, m->text, n);
+    excerpt[n] = 0;
+    q.excerpt = excerpt;
+    q.sender = m->sender;
+  }
+  int rc = parley_client_send(c->client, c->current, &ct, quote_seq ? &q : NULL, NULL, 0, NULL);
+  if (rc) {
+    fprintf(stderr, "parley chat: cannot send: %s\n", parley_strerror(rc));
+    c->failures++;
+    return rc;
+  }
+  c->pending++;
+  return 0;
+}
+
+static void agent_command(chat *c, char *line) {
+  size_t n = strlen(line);
+  while (n && (line[n - 1] == '\n' || line[n - 1] == '\r')) line[--n] = 0;
+  char *p = line;
+  while (*p == ' ' || *p == '\t') p++;
+  if (!*p || *p == '#') return;
+  if (*p != '/') {
+    do_send(c, p, 0);
+    return;
+  }
+  char *cmd = p, *arg = strpbrk(p, " \t");
+  if (arg) {
+    *arg++ = 0;
+    while (*arg == ' ' || *arg == '\t') arg++;
+  } else {
+    arg = p + strlen(p);
+  }
+  if (!strcmp(cmd, "/quit") || !strcmp(cmd, "/exit")) {
+    c->input_done = true;
+  } else if (!strcmp(cmd, "/queue")) {
+    int rc = parley_client_queue(c->client, *arg ? arg : NULL);
+    if (rc) {
+      fprintf(stderr, "parley chat: /queue: %s\n", parley_strerror(rc));
+      c->failures++;
+    } else {
+      c->pending++;
+    }
+  } else if (!strcmp(cmd, "/take")) {
+    if (!*arg) {
+      fprintf(stderr, "parley chat: usage: /take <conversation>\n");
+      return;
+    }
+    snprintf(c->current, sizeof c->current, "%s", arg);
+    remember_taken(c, arg);
+    parley_action a = {.kind = PARLEY_ACTION_TAKE};
+    do_action(c, &a);
+  } else if (!strcmp(cmd, "/switch")) {
+    if (!*arg) {
+      fprintf(stderr, "parley chat: usage: /switch <conversation>\n");
+      return;
+    }
+    snprintf(c->current, sizeof c->current, "%s", arg);
+    if (c->interactive) printf("(now in %s)\n", c->current);
+  } else if (!strcmp(cmd, "/reply")) {
+    do_send(c, arg, 0);
+  } else if (!strcmp(cmd, "/quote")) {
+    char *end = NULL;
+    unsigned long long seq = strtoull(arg, &end, 10);
+    if (!seq || end == arg) {
+      fprintf(stderr, "parley chat: usage: /quote <seq> <text>\n");
+      c->failures++;
+      return;
+    }
+    while (*end == ' ') end++;
+    do_send(c, end, seq);
+  } else if (!strcmp(cmd, "/tag") || !strcmp(cmd, "/untag")) {
+    const char *t[1] = {arg};
+    parley_action a = {.kind = PARLEY_ACTION_TAG};
+    if (cmd[1] == 't') a.tags_add = t, a.n_tags_add = 1;
+    else a.tags_remove = t, a.n_tags_remove = 1;
+    if (*arg) do_action(c, &a);
+  } else if (!strcmp(cmd, "/handback")) {
+    parley_action a = {.kind = PARLEY_ACTION_HAND_BACK, .note = *arg ? arg : NULL};
+    do_action(c, &a);
+  } else if (!strcmp(cmd, "/close")) {
+    parley_action a = {.kind = PARLEY_ACTION_CLOSE, .note = *arg ? arg : NULL};
+    do_action(c, &a);
+  } else {
+    fprintf(stderr,
+            "parley chat: unknown command %s (/queue, /take, /reply, /quote, /tag, /untag, "
+            "/handback, /close, /switch, /quit)\n",
+            cmd);
+    if (!c->interactive) c->failures++;
+  }
+}
+
+/* One line at a time: the next waits until the gateway answered. */
+static void agent_pump(chat *c) {
+  while (!c->input_done && c->pending == 0 &&
+         parley_client_state(c->client) == PARLEY_CONN_READY) {
+    pthread_mutex_lock(&c->mu);
+    chat_line *n = c->head;
+    if (n) {
+      c->head = n->next;
+      if (!c->head) c->tail = NULL;
+      c->queued--;
+    }
+    pthread_mutex_unlock(&c->mu);
+    if (!n) return;
+    if (!n->text)
+      c->input_done = true;
+    else
+      agent_command(c, n->text);
+    free(n->text);
+    free(n);
+    if (c->pending == 0) prompt(c);
+  }
+}
+
+static void on_wake(uv_async_t *h) {
+  chat *c = h->data;
+  if (c->client) agent_pump(c);
+}
+
+/* --------------------------------------------------------------- agent cb */
+
+static void a_on_event(parley_client *cl, const parley_event *ev, void *ud) {
+  (void)cl;
+  chat *c = ud;
+  c->last_event_ms = uv_now(c->loop);
+  if (!is_taken(c, ev->conversation)) return;
+  if (ev->kind == PARLEY_EVENT_MESSAGE) remember_message(c, ev);
+  if (strcmp(ev->conversation, c->current)) printf("[%s] ", ev->conversation);
+  if (ev->kind == PARLEY_EVENT_MESSAGE && ev->sender && strcmp(ev->sender, c->principal))
+    printf("#%llu ", (unsigned long long)ev->seq);
+  /* Rendered as for a person, so that handoffs and tags show; the
+   * agent's own typed messages are left out. */
+  console_render_event(stdout, ev, c->principal, true, c->color);
+  fflush(stdout);
+}
+
+static void a_on_send_result(parley_client *cl, const parley_send_result *r, void *send_ud,
+                             void *ud) {
+  (void)cl, (void)send_ud;
+  chat *c = ud;
+  if (c->pending) c->pending--;
+  if (r->status) {
+    c->failures++;
+    fprintf(stderr, "parley chat: refused: %s%s%s\n", parley_strerror(r->status),
+            r->message ? ": " : "", r->message ? r->message : "");
+  }
+  agent_pump(c);
+}
+
+static void a_on_queue(parley_client *cl, const parley_queue_item *items, size_t n, bool update,
+                       bool removed, void *ud) {
+  (void)cl;
+  chat *c = ud;
+  c->last_event_ms = uv_now(c->loop);
+  if (!update) {
+    if (c->pending) c->pending--;
+    printf("queue: %zu waiting\n", n);
+  }
+  int64_t now = 0;
+  uv_timeval64_t tv;
+  if (uv_gettimeofday(&tv) == 0) now = tv.tv_sec * 1000 + tv.tv_usec / 1000;
+  for (size_t i = 0; i < n; i++) {
+    const parley_queue_item *q = &items[i];
+    printf("%s %s  queue=%s customer=%s locale=%s waiting=%llds%s%s\n",
+           update ? (removed ? "-" : "+") : " ", q->conversation, q->queue ? q->queue : "",
+           q->customer ? q->customer : "", q->locale ? q->locale : "",
+           (long long)(q->since_ms && now > q->since_ms ? (now - q->since_ms) / 1000 : 0),
+           q->note && q->note[0] ? "  note: " : "", q->note ? q->note : "");
+  }
+  fflush(stdout);
+  agent_pump(c);
+}
+
+static void a_on_state(parley_client *cl, parley_conn_state st, int status, void *ud) {
+  (void)cl;
+  chat *c = ud;
+  if (st == PARLEY_CONN_READY) agent_pump(c);
+  if (st == PARLEY_CONN_BACKOFF)
+    fprintf(stderr, "parley chat: connection lost (%s); reconnecting\n", parley_strerror(status));
+}
+
+static void a_on_error(parley_client *cl, int status, const char *message, void *ud) {
+  (void)cl;
+  chat *c = ud;
+  fprintf(stderr, "parley chat: gateway error: %s%s%s\n", parley_strerror(status),
+          message ? ": " : "", message ? message : "");
+  if (status == PARLEY_EUNAUTH) chat_stop(c, 1);
+}
+
+/* ------------------------------------------------------------- the ends */
+
+static void on_tick(uv_timer_t *t) {
+  chat *c = t->data;
+  uint64_t now = uv_now(c->loop);
+  if (c->con && console_last_seen_seq(c->con) != c->last_seen_seq) {
+    c->last_seen_seq = console_last_seen_seq(c->con);
+    c->last_event_ms = now;
+  }
+  parley_client *cl = c->con ? console_client(c->con) : c->client;
+  if (cl && parley_client_state(cl) == PARLEY_CONN_READY) c->ever_ready = true;
+  /* A refused token or an unreachable gateway would be retried forever:
+   * a console that never got in gives up. */
+  if (!c->ever_ready && now - c->started_ms > c->wait_ms) {
+    fprintf(stderr, "parley chat: could not connect within %llu ms\n",
+            (unsigned long long)c->wait_ms);
+    chat_stop(c, 1);
+    return;
+  }
+  bool drained = c->con ? c->input_done : (c->input_done && c->pending == 0);
+  if (!drained) return;
+  if (!c->done_since) c->done_since = now;
+  /* Quiet for a moment, or out of patience. */
+  if (now - c->last_event_ms >= CHAT_QUIET_MS && now - c->done_since >= CHAT_QUIET_MS)
+    chat_stop(c, c->failures || (c->con && console_failures(c->con)) ? 1 : 0);
+  else if (now - c->done_since > c->wait_ms)
+    chat_stop(c, c->failures || (c->con && console_failures(c->con)) ? 1 : 0);
+}
+
+static void on_customer_done(void *ud) {
+  chat *c = ud;
+  c->input_done = true;
+  c->last_event_ms = uv_now(c->loop);
+}
+
+static void on_signal(uv_signal_t *s, int signum) {
+  (void)signum;
+  chat_stop(s->data, 0);
+}
+
+static int usage(void) {
+  fprintf(stderr,
+          "usage: parley chat --url URL --token TOKEN [options]\n"
+          "  --as customer|agent  who to be (default customer)\n"
+          "  --principal NAME     the principal (default: customer, or agent)\n"
+          "  --conversation ID    customer: the conversation (default: a new one)\n"
+          "  --locale TAG         customer: the locale of a new conversation (default en)\n"
+          "  --queue Q            agent: a queue to watch (repeatable; default all)\n"
+          "  --wait MS            at end of input, wait at most this long for answers\n"
+          "                       (default 5000)\n"
+          "  --insecure           development only: accept any TLS certificate\n"
+          "agent commands: /queue, /take <conv>, /reply <text> (or plain text),\n"
+          "  /quote <seq> <text>, /tag <t>, /untag <t>, /handback [note], /close [reason],\n"
+          "  /switch <conv>, /quit\n"
+          "The token may also come from the environment: PARLEY_TOKEN.\n");
+  return 2;
+}
+
+int cli_chat(int argc, char **argv) {
+  static const struct option opts[] = {
+      {"url", required_argument, 0, 'u'},       {"token", required_argument, 0, 't'},
+      {"as", required_argument, 0, 'a'},        {"principal", required_argument, 0, 'p'},
+      {"conversation", required_argument, 0, 'c'}, {"locale", required_argument, 0, 'l'},
+      {"queue", required_argument, 0, 'q'},     {"wait", required_argument, 0, 'w'},
+      {"insecure", no_argument, 0, 'k'},        {"help", no_argument, 0, 'h'},
+      {0, 0, 0, 0}};
+  const char *url = NULL, *token = getenv("PARLEY_TOKEN"), *as = "customer";
+  const char *principal = NULL, *conversation = NULL, *locale = "en";
+  const char *queues[CHAT_MAX_QUEUES];
+  size_t n_queues = 0;
+  bool insecure = false;
+  uint64_t wait_ms = 5000;
+  optind = 1;
+  int ch;
+  while ((ch = getopt_long(argc, argv, "u:t:a:p:c:l:q:w:kh", opts, NULL)) != -1) {
+    switch (ch) {
+    case 'u': url = optarg; break;
+    case 't': token = optarg; break;
+    case 'a': as = optarg; break;
+    case 'p': principal = optarg; break;
+    case 'c': conversation = optarg; break;
+    case 'l': locale = optarg; break;
+    case 'q':
+      if (n_queues < CHAT_MAX_QUEUES) queues[n_queues++] = optarg;
+      break;
+    case 'w': wait_ms = strtoull(optarg, NULL, 10); break;
+    case 'k': insecure = true; break;
+    default: return usage();
+    }
+  }
+  bool agent = !strcmp(as, "agent");
+  if ((!agent && strcmp(as, "customer")) || !url || !token) return usage();
+  if (!principal) principal = agent ? "agent" : "customer";
+
+  static chat c;
+  memset(&c, 0, sizeof c);
+  c.loop = uv_default_loop();
+  c.principal = principal;
+  c.wait_ms = wait_ms;
+  c.interactive = isatty(STDIN_FILENO) && isatty(STDOUT_FILENO);
+  c.color = c.interactive && getenv("NO_COLOR") == NULL;
+  c.last_event_ms = c.started_ms = uv_now(c.loop);
+  pthread_mutex_init(&c.mu, NULL);
+  uv_timer_init(c.loop, &c.tick);
+  c.tick.data = &c;
+  uv_signal_init(c.loop, &c.sig_int);
+  uv_signal_init(c.loop, &c.sig_term);
+  c.sig_int.data = c.sig_term.data = &c;
+  uv_signal_start(&c.sig_int, on_signal, SIGINT);
+  uv_signal_start(&c.sig_term, on_signal, SIGTERM);
+  uv_async_init(c.loop, &c.wake, on_wake);
+  c.wake.data = &c;
+  int rc;
+
+  if (!agent) {
+    /* The customer console reads stdin itself. */
+    uv_close((uv_handle_t *)&c.wake, on_closed);
+    console_options co = {0};
+    co.loop = c.loop;
+    co.url = url;
+    co.principal = principal;
+    co.token = token;
+    co.conversation = conversation;
+    co.locale = locale;
+    co.interactive = c.interactive;
+    co.color = c.color;
+    co.out = stdout;
+    co.tls_insecure = insecure;
+    co.on_input_done = on_customer_done;
+    co.ud = &c;
+    if ((rc = console_new(&co, &c.con)) != 0 || (rc = console_start(c.con)) != 0) {
+      fprintf(stderr, "parley chat: cannot start: %s\n", parley_strerror(rc));
+      chat_stop(&c, 1);
+      uv_run(c.loop, UV_RUN_DEFAULT);
+      console_free(c.con);
+      uv_loop_close(c.loop);
+      return 1;
+    }
+    if (!c.interactive) fprintf(stderr, "conversation %s\n", console_conversation(c.con));
+  } else {
+    parley_client_options co = PARLEY_CLIENT_OPTIONS_INIT;
+    co.url = url;
+    co.principal = principal;
+    co.token = token;
+    co.role = PARLEY_ROLE_AGENT;
+    co.queues = n_queues ? queues : NULL;
+    co.n_queues = n_queues;
+    co.loop = c.loop;
+    co.tls_insecure = insecure;
+    co.cb.on_event = a_on_event;
+    co.cb.on_send_result = a_on_send_result;
+    co.cb.on_queue = a_on_queue;
+    co.cb.on_state = a_on_state;
+    co.cb.on_error = a_on_error;
+    co.user_data = &c;
+    if ((rc = parley_client_new(&co, &c.client)) != 0 || (rc = parley_client_start(c.client)) != 0) {
+      fprintf(stderr, "parley chat: cannot start: %s\n", parley_strerror(rc));
+      parley_client_free(c.client);
+      c.client = NULL;
+      chat_stop(&c, 1);
+      uv_run(c.loop, UV_RUN_DEFAULT);
+      uv_loop_close(c.loop);
+      return 1;
+    }
+    pthread_t reader;
+    if (pthread_create(&reader, NULL, reader_main, &c) == 0) pthread_detach(reader);
+    if (c.interactive)
+      printf("Agent %s. /queue lists waiting conversations, /take <conv> takes one, /quit ends.\n",
+             principal);
+    prompt(&c);
+  }
+  uv_timer_start(&c.tick, on_tick, CHAT_TICK_MS, CHAT_TICK_MS);
+  uv_run(c.loop, UV_RUN_DEFAULT);
+  int code = c.exit_code;
+  if (c.con) console_free(c.con);
+  parley_client_free(c.client);
+  for (size_t i = 0; i < c.n_taken; i++) free(c.taken[i]);
+  for (size_t i = 0; i < CHAT_HISTORY; i++)
+    free(c.history[i].conversation), free(c.history[i].sender), free(c.history[i].text);
+  /* The reader thread may still block on a terminal: its queue is left to
+   * process exit. */
+  uv_loop_close(c.loop);
+  return code;
+}

@@ -1,0 +1,86 @@
+/* `parley config check <file> [--kind gateway|bot]`: loads a gateway config
+ * with the gateway's own loader, or a bot.yaml with the runtime's loader on
+ * its folder, and prints "ok" or the error as "file:line: key: message".
+ *
+ * Without --kind a file named bot.yaml, or a folder, is a bot; anything
+ * else is a gateway config.
+ */
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "cli.h"
+#include "gateway.h"
+#include "runtime.h"
+
+static int usage(void) {
+  fprintf(stderr,
+          "usage: parley config check <file> [--kind gateway|bot]\n"
+          "  gateway: a `parley gateway --config` file (environment overrides applied)\n"
+          "  bot:     a bot's bot.yaml (or its folder): config, templates and bot.lua\n");
+  return 2;
+}
+
+int cli_config(int argc, char **argv) {
+  if (argc < 2 || strcmp(argv[1], "check")) return usage();
+  const char *file = NULL, *kind = NULL;
+  for (int i = 2; i < argc; i++) {
+    if (!strcmp(argv[i], "--kind") && i + 1 < argc) {
+      kind = argv[++i];
+    } else if (!strncmp(argv[i], "--kind=", 7)) {
+      kind = argv[i] + 7;
+    } else if (argv[i][0] == '-') {
+      return usage();
+    } else if (!file) {
+      file = argv[i];
+    } else {
+      return usage();
+    }
+  }
+  if (!file) return usage();
+  struct stat sb;
+  bool is_dir = stat(file, &sb) == 0 && S_ISDIR(sb.st_mode);
+  if (!kind) {
+    const char *base = strrchr(file, '/');
+    base = base ? base + 1 : file;
+    kind = is_dir || !strcmp(base, "bot.yaml") ? "bot" : "gateway";
+  }
+  char err[4096];
+  if (!strcmp(kind, "gateway")) {
+    pg_config *cfg = NULL;
+    if (pg_config_load(file, &cfg, err, sizeof err) != 0) {
+      fprintf(stderr, "%s\n", err);
+      return 1;
+    }
+    pg_config_free(cfg);
+  } else if (!strcmp(kind, "bot")) {
+    /* A bot is checked as a whole: its folder holds bot.yaml. */
+    char dir[4096];
+    if (is_dir) {
+      snprintf(dir, sizeof dir, "%s", file);
+    } else {
+      const char *slash = strrchr(file, '/');
+      if (slash)
+        snprintf(dir, sizeof dir, "%.*s", (int)(slash - file), file);
+      else
+        snprintf(dir, sizeof dir, ".");
+      if (!dir[0]) snprintf(dir, sizeof dir, "/");
+      const char *base = slash ? slash + 1 : file;
+      if (strcmp(base, "bot.yaml")) {
+        fprintf(stderr, "%s:0: bot: a bot's config file is named bot.yaml\n", file);
+        return 1;
+      }
+    }
+    if (plr_load_check(dir, err, sizeof err) != 0) {
+      fprintf(stderr, "%s\n", err);
+      return 1;
+    }
+  } else {
+    fprintf(stderr, "parley config check: --kind is gateway or bot, not '%s'\n", kind);
+    return 2;
+  }
+  printf("ok\n");
+  return 0;
+}

@@ -1,0 +1,146 @@
+/* Internals of the runtime shared by its files: runtime.c (conversations,
+ * jobs, inbound, lifecycle, reload), commit.c, timers.c, bindings.c (the C
+ * primitives runtime.lua calls) and log.c. Not for use outside lua/src.
+ */
+#ifndef PARLEY_LUA_RT_INT_H
+#define PARLEY_LUA_RT_INT_H
+
+#include "vm.h"
+
+#define PLR_BUCKETS 4096
+#define PLR_COMMIT_BATCH 256
+#define PLR_REPLIES_MAX 100
+#define PLR_TIMERS_MAX 32
+#define PLR_TIMER_ORDINAL 0x40000000u
+#define PLR_IDEM_ORDINAL 0xFFFFFFFFu
+#define PLR_HTTP_HEADERS_MAX 64
+/* A commit the client refused to take (not connected) is tried again. */
+#define PLR_COMMIT_RETRY_MS 1000
+/* A timer that came due while its conversation was elsewhere fires this
+ * long after the conversation comes back, so the events that arrive with
+ * the assignment are handled first. */
+#define PLR_ASSIGN_GRACE_MS 1000
+
+/* JOB_SEND: a proactive message (plr_runtime_send_proactive); it runs no
+ * handler and acknowledges no event. */
+typedef enum job_kind { JOB_EVENT, JOB_TIMER, JOB_ACK, JOB_SEND } job_kind;
+
+/* The copied content and the callback of a JOB_SEND. */
+typedef struct plr_psend {
+  parley_content content;
+  parley_button *buttons;
+  char *strings[6 + 3 * 16]; /* 6 content fields, 3 per button */
+  size_t nstrings;
+  uint8_t msg_id[PARLEY_MSG_ID_LEN];
+  void (*done)(void *ud, int status, uint64_t seq, bool duplicate);
+  void *ud;
+} plr_psend;
+
+typedef struct plr_conv plr_conv;
+
+typedef struct plr_job {
+  struct plr_job *next;
+  plr_conv *conv;
+  job_kind kind;
+  uint64_t seq;        /* inbound seq; for timers the last handled seq */
+  uint64_t timer_id;
+  int ev_ref;          /* registry ref of the event table */
+  lua_State *co;
+  int co_ref;
+  int64_t budget;
+  int64_t cpu_ns;      /* time spent running, across resumes */
+  bool exhausted;
+  uint32_t ordinal;    /* replies and actions sent so far */
+  uint32_t pending_sends;
+  bool started, done, failed, finished, waiting_http;
+  void *http_handle;
+  int64_t start_ns;    /* when the handler started, for the latency */
+  plr_psend *psend;    /* JOB_SEND only */
+} plr_job;
+
+typedef struct plr_uvt {
+  uv_timer_t h;
+  plr_runtime *r;
+  plr_conv *conv;
+  uint64_t id;
+} plr_uvt;
+
+typedef struct plr_ctimer {
+  uint64_t id;
+  int64_t due;
+  plr_uvt *uvt;  /* armed handle, or NULL */
+  bool queued;   /* fired; its job waits in the queue */
+} plr_ctimer;
+
+struct plr_conv {
+  plr_conv *hnext;
+  plr_conv *rnext;       /* commit-ready list */
+  char *id;
+  uint64_t epoch;
+  bool revoked, ready, pumping, assigning;
+  bool leaving;          /* a handler handed it off or closed it */
+  plr_job *head, *tail;  /* queued, not started */
+  uint32_t qlen;
+  plr_job *job;          /* running */
+  uint64_t last_seq;     /* highest seq queued */
+  uint64_t handled_seq;  /* highest seq whose changes are in the commit record */
+  uint64_t sent_seq;     /* highest ack_seq put in a commit frame */
+  uint64_t committed;    /* highest ack_seq the gateway applied */
+  plr_ctimer *timers;    /* PLR_TIMERS_MAX slots, allocated on first use */
+  size_t ntimers;
+  bool closed;           /* a CLOSED event was queued */
+  bool forgotten;        /* its Lua record was dropped */
+};
+
+struct plr_runtime {
+  uv_loop_t *loop;
+  plr_driver drv;
+  plr_vm *vm, *next_vm;
+  char *principal;
+  char *bot_dir;
+  int log_format, log_level;
+  FILE *log_out;
+  void (*on_idle)(void *);
+  void *ud;
+  void (*on_observe)(void *, int, double);
+  plr_conv *buckets[PLR_BUCKETS];
+  size_t nconvs;
+  plr_job *current;
+  uint32_t jobs_running;
+  uint64_t queued;
+  plr_conv *ready_head;
+  uint64_t inflight;
+  uv_timer_t flush_timer;
+  bool flush_armed;
+  uv_timer_t drain_timer;
+  int handles_open;
+  bool stopping, stop_called_driver, stop_done_called, freeing, handles_closed;
+  void (*stop_done)(void *);
+  void *stop_ud;
+  plr_stats stats;
+};
+
+/* runtime.c */
+plr_conv *plr_conv_find(const plr_runtime *r, const char *id);
+void plr_conv_enqueue(plr_runtime *r, plr_conv *c, plr_job *j);
+/* Starts queued jobs of c until one has to wait. */
+void plr_conv_pump(plr_runtime *r, plr_conv *c);
+void plr_rt_maybe_idle(plr_runtime *r);
+void plr_rt_derive(plr_runtime *r, const char *conv, uint64_t seq, uint32_t ord,
+                   uint8_t out[PARLEY_MSG_ID_LEN]);
+/* Frees the runtime's memory once its last uv handle is closed. */
+void plr_rt_release(plr_runtime *r);
+void plr_job_resume(plr_runtime *r, plr_job *j, int nargs);
+void plr_job_fail(plr_runtime *r, plr_job *j, const char *why);
+void plr_job_maybe_complete(plr_runtime *r, plr_job *j);
+
+/* commit.c */
+/* The conversation has handled events to acknowledge: flush soon. */
+void plr_commit_ready(plr_runtime *r, plr_conv *c);
+void plr_conv_maybe_forget(plr_runtime *r, plr_conv *c);
+
+/* timers.c */
+void plr_ctimer_disarm(plr_ctimer *ct);
+int plr_l_sync_timers(lua_State *L);
+
+#endif

@@ -1,0 +1,2 @@
+local bot = parley.bot()
+return bot
