@@ -12,6 +12,8 @@ JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 BOT ?= bots/faq
 RUN_ARGS ?=
 LABELS ?=
+# Seconds each libFuzzer target runs in `make test` (tests/fuzz, docs/fuzzing.md).
+FUZZ_SECONDS ?= 10
 
 ifeq ($(LABELS),)
 CTEST_SEL := -LE 'long|known_failure'
@@ -21,13 +23,14 @@ CTEST_SEL := -L $(LABELS)
 ASAN_SEL := -L $(LABELS) -LE nosan
 endif
 
-.PHONY: run test bootstrap build build-asan clean
+.PHONY: run test fuzz bootstrap build build-asan clean
 
 run: bootstrap build
 	@./build/cli/parley run $(BOT) $(RUN_ARGS)
 
 test: bootstrap build build-asan
 	cd build && ctest --output-on-failure --timeout 300 -j$(JOBS) $(CTEST_SEL)
+	./scripts/fuzz.sh $(FUZZ_SECONDS)
 	cd build-asan && ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
 	  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
 	  ctest --output-on-failure --timeout 600 -j$(JOBS) $(ASAN_SEL)
@@ -43,5 +46,8 @@ build-asan:
 	@cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DPARLEY_SANITIZE=ON >&2
 	@cmake --build build-asan -j$(JOBS) >&2
 
+fuzz: bootstrap
+	./scripts/fuzz.sh $(FUZZ_SECONDS)
+
 clean:
-	rm -rf build build-asan
+	rm -rf build build-asan build-fuzz

@@ -2,7 +2,9 @@
  *
  * With --url the bot connects to that gateway and runs until SIGTERM or
  * SIGINT (graceful: handlers finish and commit within the drain time) and
- * reloads on SIGHUP.
+ * reloads on SIGHUP. --config names a sidecar.yaml (cli/sidecar.h): the
+ * gateway, the operations port (health, readiness, metrics, the sidecar
+ * API), the log format and the drain time; flags override it.
  *
  * Without --url it runs against the embedded gateway: a gateway in this
  * process on the same libuv loop, with a fresh data directory, and a
@@ -27,16 +29,18 @@
 #include "console.h"
 #include "gateway.h"
 #include "runtime.h"
+#include "sidecar.h"
 
 #define SETTLE_CHECK_MS 50
 #define SETTLE_ROUNDS 3
-#define DEFAULT_DRAIN_MS 10000
 
 typedef struct run_ctx {
   uv_loop_t *loop;
   pg_gateway *gw;
   pg_config *gw_cfg;
   plr_runtime *rt;
+  sidecar *sc;
+  uint32_t drain_ms;
   console *con;
   uv_signal_t sig_term, sig_int, sig_hup;
   uv_timer_t settle;
@@ -99,8 +103,26 @@ static void rm_tree(const char *dir) {
   rmdir(dir);
 }
 
+static void sidecar_closed(void *ud) {
+  run_ctx *r = ud;
+  if (r->pending_stops > 0) r->pending_stops--;
+}
+
+/* The runtime has drained (or the drain time ran out): the ops port goes
+ * last, so /readyz answers "draining" until the very end. */
 static void stop_done(void *ud) {
   run_ctx *r = ud;
+  if (r->rt && plr_runtime_busy(r->rt)) {
+    plog_log(sidecar_log(r->sc), PLOG_WARN, "drain time ran out with work left; the gateway "
+             "delivers the unacknowledged events again", NULL);
+    if (r->exit_code == 0) r->exit_code = 1;
+  } else if (r->sc) {
+    plog_log(sidecar_log(r->sc), PLOG_INFO, "drained", NULL);
+  }
+  if (r->sc) {
+    r->pending_stops++;
+    sidecar_close(r->sc, sidecar_closed, r);
+  }
   if (r->pending_stops > 0) r->pending_stops--;
 }
 
@@ -122,9 +144,13 @@ static void begin_stop(run_ctx *r, int code) {
   uv_close((uv_handle_t *)&r->sig_int, on_handle_closed);
   uv_close((uv_handle_t *)&r->sig_hup, on_handle_closed);
   if (r->con) console_stop(r->con);
+  if (r->sc) sidecar_set_draining(r->sc);
   if (r->rt) {
     r->pending_stops++;
-    plr_runtime_stop(r->rt, DEFAULT_DRAIN_MS, stop_done, r);
+    plr_runtime_stop(r->rt, r->drain_ms, stop_done, r);
+  } else if (r->sc) {
+    r->pending_stops++;
+    sidecar_close(r->sc, sidecar_closed, r);
   }
 }
 
@@ -197,7 +223,14 @@ static int usage(void) {
           "  --data-dir DIR     embedded gateway: keep its log here (default: temporary)\n"
           "  --wait MS          piped console: how long to wait for the bot (default 30000)\n"
           "  --log-format F     text, json or logfmt\n"
-          "  --insecure         development only: accept any TLS certificate\n");
+          "  --log-level L      debug, info, warn or error\n"
+          "  --insecure         development only: accept any TLS certificate\n"
+          "  --config FILE      sidecar config (gateway, ops, log, shutdown; see\n"
+          "                     docs/operations.md); env PARLEY_SIDECAR_<KEY>__<SUBKEY>\n"
+          "                     overrides it, these flags override both\n"
+          "  --ops-port N       operations port (health, metrics, API); 0: ephemeral\n"
+          "  --ops-listen HOST  address of the operations port (default 127.0.0.1)\n"
+          "  --drain DURATION   SIGTERM: time for handlers to finish (default 10s)\n");
   return 2;
 }
 
@@ -207,15 +240,19 @@ int cli_run(int argc, char **argv) {
       {"principal", required_argument, 0, 'p'}, {"locale", required_argument, 0, 'l'},
       {"data-dir", required_argument, 0, 'd'},  {"wait", required_argument, 0, 'w'},
       {"log-format", required_argument, 0, 'f'}, {"insecure", no_argument, 0, 'k'},
-      {"help", no_argument, 0, 'h'},            {0, 0, 0, 0}};
-  const char *url = NULL, *token = getenv("PARLEY_TOKEN"), *principal = NULL;
-  const char *locale = "en", *data_dir = NULL;
-  int log_format = 0;
+      {"config", required_argument, 0, 'c'},    {"ops-port", required_argument, 0, 'P'},
+      {"ops-listen", required_argument, 0, 'L'}, {"log-level", required_argument, 0, 'v'},
+      {"drain", required_argument, 0, 'D'},     {"help", no_argument, 0, 'h'},
+      {0, 0, 0, 0}};
+  const char *url = NULL, *token = NULL, *principal = NULL;
+  const char *locale = "en", *data_dir = NULL, *config_path = NULL;
+  const char *f_format = NULL, *f_level = NULL, *f_port = NULL, *f_listen = NULL;
+  const char *f_drain = NULL;
   bool insecure = false;
   run_ctx r = {.wait_ms = 30000};
   optind = 1;
   int ch;
-  while ((ch = getopt_long(argc, argv, "u:t:p:l:d:w:f:kh", opts, NULL)) != -1) {
+  while ((ch = getopt_long(argc, argv, "u:t:p:l:d:w:f:kc:P:L:v:D:h", opts, NULL)) != -1) {
     switch (ch) {
     case 'u': url = optarg; break;
     case 't': token = optarg; break;
@@ -223,15 +260,66 @@ int cli_run(int argc, char **argv) {
     case 'l': locale = optarg; break;
     case 'd': data_dir = optarg; break;
     case 'w': r.wait_ms = (uint32_t)strtoul(optarg, NULL, 10); break;
-    case 'f':
-      log_format = !strcmp(optarg, "json") ? 1 : !strcmp(optarg, "logfmt") ? 2 : 0;
-      break;
+    case 'f': f_format = optarg; break;
     case 'k': insecure = true; break;
+    case 'c': config_path = optarg; break;
+    case 'P': f_port = optarg; break;
+    case 'L': f_listen = optarg; break;
+    case 'v': f_level = optarg; break;
+    case 'D': f_drain = optarg; break;
     default: return usage();
     }
   }
   if (optind >= argc) return usage();
   const char *bot_dir = argv[optind];
+
+  /* The sidecar config: the file (if any) with the environment's
+   * overrides, then the flags on top. */
+  sidecar_config sc;
+  char cerr[1024];
+  if (sidecar_config_load(config_path, &sc, cerr, sizeof cerr) != 0) {
+    fprintf(stderr, "parley: %s\n", cerr);
+    return 2;
+  }
+  if (f_format && plog_parse_format(f_format, &sc.log_format) != 0) {
+    fprintf(stderr, "parley: --log-format: must be text, json or logfmt\n");
+    return 2;
+  }
+  if (f_level && plog_parse_level(f_level, &sc.log_level) != 0) {
+    fprintf(stderr, "parley: --log-level: must be debug, info, warn or error\n");
+    return 2;
+  }
+  if (f_port) {
+    char *end = NULL;
+    unsigned long p = strtoul(f_port, &end, 10);
+    if (!*f_port || *end || p > 65535) {
+      fprintf(stderr, "parley: --ops-port: must be a port number (0: ephemeral)\n");
+      return 2;
+    }
+    sc.port = (int)p;
+  }
+  if (f_listen) snprintf(sc.listen, sizeof sc.listen, "%s", f_listen);
+  if (f_drain) {
+    char y[128];
+    snprintf(y, sizeof y, "shutdown:\n  drain: \"%s\"\n", f_drain);
+    pc_doc *d = NULL;
+    pc_error pe;
+    uint64_t ms = 0;
+    if (pc_load_string("--drain", y, strlen(y), &d, &pe) != 0 ||
+        pc_get_ms(pc_get(pc_root(d), "shutdown"), "drain", 0, &ms, &pe) != 0 || ms > 3600000u) {
+      fprintf(stderr, "parley: --drain: a duration such as 500ms, 10s or 1m\n");
+      pc_doc_free(d);
+      return 2;
+    }
+    pc_doc_free(d);
+    sc.drain_ms = (uint32_t)ms;
+  }
+  if (!url && sc.url[0]) url = sc.url;
+  if (!principal && sc.principal[0]) principal = sc.principal;
+  if (!token && sc.token[0]) token = sc.token;
+  if (!token) token = getenv("PARLEY_TOKEN");
+  if (sc.insecure_tls) insecure = true;
+  r.drain_ms = sc.drain_ms;
 
   char name[128];
   bot_name(bot_dir, name, sizeof name);
@@ -244,6 +332,13 @@ int cli_run(int argc, char **argv) {
   }
 
   r.loop = uv_default_loop();
+  if (sidecar_new(r.loop, &sc, stderr, &r.sc) != 0) {
+    fprintf(stderr, "parley: cannot set up the sidecar (out of memory)\n");
+    return 1;
+  }
+  /* Embedded: warnings only unless asked, the console is the show. */
+  bool quiet = !url && !f_level && !config_path;
+  if (quiet) plog_set_level(sidecar_log(r.sc), PLOG_WARN);
   char bot_token[33], customer_token[33], gw_url[128];
 
   if (!url) {
@@ -294,7 +389,9 @@ int cli_run(int argc, char **argv) {
     snprintf(gw_url, sizeof gw_url, "ws://127.0.0.1:%d/", pg_gateway_port(r.gw));
     url = gw_url;
   } else if (!token) {
-    fprintf(stderr, "parley: --token (or PARLEY_TOKEN) is required with --url\n");
+    fprintf(stderr, "parley: --token (or PARLEY_TOKEN, or gateway.token/token_env in --config) "
+                    "is required with --url\n");
+    sidecar_free(r.sc);
     return 2;
   }
 
@@ -305,12 +402,19 @@ int cli_run(int argc, char **argv) {
   ro.principal = principal;
   ro.token = token;
   ro.tls_insecure = insecure;
-  ro.log_format = log_format;
+  ro.log_format = sc.log_format;
   ro.log_out = stderr;
-  ro.log_level = r.gw ? 2 : 1; /* embedded: warnings only, the console is the show */
+  ro.log_level = quiet ? PLOG_WARN : sc.log_level;
+  ro.on_observe = sidecar_observe;
+  ro.ud = r.sc;
   int rc = plr_runtime_new(&ro, &r.rt, err, sizeof err);
   if (rc != 0) {
     fprintf(stderr, "parley: %s\n", err);
+    goto out;
+  }
+  if ((rc = sidecar_attach(r.sc, r.rt)) != 0) {
+    fprintf(stderr, "parley: cannot open the ops port on %s:%d: %s\n", sc.listen, sc.port,
+            parley_strerror(rc));
     goto out;
   }
   if ((rc = plr_runtime_start(r.rt)) != 0) {
@@ -361,6 +465,12 @@ int cli_run(int argc, char **argv) {
 out:
   if (r.con) console_free(r.con);
   if (r.rt) plr_runtime_free(r.rt);
+  if (rc && r.sc) {
+    /* A failed start may leave the ops port open: close it before freeing. */
+    sidecar_close(r.sc, NULL, NULL);
+    for (int i = 0; i < 8; i++) uv_run(r.loop, UV_RUN_NOWAIT);
+  }
+  sidecar_free(r.sc);
   if (r.gw) pg_gateway_free(r.gw);
   if (r.gw_cfg) pg_config_free(r.gw_cfg);
   uv_loop_close(r.loop);

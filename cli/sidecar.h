@@ -42,7 +42,8 @@ int sidecar_config_load(const char *path, sidecar_config *out, char *err, size_t
 
 /* `parley config check FILE --kind sidecar`: 0 when the file (with the
  * environment's overrides) is a valid sidecar config, else PARLEY_ECONFIG
- * and err "file:line: key: message". */
+ * and err "file:line: key: message". Unlike sidecar_config_load it does not
+ * require the variable gateway.token_env names to be set. */
 int sidecar_config_check(const char *path, char *err, size_t n);
 
 typedef struct sidecar sidecar;

@@ -73,6 +73,7 @@ struct wb_pair {
   struct wb_proxy *px;
   int closing;
   bool cut;
+  uint64_t up_since; /* loop time the upstream connected; 0 before */
 };
 
 typedef struct wb_proxy {
@@ -163,6 +164,7 @@ static void px_connected(uv_connect_t *c, int status) {
     px_cut(p);
     return;
   }
+  p->up_since = uv_now(p->px->loop);
   uv_read_start((uv_stream_t *)&p->up.tcp, px_alloc, px_read);
   uv_read_start((uv_stream_t *)&p->down.tcp, px_alloc, px_read);
 }
@@ -211,16 +213,30 @@ static int px_start(wb_proxy *px, uv_loop_t *loop, int target_port) {
   return 0;
 }
 
-/* Cuts every connection through the proxy. */
+/* Cuts every connection through the proxy that has been up for a while.
+ * A connection closed within moments of its accept has made the gateway's
+ * libwebsockets-on-libuv loop re-arm the closed descriptor and abort, so
+ * young connections are left alone. */
+#define WB_CUT_MIN_AGE_MS 250
 static void px_cut_all(wb_proxy *px) {
-  while (px->n_pairs) {
-    px_cut(px->pairs[0]);
-    px->cuts++;
+  uint64_t now = uv_now(px->loop);
+  for (size_t i = 0; i < px->n_pairs;) {
+    wb_pair *p = px->pairs[i];
+    if (p->up_since && now - p->up_since >= WB_CUT_MIN_AGE_MS) {
+      px_cut(p); /* moves the last pair to i */
+      px->cuts++;
+    } else {
+      i++;
+    }
   }
 }
 
+static void px_close_all(wb_proxy *px) {
+  while (px->n_pairs) px_cut(px->pairs[0]);
+}
+
 static void px_stop(wb_proxy *px, uv_close_cb cb) {
-  px_cut_all(px);
+  px_close_all(px);
   uv_close((uv_handle_t *)&px->listener, cb);
 }
 
@@ -322,8 +338,8 @@ struct wb {
   /* Faults. */
   bool faults;
   uint64_t rng;
-  uv_timer_t kill_timer, cut_timer;
-  bool kill_armed, cut_armed;
+  uv_timer_t kill_timer, cut_timer, rebirth_timer;
+  bool kill_armed, cut_armed, rebirth_armed;
   unsigned kills, reconnects;
   wb_proxy proxy;
   bool proxy_on;
@@ -740,8 +756,21 @@ static int bot_new(wb *w, char *err, size_t errlen) {
   return 0;
 }
 
+/* A freed client's transport closes some of its descriptors twice, the
+ * second time a few loop turns later; a descriptor opened in between (by
+ * a new connection) would be closed under its new owner. So nothing new
+ * connects until this long after a client was freed. */
+#define WB_FREE_QUIET_MS 150
+
+static void rebirth_fire(uv_timer_t *t) {
+  wb *w = t->data;
+  w->rebirth_armed = false;
+  char err[1024];
+  if (bot_new(w, err, sizeof err) != 0) note(w, "the bot did not come back after a kill: %s", err);
+}
+
 /* A kill: the runtime is freed with whatever it had in flight, and a new
- * one connects to the same gateway. */
+ * one connects to the same gateway a moment later. */
 static void bot_kill(wb *w) {
   if (w->bot) plr_runtime_free(w->bot->rt);
   w->bot = NULL;
@@ -751,8 +780,8 @@ static void bot_kill(wb *w) {
   /* The held events were the dead runtime's; the gateway pushes them to
    * the new one, and the gate holds them again. */
   held_drop_all(w);
-  char err[1024];
-  if (bot_new(w, err, sizeof err) != 0) note(w, "the bot did not come back after a kill: %s", err);
+  w->rebirth_armed = true;
+  uv_timer_start(&w->rebirth_timer, rebirth_fire, WB_FREE_QUIET_MS, 0);
 }
 
 /* ------------------------------------------------------------- customer */
@@ -922,6 +951,20 @@ static bool cond_cust_ready(wb *w) {
   return w->cust && parley_client_state(w->cust) == PARLEY_CONN_READY;
 }
 
+static bool cond_never(wb *w) {
+  (void)w;
+  return false;
+}
+
+/* Lets a freed client's transport finish closing (see WB_FREE_QUIET_MS). */
+static void quiet_after_free(wb *w) { pump_until(w, cond_never, WB_FREE_QUIET_MS); }
+
+static bool cond_no_kill(wb *w) { return !w->kill_armed && !w->rebirth_armed && w->bot; }
+
+static bool cond_bot_ready(wb *w) {
+  return !w->bot || parley_client_state(w->bot->client) == PARLEY_CONN_READY;
+}
+
 static bool cond_agents_ready(wb *w) {
   for (size_t i = 0; i < w->n_agents; i++)
     if (parley_client_state(w->agents[i].client) != PARLEY_CONN_READY) return false;
@@ -937,6 +980,8 @@ static bool settled_once(wb *w) {
   if (!w->bot || !w->bot->rt) return false;
   /* Timers due on the simulated clock fire now rather than on the real one. */
   plr_rt_fire_due(w->bot->rt);
+  /* A customer that is reconnecting has not been told everything yet. */
+  if (!w->cust || parley_client_state(w->cust) != PARLEY_CONN_READY) return false;
   bool ok = w->cust_pending == 0 && w->bot_pending == 0 && !plr_runtime_busy(w->bot->rt) &&
             w->cust_seen >= w->bot_max_acked && w->cust_seen >= w->cust_last_seq;
   uint64_t need = w->need_seq;
@@ -978,7 +1023,7 @@ static void cut_fire(uv_timer_t *t) {
  * so a kill that falls there waits for the connection to be back. */
 static void kill_fire(uv_timer_t *t) {
   wb *w = t->data;
-  if (w->bot && parley_client_state(w->bot->client) != PARLEY_CONN_READY) {
+  if (!w->bot || parley_client_state(w->bot->client) != PARLEY_CONN_READY) {
     uv_timer_start(&w->kill_timer, kill_fire, 5, 0);
     return;
   }
@@ -1504,10 +1549,11 @@ static void run_case(wb *w, const char *file, const pc_node *c, int index, FILE 
         uv_timer_start(&w->cut_timer, cut_fire, rnd(w) % 60, 0);
       }
       if (rnd(w) % 3 == 0 && pump_until(w, cond_cust_answered, 5000) &&
-          pump_until(w, cond_cust_ready, 5000)) {
+          pump_until(w, cond_cust_ready, 5000) && pump_until(w, cond_no_kill, 5000)) {
         parley_client_free(w->cust);
         w->cust = NULL;
         w->reconnects++;
+        quiet_after_free(w);
         if (cust_new(w) != 0) note(w, "the customer could not connect again");
       }
     }
@@ -1623,8 +1669,11 @@ report:
     w->cut_armed = false;
   }
   if (w->cust) {
+    pump_until(w, cond_cust_ready, 3000); /* see kill_fire */
+    pump_until(w, cond_no_kill, 3000);
     parley_client_free(w->cust);
     w->cust = NULL;
+    quiet_after_free(w);
   }
   if (res->skipped) {
     fprintf(out, "SKIP %s:%d: %s: %s\n", file, pc_node_line(c), name, res->why);
@@ -1685,6 +1734,8 @@ static int usage(void) {
           "usage: parley test <botdir> [options] [spec files...]\n"
           "  --faults           run every case again with the bot killed and the customer\n"
           "                     reconnected at random moments\n"
+          "  --cut              with --faults, also cut the bot's and the customer's\n"
+          "                     connections at random moments (experimental)\n"
           "  --seed N           seed of the fault schedule (default 1)\n"
           "  -v, --verbose      show the bot's log\n"
           "Runs bots' spec/*.yaml (or the files given) against the bot over the embedded\n"
@@ -1710,17 +1761,19 @@ static void bot_identity(const char *dir, char *out, size_t size, char *locale, 
 
 int cli_test(int argc, char **argv) {
   static const struct option opts[] = {{"faults", no_argument, 0, 'f'},
+                                       {"cut", no_argument, 0, 'c'},
                                        {"seed", required_argument, 0, 's'},
                                        {"verbose", no_argument, 0, 'v'},
                                        {"help", no_argument, 0, 'h'},
                                        {0, 0, 0, 0}};
-  bool faults = false, verbose = false;
+  bool faults = false, verbose = false, cut = false;
   uint64_t seed = 1;
   optind = 1;
   int ch;
-  while ((ch = getopt_long(argc, argv, "fs:vh", opts, NULL)) != -1) {
+  while ((ch = getopt_long(argc, argv, "fcs:vh", opts, NULL)) != -1) {
     switch (ch) {
     case 'f': faults = true; break;
+    case 'c': cut = faults = true; break;
     case 's': seed = strtoull(optarg, NULL, 10); break;
     case 'v': verbose = true; break;
     default: return usage();
@@ -1845,7 +1898,9 @@ int cli_test(int argc, char **argv) {
   w->kill_timer.data = w;
   uv_timer_init(w->loop, &w->cut_timer);
   w->cut_timer.data = w;
-  if (faults) {
+  uv_timer_init(w->loop, &w->rebirth_timer);
+  w->rebirth_timer.data = w;
+  if (cut) {
     if (px_start(&w->proxy, w->loop, pg_gateway_port(w->gw)) != 0) {
       fprintf(stderr, "parley test: cannot start the fault layer\n");
       rc = 1;
@@ -1888,9 +1943,12 @@ int cli_test(int argc, char **argv) {
     w->faults = round == 1;
     if (w->faults) {
       printf("-- faults (seed %llu)\n", (unsigned long long)seed);
-      /* The bot comes back through the fault layer. */
-      bot_kill(w);
-      w->kills = 0;
+      /* With --cut the bot comes back through the fault layer. */
+      if (w->proxy_on) {
+        bot_kill(w);
+        pump_until(w, cond_no_kill, 5000);
+        w->kills = 0;
+      }
     }
     for (size_t i = 0; i < n_files; i++) {
       const pc_node *cases = pc_root(docs[i]);
@@ -1913,13 +1971,19 @@ int cli_test(int argc, char **argv) {
 
 out_stop:
   reset_case(w);
-  if (w->bot) plr_runtime_free(w->bot->rt);
+  pump_until(w, cond_no_kill, 3000);
+  if (w->bot) {
+    pump_until(w, cond_bot_ready, 3000); /* see kill_fire */
+    plr_runtime_free(w->bot->rt);
+  }
   w->bot = NULL;
   for (size_t i = 0; i < w->n_agents; i++) parley_client_free(w->agents[i].client);
   uv_timer_stop(&w->kill_timer);
   uv_close((uv_handle_t *)&w->kill_timer, on_closed_noop);
   uv_timer_stop(&w->cut_timer);
   uv_close((uv_handle_t *)&w->cut_timer, on_closed_noop);
+  uv_timer_stop(&w->rebirth_timer);
+  uv_close((uv_handle_t *)&w->rebirth_timer, on_closed_noop);
   if (w->proxy_on) px_stop(&w->proxy, on_closed_noop);
   if (w->gw) pg_gateway_stop(w->gw, NULL, NULL);
   uv_timer_stop(&w->tick);

@@ -18,6 +18,7 @@ end
 local function hand_off(ctx, why, last)
   local st = ctx.state
   st.handed_off = true
+  st.told_waiting = nil
   st.unanswered = 0
   ctx:tag("handoff:" .. why)
   local minutes = math.ceil(cfg.agent_wait / 60)
@@ -32,6 +33,15 @@ end)
 
 bot:on_message(function(ctx, msg)
   local st = ctx.state
+  -- Waiting in the queue the conversation is still ours: say once that a
+  -- person is coming, then leave the floor to them.
+  if st.handed_off then
+    if not st.told_waiting then
+      st.told_waiting = true
+      ctx:reply(ctx:t("still_waiting"))
+    end
+    return
+  end
   local text = msg.text:lower()
   if find_any(text, cfg.human) then
     hand_off(ctx, "asked", msg.text)
@@ -53,6 +63,7 @@ bot:on_message(function(ctx, msg)
 end)
 
 -- An agent took the conversation: the customer does not need the warning.
+-- The bot sees this event just before the conversation is taken from it.
 bot:on_event("assigned", function(ctx, ev)
   if ev.assignee and ev.assignee ~= parley.name and ev.assignee ~= "" then
     ctx:cancel("no_agent")
@@ -60,17 +71,21 @@ bot:on_event("assigned", function(ctx, ev)
   end
 end)
 
--- Back with the bot. When no agent ever took it, the timer (due by now)
--- tells the customer; an agent handing it back is thanked for instead.
+-- Back with the bot, from an agent: say so.
 bot:on_event("handed_back", function(ctx)
-  ctx.state.handed_off = false
-  if ctx.state.agent then
-    ctx.state.agent = nil
+  local st = ctx.state
+  ctx:cancel("no_agent")
+  st.handed_off = false
+  st.told_waiting = nil
+  if st.agent then
+    st.agent = nil
     ctx:reply(ctx:t("back"))
   end
 end)
 
+-- Still in the queue when the timer fires: nobody took it in time.
 bot:on_timer("no_agent", function(ctx)
+  if not ctx.state.handed_off or ctx.state.agent then return end
   local minutes = math.ceil(cfg.agent_wait / 60)
   ctx:reply(ctx:t("no_agent", { count = minutes, minutes = minutes }))
 end)

@@ -257,7 +257,8 @@ static int authorize(pg_gateway *g, pg_op *op, const Parley__V1__Send *s, const 
     if (strcmp(r->bot, op->principal)) return refuse(op, E(FORBIDDEN), "not your conversation");
     if (r->status == PG_CONV_CLOSED) return refuse(op, E(CLOSED), "the conversation is closed");
     if (s->epoch != r->epoch) return refuse(op, E(STALE_EPOCH), "assignment epoch is not current");
-    if (strcmp(r->assignee, op->principal))
+    /* Handed off but not yet taken: the bot still speaks for it. */
+    if (r->status != PG_CONV_QUEUED && strcmp(r->assignee, op->principal))
       return refuse(op, E(FORBIDDEN), "the conversation is not assigned to this bot");
     if (kind == PARLEY__V1__ACTION__BODY_TAKE || kind == PARLEY__V1__ACTION__BODY_HAND_BACK)
       return refuse(op, E(FORBIDDEN), "bots do not take or hand back conversations");

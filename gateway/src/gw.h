@@ -227,6 +227,9 @@ typedef struct pg_op {
 
 struct pg_gateway {
   uv_loop_t *loop;
+  /* Wall time this process started: an event stored before it may have
+   * been pushed by an earlier run, whose memory of what it pushed is gone. */
+  uint64_t boot_ms;
   pg_config *cfg;
   pg_db *db;
   struct lws_context *ctx;

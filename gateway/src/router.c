@@ -118,7 +118,10 @@ static int push_one(void *ud, uint64_t seq, const void *blob, size_t len) {
   if (p->n && p->bytes + len + 16 > p->c->g->cfg->max_frame_bytes - 64) push_flush(p);
   Parley__V1__Event *ev = parley__v1__event__unpack(NULL, len, blob);
   if (!ev) return PARLEY_EDB;
-  ev->redelivered = seq <= p->s->seen;
+  /* Redelivered: pushed to this device before by this process, or stored
+   * by an earlier run of the gateway, which may have pushed it. */
+  ev->redelivered = seq <= p->s->seen ||
+                    (ev->server_time_ms > 0 && (uint64_t)ev->server_time_ms < p->c->g->boot_ms);
   p->evs[p->n++] = ev;
   p->bytes += len + 16;
   p->max_seq = seq;
@@ -224,6 +227,9 @@ void pg_router_pump_conv(pg_gateway *g, pg_conv *cv, const char *old_assignee) {
   if (old_assignee && strcmp(old_assignee, cv->row.assignee) &&
       strcmp(old_assignee, cv->row.customer))
     for (pg_conn *c = pg_router_conns_of(g, old_assignee); c; c = c->pnext) pump_one(c, cv);
+  /* Waiting in a queue, the conversation's assignee is the queue, but its
+   * bot connection still takes part. */
+  if (cv->row.status == PG_CONV_QUEUED && cv->owner) pump_one(cv->owner, cv);
 }
 
 void pg_router_redeliver(pg_gateway *g, uint64_t now) {
@@ -345,8 +351,12 @@ static pg_conn *pick_bot(pg_gateway *g, const char *bot) {
   return best;
 }
 
+/* A conversation waiting in a queue stays with its bot connection until an
+ * agent takes it: the bot keeps the customer company (and its timers run)
+ * while nobody has answered yet. */
 static bool bot_assigned(const pg_conv *cv) {
-  return cv->row.status == PG_CONV_OPEN && !strcmp(cv->row.assignee, cv->row.bot);
+  return (cv->row.status == PG_CONV_OPEN && !strcmp(cv->row.assignee, cv->row.bot)) ||
+         cv->row.status == PG_CONV_QUEUED;
 }
 
 /* Places unowned bot conversations on live connections. An epoch that was
@@ -509,10 +519,15 @@ static void apply_change(pg_gateway *g, const char *id, bool opened) {
   cv->row = nr;
   bool was_queued = !fresh && old.status == PG_CONV_QUEUED;
   if (cv->owner && (!bot_assigned(cv) || cv->row.epoch != old.epoch)) {
-    const char *why = cv->row.status == PG_CONV_CLOSED   ? "closed"
-                      : cv->row.status == PG_CONV_QUEUED ? "handed_off"
-                                                         : "moved";
-    if (live(cv->owner)) send_revoke(cv->owner, id, old.epoch, why);
+    const char *why = cv->row.status == PG_CONV_CLOSED ? "closed"
+                      : cv->row.epoch != old.epoch     ? "moved"
+                                                       : "taken";
+    /* The bot first gets the events that took the conversation away (an
+     * agent's take, the close), so it knows why before the Revoke. */
+    if (live(cv->owner)) {
+      pump_one(cv->owner, cv);
+      send_revoke(cv->owner, id, old.epoch, why);
+    }
     pg_router_drop_stream(cv->owner, id);
     cv->owner->n_owned--;
     cv->owner = NULL;

@@ -356,6 +356,7 @@ int pg_gateway_new(uv_loop_t *loop, const pg_config *cfg, pg_gateway **out) {
   pg_gateway *g = calloc(1, sizeof *g);
   if (!g) return PARLEY_ENOMEM;
   g->loop = loop;
+  g->boot_ms = pg_now_ms();
   g->cfg = pg_config_dup(cfg);
   if (!g->cfg) {
     free(g);

@@ -124,7 +124,10 @@ static int l_action(lua_State *L) {
   uint8_t id[PARLEY_MSG_ID_LEN];
   job_msg_id(r, j, id);
   int rc = r->drv.action(r->drv.ud, conv, &a, id, j->conv->epoch, j);
-  if (rc == 0 && a.kind != PARLEY_ACTION_SET_LOCALE) j->conv->leaving = true;
+  /* After a close, the events already queued get no handler: replies would
+   * be refused. A handoff keeps the conversation with the bot until an
+   * agent takes it, so handlers go on running. */
+  if (rc == 0 && a.kind == PARLEY_ACTION_CLOSE) j->conv->leaving = true;
   return push_send_status(L, r, j, rc);
 }
 

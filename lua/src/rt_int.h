@@ -78,7 +78,7 @@ struct plr_conv {
   char *id;
   uint64_t epoch;
   bool revoked, ready, pumping, assigning;
-  bool leaving;          /* a handler handed it off or closed it */
+  bool leaving;          /* a handler closed it */
   plr_job *head, *tail;  /* queued, not started */
   uint32_t qlen;
   plr_job *job;          /* running */

@@ -305,7 +305,7 @@ void plr_conv_pump(plr_runtime *r, plr_conv *c) {
       plr_job_maybe_complete(r, j);
       continue;
     }
-    /* After the bot's own handoff or close, the events already queued are
+    /* After the bot's own close, the events already queued are
      * acknowledged without a handler: replies would be refused. */
     if (j->kind == JOB_ACK || c->leaving) {
       if (j->kind != JOB_TIMER && j->seq > c->handled_seq) c->handled_seq = j->seq;

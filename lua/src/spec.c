@@ -53,7 +53,7 @@ typedef struct sp_run {
   size_t nhttp;
   const pc_node *stubs;
   uint64_t epoch, acked;
-  bool handoff_sent, revoked;
+  bool handoff_sent, queued, revoked;
   char why[1024]; /* first failure of the case */
   uint64_t failures_seen;
   char *logbuf;
@@ -414,6 +414,7 @@ static void reassign(sp_run *s, const char *locale) {
                          .n_state = s->nkv, .acked_seq = s->acked, .locale = locale,
                          .customer = "customer"};
   s->revoked = false;
+  s->queued = false;
   plr_rt_on_assign(s->r, &a);
 }
 
@@ -450,10 +451,19 @@ static void run_step(sp_run *s, const pc_node *step, uint64_t *seq, const char *
       fail(s, "unknown event kind '%s' (line %d)", k ? k : "", pc_node_line(n));
       return;
     }
-    /* A handed-off conversation's events reach the bot when it comes back. */
+    /* A conversation an agent took comes back to the bot before any
+     * further event reaches it. */
     if (s->revoked) reassign(s, locale);
     plr_rt_on_event(s->r, &ev);
     plr_rt_fire_due(s->r);
+    if (ev.kind == PARLEY_EVENT_ASSIGNED && s->queued) {
+      /* An agent took it from the queue: the bot sees the take, then the
+       * gateway takes the conversation away from it. */
+      pump(s);
+      s->queued = false;
+      s->revoked = true;
+      plr_rt_on_revoke(s->r, SP_CONV, s->epoch, "taken");
+    }
   } else if ((n = pc_get(step, "wait"))) {
     const char *w = pc_scalar(n);
     double secs = w ? strtod(w, NULL) : 0;
@@ -465,11 +475,10 @@ static void run_step(sp_run *s, const pc_node *step, uint64_t *seq, const char *
   }
   pump(s);
   if (s->handoff_sent) {
-    /* The gateway takes a handed-off conversation away from the bot. */
+    /* Waiting in the queue, the conversation stays with the bot until an
+     * agent takes it. */
     s->handoff_sent = false;
-    s->revoked = true;
-    plr_rt_on_revoke(s->r, SP_CONV, s->epoch, "handed_off");
-    pump(s);
+    s->queued = true;
   }
   plr_stats st;
   plr_runtime_stats(s->r, &st);

@@ -64,6 +64,8 @@
 #define SEND_WINDOW 4
 #define SETTLE_MS 1500
 #define STUCK_MS 5000
+#define STOP_MS 15000
+#define PAUSE_GAP_MS 3000
 #define FAKETIME_LIB "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1"
 
 /* ------------------------------------------------------------ scenario */
@@ -154,6 +156,8 @@ typedef struct run {
   uint64_t slice_until;
   uint64_t started_ms, done_at, deadline_ms;
   uint64_t progress_at, last_progress; /* when the event count last moved */
+  uint64_t stop_at;
+  uint64_t last_cont_ms; /* last SIGCONT of a paused replica */
   bool stopping;
   int open_clients;
   counts k;
@@ -480,6 +484,7 @@ static void on_tick(uv_timer_t *t) {
     if (r->bot_paused[i] && now >= r->cont_at[i]) {
       tproc_kill(&r->bots[i], SIGCONT);
       r->bot_paused[i] = false;
+      r->last_cont_ms = now;
     }
   }
   if (r->slice_until && now >= r->slice_until) {
@@ -487,9 +492,16 @@ static void on_tick(uv_timer_t *t) {
     r->slice_until = 0;
   }
   if (r->stopping) {
-    if (r->open_clients <= 0) {
+    bool stuck = now - r->stop_at > STOP_MS;
+    if (r->open_clients <= 0 || stuck) {
       uv_timer_stop(t);
       uv_close((uv_handle_t *)t, NULL);
+    }
+    if (stuck && r->open_clients > 0) {
+      /* A client that never reports CLOSED must not hang the suite. */
+      r->k.incomplete++;
+      snprintf(r->why, sizeof r->why, "%d clients did not close", r->open_clients);
+      uv_stop(&r->loop);
     }
     return;
   }
@@ -503,6 +515,13 @@ static void on_tick(uv_timer_t *t) {
   else
     due = acked * (uint64_t)(r->sc->faults + 1) >=
           (uint64_t)r->total_msgs * (uint64_t)(r->faults_done + 1);
+  if (r->sc->kind == F_PAUSE) {
+    /* One replica down at a time: the next pause waits until the last
+     * paused one is running again and has had time to reconnect, so the
+     * other replica is always there to take the conversations over. */
+    for (int i = 0; i < r->sc->replicas; i++) due = due && !r->bot_paused[i];
+    due = due && (!r->last_cont_ms || now - r->last_cont_ms >= PAUSE_GAP_MS);
+  }
   if (r->faults_done < r->sc->faults && due) inject(r);
   /* Progress: events handed to the customers. When everything is ACKed and
    * nothing has moved for STUCK_MS, replies are not coming: the run ends
@@ -531,6 +550,7 @@ static void on_tick(uv_timer_t *t) {
                acked, r->total_msgs, r->faults_done);
     }
     r->stopping = true;
+    r->stop_at = now;
     for (int i = 0; i < r->sc->convs; i++) parley_client_stop(r->cs[i].c, 2000);
   }
 }
@@ -834,7 +854,8 @@ static void run_scenario(const scenario *sc) {
   if (r->why[0]) fprintf(stderr, "scenario %s: %s\n", sc->name, r->why);
 
   for (int i = 0; i < sc->convs; i++) cust_free(&r->cs[i]);
-  uv_run(&r->loop, UV_RUN_NOWAIT);
+  /* Freed clients close their handles over a few loop turns. */
+  for (int i = 0; i < 200 && uv_loop_alive(&r->loop); i++) uv_run(&r->loop, UV_RUN_NOWAIT);
   uv_loop_close(&r->loop);
   free(r->cs);
 
@@ -936,20 +957,25 @@ static void test_gateway_kill9(void **unused) {
 }
 
 /* (4) One of two replicas paused with SIGSTOP for longer than two
- * heartbeats, so its conversations move to the other one, then resumed. */
+ * heartbeats, so its conversations move to the other one, then resumed;
+ * one replica at a time. With both down at once, the conversations can come
+ * back to a replica with handlers in flight, which finds the known failure
+ * of docs/reliability.md: the disconnects scenario covers that. */
 static void test_replica_pause(void **unused) {
   (void)unused;
   bool full = full_size();
+  /* Paced, so that the stream is still flowing at every pause. */
   scenario sc = {.name = "replica_pause",
                  .kind = F_PAUSE,
                  .convs = full ? 40 : 10,
                  .msgs = full ? 200 : 100,
-                 .faults = full ? 20 : 4,
+                 .faults = full ? 20 : 3,
                  .replicas = 2,
-                 .heartbeat = "500ms",
-                 .pause_ms = 2500,
-                 .deadline_s = full ? 1200 : 50,
-                 .check_redelivered = true};
+                 .heartbeat = "1s",
+                 .pause_ms = 3000,
+                 .deadline_s = full ? 1200 : 55,
+                 .check_redelivered = true,
+                 .pace_ms = full ? 600 : 150};
   run_scenario(&sc);
 }
 

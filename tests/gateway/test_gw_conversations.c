@@ -269,12 +269,9 @@ static void test_handoff_and_back(void **state) {
   uint64_t seq = 0;
   assert_int_equal(action_code(bot, "c-hand", 50, &act, epoch, &seq), 0);
   assert_int_equal(seq, 4);
-  pw_frame *rv = gwh_wait(bot, PARLEY__V1__FRAME__BODY_REVOKE, 2000);
-  assert_non_null(rv);
-  assert_string_equal(rv->revoke->reason, "handed_off");
-  pw_frame_free(rv);
-  /* The bot can no longer send, but may still commit up to the handoff. */
-  assert_int_equal(send_code(bot, "c-hand", 51, "still here?", epoch), E(FORBIDDEN));
+  /* Waiting in the queue, the conversation stays with the bot: it may
+   * still talk to the customer until an agent takes it. */
+  assert_int_equal(send_code(bot, "c-hand", 51, "an agent is on the way", epoch), 0);
   pw_frame *up = gwh_wait(alice, PARLEY__V1__FRAME__BODY_QUEUE_UPDATE, 2000);
   assert_non_null(up);
   assert_string_equal(up->queue_update->item->conversation, "c-hand");
@@ -302,22 +299,32 @@ static void test_handoff_and_back(void **state) {
   assert_int_equal(action_code(bob, "c-hand", 60, &take, 0, NULL), E(FORBIDDEN));
   /* Alice takes it and gets the history from seq 1. */
   assert_int_equal(action_code(alice, "c-hand", 70, &take, 0, &seq), 0);
-  assert_int_equal(seq, 5);
+  assert_int_equal(seq, 6);
+  /* The bot sees the take (seq 6), then the Revoke, and can no longer
+   * send; it may still commit what it handled. */
+  uint64_t seqs[16];
+  int n = gwh_collect(bot, "c-hand", 6, 2000, seqs, NULL, 16);
+  assert_true(n >= 1);
+  assert_int_equal(seqs[n - 1], 6);
+  pw_frame *rv = gwh_wait(bot, PARLEY__V1__FRAME__BODY_REVOKE, 2000);
+  assert_non_null(rv);
+  assert_string_equal(rv->revoke->reason, "taken");
+  pw_frame_free(rv);
+  assert_int_equal(send_code(bot, "c-hand", 52, "still here?", epoch), E(FORBIDDEN));
   /* The answer comes first, then the queue update, then the stream. */
   up = gwh_wait(alice, PARLEY__V1__FRAME__BODY_QUEUE_UPDATE, 2000);
   assert_non_null(up);
   assert_true(up->queue_update->removed);
   pw_frame_free(up);
-  uint64_t seqs[16];
-  int n = gwh_collect(alice, "c-hand", 5, 2000, seqs, NULL, 16);
-  assert_int_equal(n, 5);
+  n = gwh_collect(alice, "c-hand", 6, 2000, seqs, NULL, 16);
+  assert_int_equal(n, 6);
   assert_int_equal(seqs[0], 1);
   /* Alice replies; the customer sees it, the bot does not. */
-  uint64_t s6 = send_ok(alice, "c-hand", 71, "Hi, I am Alice", 0);
-  assert_int_equal(s6, 6);
-  assert_int_equal(gwh_collect(cu, "c-hand", 6, 2000, seqs, NULL, 16), 6);
-  /* The bot commits what it handled before the handoff. */
-  pw_frame *r = commit(bot, "c-hand", epoch, 4, NULL, NULL, NULL, 9);
+  uint64_t s7 = send_ok(alice, "c-hand", 71, "Hi, I am Alice", 0);
+  assert_int_equal(s7, 7);
+  assert_int_equal(gwh_collect(cu, "c-hand", 7, 2000, seqs, NULL, 16), 7);
+  /* The bot commits what it handled before the take. */
+  pw_frame *r = commit(bot, "c-hand", epoch, 6, NULL, NULL, NULL, 9);
   assert_non_null(r);
   assert_int_equal(r->commit_result->outcomes[0]->error, 0);
   pw_frame_free(r);
@@ -327,22 +334,22 @@ static void test_handoff_and_back(void **state) {
   back.body_case = PARLEY__V1__ACTION__BODY_HAND_BACK;
   back.hand_back = &hb;
   assert_int_equal(action_code(alice, "c-hand", 72, &back, 0, &seq), 0);
-  assert_int_equal(seq, 7);
+  assert_int_equal(seq, 8);
   as = gwh_wait(bot, PARLEY__V1__FRAME__BODY_ASSIGN, 2000);
   assert_non_null(as);
   assert_string_equal(as->assign->conversation, "c-hand");
   assert_int_equal(as->assign->epoch, epoch + 1);
-  assert_int_equal(as->assign->acked_seq, 4);
+  assert_int_equal(as->assign->acked_seq, 6);
   pw_frame_free(as);
-  n = gwh_collect(bot, "c-hand", 7, 2000, seqs, NULL, 16);
+  n = gwh_collect(bot, "c-hand", 8, 2000, seqs, NULL, 16);
   assert_true(n >= 1);
   /* The old epoch is now stale; the new one works. Alice is out. */
-  assert_int_equal(send_code(bot, "c-hand", 52, "old epoch", epoch), E(STALE_EPOCH));
-  assert_int_equal(send_code(bot, "c-hand", 53, "welcome back", epoch + 1), 0);
+  assert_int_equal(send_code(bot, "c-hand", 53, "old epoch", epoch), E(STALE_EPOCH));
+  assert_int_equal(send_code(bot, "c-hand", 54, "welcome back", epoch + 1), 0);
   assert_int_equal(send_code(alice, "c-hand", 73, "me again", 0), E(FORBIDDEN));
   /* Alice's ACK flushed after she handed it back is still accepted: the
    * next frame she gets is the Pong, not an error. */
-  gwh_ack(alice, "c-hand", 6);
+  gwh_ack(alice, "c-hand", 7);
   Parley__V1__Ping pg = PARLEY__V1__PING__INIT;
   pg.nonce = 5;
   pw_frame pf = PARLEY__V1__FRAME__INIT;
@@ -363,7 +370,7 @@ static void test_handoff_and_back(void **state) {
   Parley__V1__Action close = PARLEY__V1__ACTION__INIT;
   close.body_case = PARLEY__V1__ACTION__BODY_CLOSE;
   close.close = &cl;
-  assert_int_equal(action_code(bot, "c-hand", 54, &close, epoch + 1, NULL), 0);
+  assert_int_equal(action_code(bot, "c-hand", 55, &close, epoch + 1, NULL), 0);
   assert_int_equal(send_code(cu, "c-hand", 2, "one more thing", 0), E(CLOSED));
   wsc_close(bob, 1000);
   wsc_close(alice, 1000);

@@ -276,13 +276,17 @@ static void test_match_postback_quote_idem(void **state) {
   assert_int_equal(s->kind, 100 + PARLEY_ACTION_HANDOFF);
   assert_string_equal(s->queue, "humans");
   assert_string_equal(s->note, "asked");
-  /* After the bot's own handoff, events still queued are acknowledged
-   * without a handler: the conversation is the agents' now. */
+  /* Waiting in the queue the conversation is still the bot's: a message
+   * runs its handler (here the fallback) until an agent takes it. */
   size_t before = t->f.nsends;
   fd_message(&t->f, "c1", 6, "anything else");
   fd_pump(&t->f);
-  assert_int_equal(t->f.nsends, before);
+  assert_int_equal(t->f.nsends, before + 1);
+  assert_string_equal(fd_last_send(&t->f, "c1")->text, "fallback");
   assert_int_equal(fd_last_commit(&t->f, "c1")->ack_seq, 6);
+  /* An agent takes it: the gateway revokes the bot's assignment. */
+  plr_rt_on_revoke(t->f.r, "c1", 1, "taken");
+  fd_pump(&t->f);
   /* Back with the bot (a new assignment): handlers run again. */
   fd_assign_state(&t->f, "c1", "en", 2, 6, NULL, 0);
   fd_message(&t->f, "c1", 7, "anything else");

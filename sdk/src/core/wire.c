@@ -103,6 +103,36 @@ static const char *check_frame(const pw_frame *f) {
   }
 }
 
+/* protobuf-c accepts field number 0 when its tag is written in a long form
+ * and keeps it as an unknown field, but refuses the short form it writes
+ * back: such a frame would decode once and never again after re-encoding
+ * (the engine re-encodes held events). Field 0 is invalid protobuf, so the
+ * frame is refused as malformed. */
+static int has_field_zero(const ProtobufCMessage *m, int depth) {
+  if (depth > 100) return 1;
+  for (unsigned i = 0; i < m->n_unknown_fields; i++)
+    if (m->unknown_fields[i].tag == 0) return 1;
+  const ProtobufCMessageDescriptor *d = m->descriptor;
+  const char *base = (const char *)m;
+  for (unsigned i = 0; i < d->n_fields; i++) {
+    const ProtobufCFieldDescriptor *fd = &d->fields[i];
+    if (fd->type != PROTOBUF_C_TYPE_MESSAGE) continue;
+    if (fd->label == PROTOBUF_C_LABEL_REPEATED) {
+      size_t n = *(const size_t *)(base + fd->quantifier_offset);
+      ProtobufCMessage *const *v = *(ProtobufCMessage *const *const *)(base + fd->offset);
+      for (size_t k = 0; k < n; k++)
+        if (has_field_zero(v[k], depth + 1)) return 1;
+      continue;
+    }
+    if ((fd->flags & PROTOBUF_C_FIELD_FLAG_ONEOF) &&
+        *(const uint32_t *)(base + fd->quantifier_offset) != fd->id)
+      continue;
+    const ProtobufCMessage *sub = *(ProtobufCMessage *const *)(base + fd->offset);
+    if (sub && has_field_zero(sub, depth + 1)) return 1;
+  }
+  return 0;
+}
+
 int pw_decode(const uint8_t *data, size_t len, size_t max_bytes,
               pw_frame **out, const char **why) {
   *out = NULL;
@@ -115,6 +145,11 @@ int pw_decode(const uint8_t *data, size_t len, size_t max_bytes,
   pw_frame *f = parley__v1__frame__unpack(NULL, len, data);
   if (!f) {
     if (why) *why = "frame does not decode";
+    return PARLEY_EMALFORMED;
+  }
+  if (has_field_zero(&f->base, 0)) {
+    parley__v1__frame__free_unpacked(f, NULL);
+    if (why) *why = "field number 0";
     return PARLEY_EMALFORMED;
   }
   if (f->body_case == PARLEY__V1__FRAME__BODY__NOT_SET) {
