@@ -828,8 +828,9 @@ static void cust_on_event(parley_client *c, const parley_event *ev, void *ud) {
     if (ev->seq > w->need_seq) w->need_seq = ev->seq;
   switch (ev->kind) {
   case PARLEY_EVENT_HANDED_OFF:
+    /* Waiting in the queue the conversation is still the bot's; it leaves
+     * the bot when an agent takes it (ASSIGNED below). */
     w->handoff_need = w->need_seq;
-    w->with_bot = false;
     break;
   case PARLEY_EVENT_CLOSED: w->with_bot = false; break;
   case PARLEY_EVENT_HANDED_BACK: w->with_bot = true; break;
@@ -1130,29 +1131,69 @@ static void render_item(lines *l, const wb_item *it) {
   }
 }
 
-/* Prints text wrapped into a column of width WB_COL; returns the pieces. */
-static size_t wrap(const char *s, char out[][WB_COL + 1], size_t max) {
-  size_t n = 0, len = strlen(s);
-  if (len == 0 && max) {
-    out[n++][0] = 0;
-    return n;
+/* Columns a terminal gives a code point: East Asian wide and fullwidth
+ * characters take two. */
+static int cp_width(uint32_t c) {
+  if ((c >= 0x1100 && c <= 0x115F) || (c >= 0x2E80 && c <= 0xA4CF) ||
+      (c >= 0xAC00 && c <= 0xD7A3) || (c >= 0xF900 && c <= 0xFAFF) ||
+      (c >= 0xFE30 && c <= 0xFE4F) || (c >= 0xFF00 && c <= 0xFF60) ||
+      (c >= 0xFFE0 && c <= 0xFFE6) || (c >= 0x1F300 && c <= 0x1FAFF) ||
+      (c >= 0x20000 && c <= 0x3FFFD))
+    return 2;
+  return 1;
+}
+
+/* Decodes one UTF-8 sequence; malformed bytes count as one column each. */
+static size_t utf8_next(const char *s, uint32_t *cp) {
+  const unsigned char *u = (const unsigned char *)s;
+  size_t n = u[0] < 0x80 ? 1 : (u[0] >> 5) == 6 ? 2 : (u[0] >> 4) == 14 ? 3 : (u[0] >> 3) == 30 ? 4 : 1;
+  uint32_t c = n == 1 ? u[0] : n == 2 ? u[0] & 0x1F : n == 3 ? u[0] & 0x0F : u[0] & 0x07;
+  for (size_t i = 1; i < n; i++) {
+    if ((u[i] & 0xC0) != 0x80) {
+      *cp = u[0];
+      return 1;
+    }
+    c = (c << 6) | (u[i] & 0x3F);
   }
-  for (size_t off = 0; off < len && n < max; n++) {
-    size_t take = len - off > WB_COL ? WB_COL : len - off;
-    /* Do not cut a UTF-8 character. */
-    while (take < len - off && take > 0 && ((unsigned char)s[off + take] & 0xC0) == 0x80) take--;
-    memcpy(out[n], s + off, take);
-    out[n][take] = 0;
-    off += take;
-  }
+  *cp = c;
   return n;
 }
 
 static size_t display_width(const char *s) {
   size_t w = 0;
-  for (; *s; s++)
-    if (((unsigned char)*s & 0xC0) != 0x80) w++;
+  uint32_t cp;
+  while (*s) {
+    s += utf8_next(s, &cp);
+    w += (size_t)cp_width(cp);
+  }
   return w;
+}
+
+/* Wraps text into pieces of at most WB_COL columns, never inside a
+ * character; returns the number of pieces. */
+#define WB_PIECE (WB_COL * 4 + 1)
+static size_t wrap(const char *s, char out[][WB_PIECE], size_t max) {
+  size_t n = 0;
+  if (!*s && max) {
+    out[n++][0] = 0;
+    return n;
+  }
+  while (*s && n < max) {
+    size_t cols = 0, bytes = 0;
+    uint32_t cp;
+    while (s[bytes]) {
+      size_t k = utf8_next(s + bytes, &cp);
+      if (cols + (size_t)cp_width(cp) > WB_COL) break;
+      cols += (size_t)cp_width(cp);
+      bytes += k;
+    }
+    if (!bytes) bytes = utf8_next(s, &cp); /* a character wider than the column */
+    memcpy(out[n], s, bytes);
+    out[n][bytes] = 0;
+    s += bytes;
+    n++;
+  }
+  return n;
 }
 
 static void side_by_side_header(FILE *out) {
@@ -1167,7 +1208,7 @@ static void side_by_side_header(FILE *out) {
 /* Both columns of one step, wrapped; the next step starts on a common row. */
 static void side_by_side_rows(FILE *out, const lines *left, const lines *right) {
   size_t i = 0, j = 0;
-  char lw[16][WB_COL + 1], rw[16][WB_COL + 1];
+  char lw[16][WB_PIECE], rw[16][WB_PIECE];
   size_t ln = 0, rn = 0, li = 0, ri = 0;
   while (i < left->n || j < right->n || li < ln || ri < rn) {
     if (li >= ln) {

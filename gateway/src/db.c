@@ -11,7 +11,7 @@
 
 enum {
   S_CONV_GET, S_CONV_INS, S_CONV_UPD, S_CONV_BY_CUSTOMER, S_CONV_BY_ASSIGNEE, S_CONV_QUEUED,
-  S_CONV_QUEUED_ALL, S_EV_PUT, S_EV_RANGE, S_SENT_GET, S_SENT_PUT, S_WM_GET, S_WM_SET,
+  S_CONV_QUEUED_ALL, S_CONV_BOT_QUEUED, S_EV_PUT, S_EV_RANGE, S_SENT_GET, S_SENT_PUT, S_WM_GET, S_WM_SET,
   S_STATE_ALL, S_STATE_SET, S_STATE_DEL, S_BEGIN, S_COMMIT, S_ROLLBACK, S_SAVE, S_RELEASE,
   S_ROLLBACK_TO, S_COUNT
 };
@@ -30,6 +30,7 @@ static const char *const sql_text[S_COUNT] = {
     [S_CONV_QUEUED] = "SELECT id FROM conversations WHERE status=1 AND queue=?1 "
                       "ORDER BY queued_ms, id",
     [S_CONV_QUEUED_ALL] = "SELECT id FROM conversations WHERE status=1 ORDER BY queued_ms, id",
+    [S_CONV_BOT_QUEUED] = "SELECT id FROM conversations WHERE status=1 AND bot=?1 ORDER BY id",
     [S_EV_PUT] = "INSERT INTO events(conv,seq,blob) VALUES(?1,?2,?3)",
     [S_EV_RANGE] = "SELECT seq,blob FROM events WHERE conv=?1 AND seq>=?2 AND seq<=?3 "
                    "ORDER BY seq LIMIT ?4",
@@ -61,6 +62,7 @@ static const char schema[] =
     "CREATE INDEX IF NOT EXISTS conversations_customer ON conversations(customer);"
     "CREATE INDEX IF NOT EXISTS conversations_assignee ON conversations(assignee);"
     "CREATE INDEX IF NOT EXISTS conversations_queue ON conversations(status, queue);"
+    "CREATE INDEX IF NOT EXISTS conversations_bot ON conversations(bot, status);"
     "CREATE TABLE IF NOT EXISTS events(conv TEXT NOT NULL, seq INTEGER NOT NULL,"
     " blob BLOB NOT NULL, PRIMARY KEY(conv, seq)) WITHOUT ROWID;"
     "CREATE TABLE IF NOT EXISTS sent(sender TEXT NOT NULL, msg_id BLOB NOT NULL,"
@@ -236,10 +238,11 @@ int pg_db_conv_update(pg_db *db, const pg_convrow *r) { return conv_write(db, S_
 
 int pg_db_conv_each(pg_db *db, const char *where, const char *key,
                     int (*fn)(void *ud, const pg_convrow *r), void *ud) {
-  int which = !strcmp(where, "customer")   ? S_CONV_BY_CUSTOMER
-              : !strcmp(where, "assignee") ? S_CONV_BY_ASSIGNEE
-              : key && key[0]              ? S_CONV_QUEUED
-                                           : S_CONV_QUEUED_ALL;
+  int which = !strcmp(where, "customer")     ? S_CONV_BY_CUSTOMER
+              : !strcmp(where, "assignee")   ? S_CONV_BY_ASSIGNEE
+              : !strcmp(where, "bot_queued") ? S_CONV_BOT_QUEUED
+              : key && key[0]                ? S_CONV_QUEUED
+                                             : S_CONV_QUEUED_ALL;
   sqlite3_stmt *s = db->st[which];
   if (which != S_CONV_QUEUED_ALL) sqlite3_bind_text(s, 1, key, -1, SQLITE_TRANSIENT);
   /* Collect the ids first: the callback may run other statements. */

@@ -118,7 +118,8 @@ int pg_db_conv_get(pg_db *db, const char *id, pg_convrow *out);
 int pg_db_conv_insert(pg_db *db, const pg_convrow *r);
 int pg_db_conv_update(pg_db *db, const pg_convrow *r);
 /* Calls fn for each conversation matching: where = "customer", "assignee"
- * (any status but queued), "queued" (status queued, key = queue). */
+ * (any status but queued), "bot_queued" (status queued, key = its bot),
+ * "queued" (status queued, key = queue). */
 int pg_db_conv_each(pg_db *db, const char *where, const char *key,
                     int (*fn)(void *ud, const pg_convrow *r), void *ud);
 

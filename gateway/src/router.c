@@ -433,6 +433,8 @@ static int collect_assigned(void *ud, const pg_convrow *r) {
 void pg_router_bot_joined(pg_conn *c) {
   collect_ctx cc = {.g = c->g};
   pg_db_conv_each(c->g->db, "assignee", c->principal, collect_assigned, &cc);
+  /* Conversations waiting in a queue are still their bot's. */
+  pg_db_conv_each(c->g->db, "bot_queued", c->principal, collect_assigned, &cc);
   for (size_t i = 0; i < cc.n; i++)
     if (cc.list[i]->owner && !live(cc.list[i]->owner)) cc.list[i]->owner = NULL;
   place(c->g, cc.list, cc.n);

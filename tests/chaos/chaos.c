@@ -66,6 +66,7 @@
 #define STUCK_MS 5000
 #define STOP_MS 15000
 #define PAUSE_GAP_MS 3000
+#define PAUSE_AFTER_BURST_MS 15
 #define FAKETIME_LIB "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1"
 
 /* ------------------------------------------------------------ scenario */
@@ -124,6 +125,7 @@ typedef struct cust {
   int next;           /* next message number to hand to the client */
   int inflight;       /* handed over, no result yet */
   uint64_t next_send_ms; /* pacing (scenario.pace_ms) */
+  int burst;             /* messages that may go now without pacing */
   int results, acked, failed;
   uint64_t *ack_seq;  /* per message, 0 until ACKed */
   uint8_t (*ack_id)[16];
@@ -158,6 +160,8 @@ typedef struct run {
   uint64_t progress_at, last_progress; /* when the event count last moved */
   uint64_t stop_at;
   uint64_t last_cont_ms; /* last SIGCONT of a paused replica */
+  bool pause_pending;     /* a SIGSTOP is due at pause_at */
+  uint64_t pause_at;
   bool stopping;
   int open_clients;
   counts k;
@@ -334,7 +338,9 @@ static void on_state(parley_client *pc, parley_conn_state st, int status, void *
 static void pump(cust *c) {
   const scenario *sc = c->run->sc;
   while (c->next < sc->msgs && c->inflight < SEND_WINDOW) {
-    if (sc->pace_ms) {
+    if (sc->pace_ms && c->burst > 0) {
+      c->burst--;
+    } else if (sc->pace_ms) {
       uint64_t now = mono_ms();
       if (now < c->next_send_ms) return;
       c->next_send_ms = now + sc->pace_ms;
@@ -448,12 +454,16 @@ static void inject(run *r) {
     if (gw_start(r) != 0) snprintf(r->why, sizeof r->why, "gateway restart failed");
     break;
   case F_PAUSE: {
-    int i = r->faults_done % sc->replicas;
-    if (!r->bot_paused[i] && r->bot_up[i]) {
-      tproc_kill(&r->bots[i], SIGSTOP);
-      r->bot_paused[i] = true;
-      r->cont_at[i] = mono_ms() + sc->pause_ms;
+    /* A burst from every customer first, and the stop a tick later, so
+     * that the replica is stopped with handlers running and replies and
+     * commits unanswered. */
+    for (int c = 0; c < sc->convs; c++) {
+      r->cs[c].next_send_ms = 0;
+      r->cs[c].burst = SEND_WINDOW;
+      pump(&r->cs[c]);
     }
+    r->pause_pending = true;
+    r->pause_at = mono_ms() + PAUSE_AFTER_BURST_MS;
     break;
   }
   }
@@ -485,6 +495,15 @@ static void on_tick(uv_timer_t *t) {
       tproc_kill(&r->bots[i], SIGCONT);
       r->bot_paused[i] = false;
       r->last_cont_ms = now;
+    }
+  }
+  if (r->pause_pending && now >= r->pause_at) {
+    int i = r->faults_done % r->sc->replicas;
+    r->pause_pending = false;
+    if (!r->bot_paused[i] && r->bot_up[i]) {
+      tproc_kill(&r->bots[i], SIGSTOP);
+      r->bot_paused[i] = true;
+      r->cont_at[i] = now + r->sc->pause_ms;
     }
   }
   if (r->slice_until && now >= r->slice_until) {
@@ -520,6 +539,7 @@ static void on_tick(uv_timer_t *t) {
      * paused one is running again and has had time to reconnect, so the
      * other replica is always there to take the conversations over. */
     for (int i = 0; i < r->sc->replicas; i++) due = due && !r->bot_paused[i];
+    due = due && !r->pause_pending;
     due = due && (!r->last_cont_ms || now - r->last_cont_ms >= PAUSE_GAP_MS);
   }
   if (r->faults_done < r->sc->faults && due) inject(r);

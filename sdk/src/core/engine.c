@@ -486,6 +486,9 @@ static void on_welcome(pe_engine *e, const Parley__V1__Welcome *w) {
 
 static void on_error_frame(pe_engine *e, const Parley__V1__Error *er) {
   int st = pw_status_from_code(er->code);
+  /* An Error frame that names no error is itself a protocol error: the
+   * application is always handed a failure status. */
+  if (st == 0) st = PARLEY_EPROTOCOL;
   if (er->retry_after_ms) e->retry_after = er->retry_after_ms;
   if (er->client_msg_id.len == PARLEY_MSG_ID_LEN && er->retry_after_ms &&
       pe_code_retryable(er->code)) {

@@ -1,9 +1,23 @@
 /* The WebSocket transport on libwebsockets 4.1 and libuv; see ws.h.
  *
- * Lifetimes. A pt_ws owns one lws context for its whole life and at most
- * one client wsi at a time. The wsi is identified through its opaque user
- * data, so nothing here is global and any number of transports (and other
- * lws contexts, such as an in-process gateway) can share one uv loop.
+ * Lifetimes. All transports on one uv loop share one lws client context
+ * (one per loop, per TLS or plain, per ca_file), kept in a small registry
+ * and reference counted: pt_ws_new takes a reference, creating the context
+ * on first use, and pt_ws_destroy drops it once the transport's own wsi is
+ * gone. A pt_ws has at most one client wsi at a time and is found from it
+ * through the wsi's opaque user data, so every per-connection thing (the
+ * URL, the Authorization header, the TLS verification flags, the state
+ * below) stays with the connection and never with the context.
+ *
+ * Why shared. Destroying an lws 4.1.6 context on a foreign loop is not
+ * clean: the first lws_context_destroy() closes some file descriptors that
+ * lws closes a second time a few loop turns later, in
+ * __lws_close_free_wsi_final. Any descriptor opened on the loop in between
+ * (another client's socket, a gateway's accepted connection, lws's
+ * /dev/urandom) is then closed under its new owner, and libuv aborts on
+ * the EBADF from epoll. A context that lives as long as any transport on
+ * its loop is destroyed only when the loop's last transport goes, which in
+ * a running process is (almost) never while other connections are opening.
  *
  * Teardown with a foreign loop (lws 4.1.6). lws_context_destroy() cannot
  * finish synchronously, because libuv closes handles asynchronously:
@@ -14,22 +28,38 @@
  *   3. a second lws_context_destroy() then frees the context.
  * Calling the second one too early frees memory that pending close
  * callbacks still use, and destroying a context while a client wsi is
- * still connecting trips a double close inside lws. So the transport first
- * makes sure its own wsi is gone, then runs the sequence from a uv timer of
- * its own ("the reaper"), outside every lws callback, polling the loop's
- * handle list until no handle refers to the context any more.
+ * still connecting trips a double close inside lws. So every transport
+ * first makes sure its own wsi is gone before it drops its reference, and
+ * when the last reference goes the shared entry runs the sequence from a
+ * uv timer of its own ("the reaper"), outside every lws callback, polling
+ * the loop's handle list until no handle refers to the context any more.
+ * An entry being reaped has already left the registry, so a transport
+ * created meanwhile on the same loop gets a fresh context.
+ *
+ * Each transport also keeps one uv handle of its own (`done`), closed when
+ * it is destroyed, so that `destroyed` always comes from the loop and never
+ * from inside pt_ws_destroy or an lws callback. The transport that dropped
+ * the last reference closes it only after its context is freed, so an
+ * owner that stops at `destroyed` finds no handle left on its loop.
+ *
+ * Threads. Different loops may run in different threads, so the registry
+ * is guarded by a mutex; an entry itself is only used from its loop's
+ * thread (its reference count is changed under the mutex all the same).
  *
  * TLS. lws 4.1.6 keeps the OpenSSL ex_data index it uses to find a
  * context's own client SSL_CTX in a process-wide variable, renewed by every
  * context created with LWS_SERVER_OPTION_DO_SSL_GLOBAL_INIT. With several
- * TLS contexts alive (several clients, or a client and an in-process
- * gateway) every context but the newest then fails that lookup when it is
- * destroyed and leaks its SSL_CTX with the whole CA store. So the transport
- * makes its client SSL_CTX itself (provided_client_ssl_ctx, which lws never
- * frees and never looks up) and frees it after the context is gone.
+ * TLS contexts alive (clients on several loops, or a client and an
+ * in-process gateway) every context but the newest then fails that lookup
+ * when it is destroyed and leaks its SSL_CTX with the whole CA store. So
+ * the shared entry makes its client SSL_CTX itself (provided_client_ssl_ctx,
+ * which lws never frees and never looks up) and frees it after the context
+ * is gone. Whether a connection verifies the peer at all, and checks the
+ * host name, is decided per connection by lws from LCCSCF flags.
  */
 #include "transport/ws.h"
 
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -60,10 +90,29 @@ typedef struct pt_frame {
   uint8_t buf[]; /* LWS_PRE bytes of headroom, then the message */
 } pt_frame;
 
+/* One lws client context shared by the transports of one loop. */
+typedef struct pt_ws_shared {
+  struct pt_ws_shared *next; /* registry link; unlinked once reaping */
+  uv_loop_t *loop;
+  bool tls;
+  char *ca_file;    /* NULL: system CAs only */
+  size_t refs;      /* transports holding the context; under pt_reg_lock */
+  struct lws_context *ctx;
+  SSL_CTX *ssl_ctx; /* tls only; owned here, see the TLS note above */
+  pt_ws *last;      /* the transport that dropped the last reference */
+
+  /* Teardown. */
+  int reap_phase;
+  size_t static_handles; /* lws handles seen on the loop at creation */
+  bool leaked_ctx;       /* the context could not be destroyed safely */
+  uint64_t reap_start;
+  uv_timer_t reaper;
+} pt_ws_shared;
+
 struct pt_ws {
   uv_loop_t *loop;
-  struct lws_context *ctx;
-  SSL_CTX *ssl_ctx; /* wss:// only; owned here, see the TLS note above */
+  pt_ws_shared *sh;
+  struct lws_context *ctx; /* sh->ctx, kept at hand */
   pt_ws_hooks hooks;
   pt_url url;
   char *auth; /* "Bearer <token>", or NULL */
@@ -92,13 +141,14 @@ struct pt_ws {
 
   /* Teardown. */
   bool destroying;
-  bool reaping;
-  int reap_phase;
-  size_t static_handles; /* lws handles seen on the loop at creation */
-  bool leaked_ctx;       /* the context could not be destroyed safely */
-  uint64_t reap_start;
-  uv_timer_t reaper;
+  bool released; /* the reference on sh is dropped */
+  uv_timer_t done; /* never started; its close callback ends the transport */
 };
+
+/* The registry of live shared contexts. Entries being reaped are not in
+ * it. */
+static pthread_mutex_t pt_reg_lock = PTHREAD_MUTEX_INITIALIZER;
+static pt_ws_shared *pt_reg_head;
 
 /* ------------------------------------------------------------ helpers */
 
@@ -139,38 +189,52 @@ static void count_ctx_handles(uv_handle_t *h, void *arg) {
 /* Handles on the loop whose data is the lws context: lws 4.1 marks its
  * per-thread idle and timer handles that way. Only pointer values are
  * compared; no other module's handle data is dereferenced. */
-static size_t ctx_handles(pt_ws *t) {
-  handle_count hc = {t->ctx, 0};
-  uv_walk(t->loop, count_ctx_handles, &hc);
+static size_t ctx_handles(pt_ws_shared *sh) {
+  handle_count hc = {sh->ctx, 0};
+  uv_walk(sh->loop, count_ctx_handles, &hc);
   return hc.n;
 }
 
 /* ------------------------------------------------------------ teardown */
 
-static void reaper_closed(uv_handle_t *h) {
+static void shared_free(pt_ws_shared *sh) {
+  if (sh->ssl_ctx && !sh->leaked_ctx)
+    SSL_CTX_free(sh->ssl_ctx);
+  free(sh->ca_file);
+  free(sh);
+}
+
+/* The transport's own handle is closed: `destroyed` is the last hook. */
+static void done_closed(uv_handle_t *h) {
   pt_ws *t = h->data;
   if (t->hooks.destroyed)
     t->hooks.destroyed(t->hooks.ud);
   queue_clear(t);
   pt_reasm_free(&t->rx);
-  if (t->ssl_ctx && !t->leaked_ctx)
-    SSL_CTX_free(t->ssl_ctx);
   free(t->auth);
   free(t);
 }
 
+static void reaper_closed(uv_handle_t *h) {
+  pt_ws_shared *sh = h->data;
+  pt_ws *last = sh->last;
+  shared_free(sh);
+  if (last)
+    uv_close((uv_handle_t *)&last->done, done_closed);
+}
+
 static void reap_tick(uv_timer_t *h) {
-  pt_ws *t = h->data;
-  if (t->reap_phase == 0) {
+  pt_ws_shared *sh = h->data;
+  if (sh->reap_phase == 0) {
     /* Step 1: closes the event pipe; lws then closes its own handles. */
-    t->reap_phase = 1;
-    t->reap_start = uv_now(t->loop);
-    lws_context_destroy(t->ctx);
+    sh->reap_phase = 1;
+    sh->reap_start = uv_now(sh->loop);
+    lws_context_destroy(sh->ctx);
     return;
   }
-  size_t left = ctx_handles(t);
-  uint64_t waited = uv_now(t->loop) - t->reap_start;
-  if (t->static_handles == 0) {
+  size_t left = ctx_handles(sh);
+  uint64_t waited = uv_now(sh->loop) - sh->reap_start;
+  if (sh->static_handles == 0) {
     /* This lws marks no handle with its context, so completion cannot be
      * observed; give the closes a generous number of loop turns. */
     left = waited < 100 ? 1 : 0;
@@ -180,22 +244,42 @@ static void reap_tick(uv_timer_t *h) {
   if (left) {
     /* Better a leak than a use after free inside lws. */
     lwsl_err("parley: lws context %p did not finish closing; leaking it\n",
-             (void *)t->ctx);
-    t->leaked_ctx = true;
+             (void *)sh->ctx);
+    sh->leaked_ctx = true;
   } else {
     /* Step 3: everything is closed; this frees the context. */
-    lws_context_destroy(t->ctx);
+    lws_context_destroy(sh->ctx);
   }
-  t->ctx = NULL;
-  uv_timer_stop(&t->reaper);
-  uv_close((uv_handle_t *)&t->reaper, reaper_closed);
+  sh->ctx = NULL;
+  uv_timer_stop(&sh->reaper);
+  uv_close((uv_handle_t *)&sh->reaper, reaper_closed);
 }
 
-static void start_reaper(pt_ws *t) {
-  if (t->reaping)
+/* Drops the transport's reference once its wsi is gone. The last one
+ * leaves the registry and starts the reaper; the transport then ends when
+ * its context is freed. Any other ends on the loop's next turn. */
+static void release(pt_ws *t) {
+  if (t->released)
     return;
-  t->reaping = true;
-  uv_timer_start(&t->reaper, reap_tick, 0, 1);
+  t->released = true;
+  pt_ws_shared *sh = t->sh;
+  pthread_mutex_lock(&pt_reg_lock);
+  bool last = --sh->refs == 0;
+  if (last) {
+    for (pt_ws_shared **pp = &pt_reg_head; *pp; pp = &(*pp)->next)
+      if (*pp == sh) {
+        *pp = sh->next;
+        break;
+      }
+    sh->next = NULL;
+  }
+  pthread_mutex_unlock(&pt_reg_lock);
+  if (!last) {
+    uv_close((uv_handle_t *)&t->done, done_closed);
+    return;
+  }
+  sh->last = t;
+  uv_timer_start(&sh->reaper, reap_tick, 0, 1);
 }
 
 /* ------------------------------------------------------------ connection end */
@@ -219,7 +303,7 @@ static void connection_gone(pt_ws *t) {
     return;
   }
   if (t->destroying) {
-    start_reaper(t);
+    release(t);
     return;
   }
   if (t->hooks.closed)
@@ -415,26 +499,111 @@ static const struct lws_protocols pt_protocols[] = {
 /* The client TLS context: TLS 1.2 or later, peers verified against the
  * system CAs plus ca_file. Whether a connection verifies at all, and checks
  * the host name, is decided per connection by lws from LCCSCF flags. */
-static int make_ssl_ctx(pt_ws *t, const char *ca_file, const char **why) {
-  t->ssl_ctx = SSL_CTX_new(TLS_client_method());
-  if (!t->ssl_ctx) {
+static int make_ssl_ctx(pt_ws_shared *sh, const char **why) {
+  sh->ssl_ctx = SSL_CTX_new(TLS_client_method());
+  if (!sh->ssl_ctx) {
     *why = "cannot create the TLS context";
     return PARLEY_ETLS;
   }
-  SSL_CTX_set_min_proto_version(t->ssl_ctx, TLS1_2_VERSION);
+  SSL_CTX_set_min_proto_version(sh->ssl_ctx, TLS1_2_VERSION);
   /* A system without a CA store still works with ca_file alone. */
-  (void)SSL_CTX_set_default_verify_paths(t->ssl_ctx);
-  if (ca_file && SSL_CTX_load_verify_locations(t->ssl_ctx, ca_file, NULL) != 1) {
+  (void)SSL_CTX_set_default_verify_paths(sh->ssl_ctx);
+  if (sh->ca_file &&
+      SSL_CTX_load_verify_locations(sh->ssl_ctx, sh->ca_file, NULL) != 1) {
     *why = "cannot read ca_file as a PEM CA bundle";
     return PARLEY_ETLS;
   }
   return 0;
 }
 
+static bool same_ca(const char *a, const char *b) {
+  if (!a || !b)
+    return a == b;
+  return strcmp(a, b) == 0;
+}
+
+/* Creates a shared context for loop; not yet in the registry. */
+static int shared_new(uv_loop_t *loop, bool tls, const char *ca_file,
+                      pt_ws_shared **out, const char **why) {
+  pt_ws_shared *sh = calloc(1, sizeof *sh);
+  if (!sh)
+    return PARLEY_ENOMEM;
+  sh->loop = loop;
+  sh->tls = tls;
+  if (tls && ca_file) {
+    sh->ca_file = strdup(ca_file);
+    if (!sh->ca_file) {
+      shared_free(sh);
+      return PARLEY_ENOMEM;
+    }
+  }
+
+  struct lws_context_creation_info info;
+  memset(&info, 0, sizeof info);
+  void *loops[1] = {loop};
+  info.options = LWS_SERVER_OPTION_LIBUV;
+  if (tls) {
+    int rc = make_ssl_ctx(sh, why);
+    if (rc) {
+      shared_free(sh);
+      return rc;
+    }
+    /* lws only uses a provided client SSL_CTX with its TLS support on. */
+    info.options |= LWS_SERVER_OPTION_DO_SSL_GLOBAL_INIT;
+    info.provided_client_ssl_ctx = sh->ssl_ctx;
+  }
+  info.foreign_loops = loops;
+  info.port = CONTEXT_PORT_NO_LISTEN;
+  info.protocols = pt_protocols;
+  info.gid = -1;
+  info.uid = -1;
+  /* Nothing reads the context user; connections carry their pt_ws. */
+  info.user = sh;
+  info.timeout_secs = 10;
+  info.connect_timeout_secs = 10;
+  sh->ctx = lws_create_context(&info);
+  if (!sh->ctx) {
+    *why = "cannot create the WebSocket context";
+    shared_free(sh);
+    return PARLEY_EIO;
+  }
+  sh->static_handles = ctx_handles(sh);
+  uv_timer_init(loop, &sh->reaper);
+  sh->reaper.data = sh;
+  *out = sh;
+  return 0;
+}
+
+/* Takes a reference on the loop's shared context for (tls, ca_file),
+ * creating it on first use. The lock is held across the creation so that
+ * two transports never create two contexts for the same key; creation only
+ * touches the caller's own loop. */
+static int shared_acquire(uv_loop_t *loop, bool tls, const char *ca_file,
+                          pt_ws_shared **out, const char **why) {
+  if (!tls)
+    ca_file = NULL;
+  pthread_mutex_lock(&pt_reg_lock);
+  for (pt_ws_shared *sh = pt_reg_head; sh; sh = sh->next)
+    if (sh->loop == loop && sh->tls == tls && same_ca(sh->ca_file, ca_file)) {
+      sh->refs++;
+      pthread_mutex_unlock(&pt_reg_lock);
+      *out = sh;
+      return 0;
+    }
+  pt_ws_shared *sh = NULL;
+  int rc = shared_new(loop, tls, ca_file, &sh, why);
+  if (rc == 0) {
+    sh->refs = 1;
+    sh->next = pt_reg_head;
+    pt_reg_head = sh;
+    *out = sh;
+  }
+  pthread_mutex_unlock(&pt_reg_lock);
+  return rc;
+}
+
 static int fail_new(pt_ws *t, int status) {
   if (t) {
-    if (t->ssl_ctx)
-      SSL_CTX_free(t->ssl_ctx);
     free(t->auth);
     pt_reasm_free(&t->rx);
     free(t);
@@ -485,34 +654,12 @@ int pt_ws_new(uv_loop_t *loop, const pt_ws_config *cfg,
     memcpy(t->auth + 7, cfg->token, n + 1);
   }
 
-  struct lws_context_creation_info info;
-  memset(&info, 0, sizeof info);
-  void *loops[1] = {loop};
-  info.options = LWS_SERVER_OPTION_LIBUV;
-  if (t->url.tls) {
-    rc = make_ssl_ctx(t, cfg->ca_file, why);
-    if (rc)
-      return fail_new(t, rc);
-    /* lws only uses a provided client SSL_CTX with its TLS support on. */
-    info.options |= LWS_SERVER_OPTION_DO_SSL_GLOBAL_INIT;
-    info.provided_client_ssl_ctx = t->ssl_ctx;
-  }
-  info.foreign_loops = loops;
-  info.port = CONTEXT_PORT_NO_LISTEN;
-  info.protocols = pt_protocols;
-  info.gid = -1;
-  info.uid = -1;
-  info.user = t;
-  info.timeout_secs = 10;
-  info.connect_timeout_secs = 10;
-  t->ctx = lws_create_context(&info);
-  if (!t->ctx) {
-    *why = "cannot create the WebSocket context";
-    return fail_new(t, PARLEY_EIO);
-  }
-  t->static_handles = ctx_handles(t);
-  uv_timer_init(loop, &t->reaper);
-  t->reaper.data = t;
+  rc = shared_acquire(loop, t->url.tls, cfg->ca_file, &t->sh, why);
+  if (rc)
+    return fail_new(t, rc);
+  t->ctx = t->sh->ctx;
+  uv_timer_init(loop, &t->done);
+  t->done.data = t;
   *out = t;
   return 0;
 }
@@ -612,9 +759,9 @@ void pt_ws_destroy(pt_ws *t) {
     return;
   t->destroying = true;
   if (t->has_conn)
-    kill_conn(t); /* connection_gone() starts the reaper */
+    kill_conn(t); /* connection_gone() drops the reference */
   else
-    start_reaper(t);
+    release(t);
 }
 
 bool pt_ws_is_open(const pt_ws *t) {

@@ -1,9 +1,10 @@
 /* The WebSocket transport: one libwebsockets client connection at a time,
  * on a libuv loop shared with the rest of the process.
  *
- * Each pt_ws owns its own lws context attached to the caller's loop
- * (LWS_SERVER_OPTION_LIBUV with a foreign loop), so several clients and an
- * in-process gateway can share one loop without sharing any state. The
+ * The transports on one loop share one reference-counted lws client
+ * context attached to that loop (LWS_SERVER_OPTION_LIBUV with a foreign
+ * loop), so several clients and an in-process gateway can share one loop;
+ * each connection keeps its own state, headers and TLS flags. The
  * transport knows nothing of the protocol: whole binary messages go out and
  * come in, and the owner (the client) decides when to connect, reconnect
  * and close.
@@ -50,12 +51,14 @@ typedef struct pt_ws_hooks {
    * close). close_code is the WebSocket close code seen or sent, 1006
    * when there was none. */
   void (*closed)(void *ud, int status, int close_code);
-  /* pt_ws_destroy finished: the lws context is gone and every handle the
-   * transport had on the loop is closed. The last hook. */
+  /* pt_ws_destroy finished: the connection is gone, and every handle the
+   * transport had on the loop is closed (with the shared lws context too
+   * when this was the loop's last transport). The last hook. */
   void (*destroyed)(void *ud);
 } pt_ws_hooks;
 
-/* Creates the transport and its lws context on loop. Does not connect.
+/* Creates the transport on loop, and the loop's shared lws context if it
+ * has none yet. Does not connect.
  * Errors: PARLEY_EINVAL (bad URL or token; *why says which), PARLEY_ETLS
  * (TLS setup, e.g. an unreadable ca_file), PARLEY_ENOMEM, PARLEY_EIO. */
 int pt_ws_new(struct uv_loop_s *loop, const pt_ws_config *cfg,
@@ -80,7 +83,8 @@ void pt_ws_close(pt_ws *t, int code, const char *reason);
  * status 0. No-op without a connection. */
 void pt_ws_abort(pt_ws *t);
 
-/* Drops any connection and destroys the lws context. No hook is called
+/* Drops any connection and releases the shared lws context, which is
+ * destroyed with the loop's last transport. No hook is called
  * after this but `destroyed`, which follows once the loop has run the
  * handle closes (never from inside this call). t is freed after
  * `destroyed` returns. */
