@@ -26,6 +26,12 @@
 #include "wsclient.h"
 
 void test_ack_edges(void **unused);
+int test_ack_edges_teardown(void **unused);
+
+/* File scope so that the teardown can stop the gateway and remove the
+ * directory when an assertion ends the test early. */
+static tproc gw;
+static char dir[256];
 
 #define CONV "edge-1"
 #define RECV_MS 3000
@@ -187,9 +193,7 @@ static void expect_code(wsc *c, int want, const char *what) {
 void test_ack_edges(void **unused) {
   (void)unused;
   const int OOR = PARLEY__V1__ERROR_CODE__ERROR_ACK_OUT_OF_RANGE;
-  char dir[256];
   assert_int_equal(tmpdir_make(dir, sizeof dir, "chaos-ack"), 0);
-  tproc gw;
   int port = tproc_start_gateway(&gw, dir, yaml);
   assert_true(port > 0);
 
@@ -354,4 +358,13 @@ void test_ack_edges(void **unused) {
   assert_int_equal(tproc_wait(&gw, 15000), 0);
   tproc_stop(&gw);
   tmpdir_remove(dir);
+  dir[0] = 0;
+}
+
+int test_ack_edges_teardown(void **unused) {
+  (void)unused;
+  if (gw.pid > 0 && !gw.reaped) tproc_stop(&gw);
+  if (dir[0]) tmpdir_remove(dir);
+  dir[0] = 0;
+  return 0;
 }

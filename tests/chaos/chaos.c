@@ -168,6 +168,10 @@ typedef struct run {
   char why[512];
 } run;
 
+/* The run in progress, so that the teardown can stop its processes when
+ * an assertion ends a scenario early. */
+static run *current;
+
 static uint64_t mono_ms(void) {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -791,6 +795,7 @@ static void write_config(run *r) {
 static void run_scenario(const scenario *sc) {
   run *r = calloc(1, sizeof *r);
   assert_non_null(r);
+  current = r;
   r->sc = sc;
   r->seed = seed_for(sc);
   r->rng = r->seed;
@@ -886,6 +891,7 @@ static void run_scenario(const scenario *sc) {
   if (keep) fprintf(stderr, "scenario %s: kept %s\n", sc->name, r->dir);
   else tmpdir_remove(r->dir);
   free(r);
+  current = NULL;
 
   assert_int_equal(kk.incomplete, 0);
   assert_int_equal(kk.sent, (uint64_t)sc->convs * (uint64_t)sc->msgs);
@@ -1025,6 +1031,23 @@ static void test_clock_jump(void **unused) {
 
 /* (5) ACK edge cases against the gateway with the raw client: ackedge.c. */
 void test_ack_edges(void **unused);
+int test_ack_edges_teardown(void **unused);
+
+/* After a scenario that an assertion ended early: its child processes
+ * are killed and its directory removed (the rest is left to the exit). */
+static int scenario_teardown(void **unused) {
+  (void)unused;
+  run *r = current;
+  if (!r) return 0;
+  current = NULL;
+  for (int i = 0; i < MAX_REPLICAS; i++)
+    if (r->bots[i].pid > 0 && !r->bots[i].reaped) tproc_stop(&r->bots[i]);
+  if (r->gw.pid > 0 && !r->gw.reaped) tproc_stop(&r->gw);
+  if (r->proxy) fp_stop(r->proxy);
+  r->proxy = NULL;
+  if (r->dir[0] && !getenv("PARLEY_CHAOS_KEEP")) tmpdir_remove(r->dir);
+  return 0;
+}
 
 int main(int argc, char **argv) {
   signal(SIGPIPE, SIG_IGN);
@@ -1032,10 +1055,13 @@ int main(int argc, char **argv) {
   lws_set_log_level(LLL_ERR | LLL_WARN, NULL);
   if (argc > 1) cmocka_set_test_filter(argv[1]);
   const struct CMUnitTest tests[] = {
-      cmocka_unit_test(test_disconnects),   cmocka_unit_test(test_disconnects_customers),
-      cmocka_unit_test(test_bot_kill9),
-      cmocka_unit_test(test_gateway_kill9), cmocka_unit_test(test_replica_pause),
-      cmocka_unit_test(test_ack_edges),     cmocka_unit_test(test_clock_jump),
+      cmocka_unit_test_teardown(test_disconnects, scenario_teardown),
+      cmocka_unit_test_teardown(test_disconnects_customers, scenario_teardown),
+      cmocka_unit_test_teardown(test_bot_kill9, scenario_teardown),
+      cmocka_unit_test_teardown(test_gateway_kill9, scenario_teardown),
+      cmocka_unit_test_teardown(test_replica_pause, scenario_teardown),
+      cmocka_unit_test_teardown(test_ack_edges, test_ack_edges_teardown),
+      cmocka_unit_test_teardown(test_clock_jump, scenario_teardown),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

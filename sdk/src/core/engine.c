@@ -380,6 +380,7 @@ static void go_down(pe_engine *e) {
   for (pe_send *s = e->g_head; s; s = s->gnext) {
     s->state = Q_QUEUED;
     s->unanswered = 0; /* answers died with the connection */
+    s->stale_owed = 0;
     pe_timer_set(e, &s->timer, s->deadline_at);
   }
   pe_done_forget_owed(e);

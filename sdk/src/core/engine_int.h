@@ -78,6 +78,9 @@ typedef struct pe_send {
   uint32_t attempts;
   /* Writes on this connection not answered yet. */
   uint32_t unanswered;
+  /* Of those, writes made under an epoch the conversation has since left
+   * (see pe_outbox_restamp): their STALE_EPOCH answers are not final. */
+  uint32_t stale_owed;
   int state;
   uint64_t deadline_at;
   pe_timer timer;
@@ -241,6 +244,7 @@ bool pe_code_retryable(Parley__V1__ErrorCode code);
 pe_send *pe_send_lookup(pe_engine *e, const char *conversation,
                         const uint8_t *id);
 void pe_on_send_ack(pe_engine *e, const Parley__V1__SendAck *a);
+void pe_outbox_restamp(pe_engine *e, pe_conv *c, uint64_t epoch);
 void pe_commit_finish(pe_engine *e, pe_commit *k, int status, bool dup,
                       uint64_t state_version);
 void pe_commit_timer(pe_engine *e, pe_commit *k);

@@ -474,6 +474,7 @@ void pe_on_assign(pe_engine *e, const Parley__V1__Assign *a) {
      * handled but not committed under the old epoch run again. */
     c->next = a->acked_seq + 1;
     c->last_known = false;
+    if (c->epoch && c->epoch < a->epoch) pe_outbox_restamp(e, c, a->epoch);
   } else if (a->acked_seq + 1 > c->next) {
     c->next = a->acked_seq + 1;
   }

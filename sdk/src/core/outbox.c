@@ -284,6 +284,12 @@ void pe_on_send_ack(pe_engine *e, const Parley__V1__SendAck *a) {
     d->owed--; /* the refusal of an earlier send with this id */
     return;
   }
+  if (a->error == PARLEY__V1__ERROR_CODE__ERROR_STALE_EPOCH && s->stale_owed) {
+    /* A write made before the conversation was assigned here again. */
+    s->stale_owed--;
+    if (s->unanswered) s->unanswered--;
+    return;
+  }
   if (s->unanswered) s->unanswered--;
   if (s->state != Q_WIRE) return; /* a refusal of an earlier attempt */
   if (pe_code_retryable(a->error)) {
@@ -294,6 +300,42 @@ void pe_on_send_ack(pe_engine *e, const Parley__V1__SendAck *a) {
   }
   pe_send_finish(e, s, pw_status_from_code(a->error), 0, a->server_time_ms, false,
               a->message[0] ? a->message : parley_strerror(pw_status_from_code(a->error)));
+}
+
+/* The conversation was assigned to this connection again, with a new
+ * epoch (after a reconnect, a gateway restart, a move away and back). The
+ * bot's sends still pending were made by handlers of this process under
+ * the old epoch; the gateway would refuse them as stale, and the handler's
+ * commit would then acknowledge an event whose replies were never stored.
+ * They carry the new epoch from now on: the replies' derived ids keep a
+ * handler that another replica ran meanwhile from showing twice. A send
+ * on the wire is written again at once; the STALE_EPOCH answers its
+ * earlier writes still owe are not taken as final. */
+void pe_outbox_restamp(pe_engine *e, pe_conv *c, uint64_t epoch) {
+  for (pe_send *s = c->sq_head; s; s = s->cnext) {
+    pw_frame *f = parley__v1__frame__unpack(NULL, s->len, s->frame);
+    if (!f) continue;
+    bool older = f->body_case == PARLEY__V1__FRAME__BODY_SEND && f->send->epoch != 0 &&
+                 f->send->epoch < epoch;
+    uint8_t *buf = NULL;
+    size_t n = 0;
+    if (older) {
+      f->send->epoch = epoch;
+      n = parley__v1__frame__get_packed_size(f);
+      buf = malloc(n ? n : 1);
+      if (buf) parley__v1__frame__pack(f, buf);
+    }
+    parley__v1__frame__free_unpacked(f, NULL);
+    if (!buf) continue;
+    e->outbox_bytes = e->outbox_bytes - s->len + n;
+    free(s->frame);
+    s->frame = buf;
+    s->len = n;
+    if (s->state == Q_WIRE && s->unanswered && e->state == ST_READY) {
+      s->stale_owed = s->unanswered;
+      send_write(e, s);
+    }
+  }
 }
 
 /* ------------------------------------------------------------ commits */
