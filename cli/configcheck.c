@@ -1,9 +1,11 @@
-/* `parley config check <file> [--kind gateway|bot]`: loads a gateway config
- * with the gateway's own loader, or a bot.yaml with the runtime's loader on
- * its folder, and prints "ok" or the error as "file:line: key: message".
+/* `parley config check <file> [--kind gateway|bot|sidecar]`: loads a
+ * gateway config with the gateway's own loader, a bot.yaml with the
+ * runtime's loader on its folder, or a sidecar config with `parley run`'s
+ * loader, and prints "ok" or the error as "file:line: key: message".
  *
- * Without --kind a file named bot.yaml, or a folder, is a bot; anything
- * else is a gateway config.
+ * Without --kind a file named bot.yaml, or a folder, is a bot; a file whose
+ * name starts with "sidecar" is a sidecar config; anything else is a
+ * gateway config.
  */
 #include <stdbool.h>
 #include <stdio.h>
@@ -14,12 +16,14 @@
 #include "cli.h"
 #include "gateway.h"
 #include "runtime.h"
+#include "sidecar.h"
 
 static int usage(void) {
   fprintf(stderr,
-          "usage: parley config check <file> [--kind gateway|bot]\n"
+          "usage: parley config check <file> [--kind gateway|bot|sidecar]\n"
           "  gateway: a `parley gateway --config` file (environment overrides applied)\n"
-          "  bot:     a bot's bot.yaml (or its folder): config, templates and bot.lua\n");
+          "  bot:     a bot's bot.yaml (or its folder): config, templates and bot.lua\n"
+          "  sidecar: a `parley run --config` file (PARLEY_SIDECAR_* overrides applied)\n");
   return 2;
 }
 
@@ -45,7 +49,9 @@ int cli_config(int argc, char **argv) {
   if (!kind) {
     const char *base = strrchr(file, '/');
     base = base ? base + 1 : file;
-    kind = is_dir || !strcmp(base, "bot.yaml") ? "bot" : "gateway";
+    kind = is_dir || !strcmp(base, "bot.yaml")   ? "bot"
+           : !strncmp(base, "sidecar", 7)         ? "sidecar"
+                                                  : "gateway";
   }
   char err[4096];
   if (!strcmp(kind, "gateway")) {
@@ -77,8 +83,13 @@ int cli_config(int argc, char **argv) {
       fprintf(stderr, "%s\n", err);
       return 1;
     }
+  } else if (!strcmp(kind, "sidecar")) {
+    if (sidecar_config_check(file, err, sizeof err) != 0) {
+      fprintf(stderr, "%s\n", err);
+      return 1;
+    }
   } else {
-    fprintf(stderr, "parley config check: --kind is gateway or bot, not '%s'\n", kind);
+    fprintf(stderr, "parley config check: --kind is gateway, bot or sidecar, not '%s'\n", kind);
     return 2;
   }
   printf("ok\n");

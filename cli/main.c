@@ -21,7 +21,7 @@ static int usage(FILE *out) {
           "  lint <botdir>      load and check a bot without connecting\n"
           "  test <botdir>      run a bot's spec files against it (--faults, --seed N)\n"
           "  chat               a console as a customer or an agent against a gateway\n"
-          "  config check FILE  check a gateway config or a bot.yaml\n"
+          "  config check FILE  check a gateway, bot or sidecar config\n"
           "  version            print the version\n"
           "\n"
           "`parley <command> --help` describes a command's options.\n");

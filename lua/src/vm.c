@@ -3,6 +3,8 @@
  */
 #include "vm.h"
 
+#include "strmatch.h"
+
 #include "config/config.h"
 
 #include <lauxlib.h>
@@ -294,6 +296,34 @@ static int vm_config(plr_vm *vm, char *err, size_t errlen) {
   return 0;
 }
 
+/* Matcher steps per instruction of budget: a step (one entry into the
+ * matcher or one repetition tried) costs about what a few VM instructions
+ * do, so a handler's budget bounds the pattern matching it does too. */
+#define VM_STRMATCH_STEPS_PER_INSTRUCTION 4
+
+/* A pattern-matching call may take the steps the running code's remaining
+ * instruction budget buys; an exhausted budget buys none. */
+static int64_t vm_strmatch_allowance(lua_State *L) {
+  plr_vm *vm = plr_vm_of(L);
+  if (vm->exhausted || vm->budget <= 0) return 0;
+  if (vm->budget > INT64_MAX / VM_STRMATCH_STEPS_PER_INSTRUCTION) return INT64_MAX;
+  return vm->budget * VM_STRMATCH_STEPS_PER_INSTRUCTION;
+}
+
+/* Steps taken are charged to the budget (rounded up), and the handler's
+ * deadline is checked as the hook would: a long match must not outlive
+ * cpu_time either. */
+static bool vm_strmatch_charge(lua_State *L, int64_t steps) {
+  plr_vm *vm = plr_vm_of(L);
+  vm->budget -= (steps + VM_STRMATCH_STEPS_PER_INSTRUCTION - 1) / VM_STRMATCH_STEPS_PER_INSTRUCTION;
+  return !(vm->deadline_ns && plr_vm_now_ns() > vm->deadline_ns);
+}
+
+static const plr_strmatch_meter vm_strmatch_meter = {
+    .allowance = vm_strmatch_allowance,
+    .charge = vm_strmatch_charge,
+};
+
 static void vm_open_libs(lua_State *L) {
   static const luaL_Reg libs[] = {
       {LUA_GNAME, luaopen_base},         {LUA_STRLIBNAME, luaopen_string},
@@ -304,6 +334,12 @@ static void vm_open_libs(lua_State *L) {
     luaL_requiref(L, l->name, l->func, 1);
     lua_pop(L, 1);
   }
+  /* The pattern functions of the string table are replaced by bounded ones
+   * before anything else sees the table: the sandbox's string proxy and the
+   * string metatable's __index (("x"):find) both read this same table. */
+  lua_getglobal(L, LUA_STRLIBNAME);
+  plr_strmatch_install(L, -1, &vm_strmatch_meter);
+  lua_pop(L, 1);
   /* Not in the allow-list even for the runtime's own chunk: nothing of the
    * runtime needs them, and bot code must never reach them. */
   static const char *const drop[] = {"dofile", "loadfile", "collectgarbage",

@@ -6,7 +6,15 @@
  * The runtime runs on the recording fake driver (no gateway). HTTP requests
  * the bot makes reach that fake; the test then performs each recorded
  * request with the real HTTP client (ph_*) and the bot's allow-list, as the
- * production adapter does, against small servers on 127.0.0.1. */
+ * production adapter does, against small servers on 127.0.0.1.
+ *
+ * Built twice: test_sec_sandbox runs every attempt but the pathological
+ * patterns; test_sec_patterns (SEC_PATTERNS) runs those. A Lua pattern with
+ * nested quantifiers backtracks inside one string.find call, where no Lua
+ * instruction runs: the instruction hook and its cpu_time check never get a
+ * chance, and the call blocks the runtime (and every other conversation)
+ * for as long as the match takes. That program fails until the matcher is
+ * bounded, hence its label known_failure. */
 #include "fake_driver.h"
 
 #include <setjmp.h>

@@ -123,6 +123,10 @@ config-check)
   echo "$out"
   echo "$out" | grep -q 'bot.yaml:3: limts: ' || fail "bot error format"
   "$P" config check --kind gateway "$SRC/bots/faq/bot.yaml" > /dev/null 2>&1 && fail "bot.yaml as gateway passed"
+  "$P" config check "$HERE/configs/sidecar-good.yaml" | grep -qx ok || fail "good sidecar config"
+  out=$("$P" config check "$HERE/configs/sidecar-bad.yaml" 2>&1) && fail "bad sidecar config passed"
+  echo "$out"
+  echo "$out" | grep -q 'sidecar-bad.yaml:5: shutdown.drain: ' || fail "sidecar error format"
   "$P" config check --kind nonsense "$HERE/configs/gateway-good.yaml" > /dev/null 2>&1
   [ $? -eq 2 ] || fail "unknown kind"
   ;;

@@ -681,9 +681,12 @@ int pt_ws_connect(pt_ws *t) {
   if (t->url.tls) {
     ci.ssl_connection = LCCSCF_USE_SSL;
     if (t->tls_insecure)
+      /* "Accept any certificate": lws lets each kind of failure through
+       * only with its own flag; ALLOW_INSECURE covers a leaf whose issuer
+       * is not in the trust store. */
       ci.ssl_connection |= LCCSCF_ALLOW_SELFSIGNED |
                            LCCSCF_SKIP_SERVER_CERT_HOSTNAME_CHECK |
-                           LCCSCF_ALLOW_EXPIRED;
+                           LCCSCF_ALLOW_EXPIRED | LCCSCF_ALLOW_INSECURE;
   }
 
   t->has_conn = true;
