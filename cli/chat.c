@@ -13,7 +13,6 @@
  * exits 0, or 1 if any send failed.
  */
 #include <getopt.h>
-#include <pthread.h>
 #include <signal.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -28,9 +27,8 @@
 
 #include "cli.h"
 #include "console.h"
+#include "lines.h"
 
-#define CHAT_MAX_LINE 4096
-#define CHAT_MAX_QUEUED 1024
 #define CHAT_MAX_QUEUES 16
 #define CHAT_MAX_TAKEN 64
 #define CHAT_QUIET_MS 700
@@ -43,19 +41,11 @@ typedef struct chat_msg {
   uint64_t seq;
 } chat_msg;
 
-typedef struct chat_line {
-  struct chat_line *next;
-  char *text; /* NULL: end of input */
-} chat_line;
-
 typedef struct chat {
   uv_loop_t *loop;
-  uv_async_t wake;
+  cli_lines *lines; /* agent: commands from stdin */
   uv_timer_t tick;
   uv_signal_t sig_int, sig_term;
-  pthread_mutex_t mu;
-  chat_line *head, *tail;
-  size_t queued;
   /* agent */
   parley_client *client;
   const char *principal;
@@ -97,53 +87,13 @@ static void chat_stop(chat *c, int code) {
   uv_close((uv_handle_t *)&c->tick, on_closed);
   uv_close((uv_handle_t *)&c->sig_int, on_closed);
   uv_close((uv_handle_t *)&c->sig_term, on_closed);
-  if (!uv_is_closing((uv_handle_t *)&c->wake)) uv_close((uv_handle_t *)&c->wake, on_closed);
+  cli_lines_close(c->lines);
+  c->lines = NULL;
   if (c->con) console_stop(c->con);
   if (c->client) parley_client_stop(c->client, 2000);
 }
 
 /* ------------------------------------------------------------------ input */
-
-static void push_line(chat *c, char *text) {
-  chat_line *n = calloc(1, sizeof *n);
-  if (!n) {
-    free(text);
-    return;
-  }
-  n->text = text;
-  pthread_mutex_lock(&c->mu);
-  if (c->tail)
-    c->tail->next = n;
-  else
-    c->head = n;
-  c->tail = n;
-  c->queued++;
-  pthread_mutex_unlock(&c->mu);
-  uv_async_send(&c->wake);
-}
-
-/* getline on a thread: stdin may be a terminal, a pipe or a file. */
-static void *reader_main(void *arg) {
-  chat *c = arg;
-  char *buf = NULL;
-  size_t cap = 0;
-  ssize_t n;
-  while ((n = getline(&buf, &cap, stdin)) >= 0) {
-    if (n > CHAT_MAX_LINE) buf[CHAT_MAX_LINE] = 0;
-    for (;;) {
-      pthread_mutex_lock(&c->mu);
-      size_t q = c->queued;
-      pthread_mutex_unlock(&c->mu);
-      if (q < CHAT_MAX_QUEUED) break;
-      struct timespec ts = {0, 10 * 1000 * 1000};
-      nanosleep(&ts, NULL);
-    }
-    push_line(c, xdup(buf));
-  }
-  free(buf);
-  push_line(c, NULL);
-  return NULL;
-}
 
 static void prompt(chat *c) {
   if (!c->interactive || c->input_done) return;
@@ -311,27 +261,20 @@ static void agent_command(chat *c, char *line) {
 static void agent_pump(chat *c) {
   while (!c->input_done && c->pending == 0 &&
          parley_client_state(c->client) == PARLEY_CONN_READY) {
-    pthread_mutex_lock(&c->mu);
-    chat_line *n = c->head;
-    if (n) {
-      c->head = n->next;
-      if (!c->head) c->tail = NULL;
-      c->queued--;
+    bool eof = false;
+    char *line = c->lines ? cli_lines_take(c->lines, &eof) : NULL;
+    if (!line) {
+      if (eof) c->input_done = true;
+      return;
     }
-    pthread_mutex_unlock(&c->mu);
-    if (!n) return;
-    if (!n->text)
-      c->input_done = true;
-    else
-      agent_command(c, n->text);
-    free(n->text);
-    free(n);
+    agent_command(c, line);
+    free(line);
     if (c->pending == 0) prompt(c);
   }
 }
 
-static void on_wake(uv_async_t *h) {
-  chat *c = h->data;
+static void on_lines(void *ud) {
+  chat *c = ud;
   if (c->client) agent_pump(c);
 }
 
@@ -507,7 +450,6 @@ int cli_chat(int argc, char **argv) {
   c.interactive = isatty(STDIN_FILENO) && isatty(STDOUT_FILENO);
   c.color = c.interactive && getenv("NO_COLOR") == NULL;
   c.last_event_ms = c.started_ms = uv_now(c.loop);
-  pthread_mutex_init(&c.mu, NULL);
   uv_timer_init(c.loop, &c.tick);
   c.tick.data = &c;
   uv_signal_init(c.loop, &c.sig_int);
@@ -515,13 +457,10 @@ int cli_chat(int argc, char **argv) {
   c.sig_int.data = c.sig_term.data = &c;
   uv_signal_start(&c.sig_int, on_signal, SIGINT);
   uv_signal_start(&c.sig_term, on_signal, SIGTERM);
-  uv_async_init(c.loop, &c.wake, on_wake);
-  c.wake.data = &c;
   int rc;
 
   if (!agent) {
     /* The customer console reads stdin itself. */
-    uv_close((uv_handle_t *)&c.wake, on_closed);
     console_options co = {0};
     co.loop = c.loop;
     co.url = url;
@@ -569,8 +508,10 @@ int cli_chat(int argc, char **argv) {
       uv_loop_close(c.loop);
       return 1;
     }
-    pthread_t reader;
-    if (pthread_create(&reader, NULL, reader_main, &c) == 0) pthread_detach(reader);
+    if ((rc = cli_lines_start(c.loop, on_lines, &c, &c.lines)) != 0) {
+      fprintf(stderr, "parley chat: cannot read standard input: %s\n", parley_strerror(rc));
+      chat_stop(&c, 1);
+    }
     if (c.interactive)
       printf("Agent %s. /queue lists waiting conversations, /take <conv> takes one, /quit ends.\n",
              principal);
@@ -584,8 +525,6 @@ int cli_chat(int argc, char **argv) {
   for (size_t i = 0; i < c.n_taken; i++) free(c.taken[i]);
   for (size_t i = 0; i < CHAT_HISTORY; i++)
     free(c.history[i].conversation), free(c.history[i].sender), free(c.history[i].text);
-  /* The reader thread may still block on a terminal: its queue is left to
-   * process exit. */
   uv_loop_close(c.loop);
   return code;
 }

@@ -1,25 +1,14 @@
-/* Customer console; see console.h.
- *
- * Lines are read on a small thread with getline, because stdin may be a
- * terminal, a pipe or a regular file and only a blocking read handles all
- * three alike; the thread hands each line to the loop through uv_async.
- */
+/* Customer console; see console.h. Lines come from cli/lines.h. */
 #include "console.h"
 
-#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include <uv.h>
 
-#define CONSOLE_MAX_LINE 4096
-#define CONSOLE_MAX_QUEUED 1024
-#define CONSOLE_MAX_CHOICES 16
+#include "lines.h"
 
-typedef struct line_node {
-  struct line_node *next;
-  char *text; /* NULL marks end of input */
-} line_node;
+#define CONSOLE_MAX_CHOICES 16
 
 typedef struct choice {
   char *label;
@@ -32,13 +21,7 @@ struct console {
   char *conversation;
   char *principal;
   parley_client *client;
-  uv_async_t wake;
-  bool wake_open;
-  pthread_t reader;
-  bool reader_started;
-  pthread_mutex_t mu;
-  line_node *head, *tail;
-  size_t queued;
+  cli_lines *lines;
   bool input_done;     /* end of input seen on the loop */
   bool done_reported;
   unsigned pending;    /* sends not yet answered */
@@ -282,69 +265,21 @@ static void send_line(console *c, char *line) {
   if (c->o.interactive) prompt(c);
 }
 
-static void on_wake(uv_async_t *h) {
-  console *c = h->data;
+static void on_lines(void *ud) {
+  console *c = ud;
   for (;;) {
-    pthread_mutex_lock(&c->mu);
-    line_node *n = c->head;
-    if (n) {
-      c->head = n->next;
-      if (!c->head) c->tail = NULL;
-      c->queued--;
+    bool eof = false;
+    char *line = cli_lines_take(c->lines, &eof);
+    if (!line) {
+      if (eof && !c->input_done) {
+        c->input_done = true;
+        maybe_done(c);
+      }
+      return;
     }
-    pthread_mutex_unlock(&c->mu);
-    if (!n) break;
-    if (!n->text) {
-      c->input_done = true;
-      maybe_done(c);
-    } else if (!c->input_done) {
-      send_line(c, n->text);
-    }
-    free(n->text);
-    free(n);
+    if (!c->input_done) send_line(c, line);
+    free(line);
   }
-}
-
-static void push_line(console *c, char *text) {
-  line_node *n = calloc(1, sizeof *n);
-  if (!n) {
-    free(text);
-    return;
-  }
-  n->text = text;
-  pthread_mutex_lock(&c->mu);
-  if (c->tail)
-    c->tail->next = n;
-  else
-    c->head = n;
-  c->tail = n;
-  c->queued++;
-  pthread_mutex_unlock(&c->mu);
-  uv_async_send(&c->wake);
-}
-
-/* The reader pauses while the loop is behind, so a huge piped file cannot
- * queue without bound. */
-static void *reader_main(void *arg) {
-  console *c = arg;
-  char *buf = NULL;
-  size_t cap = 0;
-  ssize_t n;
-  while ((n = getline(&buf, &cap, stdin)) >= 0) {
-    if (n > CONSOLE_MAX_LINE) buf[CONSOLE_MAX_LINE] = 0;
-    for (;;) {
-      pthread_mutex_lock(&c->mu);
-      size_t q = c->queued;
-      pthread_mutex_unlock(&c->mu);
-      if (q < CONSOLE_MAX_QUEUED) break;
-      struct timespec ts = {0, 10 * 1000 * 1000};
-      nanosleep(&ts, NULL);
-    }
-    push_line(c, xstrdup(buf));
-  }
-  free(buf);
-  push_line(c, NULL);
-  return NULL;
 }
 
 /* ------------------------------------------------------------------- API */
@@ -370,8 +305,6 @@ int console_new(const console_options *o, console **out) {
     console_free(c);
     return PARLEY_ENOMEM;
   }
-  pthread_mutex_init(&c->mu, NULL);
-
   parley_client_options co = PARLEY_CLIENT_OPTIONS_INIT;
   co.url = o->url;
   co.principal = o->principal;
@@ -397,12 +330,7 @@ int console_new(const console_options *o, console **out) {
 int console_start(console *c) {
   int rc = parley_client_start(c->client);
   if (rc) return rc;
-  if (uv_async_init(c->o.loop, &c->wake, on_wake)) return PARLEY_EIO;
-  c->wake.data = c;
-  c->wake_open = true;
-  if (pthread_create(&c->reader, NULL, reader_main, c)) return PARLEY_EIO;
-  pthread_detach(c->reader);
-  c->reader_started = true;
+  if ((rc = cli_lines_start(c->o.loop, on_lines, c, &c->lines)) != 0) return rc;
   if (c->o.interactive) {
     fprintf(c->o.out, "Conversation %s. Type a message; a number presses a button; /quit ends.\n",
             c->conversation);
@@ -411,14 +339,10 @@ int console_start(console *c) {
   return 0;
 }
 
-static void on_async_closed(uv_handle_t *h) { (void)h; }
-
 void console_stop(console *c) {
   if (!c) return;
-  if (c->wake_open) {
-    uv_close((uv_handle_t *)&c->wake, on_async_closed);
-    c->wake_open = false;
-  }
+  cli_lines_close(c->lines);
+  c->lines = NULL;
   if (c->client) parley_client_stop(c->client, 1000);
 }
 
@@ -426,9 +350,7 @@ void console_free(console *c) {
   if (!c) return;
   parley_client_free(c->client);
   clear_choices(c);
-  /* The reader thread is detached and may still block in getline on a
-   * terminal; the lines it queues after this point are never read, so the
-   * queue is left to process exit rather than raced here. */
+  cli_lines_close(c->lines); /* when console_stop was not called */
   free(c->conversation);
   free(c->principal);
   free(c);
