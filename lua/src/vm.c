@@ -302,9 +302,12 @@ static int vm_config(plr_vm *vm, char *err, size_t errlen) {
 #define VM_STRMATCH_STEPS_PER_INSTRUCTION 4
 
 /* A pattern-matching call may take the steps the running code's remaining
- * instruction budget buys; an exhausted budget buys none. */
+ * instruction budget buys; an exhausted budget buys none. Before any budget
+ * was given (C code calling in while the state is set up) only the fixed
+ * cap applies. */
 static int64_t vm_strmatch_allowance(lua_State *L) {
   plr_vm *vm = plr_vm_of(L);
+  if (!vm->budget_co) return INT64_MAX;
   if (vm->exhausted || vm->budget <= 0) return 0;
   if (vm->budget > INT64_MAX / VM_STRMATCH_STEPS_PER_INSTRUCTION) return INT64_MAX;
   return vm->budget * VM_STRMATCH_STEPS_PER_INSTRUCTION;
