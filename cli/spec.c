@@ -993,6 +993,10 @@ static bool settled_once(wb *w) {
     need = w->held[0]->ev.seq - 1;
   }
   if (ok && w->with_bot) ok = plr_runtime_committed(w->bot->rt, w->conv) >= need;
+  /* Every event the gateway stored, including what the bot's commit
+   * produced (tags, state changes), reached the customer: a push dropped by
+   * the fault switches comes back by redelivery. */
+  if (ok && w->gw && w->conv[0]) ok = w->cust_seen >= pg_gateway_last_seq(w->gw, w->conv);
   /* After a handoff the bot still commits the handler that handed off
    * (its state and tags come with that commit). A runtime that never held
    * the conversation (a new one after a kill) cannot: the commit then
@@ -1761,10 +1765,10 @@ static int cmp_str(const void *a, const void *b) {
 static void on_closed_noop(uv_handle_t *h) { (void)h; }
 
 static void rm_data_dir(const char *dir) {
-  static const char *names[] = {"parley.db", "parley.db-wal", "parley.db-shm", NULL};
-  char path[512];
+  static const char *names[] = {"gateway.db", "gateway.db-wal", "gateway.db-shm", NULL};
+  char path[4096];
   for (int i = 0; names[i]; i++) {
-    snprintf(path, sizeof path, "%s/%s", dir, names[i]);
+    snprintf(path, sizeof path, "%.4000s/%s", dir, names[i]);
     unlink(path);
   }
   rmdir(dir);
@@ -1922,6 +1926,13 @@ int cli_test(int argc, char **argv) {
   for (size_t i = 0; i < w->n_agents && n > 0 && (size_t)n < sizeof yaml; i++)
     n += snprintf(yaml + n, sizeof yaml - (size_t)n,
                   "  - {name: \"%s\", role: agent, token_hash: \"%s\"}\n", w->agents[i].name, hash);
+  /* --faults: the gateway's test switches drop, double and reorder pushes
+   * and send ACKs during the second pass (turned on there). */
+  if (faults && n > 0 && (size_t)n < sizeof yaml)
+    n += snprintf(yaml + n, sizeof yaml - (size_t)n,
+                  "faults:\n  drop_push: 5\n  duplicate_push: 5\n  reorder_push: 10\n"
+                  "  drop_ack: 5\n  duplicate_ack: 5\n  seed: %llu\n",
+                  (unsigned long long)(seed ? seed : 1));
   if (pg_config_from_string("embedded", yaml, &w->gw_cfg, err, sizeof err) != 0) {
     fprintf(stderr, "parley test: embedded gateway config: %s\n", err);
     rc = 1;
@@ -1932,6 +1943,7 @@ int cli_test(int argc, char **argv) {
     rc = 1;
     goto out_dir;
   }
+  pg_gateway_set_faults(w->gw, false);
   snprintf(w->url, sizeof w->url, "ws://127.0.0.1:%d/", pg_gateway_port(w->gw));
   uv_timer_init(w->loop, &w->tick);
   uv_timer_start(&w->tick, on_tick, WB_TICK_MS, WB_TICK_MS);
@@ -1982,6 +1994,7 @@ int cli_test(int argc, char **argv) {
   unsigned passed = 0, failed = 0, skipped = 0;
   for (int round = 0; round < (faults ? 2 : 1); round++) {
     w->faults = round == 1;
+    pg_gateway_set_faults(w->gw, w->faults);
     if (w->faults) {
       printf("-- faults (seed %llu)\n", (unsigned long long)seed);
       /* With --cut the bot comes back through the fault layer. */
@@ -2001,9 +2014,14 @@ int cli_test(int argc, char **argv) {
         else passed++;
       }
     }
-    if (w->faults)
-      printf("-- faults: %u bot kills, %u customer reconnects, %u connections cut\n", w->kills,
-             w->reconnects, w->proxy.cuts);
+    if (w->faults) {
+      uint64_t dropped, doubled, reordered;
+      pg_gateway_fault_counts(w->gw, &dropped, &doubled, &reordered);
+      printf("-- faults: %u bot kills, %u customer reconnects, %u connections cut; "
+             "%llu frames dropped, %llu doubled, %llu reordered\n",
+             w->kills, w->reconnects, w->proxy.cuts, (unsigned long long)dropped,
+             (unsigned long long)doubled, (unsigned long long)reordered);
+    }
   }
   if (skipped) printf("%u skipped (not possible over the gateway)\n", skipped);
   printf("%u passed, %u failed\n", passed, failed);

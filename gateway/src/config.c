@@ -175,9 +175,33 @@ static int load_limits(pg_config *c, const pc_node *l, pc_error *err) {
   return 0;
 }
 
+/* Test switches: never set in production; a warning says so at start. */
+static int load_faults(pg_config *c, const pc_node *f, pc_error *err) {
+  static const char *const keys[] = {"drop_push", "duplicate_push", "reorder_push",
+                                     "drop_ack", "duplicate_ack", "seed", NULL};
+  int rc;
+  uint64_t v;
+  if (!f || pc_node_kind(f) == PC_NULL) return 0;
+  if ((rc = pc_check_keys(f, keys, err))) return rc;
+  struct {
+    const char *key;
+    uint32_t *out;
+  } pct[] = {{"drop_push", &c->fault_drop_push},     {"duplicate_push", &c->fault_dup_push},
+             {"reorder_push", &c->fault_reorder_push}, {"drop_ack", &c->fault_drop_ack},
+             {"duplicate_ack", &c->fault_dup_ack}};
+  for (size_t i = 0; i < sizeof pct / sizeof pct[0]; i++) {
+    if ((rc = pc_get_u64(f, pct[i].key, 0, 0, 50, &v, err))) return rc;
+    *pct[i].out = (uint32_t)v;
+  }
+  if ((rc = pc_get_u64(f, "seed", 1, 0, UINT64_MAX, &v, err))) return rc;
+  c->fault_seed = v ? v : 1;
+  return 0;
+}
+
 static int load_doc(pg_config *c, const pc_node *root, pc_error *err) {
   static const char *const keys[] = {"listen", "port", "data_dir", "durability", "group_commit",
-                                     "bot", "principals", "customers", "limits", "tls", NULL};
+                                     "bot", "principals", "customers", "limits", "tls", "faults",
+                                     NULL};
   int rc;
   const char *s;
   uint64_t v;
@@ -253,6 +277,7 @@ static int load_doc(pg_config *c, const pc_node *root, pc_error *err) {
   }
 
   if ((rc = load_limits(c, pc_get(root, "limits"), err))) return rc;
+  if ((rc = load_faults(c, pc_get(root, "faults"), err))) return rc;
 
   const pc_node *tls = pc_get(root, "tls");
   if (tls && pc_node_kind(tls) != PC_NULL) {

@@ -8,6 +8,9 @@
 #ifndef PARLEY_GATEWAY_H
 #define PARLEY_GATEWAY_H
 
+#include <stdbool.h>
+#include <stdint.h>
+
 #include <stddef.h>
 
 struct uv_loop_s;
@@ -40,6 +43,19 @@ int pg_gateway_port(const pg_gateway *g);
  * gateway's loop handles are closed; then call pg_gateway_free. */
 void pg_gateway_stop(pg_gateway *g, void (*done)(void *ud), void *ud);
 void pg_gateway_free(pg_gateway *g);
+
+/* Test switches: turns the frame faults of the config's `faults:` section
+ * (dropped, doubled and reordered pushes and send ACKs) on or off while the
+ * gateway runs, with the generator restarted from `faults.seed`. A config
+ * without `faults:` has nothing to turn on. */
+void pg_gateway_set_faults(pg_gateway *g, bool on);
+/* Frames the test switches dropped, doubled and held back so far. */
+void pg_gateway_fault_counts(const pg_gateway *g, uint64_t *dropped, uint64_t *doubled,
+                             uint64_t *reordered);
+
+/* The highest seq stored in a conversation, 0 when it does not exist (for
+ * tests and tools running the gateway in-process). */
+uint64_t pg_gateway_last_seq(pg_gateway *g, const char *conversation);
 
 /* `parley gateway --config FILE [--port N] [--data-dir DIR]` and
  * `parley gateway token --secret S --principal P`, `parley gateway

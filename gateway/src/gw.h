@@ -75,6 +75,12 @@ struct pg_config {
   uint32_t max_connections; /* whole gateway */
   char *tls_cert, *tls_key;
   bool plain_tokens;     /* some principal has a plain token: warn */
+  /* Test switches (`faults:`), off unless set: percent of Deliver and
+   * SendAck frames the gateway drops, writes twice, or (Deliver) holds back
+   * and writes after the next frame to the same connection. */
+  uint32_t fault_drop_push, fault_dup_push, fault_reorder_push;
+  uint32_t fault_drop_ack, fault_dup_ack;
+  uint64_t fault_seed;
 };
 
 pg_config *pg_config_dup(const pg_config *c);
@@ -192,6 +198,7 @@ struct pg_conn {
   bool rx_discard;
   pg_outbuf *out_head, *out_tail;
   size_t out_bytes;
+  pg_outbuf *fault_held;   /* test switches: a Deliver held back */
   uint64_t last_rx_ms, last_tx_ms;
   double tokens;
   uint64_t tokens_ms;
@@ -231,6 +238,8 @@ struct pg_gateway {
   /* Wall time this process started: an event stored before it may have
    * been pushed by an earlier run, whose memory of what it pushed is gone. */
   uint64_t boot_ms;
+  uint64_t fault_rng;      /* test switches' generator (xorshift64*) */
+  uint64_t fault_counts[3]; /* frames dropped, doubled, held back */
   pg_config *cfg;
   pg_db *db;
   struct lws_context *ctx;

@@ -34,6 +34,94 @@ uint64_t pg_mono_ms(void) {
 
 /* ------------------------------------------------------------ outgoing */
 
+static bool pg_faults_configured(const pg_config *fc) {
+  return fc->fault_drop_push || fc->fault_dup_push || fc->fault_reorder_push ||
+         fc->fault_drop_ack || fc->fault_dup_ack;
+}
+
+void pg_gateway_set_faults(pg_gateway *g, bool on) {
+  if (!g) return;
+  g->fault_rng = on && pg_faults_configured(g->cfg) ? g->cfg->fault_seed : 0;
+}
+
+void pg_gateway_fault_counts(const pg_gateway *g, uint64_t *dropped, uint64_t *doubled,
+                             uint64_t *reordered) {
+  *dropped = g ? g->fault_counts[0] : 0;
+  *doubled = g ? g->fault_counts[1] : 0;
+  *reordered = g ? g->fault_counts[2] : 0;
+}
+
+uint64_t pg_gateway_last_seq(pg_gateway *g, const char *conversation) {
+  pg_convrow r;
+  if (!g || !g->db || pg_db_conv_get(g->db, conversation, &r) != 0) return 0;
+  uint64_t last = r.last_seq;
+  pg_convrow_clear(&r);
+  return last;
+}
+
+static void outq_push(pg_conn *c, pg_outbuf *b) {
+  if (c->out_tail) c->out_tail->next = b;
+  else c->out_head = b;
+  c->out_tail = b;
+  c->out_bytes += b->len;
+}
+
+/* Percent chance from the test switches' generator. */
+static bool fault_roll(pg_gateway *g, uint32_t percent) {
+  if (!percent) return false;
+  uint64_t x = g->fault_rng;
+  x ^= x >> 12;
+  x ^= x << 25;
+  x ^= x >> 27;
+  g->fault_rng = x;
+  return (x * 2685821657736338717ULL) % 100 < percent;
+}
+
+static pg_outbuf *outbuf_copy(const pg_outbuf *b) {
+  pg_outbuf *d = calloc(1, sizeof *d);
+  if (!d) return NULL;
+  d->buf = malloc(LWS_PRE + b->len + 1);
+  if (!d->buf) {
+    free(d);
+    return NULL;
+  }
+  memcpy(d->buf, b->buf, LWS_PRE + b->len);
+  d->len = b->len;
+  return d;
+}
+
+/* The test switches (config `faults:`, off unless set) act on pushes and
+ * send ACKs only, the frames whose loss, doubling and disorder the
+ * protocol must absorb: a dropped Deliver comes again by redelivery or a
+ * client's gap fetch, a dropped SendAck by the client's retry and the
+ * gateway's dedup. Returns true when b was consumed. */
+static bool apply_faults(pg_conn *c, const pw_frame *f, pg_outbuf *b) {
+  pg_gateway *g = c->g;
+  const pg_config *cfg = g->cfg;
+  bool push = f->body_case == PARLEY__V1__FRAME__BODY_DELIVER;
+  bool ack = f->body_case == PARLEY__V1__FRAME__BODY_SEND_ACK;
+  if (!push && !ack) return false;
+  if (fault_roll(g, push ? cfg->fault_drop_push : cfg->fault_drop_ack)) {
+    free(b->buf);
+    free(b);
+    g->fault_counts[0]++;
+    return true;
+  }
+  if (fault_roll(g, push ? cfg->fault_dup_push : cfg->fault_dup_ack)) {
+    pg_outbuf *d = outbuf_copy(b);
+    if (d) {
+      outq_push(c, d);
+      g->fault_counts[1]++;
+    }
+  }
+  if (push && !c->fault_held && fault_roll(g, cfg->fault_reorder_push)) {
+    c->fault_held = b;
+    g->fault_counts[2]++;
+    return true;
+  }
+  return false;
+}
+
 int pg_conn_send_frame(pg_conn *c, const pw_frame *f) {
   if (!c->wsi || c->close_code) return PARLEY_EDISCONNECTED;
   pg_outbuf *b = calloc(1, sizeof *b);
@@ -42,6 +130,10 @@ int pg_conn_send_frame(pg_conn *c, const pw_frame *f) {
     free(b);
     return PARLEY_ENOMEM;
   }
+  if (c->g->fault_rng && apply_faults(c, f, b)) {
+    lws_callback_on_writable(c->wsi);
+    return 0;
+  }
   /* A peer that does not read is cut off rather than buffered forever. */
   if (c->out_bytes + b->len > PG_OUTQ_MAX_BYTES) {
     free(b->buf);
@@ -49,10 +141,12 @@ int pg_conn_send_frame(pg_conn *c, const pw_frame *f) {
     pg_conn_close(c, 4000 + E(BUSY), "peer does not read");
     return PARLEY_EBACKPRESSURE;
   }
-  if (c->out_tail) c->out_tail->next = b;
-  else c->out_head = b;
-  c->out_tail = b;
-  c->out_bytes += b->len;
+  outq_push(c, b);
+  /* A Deliver held back by the test switches goes after the next frame. */
+  if (c->fault_held) {
+    outq_push(c, c->fault_held);
+    c->fault_held = NULL;
+  }
   c->last_tx_ms = pg_mono_ms();
   lws_callback_on_writable(c->wsi);
   return 0;
@@ -140,6 +234,10 @@ void pg_gateway_enqueue(pg_gateway *g, pg_conn *c, pw_frame *f) {
 /* --------------------------------------------------------- connections */
 
 static void conn_free(pg_conn *c) {
+  if (c->fault_held) {
+    free(c->fault_held->buf);
+    free(c->fault_held);
+  }
   while (c->out_head) {
     pg_outbuf *b = c->out_head;
     c->out_head = b->next;
@@ -174,7 +272,8 @@ static void capture_token(pg_conn *c, struct lws *wsi) {
   if (n <= 7 || strncasecmp(buf, "Bearer ", 7) != 0) return;
   const char *t = buf + 7;
   while (*t == ' ') t++;
-  snprintf(c->header_token, sizeof c->header_token, "%s", t);
+  snprintf(c->header_token, sizeof c->header_token, "%.*s",
+           (int)(sizeof c->header_token - 1), t);
   sodium_memzero(buf, sizeof buf);
 }
 
@@ -369,6 +468,15 @@ int pg_gateway_new(uv_loop_t *loop, const pg_config *cfg, pg_gateway **out) {
     pg_config_free(g->cfg);
     free(g);
     return rc;
+  }
+  if (pg_faults_configured(g->cfg)) {
+    const pg_config *fc = g->cfg;
+    g->fault_rng = fc->fault_seed;
+    fprintf(stderr,
+            "gateway: warning: test faults on (drop/duplicate/reorder pushes %u/%u/%u%%, "
+            "drop/duplicate ACKs %u/%u%%, seed %llu): for tests only\n",
+            fc->fault_drop_push, fc->fault_dup_push, fc->fault_reorder_push, fc->fault_drop_ack,
+            fc->fault_dup_ack, (unsigned long long)fc->fault_seed);
   }
   if (g->cfg->plain_tokens)
     fprintf(stderr, "gateway: warning: plain tokens or secrets in %s are for development only\n",

@@ -141,6 +141,34 @@ static void test_example_loads(void **state) {
 
 /* An embedder's error path may free a running gateway without stopping it:
  * every handle is closed and the loop can be closed afterwards. */
+/* The test switches are off by default, bounded, and read as given. */
+static void test_fault_switches(void **state) {
+  (void)state;
+  pg_config *c = NULL;
+  char err[512] = "";
+  assert_int_equal(pg_config_from_string("gw.yaml", BASE, &c, err, sizeof err), 0);
+  assert_int_equal(c->fault_drop_push + c->fault_dup_push + c->fault_reorder_push +
+                       c->fault_drop_ack + c->fault_dup_ack,
+                   0);
+  pg_config_free(c);
+  c = NULL;
+  assert_int_equal(pg_config_from_string("gw.yaml",
+                                         BASE "faults:\n  drop_push: 5\n  duplicate_push: 6\n"
+                                              "  reorder_push: 7\n  drop_ack: 8\n"
+                                              "  duplicate_ack: 9\n  seed: 42\n",
+                                         &c, err, sizeof err),
+                   0);
+  assert_int_equal(c->fault_drop_push, 5);
+  assert_int_equal(c->fault_dup_push, 6);
+  assert_int_equal(c->fault_reorder_push, 7);
+  assert_int_equal(c->fault_drop_ack, 8);
+  assert_int_equal(c->fault_dup_ack, 9);
+  assert_int_equal(c->fault_seed, 42);
+  pg_config_free(c);
+  expect_error(BASE "faults:\n  drop_push: 60\n", "gw.yaml:5: faults.drop_push: 60 is out of range");
+  expect_error(BASE "faults:\n  drop: 5\n", "gw.yaml:5: faults.drop: unknown key");
+}
+
 static void test_free_without_stop(void **state) {
   (void)state;
   char dir[] = "/tmp/parley-gwcfg-XXXXXX";
@@ -172,6 +200,7 @@ int main(void) {
       cmocka_unit_test(test_env_overrides),
       cmocka_unit_test(test_customer_tokens),
       cmocka_unit_test(test_example_loads),
+      cmocka_unit_test(test_fault_switches),
       cmocka_unit_test(test_free_without_stop),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
