@@ -194,6 +194,8 @@ typedef struct fetch_ctx {
   Parley__V1__Event **evs;
   size_t n, bytes, max_bytes;
   uint64_t last;
+  uint64_t seen;    /* highest seq pushed to this device before */
+  uint64_t boot_ms; /* events stored before may have been pushed by an earlier run */
   int rc;
 } fetch_ctx;
 
@@ -202,6 +204,11 @@ static int fetch_one(void *ud, uint64_t seq, const void *blob, size_t len) {
   if (fc->n && fc->bytes + len + 16 > fc->max_bytes) return 1; /* page full */
   Parley__V1__Event *ev = parley__v1__event__unpack(NULL, len, blob);
   if (!ev) return PARLEY_EDB;
+  /* A fetch that fills a gap left by a lost push carries the same flag the
+   * push had: a bot handling the event again must know it may have seen
+   * it. */
+  ev->redelivered = seq <= fc->seen ||
+                    (ev->server_time_ms > 0 && (uint64_t)ev->server_time_ms < fc->boot_ms);
   fc->evs[fc->n++] = ev;
   fc->bytes += len + 16;
   fc->last = seq;
@@ -227,6 +234,9 @@ static void on_fetch(pg_conn *c, const Parley__V1__Fetch *fe) {
     uint64_t to = fe->to_seq && fe->to_seq < r.last_seq ? fe->to_seq : r.last_seq;
     fr.last_seq = r.last_seq;
     fc.max_bytes = g->cfg->max_frame_bytes - 256;
+    pg_stream *st = pg_router_stream(c, fe->conversation, false);
+    fc.seen = st ? st->seen : 0;
+    fc.boot_ms = g->boot_ms;
     fc.evs = calloc(limit, sizeof *fc.evs);
     if (!fc.evs) {
       fr.error = E(INTERNAL);

@@ -93,6 +93,7 @@ typedef struct scenario {
   bool bot_direct; /* the bot connects to the gateway itself, not through the proxy */
   uint32_t fault_every_ms; /* faults by time instead of by progress */
   uint32_t pace_ms;        /* each customer sends at most one message this often */
+  bool gw_switches;        /* the gateway's test switches drop, double, reorder */
 } scenario;
 
 typedef struct counts {
@@ -788,6 +789,13 @@ static void write_config(run *r) {
   for (int i = 0; i < r->sc->convs; i++)
     n += snprintf(y + n, cap - (size_t)n, "  - {name: cust%d, role: customer, token: tok-cust%d}\n",
                   i, i);
+  /* docs/gateway.md, "Test switches": pushes and send ACKs to every client,
+   * the bot included, are dropped, doubled and held back. */
+  if (r->sc->gw_switches)
+    n += snprintf(y + n, cap - (size_t)n,
+                  "faults:\n  drop_push: 5\n  duplicate_push: 5\n  reorder_push: 10\n"
+                  "  drop_ack: 5\n  duplicate_ack: 5\n  seed: %llu\n",
+                  (unsigned long long)(r->seed % 1000000 + 1));
   assert_int_equal(write_file(r->cfg, y), 0);
   free(y);
 }
@@ -947,6 +955,26 @@ static void test_disconnects_customers(void **unused) {
   run_scenario(&sc);
 }
 
+/* (1c) Disconnects through the proxy while the gateway's test switches
+ * drop, double and reorder its pushes and send ACKs (to customers and the
+ * bot alike): retries, dedup, reorder buffers, gap fetches and redelivery
+ * all run at once. */
+static void test_gateway_switches(void **unused) {
+  (void)unused;
+  bool full = full_size();
+  scenario sc = {.name = "gateway_switches",
+                 .kind = F_PROXY,
+                 .convs = full ? 100 : 20,
+                 .msgs = full ? 500 : 50,
+                 .faults = full ? 50 : 5,
+                 .replicas = 1,
+                 .heartbeat = "2s",
+                 .deadline_s = full ? 3000 : 60,
+                 .check_redelivered = true,
+                 .gw_switches = true};
+  run_scenario(&sc);
+}
+
 /* (2) The bot killed with SIGKILL during the stream and restarted. */
 static void test_bot_kill9(void **unused) {
   (void)unused;
@@ -1057,6 +1085,7 @@ int main(int argc, char **argv) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_teardown(test_disconnects, scenario_teardown),
       cmocka_unit_test_teardown(test_disconnects_customers, scenario_teardown),
+      cmocka_unit_test_teardown(test_gateway_switches, scenario_teardown),
       cmocka_unit_test_teardown(test_bot_kill9, scenario_teardown),
       cmocka_unit_test_teardown(test_gateway_kill9, scenario_teardown),
       cmocka_unit_test_teardown(test_replica_pause, scenario_teardown),
