@@ -223,6 +223,7 @@ static void on_fetch(pg_conn *c, const Parley__V1__Fetch *fe) {
   pg_convrow r;
   int rc = pg_db_conv_get(g->db, fe->conversation, &r);
   fetch_ctx fc = {0};
+  pg_stream *st = NULL;
   if (rc == PARLEY_ENOTFOUND) {
     fr.error = E(NOT_FOUND);
   } else if (rc != 0) {
@@ -234,7 +235,7 @@ static void on_fetch(pg_conn *c, const Parley__V1__Fetch *fe) {
     uint64_t to = fe->to_seq && fe->to_seq < r.last_seq ? fe->to_seq : r.last_seq;
     fr.last_seq = r.last_seq;
     fc.max_bytes = g->cfg->max_frame_bytes - 256;
-    pg_stream *st = pg_router_stream(c, fe->conversation, false);
+    st = pg_router_stream(c, fe->conversation, false);
     fc.seen = st ? st->seen : 0;
     fc.boot_ms = g->boot_ms;
     fc.evs = calloc(limit, sizeof *fc.evs);
@@ -246,6 +247,10 @@ static void on_fetch(pg_conn *c, const Parley__V1__Fetch *fe) {
     }
     fr.events = fc.evs;
     fr.n_events = fc.n;
+    /* What a connection fetched it has been given, like what was pushed:
+     * its ACK or commit may now cover it (a client fills a gap, or reads
+     * ahead of the push window, through Fetch). */
+    if (st && st->active && fc.n && fc.last > st->high) st->high = fc.last;
     fr.end = fr.error == E(NONE) && (fe->from_seq > to || fc.last >= to);
   }
   if (rc == 0) pg_convrow_clear(&r);

@@ -229,7 +229,19 @@ local function check_text(s, what, level)
   if type(s) ~= "string" then error(what .. " must be a string", level) end
   if #s > TEXT_MAX then error(what .. " is longer than " .. TEXT_MAX .. " bytes", level) end
   if not utf8.len(s) then error(what .. " is not valid UTF-8", level) end
+  -- The C side reads texts as C strings: a NUL would cut the text silently.
+  if s:find("\0", 1, true) then error(what .. " contains a NUL byte", level) end
   return s
+end
+
+-- The longest prefix of s that is valid UTF-8 without NUL, at most max
+-- bytes: quoted excerpts come from other people's messages.
+local function clean_cut(s, max)
+  local _, bad = utf8.len(s)
+  if bad then s = s:sub(1, bad - 1) end
+  local nul = s:find("\0", 1, true)
+  if nul then s = s:sub(1, nul - 1) end
+  return utf8_cut(s, max)
 end
 
 local function opt_text(s, what, level)
@@ -237,7 +249,14 @@ local function opt_text(s, what, level)
   return check_text(s, what, level)
 end
 
+local FALLBACK_MAX = 4096 -- bytes, as docs/protocol.md says
+
+local fallback_parts
 local function fallback_text(c)
+  return utf8_cut(fallback_parts(c) or "", FALLBACK_MAX)
+end
+
+fallback_parts = function(c)
   if c.kind == "card" then
     local lines = {}
     if c.title then lines[#lines + 1] = c.title end
@@ -511,7 +530,10 @@ local function quote_of(rec, q)
     error("quote must be a message or a seq", 3)
   end
   if math.type(seq) ~= "integer" or seq < 1 then error("quote needs a positive seq", 3) end
-  return { seq = seq, excerpt = utf8_cut(text or "", EXCERPT_MAX), sender = sender or "" }
+  if text ~= nil and type(text) ~= "string" then error("quote text must be a string", 3) end
+  if sender ~= nil and type(sender) ~= "string" then error("quote sender must be a string", 3) end
+  return { seq = seq, excerpt = clean_cut(text or "", EXCERPT_MAX),
+           sender = clean_cut(sender or "", 128) }
 end
 
 function Ctx:reply(content, opts)
