@@ -61,14 +61,6 @@ static void random_token(char out[33]) {
   parley_msg_id_hex(id, out);
 }
 
-/* The gateway keeps tokens hashed: "blake2b:" and BLAKE2b-256 in hex. */
-static void token_hash(const char *token, char out[8 + 65]) {
-  uint8_t h[32];
-  crypto_generichash(h, sizeof h, (const uint8_t *)token, strlen(token), NULL, 0);
-  memcpy(out, "blake2b:", 8);
-  sodium_bin2hex(out + 8, 65, h, sizeof h);
-}
-
 /* The bot's principal is bot.yaml's `name`, else the folder's name. */
 static void bot_name(const char *dir, char *out, size_t size) {
   char path[1024];
@@ -92,16 +84,6 @@ static void bot_name(const char *dir, char *out, size_t size) {
   pc_doc_free(doc);
 }
 
-static void rm_tree(const char *dir) {
-  /* Only the files the gateway creates live there; a shell-free removal. */
-  static const char *names[] = {"gateway.db", "gateway.db-wal", "gateway.db-shm", NULL};
-  char path[512];
-  for (int i = 0; names[i]; i++) {
-    snprintf(path, sizeof path, "%s/%s", dir, names[i]);
-    unlink(path);
-  }
-  rmdir(dir);
-}
 
 static void sidecar_closed(void *ud) {
   run_ctx *r = ud;
@@ -359,8 +341,8 @@ int cli_run(int argc, char **argv) {
     }
     char bot_hash[8 + 65], customer_hash[8 + 65];
     if (sodium_init() < 0) return 1;
-    token_hash(bot_token, bot_hash);
-    token_hash(customer_token, customer_hash);
+    pg_token_hash(bot_token, bot_hash);
+    pg_token_hash(customer_token, customer_hash);
     char yaml[2048];
     snprintf(yaml, sizeof yaml,
              "listen: 127.0.0.1\n"
@@ -474,6 +456,6 @@ out:
   if (r.gw) pg_gateway_free(r.gw);
   if (r.gw_cfg) pg_config_free(r.gw_cfg);
   uv_loop_close(r.loop);
-  if (r.own_data_dir) rm_tree(r.data_dir);
+  if (r.own_data_dir) pg_data_dir_remove(r.data_dir);
   return rc ? 1 : 0;
 }

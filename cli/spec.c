@@ -1744,13 +1744,6 @@ report:
 
 /* ------------------------------------------------------------ the setup */
 
-static void token_hash(const char *token, char out[8 + 65]) {
-  uint8_t h[32];
-  crypto_generichash(h, sizeof h, (const uint8_t *)token, strlen(token), NULL, 0);
-  memcpy(out, "blake2b:", 8);
-  sodium_bin2hex(out + 8, 65, h, sizeof h);
-}
-
 static void add_agent_name(wb *w, const char *name) {
   if (!name || !name[0] || w->n_agents >= WB_AGENTS_MAX) return;
   for (size_t i = 0; i < w->n_agents; i++)
@@ -1763,16 +1756,6 @@ static int cmp_str(const void *a, const void *b) {
 }
 
 static void on_closed_noop(uv_handle_t *h) { (void)h; }
-
-static void rm_data_dir(const char *dir) {
-  static const char *names[] = {"gateway.db", "gateway.db-wal", "gateway.db-shm", NULL};
-  char path[4096];
-  for (int i = 0; names[i]; i++) {
-    snprintf(path, sizeof path, "%.4000s/%s", dir, names[i]);
-    unlink(path);
-  }
-  rmdir(dir);
-}
 
 static int usage(void) {
   fprintf(stderr,
@@ -1912,7 +1895,7 @@ int cli_test(int argc, char **argv) {
     goto out_files;
   }
   char hash[8 + 65];
-  token_hash(w->token, hash);
+  pg_token_hash(w->token, hash);
   char yaml[4096];
   int n = snprintf(yaml, sizeof yaml,
                    "listen: 127.0.0.1\nport: 0\ndata_dir: \"%s\"\ndurability: normal\n"
@@ -2055,7 +2038,7 @@ out_stop:
   uv_loop_close(w->loop);
 out_dir:
   if (w->gw_cfg) pg_config_free(w->gw_cfg);
-  rm_data_dir(w->data_dir);
+  pg_data_dir_remove(w->data_dir);
 out_files:
   derive_owner = NULL;
   for (size_t i = 0; i < n_files; i++) {

@@ -455,3 +455,10 @@ int pg_auth(const pg_config *c, const char *principal, int role, const char *tok
     return PARLEY_EUNAUTH;
   return str_matches(want, token) ? 0 : PARLEY_EUNAUTH;
 }
+
+void pg_token_hash(const char *token, char out[73]) {
+  uint8_t h[32];
+  crypto_generichash(h, sizeof h, (const uint8_t *)token, strlen(token), NULL, 0);
+  memcpy(out, "blake2b:", 8);
+  sodium_bin2hex(out + 8, 65, h, sizeof h);
+}

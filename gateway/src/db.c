@@ -3,6 +3,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include <sys/stat.h>
 
 #include <parley/error.h>
@@ -93,7 +94,7 @@ int pg_db_open(pg_db **out, const char *dir, int durability, char *err, size_t e
     }
   }
   char path[4096];
-  if ((size_t)snprintf(path, sizeof path, "%s/gateway.db", dir) >= sizeof path) {
+  if ((size_t)snprintf(path, sizeof path, "%s/" PG_DB_FILE, dir) >= sizeof path) {
     snprintf(err, errlen, "data_dir: path too long");
     return PARLEY_EINVAL;
   }
@@ -402,4 +403,14 @@ int pg_db_state_del(pg_db *db, const char *conv, const char *key) {
   sqlite3_reset(s);
   sqlite3_clear_bindings(s);
   return rc == SQLITE_DONE ? 0 : fail(db, rc);
+}
+
+void pg_data_dir_remove(const char *data_dir) {
+  static const char *const suffixes[] = {"", "-wal", "-shm", NULL};
+  char path[4096];
+  for (int i = 0; suffixes[i]; i++) {
+    snprintf(path, sizeof path, "%.4000s/" PG_DB_FILE "%s", data_dir, suffixes[i]);
+    unlink(path);
+  }
+  rmdir(data_dir);
 }

@@ -53,6 +53,14 @@ void pg_gateway_set_faults(pg_gateway *g, bool on);
 void pg_gateway_fault_counts(const pg_gateway *g, uint64_t *dropped, uint64_t *doubled,
                              uint64_t *reordered);
 
+/* "blake2b:<hex>" of a token, the token_hash form the gateway's config
+ * reads (out has room for 8 + 64 + 1 bytes). */
+void pg_token_hash(const char *token, char out[73]);
+
+/* Removes the files a gateway keeps in data_dir, then the directory if it
+ * is empty (for embedded gateways on a temporary directory). */
+void pg_data_dir_remove(const char *data_dir);
+
 /* The highest seq stored in a conversation, 0 when it does not exist (for
  * tests and tools running the gateway in-process). */
 uint64_t pg_gateway_last_seq(pg_gateway *g, const char *conversation);

@@ -98,6 +98,9 @@ const pg_principal *pg_config_principal(const pg_config *c, const char *name);
 
 typedef struct pg_db pg_db;
 
+/* The log's file name in the data directory (SQLite adds -wal, -shm). */
+#define PG_DB_FILE "gateway.db"
+
 /* A conversation row. Strings are owned by the struct. */
 typedef struct pg_convrow {
   char *id, *customer, *assignee, *bot, *locale, *queue, *note, *tags;
