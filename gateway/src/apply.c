@@ -458,8 +458,13 @@ static int apply_item(pg_gateway *g, pg_op *op, const Parley__V1__ConversationCo
     out->error = E(STALE_EPOCH);
   } else {
     pg_stream *st = op->conn ? pg_router_stream(op->conn, r.id, false) : NULL;
-    /* A revoked bot may still commit up to what the conversation holds. */
-    uint64_t limit = st && st->active ? st->high : r.last_seq;
+    /* A revoked bot may still commit up to what the conversation holds.
+     * An active stream's limit is what this bot principal has been given:
+     * on this connection (high) or, by this process, on an earlier one
+     * (seen): a bot that reconnects commits what it handled before the
+     * cut, and those events may not have been pushed again yet. */
+    uint64_t limit = r.last_seq;
+    if (st && st->active) limit = st->high > st->seen ? st->high : st->seen;
     if (it->ack_seq > limit) out->error = E(ACK_OUT_OF_RANGE);
   }
   if (out->error == E(NONE) && it->n_state > PG_MAX_STATE_KEYS) out->error = E(INVALID);
@@ -616,12 +621,19 @@ static void reply(pg_gateway *g, pg_op *op) {
     f.body_case = PARLEY__V1__FRAME__BODY_COMMIT_RESULT;
     f.commit_result = &res;
     pg_conn_send_frame(c, &f);
-    /* A committed ack_seq frees the bot connection's window. */
+    /* A committed ack_seq frees the bot connection's window. A duplicate
+     * does too: the watermark is already there (committed on an earlier
+     * connection, or while this stream was being set up), and the bot will
+     * not commit those events again, so leaving the stream behind would
+     * keep its share of the window taken for good. The ack_seq may pass
+     * what this connection pushed (the range check allows what the bot was
+     * given before a reconnect): the stream then resumes after it. */
     for (size_t i = 0; i < cm->n_items; i++) {
-      if (op->outcomes[i].error || op->outcomes[i].duplicate) continue;
+      if (op->outcomes[i].error) continue;
       pg_stream *s = pg_router_stream(c, cm->items[i]->conversation, false);
       if (!s) continue;
-      uint64_t up = cm->items[i]->ack_seq < s->high ? cm->items[i]->ack_seq : s->high;
+      uint64_t up = cm->items[i]->ack_seq;
+      if (s->high < up) s->high = up;
       pg_router_stream_acked(c, s, up);
     }
     free(res.outcomes);

@@ -195,6 +195,7 @@ struct pg_conn {
   size_t n_queues;
   uint32_t window, inflight;
   gw_map streams;          /* conv -> pg_stream */
+  size_t pump_pos;         /* where the next pump starts among streams (round robin) */
   size_t n_owned;          /* bots: conversations assigned here */
   uint8_t *rx;             /* reassembly of a fragmented message */
   size_t rx_len, rx_cap;
@@ -247,6 +248,9 @@ struct pg_gateway {
   pg_db *db;
   struct lws_context *ctx;
   struct lws_vhost *vh;
+  /* The TLS vhost's client SSL_CTX, made by pg_gateway_new rather than by
+   * lws, and freed once the lws context is gone (see server.c). */
+  struct ssl_ctx_st *vh_client_ssl;
   void *foreign[1];        /* the loop, as lws wants it */
   int port;
   uv_timer_t tick;

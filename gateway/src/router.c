@@ -128,10 +128,26 @@ static int push_one(void *ud, uint64_t seq, const void *blob, size_t len) {
   return 0;
 }
 
-/* Pushes what the window allows of one stream. */
+/* A stream's share of its connection's window. One conversation with a
+ * long backlog must not take the whole window: a bot handles each
+ * conversation's events one at a time, so the others would wait behind it
+ * (and every slow reply of that one conversation would stall them all).
+ * Each stream gets window / streams, at least 2 so a conversation's next
+ * event is already there when its handler ends; a connection with one
+ * conversation, like most customers, keeps the whole window. */
+static uint64_t stream_share(const pg_conn *c) {
+  size_t n = c->streams.len ? c->streams.len : 1;
+  uint64_t share = c->window / n;
+  return share < 2 ? 2 : share;
+}
+
+/* Pushes what the window and the stream's share allow of one stream. */
 static void pump_stream(pg_conn *c, pg_stream *s, uint64_t last_seq) {
   if (!live(c) || !s->active || s->pushed >= last_seq || c->inflight >= c->window) return;
   uint64_t room = c->window - c->inflight;
+  uint64_t share = stream_share(c), held = s->pushed - s->acked;
+  if (held >= share) return;
+  if (share - held < room) room = share - held;
   uint64_t to = last_seq;
   if (to - s->pushed > room) to = s->pushed + room;
   size_t want = (size_t)(to - s->pushed);
@@ -155,15 +171,22 @@ static void pump_stream(pg_conn *c, pg_stream *s, uint64_t last_seq) {
   }
 }
 
+/* Visits the streams round robin from where the last pump stopped, so
+ * that when the window is short the same streams are not always first. */
 void pg_router_pump(pg_conn *c) {
   if (!live(c)) return;
-  size_t i = 0;
-  const char *k;
-  void *v;
-  while (c->inflight < c->window && gw_map_next(&c->streams, &i, &k, &v)) {
-    pg_stream *s = v;
-    pg_conv *cv = pg_router_conv(c->g, k);
-    if (cv) pump_stream(c, s, cv->row.last_seq);
+  size_t cap = c->streams.cap, start = c->pump_pos < cap ? c->pump_pos : 0;
+  for (int pass = 0; pass < 2 && c->inflight < c->window; pass++) {
+    size_t i = pass == 0 ? start : 0, end = pass == 0 ? cap : start;
+    const char *k;
+    void *v;
+    while (i < end && c->inflight < c->window && gw_map_next(&c->streams, &i, &k, &v)) {
+      if (i > end) break; /* the next stream lies past this pass's range */
+      pg_stream *s = v;
+      pg_conv *cv = pg_router_conv(c->g, k);
+      if (cv) pump_stream(c, s, cv->row.last_seq);
+      c->pump_pos = i;
+    }
   }
 }
 
@@ -398,6 +421,12 @@ static void place(pg_gateway *g, pg_conv **list, size_t n) {
     list[i]->owner = to[i];
     list[i]->placed_epoch = list[i]->row.epoch;
     send_assign(to[i], list[i]);
+  }
+  /* Pushing starts once every conversation placed here has its stream, so
+   * that the first one assigned does not take the whole window before the
+   * others are counted in the shares. */
+  for (size_t i = 0; i < n; i++) {
+    if (!to[i]) continue;
     pg_stream *s = pg_router_stream(to[i], list[i]->row.id, false);
     if (s) pump_stream(to[i], s, list[i]->row.last_seq);
   }
