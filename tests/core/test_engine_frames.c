@@ -526,6 +526,51 @@ static void t_reorder_full(void **state) {
   h_fini(&h);
 }
 
+/* Thousands of early events in random order: the blocked reorder buffer
+ * splits, keeps seq order across its blocks, drops repeats, and hands the
+ * whole range over in order once the first seq arrives. */
+static void t_reorder_large(void **state) {
+  (void)state;
+  enum { N = 3000 };
+  harness h;
+  pe_config cfg = h_config(PARLEY_ROLE_CUSTOMER);
+  cfg.tuning.reorder_max = N;
+  cfg.tuning.reorder_max_bytes = 4u << 20;
+  cfg.tuning.gap_timeout_ms = 600000;
+  h_init(&h, &cfg);
+  h.quiet = true;
+  h_connect(&h, 600000);
+  uint64_t order[N];
+  for (size_t i = 0; i < N; i++) order[i] = i + 2;
+  uint64_t x = 20261128;
+  for (size_t i = N - 1; i > 0; i--) { /* Fisher-Yates with a fixed xorshift seed */
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    size_t j = (size_t)(x % (i + 1));
+    uint64_t t = order[i];
+    order[i] = order[j];
+    order[j] = t;
+  }
+  for (size_t i = 0; i < N; i++) {
+    deliver1(&h, CONV_A, order[i]);
+    if (i % 7 == 0) deliver1(&h, CONV_A, order[i / 2]); /* a repeat of a held seq */
+  }
+  H_EQ(h.n_events, 0);
+  parley_client_stats st;
+  pe_engine_stats(h.e, &st);
+  H_EQ(st.reorder_events, N);
+  H_EQ(st.duplicates_dropped, (N + 6) / 7);
+  h_drain(&h);
+  deliver1(&h, CONV_A, 1);
+  H_EQ(h.n_events, N + 1);
+  for (size_t i = 0; i <= N; i++) H_EQ(h.events[i].seq, i + 1);
+  pe_engine_stats(h.e, &st);
+  H_EQ(st.reorder_events, 0);
+  H_EQ(st.reorder_bytes, 0);
+  h_fini(&h);
+}
+
 /* ------------------------------------------------------------ connection */
 
 static void t_heartbeat(void **state) {
@@ -1280,6 +1325,7 @@ int main(void) {
       cmocka_unit_test(t_duplicates),
       cmocka_unit_test(t_gap_fetch),
       cmocka_unit_test(t_reorder_full),
+      cmocka_unit_test(t_reorder_large),
       cmocka_unit_test(t_heartbeat),
       cmocka_unit_test(t_reconnect_backoff),
       cmocka_unit_test(t_resume),

@@ -792,8 +792,7 @@ void pe_engine_free(pe_engine *e) {
   for (size_t i = 0; i < e->tab_cap; i++) {
     pe_conv *c = e->tab[i];
     if (!c) continue;
-    for (size_t k = 0; k < c->n_held; k++) free(c->held[k].data);
-    free(c->held);
+    pe_held_clear(e, c);
     free(c->id);
     free(c);
   }

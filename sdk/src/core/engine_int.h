@@ -110,6 +110,16 @@ typedef struct pe_held {
   bool has_id;
 } pe_held;
 
+/* The reorder buffer is a list of sorted blocks: inserting an early event
+ * moves at most one block's entries (a flat sorted array moves half the
+ * buffer on average), and delivering from the front is as cheap. A block
+ * grows up to PE_HELD_BLOCK entries and then splits in two. */
+#define PE_HELD_BLOCK 64u
+typedef struct pe_hblock {
+  uint32_t n, cap;
+  pe_held e[];
+} pe_hblock;
+
 struct pe_conv {
   char *id;
   uint64_t next;      /* next seq to apply */
@@ -127,8 +137,9 @@ struct pe_conv {
   uint64_t epoch;
   bool assigned, revoked;
   /* Reorder buffer, sorted by seq. */
-  pe_held *held;
-  size_t n_held, cap_held;
+  pe_hblock **hb;  /* blocks in seq order, each sorted, none empty */
+  size_t n_hb, cap_hb;
+  size_t n_held;   /* entries in all blocks */
   /* Gap repair. */
   bool fetching;
   uint8_t strikes; /* fetches in a row that said the held events do not exist */

@@ -20,55 +20,157 @@
 
 /* ------------------------------------------------------- reorder buffer */
 
-/* Index of the first held entry with seq >= s (binary search). */
-static size_t held_lower(const pe_conv *c, uint64_t s) {
-  size_t lo = 0, hi = c->n_held;
+/* A position in the buffer: block b, entry i. b == n_hb is the end. */
+typedef struct hpos {
+  size_t b, i;
+} hpos;
+
+static const pe_held *held_first(const pe_conv *c) {
+  return c->n_held ? &c->hb[0]->e[0] : NULL;
+}
+
+/* The first held entry with seq >= s: a binary search over the blocks'
+ * last seqs, then one within the block. */
+static hpos held_lower(const pe_conv *c, uint64_t s) {
+  size_t lo = 0, hi = c->n_hb;
   while (lo < hi) {
     size_t mid = lo + (hi - lo) / 2;
-    if (c->held[mid].seq < s) lo = mid + 1;
+    const pe_hblock *b = c->hb[mid];
+    if (b->e[b->n - 1].seq < s) lo = mid + 1;
     else hi = mid;
   }
-  return lo;
+  hpos p = {lo, 0};
+  if (lo == c->n_hb) return p;
+  const pe_hblock *b = c->hb[lo];
+  size_t l = 0, h = b->n;
+  while (l < h) {
+    size_t mid = l + (h - l) / 2;
+    if (b->e[mid].seq < s) l = mid + 1;
+    else h = mid;
+  }
+  p.i = l;
+  return p;
+}
+
+static pe_held *held_at(const pe_conv *c, hpos p) {
+  return p.b < c->n_hb ? &c->hb[p.b]->e[p.i] : NULL;
 }
 
 static const pe_held *held_find(const pe_conv *c, uint64_t s) {
-  size_t i = held_lower(c, s);
-  return i < c->n_held && c->held[i].seq == s ? &c->held[i] : NULL;
+  const pe_held *h = held_at(c, held_lower(c, s));
+  return h && h->seq == s ? h : NULL;
 }
 
-static void held_remove_at(pe_engine *e, pe_conv *c, size_t i) {
-  e->reorder_bytes -= c->held[i].len;
-  e->reorder_events--;
-  free(c->held[i].data);
-  memmove(&c->held[i], &c->held[i + 1], (c->n_held - i - 1) * sizeof *c->held);
+/* Takes the entry at p out of the buffer (its data is the caller's). */
+static pe_held held_take(pe_engine *e, pe_conv *c, hpos p) {
+  pe_hblock *b = c->hb[p.b];
+  pe_held h = b->e[p.i];
+  memmove(&b->e[p.i], &b->e[p.i + 1], (b->n - p.i - 1) * sizeof *b->e);
+  b->n--;
   c->n_held--;
+  e->reorder_bytes -= h.len;
+  e->reorder_events--;
+  if (b->n == 0) {
+    free(b);
+    memmove(&c->hb[p.b], &c->hb[p.b + 1], (c->n_hb - p.b - 1) * sizeof *c->hb);
+    c->n_hb--;
+  }
+  if (c->n_held == 0) {
+    /* Most conversations hold nothing most of the time: give the block
+     * list back rather than keep it per conversation. */
+    free(c->hb);
+    c->hb = NULL;
+    c->n_hb = c->cap_hb = 0;
+  }
+  return h;
+}
+
+static void held_remove_at(pe_engine *e, pe_conv *c, hpos p) {
+  pe_held h = held_take(e, c, p);
+  free(h.data);
+}
+
+/* Room for one more block pointer. */
+static bool hb_reserve(pe_conv *c) {
+  if (c->n_hb < c->cap_hb) return true;
+  size_t ncap = c->cap_hb ? c->cap_hb * 2 : 4;
+  pe_hblock **nb = realloc(c->hb, ncap * sizeof *nb);
+  if (!nb) return false;
+  c->hb = nb;
+  c->cap_hb = ncap;
+  return true;
+}
+
+/* Inserts h at p (the position held_lower gave for h.seq). false: out of
+ * memory, nothing changed. */
+static bool held_insert(pe_conv *c, hpos p, const pe_held *h) {
+  if (c->n_hb == 0) {
+    if (!hb_reserve(c)) return false;
+    pe_hblock *b = malloc(sizeof *b + 4 * sizeof b->e[0]);
+    if (!b) return false;
+    b->n = 0;
+    b->cap = 4;
+    c->hb[0] = b;
+    c->n_hb = 1;
+    p.b = 0;
+    p.i = 0;
+  } else if (p.b == c->n_hb) {
+    p.b = c->n_hb - 1; /* after every held seq: the end of the last block */
+    p.i = c->hb[p.b]->n;
+  }
+  pe_hblock *b = c->hb[p.b];
+  if (b->n == PE_HELD_BLOCK) {
+    /* Full: the upper half moves to a new block after it. */
+    if (!hb_reserve(c)) return false;
+    uint32_t half = PE_HELD_BLOCK / 2;
+    pe_hblock *nb = malloc(sizeof *nb + PE_HELD_BLOCK * sizeof nb->e[0]);
+    if (!nb) return false;
+    nb->cap = PE_HELD_BLOCK;
+    nb->n = b->n - half;
+    memcpy(nb->e, &b->e[half], nb->n * sizeof nb->e[0]);
+    b->n = half;
+    memmove(&c->hb[p.b + 2], &c->hb[p.b + 1], (c->n_hb - p.b - 1) * sizeof *c->hb);
+    c->hb[p.b + 1] = nb;
+    c->n_hb++;
+    if (p.i > half) {
+      p.b++;
+      p.i -= half;
+      b = nb;
+    }
+  }
+  if (b->n == b->cap) {
+    uint32_t ncap = b->cap * 2 > PE_HELD_BLOCK ? PE_HELD_BLOCK : b->cap * 2;
+    pe_hblock *gb = realloc(b, sizeof *gb + ncap * sizeof gb->e[0]);
+    if (!gb) return false;
+    gb->cap = ncap;
+    c->hb[p.b] = b = gb;
+  }
+  memmove(&b->e[p.i + 1], &b->e[p.i], (b->n - p.i) * sizeof *b->e);
+  b->e[p.i] = *h;
+  b->n++;
+  c->n_held++;
+  return true;
 }
 
 /* Drops held events below the conversation's next seq (after a cursor or
  * an assignment moved it). */
 void pe_held_trim(pe_engine *e, pe_conv *c) {
-  size_t k = held_lower(c, c->next);
-  for (size_t i = 0; i < k; i++) {
-    e->reorder_bytes -= c->held[i].len;
-    e->reorder_events--;
-    free(c->held[i].data);
-  }
-  if (k) {
-    memmove(c->held, c->held + k, (c->n_held - k) * sizeof *c->held);
-    c->n_held -= k;
-  }
+  while (c->n_held && held_first(c)->seq < c->next) held_remove_at(e, c, (hpos){0, 0});
 }
 
 void pe_held_clear(pe_engine *e, pe_conv *c) {
-  for (size_t i = 0; i < c->n_held; i++) {
-    e->reorder_bytes -= c->held[i].len;
-    e->reorder_events--;
-    free(c->held[i].data);
+  for (size_t b = 0; b < c->n_hb; b++) {
+    for (size_t i = 0; i < c->hb[b]->n; i++) {
+      e->reorder_bytes -= c->hb[b]->e[i].len;
+      e->reorder_events--;
+      free(c->hb[b]->e[i].data);
+    }
+    free(c->hb[b]);
   }
+  free(c->hb);
+  c->hb = NULL;
+  c->n_hb = c->cap_hb = 0;
   c->n_held = 0;
-  free(c->held);
-  c->held = NULL;
-  c->cap_held = 0;
 }
 
 /* ------------------------------------------------------------ acks */
@@ -174,7 +276,7 @@ static bool conv_has_gap(const pe_conv *c) {
 /* Fetches the first missing range of c now. */
 static void conv_fetch(pe_engine *e, pe_conv *c) {
   if (e->state != ST_READY || c->fetching || !conv_has_gap(c)) return;
-  uint64_t to = c->n_held ? c->held[0].seq - 1 : c->known_max;
+  uint64_t to = c->n_held ? held_first(c)->seq - 1 : c->known_max;
   fetch_send(e, c, c->next, to);
 }
 
@@ -220,12 +322,8 @@ static void deliver_one(pe_engine *e, pe_conv *c, const Parley__V1__Event *ev) {
 /* Delivers held events that have become consecutive. */
 void pe_conv_drain(pe_engine *e, pe_conv *c) {
   pe_held_trim(e, c);
-  while (c->n_held && c->held[0].seq == c->next) {
-    pe_held h = c->held[0];
-    memmove(c->held, c->held + 1, (c->n_held - 1) * sizeof *c->held);
-    c->n_held--;
-    e->reorder_bytes -= h.len;
-    e->reorder_events--;
+  while (c->n_held && held_first(c)->seq == c->next) {
+    pe_held h = held_take(e, c, (hpos){0, 0});
     Parley__V1__Event *ev = parley__v1__event__unpack(NULL, h.len, h.data);
     free(h.data);
     if (!ev) {
@@ -238,11 +336,6 @@ void pe_conv_drain(pe_engine *e, pe_conv *c) {
     parley__v1__event__free_unpacked(ev, NULL);
   }
   if (!c->n_held) {
-    /* Most conversations hold nothing most of the time: give the array
-     * back rather than keep reorder_max slots per conversation. */
-    free(c->held);
-    c->held = NULL;
-    c->cap_held = 0;
     if (!c->fetching && c->known_max < c->next) pe_timer_cancel(e, &c->timer);
   }
 }
@@ -271,41 +364,38 @@ static const char *contradiction(const pe_conv *c, const Parley__V1__Event *ev) 
  * the missing range is fetched instead. */
 static void conv_hold(pe_engine *e, pe_conv *c, const Parley__V1__Event *ev) {
   if (ev->seq > c->known_max) c->known_max = ev->seq;
-  size_t i = held_lower(c, ev->seq);
-  if (i < c->n_held && c->held[i].seq == ev->seq) {
+  hpos p = held_lower(c, ev->seq);
+  const pe_held *at = held_at(c, p);
+  if (at && at->seq == ev->seq) {
     e->stats.duplicates_dropped++;
     return;
   }
+  if (c->n_held >= e->reorder_max) {
+    conv_fetch(e, c);
+    return;
+  }
   size_t n = parley__v1__event__get_packed_size(ev);
-  if (c->n_held >= e->reorder_max || e->reorder_bytes + n > e->reorder_max_bytes) {
+  if (e->reorder_bytes + n > e->reorder_max_bytes) {
     conv_fetch(e, c);
     return;
   }
-  if (c->n_held == c->cap_held) {
-    size_t ncap = c->cap_held ? c->cap_held * 2 : 4;
-    if (ncap > e->reorder_max) ncap = e->reorder_max;
-    pe_held *nh = realloc(c->held, ncap * sizeof *nh);
-    if (!nh) {
-      conv_fetch(e, c);
-      return;
-    }
-    c->held = nh;
-    c->cap_held = ncap;
-  }
-  uint8_t *data = malloc(n ? n : 1);
-  if (!data) {
+  pe_held h;
+  memset(&h, 0, sizeof h);
+  h.data = malloc(n ? n : 1);
+  if (!h.data) {
     conv_fetch(e, c);
     return;
   }
-  parley__v1__event__pack(ev, data);
-  memmove(&c->held[i + 1], &c->held[i], (c->n_held - i) * sizeof *c->held);
-  pe_held *h = &c->held[i];
-  h->seq = ev->seq;
-  h->data = data;
-  h->len = n;
-  h->has_id = ev->client_msg_id.len == PARLEY_MSG_ID_LEN;
-  if (h->has_id) memcpy(h->id, ev->client_msg_id.data, PARLEY_MSG_ID_LEN);
-  c->n_held++;
+  parley__v1__event__pack(ev, h.data);
+  h.seq = ev->seq;
+  h.len = n;
+  h.has_id = ev->client_msg_id.len == PARLEY_MSG_ID_LEN;
+  if (h.has_id) memcpy(h.id, ev->client_msg_id.data, PARLEY_MSG_ID_LEN);
+  if (!held_insert(c, p, &h)) {
+    free(h.data);
+    conv_fetch(e, c);
+    return;
+  }
   e->reorder_bytes += n;
   e->reorder_events++;
   pe_conv_gap_check(e, c);
@@ -350,8 +440,9 @@ static void inbound_event(pe_engine *e, const Parley__V1__Event *ev) {
     conv_hold(e, c, ev);
     return;
   }
-  size_t i = held_lower(c, ev->seq);
-  if (i < c->n_held && c->held[i].seq == ev->seq) held_remove_at(e, c, i);
+  hpos p = held_lower(c, ev->seq);
+  const pe_held *at = held_at(c, p);
+  if (at && at->seq == ev->seq) held_remove_at(e, c, p);
   deliver_one(e, c, ev);
   pe_conv_drain(e, c);
   pe_conv_gap_check(e, c);
@@ -417,8 +508,9 @@ int pe_on_fetch_result(pe_engine *e, const Parley__V1__FetchResult *r) {
       e->stats.duplicates_dropped++;
       continue;
     }
-    size_t k = held_lower(c, ev->seq);
-    if (k < c->n_held && c->held[k].seq == ev->seq) held_remove_at(e, c, k);
+    hpos p = held_lower(c, ev->seq);
+    const pe_held *at = held_at(c, p);
+    if (at && at->seq == ev->seq) held_remove_at(e, c, p);
     deliver_one(e, c, ev);
     pe_conv_drain(e, c);
   }
@@ -426,14 +518,14 @@ int pe_on_fetch_result(pe_engine *e, const Parley__V1__FetchResult *r) {
     fetch_send(e, c, c->next, c->fetch_to);
     return 0;
   }
-  if (r->end && c->n_held && r->last_seq < c->held[0].seq) {
+  if (r->end && c->n_held && r->last_seq < held_first(c)->seq) {
     /* The gateway says the held events do not exist. Once could be a
      * race (the answer was made just before those events were); twice in
      * a row, a gap timer apart, means they were bogus. */
     if (++c->strikes >= 2) {
       pe_peer_error(e, PARLEY_EPROTOCOL,
                  "held events of %s from seq %llu are beyond the conversation's last seq %llu",
-                 c->id, (unsigned long long)c->held[0].seq, (unsigned long long)r->last_seq);
+                 c->id, (unsigned long long)held_first(c)->seq, (unsigned long long)r->last_seq);
       pe_held_clear(e, c);
       c->strikes = 0;
     }
@@ -441,10 +533,9 @@ int pe_on_fetch_result(pe_engine *e, const Parley__V1__FetchResult *r) {
     c->strikes = 0;
   }
   if (r->end && c->known_max > r->last_seq && !c->n_held) {
-    /* Nothing exists beyond the gateway's last seq: forget larger seqs we
-     * heard of, so no fetch chases them. */
+    /* Nothing exists beyond the gateway's last seq (and nothing is held):
+     * forget larger seqs we heard of, so no fetch chases them. */
     uint64_t top = c->next - 1;
-    if (c->n_held && c->held[c->n_held - 1].seq > top) top = c->held[c->n_held - 1].seq;
     c->known_max = r->last_seq > top ? r->last_seq : top;
   }
   pe_conv_gap_check(e, c);
