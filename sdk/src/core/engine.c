@@ -387,6 +387,7 @@ static void go_down(pe_engine *e) {
   for (pe_commit *k = e->c_head; k; k = k->gnext) {
     k->state = Q_QUEUED;
     pe_timer_set(e, &k->timer, k->deadline_at);
+    pe_commit_wake(e, k->conv); /* written again after the next Welcome */
   }
   for (size_t i = 0; i < e->tab_cap; i++) {
     pe_conv *c = e->tab[i];

@@ -148,6 +148,10 @@ struct pe_conv {
   /* Outbound. */
   pe_send *sq_head, *sq_tail;
   pe_commit *cq_head, *cq_tail;
+  /* On the engine's list of conversations whose head commit may have
+   * become writable (pe_commit_wake). */
+  bool commit_woken;
+  pe_conv *wake_next;
 };
 
 typedef struct pe_out {
@@ -204,6 +208,9 @@ struct pe_engine {
   uint64_t send_serial;
   pe_commit *c_head, *c_tail;
   size_t n_commits, commit_bytes;
+  /* Conversations to look at on the next commit flush, in the order they
+   * were woken: a flush visits these instead of every queued commit. */
+  pe_conv *wake_head, *wake_tail;
   /* Recently completed sends, and how many of their writes were still
    * unanswered: a handler that runs again sends the same id, and since a
    * SendAck names only the id, a refusal may be the late answer to that
@@ -250,6 +257,10 @@ uint64_t pe_retry_delay(pe_engine *e, uint32_t attempts);
 void pe_send_finish(pe_engine *e, pe_send *s, int status, uint64_t seq,
                     int64_t server_time, bool dup, const char *msg);
 void pe_flush_commits(pe_engine *e);
+/* Marks c for the next commit flush: its head commit may be writable now
+ * (a commit was queued, finished or is due again, or a send it waits
+ * behind finished). */
+void pe_commit_wake(pe_engine *e, pe_conv *c);
 void pe_send_timer(pe_engine *e, pe_send *s);
 bool pe_code_retryable(Parley__V1__ErrorCode code);
 pe_send *pe_send_lookup(pe_engine *e, const char *conversation,

@@ -111,6 +111,7 @@ void pe_send_finish(pe_engine *e, pe_send *s, int status, uint64_t seq,
   else e->stats.send_failures++;
 
   pe_conv_pump(e, c);
+  pe_commit_wake(e, c);
   pe_flush_commits(e);
 
   parley_send_result r;
@@ -392,38 +393,53 @@ static void commit_emit(pe_engine *e, pe_commit **items, size_t n, uint64_t req)
 }
 
 /* Gathers every commit that may go now into shared Commit frames. */
+void pe_commit_wake(pe_engine *e, pe_conv *c) {
+  if (c->commit_woken || !c->cq_head) return;
+  c->commit_woken = true;
+  c->wake_next = NULL;
+  if (e->wake_tail) e->wake_tail->wake_next = c;
+  else e->wake_head = c;
+  e->wake_tail = c;
+}
+
+/* Writes the commits that may go. Only conversations woken since the last
+ * flush are looked at: with a thousand conversations each holding queued
+ * commits, scanning every commit on every inbound frame cost most of a
+ * bot's CPU. Only a conversation's head commit can be eligible, so one
+ * look per woken conversation finds them all. */
 void pe_flush_commits(pe_engine *e) {
-  if (e->state != ST_READY || !e->c_head) return;
+  if (e->state != ST_READY) return;
   pe_commit *batch[256];
   size_t n = 0, bytes = 0;
   uint64_t req = 0;
-  pe_commit *k = e->c_head;
-  while (k) {
-    pe_commit *nx = k->gnext;
-    if (commit_eligible(k)) {
-      if (k->attempts >= e->max_attempts) {
-        pe_commit_finish(e, k, PARLEY_EATTEMPTS, false, 0);
-        /* The list may have changed under the callback: start over. */
-        k = e->c_head;
-        continue;
-      }
-      if (n == 256 || (n > 0 && bytes + k->len + 32 > e->max_frame_out)) {
-        commit_emit(e, batch, n, req);
-        n = 0;
-        bytes = 0;
-      }
-      if (n == 0) req = ++e->next_request_id;
-      k->state = Q_WIRE;
-      k->request_id = req;
-      if (!k->first_req) k->first_req = req;
-      k->attempts++;
-      if (k->attempts > 1) e->stats.retries++;
-      uint64_t at = pe_add_sat(e->now, pe_retry_delay(e, k->attempts));
-      pe_timer_set(e, &k->timer, at < k->deadline_at ? at : k->deadline_at);
-      batch[n++] = k;
-      bytes += k->len + 8;
+  while (e->wake_head) {
+    pe_conv *c = e->wake_head;
+    e->wake_head = c->wake_next;
+    if (!e->wake_head) e->wake_tail = NULL;
+    c->commit_woken = false;
+    c->wake_next = NULL;
+    pe_commit *k = c->cq_head;
+    if (!k || !commit_eligible(k)) continue;
+    if (k->attempts >= e->max_attempts) {
+      /* Finishing wakes the conversation again for its next commit. */
+      pe_commit_finish(e, k, PARLEY_EATTEMPTS, false, 0);
+      continue;
     }
-    k = nx;
+    if (n == 256 || (n > 0 && bytes + k->len + 32 > e->max_frame_out)) {
+      commit_emit(e, batch, n, req);
+      n = 0;
+      bytes = 0;
+    }
+    if (n == 0) req = ++e->next_request_id;
+    k->state = Q_WIRE;
+    k->request_id = req;
+    if (!k->first_req) k->first_req = req;
+    k->attempts++;
+    if (k->attempts > 1) e->stats.retries++;
+    uint64_t at = pe_add_sat(e->now, pe_retry_delay(e, k->attempts));
+    pe_timer_set(e, &k->timer, at < k->deadline_at ? at : k->deadline_at);
+    batch[n++] = k;
+    bytes += k->len + 8;
   }
   if (n) commit_emit(e, batch, n, req);
 }
@@ -460,6 +476,7 @@ void pe_commit_finish(pe_engine *e, pe_commit *k, int status, bool dup,
   r.state_version = state_version;
   free(k->item);
   free(k);
+  pe_commit_wake(e, c);
   if (e->hooks.commit_result) e->hooks.commit_result(e->hooks.ud, &r);
 }
 
@@ -471,6 +488,7 @@ void pe_commit_timer(pe_engine *e, pe_commit *k) {
   if (k->state == Q_WIRE || k->state == Q_RETRY) {
     /* Commits are idempotent at the gateway: writing one again is safe. */
     k->state = Q_QUEUED;
+    pe_commit_wake(e, k->conv);
     pe_flush_commits(e);
     return;
   }
@@ -555,6 +573,7 @@ static int commit_queue(pe_engine *e, const parley_commit *in) {
   e->c_tail = k;
   e->n_commits++;
   e->commit_bytes += n;
+  pe_commit_wake(e, c);
   return 0;
 }
 
