@@ -167,6 +167,8 @@ typedef struct pg_stream {
   uint64_t last_push_ms; /* when the oldest unacknowledged push went out */
   uint64_t epoch;        /* bots: the assignment epoch */
   bool active;           /* false: no longer streamed here (kept for late ACKs) */
+  bool waiting;          /* on its connection's list of streams held back */
+  struct pg_stream *wnext;
 } pg_stream;
 
 typedef struct pg_outbuf {
@@ -195,7 +197,9 @@ struct pg_conn {
   size_t n_queues;
   uint32_t window, inflight;
   gw_map streams;          /* conv -> pg_stream */
-  size_t pump_pos;         /* where the next pump starts among streams (round robin) */
+  /* Streams with events to push that the window or their share held
+   * back, oldest first: a pump visits these, not every stream. */
+  pg_stream *wait_head, *wait_tail;
   size_t n_owned;          /* bots: conversations assigned here */
   uint8_t *rx;             /* reassembly of a fragmented message */
   size_t rx_len, rx_cap;

@@ -50,6 +50,16 @@ static void seen_key(const pg_conn *c, const char *conv, char *buf, size_t n) {
            conv);
 }
 
+/* Queues a stream the window or its share held back, once. */
+static void wait_push(pg_conn *c, pg_stream *s) {
+  if (s->waiting) return;
+  s->waiting = true;
+  s->wnext = NULL;
+  if (c->wait_tail) c->wait_tail->wnext = s;
+  else c->wait_head = s;
+  c->wait_tail = s;
+}
+
 pg_stream *pg_router_stream(pg_conn *c, const char *conv, bool create) {
   pg_stream *s = gw_map_get(&c->streams, conv);
   if (s || !create) return s;
@@ -67,6 +77,9 @@ pg_stream *pg_router_stream(pg_conn *c, const char *conv, bool create) {
     free(s);
     return NULL;
   }
+  /* A new stream may start with a backlog (a cursor behind the log): the
+   * next pump looks at it. */
+  wait_push(c, s);
   return s;
 }
 
@@ -141,12 +154,16 @@ static uint64_t stream_share(const pg_conn *c) {
   return share < 2 ? 2 : share;
 }
 
-/* Pushes what the window and the stream's share allow of one stream. */
+/* Pushes what the window and the stream's share allow of one stream; what
+ * they hold back waits on the connection's list for the next pump. */
 static void pump_stream(pg_conn *c, pg_stream *s, uint64_t last_seq) {
-  if (!live(c) || !s->active || s->pushed >= last_seq || c->inflight >= c->window) return;
-  uint64_t room = c->window - c->inflight;
+  if (!live(c) || !s->active || s->pushed >= last_seq) return;
   uint64_t share = stream_share(c), held = s->pushed - s->acked;
-  if (held >= share) return;
+  if (c->inflight >= c->window || held >= share) {
+    wait_push(c, s);
+    return;
+  }
+  uint64_t room = c->window - c->inflight;
   if (share - held < room) room = share - held;
   uint64_t to = last_seq;
   if (to - s->pushed > room) to = s->pushed + room;
@@ -169,24 +186,26 @@ static void pump_stream(pg_conn *c, pg_stream *s, uint64_t last_seq) {
     seen_key(c, s->conv, key, sizeof key);
     gw_map_put(&c->g->seen, key, (void *)(uintptr_t)s->seen);
   }
+  if (s->pushed < last_seq) wait_push(c, s);
 }
 
-/* Visits the streams round robin from where the last pump stopped, so
- * that when the window is short the same streams are not always first. */
+/* Gives room that opened in the window to the streams that were held
+ * back, oldest first (round robin: a stream still held back goes to the
+ * end of the list). Each waiting stream is looked at once per call, and
+ * streams with nothing to push are not visited at all, so the cost does
+ * not grow with the connection's number of conversations. */
 void pg_router_pump(pg_conn *c) {
   if (!live(c)) return;
-  size_t cap = c->streams.cap, start = c->pump_pos < cap ? c->pump_pos : 0;
-  for (int pass = 0; pass < 2 && c->inflight < c->window; pass++) {
-    size_t i = pass == 0 ? start : 0, end = pass == 0 ? cap : start;
-    const char *k;
-    void *v;
-    while (i < end && c->inflight < c->window && gw_map_next(&c->streams, &i, &k, &v)) {
-      if (i > end) break; /* the next stream lies past this pass's range */
-      pg_stream *s = v;
-      pg_conv *cv = pg_router_conv(c->g, k);
-      if (cv) pump_stream(c, s, cv->row.last_seq);
-      c->pump_pos = i;
-    }
+  pg_stream *last = c->wait_tail;
+  while (c->wait_head && c->inflight < c->window) {
+    pg_stream *s = c->wait_head;
+    c->wait_head = s->wnext;
+    if (!c->wait_head) c->wait_tail = NULL;
+    s->waiting = false;
+    s->wnext = NULL;
+    pg_conv *cv = s->active ? pg_router_conv(c->g, s->conv) : NULL;
+    if (cv) pump_stream(c, s, cv->row.last_seq);
+    if (s == last) break;
   }
 }
 
@@ -270,6 +289,7 @@ void pg_router_redeliver(pg_gateway *g, uint64_t now) {
          * again; `seen` marks it redelivered. */
         c->inflight -= (uint32_t)(s->pushed - s->acked);
         s->pushed = s->acked;
+        if (s->active) wait_push(c, s);
         any = true;
       }
     }
