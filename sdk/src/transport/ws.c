@@ -408,24 +408,33 @@ static int write_close(pt_ws *t, struct lws *wsi) {
   return 0;
 }
 
+#define PT_WRITES_PER_CALLBACK 32
+
 static int on_writeable(pt_ws *t, struct lws *wsi) {
   if (t->kill)
     return 0; /* lws kills the connection on its next service */
-  pt_frame *f = t->q_head;
-  if (f) {
-    t->q_head = f->next;
-    if (!t->q_head)
-      t->q_tail = NULL;
-    t->q_bytes -= f->len;
-    /* lws keeps any part the socket does not take and delays the next
-     * WRITEABLE until it is out, so a short count is a real failure. */
-    int n = lws_write(wsi, f->buf + LWS_PRE, f->len, LWS_WRITE_BINARY);
-    size_t want = f->len;
-    free(f);
-    if (n < 0 || (size_t)n < want) {
-      set_status(t, PARLEY_EIO, 1006);
-      return -1;
-    }
+  if (t->q_head) {
+    /* Several frames per callback while the socket takes them: one event
+     * loop round trip (and its epoll changes) per frame cost more than the
+     * frames themselves when many small ones are queued. The limit keeps
+     * one busy connection from holding the loop. */
+    int written = 0;
+    do {
+      pt_frame *f = t->q_head;
+      t->q_head = f->next;
+      if (!t->q_head)
+        t->q_tail = NULL;
+      t->q_bytes -= f->len;
+      /* lws keeps any part the socket does not take and delays the next
+       * WRITEABLE until it is out, so a short count is a real failure. */
+      int n = lws_write(wsi, f->buf + LWS_PRE, f->len, LWS_WRITE_BINARY);
+      size_t want = f->len;
+      free(f);
+      if (n < 0 || (size_t)n < want) {
+        set_status(t, PARLEY_EIO, 1006);
+        return -1;
+      }
+    } while (t->q_head && ++written < PT_WRITES_PER_CALLBACK && !lws_send_pipe_choked(wsi));
     if (t->q_head || t->closing)
       lws_callback_on_writable(wsi);
     return 0;
