@@ -167,21 +167,44 @@ end
 ------------------------------------------------------------------------------
 -- Templates.
 
-local chains = {}
+-- Chains are cached per locale string. parley.t takes any string from bot
+-- code, so the cache has a bound: when it is full it starts over.
+local CHAINS_MAX = 256
+local chains, nchains = {}, 0
 
 local function chain_for(locale)
   locale = locale or default_locale
   local c = chains[locale]
   if not c then
     c = C.locale_chain(locale, default_locale)
+    if nchains >= CHAINS_MAX then chains, nchains = {}, 0 end
     chains[locale] = c
+    nchains = nchains + 1
   end
   return c
 end
 
+-- The text a placeholder shows: strings, numbers, booleans, and values with
+-- a __tostring of their own. Any other value would print as its type and
+-- heap address ("table: 0x55..."), which must never reach a customer.
+local function var_text(x)
+  local tx = type(x)
+  if tx == "string" then return x end
+  if tx == "number" or tx == "boolean" then return tostring(x) end
+  local mt = getmetatable(x)
+  if type(mt) == "table" and rawget(mt, "__tostring") ~= nil then return tostring(x) end
+  return nil
+end
+
+-- Errors raised from the gsub callback are two levels further from the
+-- caller than render itself (the callback and gsub). Callers that pass a
+-- level must not tail-call render, or the level would skip a frame.
 local function render(locale, key, vars, level)
   if type(key) ~= "string" then error("template key must be a string", level) end
   if vars ~= nil and type(vars) ~= "table" then error("template vars must be a table", level) end
+  if locale ~= nil and type(locale) ~= "string" then
+    error("template locale must be a string", level)
+  end
   for _, loc in ipairs(chain_for(locale)) do
     local t = templates[loc]
     local v = t and t[key]
@@ -193,13 +216,34 @@ local function render(locale, key, vars, level)
         end
         v = v[C.plural(loc, n)] or v.other
       end
-      return (v:gsub("{([%a_][%w_]*)}", function(name)
+      -- A rendered template is a reply's text: valid UTF-8 without NUL bytes
+      -- and at most TEXT_MAX bytes. The values are checked as they are
+      -- filled in, so that a huge value is refused before a huge string is
+      -- built (the template itself is at most TEXT_MAX bytes).
+      local what = "template '" .. key .. "' (" .. loc .. ")"
+      local added = 0
+      local out = v:gsub("{([%a_][%w_]*)}", function(name)
         local x = vars and vars[name]
-        if x == nil then
-          error("template '" .. key .. "' (" .. loc .. ") needs var '" .. name .. "'", level + 3)
+        if x == nil then error(what .. " needs var '" .. name .. "'", level + 2) end
+        local s = var_text(x)
+        if s == nil then
+          error(what .. ": var '" .. name .. "' must be a string, number or boolean, not a " ..
+            type(x), level + 2)
         end
-        return tostring(x)
-      end))
+        if not utf8.len(s) then error(what .. ": var '" .. name .. "' is not valid UTF-8", level + 2) end
+        if s:find("\0", 1, true) then
+          error(what .. ": var '" .. name .. "' contains a NUL byte", level + 2)
+        end
+        added = added + #s
+        if added > TEXT_MAX then
+          error(what .. " is longer than " .. TEXT_MAX .. " bytes once filled in", level + 2)
+        end
+        return s
+      end)
+      if #out > TEXT_MAX then
+        error(what .. " is longer than " .. TEXT_MAX .. " bytes once filled in", level)
+      end
+      return out
     end
   end
   error("unknown template key '" .. key .. "'", level)
@@ -600,7 +644,7 @@ end
 
 function Ctx:t(key, vars)
   check_ctx(self)
-  return render(self.locale, key, vars, 3)
+  return (render(self.locale, key, vars, 3))
 end
 
 function Ctx:log(level, msg)
@@ -870,7 +914,7 @@ json_mod = readonly({
 api = readonly({
   bot = new_bot,
   log = function(level, msg) C.log(level_of(level), tostring(msg)) end,
-  t = function(locale, key, vars) return render(locale, key, vars, 3) end,
+  t = function(locale, key, vars) return (render(locale, key, vars, 3)) end,
   now = function() return C.now() end,
   name = bot_name,
   default_locale = default_locale,

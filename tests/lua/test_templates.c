@@ -131,6 +131,96 @@ static void test_plurals(void **state) {
   assert_non_null(strstr(render(t, "en", "order.items", NULL, -1), "needs a numeric 'count'"));
 }
 
+#define EXPECT_ERR(text, ...)                                          \
+  do {                                                                 \
+    const char *e_ = (text);                                           \
+    const char *needles_[] = {__VA_ARGS__, NULL};                      \
+    for (int i_ = 0; needles_[i_]; i_++)                               \
+      if (!strstr(e_, needles_[i_])) fail_msg("'%s' not in '%s'", needles_[i_], e_); \
+  } while (0)
+
+/* Runs code as bot code (the bot's environment, chunk name "botcode")
+ * with the template helpers below; returns a static copy of the string it
+ * returns or "ERR: message". */
+static const char *bot_eval(tctx *t, const char *code) {
+  static char out[512];
+  lua_State *L = plr_vm_state(t->vm);
+  char src[2048];
+  snprintf(src, sizeof src,
+           "local function show(s) return setmetatable({}, {__tostring = function() return s end}) end\n"
+           "%s",
+           code);
+  assert_int_equal(luaL_loadbufferx(L, src, strlen(src), "=botcode", "t"), LUA_OK);
+  plr_vm_rt_get(t->vm, "make_env");
+  assert_int_equal(lua_pcall(L, 0, 1, 0), LUA_OK);
+  assert_non_null(lua_setupvalue(L, -2, 1));
+  if (lua_pcall(L, 0, 1, 0) != LUA_OK) {
+    snprintf(out, sizeof out, "ERR: %s", lua_tostring(L, -1));
+  } else {
+    size_t n;
+    const char *r = lua_tolstring(L, -1, &n);
+    snprintf(out, sizeof out, "%s", r ? r : "(not a string)");
+  }
+  lua_pop(L, 1);
+  return out;
+}
+
+/* Values filled into placeholders: text of a reply, so valid UTF-8 without
+ * NUL bytes, at most 16 KiB in all, and never a table's or function's
+ * address. Misuse is reported at the bot's line (not a tail call here, which
+ * would leave no line to report). */
+static void test_render_values(void **state) {
+  tctx *t = *state;
+  assert_string_equal(bot_eval(t, "local r = parley.t('en', 'greeting', {name = 42}) return r"), "Hello 42!");
+  assert_string_equal(bot_eval(t, "local r = parley.t('en', 'greeting', {name = false}) return r"),
+                      "Hello false!");
+  assert_string_equal(bot_eval(t, "local r = parley.t('en', 'greeting', {name = show('Bo')}) return r"),
+                      "Hello Bo!");
+  EXPECT_ERR(bot_eval(t, "local r = parley.t('en', 'greeting', {name = {}}) return r"),
+             "botcode:2:", "var 'name' must be a string, number or boolean, not a table");
+  EXPECT_ERR(bot_eval(t, "local r = parley.t('en', 'greeting', {name = print}) return r"),
+             "botcode:2:", "not a function");
+  EXPECT_ERR(bot_eval(t, "local r = parley.t('en', 'greeting', {name = '\\255'}) return r"),
+             "botcode:2:", "var 'name' is not valid UTF-8");
+  EXPECT_ERR(bot_eval(t, "local r = parley.t('en', 'greeting', {name = 'a\\0b'}) return r"),
+             "botcode:2:", "var 'name' contains a NUL byte");
+  /* At the limit, and one byte over it. */
+  assert_string_equal(bot_eval(t, "return #parley.t('en', 'greeting', {name = ('x'):rep(16384 - 7)})"),
+                      "16384");
+  EXPECT_ERR(bot_eval(t, "local r = parley.t('en', 'greeting', {name = ('x'):rep(16384 - 6)}) return r"),
+             "botcode:2:", "longer than 16384 bytes");
+  /* A huge value is refused before it is copied. */
+  EXPECT_ERR(bot_eval(t, "local r = parley.t('en', 'greeting', {name = ('x'):rep(1 << 24)}) return r"),
+             "botcode:2:", "longer than 16384 bytes");
+  EXPECT_ERR(bot_eval(t, "local r = parley.t('en', 'greeting', {}) return r"), "botcode:2:",
+             "needs var 'name'");
+  EXPECT_ERR(bot_eval(t, "local r = parley.t('en', 'nope') return r"), "botcode:2:",
+             "unknown template key 'nope'");
+  EXPECT_ERR(bot_eval(t, "local r = parley.t({}, 'greeting', {name = 'x'}) return r"), "botcode:2:",
+             "template locale must be a string");
+  EXPECT_ERR(bot_eval(t, "local r = parley.t('en', 'greeting', 'x') return r"), "botcode:2:",
+             "template vars must be a table");
+}
+
+/* The locale chain cache takes any string from bot code: it stays bounded. */
+static void test_chain_cache_bounded(void **state) {
+  tctx *t = *state;
+  lua_State *L = plr_vm_state(t->vm);
+  const char *loop = "for i = 1, %d do parley.t('x' .. i, 'only_en') end return 'ok'";
+  char code[200];
+  snprintf(code, sizeof code, loop, 2000);
+  assert_string_equal(bot_eval(t, code), "ok");
+  lua_gc(L, LUA_GCCOLLECT);
+  size_t before = plr_vm_memory(t->vm);
+  snprintf(code, sizeof code, loop, 20000);
+  assert_string_equal(bot_eval(t, code), "ok");
+  lua_gc(L, LUA_GCCOLLECT);
+  size_t after = plr_vm_memory(t->vm);
+  /* 18,000 more locales: unbounded, the cache would grow by megabytes. */
+  if (after > before + 256 * 1024)
+    fail_msg("memory grew from %zu to %zu bytes", before, after);
+}
+
 /* Loads a bot with the given English and Spanish templates; returns the
  * check's error text ("" when it loaded). */
 static const char *check(const char *en, const char *es) {
@@ -149,13 +239,6 @@ static const char *check(const char *en, const char *es) {
   return err;
 }
 
-#define EXPECT_ERR(text, ...)                                          \
-  do {                                                                 \
-    const char *e_ = (text);                                           \
-    const char *needles_[] = {__VA_ARGS__, NULL};                      \
-    for (int i_ = 0; needles_[i_]; i_++)                               \
-      if (!strstr(e_, needles_[i_])) fail_msg("'%s' not in '%s'", needles_[i_], e_); \
-  } while (0)
 
 static void test_load_errors(void **state) {
   (void)state;
@@ -233,6 +316,8 @@ int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(test_fallback_chain, setup, teardown),
       cmocka_unit_test_setup_teardown(test_plurals, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_render_values, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_chain_cache_bounded, setup, teardown),
       cmocka_unit_test(test_load_errors),
       cmocka_unit_test(test_default_locale_file_required),
       cmocka_unit_test(test_bot_lua_errors),
