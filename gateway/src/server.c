@@ -509,12 +509,28 @@ int pg_gateway_new(uv_loop_t *loop, const pg_config *cfg, pg_gateway **out) {
     info.options |= LWS_SERVER_OPTION_DO_SSL_GLOBAL_INIT;
     info.ssl_cert_filepath = g->cfg->tls_cert;
     info.ssl_private_key_filepath = g->cfg->tls_key;
+    /* lws 4.1.6 gives every TLS vhost a client SSL_CTX as well, loaded with
+     * the system CA store, and frees it on destroy only if it finds its
+     * bookkeeping under an OpenSSL ex_data index that lives in a
+     * process-wide variable, renewed by every context created with
+     * DO_SSL_GLOBAL_INIT (lws_ssl_destroy_client_ctx in
+     * lib/tls/openssl/openssl-ssl.c). Once a client context (a
+     * parley_client in the same process) has been created after this one,
+     * that lookup fails and the SSL_CTX leaks. The gateway makes no client
+     * connections, so it hands lws an empty client SSL_CTX of its own,
+     * which lws never frees, and frees it after the context is gone. */
+    g->vh_client_ssl = SSL_CTX_new(TLS_client_method());
+    info.provided_client_ssl_ctx = g->vh_client_ssl;
   }
-  g->vh = lws_create_vhost(g->ctx, &info);
+  if (g->cfg->tls_cert && !g->vh_client_ssl)
+    g->vh = NULL;
+  else
+    g->vh = lws_create_vhost(g->ctx, &info);
   if (!g->vh) {
     fprintf(stderr, "gateway: cannot listen on %s:%d\n", g->cfg->listen, g->cfg->port);
     lws_context_destroy(g->ctx);
     g->ctx = NULL;
+    if (g->vh_client_ssl) SSL_CTX_free(g->vh_client_ssl);
     pg_db_close(g->db);
     pg_config_free(g->cfg);
     free(g);
@@ -638,6 +654,9 @@ void pg_gateway_free(pg_gateway *g) {
     free(op->outcomes);
     free(op);
   }
+  /* Only once lws is done with the vhost that points at it; a context that
+   * never finished closing keeps it (better a leak than a use after free). */
+  if (g->vh_client_ssl && !g->ctx_alive) SSL_CTX_free(g->vh_client_ssl);
   pg_db_close(g->db);
   pg_config_free(g->cfg);
   free(g);
