@@ -189,7 +189,10 @@ struct pg_conn {
   bool indexed;            /* linked into pg_gateway.by_principal */
   uint64_t id;
   int state;               /* PG_CS_* */
-  char header_token[PG_TOKEN_MAX];
+  /* The Authorization header's token, from the upgrade until Hello is
+   * checked; allocated only then, so an idle connection does not carry
+   * PG_TOKEN_MAX bytes for it. */
+  char *header_token;
   char *principal, *device;
   char *locale;            /* Hello.locale: for conversations this customer opens */
   int role;
@@ -283,6 +286,8 @@ uint64_t pg_mono_ms(void); /* monotonic, for timeouts */
 
 /* server.c */
 int pg_conn_send_frame(pg_conn *c, const pw_frame *f);
+/* Wipes and frees the connection's Authorization token. */
+void pg_conn_drop_token(pg_conn *c);
 void pg_conn_error(pg_conn *c, Parley__V1__ErrorCode code, bool fatal, const char *msg,
                    const char *conv, const ProtobufCBinaryData *msg_id, uint64_t request_id,
                    uint32_t retry_after_ms);

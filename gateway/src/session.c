@@ -106,13 +106,13 @@ static void on_hello(pg_conn *c, const Parley__V1__Hello *h) {
              : h->role == PARLEY__V1__ROLE__ROLE_AGENT  ? PG_ROLE_AGENT
              : h->role == PARLEY__V1__ROLE__ROLE_BOT    ? PG_ROLE_BOT
                                                         : 0;
-  const char *token = c->header_token[0] ? c->header_token : h->token;
+  const char *token = c->header_token && c->header_token[0] ? c->header_token : h->token;
   const pg_principal *p = NULL;
   if (!role || pg_auth(g->cfg, h->principal, role, token, &p) != 0) {
     fatal(c, E(UNAUTHENTICATED), "unknown principal, wrong role or wrong token");
     return;
   }
-  sodium_memzero(c->header_token, sizeof c->header_token);
+  pg_conn_drop_token(c);
   uint32_t same = 0;
   for (pg_conn *o = pg_router_conns_of(g, h->principal); o; o = o->pnext)
     if (o->state == PG_CS_OPEN) same++;
