@@ -23,7 +23,7 @@ CTEST_SEL := -L $(LABELS)
 ASAN_SEL := -L $(LABELS) -LE nosan
 endif
 
-.PHONY: run test fuzz bootstrap build build-asan clean
+.PHONY: run test bench fuzz bootstrap build build-asan clean
 
 run: bootstrap build
 	@./build/cli/parley run $(BOT) $(RUN_ARGS)
@@ -35,6 +35,11 @@ test: bootstrap build build-asan
 	  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
 	  ctest --output-on-failure --timeout 600 -j$(JOBS) $(ASAN_SEL)
 
+# Benchmarks side by side with their peers; writes docs/benchmarks.md and
+# docs/bench/*.png (bench/report --help).
+bench: bootstrap build
+	./bench/report --no-build
+
 bootstrap:
 	@./scripts/bootstrap.sh >&2
 
@@ -43,7 +48,7 @@ build:
 	@cmake --build build -j$(JOBS) >&2
 
 build-asan:
-	@cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DPARLEY_SANITIZE=ON >&2
+	@cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DPARLEY_SANITIZE=ON -DPARLEY_BUILD_BENCH=OFF >&2
 	@cmake --build build-asan -j$(JOBS) >&2
 
 fuzz: bootstrap

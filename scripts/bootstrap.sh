@@ -19,7 +19,16 @@ PACKAGES=(
   libfaketime
   clang libclang-rt-14-dev
   curl python3 openssl
+  # bench/: the peers measured side by side with Parley, and the report's tools
+  mosquitto libmosquitto-dev nats-server libnats-dev libcjson-dev
+  gnuplot-nox lua5.4
 )
+# The Node.js peer of bench/ (a ws server). A machine that already has a
+# Node.js of its own (from nodesource, say) keeps it: Debian's npm would
+# replace it.
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+  PACKAGES+=(nodejs npm)
+fi
 
 missing=()
 for p in "${PACKAGES[@]}"; do
