@@ -1,6 +1,8 @@
 /* Frame codec with structural validation; see wire.h. */
 #include "core/wire.h"
 
+#include <stddef.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -133,6 +135,66 @@ static int has_field_zero(const ProtobufCMessage *m, int depth) {
   return 0;
 }
 
+/* Decoded frames live in an arena: protobuf-c's unpack makes a dozen or so
+ * allocations per frame (every string, bytes field and sub-message) and
+ * free_unpacked walks the descriptors again to free them one by one; with
+ * the arena a frame costs one or two mallocs and one walk-free release.
+ * Every allocation is preceded by a pointer to its arena, so that
+ * pw_frame_free finds it from the frame alone, whichever allocation
+ * protobuf-c made first. */
+typedef struct pw_chunk {
+  struct pw_chunk *next;
+  size_t used, cap;
+  max_align_t data[];
+} pw_chunk;
+
+typedef struct pw_arena {
+  pw_chunk *head;  /* newest chunk first; the last one holds this struct */
+  size_t next_cap;
+} pw_arena;
+
+#define PW_PREFIX sizeof(max_align_t)
+#define PW_CHUNK_MAX ((size_t)1 << 20)
+
+static size_t pw_round(size_t n) {
+  return (n + sizeof(max_align_t) - 1) & ~(sizeof(max_align_t) - 1);
+}
+
+static void *arena_alloc(void *ud, size_t size) {
+  pw_arena *a = ud;
+  if (size > SIZE_MAX / 2) return NULL;
+  size_t need = PW_PREFIX + pw_round(size);
+  pw_chunk *c = a->head;
+  if (c->cap - c->used < need) {
+    size_t cap = a->next_cap > need ? a->next_cap : need;
+    pw_chunk *n = malloc(sizeof *n + cap);
+    if (!n) return NULL;
+    n->next = c;
+    n->used = 0;
+    n->cap = cap;
+    a->head = c = n;
+    if (a->next_cap < PW_CHUNK_MAX) a->next_cap *= 2;
+  }
+  uint8_t *p = (uint8_t *)c->data + c->used;
+  c->used += need;
+  *(pw_arena **)p = a;
+  return p + PW_PREFIX;
+}
+
+static void arena_free_one(void *ud, void *p) {
+  (void)ud; /* released with the whole arena */
+  (void)p;
+}
+
+static void arena_release(pw_arena *a) {
+  pw_chunk *c = a->head;
+  while (c) {
+    pw_chunk *next = c->next;
+    free(c); /* the first chunk, holding *a, goes last */
+    c = next;
+  }
+}
+
 int pw_decode(const uint8_t *data, size_t len, size_t max_bytes,
               pw_frame **out, const char **why) {
   *out = NULL;
@@ -142,33 +204,50 @@ int pw_decode(const uint8_t *data, size_t len, size_t max_bytes,
     if (why) *why = "frame exceeds max_frame_bytes";
     return PARLEY_ETOOBIG;
   }
-  pw_frame *f = parley__v1__frame__unpack(NULL, len, data);
+  /* The first chunk holds the arena and, usually, the whole frame: decoded
+   * structs take a few times the wire size. */
+  size_t cap = pw_round(sizeof(pw_arena)) + 4 * len + 1024;
+  pw_chunk *first = malloc(sizeof *first + cap);
+  if (!first) {
+    if (why) *why = "out of memory";
+    return PARLEY_ENOMEM;
+  }
+  first->next = NULL;
+  first->cap = cap;
+  first->used = pw_round(sizeof(pw_arena));
+  pw_arena *a = (pw_arena *)(void *)first->data;
+  a->head = first;
+  a->next_cap = cap;
+  ProtobufCAllocator al = {.alloc = arena_alloc, .free = arena_free_one, .allocator_data = a};
+  pw_frame *f = parley__v1__frame__unpack(&al, len, data);
   if (!f) {
+    arena_release(a);
     if (why) *why = "frame does not decode";
     return PARLEY_EMALFORMED;
   }
+  const char *bad = NULL;
+  int rc = 0;
   if (has_field_zero(&f->base, 0)) {
-    parley__v1__frame__free_unpacked(f, NULL);
-    if (why) *why = "field number 0";
-    return PARLEY_EMALFORMED;
+    bad = "field number 0";
+    rc = PARLEY_EMALFORMED;
+  } else if (f->body_case == PARLEY__V1__FRAME__BODY__NOT_SET) {
+    bad = "frame has no body (unknown frame type?)";
+    rc = PARLEY_EUNSUPPORTED;
+  } else if ((bad = check_frame(f)) != NULL) {
+    rc = PARLEY_EINVAL;
   }
-  if (f->body_case == PARLEY__V1__FRAME__BODY__NOT_SET) {
-    parley__v1__frame__free_unpacked(f, NULL);
-    if (why) *why = "frame has no body (unknown frame type?)";
-    return PARLEY_EUNSUPPORTED;
-  }
-  const char *bad = check_frame(f);
-  if (bad) {
-    parley__v1__frame__free_unpacked(f, NULL);
+  if (rc) {
+    arena_release(a);
     if (why) *why = bad;
-    return PARLEY_EINVAL;
+    return rc;
   }
   *out = f;
   return 0;
 }
 
 void pw_frame_free(pw_frame *f) {
-  if (f) parley__v1__frame__free_unpacked(f, NULL);
+  if (!f) return;
+  arena_release(*(pw_arena **)(void *)((uint8_t *)f - PW_PREFIX));
 }
 
 int pw_encode(const pw_frame *f, size_t headroom, uint8_t **out, size_t *len) {

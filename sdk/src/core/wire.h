@@ -19,12 +19,15 @@ typedef Parley__V1__Frame pw_frame;
 #define PW_DEFAULT_MAX_FRAME (1024u * 1024u)
 
 /* Decodes one frame. On success *out must be freed with pw_frame_free.
- * Errors: PARLEY_ETOOBIG (before parsing), PARLEY_EMALFORMED (does not
- * decode), PARLEY_EUNSUPPORTED (no body: empty input, or only a frame type
- * from a later protocol version), PARLEY_EINVAL (decodes but a field is
- * invalid; *why says which). */
+ * The frame and everything in it live in one arena: its fields may be read
+ * and changed in place, but no part of it is freed (or replaced by a heap
+ * pointer) on its own. Errors: PARLEY_ETOOBIG (before parsing),
+ * PARLEY_EMALFORMED (does not decode), PARLEY_EUNSUPPORTED (no body: empty
+ * input, or only a frame type from a later protocol version), PARLEY_EINVAL
+ * (decodes but a field is invalid; *why says which), PARLEY_ENOMEM. */
 int pw_decode(const uint8_t *data, size_t len, size_t max_bytes,
               pw_frame **out, const char **why);
+/* Frees a frame pw_decode returned (and only such a frame). NULL: no-op. */
 void pw_frame_free(pw_frame *f);
 
 /* Encodes a frame into a new malloc'd buffer with `headroom` spare bytes in
