@@ -315,8 +315,8 @@ if sh("command -v gnuplot") ~= "" then
       end
       series[#series + 1] = { s[1], v }
     end
-    gnuplot("ack_rtt", "ACK round trip, one message in flight", "microseconds", series,
-      { "p50", "p90", "p99" })
+    gnuplot("ack_rtt", "ACK round trip, one message in flight", "microseconds (log)", series,
+      { "p50", "p90", "p99" }, { logy = true })
   end
   -- Turn latency at 50% and 90% load.
   do
@@ -331,8 +331,8 @@ if sh("command -v gnuplot") ~= "" then
         series[#series + 1] = { s[1] .. " at " .. load .. " load", v }
       end
     end
-    gnuplot("turns_latency", "Turn latency percentiles (customer send to reply received)", "milliseconds",
-      series, { "p50", "p90", "p99" })
+    gnuplot("turns_latency", "Turn latency percentiles (customer send to reply received)",
+      "milliseconds (log)", series, { "p50", "p90", "p99" }, { logy = true })
   end
   -- Throughput: turns per second.
   do

@@ -7,10 +7,10 @@
  *   - c: a C function pointer (called through a volatile pointer so it is
  *     a real call) with the event struct.
  *   - lua-table: what the Lua runtime does today (lua/src/runtime.c). The
- *     conversion function there, push_event, is static and the runtime
- *     cannot be driven without its VM, driver and commit machinery, so
- *     this file mirrors it line for line: push_event runs under lua_pcall
- *     and fills a fresh table with every field (kind, conversation, seq,
+ *     runtime cannot be driven without its VM, driver and commit
+ *     machinery, so this file calls its conversion function,
+ *     plr_event_push, and mirrors the rest: plr_event_push runs under
+ *     lua_pcall and fills a fresh table with every field (kind, conversation, seq,
  *     time, sender, sender_role, redelivered, hex id, content, text,
  *     tags...), the table is kept in the registry (plr_rt_on_event), then
  *     like job_start/plr_job_resume a new coroutine is made and referenced,
@@ -44,6 +44,7 @@
 #include <parley/client.h>
 
 #include "bench.h"
+#include "runtime.h"
 #include "sample.h"
 
 /* Timed loops read this thread's CPU clock rather than the wall clock: the
@@ -60,112 +61,6 @@ static uint64_t cpu_now_ns(void) {
 #define HOOK_STEP 1000
 
 /* -------------------------------------------------- the runtime's path */
-
-static const char *event_kind_name(parley_event_kind k) {
-  switch (k) {
-  case PARLEY_EVENT_MESSAGE: return "message";
-  case PARLEY_EVENT_OPENED: return "opened";
-  case PARLEY_EVENT_ASSIGNED: return "assigned";
-  case PARLEY_EVENT_HANDED_OFF: return "handed_off";
-  case PARLEY_EVENT_HANDED_BACK: return "handed_back";
-  case PARLEY_EVENT_CLOSED: return "closed";
-  case PARLEY_EVENT_TAGGED: return "tagged";
-  case PARLEY_EVENT_STATE_CHANGED: return "state_changed";
-  case PARLEY_EVENT_LOCALE_CHANGED: return "locale_changed";
-  default: return "unknown";
-  }
-}
-
-static const char *role_name(parley_role r) {
-  switch (r) {
-  case PARLEY_ROLE_CUSTOMER: return "customer";
-  case PARLEY_ROLE_AGENT: return "agent";
-  case PARLEY_ROLE_BOT: return "bot";
-  case PARLEY_ROLE_SYSTEM: return "system";
-  default: return "unknown";
-  }
-}
-
-static const char *content_name(parley_content_kind k) {
-  switch (k) {
-  case PARLEY_CONTENT_TEXT: return "text";
-  case PARLEY_CONTENT_CARD: return "card";
-  case PARLEY_CONTENT_QUICK_REPLIES: return "quick_replies";
-  case PARLEY_CONTENT_IMAGE: return "image";
-  case PARLEY_CONTENT_POSTBACK: return "postback";
-  default: return "none";
-  }
-}
-
-static void set_str(lua_State *L, const char *k, const char *v) {
-  if (!v) return;
-  lua_pushstring(L, v);
-  lua_setfield(L, -2, k);
-}
-
-static void set_list(lua_State *L, const char *k, const char *const *v, size_t n) {
-  if (!v && !n) return;
-  lua_createtable(L, (int)n, 0);
-  for (size_t i = 0; i < n; i++) {
-    lua_pushstring(L, v[i] ? v[i] : "");
-    lua_rawseti(L, -2, (lua_Integer)i + 1);
-  }
-  lua_setfield(L, -2, k);
-}
-
-/* A copy of runtime.c's push_event: the table handlers get. */
-static int push_event(lua_State *L) {
-  const parley_event *ev = lua_touserdata(L, 1);
-  lua_createtable(L, 0, 16);
-  set_str(L, "kind", event_kind_name(ev->kind));
-  set_str(L, "conversation", ev->conversation);
-  lua_pushinteger(L, (lua_Integer)ev->seq);
-  lua_setfield(L, -2, "seq");
-  lua_pushinteger(L, (lua_Integer)ev->server_time_ms);
-  lua_setfield(L, -2, "time");
-  set_str(L, "sender", ev->sender ? ev->sender : "");
-  set_str(L, "sender_role", role_name(ev->sender_role));
-  lua_pushboolean(L, ev->redelivered);
-  lua_setfield(L, -2, "redelivered");
-  if (ev->has_msg_id) {
-    char hex[33];
-    parley_msg_id_hex(ev->msg_id, hex);
-    set_str(L, "id", hex);
-  }
-  if (ev->kind == PARLEY_EVENT_MESSAGE) {
-    const parley_content *c = &ev->content;
-    set_str(L, "content", content_name(c->kind));
-    if (c->kind == PARLEY_CONTENT_POSTBACK) {
-      set_str(L, "payload", c->payload ? c->payload : "");
-      set_str(L, "label", c->label);
-      lua_pushinteger(L, (lua_Integer)c->source_seq);
-      lua_setfield(L, -2, "source_seq");
-    } else {
-      set_str(L, "text", c->text ? c->text : (c->fallback ? c->fallback : ""));
-      set_str(L, "title", c->title);
-      set_str(L, "image_url", c->image_url);
-    }
-    if (ev->quote.seq) {
-      lua_createtable(L, 0, 3);
-      lua_pushinteger(L, (lua_Integer)ev->quote.seq);
-      lua_setfield(L, -2, "seq");
-      set_str(L, "excerpt", ev->quote.excerpt);
-      set_str(L, "sender", ev->quote.sender);
-      lua_setfield(L, -2, "quote");
-    }
-  }
-  const parley_action *a = &ev->action;
-  set_str(L, "queue", a->queue);
-  set_str(L, "note", a->note);
-  set_list(L, "tags_add", a->tags_add, a->n_tags_add);
-  set_list(L, "tags_remove", a->tags_remove, a->n_tags_remove);
-  set_str(L, "assignee", ev->assignee);
-  set_list(L, "tags", ev->tags, ev->n_tags);
-  set_list(L, "state_keys", ev->state_keys, ev->n_state_keys);
-  set_str(L, "locale", ev->locale ? ev->locale : a->locale);
-  set_str(L, "customer", ev->customer);
-  return 1;
-}
 
 /* The budget hook as lua/src/vm.c has it, minus the error path: a handler
  * this short never reaches it. */
@@ -269,10 +164,10 @@ static int lazy_index(lua_State *L) {
   else if (strcmp(k, "seq") == 0) lua_pushinteger(L, (lua_Integer)ev->seq);
   else if (strcmp(k, "conversation") == 0) lua_pushstring(L, ev->conversation);
   else if (strcmp(k, "sender") == 0) lua_pushstring(L, ev->sender ? ev->sender : "");
-  else if (strcmp(k, "sender_role") == 0) lua_pushstring(L, role_name(ev->sender_role));
-  else if (strcmp(k, "kind") == 0) lua_pushstring(L, event_kind_name(ev->kind));
+  else if (strcmp(k, "sender_role") == 0) lua_pushstring(L, plr_role_name(ev->sender_role));
+  else if (strcmp(k, "kind") == 0) lua_pushstring(L, plr_event_kind_name(ev->kind));
   else if (strcmp(k, "time") == 0) lua_pushinteger(L, (lua_Integer)ev->server_time_ms);
-  else if (strcmp(k, "content") == 0) lua_pushstring(L, content_name(ev->content.kind));
+  else if (strcmp(k, "content") == 0) lua_pushstring(L, plr_content_name(ev->content.kind));
   else if (strcmp(k, "redelivered") == 0) lua_pushboolean(L, ev->redelivered);
   else if (strcmp(k, "id") == 0 && ev->has_msg_id) {
     char hex[33];
@@ -345,8 +240,8 @@ static int one_pcall(bench_ctx *b, lua_CFunction conv) {
   return ok ? 0 : 1;
 }
 
-static int v_table_co(bench_ctx *b) { return one_coroutine(b, push_event); }
-static int v_table(bench_ctx *b) { return one_pcall(b, push_event); }
+static int v_table_co(bench_ctx *b) { return one_coroutine(b, plr_event_push); }
+static int v_table(bench_ctx *b) { return one_pcall(b, plr_event_push); }
 static int v_ud_co(bench_ctx *b) { return one_coroutine(b, push_lazy); }
 static int v_ud(bench_ctx *b) { return one_pcall(b, push_lazy); }
 
@@ -489,7 +384,7 @@ int main(int argc, char **argv) {
     lua_close(L);
   }
   bench_note("lua_hook",
-             "%s in-process. lua-table mirrors lua/src/runtime.c (push_event under pcall, "
+             "%s in-process. lua-table is lua/src/runtime.c's plr_event_push under pcall as the runtime runs it ("
              "registry ref, a coroutine per event with the budget count hook, CPU clock around "
              "lua_resume), without runtime.lua's dispatch and commit wrappers. lua-userdata: "
              "the event copied into one userdata, fields made on first access by __index. "

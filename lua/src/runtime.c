@@ -328,7 +328,7 @@ static void pump_all(plr_runtime *r) {
 
 /* Inbound. -------------------------------------------------------------- */
 
-static const char *event_kind_name(parley_event_kind k) {
+const char *plr_event_kind_name(parley_event_kind k) {
   switch (k) {
   case PARLEY_EVENT_MESSAGE: return "message";
   case PARLEY_EVENT_OPENED: return "opened";
@@ -343,7 +343,7 @@ static const char *event_kind_name(parley_event_kind k) {
   }
 }
 
-static const char *role_name(parley_role r) {
+const char *plr_role_name(parley_role r) {
   switch (r) {
   case PARLEY_ROLE_CUSTOMER: return "customer";
   case PARLEY_ROLE_AGENT: return "agent";
@@ -353,7 +353,7 @@ static const char *role_name(parley_role r) {
   }
 }
 
-static const char *content_name(parley_content_kind k) {
+const char *plr_content_name(parley_content_kind k) {
   switch (k) {
   case PARLEY_CONTENT_TEXT: return "text";
   case PARLEY_CONTENT_CARD: return "card";
@@ -381,17 +381,17 @@ static void set_list(lua_State *L, const char *k, const char *const *v, size_t n
 }
 
 /* Pushes an event as the table handlers get. Runs protected. */
-static int push_event(lua_State *L) {
+int plr_event_push(lua_State *L) {
   const parley_event *ev = lua_touserdata(L, 1);
   lua_createtable(L, 0, 16);
-  set_str(L, "kind", event_kind_name(ev->kind));
+  set_str(L, "kind", plr_event_kind_name(ev->kind));
   set_str(L, "conversation", ev->conversation);
   lua_pushinteger(L, (lua_Integer)ev->seq);
   lua_setfield(L, -2, "seq");
   lua_pushinteger(L, (lua_Integer)ev->server_time_ms);
   lua_setfield(L, -2, "time");
   set_str(L, "sender", ev->sender ? ev->sender : "");
-  set_str(L, "sender_role", role_name(ev->sender_role));
+  set_str(L, "sender_role", plr_role_name(ev->sender_role));
   lua_pushboolean(L, ev->redelivered);
   lua_setfield(L, -2, "redelivered");
   if (ev->has_msg_id) {
@@ -401,7 +401,7 @@ static int push_event(lua_State *L) {
   }
   if (ev->kind == PARLEY_EVENT_MESSAGE) {
     const parley_content *c = &ev->content;
-    set_str(L, "content", content_name(c->kind));
+    set_str(L, "content", plr_content_name(c->kind));
     if (c->kind == PARLEY_CONTENT_POSTBACK) {
       set_str(L, "payload", c->payload ? c->payload : "");
       set_str(L, "label", c->label);
@@ -470,7 +470,7 @@ void plr_rt_on_event(plr_runtime *r, const parley_event *ev) {
     lua_State *L = plr_vm_state(r->vm);
     plr_vm_budget(r->vm, L, PLR_INTERNAL_BUDGET, false);
     plr_vm_uncapped(r->vm);
-    lua_pushcfunction(L, push_event);
+    lua_pushcfunction(L, plr_event_push);
     lua_pushlightuserdata(L, (void *)ev);
     if (lua_pcall(L, 1, 1, 0) != LUA_OK) {
       plr_log(r, 3, c->id, ev->seq, "cannot convert the event: %s", lua_tostring(L, -1));

@@ -19,6 +19,8 @@
 #include <stdint.h>
 #include <stdio.h>
 
+#include <parley/types.h>
+
 struct uv_loop_s;
 typedef struct plr_runtime plr_runtime;
 
@@ -86,6 +88,18 @@ int plr_runtime_send_proactive(plr_runtime *r, const char *conversation,
                                void (*done)(void *ud, int status, uint64_t seq,
                                             bool duplicate),
                                void *ud);
+
+/* Pushes an inbound event (a parley_event, given as a light userdata in
+ * argument 1) as the table handlers receive it. A lua_CFunction, to be run
+ * protected; the runtime calls it for every event, and bench/micro measures
+ * it. */
+struct lua_State;
+int plr_event_push(struct lua_State *L);
+/* The names handlers see for an event's kind, a sender's role and a
+ * content kind ("message", "customer", "text"...). */
+const char *plr_event_kind_name(parley_event_kind kind);
+const char *plr_role_name(parley_role role);
+const char *plr_content_name(parley_content_kind kind);
 
 /* The runtime's client (adapter runtimes only), NULL otherwise: for
  * readiness and metrics. */
