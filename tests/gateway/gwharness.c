@@ -282,3 +282,67 @@ int gwh_ack(wsc *c, const char *conv, uint64_t upto) {
   f.ack = &a;
   return wsc_send_frame(c, &f);
 }
+
+pw_frame *gwh_commit(wsc *bot, const char *conv, uint64_t epoch, uint64_t ack_seq,
+                     const char *key, const char *json, const char *tag, uint64_t req) {
+  Parley__V1__StateEntry se = PARLEY__V1__STATE_ENTRY__INIT;
+  Parley__V1__StateEntry *sep = &se;
+  Parley__V1__ConversationCommit it = PARLEY__V1__CONVERSATION_COMMIT__INIT;
+  it.conversation = (char *)conv;
+  it.epoch = epoch;
+  it.ack_seq = ack_seq;
+  if (key) {
+    se.key = (char *)key;
+    se.value.data = (uint8_t *)json;
+    se.value.len = strlen(json);
+    it.state = &sep;
+    it.n_state = 1;
+  }
+  char *tags[1] = {(char *)tag};
+  if (tag) {
+    it.tags_add = tags;
+    it.n_tags_add = 1;
+  }
+  Parley__V1__ConversationCommit *itp = &it;
+  Parley__V1__Commit cm = PARLEY__V1__COMMIT__INIT;
+  cm.request_id = req;
+  cm.items = &itp;
+  cm.n_items = 1;
+  pw_frame fr = PARLEY__V1__FRAME__INIT;
+  fr.body_case = PARLEY__V1__FRAME__BODY_COMMIT;
+  fr.commit = &cm;
+  if (wsc_send_frame(bot, &fr) != 0) return NULL;
+  for (int i = 0; i < 100; i++) {
+    pw_frame *r = gwh_wait(bot, PARLEY__V1__FRAME__BODY_COMMIT_RESULT, 3000);
+    if (!r || r->commit_result->request_id == req) return r;
+    pw_frame_free(r);
+  }
+  return NULL;
+}
+
+const char *gwh_fx_limits;
+
+int gwh_fx_setup(void **state) {
+  gwh_fx *f = calloc(1, sizeof *f);
+  if (!f || !(f->dir = gwh_tmpdir())) {
+    free(f);
+    return -1;
+  }
+  f->h = gwh_start(f->dir, gwh_fx_limits, NULL);
+  if (!f->h) {
+    gwh_rmdir(f->dir);
+    free(f);
+    return -1;
+  }
+  *state = f;
+  return 0;
+}
+
+int gwh_fx_teardown(void **state) {
+  gwh_fx *f = *state;
+  if (!f) return 0;
+  gwh_stop(f->h);
+  gwh_rmdir(f->dir);
+  free(f);
+  return 0;
+}

@@ -50,6 +50,23 @@ int gwh_ack(wsc *c, const char *conv, uint64_t upto);
 /* Waits for a frame of the given kind, dropping others. */
 pw_frame *gwh_wait(wsc *c, Parley__V1__Frame__BodyCase kind, int timeout_ms);
 
+/* A bot's Commit of one conversation up to ack_seq, with one state entry
+ * (key and its JSON, when key is not NULL) and one tag added (when tag is
+ * not NULL); returns the CommitResult answering request `req`, or NULL. */
+pw_frame *gwh_commit(wsc *bot, const char *conv, uint64_t epoch, uint64_t ack_seq,
+                     const char *key, const char *json, const char *tag, uint64_t req);
+
+/* The cmocka fixture most gateway tests share: a gateway in a fresh
+ * directory, with the default limits (gwh_fx_setup) or with its own
+ * limits block set in gwh_fx_limits before the group runs. */
+typedef struct gwh_fx {
+  char *dir;
+  gwh *h;
+} gwh_fx;
+extern const char *gwh_fx_limits;
+int gwh_fx_setup(void **state);
+int gwh_fx_teardown(void **state);
+
 #define R_CUSTOMER PARLEY__V1__ROLE__ROLE_CUSTOMER
 #define R_AGENT PARLEY__V1__ROLE__ROLE_AGENT
 #define R_BOT PARLEY__V1__ROLE__ROLE_BOT

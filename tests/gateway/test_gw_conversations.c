@@ -17,28 +17,10 @@
 
 #define E(x) PARLEY__V1__ERROR_CODE__ERROR_##x
 
-typedef struct fx {
-  char *dir;
-  gwh *h;
-} fx;
-
-static int setup(void **state) {
-  fx *f = calloc(1, sizeof *f);
-  f->dir = gwh_tmpdir();
-  assert_non_null(f->dir);
-  f->h = gwh_start(f->dir, NULL, NULL);
-  assert_non_null(f->h);
-  *state = f;
-  return 0;
-}
-
-static int teardown(void **state) {
-  fx *f = *state;
-  gwh_stop(f->h);
-  gwh_rmdir(f->dir);
-  free(f);
-  return 0;
-}
+/* The shared fixture (gwharness.h): a gateway in a fresh directory. */
+typedef gwh_fx fx;
+#define setup gwh_fx_setup
+#define teardown gwh_fx_teardown
 
 static pw_frame *fetch(wsc *c, const char *conv, uint64_t from, uint64_t to, uint32_t limit,
                        uint64_t req) {
@@ -139,42 +121,7 @@ static void test_fetch_paging(void **state) {
   wsc_close(cu, 1000);
 }
 
-static pw_frame *commit(wsc *bot, const char *conv, uint64_t epoch, uint64_t ack_seq,
-                        const char *key, const char *json, const char *tag, uint64_t req) {
-  Parley__V1__StateEntry se = PARLEY__V1__STATE_ENTRY__INIT;
-  Parley__V1__StateEntry *sep = &se;
-  Parley__V1__ConversationCommit it = PARLEY__V1__CONVERSATION_COMMIT__INIT;
-  it.conversation = (char *)conv;
-  it.epoch = epoch;
-  it.ack_seq = ack_seq;
-  if (key) {
-    se.key = (char *)key;
-    se.value.data = (uint8_t *)json;
-    se.value.len = strlen(json);
-    it.state = &sep;
-    it.n_state = 1;
-  }
-  char *tags[1] = {(char *)tag};
-  if (tag) {
-    it.tags_add = tags;
-    it.n_tags_add = 1;
-  }
-  Parley__V1__ConversationCommit *itp = &it;
-  Parley__V1__Commit cm = PARLEY__V1__COMMIT__INIT;
-  cm.request_id = req;
-  cm.items = &itp;
-  cm.n_items = 1;
-  pw_frame fr = PARLEY__V1__FRAME__INIT;
-  fr.body_case = PARLEY__V1__FRAME__BODY_COMMIT;
-  fr.commit = &cm;
-  if (wsc_send_frame(bot, &fr) != 0) return NULL;
-  for (int i = 0; i < 100; i++) {
-    pw_frame *r = gwh_wait(bot, PARLEY__V1__FRAME__BODY_COMMIT_RESULT, 2000);
-    if (!r || r->commit_result->request_id == req) return r;
-    pw_frame_free(r);
-  }
-  return NULL;
-}
+#define commit gwh_commit
 
 static void test_commit_state_tags(void **state) {
   fx *f = *state;

@@ -15,28 +15,10 @@
 
 #include "gwharness.h"
 
-typedef struct fx {
-  char *dir;
-  gwh *h;
-} fx;
-
-static int setup(void **state) {
-  fx *f = calloc(1, sizeof *f);
-  f->dir = gwh_tmpdir();
-  assert_non_null(f->dir);
-  f->h = gwh_start(f->dir, NULL, NULL);
-  assert_non_null(f->h);
-  *state = f;
-  return 0;
-}
-
-static int teardown(void **state) {
-  fx *f = *state;
-  gwh_stop(f->h);
-  gwh_rmdir(f->dir);
-  free(f);
-  return 0;
-}
+/* The shared fixture (gwharness.h): a gateway in a fresh directory. */
+typedef gwh_fx fx;
+#define setup gwh_fx_setup
+#define teardown gwh_fx_teardown
 
 static void test_auth_refusals(void **state) {
   fx *f = *state;

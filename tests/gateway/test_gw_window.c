@@ -26,30 +26,13 @@
 
 #define E(x) PARLEY__V1__ERROR_CODE__ERROR_##x
 
-typedef struct fx {
-  char *dir;
-  gwh *h;
-} fx;
-
-/* A small window so that shares are visible: 8 events in flight per
- * connection. The redelivery timeout is long enough not to interfere. */
-static int setup(void **state) {
-  fx *f = calloc(1, sizeof *f);
-  f->dir = gwh_tmpdir();
-  assert_non_null(f->dir);
-  f->h = gwh_start(f->dir, "  ack_timeout: 5s\n  heartbeat: 2s\n  window: 8", NULL);
-  assert_non_null(f->h);
-  *state = f;
-  return 0;
-}
-
-static int teardown(void **state) {
-  fx *f = *state;
-  gwh_stop(f->h);
-  gwh_rmdir(f->dir);
-  free(f);
-  return 0;
-}
+/* The shared fixture (gwharness.h): a gateway in a fresh directory, with
+ * a small window (8 events in flight per connection) so that shares are
+ * visible, and a redelivery timeout long enough not to interfere. */
+typedef gwh_fx fx;
+#define setup gwh_fx_setup
+#define teardown gwh_fx_teardown
+#define WINDOW_LIMITS "  ack_timeout: 5s\n  heartbeat: 2s\n  window: 8"
 
 static void send_ok(wsc *c, const char *conv, uint32_t id) {
   char text[32];
@@ -59,29 +42,6 @@ static void send_ok(wsc *c, const char *conv, uint32_t id) {
   assert_non_null(a);
   assert_int_equal(a->send_ack->error, 0);
   pw_frame_free(a);
-}
-
-static pw_frame *commit(wsc *bot, const char *conv, uint64_t epoch, uint64_t ack_seq,
-                        uint64_t req) {
-  Parley__V1__ConversationCommit it = PARLEY__V1__CONVERSATION_COMMIT__INIT;
-  it.conversation = (char *)conv;
-  it.epoch = epoch;
-  it.ack_seq = ack_seq;
-  Parley__V1__ConversationCommit *itp = &it;
-  Parley__V1__Commit cm = PARLEY__V1__COMMIT__INIT;
-  cm.request_id = req;
-  cm.items = &itp;
-  cm.n_items = 1;
-  pw_frame fr = PARLEY__V1__FRAME__INIT;
-  fr.body_case = PARLEY__V1__FRAME__BODY_COMMIT;
-  fr.commit = &cm;
-  if (wsc_send_frame(bot, &fr) != 0) return NULL;
-  for (int i = 0; i < 100; i++) {
-    pw_frame *r = gwh_wait(bot, PARLEY__V1__FRAME__BODY_COMMIT_RESULT, 3000);
-    if (!r || r->commit_result->request_id == req) return r;
-    pw_frame_free(r);
-  }
-  return NULL;
 }
 
 /* Counts, per conversation, the events pushed until nothing more comes
@@ -140,7 +100,7 @@ static void test_backlog_does_not_take_the_window(void **state) {
   assert_int_equal(total, 8);
   /* Committing one conversation frees its share for that conversation,
    * not for the first stream the gateway happens to visit. */
-  pw_frame *r = commit(bot, CONVS[2], epoch[2], high[2], 1);
+  pw_frame *r = gwh_commit(bot, CONVS[2], epoch[2], high[2], NULL, NULL, NULL, 1);
   assert_non_null(r);
   assert_int_equal(r->commit_result->outcomes[0]->error, 0);
   pw_frame_free(r);
@@ -181,7 +141,7 @@ static void test_commit_what_an_earlier_connection_got(void **state) {
   assert_int_equal(got[0], 2);
   assert_true(high[0] < given);
   /* What it handled before the cut it may commit under the new epoch. */
-  pw_frame *r = commit(bot, "win-a", epoch[0], given, 1);
+  pw_frame *r = gwh_commit(bot, "win-a", epoch[0], given, NULL, NULL, NULL, 1);
   assert_non_null(r);
   assert_int_equal(r->commit_result->outcomes[0]->error, 0);
   assert_false(r->commit_result->outcomes[0]->duplicate);
@@ -196,7 +156,7 @@ static void test_commit_what_an_earlier_connection_got(void **state) {
   assert_int_equal(n, 1);
   assert_int_equal(seqs[0], given + 1);
   /* Beyond anything the bot was ever given is still refused. */
-  r = commit(bot, "win-a", epoch[0], given + 5, 2);
+  r = gwh_commit(bot, "win-a", epoch[0], given + 5, NULL, NULL, NULL, 2);
   assert_non_null(r);
   assert_int_equal(r->commit_result->outcomes[0]->error, E(ACK_OUT_OF_RANGE));
   pw_frame_free(r);
@@ -258,6 +218,7 @@ static void test_fetched_seq_may_be_acked(void **state) {
 }
 
 int main(void) {
+  gwh_fx_limits = WINDOW_LIMITS;
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(test_backlog_does_not_take_the_window, setup, teardown),
       cmocka_unit_test_setup_teardown(test_commit_what_an_earlier_connection_got, setup,

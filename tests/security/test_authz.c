@@ -24,30 +24,13 @@
 #define E(x) PARLEY__V1__ERROR_CODE__ERROR_##x
 #define NOCODE (-1)
 
-typedef struct fx {
-  char *dir;
-  gwh *h;
-} fx;
+/* The shared fixture (tests/gateway/gwharness.h): a gateway in a fresh
+ * directory. */
+typedef gwh_fx fx;
+#define setup gwh_fx_setup
+#define teardown gwh_fx_teardown
 
 static int cells, refused_cells, allowed_cells;
-
-static int setup(void **state) {
-  fx *f = calloc(1, sizeof *f);
-  f->dir = gwh_tmpdir();
-  assert_non_null(f->dir);
-  f->h = gwh_start(f->dir, NULL, NULL);
-  assert_non_null(f->h);
-  *state = f;
-  return 0;
-}
-
-static int teardown(void **state) {
-  fx *f = *state;
-  gwh_stop(f->h);
-  gwh_rmdir(f->dir);
-  free(f);
-  return 0;
-}
 
 static const char *code_name(int code) {
   if (code == NOCODE) return "(no answer)";
