@@ -5,6 +5,7 @@
 #define PARLEY_TESTS_FUZZ_COMMON_H
 
 #include <stddef.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -49,6 +50,38 @@ static inline const uint8_t *fz_bytes(fz_reader *r, size_t n, size_t *got) {
   r->left -= n;
   *got = n;
   return p;
+}
+
+/* Strict UTF-8 (no overlongs, surrogates or code points past U+10FFFF). */
+static inline bool fz_utf8_ok(const char *s, size_t n) {
+  const unsigned char *p = (const unsigned char *)s;
+  size_t i = 0;
+  while (i < n) {
+    unsigned c = p[i];
+    size_t k;
+    unsigned min;
+    if (c < 0x80) {
+      i++;
+      continue;
+    } else if (c >= 0xC2 && c <= 0xDF) {
+      k = 1, min = 0x80;
+    } else if (c >= 0xE0 && c <= 0xEF) {
+      k = 2, min = 0x800;
+    } else if (c >= 0xF0 && c <= 0xF4) {
+      k = 3, min = 0x10000;
+    } else {
+      return false;
+    }
+    if (n - i < k + 1) return false;
+    unsigned cp = c & (0x3Fu >> k);
+    for (size_t j = 1; j <= k; j++) {
+      if ((p[i + j] & 0xC0) != 0x80) return false;
+      cp = (cp << 6) | (p[i + j] & 0x3Fu);
+    }
+    if (cp < min || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) return false;
+    i += k + 1;
+  }
+  return true;
 }
 
 #endif

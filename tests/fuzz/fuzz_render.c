@@ -189,38 +189,6 @@ static void write_template(const char *path, const uint8_t *s, size_t n, bool pl
   free(b.p);
 }
 
-/* Strict UTF-8 (no overlongs, surrogates or code points past U+10FFFF). */
-static bool utf8_ok(const char *s, size_t n) {
-  const unsigned char *p = (const unsigned char *)s;
-  size_t i = 0;
-  while (i < n) {
-    unsigned c = p[i];
-    size_t k;
-    unsigned min;
-    if (c < 0x80) {
-      i++;
-      continue;
-    } else if (c >= 0xC2 && c <= 0xDF) {
-      k = 1, min = 0x80;
-    } else if (c >= 0xE0 && c <= 0xEF) {
-      k = 2, min = 0x800;
-    } else if (c >= 0xF0 && c <= 0xF4) {
-      k = 3, min = 0x10000;
-    } else {
-      return false;
-    }
-    if (n - i < k + 1) return false;
-    unsigned cp = c & (0x3Fu >> k);
-    for (size_t j = 1; j <= k; j++) {
-      if ((p[i + j] & 0xC0) != 0x80) return false;
-      cp = (cp << 6) | (p[i + j] & 0x3Fu);
-    }
-    if (cp < min || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) return false;
-    i += k + 1;
-  }
-  return true;
-}
-
 enum { VK_STRING, VK_INT, VK_FLOAT, VK_BOOL, VK_TABLE, VK_SHOW, VK_HUGE, VK_FUNCTION };
 
 typedef struct fr_var {
@@ -286,7 +254,7 @@ static void model_render(fr_model *m, const char *tpl, size_t n, const fr_var *v
           m->out = OUT_TYPE;
           return;
         }
-        if (!utf8_ok(v->text, v->len)) {
+        if (!fz_utf8_ok(v->text, v->len)) {
           m->out = OUT_UTF8;
           return;
         }
@@ -561,7 +529,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     FZ_CHECK(lua_type(L, -1) == LUA_TSTRING, "parley.t returned a %s", luaL_typename(L, -1));
     FZ_CHECK(!misuse, "misuse (flags %#x) rendered '%.80s'", flags, s);
     FZ_CHECK(n <= FR_TEXT_MAX, "rendered %zu bytes, over the %d-byte limit", n, FR_TEXT_MAX);
-    FZ_CHECK(utf8_ok(s, n), "rendered text is not valid UTF-8");
+    FZ_CHECK(fz_utf8_ok(s, n), "rendered text is not valid UTF-8");
     FZ_CHECK(memchr(s, 0, n) == NULL, "rendered text with a NUL byte");
     bool same = false;
     for (size_t i = 0; i < nmodels; i++)
@@ -581,7 +549,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     /* Bounded by the placeholder name it may quote, never by a value. */
     size_t longest = en_n > tag_text_n ? en_n : tag_text_n;
     FZ_CHECK(n <= FR_ERR_LINE_MAX + longest, "error of %zu bytes: '%.200s'", n, e);
-    FZ_CHECK(utf8_ok(e, n) && !memchr(e, 0, n), "error text is not clean UTF-8");
+    FZ_CHECK(fz_utf8_ok(e, n) && !memchr(e, 0, n), "error text is not clean UTF-8");
     /* Misuse is the caller's line, as every error of the API. */
     FZ_CHECK(strncmp(e, "botcode:1: ", 11) == 0, "error not at the caller's line: '%s'", e);
     bool known = false;

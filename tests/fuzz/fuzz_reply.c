@@ -121,45 +121,13 @@ static ssize_t fr_log_write(void *cookie, const char *buf, size_t n) {
   return (ssize_t)n;
 }
 
-/* Strict UTF-8 (no overlongs, surrogates or code points past U+10FFFF). */
-static bool utf8_ok(const char *s, size_t n) {
-  const unsigned char *p = (const unsigned char *)s;
-  size_t i = 0;
-  while (i < n) {
-    unsigned c = p[i];
-    size_t k;
-    unsigned min;
-    if (c < 0x80) {
-      i++;
-      continue;
-    } else if (c >= 0xC2 && c <= 0xDF) {
-      k = 1, min = 0x80;
-    } else if (c >= 0xE0 && c <= 0xEF) {
-      k = 2, min = 0x800;
-    } else if (c >= 0xF0 && c <= 0xF4) {
-      k = 3, min = 0x10000;
-    } else {
-      return false;
-    }
-    if (n - i < k + 1) return false;
-    unsigned cp = c & (0x3Fu >> k);
-    for (size_t j = 1; j <= k; j++) {
-      if ((p[i + j] & 0xC0) != 0x80) return false;
-      cp = (cp << 6) | (p[i + j] & 0x3Fu);
-    }
-    if (cp < min || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) return false;
-    i += k + 1;
-  }
-  return true;
-}
-
 /* Checks an optional string: NULL, or valid UTF-8 of at most max bytes.
  * Returns its length (0 for NULL). */
 static size_t check_str(const char *s, size_t max, const char *what) {
   if (!s) return 0;
   size_t n = strnlen(s, max + 1);
   FZ_CHECK(n <= max, "%s longer than %zu bytes", what, max);
-  FZ_CHECK(utf8_ok(s, n), "%s is not valid UTF-8", what);
+  FZ_CHECK(fz_utf8_ok(s, n), "%s is not valid UTF-8", what);
   return n;
 }
 
