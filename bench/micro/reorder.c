@@ -425,7 +425,7 @@ int main(int argc, char **argv) {
              "of the same entries with a linear scan and a memmove of the tail. dedup_ns: pe_on_deliver for half duplicates "
              "(applied or held seq), half unheld early seqs refused for room; the engine "
              "detects duplicates by seq (next seq and binary search of the held events). "
-             "Hits %.1f ns, misses %.1f ns; one pe_conv_find %.1f ns (two per event). "
+             "Hits %.1f ns, misses %.1f ns; one pe_conv_find %.1f ns (one per event). "
              "Thread CPU time.",
              hit, miss, lookup);
   return 0;

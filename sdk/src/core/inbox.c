@@ -403,8 +403,8 @@ static void conv_hold(pe_engine *e, pe_conv *c, const Parley__V1__Event *ev) {
 
 /* Finds the conversation an inbound event belongs to; for bots only the
  * conversations assigned to this connection. NULL: drop the event. */
-static pe_conv *inbound_conv(pe_engine *e, const Parley__V1__Event *ev) {
-  pe_conv *c = pe_conv_find(e, ev->conversation);
+static pe_conv *inbound_conv(pe_engine *e, const Parley__V1__Event *ev, pe_conv *found) {
+  pe_conv *c = found ? found : pe_conv_find(e, ev->conversation);
   if (e->bot) {
     if (c && c->assigned) return c;
     if (c && c->revoked) {
@@ -422,8 +422,9 @@ static pe_conv *inbound_conv(pe_engine *e, const Parley__V1__Event *ev) {
   return c;
 }
 
-static void inbound_event(pe_engine *e, const Parley__V1__Event *ev) {
-  pe_conv *c = inbound_conv(e, ev);
+/* found: the conversation when the caller already looked it up. */
+static void inbound_event(pe_engine *e, const Parley__V1__Event *ev, pe_conv *found) {
+  pe_conv *c = inbound_conv(e, ev, found);
   if (!c) return;
   if (ev->seq < c->next) {
     /* Checked again here: an earlier event of the same frame may have
@@ -451,16 +452,24 @@ static void inbound_event(pe_engine *e, const Parley__V1__Event *ev) {
 int pe_on_deliver(pe_engine *e, const Parley__V1__Deliver *d) {
   /* The whole frame is checked before anything is applied, so a frame
    * that contradicts the stream changes nothing. */
+  /* The lookups of the check are kept for the first events, so each is
+   * hashed once (conversations are never freed while the engine lives; one
+   * not found yet is looked up again, an earlier event may create it). */
+  enum { KEEP = 16 };
+  pe_conv *found[KEEP];
   for (size_t i = 0; i < d->n_events; i++) {
     const Parley__V1__Event *ev = d->events[i];
-    const char *why = contradiction(pe_conv_find(e, ev->conversation), ev);
+    pe_conv *c = pe_conv_find(e, ev->conversation);
+    if (i < KEEP) found[i] = c;
+    const char *why = contradiction(c, ev);
     if (why) {
       pe_peer_error(e, PARLEY_EPROTOCOL, "Deliver dropped: event %s#%llu: %s",
                  ev->conversation, (unsigned long long)ev->seq, why);
       return PARLEY_EPROTOCOL;
     }
   }
-  for (size_t i = 0; i < d->n_events; i++) inbound_event(e, d->events[i]);
+  for (size_t i = 0; i < d->n_events; i++)
+    inbound_event(e, d->events[i], i < KEEP ? found[i] : NULL);
   return 0;
 }
 
