@@ -11,7 +11,7 @@
 #include "gw.h"
 
 enum {
-  S_CONV_GET, S_CONV_INS, S_CONV_UPD, S_CONV_BY_CUSTOMER, S_CONV_BY_ASSIGNEE, S_CONV_QUEUED,
+  S_CONV_GET, S_CONV_INS, S_CONV_UPD, S_CONV_UPD_LITE, S_CONV_BY_CUSTOMER, S_CONV_BY_ASSIGNEE, S_CONV_QUEUED,
   S_CONV_QUEUED_ALL, S_CONV_BOT_QUEUED, S_EV_PUT, S_EV_RANGE, S_SENT_GET, S_SENT_PUT, S_WM_GET, S_WM_SET,
   S_STATE_ALL, S_STATE_SET, S_STATE_DEL, S_BEGIN, S_COMMIT, S_ROLLBACK, S_SAVE, S_RELEASE,
   S_ROLLBACK_TO, S_COUNT
@@ -26,6 +26,12 @@ static const char *const sql_text[S_COUNT] = {
     [S_CONV_UPD] = "UPDATE conversations SET customer=?2,assignee=?3,bot=?4,locale=?5,queue=?6,"
                    "note=?7,tags=?8,status=?9,epoch=?10,last_seq=?11,state_version=?12,"
                    "queued_ms=?13 WHERE id=?1",
+    /* The same without the indexed columns: SQLite then leaves the four
+     * indexes alone, and most updates (a new last_seq) change nothing
+     * else. Bound like S_CONV_UPD: the numbers it skips are still valid
+     * parameters (up to ?13), just unused. */
+    [S_CONV_UPD_LITE] = "UPDATE conversations SET locale=?5,note=?7,tags=?8,epoch=?10,"
+                        "last_seq=?11,state_version=?12,queued_ms=?13 WHERE id=?1",
     [S_CONV_BY_CUSTOMER] = "SELECT id FROM conversations WHERE customer=?1 ORDER BY id",
     [S_CONV_BY_ASSIGNEE] = "SELECT id FROM conversations WHERE assignee=?1 ORDER BY id",
     [S_CONV_QUEUED] = "SELECT id FROM conversations WHERE status=1 AND queue=?1 "
@@ -170,7 +176,17 @@ static char *col_str(sqlite3_stmt *s, int i) {
   return strdup(t ? (const char *)t : "");
 }
 
+/* Packs the indexed columns of r into buf (NUL-separated, then the
+ * status); 0 when they do not fit. */
+static size_t conv_keys(const pg_convrow *r, char *buf, size_t cap) {
+  int n = snprintf(buf, cap, "%s%c%s%c%s%c%s%c%d", r->customer ? r->customer : "", 0,
+                   r->assignee ? r->assignee : "", 0, r->bot ? r->bot : "", 0,
+                   r->queue ? r->queue : "", 0, r->status);
+  return n > 0 && (size_t)n < cap ? (size_t)n : 0;
+}
+
 void pg_convrow_clear(pg_convrow *r) {
+  free(r->orig_keys);
   free(r->id);
   free(r->customer);
   free(r->assignee);
@@ -210,6 +226,12 @@ int pg_db_conv_get(pg_db *db, const char *id, pg_convrow *out) {
     pg_convrow_clear(out);
     return PARLEY_ENOMEM;
   }
+  char keys[2048];
+  size_t n = conv_keys(out, keys, sizeof keys);
+  if (n && (out->orig_keys = malloc(n))) {
+    memcpy(out->orig_keys, keys, n);
+    out->orig_len = n;
+  }
   return 0;
 }
 
@@ -235,7 +257,12 @@ static int conv_write(pg_db *db, int which, const pg_convrow *r) {
 }
 
 int pg_db_conv_insert(pg_db *db, const pg_convrow *r) { return conv_write(db, S_CONV_INS, r); }
-int pg_db_conv_update(pg_db *db, const pg_convrow *r) { return conv_write(db, S_CONV_UPD, r); }
+int pg_db_conv_update(pg_db *db, const pg_convrow *r) {
+  char keys[2048];
+  size_t n = r->orig_keys ? conv_keys(r, keys, sizeof keys) : 0;
+  bool same = n && n == r->orig_len && memcmp(keys, r->orig_keys, n) == 0;
+  return conv_write(db, same ? S_CONV_UPD_LITE : S_CONV_UPD, r);
+}
 
 int pg_db_conv_each(pg_db *db, const char *where, const char *key,
                     int (*fn)(void *ud, const pg_convrow *r), void *ud) {

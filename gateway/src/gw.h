@@ -107,6 +107,11 @@ typedef struct pg_convrow {
   int status;              /* PG_CONV_* */
   uint64_t epoch, last_seq, state_version;
   int64_t queued_ms;
+  /* The indexed columns as read (customer, assignee, bot, queue, status),
+   * packed by pg_db_conv_get: an update that leaves them as they were
+   * skips the indexes. NULL for a row not read from the database. */
+  char *orig_keys;
+  size_t orig_len;
 } pg_convrow;
 
 enum { PG_CONV_OPEN = 0, PG_CONV_QUEUED = 1, PG_CONV_CLOSED = 2 };
