@@ -377,7 +377,10 @@ w("the same run. Each ratio is Parley's figure divided by the peer's. This file 
 w("`" .. args.command .. "` (`make bench`), which leaves the raw figures in")
 w("`build/bench-run/benchmarks.jsonl` and each program's own output in `build/bench-run/logs/`.")
 w()
-w("Run on " .. os.date("!%Y-%m-%d %H:%M UTC") .. " with `" .. args.command .. "`.")
+w("Run on " .. os.date("!%Y-%m-%d %H:%M UTC") .. " with `" .. args.command .. "`. The machine")
+w("below is a shared virtual machine: absolute figures move by a factor of two or three between")
+w("runs, for Parley and its peers alike, so read the ratios of one run, and for the conversation")
+w("benchmark the CPU time per turn of each process, which varies much less.")
 w()
 w("| machine | |")
 w("|---|---|")
@@ -417,9 +420,15 @@ for _, bt in ipairs(TITLES) do
   if has or results[bench] then
     w("## " .. bt[2])
     w()
+    local told = {}
     for _, r in ipairs(results[bench] or {}) do
       if not r.missing and not r.met then
         local why = WHY[bench .. "|" .. r.t.metric .. "|" .. r.t.subject .. "|" .. (r.t.param or "")]
+        if why and told[why] then
+          why = "The same limit as above."
+        elseif why then
+          told[why] = true
+        end
         w("- Not reached: " .. r.t.what .. "." .. (why and (" " .. why) or " The limit is not yet analysed."))
       end
     end
