@@ -26,8 +26,9 @@ for _, k in ipairs({ "json", "out", "command", "source" }) do
 end
 local tiny = args.tiny == "1"
 
--- The issue's targets. `why` says what limits the figure when the target is
--- not reached; it is shown only then.
+-- The targets: Parley's figure against a peer's (ratio) or against an
+-- absolute bound. bench/limits.lua says what limits a figure whose target
+-- a run misses.
 local TARGETS = {
   { bench = "codec", metric = "encode_decode_ns", subject = "parley", peer = "cjson",
     op = "<=", x = 0.35, what = "protobuf encode+decode time vs JSON (cJSON)" },

@@ -10,7 +10,7 @@
  *
  * bench/report reads those lines, pairs Parley's figure with the peer's
  * figure of the same bench, metric and param from the same run, computes
- * the ratio and checks it against the issue's target (bench/report.lua).
+ * the ratio and checks it against its target (bench/report.lua).
  *
  * Every benchmark accepts --tiny: a configuration small enough to finish in
  * seconds, used by CI to check that it runs, not to measure anything.
