@@ -52,14 +52,16 @@ return {
     "As with 16 senders: the gateway's CPU per send, not fsync, sets its rate on this disk.",
 
   ["lua_hook|call_ns|lua-table|"] =
-    "Building the 13-field message table takes about 8,000 instructions and the coroutine " ..
-    "each handler runs in (a new thread, registry references, its collection) about 4,300; " ..
-    "without the coroutine a call costs a little over half as much. In a whole turn the Lua bot " ..
-    "spends about 50 us more CPU than the C bot, so this call is not what sets its rate.",
+    "Building the 13-field message table (about 8,000 instructions) is most of the call; " ..
+    "resuming the handler's coroutine and the budget hook add the rest (without a coroutine " ..
+    "a call costs about three quarters as much). Handlers' coroutines are reused from a " ..
+    "pool; making one per event cost about 40% more. In a whole turn the Lua bot spends " ..
+    "about 50 us more CPU than the C bot, so this call is not what sets its rate.",
 
   ["lua_hook|call_ns|lua-userdata|"] =
-    "The lazy userdata saves the table's construction for fields a handler never reads, but " ..
-    "the coroutine per handler dominates (see lua-table).",
+    "The lazy userdata builds only the fields a handler reads, but copies the event into " ..
+    "one block first (a handler may run after the engine's callback returned) and pays the " ..
+    "same coroutine resume; it saves little over the table for a handler that reads the text.",
 
   ["reorder|insert_ns|parley|buffered=10000"] =
     "The search is no longer the cost: each insert also makes the packed copy of the event " ..

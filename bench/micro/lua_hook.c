@@ -13,10 +13,12 @@
  *     lua_pcall and fills a fresh table with every field (kind, conversation, seq,
  *     time, sender, sender_role, redelivered, hex id, content, text,
  *     tags...), the table is kept in the registry (plr_rt_on_event), then
- *     like job_start/plr_job_resume a new coroutine is made and referenced,
+ *     like job_start/plr_job_resume a coroutine is taken from the pool
+ *     (the runtime keeps the coroutines of handlers that returned normally),
  *     the instruction-budget count hook is set on it, the handler and the
- *     message are moved over, the CPU clock is read around lua_resume, and
- *     both references are dropped at the end. Not included: runtime.lua's
+ *     message are moved over, the CPU clock is read around lua_resume, the
+ *     message's reference is dropped and the coroutine goes back to the
+ *     pool. Not included: runtime.lua's
  *     run/finish wrappers (handler dispatch, state diff, commit), which are
  *     bookkeeping around the call, not the call. The state allocates
  *     through a copy of the runtime's capped, counting allocator. The
@@ -195,10 +197,13 @@ typedef struct bench_ctx {
   int handler_ref;
   const parley_event *ev;
   int64_t cpu_ns;
+  lua_State *pooled; /* the runtime's coroutine pool, one deep here */
+  int pooled_ref;
 } bench_ctx;
 
 /* One event through the runtime's path: conversion under pcall, registry
- * reference, coroutine, hook, resume, references dropped. */
+ * reference, a pooled coroutine, hook, resume, the coroutine back to the
+ * pool. */
 static int one_coroutine(bench_ctx *b, lua_CFunction conv) {
   lua_State *L = b->L;
   lua_sethook(L, budget_hook, LUA_MASKCOUNT, HOOK_STEP);
@@ -206,10 +211,17 @@ static int one_coroutine(bench_ctx *b, lua_CFunction conv) {
   lua_pushlightuserdata(L, (void *)b->ev);
   if (lua_pcall(L, 1, 1, 0) != LUA_OK) return 1;
   int ev_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-  /* job_start */
+  /* job_start: a coroutine from the runtime's pool when one is free (a
+   * handler that returned normally gives its coroutine back), else a new
+   * one. In this steady loop it is always the pooled one. */
   lua_sethook(L, budget_hook, LUA_MASKCOUNT, HOOK_STEP);
-  lua_State *co = lua_newthread(L);
-  int co_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  lua_State *co = b->pooled;
+  int co_ref = b->pooled_ref;
+  if (!co) {
+    co = lua_newthread(L);
+    co_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  }
+  b->pooled = NULL;
   lua_rawgeti(L, LUA_REGISTRYINDEX, b->handler_ref);
   lua_rawgeti(L, LUA_REGISTRYINDEX, ev_ref);
   lua_xmove(L, co, 2);
@@ -222,7 +234,13 @@ static int one_coroutine(bench_ctx *b, lua_CFunction conv) {
   b->cpu_ns += now_ns() - start;
   bool ok = rc == LUA_OK && nres > 0 && lua_toboolean(co, -nres);
   if (rc == LUA_OK) lua_pop(co, nres);
-  luaL_unref(L, LUA_REGISTRYINDEX, co_ref);
+  /* job_free: a normally finished coroutine goes back to the pool. */
+  if (rc == LUA_OK && lua_gettop(co) == 0) {
+    b->pooled = co;
+    b->pooled_ref = co_ref;
+  } else {
+    luaL_unref(L, LUA_REGISTRYINDEX, co_ref);
+  }
   luaL_unref(L, LUA_REGISTRYINDEX, ev_ref);
   return ok ? 0 : 1;
 }
@@ -385,7 +403,7 @@ int main(int argc, char **argv) {
   }
   bench_note("lua_hook",
              "%s in-process. lua-table is lua/src/runtime.c's plr_event_push under pcall as the runtime runs it ("
-             "registry ref, a coroutine per event with the budget count hook, CPU clock around "
+             "registry ref, a pooled coroutine with the budget count hook, CPU clock around "
              "lua_resume), without runtime.lua's dispatch and commit wrappers. lua-userdata: "
              "the event copied into one userdata, fields made on first access by __index. "
              "The handler reads msg.text and counts. Thread CPU time per event, median of repetitions.",

@@ -92,6 +92,8 @@ struct plr_conv {
   bool forgotten;        /* its Lua record was dropped */
 };
 
+#define PLR_CO_POOL 32
+
 struct plr_runtime {
   uv_loop_t *loop;
   plr_driver drv;
@@ -118,6 +120,13 @@ struct plr_runtime {
   void (*stop_done)(void *);
   void *stop_ud;
   plr_stats stats;
+  /* Coroutines whose handler returned normally, kept (with their registry
+   * references) for the next handlers: making and collecting a thread per
+   * event was about 40% of a handler call's cost (bench/micro). They belong
+   * to r->vm's state and are forgotten when it is replaced. */
+  lua_State *co_pool[PLR_CO_POOL];
+  int co_pool_ref[PLR_CO_POOL];
+  int n_co_pool;
 };
 
 /* runtime.c */

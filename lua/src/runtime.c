@@ -116,10 +116,21 @@ static void job_free(plr_runtime *r, plr_job *j) {
     free(j);
     return;
   }
-  /* The coroutine is only dropped, not reset: resetting would run pending
-   * __close handlers, and after a budget error Lua would run them with
-   * hooks off. */
-  if (j->co_ref != LUA_NOREF && j->co_ref != 0) luaL_unref(L, LUA_REGISTRYINDEX, j->co_ref);
+  /* A coroutine whose handler returned normally is dead with an empty
+   * stack and nothing left to close, so it can run the next handler (bot
+   * code cannot reach a handler's coroutine: runtime.lua hides it from
+   * coroutine.running). Any other one is only dropped, not reset:
+   * resetting would run pending __close handlers, and after a budget error
+   * Lua would run them with hooks off. */
+  bool reusable = j->co && j->co_ref != LUA_NOREF && j->co_ref != 0 && j->done && !j->failed &&
+                  !j->exhausted && !r->freeing && r->n_co_pool < PLR_CO_POOL &&
+                  lua_status(j->co) == LUA_OK && lua_gettop(j->co) == 0;
+  if (reusable) {
+    r->co_pool[r->n_co_pool] = j->co;
+    r->co_pool_ref[r->n_co_pool++] = j->co_ref;
+  } else if (j->co_ref != LUA_NOREF && j->co_ref != 0) {
+    luaL_unref(L, LUA_REGISTRYINDEX, j->co_ref);
+  }
   if (j->ev_ref != LUA_NOREF && j->ev_ref != 0) luaL_unref(L, LUA_REGISTRYINDEX, j->ev_ref);
   free(j);
 }
@@ -226,8 +237,14 @@ static void job_start(plr_runtime *r, plr_job *j) {
   j->start_ns = plr_vm_now_ns();
   plr_vm_budget(vm, L, PLR_INTERNAL_BUDGET, false);
   plr_vm_uncapped(vm);
-  j->co = lua_newthread(L);
-  j->co_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  if (r->n_co_pool > 0) {
+    r->n_co_pool--;
+    j->co = r->co_pool[r->n_co_pool];
+    j->co_ref = r->co_pool_ref[r->n_co_pool];
+  } else {
+    j->co = lua_newthread(L);
+    j->co_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  }
   j->budget = (int64_t)plr_vm_limits(vm)->instructions;
   j->exhausted = false;
   plr_vm_rt_get(vm, "run");
@@ -796,6 +813,7 @@ void plr_runtime_free(plr_runtime *r) {
   /* The driver goes first: after this no callback can name a job. */
   if (r->drv.destroy) r->drv.destroy(r->drv.ud);
   drop_jobs(r);
+  r->n_co_pool = 0;
   plr_vm_free(r->vm);
   r->vm = NULL;
   plr_vm_free(r->next_vm);
@@ -857,6 +875,7 @@ static void swap_vm(plr_runtime *r) {
       }
   r->vm = nv;
   r->next_vm = NULL;
+  r->n_co_pool = 0; /* those threads belong to the old state */
   plr_vm_free(old);
   r->stats.reloads++;
   plr_log(r, 1, NULL, 0, "reloaded %s", plr_vm_name(nv));
