@@ -609,107 +609,101 @@ static bool slow_called(customer *s, const void *arg) {
   return atomic_load(&((slow_server *)arg)->requests) >= 1;
 }
 
+/* The three drain tests share this: a slow HTTP service that the slowbot
+ * calls from its handler, a gateway for the bot, and the slowbot running as
+ * a sidecar whose configuration ends with `extra`. Each test stops the bot
+ * itself (what its exit must be differs); slow_fx_stop does the rest. */
+typedef struct slow_fx {
+  char dir[256], botdir[512], cfg[512];
+  slow_server slow;
+  tproc gw, bot;
+  int gport, ops;
+} slow_fx;
+
+static void slow_fx_start(slow_fx *f, const char *tag, const char *extra) {
+  assert_int_equal(tmpdir_make(f->dir, sizeof f->dir, tag), 0);
+  assert_int_equal(slow_start(&f->slow), 0);
+  char base[64];
+  snprintf(base, sizeof base, "http://127.0.0.1:%d", f->slow.port);
+  setenv("PARLEY_BOT_SETTINGS__BASE_URL", base, 1);
+  f->gport = gateway_for(&f->gw, f->dir, "slowbot", "slow-secret");
+  assert_true(f->gport > 0);
+  snprintf(f->botdir, sizeof f->botdir, "%s/tests/sidecar/slowbot", PARLEY_SOURCE_DIR);
+  snprintf(f->cfg, sizeof f->cfg,
+           "gateway:\n  url: ws://127.0.0.1:%d/\n  token: slow-secret\nops:\n  port: 0\n%s",
+           f->gport, extra);
+  f->ops = start_bot(&f->bot, f->dir, "slow", f->botdir, f->cfg, NULL, NULL);
+  assert_true(f->ops > 0);
+  assert_true(wait_ready(f->ops, 15000));
+}
+
+static void slow_fx_stop(slow_fx *f) {
+  tproc_kill(&f->gw, SIGTERM);
+  tproc_wait(&f->gw, 10000);
+  tproc_stop(&f->gw);
+  slow_stop(&f->slow);
+  unsetenv("PARLEY_BOT_SETTINGS__BASE_URL");
+  tmpdir_remove(f->dir);
+}
+
 static void test_sigterm_drains(void **unused) {
   (void)unused;
-  char dir[256];
-  assert_int_equal(tmpdir_make(dir, sizeof dir, "sidecar-drain"), 0);
-  slow_server slow;
-  assert_int_equal(slow_start(&slow), 0);
-  char base[64];
-  snprintf(base, sizeof base, "http://127.0.0.1:%d", slow.port);
-  setenv("PARLEY_BOT_SETTINGS__BASE_URL", base, 1);
-
-  tproc gw, bot;
-  int gport = gateway_for(&gw, dir, "slowbot", "slow-secret");
-  assert_true(gport > 0);
-  char botdir[512], cfg[512];
-  snprintf(botdir, sizeof botdir, "%s/tests/sidecar/slowbot", PARLEY_SOURCE_DIR);
-  snprintf(cfg, sizeof cfg,
-           "gateway:\n"
-           "  url: ws://127.0.0.1:%d/\n"
-           "  token: slow-secret\n"
-           "ops:\n"
-           "  port: 0\n"
-           "shutdown:\n"
-           "  drain: 15s\n",
-           gport);
-  int ops = start_bot(&bot, dir, "slow", botdir, cfg, NULL, NULL);
-  assert_true(ops > 0);
-  assert_true(wait_ready(ops, 15000));
+  slow_fx f;
+  slow_fx_start(&f, "sidecar-drain", "shutdown:\n  drain: 15s\n");
 
   customer s;
-  customer_start(&s, gport, "drain");
+  customer_start(&s, f.gport, "drain");
   assert_true(customer_run(&s, 10000, is_ready, NULL));
   customer_say(&s, "where is my order");
   /* The handler now waits on the slow service: stop the bot. */
-  assert_true(customer_run(&s, 15000, slow_called, &slow));
-  assert_int_equal(tproc_kill(&bot, SIGTERM), 0);
+  assert_true(customer_run(&s, 15000, slow_called, &f.slow));
+  assert_int_equal(tproc_kill(&f.bot, SIGTERM), 0);
   usleep(200 * 1000);
   hbuf b;
-  long st = http_call(ops, "/readyz", NULL, NULL, &b);
+  long st = http_call(f.ops, "/readyz", NULL, NULL, &b);
   print_message("readyz while draining: %ld %s\n", st, b.data);
   assert_int_equal(st, 503);
   assert_non_null(strstr(b.data, "draining"));
-  assert_int_equal(tproc_wait(&bot, 0), -1); /* still draining */
+  assert_int_equal(tproc_wait(&f.bot, 0), -1); /* still draining */
 
   want w = {"slowbot", "slow says hello", 1};
   assert_true(customer_run(&s, 20000, has, &w));
-  assert_int_equal(tproc_wait(&bot, 20000), 0);
-  assert_int_equal(exit_status(&bot), 0);
+  assert_int_equal(tproc_wait(&f.bot, 20000), 0);
+  assert_int_equal(exit_status(&f.bot), 0);
 
   /* The commit landed: a new bot process is not given the message again. */
-  int ops2 = start_bot(&bot, dir, "slow2", botdir, cfg, NULL, NULL);
+  int ops2 = start_bot(&f.bot, f.dir, "slow2", f.botdir, f.cfg, NULL, NULL);
   assert_true(ops2 > 0);
   assert_true(wait_ready(ops2, 15000));
   customer_run(&s, 2500, NULL, NULL);
-  assert_int_equal(atomic_load(&slow.requests), 1);
+  assert_int_equal(atomic_load(&f.slow.requests), 1);
   assert_int_equal(count_from(&s, "slowbot", "slow says"), 1);
 
   customer_free(&s);
-  assert_int_equal(tproc_kill(&bot, SIGTERM), 0);
-  assert_int_equal(tproc_wait(&bot, 15000), 0);
-  assert_int_equal(exit_status(&bot), 0);
-  tproc_kill(&gw, SIGTERM);
-  tproc_wait(&gw, 10000);
-  tproc_stop(&gw);
-  slow_stop(&slow);
-  unsetenv("PARLEY_BOT_SETTINGS__BASE_URL");
-  tmpdir_remove(dir);
+  assert_int_equal(tproc_kill(&f.bot, SIGTERM), 0);
+  assert_int_equal(tproc_wait(&f.bot, 15000), 0);
+  assert_int_equal(exit_status(&f.bot), 0);
+  slow_fx_stop(&f);
 }
 
 /* A message posted while a handler runs is sent after that handler's
  * reply: it waits in the conversation's queue. */
 static void test_api_ordered_after_handler(void **unused) {
   (void)unused;
-  char dir[256];
-  assert_int_equal(tmpdir_make(dir, sizeof dir, "sidecar-order"), 0);
-  slow_server slow;
-  assert_int_equal(slow_start(&slow), 0);
-  char base[64];
-  snprintf(base, sizeof base, "http://127.0.0.1:%d", slow.port);
-  setenv("PARLEY_BOT_SETTINGS__BASE_URL", base, 1);
-  tproc gw, bot;
-  int gport = gateway_for(&gw, dir, "slowbot", "slow-secret");
-  assert_true(gport > 0);
-  char botdir[512], cfg[512];
-  snprintf(botdir, sizeof botdir, "%s/tests/sidecar/slowbot", PARLEY_SOURCE_DIR);
-  snprintf(cfg, sizeof cfg, "gateway:\n  url: ws://127.0.0.1:%d/\n  token: slow-secret\n"
-           "ops:\n  port: 0\n", gport);
-  int ops = start_bot(&bot, dir, "slow", botdir, cfg, NULL, NULL);
-  assert_true(ops > 0);
-  assert_true(wait_ready(ops, 15000));
+  slow_fx f;
+  slow_fx_start(&f, "sidecar-order", "");
 
   customer s;
-  customer_start(&s, gport, "order");
+  customer_start(&s, f.gport, "order");
   assert_true(customer_run(&s, 10000, is_ready, NULL));
   customer_say(&s, "first question");
-  assert_true(customer_run(&s, 15000, slow_called, &slow));
+  assert_true(customer_run(&s, 15000, slow_called, &f.slow));
   /* The handler waits on the slow service now; this answer comes only
    * after the handler's reply and this message were both stored. */
   char path[256];
   snprintf(path, sizeof path, "/v1/conversations/%s/messages", s.conv);
   hbuf b;
-  assert_int_equal(http_call(ops, path, "{\"text\": \"an update from the shop\"}", "upd-1", &b), 200);
+  assert_int_equal(http_call(f.ops, path, "{\"text\": \"an update from the shop\"}", "upd-1", &b), 200);
   const char *q = strstr(b.data, "\"seq\":");
   assert_non_null(q);
   uint64_t api_seq = strtoull(q + 6, NULL, 10);
@@ -724,15 +718,10 @@ static void test_api_ordered_after_handler(void **unused) {
   assert_true(reply_seq < api_seq);
 
   customer_free(&s);
-  assert_int_equal(tproc_kill(&bot, SIGTERM), 0);
-  assert_int_equal(tproc_wait(&bot, 15000), 0);
-  assert_int_equal(exit_status(&bot), 0);
-  tproc_kill(&gw, SIGTERM);
-  tproc_wait(&gw, 10000);
-  tproc_stop(&gw);
-  slow_stop(&slow);
-  unsetenv("PARLEY_BOT_SETTINGS__BASE_URL");
-  tmpdir_remove(dir);
+  assert_int_equal(tproc_kill(&f.bot, SIGTERM), 0);
+  assert_int_equal(tproc_wait(&f.bot, 15000), 0);
+  assert_int_equal(exit_status(&f.bot), 0);
+  slow_fx_stop(&f);
 }
 
 /* The drain time runs out while the handler still waits: the process
@@ -741,49 +730,29 @@ static void test_api_ordered_after_handler(void **unused) {
  * reply. */
 static void test_drain_timeout_redelivers(void **unused) {
   (void)unused;
-  char dir[256];
-  assert_int_equal(tmpdir_make(dir, sizeof dir, "sidecar-timeout"), 0);
-  slow_server slow;
-  assert_int_equal(slow_start(&slow), 0);
-  char base[64];
-  snprintf(base, sizeof base, "http://127.0.0.1:%d", slow.port);
-  setenv("PARLEY_BOT_SETTINGS__BASE_URL", base, 1);
-  tproc gw, bot;
-  int gport = gateway_for(&gw, dir, "slowbot", "slow-secret");
-  assert_true(gport > 0);
-  char botdir[512], cfg[512];
-  snprintf(botdir, sizeof botdir, "%s/tests/sidecar/slowbot", PARLEY_SOURCE_DIR);
-  snprintf(cfg, sizeof cfg, "gateway:\n  url: ws://127.0.0.1:%d/\n  token: slow-secret\n"
-           "ops:\n  port: 0\nshutdown:\n  drain: 300ms\n", gport);
-  int ops = start_bot(&bot, dir, "slow", botdir, cfg, NULL, NULL);
-  assert_true(ops > 0);
-  assert_true(wait_ready(ops, 15000));
+  slow_fx f;
+  slow_fx_start(&f, "sidecar-timeout", "shutdown:\n  drain: 300ms\n");
 
   customer s;
-  customer_start(&s, gport, "timeout");
+  customer_start(&s, f.gport, "timeout");
   assert_true(customer_run(&s, 10000, is_ready, NULL));
   customer_say(&s, "question");
-  assert_true(customer_run(&s, 15000, slow_called, &slow));
-  assert_int_equal(tproc_kill(&bot, SIGTERM), 0);
-  assert_int_equal(tproc_wait(&bot, 10000), 0);
-  assert_int_equal(exit_status(&bot), 1);
+  assert_true(customer_run(&s, 15000, slow_called, &f.slow));
+  assert_int_equal(tproc_kill(&f.bot, SIGTERM), 0);
+  assert_int_equal(tproc_wait(&f.bot, 10000), 0);
+  assert_int_equal(exit_status(&f.bot), 1);
   assert_int_equal(count_from(&s, "slowbot", "slow says"), 0);
 
-  int ops2 = start_bot(&bot, dir, "slow2", botdir, cfg, NULL, NULL);
+  int ops2 = start_bot(&f.bot, f.dir, "slow2", f.botdir, f.cfg, NULL, NULL);
   assert_true(ops2 > 0);
   want w = {"slowbot", "slow says hello to question", 1};
   assert_true(customer_run(&s, 20000, has, &w));
-  assert_int_equal(atomic_load(&slow.requests), 2);
+  assert_int_equal(atomic_load(&f.slow.requests), 2);
 
   customer_free(&s);
-  assert_int_equal(tproc_kill(&bot, SIGTERM), 0);
-  assert_int_equal(tproc_wait(&bot, 15000), 0);
-  tproc_kill(&gw, SIGTERM);
-  tproc_wait(&gw, 10000);
-  tproc_stop(&gw);
-  slow_stop(&slow);
-  unsetenv("PARLEY_BOT_SETTINGS__BASE_URL");
-  tmpdir_remove(dir);
+  assert_int_equal(tproc_kill(&f.bot, SIGTERM), 0);
+  assert_int_equal(tproc_wait(&f.bot, 15000), 0);
+  slow_fx_stop(&f);
 }
 
 int main(void) {
