@@ -6,14 +6,14 @@
 #include <parley/error.h>
 
 #include "gw.h"
+#include "util/hash.h"
 
 /* Marks a deleted slot so that probing continues past it. */
 static char tomb_key;
 #define TOMB (&tomb_key)
 
 static size_t hash_str(const char *s) {
-  uint64_t h = 1469598103934665603ull;
-  for (; *s; s++) h = (h ^ (unsigned char)*s) * 1099511628211ull;
+  uint64_t h = pu_hash_str(s);
   return (size_t)(h ^ (h >> 29));
 }
 

@@ -10,6 +10,7 @@
  * never carries state of an event it does not acknowledge.
  */
 #include "rt_int.h"
+#include "util/hash.h"
 
 #include <lauxlib.h>
 
@@ -23,11 +24,7 @@ static void check_drained(plr_runtime *r);
 
 /* Conversations. -------------------------------------------------------- */
 
-static size_t hash_id(const char *s) {
-  uint64_t h = 1469598103934665603ULL;
-  for (; *s; s++) h = (h ^ (unsigned char)*s) * 1099511628211ULL;
-  return (size_t)(h % PLR_BUCKETS);
-}
+static size_t hash_id(const char *s) { return (size_t)(pu_hash_str(s) % PLR_BUCKETS); }
 
 plr_conv *plr_conv_find(const plr_runtime *r, const char *id) {
   for (plr_conv *c = r->buckets[hash_id(id)]; c; c = c->hnext)

@@ -24,6 +24,7 @@
 
 #include "core/convert.h"
 #include "core/engine_int.h"
+#include "util/hash.h"
 
 /* --------------------------------------------------------------- utils */
 
@@ -196,16 +197,10 @@ static void out_clear(pe_engine *e) {
 
 /* ------------------------------------------------------- conversations */
 
-static uint64_t hash_str(const char *s) {
-  uint64_t h = 1469598103934665603ull;
-  for (; *s; s++) h = (h ^ (unsigned char)*s) * 1099511628211ull;
-  return h;
-}
-
 pe_conv *pe_conv_find(const pe_engine *e, const char *id) {
   if (!e->tab_cap || !id) return NULL;
   size_t mask = e->tab_cap - 1;
-  for (size_t i = hash_str(id) & mask;; i = (i + 1) & mask) {
+  for (size_t i = pu_hash_str(id) & mask;; i = (i + 1) & mask) {
     pe_conv *c = e->tab[i];
     if (!c) return NULL;
     if (strcmp(c->id, id) == 0) return c;
@@ -219,7 +214,7 @@ static int tab_grow(pe_engine *e) {
   for (size_t k = 0; k < e->tab_cap; k++) {
     pe_conv *c = e->tab[k];
     if (!c) continue;
-    size_t i = hash_str(c->id) & (ncap - 1);
+    size_t i = pu_hash_str(c->id) & (ncap - 1);
     while (nt[i]) i = (i + 1) & (ncap - 1);
     nt[i] = c;
   }
@@ -245,7 +240,7 @@ pe_conv *pe_conv_get(pe_engine *e, const char *id) {
   c->timer.idx = SIZE_MAX;
   c->timer.kind = T_CONV;
   size_t mask = e->tab_cap - 1;
-  size_t i = hash_str(id) & mask;
+  size_t i = pu_hash_str(id) & mask;
   while (e->tab[i]) i = (i + 1) & mask;
   e->tab[i] = c;
   e->n_conv++;
