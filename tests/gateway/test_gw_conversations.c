@@ -19,8 +19,6 @@
 
 /* The shared fixture (gwharness.h): a gateway in a fresh directory. */
 typedef gwh_fx fx;
-#define setup gwh_fx_setup
-#define teardown gwh_fx_teardown
 
 static pw_frame *fetch(wsc *c, const char *conv, uint64_t from, uint64_t to, uint32_t limit,
                        uint64_t req) {
@@ -121,8 +119,6 @@ static void test_fetch_paging(void **state) {
   wsc_close(cu, 1000);
 }
 
-#define commit gwh_commit
-
 static void test_commit_state_tags(void **state) {
   fx *f = *state;
   wsc *bot = gwh_login(f->h, "faqbot", R_BOT, "bot-token", NULL, NULL, NULL);
@@ -136,11 +132,11 @@ static void test_commit_state_tags(void **state) {
   uint64_t seqs[8];
   assert_int_equal(gwh_collect(bot, "c-commit", 3, 2000, seqs, NULL, 8), 3);
   /* Above what was delivered: refused, nothing applied. */
-  pw_frame *r = commit(bot, "c-commit", epoch, 9, NULL, NULL, NULL, 1);
+  pw_frame *r = gwh_commit(bot, "c-commit", epoch, 9, NULL, NULL, NULL, 1);
   assert_non_null(r);
   assert_int_equal(r->commit_result->outcomes[0]->error, E(ACK_OUT_OF_RANGE));
   pw_frame_free(r);
-  r = commit(bot, "c-commit", epoch, 3, "step", "\"asked\"", "order", 2);
+  r = gwh_commit(bot, "c-commit", epoch, 3, "step", "\"asked\"", "order", 2);
   assert_non_null(r);
   assert_int_equal(r->commit_result->n_outcomes, 1);
   assert_int_equal(r->commit_result->outcomes[0]->error, 0);
@@ -159,13 +155,13 @@ static void test_commit_state_tags(void **state) {
   assert_string_equal(fr->fetch_result->events[1]->tags[0], "order");
   pw_frame_free(fr);
   /* The same commit again: duplicate, nothing applied. */
-  r = commit(bot, "c-commit", epoch, 3, "step", "\"again\"", "other", 4);
+  r = gwh_commit(bot, "c-commit", epoch, 3, "step", "\"again\"", "other", 4);
   assert_non_null(r);
   assert_true(r->commit_result->outcomes[0]->duplicate);
   assert_int_equal(r->commit_result->outcomes[0]->state_version, 1);
   pw_frame_free(r);
   /* A stale epoch is refused. */
-  r = commit(bot, "c-commit", epoch + 1, 5, NULL, NULL, NULL, 5);
+  r = gwh_commit(bot, "c-commit", epoch + 1, 5, NULL, NULL, NULL, 5);
   assert_non_null(r);
   assert_int_equal(r->commit_result->outcomes[0]->error, E(STALE_EPOCH));
   pw_frame_free(r);
@@ -271,7 +267,7 @@ static void test_handoff_and_back(void **state) {
   assert_int_equal(s7, 7);
   assert_int_equal(gwh_collect(cu, "c-hand", 7, 2000, seqs, NULL, 16), 7);
   /* The bot commits what it handled before the take. */
-  pw_frame *r = commit(bot, "c-hand", epoch, 6, NULL, NULL, NULL, 9);
+  pw_frame *r = gwh_commit(bot, "c-hand", epoch, 6, NULL, NULL, NULL, 9);
   assert_non_null(r);
   assert_int_equal(r->commit_result->outcomes[0]->error, 0);
   pw_frame_free(r);
@@ -372,7 +368,7 @@ static void test_fleet_failover(void **state) {
   assert_int_equal(moved, 2);
   /* Frames with the old epoch are refused; the new epoch works. */
   assert_int_equal(send_code(b2, held1[0], 900, "old", ep1[0]), E(STALE_EPOCH));
-  pw_frame *r = commit(b2, held1[0], ep1[0], 1, NULL, NULL, NULL, 77);
+  pw_frame *r = gwh_commit(b2, held1[0], ep1[0], 1, NULL, NULL, NULL, 77);
   assert_non_null(r);
   assert_int_equal(r->commit_result->outcomes[0]->error, E(STALE_EPOCH));
   pw_frame_free(r);
@@ -412,7 +408,7 @@ static void test_forbidden(void **state) {
   pw_frame_free(r);
   /* Another bot principal may not commit on it. */
   wsc *other = gwh_login(f->h, "otherbot", R_BOT, "other-token", NULL, NULL, NULL);
-  r = commit(other, "c-mine", 1, 1, NULL, NULL, NULL, 3);
+  r = gwh_commit(other, "c-mine", 1, 1, NULL, NULL, NULL, 3);
   assert_non_null(r);
   assert_int_equal(r->commit_result->outcomes[0]->error, E(FORBIDDEN));
   pw_frame_free(r);
@@ -598,15 +594,15 @@ static void test_agent_devices_resume(void **state) {
 
 int main(void) {
   const struct CMUnitTest tests[] = {
-      cmocka_unit_test_setup_teardown(test_fetch_paging, setup, teardown),
-      cmocka_unit_test_setup_teardown(test_commit_state_tags, setup, teardown),
-      cmocka_unit_test_setup_teardown(test_handoff_and_back, setup, teardown),
-      cmocka_unit_test_setup_teardown(test_fleet_failover, setup, teardown),
-      cmocka_unit_test_setup_teardown(test_forbidden, setup, teardown),
-      cmocka_unit_test_setup_teardown(test_bot_crash_and_actions, setup, teardown),
-      cmocka_unit_test_setup_teardown(test_stop_closes_1001, setup, teardown),
-      cmocka_unit_test_setup_teardown(test_epoch_fenced_across_restart, setup, teardown),
-      cmocka_unit_test_setup_teardown(test_agent_devices_resume, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_fetch_paging, gwh_fx_setup, gwh_fx_teardown),
+      cmocka_unit_test_setup_teardown(test_commit_state_tags, gwh_fx_setup, gwh_fx_teardown),
+      cmocka_unit_test_setup_teardown(test_handoff_and_back, gwh_fx_setup, gwh_fx_teardown),
+      cmocka_unit_test_setup_teardown(test_fleet_failover, gwh_fx_setup, gwh_fx_teardown),
+      cmocka_unit_test_setup_teardown(test_forbidden, gwh_fx_setup, gwh_fx_teardown),
+      cmocka_unit_test_setup_teardown(test_bot_crash_and_actions, gwh_fx_setup, gwh_fx_teardown),
+      cmocka_unit_test_setup_teardown(test_stop_closes_1001, gwh_fx_setup, gwh_fx_teardown),
+      cmocka_unit_test_setup_teardown(test_epoch_fenced_across_restart, gwh_fx_setup, gwh_fx_teardown),
+      cmocka_unit_test_setup_teardown(test_agent_devices_resume, gwh_fx_setup, gwh_fx_teardown),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

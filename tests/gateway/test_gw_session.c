@@ -17,8 +17,6 @@
 
 /* The shared fixture (gwharness.h): a gateway in a fresh directory. */
 typedef gwh_fx fx;
-#define setup gwh_fx_setup
-#define teardown gwh_fx_teardown
 
 static void test_auth_refusals(void **state) {
   fx *f = *state;
@@ -481,14 +479,14 @@ static void test_fragments_and_garbage(void **state) {
 
 int main(void) {
   const struct CMUnitTest tests[] = {
-      cmocka_unit_test_setup_teardown(test_auth_refusals, setup, teardown),
-      cmocka_unit_test_setup_teardown(test_version_and_hello_required, setup, teardown),
-      cmocka_unit_test_setup_teardown(test_open_and_deliver, setup, teardown),
-      cmocka_unit_test_setup_teardown(test_idempotent_resend_across_restart, setup, teardown),
-      cmocka_unit_test_setup_teardown(test_redelivery, setup, teardown),
-      cmocka_unit_test_setup_teardown(test_ack_out_of_range, setup, teardown),
-      cmocka_unit_test_setup_teardown(test_oversized_and_malformed, setup, teardown),
-      cmocka_unit_test_setup_teardown(test_fragments_and_garbage, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_auth_refusals, gwh_fx_setup, gwh_fx_teardown),
+      cmocka_unit_test_setup_teardown(test_version_and_hello_required, gwh_fx_setup, gwh_fx_teardown),
+      cmocka_unit_test_setup_teardown(test_open_and_deliver, gwh_fx_setup, gwh_fx_teardown),
+      cmocka_unit_test_setup_teardown(test_idempotent_resend_across_restart, gwh_fx_setup, gwh_fx_teardown),
+      cmocka_unit_test_setup_teardown(test_redelivery, gwh_fx_setup, gwh_fx_teardown),
+      cmocka_unit_test_setup_teardown(test_ack_out_of_range, gwh_fx_setup, gwh_fx_teardown),
+      cmocka_unit_test_setup_teardown(test_oversized_and_malformed, gwh_fx_setup, gwh_fx_teardown),
+      cmocka_unit_test_setup_teardown(test_fragments_and_garbage, gwh_fx_setup, gwh_fx_teardown),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

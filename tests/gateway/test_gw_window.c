@@ -30,8 +30,6 @@
  * a small window (8 events in flight per connection) so that shares are
  * visible, and a redelivery timeout long enough not to interfere. */
 typedef gwh_fx fx;
-#define setup gwh_fx_setup
-#define teardown gwh_fx_teardown
 #define WINDOW_LIMITS "  ack_timeout: 5s\n  heartbeat: 2s\n  window: 8"
 
 static void send_ok(wsc *c, const char *conv, uint32_t id) {
@@ -220,10 +218,10 @@ static void test_fetched_seq_may_be_acked(void **state) {
 int main(void) {
   gwh_fx_limits = WINDOW_LIMITS;
   const struct CMUnitTest tests[] = {
-      cmocka_unit_test_setup_teardown(test_backlog_does_not_take_the_window, setup, teardown),
-      cmocka_unit_test_setup_teardown(test_commit_what_an_earlier_connection_got, setup,
-                                      teardown),
-      cmocka_unit_test_setup_teardown(test_fetched_seq_may_be_acked, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_backlog_does_not_take_the_window, gwh_fx_setup, gwh_fx_teardown),
+      cmocka_unit_test_setup_teardown(test_commit_what_an_earlier_connection_got, gwh_fx_setup,
+                                      gwh_fx_teardown),
+      cmocka_unit_test_setup_teardown(test_fetched_seq_may_be_acked, gwh_fx_setup, gwh_fx_teardown),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -27,8 +27,6 @@
 /* The shared fixture (tests/gateway/gwharness.h): a gateway in a fresh
  * directory. */
 typedef gwh_fx fx;
-#define setup gwh_fx_setup
-#define teardown gwh_fx_teardown
 
 static int cells, refused_cells, allowed_cells;
 
@@ -458,9 +456,9 @@ static void test_summary(void **state) {
 
 int main(void) {
   const struct CMUnitTest tests[] = {
-      cmocka_unit_test_setup_teardown(test_matrix, setup, teardown),
-      cmocka_unit_test_setup_teardown(test_queue_and_epochs, setup, teardown),
-      cmocka_unit_test_setup_teardown(test_authentication, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_matrix, gwh_fx_setup, gwh_fx_teardown),
+      cmocka_unit_test_setup_teardown(test_queue_and_epochs, gwh_fx_setup, gwh_fx_teardown),
+      cmocka_unit_test_setup_teardown(test_authentication, gwh_fx_setup, gwh_fx_teardown),
       cmocka_unit_test(test_summary),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
