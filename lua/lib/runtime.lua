@@ -388,7 +388,7 @@ local convs = {}   -- [conversation id] = record
 local function conv_rec(id)
   local rec = convs[id]
   if not rec then
-    rec = { id = id, state = {}, base = {}, pending = {}, tags = {},
+    rec = { id = id, state = {}, base = {}, pending = {}, tags = {}, inflight = {},
             tags_add = {}, tags_remove = {}, recent = {}, locale = default_locale }
     convs[id] = rec
   end
@@ -943,15 +943,35 @@ function rt.load_bot(source, chunkname)
   return true
 end
 
-function rt.assign(conv, state, locale, customer, tags)
+-- The gateway's document becomes the committed base. keep: a handler is
+-- running or events are queued; the live state and tags, which already
+-- hold their changes (and those of handled events whose commits the
+-- gateway did not apply), stay, and the next commit carries whatever
+-- differs from the gateway's document. Otherwise the record starts over
+-- from the document and the gateway delivers the unapplied events again.
+function rt.assign(conv, state, locale, customer, tags, keep)
   local rec = conv_rec(conv)
-  rec.base, rec.pending = {}, {}
+  rec.base, rec.pending, rec.inflight = {}, {}, {}
   for k, enc in pairs(state) do rec.base[k] = enc end
-  rec.state = decode_state(rec.base)
   if locale and locale ~= "" then rec.locale = locale end
   if customer and customer ~= "" then rec.customer = customer end
-  rec.tags = {}
-  for _, t in ipairs(tags) do rec.tags[t] = true end
+  local gw_tags = {}
+  for _, t in ipairs(tags) do gw_tags[t] = true end
+  rec.tags_add, rec.tags_remove = {}, {}
+  if keep then
+    for t in pairs(rec.tags) do
+      if not gw_tags[t] then rec.tags_add[t] = true end
+    end
+    for t in pairs(gw_tags) do
+      if not rec.tags[t] then rec.tags_remove[t] = true end
+    end
+    -- Without a running handler the changes of the handled events are in
+    -- the live state only: put the difference in pending now.
+    if not rec.ctx then diff_state(rec) end
+  else
+    rec.state = decode_state(rec.base)
+    rec.tags = gw_tags
+  end
   sync_timers(rec)
 end
 
@@ -1056,10 +1076,44 @@ function rt.take_commit(conv)
   return rec.pending, add, rm
 end
 
+-- The pending changes went out in a commit: they stay in flight until the
+-- gateway answers (rt.commit_done), in the order the commits went.
 function rt.commit_sent(conv)
   local rec = convs[conv]
   if not rec then return end
+  local fl = rec.inflight
+  fl[#fl + 1] = { pending = rec.pending, add = rec.tags_add, rm = rec.tags_remove }
   rec.pending, rec.tags_add, rec.tags_remove = {}, {}, {}
+end
+
+-- The gateway answered the oldest commit in flight. A refused commit's
+-- changes go back to pending, under whatever a later handler changed since
+-- (pending, or a commit still in flight), so that the next commit carries
+-- them: the record's base already counts them as the gateway's.
+function rt.commit_done(conv, ok)
+  local rec = convs[conv]
+  if not rec or not rec.inflight or #rec.inflight == 0 then return end
+  local it = table.remove(rec.inflight, 1)
+  if ok then return end
+  local newer_keys, newer_tags = {}, {}
+  for _, later in ipairs(rec.inflight) do
+    for k in pairs(later.pending) do newer_keys[k] = true end
+    for t in pairs(later.add) do newer_tags[t] = true end
+    for t in pairs(later.rm) do newer_tags[t] = true end
+  end
+  for k, v in pairs(it.pending) do
+    if rec.pending[k] == nil and not newer_keys[k] then rec.pending[k] = v end
+  end
+  for t in pairs(it.add) do
+    if not newer_tags[t] and not rec.tags_add[t] and not rec.tags_remove[t] then
+      rec.tags_add[t] = true
+    end
+  end
+  for t in pairs(it.rm) do
+    if not newer_tags[t] and not rec.tags_add[t] and not rec.tags_remove[t] then
+      rec.tags_remove[t] = true
+    end
+  end
 end
 
 -- Reload: everything a new state needs to take over, as JSON text.
@@ -1068,11 +1122,19 @@ function rt.export()
   for id, rec in pairs(convs) do
     local tags = {}
     for t in pairs(rec.tags) do tags[#tags + 1] = t end
-    local pending = {}
-    for k, v in pairs(rec.pending) do pending[k] = v == false and json_null or v end
-    out[id] = { base = rec.base, pending = pending, tags = tags, locale = rec.locale,
-                customer = rec.customer, recent = rec.recent,
-                tags_add = rec.tags_add, tags_remove = rec.tags_remove }
+    local function changes(p)
+      local o = {}
+      for k, v in pairs(p) do o[k] = v == false and json_null or v end
+      return o
+    end
+    local inflight = {}
+    for i, it in ipairs(rec.inflight) do
+      inflight[i] = { pending = changes(it.pending), add = it.add, rm = it.rm }
+    end
+    out[id] = { base = rec.base, pending = changes(rec.pending), tags = tags,
+                locale = rec.locale, customer = rec.customer, recent = rec.recent,
+                tags_add = rec.tags_add, tags_remove = rec.tags_remove,
+                inflight = inflight }
   end
   return json_encode(out)
 end
@@ -1082,8 +1144,16 @@ function rt.import(text)
   for id, x in pairs(all) do
     local rec = conv_rec(id)
     rec.base = x.base or {}
-    rec.pending = {}
-    for k, v in pairs(x.pending or {}) do rec.pending[k] = v ~= json_null and v or false end
+    local function changes(p)
+      local o = {}
+      for k, v in pairs(p or {}) do o[k] = v ~= json_null and v or false end
+      return o
+    end
+    rec.pending = changes(x.pending)
+    rec.inflight = {}
+    for i, it in ipairs(x.inflight or {}) do
+      rec.inflight[i] = { pending = changes(it.pending), add = it.add or {}, rm = it.rm or {} }
+    end
     rec.state = decode_state(rec.base)
     rec.tags = {}
     for _, t in ipairs(x.tags or {}) do rec.tags[t] = true end

@@ -155,6 +155,7 @@ static void flush_cb(uv_timer_t *t) {
       r->inflight += n;
       for (size_t i = 0; i < n; i++) {
         convs[i]->sent_seq = items[i].ack_seq;
+        convs[i]->commits_out++;
         plr_vm_rt_get(vm, "commit_sent");
         lua_pushstring(L, convs[i]->id);
         char err[256];

@@ -86,6 +86,11 @@ struct plr_conv {
   uint64_t handled_seq;  /* highest seq whose changes are in the commit record */
   uint64_t sent_seq;     /* highest ack_seq put in a commit frame */
   uint64_t committed;    /* highest ack_seq the gateway applied */
+  /* Commits handed to the client and not yet answered, and how many of
+   * those were sent before the last Assign: the answers come back in the
+   * order the commits went, and those of the older ones say nothing about
+   * the record the Assign rebuilt. */
+  uint32_t commits_out, commits_stale;
   plr_ctimer *timers;    /* PLR_TIMERS_MAX slots, allocated on first use */
   size_t ntimers;
   bool closed;           /* a CLOSED event was queued */

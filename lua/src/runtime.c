@@ -508,6 +508,13 @@ void plr_rt_on_assign(plr_runtime *r, const parley_assignment *a) {
     plr_log(r, 3, a->conversation, 0, "too many conversations; assignment ignored");
     return;
   }
+  /* A handler that is running (or events already queued) keeps its work:
+   * the conversation's live state already holds their changes, and the
+   * commit that follows them carries everything that differs from the
+   * gateway's document below. An idle conversation starts over from that
+   * document, and the gateway delivers again what it did not apply. */
+  bool keep = c->job || c->head;
+  c->commits_stale = c->commits_out;
   c->epoch = a->epoch;
   c->revoked = false;
   c->leaving = false;
@@ -537,9 +544,10 @@ void plr_rt_on_assign(plr_runtime *r, const parley_assignment *a) {
     lua_pushstring(L, a->tags[i]);
     lua_rawseti(L, -2, (lua_Integer)i + 1);
   }
+  lua_pushboolean(L, keep);
   char err[512];
   c->assigning = true;
-  if (plr_vm_pcall(vm, 5, 0, err, sizeof err))
+  if (plr_vm_pcall(vm, 6, 0, err, sizeof err))
     plr_log(r, 3, c->id, a->acked_seq, "assignment failed: %s", err);
   c->assigning = false;
   plr_log(r, 0, c->id, a->acked_seq, "assigned, epoch %llu", (unsigned long long)a->epoch);
@@ -586,6 +594,30 @@ void plr_rt_on_send_result(plr_runtime *r, const parley_send_result *res, void *
   plr_job_maybe_complete(r, j);
 }
 
+/* Tells the conversation's record how its oldest commit in flight ended: a
+ * refused one gives its changes back to the pending set, so that the next
+ * commit carries them instead of losing them. Answers to commits sent
+ * before the last Assign are only counted: that Assign rebuilt the record
+ * from the gateway's own document. */
+static void commit_answered(plr_runtime *r, plr_conv *c, bool ok) {
+  if (c->commits_out) c->commits_out--;
+  if (c->commits_stale) {
+    c->commits_stale--;
+    return;
+  }
+  if (c->forgotten || r->freeing) return;
+  plr_vm *vm = r->vm;
+  lua_State *L = plr_vm_state(vm);
+  if (!lua_checkstack(L, 4)) return;
+  plr_vm_uncapped(vm);
+  plr_vm_rt_get(vm, "commit_done");
+  lua_pushstring(L, c->id);
+  lua_pushboolean(L, ok);
+  char err[256];
+  if (plr_vm_pcall(vm, 2, 0, err, sizeof err))
+    plr_log(r, 3, c->id, c->handled_seq, "settling a commit failed: %s", err);
+}
+
 void plr_rt_on_commit_result(plr_runtime *r, const parley_commit_result *res) {
   if (r->inflight) r->inflight--;
   plr_conv *c = res->conversation ? plr_conv_find(r, res->conversation) : NULL;
@@ -595,6 +627,7 @@ void plr_rt_on_commit_result(plr_runtime *r, const parley_commit_result *res) {
   } else if (c && res->ack_seq > c->committed) {
     c->committed = res->ack_seq;
   }
+  if (c) commit_answered(r, c, res->status == 0);
   plr_rt_maybe_idle(r);
 }
 

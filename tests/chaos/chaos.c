@@ -23,6 +23,9 @@
  *               customer that did not get its whole stream
  *   replies_missing  a stored customer message without its "echo:" reply
  *   mismatched  a delivered event that differs from the log at its seq
+ *   state_wrong a conversation whose stored state and tags are not what the
+ *               echo bot's last committed handler produced (count of the
+ *               stored customer messages, the last one, the count's tens)
  *
  * and prints one line per scenario; every one of these must be 0.
  *
@@ -99,6 +102,7 @@ typedef struct scenario {
 typedef struct counts {
   uint64_t sent, acked, failed, delivered, stored;
   uint64_t lost, duplicated, reordered, gapped, replies_missing, mismatched;
+  uint64_t state_wrong;
   uint64_t reruns, unflagged_reruns, faults, reconnects, incomplete;
   uint64_t replies_refused; /* bot log: "reply failed" lines */
   uint64_t bot_conn_lost;   /* bot log: "connection:" lines (lost connections) */
@@ -591,6 +595,8 @@ typedef struct logev {
   char *text;
 } logev;
 
+static void check_state(run *r, sqlite3 *db, cust *c, uint64_t n_msgs, const char *last);
+
 static void check_conversation(run *r, sqlite3 *db, cust *c) {
   const scenario *sc = r->sc;
   counts *k = &r->k;
@@ -602,7 +608,9 @@ static void check_conversation(run *r, sqlite3 *db, cust *c) {
     return;
   }
   sqlite3_bind_text(st, 1, c->conv, -1, SQLITE_STATIC);
-  size_t cap = (size_t)sc->msgs * 3 + 64, n = 0;
+  /* Per message: the message, its reply, and a STATE_CHANGED or TAGGED
+   * event from the bot's commit at most. */
+  size_t cap = (size_t)sc->msgs * 4 + 64, n = 0;
   logev *ev = calloc(cap, sizeof *ev);
   uint64_t *pos = calloc((size_t)sc->msgs, sizeof *pos); /* seq of message i in the log */
   int *replies = calloc((size_t)sc->msgs, sizeof *replies);
@@ -660,6 +668,18 @@ static void check_conversation(run *r, sqlite3 *db, cust *c) {
       reply_seq[m] = x->seq;
     }
   }
+  /* The stored state: one handler per stored customer message. */
+  uint64_t n_msgs = 0;
+  const char *last_text = NULL;
+  for (size_t j = 0; j < n; j++) {
+    logev *x = &ev[j];
+    if (x->kind == PARLEY__V1__EVENT_KIND__EVENT_MESSAGE && x->text &&
+        strcmp(x->sender, c->principal) == 0) {
+      n_msgs++;
+      last_text = x->text;
+    }
+  }
+  check_state(r, db, c, n_msgs, last_text);
   for (int m = 0; m < sc->msgs; m++) {
     if (c->ack_seq[m]) {
       if (!pos[m]) {
@@ -712,6 +732,63 @@ static void check_conversation(run *r, sqlite3 *db, cust *c) {
   free(pos);
   free(replies);
   free(reply_seq);
+}
+
+/* The conversation's stored state and tags against the echo bot's rule: a
+ * handler per customer message, each adding one to the count the one before
+ * it committed. The stored document must be the last handler's. */
+static void check_state(run *r, sqlite3 *db, cust *c, uint64_t n_msgs, const char *last) {
+  counts *k = &r->k;
+  if (!n_msgs) return;
+  char want_count[32], want_last[160];
+  snprintf(want_count, sizeof want_count, "%" PRIu64, n_msgs);
+  snprintf(want_last, sizeof want_last, "\"%s\"", last ? last : "");
+  bool count_ok = false, last_ok = false, tags_ok = false;
+  sqlite3_stmt *st = NULL;
+  if (sqlite3_prepare_v2(db, "SELECT key, value FROM state WHERE conv=?1", -1, &st, NULL) !=
+      SQLITE_OK) {
+    snprintf(r->why, sizeof r->why, "sqlite: %s", sqlite3_errmsg(db));
+    k->incomplete++;
+    return;
+  }
+  sqlite3_bind_text(st, 1, c->conv, -1, SQLITE_STATIC);
+  while (sqlite3_step(st) == SQLITE_ROW) {
+    const char *key = (const char *)sqlite3_column_text(st, 0);
+    int len = sqlite3_column_bytes(st, 1);
+    const char *v = sqlite3_column_blob(st, 1);
+    if (!key || !v) continue;
+    if (!strcmp(key, "count"))
+      count_ok = (size_t)len == strlen(want_count) && !memcmp(v, want_count, (size_t)len);
+    if (!strcmp(key, "last"))
+      last_ok = (size_t)len == strlen(want_last) && !memcmp(v, want_last, (size_t)len);
+  }
+  sqlite3_finalize(st);
+  if (sqlite3_prepare_v2(db, "SELECT tags FROM conversations WHERE id=?1", -1, &st, NULL) ==
+      SQLITE_OK) {
+    sqlite3_bind_text(st, 1, c->conv, -1, SQLITE_STATIC);
+    if (sqlite3_step(st) == SQLITE_ROW) {
+      const char *tags = (const char *)sqlite3_column_text(st, 0);
+      /* Exactly one "tens:" tag, the count's. */
+      char want[40];
+      snprintf(want, sizeof want, "tens:%" PRIu64, n_msgs / 10);
+      int n_tens = 0;
+      bool has = false;
+      for (const char *p = tags; p && (p = strstr(p, "tens:")) != NULL; p += 5) {
+        n_tens++;
+        size_t wl = strlen(want);
+        if (!strncmp(p, want, wl) && (p[wl] == '\0' || p[wl] == '\n' || p[wl] == ',')) has = true;
+      }
+      tags_ok = has && n_tens == 1;
+    }
+    sqlite3_finalize(st);
+  }
+  if (!count_ok || !last_ok || !tags_ok) {
+    k->state_wrong++;
+    fprintf(stderr, "chaos: %s: stored state or tags are not the last handler's (%" PRIu64
+            " messages, last %s; count %s, last %s, tags %s)\n",
+            c->conv, n_msgs, want_last, count_ok ? "ok" : "wrong", last_ok ? "ok" : "wrong",
+            tags_ok ? "ok" : "wrong");
+  }
 }
 
 /* Each handler run logs "handled text=<t> redelivered=<b>". A message
@@ -874,13 +951,14 @@ static void run_scenario(const scenario *sc) {
   printf("scenario %s: seed=%" PRIu64 " convs=%d sent=%" PRIu64 " acked=%" PRIu64
          " failed=%" PRIu64 " stored=%" PRIu64 " delivered=%" PRIu64 " lost=%" PRIu64
          " duplicated=%" PRIu64 " reordered=%" PRIu64 " gapped=%" PRIu64
-         " replies_missing=%" PRIu64 " mismatched=%" PRIu64 " faults=%" PRIu64
+         " replies_missing=%" PRIu64 " mismatched=%" PRIu64 " state_wrong=%" PRIu64
+         " faults=%" PRIu64
          " reruns=%" PRIu64 " unflagged_reruns=%" PRIu64 " replies_refused=%" PRIu64
          " bot_conn_lost=%" PRIu64 " bot_clocks=%" PRIu64 " reconnects=%" PRIu64
          " proxy_cuts=%" PRIu64 "/%" PRIu64 " elapsed=%.1fs total=%.1fs\n",
          sc->name, r->seed, sc->convs, k->sent, k->acked, k->failed, k->stored, k->delivered,
          k->lost, k->duplicated, k->reordered, k->gapped, k->replies_missing, k->mismatched,
-         k->faults, k->reruns, k->unflagged_reruns, k->replies_refused,
+         k->state_wrong, k->faults, k->reruns, k->unflagged_reruns, k->replies_refused,
          k->bot_conn_lost, k->bot_clocks, k->reconnects, ps.cut_mid, ps.cut,
          (double)elapsed / 1000.0, (double)(mono_ms() - t0) / 1000.0);
   fflush(stdout);
@@ -911,6 +989,7 @@ static void run_scenario(const scenario *sc) {
   assert_int_equal(kk.gapped, 0);
   assert_int_equal(kk.replies_missing, 0);
   assert_int_equal(kk.mismatched, 0);
+  assert_int_equal(kk.state_wrong, 0);
   assert_int_equal(kk.faults, (uint64_t)sc->faults);
   assert_true(proxy_ok);
   if (sc->check_redelivered) assert_int_equal(kk.unflagged_reruns, 0);

@@ -19,7 +19,10 @@
  * new epoch. There the checks are: each customer message has exactly one
  * reply in the gateway's log, after it and in order; every event is
  * committed; every send and commit gets exactly one result (stored,
- * duplicate, or refused as STALE_EPOCH when the epoch moved on).
+ * duplicate, or refused as STALE_EPOCH when the epoch moved on); each
+ * commit carries the state its handler produced (key "last" = its seq, tag
+ * "h<seq mod 3>"), and the gateway's stored state and tags are those of the
+ * last committed handler.
  *
  * One seed in six runs a customer with manual_ack, acknowledging what it
  * applied on its own schedule (pe_engine_ack).
@@ -89,6 +92,8 @@ typedef struct g_conv {
   uint64_t watermark;   /* stored ACK watermark of the client */
   uint64_t pushed;      /* highest seq pushed on this session */
   uint64_t progress_at; /* last push or ACK progress */
+  uint64_t state_last;  /* stored state: "last" of the last applied commit */
+  char tag[8];          /* stored tag of the last applied commit */
 } g_conv;
 
 typedef struct net_msg {
@@ -499,6 +504,21 @@ static void gw_on_commit(sim *s, const Parley__V1__Commit *cm) {
     } else if (rchance(&s->r, s->p_busy)) {
       o->error = PARLEY__V1__ERROR_CODE__ERROR_BUSY;
     } else {
+      /* The bot's handler for seq N commits "last" = N and tag h<N mod 3>:
+       * an item carrying another handler's state is the engine's mix-up. */
+      char want[24];
+      snprintf(want, sizeof want, "%llu", (unsigned long long)it->ack_seq);
+      if (s->bot) {
+        if (it->n_state != 1 || strcmp(it->state[0]->key, "last") != 0 ||
+            it->state[0]->value.len != strlen(want) ||
+            memcmp(it->state[0]->value.data, want, strlen(want)) != 0 || it->n_tags_add != 1) {
+          app_fail(s, "Commit of %s#%llu does not carry its handler's state", c->name,
+                   (unsigned long long)it->ack_seq);
+          break;
+        }
+        c->state_last = it->ack_seq;
+        snprintf(c->tag, sizeof c->tag, "%s", it->tags_add[0]);
+      }
       c->watermark = it->ack_seq;
       c->progress_at = s->now;
       if (c->pushed < c->watermark) c->pushed = c->watermark;
@@ -648,8 +668,14 @@ static void bot_event(sim *s, int ci, const parley_event *ev) {
     }
     s->n_calls++;
   }
+  char last[24], tag[8];
+  snprintf(last, sizeof last, "%llu", (unsigned long long)ev->seq);
+  snprintf(tag, sizeof tag, "h%llu", (unsigned long long)(ev->seq % 3));
+  parley_state_entry st = {.key = "last", .value = last, .value_len = strlen(last)};
+  const char *tags[] = {tag};
   parley_commit cm = {.conversation = ev->conversation, .epoch = s->app_epoch[ci],
-                      .ack_seq = ev->seq};
+                      .ack_seq = ev->seq, .state = &st, .n_state = 1,
+                      .tags_add = tags, .n_tags_add = 1};
   int rc = pe_engine_commit(s->e, &cm, 1, s->now);
   if (rc != 0) app_fail(s, "bot commit: %s", parley_errname(rc));
 }
@@ -1032,6 +1058,15 @@ static int run_seed(uint64_t seed) {
     if (c->watermark != c->n) {
       fprintf(stderr, "seed %llu: %s: committed %llu of %llu\n", (unsigned long long)seed,
               c->name, (unsigned long long)c->watermark, (unsigned long long)c->n);
+      rc = 1;
+    }
+    /* The stored state and tag are the last handler's. */
+    char want_tag[8];
+    snprintf(want_tag, sizeof want_tag, "h%llu", (unsigned long long)(c->n % 3));
+    if (c->n && (c->state_last != c->n || strcmp(c->tag, want_tag) != 0)) {
+      fprintf(stderr, "seed %llu: %s: stored state is handler #%llu's (tag %s), last is #%llu\n",
+              (unsigned long long)seed, c->name, (unsigned long long)c->state_last, c->tag,
+              (unsigned long long)c->n);
       rc = 1;
     }
   }

@@ -59,6 +59,12 @@ static int fd_action_cb(void *ud, const char *conv, const parley_action *a,
   return 0;
 }
 
+static int entry_cmp(const void *a, const void *b) {
+  const parley_state_entry *x = *(const parley_state_entry *const *)a;
+  const parley_state_entry *y = *(const parley_state_entry *const *)b;
+  return strcmp(x->key, y->key);
+}
+
 static int fd_commit_cb(void *ud, const parley_commit *cs, size_t n) {
   fd *f = ud;
   if (f->commit_fail > 0) {
@@ -72,9 +78,14 @@ static int fd_commit_cb(void *ud, const parley_commit *cs, size_t n) {
     cpy(c->conv, sizeof c->conv, cs[i].conversation);
     c->epoch = cs[i].epoch;
     c->ack_seq = cs[i].ack_seq;
-    for (size_t k = 0; k < cs[i].n_state; k++) {
+    /* Keys in order, so that tests do not depend on Lua's table order. */
+    const parley_state_entry *sorted[64];
+    size_t ns = cs[i].n_state < 64 ? cs[i].n_state : 64;
+    for (size_t k = 0; k < ns; k++) sorted[k] = &cs[i].state[k];
+    qsort(sorted, ns, sizeof *sorted, entry_cmp);
+    for (size_t k = 0; k < ns; k++) {
       size_t len = strlen(c->state);
-      const parley_state_entry *e = &cs[i].state[k];
+      const parley_state_entry *e = sorted[k];
       snprintf(c->state + len, sizeof c->state - len, "%s=%.*s;", e->key,
                e->deleted ? 9 : (int)e->value_len, e->deleted ? "<deleted>" : e->value);
     }

@@ -49,6 +49,13 @@
   "  ctx:reply('status ' .. r.status .. ' ' .. d.state .. ' ' .. r.headers['content-type'])\n" \
   "end)\n"                                                                            \
   "bot:command('/deny', function(ctx) http.get('http://evil.test/') end)\n"          \
+  "bot:command('/slow', function(ctx)\n"                                              \
+  "  ctx.state.step = 'date'\n"                                                       \
+  "  ctx:tag('booking')\n"                                                            \
+  "  local r = http.get('http://orders.test/o/1')\n"                                  \
+  "  ctx.state.got = r and r.status or 0\n"                                           \
+  "  ctx:reply('slow done')\n"                                                        \
+  "end)\n"                                                                            \
   "bot:command('/log', function(ctx) ctx:log('warn', 'hello \"x\" = y') end)\n"              \
   "bot:command('/idem', function(ctx) ctx:reply(ctx.idempotency_key) end)\n"         \
   "bot:command('/handoff', function(ctx) ctx:handoff('humans', 'asked') end)\n"      \
@@ -480,10 +487,65 @@ static void test_commit_retry(void **state) {
   fd_pump(&t->f);
   assert_int_equal(t->f.ncommits, 2);
   assert_int_equal(t->f.commits[1].ack_seq, 1);
+  /* The refused commit's state change goes again with it: the record had
+   * already counted it as the gateway's. */
+  assert_string_equal(t->f.commits[1].state, "count=1;");
   assert_int_equal(fd_count_sends(&t->f, "c1"), 1); /* not handled twice */
   t->f.hold_commits = false;
   fd_pump(&t->f);
   assert_int_equal(plr_runtime_committed(t->f.r, "c1"), 1);
+}
+
+/* The connection is cut while a handler waits on HTTP and the gateway
+ * assigns the conversation again (new epoch, its own older document): the
+ * handler's state and tags go with its commit, not the document's. */
+static void test_assign_during_handler_keeps_its_state(void **state) {
+  rtc *t = *state;
+  fd_message(&t->f, "c1", 1, "/slow");
+  fd_pump(&t->f);
+  assert_int_equal(t->f.nhttp, 1);
+  assert_int_equal(t->f.ncommits, 0);
+  fd_assign_state(&t->f, "c1", "en", 2, 0, NULL, 0);
+  fd_http_complete(&t->f, 0, 200, "{}");
+  fd_pump(&t->f);
+  const fd_commit *c = fd_last_commit(&t->f, "c1");
+  assert_non_null(c);
+  assert_int_equal(c->ack_seq, 1);
+  assert_int_equal(c->epoch, 2);
+  assert_string_equal(c->state, "got=200;step=\"date\";");
+  assert_string_equal(c->tags, "+booking ");
+}
+
+/* Handled events whose commit the gateway never applied (refused as stale
+ * after the reassignment) are part of the commit that follows the running
+ * handler: one commit takes the conversation from the gateway's document
+ * to everything the bot did. */
+static void test_assign_after_unapplied_commit(void **state) {
+  rtc *t = *state;
+  t->f.hold_commits = true;
+  fd_message(&t->f, "c1", 1, "/count");
+  fd_pump(&t->f);
+  assert_int_equal(t->f.ncommits, 1);
+  assert_string_equal(t->f.commits[0].state, "count=1;");
+  fd_message(&t->f, "c1", 2, "/slow");
+  fd_pump(&t->f);
+  assert_int_equal(t->f.nhttp, 1);
+  /* Reassigned from the gateway's document: nothing applied yet. */
+  fd_assign_state(&t->f, "c1", "en", 2, 0, NULL, 0);
+  /* The old commit is refused as stale: its answer must not put its
+   * changes back a second time, nor lose them. */
+  t->f.commits[0].answered = true;
+  parley_commit_result stale = {.conversation = "c1", .ack_seq = 1, .status = PARLEY_EINTERNAL};
+  plr_rt_on_commit_result(t->f.r, &stale);
+  t->f.hold_commits = false;
+  fd_http_complete(&t->f, 0, 200, "{}");
+  fd_pump(&t->f);
+  const fd_commit *c = fd_last_commit(&t->f, "c1");
+  assert_non_null(c);
+  assert_int_equal(c->ack_seq, 2);
+  assert_int_equal(c->epoch, 2);
+  assert_string_equal(c->state, "count=1;got=200;step=\"date\";");
+  assert_int_equal(plr_runtime_committed(t->f.r, "c1"), 2);
 }
 
 static bool has_lua_record(rtc *t, const char *conv) {
@@ -558,6 +620,8 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_log_formats, setup, teardown),
       cmocka_unit_test_setup_teardown(test_throughput, setup, teardown),
       cmocka_unit_test_setup_teardown(test_commit_retry, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_assign_during_handler_keeps_its_state, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_assign_after_unapplied_commit, setup, teardown),
       cmocka_unit_test_setup_teardown(test_forget_after_leaving, setup, teardown),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
