@@ -1079,6 +1079,64 @@ static void t_same_id_rerun(void **state) {
   h_fini(&h);
 }
 
+/* The gateway repeats the refusal of a reply's write made before the
+ * conversation came back with a new epoch: the copy cannot be told from a
+ * refusal of the restamped write, so the reply is written again instead of
+ * failing, and stored. */
+static void t_restamp_repeated_refusal(void **state) {
+  (void)state;
+  harness h;
+  pe_config cfg = h_config(PARLEY_ROLE_BOT);
+  cfg.tuning.ack_timeout_ms = 1000;
+  h_init(&h, &cfg);
+  h_connect(&h, 600000);
+  feed_free(&h, mk_assign(CONV_A, 1, 0), 0);
+  deliver1(&h, CONV_A, 1);
+  uint8_t id[16];
+  parley_msg_id_derive("bot-1", CONV_A, 1, 0, id);
+  parley_content txt = {.kind = PARLEY_CONTENT_TEXT, .text = "re"};
+  H_EQ(pe_engine_send(h.e, CONV_A, &txt, NULL, id, 1, (void *)1, h.now), 0);
+  pw_frame *f = h_expect(&h, PARLEY__V1__FRAME__BODY_SEND);
+  pw_frame_free(f);
+  feed_free(&h, mk_assign(CONV_A, 2, 0), 0);
+  f = h_expect(&h, PARLEY__V1__FRAME__BODY_SEND);
+  H_EQ(f->send->epoch, 2);
+  pw_frame_free(f);
+  /* The first write's refusal, twice. */
+  feed_free(&h, mk_send_ack(id, CONV_A, 0, false, PARLEY__V1__ERROR_CODE__ERROR_STALE_EPOCH), 0);
+  feed_free(&h, mk_send_ack(id, CONV_A, 0, false, PARLEY__V1__ERROR_CODE__ERROR_STALE_EPOCH), 0);
+  H_EQ(h.n_results, 0);
+  /* Written again, with the new epoch, and stored. */
+  h_run_until(&h, pe_engine_deadline(h.e));
+  f = h_expect(&h, PARLEY__V1__FRAME__BODY_SEND);
+  H_EQ(f->send->epoch, 2);
+  H_TRUE(memcmp(f->send->client_msg_id.data, id, 16) == 0);
+  pw_frame_free(f);
+  feed_free(&h, mk_send_ack(id, CONV_A, 2, false, 0), 0);
+  H_EQ(h.n_results, 1);
+  H_EQ(h.results[0].status, 0);
+  H_EQ(h.results[0].seq, 2);
+  /* A restamped send of a conversation that moved away (revoked) fails
+   * on the refusal. */
+  deliver1(&h, CONV_A, 2);
+  uint8_t id2[16];
+  parley_msg_id_derive("bot-1", CONV_A, 2, 0, id2);
+  H_EQ(pe_engine_send(h.e, CONV_A, &txt, NULL, id2, 2, (void *)2, h.now), 0);
+  f = h_expect(&h, PARLEY__V1__FRAME__BODY_SEND);
+  pw_frame_free(f);
+  feed_free(&h, mk_assign(CONV_A, 3, 0), 0);
+  f = h_expect(&h, PARLEY__V1__FRAME__BODY_SEND);
+  H_EQ(f->send->epoch, 3);
+  pw_frame_free(f);
+  feed_free(&h, mk_send_ack(id2, CONV_A, 0, false, PARLEY__V1__ERROR_CODE__ERROR_STALE_EPOCH), 0);
+  H_EQ(h.n_results, 1); /* owed by the first write */
+  feed_free(&h, mk_revoke(CONV_A, 3), 0);
+  feed_free(&h, mk_send_ack(id2, CONV_A, 0, false, PARLEY__V1__ERROR_CODE__ERROR_STALE_EPOCH), 0);
+  H_EQ(h.n_results, 2);
+  H_EQ(h.results[1].status, PARLEY_ESTALE_EPOCH);
+  h_fini(&h);
+}
+
 /* Random and mutated frames never crash the engine or break it: after
  * each burst it still delivers and sends correctly. */
 static void t_fuzz_input(void **state) {
@@ -1334,6 +1392,7 @@ int main(void) {
       cmocka_unit_test(t_bad_input),
       cmocka_unit_test(t_reentrant),
       cmocka_unit_test(t_same_id_rerun),
+      cmocka_unit_test(t_restamp_repeated_refusal),
       cmocka_unit_test(t_fuzz_input),
       cmocka_unit_test(t_agent_queue),
       cmocka_unit_test(t_commit_retry),

@@ -81,10 +81,17 @@ typedef struct pe_send {
   /* Of those, writes made under an epoch the conversation has since left
    * (see pe_outbox_restamp): their STALE_EPOCH answers are not final. */
   uint32_t stale_owed;
+  /* Written under an older epoch before this one (restamped): a STALE_EPOCH
+   * answer cannot be told from a copy of an earlier write's refusal, so it
+   * is tried again, at most PE_STALE_RETRIES times, unless revoked. */
+  bool restamped;
+  uint8_t stale_retries;
   int state;
   uint64_t deadline_at;
   pe_timer timer;
 } pe_send;
+
+#define PE_STALE_RETRIES 3
 
 typedef struct pe_commit {
   struct pe_commit *cnext;         /* conversation FIFO */

@@ -293,7 +293,14 @@ void pe_on_send_ack(pe_engine *e, const Parley__V1__SendAck *a) {
   }
   if (s->unanswered) s->unanswered--;
   if (s->state != Q_WIRE) return; /* a refusal of an earlier attempt */
-  if (pe_code_retryable(a->error)) {
+  /* A restamped send's refusal may still be an old write's, answered twice
+   * (a gateway that repeats a frame): write it again while the conversation
+   * is ours. A conversation that really moved is revoked, or refuses every
+   * try, and the send then fails as before. */
+  bool stale_again = a->error == PARLEY__V1__ERROR_CODE__ERROR_STALE_EPOCH && s->restamped &&
+                     !s->conv->revoked && s->stale_retries < PE_STALE_RETRIES;
+  if (stale_again) s->stale_retries++;
+  if (stale_again || pe_code_retryable(a->error)) {
     s->state = Q_RETRY;
     uint64_t at = pe_add_sat(e->now, pe_retry_delay(e, s->attempts));
     pe_timer_set(e, &s->timer, at < s->deadline_at ? at : s->deadline_at);
@@ -328,6 +335,7 @@ void pe_outbox_restamp(pe_engine *e, pe_conv *c, uint64_t epoch) {
     }
     parley__v1__frame__free_unpacked(f, NULL);
     if (!buf) continue;
+    s->restamped = true;
     e->outbox_bytes = e->outbox_bytes - s->len + n;
     free(s->frame);
     s->frame = buf;
