@@ -1137,6 +1137,45 @@ static void t_restamp_repeated_refusal(void **state) {
   h_fini(&h);
 }
 
+/* The backoff of a send starts over on a new connection: a send written
+ * many times before a reconnect, whose answer the new connection loses,
+ * goes again within one ACK timeout, not after up to retry_max_ms. */
+static void t_backoff_per_connection(void **state) {
+  (void)state;
+  harness h;
+  pe_config cfg = h_config(PARLEY_ROLE_CUSTOMER);
+  cfg.tuning.ack_timeout_ms = 1000;
+  cfg.tuning.retry_max_ms = 30000;
+  cfg.tuning.max_attempts = 100;
+  cfg.tuning.send_deadline_ms = 3600000;
+  h_init(&h, &cfg);
+  h_connect(&h, 600000);
+  uint8_t id[16];
+  h_id(id, 7);
+  parley_content txt = {.kind = PARLEY_CONTENT_TEXT, .text = "hi"};
+  H_EQ(pe_engine_send(h.e, CONV_A, &txt, NULL, id, 0, (void *)1, h.now), 0);
+  for (int i = 0; i < 8; i++) {
+    pw_frame *f = h_expect(&h, PARLEY__V1__FRAME__BODY_SEND);
+    pw_frame_free(f);
+    h_run_until(&h, pe_engine_deadline(h.e)); /* no answer: written again */
+  }
+  h_drain(&h);
+  pe_engine_on_disconnect(h.e, h.now);
+  h_advance(&h, 60000);
+  h_connect(&h, 600000);
+  pw_frame *f = h_expect(&h, PARLEY__V1__FRAME__BODY_SEND); /* written again on Welcome */
+  pw_frame_free(f);
+  uint64_t written = h.now;
+  /* Its answer is lost: the next write comes within one ACK timeout. */
+  h_run_until(&h, written + 1000);
+  f = h_expect(&h, PARLEY__V1__FRAME__BODY_SEND);
+  pw_frame_free(f);
+  feed_free(&h, mk_send_ack(id, CONV_A, 1, false, 0), 0);
+  H_EQ(h.n_results, 1);
+  H_EQ(h.results[0].status, 0);
+  h_fini(&h);
+}
+
 /* Random and mutated frames never crash the engine or break it: after
  * each burst it still delivers and sends correctly. */
 static void t_fuzz_input(void **state) {
@@ -1393,6 +1432,7 @@ int main(void) {
       cmocka_unit_test(t_reentrant),
       cmocka_unit_test(t_same_id_rerun),
       cmocka_unit_test(t_restamp_repeated_refusal),
+      cmocka_unit_test(t_backoff_per_connection),
       cmocka_unit_test(t_fuzz_input),
       cmocka_unit_test(t_agent_queue),
       cmocka_unit_test(t_commit_retry),

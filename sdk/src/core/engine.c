@@ -376,11 +376,13 @@ static void go_down(pe_engine *e) {
     s->state = Q_QUEUED;
     s->unanswered = 0; /* answers died with the connection */
     s->stale_owed = 0;
+    s->wire_attempts = 0;
     pe_timer_set(e, &s->timer, s->deadline_at);
   }
   pe_done_forget_owed(e);
   for (pe_commit *k = e->c_head; k; k = k->gnext) {
     k->state = Q_QUEUED;
+    k->wire_attempts = 0;
     pe_timer_set(e, &k->timer, k->deadline_at);
     pe_commit_wake(e, k->conv); /* written again after the next Welcome */
   }

@@ -76,6 +76,11 @@ typedef struct pe_send {
   size_t len;
   void *ud;
   uint32_t attempts;
+  /* Writes on this connection: the backoff grows with these, not with
+   * every write since the send was made, so that a send written again
+   * after a few reconnects is not left waiting up to retry_max_ms when
+   * one answer of a live connection goes missing. */
+  uint32_t wire_attempts;
   /* Writes on this connection not answered yet. */
   uint32_t unanswered;
   /* Of those, writes made under an epoch the conversation has since left
@@ -102,6 +107,7 @@ typedef struct pe_commit {
   uint8_t *item; /* the encoded ConversationCommit */
   size_t len;
   uint32_t attempts;
+  uint32_t wire_attempts; /* writes on this connection (as for sends) */
   int state;
   uint64_t first_req; /* request id of the first write: older answers are not ours */
   uint64_t request_id;

@@ -61,11 +61,12 @@ void pe_done_forget_owed(pe_engine *e) {
 
 static void send_write(pe_engine *e, pe_send *s) {
   s->attempts++;
+  s->wire_attempts++;
   if (s->attempts > 1) e->stats.retries++;
   s->unanswered++;
   s->state = Q_WIRE;
   pe_out_write(e, s->frame, s->len);
-  uint64_t at = pe_add_sat(e->now, pe_retry_delay(e, s->attempts));
+  uint64_t at = pe_add_sat(e->now, pe_retry_delay(e, s->wire_attempts));
   pe_timer_set(e, &s->timer, at < s->deadline_at ? at : s->deadline_at);
 }
 
@@ -302,7 +303,7 @@ void pe_on_send_ack(pe_engine *e, const Parley__V1__SendAck *a) {
   if (stale_again) s->stale_retries++;
   if (stale_again || pe_code_retryable(a->error)) {
     s->state = Q_RETRY;
-    uint64_t at = pe_add_sat(e->now, pe_retry_delay(e, s->attempts));
+    uint64_t at = pe_add_sat(e->now, pe_retry_delay(e, s->wire_attempts));
     pe_timer_set(e, &s->timer, at < s->deadline_at ? at : s->deadline_at);
     return;
   }
@@ -443,8 +444,9 @@ void pe_flush_commits(pe_engine *e) {
     k->request_id = req;
     if (!k->first_req) k->first_req = req;
     k->attempts++;
+    k->wire_attempts++;
     if (k->attempts > 1) e->stats.retries++;
-    uint64_t at = pe_add_sat(e->now, pe_retry_delay(e, k->attempts));
+    uint64_t at = pe_add_sat(e->now, pe_retry_delay(e, k->wire_attempts));
     pe_timer_set(e, &k->timer, at < k->deadline_at ? at : k->deadline_at);
     batch[n++] = k;
     bytes += k->len + 8;
@@ -624,7 +626,7 @@ void pe_on_commit_result(pe_engine *e, const Parley__V1__CommitResult *r) {
       pe_commit_finish(e, k, 0, o->duplicate, o->state_version);
     } else if (pe_code_retryable(o->error)) {
       k->state = Q_RETRY;
-      uint64_t at = pe_add_sat(e->now, pe_retry_delay(e, k->attempts));
+      uint64_t at = pe_add_sat(e->now, pe_retry_delay(e, k->wire_attempts));
       pe_timer_set(e, &k->timer, at < k->deadline_at ? at : k->deadline_at);
     } else {
       pe_commit_finish(e, k, pw_status_from_code(o->error), false, o->state_version);
