@@ -388,8 +388,10 @@ static void on_signal(uv_signal_t *s, int signum) {
   chat_stop(s->data, 0);
 }
 
-static int usage(void) {
-  fprintf(stderr,
+/* --help prints the usage on stdout and succeeds; a usage error prints it
+ * on stderr and exits 2. */
+static int usage_to(FILE *out) {
+  fprintf(out,
           "usage: parley chat --url URL --token TOKEN [options]\n"
           "  --as customer|agent  who to be (default customer)\n"
           "  --principal NAME     the principal (default: customer, or agent)\n"
@@ -403,8 +405,10 @@ static int usage(void) {
           "  /quote <seq> <text>, /tag <t>, /untag <t>, /handback [note], /close [reason],\n"
           "  /switch <conv>, /quit\n"
           "The token may also come from the environment: PARLEY_TOKEN.\n");
-  return 2;
+  return out == stdout ? 0 : 2;
 }
+
+static int usage(void) { return usage_to(stderr); }
 
 int cli_chat(int argc, char **argv) {
   static const struct option opts[] = {
@@ -435,6 +439,7 @@ int cli_chat(int argc, char **argv) {
       break;
     case 'w': wait_ms = strtoull(optarg, NULL, 10); break;
     case 'k': insecure = true; break;
+    case 'h': return usage_to(stdout);
     default: return usage();
     }
   }

@@ -29,8 +29,15 @@ static int usage(FILE *out) {
 }
 
 int cli_lint(int argc, char **argv) {
-  if (argc < 2 || !strcmp(argv[1], "--help")) {
-    fprintf(stderr, "usage: parley lint <botdir>\n");
+  static const char use[] = "usage: parley lint <botdir> [--strict]\n"
+                            "  --strict   warnings (unused plural categories, keys missing in a\n"
+                            "             locale, files named like no locale) fail the lint\n";
+  if (argc >= 2 && (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h"))) {
+    fputs(use, stdout);
+    return 0;
+  }
+  if (argc < 2) {
+    fputs(use, stderr);
     return 2;
   }
   char err[4096];

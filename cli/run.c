@@ -195,8 +195,10 @@ static void on_input_done(void *ud) {
   uv_timer_start(&r->settle, on_settle_tick, SETTLE_CHECK_MS, SETTLE_CHECK_MS);
 }
 
-static int usage(void) {
-  fprintf(stderr,
+/* --help prints the usage on stdout and succeeds; a usage error prints it
+ * on stderr and exits 2. */
+static int usage_to(FILE *out) {
+  fprintf(out,
           "usage: parley run <botdir> [options]\n"
           "  --url URL          gateway to connect to (default: the embedded gateway)\n"
           "  --token TOKEN      the bot's token (or env PARLEY_TOKEN)\n"
@@ -213,8 +215,10 @@ static int usage(void) {
           "  --ops-port N       operations port (health, metrics, API); 0: ephemeral\n"
           "  --ops-listen HOST  address of the operations port (default 127.0.0.1)\n"
           "  --drain DURATION   SIGTERM: time for handlers to finish (default 10s)\n");
-  return 2;
+  return out == stdout ? 0 : 2;
 }
+
+static int usage(void) { return usage_to(stderr); }
 
 int cli_run(int argc, char **argv) {
   static const struct option opts[] = {
@@ -249,6 +253,7 @@ int cli_run(int argc, char **argv) {
     case 'L': f_listen = optarg; break;
     case 'v': f_level = optarg; break;
     case 'D': f_drain = optarg; break;
+    case 'h': return usage_to(stdout);
     default: return usage();
     }
   }

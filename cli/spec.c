@@ -1757,8 +1757,10 @@ static int cmp_str(const void *a, const void *b) {
 
 static void on_closed_noop(uv_handle_t *h) { (void)h; }
 
-static int usage(void) {
-  fprintf(stderr,
+/* --help prints the usage on stdout and succeeds; a usage error prints it
+ * on stderr and exits 2. */
+static int usage_to(FILE *out) {
+  fprintf(out,
           "usage: parley test <botdir> [options] [spec files...]\n"
           "  --faults           run every case again with the bot killed and the customer\n"
           "                     reconnected at random moments\n"
@@ -1768,8 +1770,10 @@ static int usage(void) {
           "  -v, --verbose      show the bot's log\n"
           "Runs bots' spec/*.yaml (or the files given) against the bot over the embedded\n"
           "gateway; prints PASS/FAIL per case and \"N passed, N failed\".\n");
-  return 2;
+  return out == stdout ? 0 : 2;
 }
+
+static int usage(void) { return usage_to(stderr); }
 
 /* bot.yaml's name (the bot's principal) and default locale. */
 static void bot_identity(const char *dir, char *out, size_t size, char *locale, size_t lsize) {
@@ -1804,6 +1808,7 @@ int cli_test(int argc, char **argv) {
     case 'c': cut = faults = true; break;
     case 's': seed = strtoull(optarg, NULL, 10); break;
     case 'v': verbose = true; break;
+    case 'h': return usage_to(stdout);
     default: return usage();
     }
   }

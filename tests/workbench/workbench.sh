@@ -130,6 +130,20 @@ config-check)
   "$P" config check --kind nonsense "$HERE/configs/gateway-good.yaml" > /dev/null 2>&1
   [ $? -eq 2 ] || fail "unknown kind"
   ;;
+help)
+  # `--help` is a request, not a mistake: usage on stdout and exit 0, for
+  # every subcommand; a usage error still exits 2 with usage on stderr.
+  for cmd in "" run test lint chat config gateway; do
+    # shellcheck disable=SC2086 # an empty command is no word
+    out=$("$P" $cmd --help 2>/dev/null); rc=$?
+    [ $rc -eq 0 ] || fail "parley $cmd --help exits $rc"
+    echo "$out" | grep -qi 'usage' || fail "parley $cmd --help prints no usage on stdout"
+  done
+  for cmd in run test lint chat; do
+    "$P" $cmd > /dev/null 2>&1
+    [ $? -eq 2 ] || fail "parley $cmd without arguments does not exit 2"
+  done
+  ;;
 *) fail "unknown mode $mode" ;;
 esac
 echo "ok: $mode"
