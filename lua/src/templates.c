@@ -505,8 +505,12 @@ int plr_l_locale_chain(lua_State *L) {
 
 /* YAML to Lua. ---------------------------------------------------------- */
 
-static void push_scalar(lua_State *L, const char *s, bool typed) {
-  if (typed) {
+/* YAML's own typing: a plain true/false or number becomes a boolean or a
+ * number; a quoted scalar ("01234", 'true') stays the string it was written
+ * as, as docs/config.md promises. */
+static void push_scalar(lua_State *L, const pc_node *n, bool typed) {
+  const char *s = pc_scalar(n);
+  if (typed && !pc_scalar_quoted(n)) {
     if (strcmp(s, "true") == 0) {
       lua_pushboolean(L, 1);
       return;
@@ -524,7 +528,7 @@ void plr_push_yaml(lua_State *L, const pc_node *n, bool typed) {
   luaL_checkstack(L, 4, "YAML nested too deeply");
   switch (pc_node_kind(n)) {
   case PC_SCALAR:
-    push_scalar(L, pc_scalar(n), typed);
+    push_scalar(L, n, typed);
     return;
   case PC_MAP:
     lua_createtable(L, 0, (int)pc_len(n));
