@@ -58,8 +58,8 @@ test-fail)
   [ "$(echo "$out" | tail -1)" = "1 passed, 1 failed" ] || fail "summary"
   echo "$out" | grep -q '^FAIL .*echo.yaml:9: greets back: step 1 (line 11): no reply equal to "Hello to you too"' || fail "failure line"
   echo "$out" | grep -Eq '^ +expected +\| actual$' || fail "no side-by-side header"
-  echo "$out" | grep -Eq '^ +>> send: hello +\| >> send: hello$' || fail "failing step not marked"
-  echo "$out" | grep -Eq '^ +reply: Hello to you too +\| ' || fail "expected column"
+  echo "$out" | grep -Eq '^ +>> send: "hello" +\| >> send: "hello"$' || fail "failing step not marked"
+  echo "$out" | grep -Eq '^ +reply: "Hello to you too" +\| ' || fail "expected column"
   echo "$out" | grep -Eq '\| bot: "You said: hello"$' || fail "actual column"
   # One file given on the command line runs only that file.
   out=$("$P" test "$HERE/failing-bot" "$HERE/failing-bot/spec/echo.yaml" 2>&1)
@@ -129,6 +129,30 @@ config-check)
   echo "$out" | grep -q 'sidecar-bad.yaml:5: shutdown.drain: ' || fail "sidecar error format"
   "$P" config check --kind nonsense "$HERE/configs/gateway-good.yaml" > /dev/null 2>&1
   [ $? -eq 2 ] || fail "unknown kind"
+  ;;
+test-spec)
+  # The clinic bot: deep multi-turn state, `wait: 5m`, replies in order, an
+  # agent's quote and tags; over the gateway, then with faults and cuts.
+  for args in "" "--faults --seed 1" "--faults --seed 2" "--faults --seed 3" "--cut --seed 4" "--cut --seed 5"; do
+    # shellcheck disable=SC2086 # the options are words
+    out=$("$P" test $args "$HERE/clinic-bot" 2>&1); rc=$?
+    [ $rc -eq 0 ] || { echo "$out"; fail "clinic $args: exit $rc"; }
+    echo "$out" | tail -1 | grep -Eq '^[1-9][0-9]* passed, 0 failed$' || { echo "$out"; fail "clinic $args"; }
+    echo "ok clinic $args: $(echo "$out" | tail -1)"
+  done
+  # A misspelt key fails the run with the file, the line and a suggestion,
+  # instead of running a different test than the one written.
+  mkdir -p "$TMP/typo"
+  printf -- '- name: typo\n  lcoale: fr\n  steps:\n    - send: code\n' > "$TMP/typo/t.yaml"
+  out=$("$P" test "$HERE/clinic-bot" "$TMP/typo/t.yaml" 2>&1); rc=$?
+  echo "$out"
+  [ $rc -eq 1 ] || fail "typo: exit $rc"
+  echo "$out" | grep -q "t.yaml:2: \[0\].lcoale: unknown key 'lcoale' (did you mean 'locale'?)" || fail "typo message"
+  # A state expectation that does not hold names the path and both values.
+  printf -- '- name: wrong state\n  steps:\n    - send: book\n      expect:\n        - state: {booking: {patient: {name: AnaSilva}}}\n' > "$TMP/typo/s.yaml"
+  out=$("$P" test "$HERE/clinic-bot" "$TMP/typo/s.yaml" 2>&1)
+  echo "$out"
+  echo "$out" | grep -q 'state.booking.patient.name is "Ana Silva", expected AnaSilva' || fail "state message"
   ;;
 help)
   # `--help` is a request, not a mistake: usage on stdout and exit 0, for

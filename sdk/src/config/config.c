@@ -618,6 +618,8 @@ int pc_node_line(const pc_node *n) { return n ? n->line : 0; }
 
 const char *pc_node_path(const pc_node *n) { return n ? n->path : ""; }
 
+const char *pc_node_file(const pc_node *n) { return n && n->file ? n->file : ""; }
+
 const char *pc_scalar(const pc_node *n) {
   return n && n->kind == PC_SCALAR ? n->scalar : NULL;
 }

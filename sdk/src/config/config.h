@@ -44,6 +44,7 @@ int pc_apply_env(pc_doc *doc, const char *prefix, pc_error *err);
 pc_kind pc_node_kind(const pc_node *n);
 int pc_node_line(const pc_node *n);
 const char *pc_node_path(const pc_node *n);   /* dotted path */
+const char *pc_node_file(const pc_node *n);   /* the document's name */
 const char *pc_scalar(const pc_node *n);      /* NULL unless PC_SCALAR */
 /* True for a scalar written in quotes or as a block (| or >): YAML types it
  * as a string, so "01234" is text while a plain 01234 is a number. */
