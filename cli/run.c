@@ -148,11 +148,10 @@ static void stop_gateway_when_clients_done(uv_timer_t *t) {
 static void on_signal(uv_signal_t *s, int signum) {
   run_ctx *r = s->data;
   if (signum == SIGHUP) {
+    /* The runtime logs the outcome (in the configured format, once):
+     * "reloaded <bot>" or "reload failed, keeping the running bot: ...". */
     char err[1024];
-    if (r->rt && plr_runtime_reload(r->rt, err, sizeof err) != 0)
-      fprintf(stderr, "parley: reload failed, the running bot goes on: %s\n", err);
-    else
-      fprintf(stderr, "parley: bot reloaded\n");
+    if (r->rt) plr_runtime_reload(r->rt, err, sizeof err);
     return;
   }
   begin_stop(r, 0);
@@ -176,13 +175,21 @@ static void on_settle_tick(uv_timer_t *t) {
     return;
   }
   if (uv_now(r->loop) > r->settle_deadline) {
-    fprintf(stderr,
-            "parley: gave up waiting for the bot after %u ms (sent #%llu, committed #%llu, "
-            "seen #%llu)\n",
-            r->wait_ms, (unsigned long long)sent, (unsigned long long)committed,
-            (unsigned long long)seen);
+    char msg[256];
+    snprintf(msg, sizeof msg,
+             "gave up waiting for the bot after %u ms (sent #%llu, committed #%llu, seen #%llu)",
+             r->wait_ms, (unsigned long long)sent, (unsigned long long)committed,
+             (unsigned long long)seen);
+    plog_log(sidecar_log(r->sc), PLOG_ERROR, msg, NULL);
     begin_stop(r, 1);
   }
+}
+
+/* The gateway refused the bot's principal for good: retrying forever would
+ * only fill the log. The runtime logged who and why; stop with status 1. */
+static void on_fatal(void *ud, int status, const char *message) {
+  (void)status, (void)message;
+  begin_stop(ud, 1);
 }
 
 static void on_input_done(void *ud) {
@@ -394,6 +401,8 @@ int cli_run(int argc, char **argv) {
   ro.log_level = quiet ? PLOG_WARN : sc.log_level;
   ro.on_observe = sidecar_observe;
   ro.ud = r.sc;
+  ro.on_fatal = on_fatal;
+  ro.fatal_ud = &r;
   int rc = plr_runtime_new(&ro, &r.rt, err, sizeof err);
   if (rc != 0) {
     fprintf(stderr, "parley: %s\n", err);
