@@ -64,6 +64,9 @@ typedef struct chat {
   uint64_t last_event_ms;
   uint64_t last_seen_seq; /* customer: to notice events */
   uint64_t wait_ms, done_since;
+  uint64_t quiet_ms;       /* --quiet: end after this much silence */
+  unsigned want_replies;   /* --replies: end after this many replies */
+  unsigned replies;        /* agent: messages of others shown */
   uint64_t started_ms;
   bool ever_ready;
   bool stopping;
@@ -287,8 +290,10 @@ static void a_on_event(parley_client *cl, const parley_event *ev, void *ud) {
   if (!is_taken(c, ev->conversation)) return;
   if (ev->kind == PARLEY_EVENT_MESSAGE) remember_message(c, ev);
   if (strcmp(ev->conversation, c->current)) printf("[%s] ", ev->conversation);
-  if (ev->kind == PARLEY_EVENT_MESSAGE && ev->sender && strcmp(ev->sender, c->principal))
+  if (ev->kind == PARLEY_EVENT_MESSAGE && ev->sender && strcmp(ev->sender, c->principal)) {
     printf("#%llu ", (unsigned long long)ev->seq);
+    c->replies++;
+  }
   /* Rendered as for a person, so that handoffs and tags show; the
    * agent's own typed messages are left out. */
   console_render_event(stdout, ev, c->principal, true, c->color);
@@ -371,10 +376,25 @@ static void on_tick(uv_timer_t *t) {
   if (!drained) return;
   if (!c->done_since) c->done_since = now;
   /* Quiet for a moment, or out of patience. */
-  if (now - c->last_event_ms >= CHAT_QUIET_MS && now - c->done_since >= CHAT_QUIET_MS)
-    chat_stop(c, c->failures || (c->con && console_failures(c->con)) ? 1 : 0);
+  int rc = c->failures || (c->con && console_failures(c->con)) ? 1 : 0;
+  if (c->want_replies) {
+    /* --replies N: done once N messages of others were shown, whatever
+     * the pauses between them; out of patience (--wait) is a failure. */
+    unsigned seen = c->con ? console_replies(c->con) : c->replies;
+    if (seen >= c->want_replies) {
+      chat_stop(c, rc);
+    } else if (now - c->done_since > c->wait_ms) {
+      fprintf(stderr, "parley chat: %u of %u replies after %llu ms\n", seen, c->want_replies,
+              (unsigned long long)c->wait_ms);
+      chat_stop(c, 1);
+    }
+    return;
+  }
+  /* Quiet for a moment (--quiet), or out of patience (--wait). */
+  if (now - c->last_event_ms >= c->quiet_ms && now - c->done_since >= c->quiet_ms)
+    chat_stop(c, rc);
   else if (now - c->done_since > c->wait_ms)
-    chat_stop(c, c->failures || (c->con && console_failures(c->con)) ? 1 : 0);
+    chat_stop(c, rc);
 }
 
 static void on_customer_done(void *ud) {
@@ -400,6 +420,11 @@ static int usage_to(FILE *out) {
           "  --queue Q            agent: a queue to watch (repeatable; default all)\n"
           "  --wait MS            at end of input, wait at most this long for answers\n"
           "                       (default 5000)\n"
+          "  --replies N          at end of input, wait until N messages of others (the\n"
+          "                       bot's replies, an agent's) were shown in all, then exit;\n"
+          "                       exit 1 if --wait runs out first\n"
+          "  --quiet MS           without --replies: exit once nothing arrived for this\n"
+          "                       long (default 700)\n"
           "  --insecure           development only: accept any TLS certificate\n"
           "agent commands: /queue, /take <conv>, /reply <text> (or plain text),\n"
           "  /quote <seq> <text>, /tag <t>, /untag <t>, /handback [note], /close [reason],\n"
@@ -416,6 +441,7 @@ int cli_chat(int argc, char **argv) {
       {"as", required_argument, 0, 'a'},        {"principal", required_argument, 0, 'p'},
       {"conversation", required_argument, 0, 'c'}, {"locale", required_argument, 0, 'l'},
       {"queue", required_argument, 0, 'q'},     {"wait", required_argument, 0, 'w'},
+      {"replies", required_argument, 0, 'r'},   {"quiet", required_argument, 0, 'Q'},
       {"insecure", no_argument, 0, 'k'},        {"help", no_argument, 0, 'h'},
       {0, 0, 0, 0}};
   const char *url = NULL, *token = getenv("PARLEY_TOKEN"), *as = "customer";
@@ -423,10 +449,11 @@ int cli_chat(int argc, char **argv) {
   const char *queues[CHAT_MAX_QUEUES];
   size_t n_queues = 0;
   bool insecure = false;
-  uint64_t wait_ms = 5000;
+  uint64_t wait_ms = 5000, quiet_ms = CHAT_QUIET_MS;
+  unsigned long want_replies = 0;
   optind = 1;
   int ch;
-  while ((ch = getopt_long(argc, argv, "u:t:a:p:c:l:q:w:kh", opts, NULL)) != -1) {
+  while ((ch = getopt_long(argc, argv, "u:t:a:p:c:l:q:w:r:Q:kh", opts, NULL)) != -1) {
     switch (ch) {
     case 'u': url = optarg; break;
     case 't': token = optarg; break;
@@ -438,6 +465,8 @@ int cli_chat(int argc, char **argv) {
       if (n_queues < CHAT_MAX_QUEUES) queues[n_queues++] = optarg;
       break;
     case 'w': wait_ms = strtoull(optarg, NULL, 10); break;
+    case 'r': want_replies = strtoul(optarg, NULL, 10); break;
+    case 'Q': quiet_ms = strtoull(optarg, NULL, 10); break;
     case 'k': insecure = true; break;
     case 'h': return usage_to(stdout);
     default: return usage();
@@ -452,6 +481,8 @@ int cli_chat(int argc, char **argv) {
   c.loop = uv_default_loop();
   c.principal = principal;
   c.wait_ms = wait_ms;
+  c.quiet_ms = quiet_ms;
+  c.want_replies = (unsigned)want_replies;
   c.interactive = isatty(STDIN_FILENO) && isatty(STDOUT_FILENO);
   c.color = c.interactive && getenv("NO_COLOR") == NULL;
   c.last_event_ms = c.started_ms = uv_now(c.loop);

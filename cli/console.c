@@ -28,6 +28,7 @@ struct console {
   unsigned failures;
   uint64_t last_sent_seq;
   uint64_t last_seen_seq;
+  unsigned replies; /* messages of others shown, in any conversation */
   choice choices[CONSOLE_MAX_CHOICES];
   size_t n_choices;
   uint64_t choices_seq;
@@ -177,12 +178,18 @@ static void maybe_done(console *c) {
 static void on_event(parley_client *cl, const parley_event *ev, void *ud) {
   console *c = ud;
   (void)cl;
-  if (strcmp(ev->conversation, c->conversation) != 0) return;
-  if (ev->seq > c->last_seen_seq) c->last_seen_seq = ev->seq;
+  /* The client acknowledges every event handed to this callback, so each
+   * one is shown: an event of another conversation of the same principal
+   * (a proactive message, say) too, under its conversation's name. */
+  bool here = strcmp(ev->conversation, c->conversation) == 0;
+  if (here && ev->seq > c->last_seen_seq) c->last_seen_seq = ev->seq;
   if (c->o.interactive && c->prompt_shown) {
     fputs("\r\033[K", c->o.out);
     c->prompt_shown = false;
   }
+  if (!here) fprintf(c->o.out, "[%s] ", ev->conversation);
+  if (ev->kind == PARLEY_EVENT_MESSAGE && ev->sender && strcmp(ev->sender, c->principal))
+    c->replies++;
   console_render_event(c->o.out, ev, c->principal, c->o.interactive, c->o.color);
   if (ev->kind == PARLEY_EVENT_MESSAGE && ev->sender && strcmp(ev->sender, c->principal))
     remember_choices(c, ev);
@@ -360,4 +367,5 @@ const char *console_conversation(const console *c) { return c->conversation; }
 uint64_t console_last_sent_seq(const console *c) { return c->last_sent_seq; }
 uint64_t console_last_seen_seq(const console *c) { return c->last_seen_seq; }
 unsigned console_failures(const console *c) { return c->failures; }
+unsigned console_replies(const console *c) { return c->replies; }
 parley_client *console_client(console *c) { return c->client; }

@@ -47,6 +47,8 @@ uint64_t console_last_sent_seq(const console *c);
 uint64_t console_last_seen_seq(const console *c);
 /* Sends that failed for good. */
 unsigned console_failures(const console *c);
+/* Messages of others (the bot, agents) shown so far, in any conversation. */
+unsigned console_replies(const console *c);
 parley_client *console_client(console *c);
 
 /* Renders one event as text lines (shared with `parley chat`). */

@@ -154,6 +154,39 @@ test-spec)
   echo "$out"
   echo "$out" | grep -q 'state.booking.patient.name is "Ana Silva", expected AnaSilva' || fail "state message"
   ;;
+chat-replies)
+  # A bot that answers after 2 s: piped `parley chat --replies 2` waits for
+  # the greeting and the late answer, whatever the pauses.
+  cat > "$TMP/gw.yaml" <<YAML
+listen: 127.0.0.1
+port: 0
+data_dir: $TMP/data
+bot: slow
+principals:
+  - {name: slow, role: bot, token: bot-token}
+  - {name: alice, role: customer, token: cust-token}
+YAML
+  "$P" gateway --config "$TMP/gw.yaml" > "$TMP/gw.out" 2> "$TMP/gw.err" &
+  pids="$pids $!"
+  i=0
+  while ! grep -q "listening on" "$TMP/gw.out" 2>/dev/null; do
+    i=$((i + 1)); [ $i -gt 100 ] && fail "gateway did not start"
+    sleep 0.1
+  done
+  PORT=$(sed -n 's/.*127\.0\.0\.1:\([0-9]*\).*/\1/p' "$TMP/gw.out" | head -1)
+  URL=ws://127.0.0.1:$PORT/
+  "$P" run "$HERE/slow-bot" --url "$URL" --token bot-token > "$TMP/bot.out" 2> "$TMP/bot.err" &
+  pids="$pids $!"
+  out=$(printf 'are you there\n' | "$P" chat --url "$URL" --token cust-token --principal alice \
+        --conversation wb-slow --replies 2 --wait 15000 2>"$TMP/chat.err"); rc=$?
+  echo "$out"; cat "$TMP/chat.err"
+  [ $rc -eq 0 ] || fail "exit $rc"
+  echo "$out" | grep -qx "slow: Later: are you there" || fail "the late reply was not waited for"
+  # Out of patience before N replies: exit 1 and say so.
+  printf 'again\n' | "$P" chat --url "$URL" --token cust-token --principal alice \
+      --conversation wb-slow2 --replies 5 --wait 1000 > /dev/null 2> "$TMP/chat2.err" && fail "too few replies accepted"
+  grep -q "of 5 replies after 1000 ms" "$TMP/chat2.err" || fail "no message: $(cat "$TMP/chat2.err")"
+  ;;
 help)
   # `--help` is a request, not a mistake: usage on stdout and exit 0, for
   # every subcommand; a usage error still exits 2 with usage on stderr.
