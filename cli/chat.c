@@ -289,14 +289,20 @@ static void a_on_event(parley_client *cl, const parley_event *ev, void *ud) {
   c->last_event_ms = uv_now(c->loop);
   if (!is_taken(c, ev->conversation)) return;
   if (ev->kind == PARLEY_EVENT_MESSAGE) remember_message(c, ev);
-  if (strcmp(ev->conversation, c->current)) printf("[%s] ", ev->conversation);
-  if (ev->kind == PARLEY_EVENT_MESSAGE && ev->sender && strcmp(ev->sender, c->principal)) {
-    printf("#%llu ", (unsigned long long)ev->seq);
-    c->replies++;
+  /* The prefix names the conversation when it is not the current one and
+   * the message's seq (what /quote takes), on the sender's line. */
+  char prefix[200] = "";
+  if (strcmp(ev->conversation, c->current))
+    snprintf(prefix, sizeof prefix, "[%.120s] ", ev->conversation);
+  if (ev->kind == PARLEY_EVENT_MESSAGE) {
+    size_t n = strlen(prefix);
+    snprintf(prefix + n, sizeof prefix - n, "#%llu ", (unsigned long long)ev->seq);
+    if (ev->sender && strcmp(ev->sender, c->principal)) c->replies++;
   }
-  /* Rendered as for a person, so that handoffs and tags show; the
-   * agent's own typed messages are left out. */
-  console_render_event(stdout, ev, c->principal, true, c->color);
+  /* Rendered as for a person, so that handoffs and tags show, with the
+   * agent's own messages too: the transcript is the conversation as the
+   * gateway stored it. */
+  console_render_event(stdout, ev, NULL, true, c->color, prefix);
   fflush(stdout);
 }
 

@@ -51,8 +51,11 @@ unsigned console_failures(const console *c);
 unsigned console_replies(const console *c);
 parley_client *console_client(console *c);
 
-/* Renders one event as text lines (shared with `parley chat`). */
+/* Renders one event as text lines (shared with `parley chat`). Messages of
+ * self are left out (the user typed them); self NULL shows every message.
+ * prefix (or NULL), such as "#18 " or "[conversation] ", starts the line
+ * that names the sender or the event, after any quote line. */
 void console_render_event(FILE *out, const parley_event *ev, const char *self,
-                          bool interactive, bool color);
+                          bool interactive, bool color, const char *prefix);
 
 #endif

@@ -83,6 +83,16 @@ chat-customer)
   echo "$out" | grep -qx "handoff: We're open Monday to Friday, 9:00 to 18:00." || fail "answer"
   # Each reply once.
   [ "$(echo "$out" | grep -c "We're open")" -eq 1 ] || fail "reply not exactly once"
+  # An event of the customer's other conversation reaches this console too:
+  # it is shown under its conversation's name, not acknowledged unseen.
+  (sleep 1; printf 'when are you open?\n' | "$P" chat --url "$URL" --token cust-token --principal alice \
+     --conversation wb-other > /dev/null 2>&1) &
+  out=$(printf 'hello\n' | "$P" chat --url "$URL" --token cust-token --principal alice \
+        --conversation wb-c1b --replies 3 --wait 10000 2>&1)
+  wait $!
+  echo "$out"
+  echo "$out" | grep -qx "\[wb-other\] handoff: We're open Monday to Friday, 9:00 to 18:00." ||
+    fail "other conversation's reply not shown"
   # A customer that may not write to the conversation fails.
   printf 'hi\n' | "$P" chat --url "$URL" --token agent-token --principal agent-1 --conversation wb-c1 --wait 1500 \
     > /dev/null 2>&1 && fail "wrong role accepted"
@@ -101,6 +111,12 @@ chat-agent)
   echo "$out" | grep -Eq '^#[0-9]+ alice: can I talk to a human please$' || fail "history"
   echo "$out" | grep -q 'assigned to agent-1' || fail "take"
   echo "$out" | grep -q 'tags: .*vip' || fail "tag"
+  # The transcript has the agent's own messages, the quote on its own line
+  # just above the quoting message's numbered line, and no empty tags line.
+  echo "$out" | grep -Eq '^#[0-9]+ agent-1: Hi, this is Agent One. How can I help\?$' || fail "own reply not shown"
+  echo "$out" | grep -B1 -E '^#[0-9]+ agent-1: You said hello$' | head -1 | grep -Eq '^ +> \(#3\) hello$' ||
+    fail "quote misplaced"
+  echo "$out" | grep -Eq -- '-- #[0-9]+ tags --' && fail "empty tags line"
   # The customer sees the agent's reply (its history comes again: new device).
   out=$(printf '' | "$P" chat --url "$URL" --token cust-token --principal alice --conversation wb-c2 2>&1)
   echo "$out" | grep -qx "agent-1: Hi, this is Agent One. How can I help?" || fail "customer did not see the reply: $out"
