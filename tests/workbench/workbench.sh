@@ -203,6 +203,30 @@ YAML
       --conversation wb-slow2 --replies 5 --wait 1000 > /dev/null 2> "$TMP/chat2.err" && fail "too few replies accepted"
   grep -q "of 5 replies after 1000 ms" "$TMP/chat2.err" || fail "no message: $(cat "$TMP/chat2.err")"
   ;;
+lint)
+  # Warnings for what loads but is likely a mistake; --strict fails on them.
+  out=$("$P" lint "$HERE/configs/lint-bot" 2>&1); rc=$?
+  echo "$out"
+  [ $rc -eq 0 ] || fail "lint without --strict: exit $rc"
+  echo "$out" | grep -q "en.yaml:3: items: plural category 'zero' is never selected in en" || fail "plural warning"
+  echo "$out" | grep -q "fr.yaml:1: hello: missing in fr; its customers get the en text" || fail "missing key warning"
+  echo "$out" | grep -q "jp.yaml:1: file name: 'jp' is not a language code.*did you mean ja.yaml" || fail "file name warning"
+  echo "$out" | grep -q "ok, 3 warnings" || fail "summary"
+  "$P" lint "$HERE/configs/lint-bot" --strict > /dev/null 2>&1 && fail "--strict passed with warnings"
+  "$P" lint "$SRC/bots/faq" --strict | grep -qx "$SRC/bots/faq: ok" || fail "faq has warnings"
+  # bot.yaml's template errors name its file, line and key.
+  mkdir -p "$TMP/fb/templates"
+  printf 'name: fb\ndefault_locale: en\nfallback_reply: oopz\n' > "$TMP/fb/bot.yaml"
+  printf 'x: "x"\n' > "$TMP/fb/templates/en.yaml"
+  printf 'local bot = parley.bot()\nreturn bot\n' > "$TMP/fb/bot.lua"
+  out=$("$P" lint "$TMP/fb" 2>&1) && fail "bad fallback_reply passed"
+  echo "$out"
+  echo "$out" | grep -q "bot.yaml:3: fallback_reply: no template key 'oopz'" || fail "fallback_reply error"
+  printf 'name: fb\ndefault_locale: de\n' > "$TMP/fb/bot.yaml"
+  out=$("$P" lint "$TMP/fb" 2>&1) && fail "missing default locale passed"
+  echo "$out"
+  echo "$out" | grep -q "bot.yaml:2: default_locale: no template file templates/de.yaml" || fail "default locale error"
+  ;;
 help)
   # `--help` is a request, not a mistake: usage on stdout and exit 0, for
   # every subcommand; a usage error still exits 2 with usage on stderr.
