@@ -43,6 +43,9 @@ cat "$TMP/auth.err"
 [ $rc -eq 1 ] || fail "bad token: exit $rc, expected 1"
 grep -q "refused bot principal 'faq': authentication failed" "$TMP/auth.err" || fail "bad token message"
 grep -q "wrong-token" "$TMP/auth.err" && fail "the token was logged"
+# The gateway logs the refused login: the principal, never the token.
+grep -q "refused login of principal 'faq' as bot" "$TMP/gw.err" || fail "gateway did not log the refused login"
+grep -q "wrong-token" "$TMP/gw.err" && fail "the gateway logged the token"
 
 # http:// instead of ws://: which scheme is expected.
 timeout 10 "$P" run "$BOT" --url "http://127.0.0.1:$PORT/" --token bot-token 2> "$TMP/scheme.err"
