@@ -11,6 +11,10 @@ it is (the comment does not show when the page is rendered):
   <!-- doc-test: run-tty INPUT -->    the same, at a pseudo-terminal fed INPUT
   <!-- doc-test: output-of COMMAND -->  the block is the output of COMMAND
   <!-- doc-test: files-exist DIR -->  the block lists files that exist
+  <!-- doc-test: config-check KIND [VAR=value...] -->  `parley config check
+                                      --kind KIND` says ok for the block
+  <!-- doc-test: c-compile -->        the block compiles as the body of a
+                                      function (with the SDK's headers)
 
 A block without such a comment fails the test: every example runs.
 Expected output lines must appear in the actual output, in order (other
@@ -19,7 +23,7 @@ ids and queue waiting times are normalised. The gateway port of the page
 (8470) is replaced by a free one so that runs do not collide. Commands
 ending in `&` run in the background until the end.
 
-usage: doc_tests.py PARLEY_BIN_DIR PAGE.md
+usage: doc_tests.py PARLEY_BIN_DIR PAGE.md [SOURCE_DIR]
 """
 import os
 import re
@@ -31,7 +35,7 @@ import sys
 import tempfile
 import time
 
-BLOCK = re.compile(r"(<!-- doc-test: (.*?) -->\n)?```(\w*)\n(.*?)```", re.S)
+BLOCK = re.compile(r"(<!-- doc-test: (.*?)\s*-->\n *)?```(\w*)\n(.*?)```", re.S)
 
 
 def free_port():
@@ -88,6 +92,7 @@ def contains_in_order(actual, expected):
 
 def main():
     bindir, page = os.path.abspath(sys.argv[1]), sys.argv[2]
+    src = os.path.abspath(sys.argv[3]) if len(sys.argv) > 3 else None
     text = open(page, encoding="utf-8").read()
     port = str(free_port())
     work = tempfile.mkdtemp(prefix="parley-doc-")
@@ -105,17 +110,56 @@ def main():
     try:
         for n, m in enumerate(BLOCK.finditer(text), 1):
             directive, lang, body = m.group(2), m.group(3), m.group(4)
+            # A block inside a list item is indented with the item.
+            indent = re.match(r" *", body).group(0)
+            if indent:
+                body = "\n".join(l[len(indent):] if l.startswith(indent) else l
+                                 for l in body.split("\n"))
             body = body.replace("8470", port)
             if not directive:
                 fail(n, f"no doc-test comment before the ```{lang} block")
                 continue
-            kind, _, arg = directive.partition(" ")
+            kind, _, arg = directive.strip().partition(" ")
+            if "\n" in kind:
+                kind, _, rest = kind.partition("\n")
+                arg = rest + arg
             checked += 1
             if kind == "file":
                 path = os.path.join(work, arg)
                 os.makedirs(os.path.dirname(path) or work, exist_ok=True)
                 with open(path, "w", encoding="utf-8") as f:
                     f.write(body)
+            elif kind == "config-check":
+                words = arg.split()
+                ckenv = dict(env)
+                for w in words[1:]:
+                    k, _, v = w.partition("=")
+                    ckenv[k] = v
+                path = os.path.join(work, f"block{n}.yaml")
+                with open(path, "w", encoding="utf-8") as f:
+                    f.write(body)
+                r = subprocess.run(["parley", "config", "check", path, "--kind", words[0]],
+                                   cwd=work, env=ckenv, stdout=subprocess.PIPE,
+                                   stderr=subprocess.STDOUT, text=True, timeout=60)
+                if r.returncode != 0 or r.stdout.strip() != "ok":
+                    fail(n, f"config check --kind {words[0]}: {r.stdout}")
+            elif kind == "c-compile":
+                if not src:
+                    fail(n, "c-compile needs the source folder")
+                    continue
+                path = os.path.join(work, f"block{n}.c")
+                with open(path, "w", encoding="utf-8") as f:
+                    f.write("#include <stdio.h>\n#include <stdint.h>\n#include <parley/error.h>\n"
+                            "#include \"config/config.h\"\n"
+                            "int doc_example(const char *path);\n"
+                            "int doc_example(const char *path) {\n" + body + "\n  return 0;\n}\n")
+                r = subprocess.run(["cc", "-std=c11", "-fsyntax-only", "-Wall", "-Werror",
+                                    "-Wno-unused-variable", "-Wno-unused-but-set-variable",
+                                    "-I", os.path.join(src, "sdk/include"),
+                                    "-I", os.path.join(src, "sdk/src"), path],
+                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                if r.returncode != 0:
+                    fail(n, f"does not compile:\n{r.stdout}")
             elif kind == "files-exist":
                 deferred.append((n, arg, body))
             elif kind == "output-of":
