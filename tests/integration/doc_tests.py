@@ -15,6 +15,20 @@ it is (the comment does not show when the page is rendered):
                                       --kind KIND` says ok for the block
   <!-- doc-test: c-compile -->        the block compiles as the body of a
                                       function (with the SDK's headers)
+  <!-- doc-test: output-shape COMMAND -->  like output-of, but a sample line
+                                      `name{labels} value` matches any value
+                                      and `...` lines are skipped (metrics)
+  <!-- doc-test: http-request HOST:PORT -->  the block is a raw HTTP request
+                                      (Content-Length is computed): sent
+  <!-- doc-test: http-response -->    the block is the answer to the last
+                                      request: same status line, headers, and
+                                      JSON body with the same keys
+  <!-- doc-test: example REASON -->   not run, and says why (a formula)
+
+Comments that stand alone, not before a block, run in page order:
+
+  <!-- doc-test-run: COMMANDS -->     hidden setup (a trailing & backgrounds)
+  <!-- doc-test-replace: A => B -->   A in every later block reads as B
 
 A block without such a comment fails the test: every example runs.
 Expected output lines must appear in the actual output, in order (other
@@ -25,6 +39,7 @@ ending in `&` run in the background until the end.
 
 usage: doc_tests.py PARLEY_BIN_DIR PAGE.md [SOURCE_DIR]
 """
+import json
 import os
 import re
 import shutil
@@ -35,7 +50,8 @@ import sys
 import tempfile
 import time
 
-BLOCK = re.compile(r"(<!-- doc-test: (.*?)\s*-->\n *)?```(\w*)\n(.*?)```", re.S)
+BLOCK = re.compile(r"(<!-- doc-test: (.*?)\s*-->\n *)?```(\w*)\n(.*?)```"
+                   r"|<!-- doc-test-(run|replace):\s*(.*?)\s*-->", re.S)
 
 
 def free_port():
@@ -95,8 +111,12 @@ def main():
     src = os.path.abspath(sys.argv[3]) if len(sys.argv) > 3 else None
     text = open(page, encoding="utf-8").read()
     port = str(free_port())
+    ops_port = str(free_port())
+    replacements = []
+    last_response = None
     work = tempfile.mkdtemp(prefix="parley-doc-")
-    env = dict(os.environ, PATH=bindir + os.pathsep + os.environ["PATH"], NO_COLOR="1")
+    env = dict(os.environ, PATH=bindir + os.pathsep + os.environ["PATH"], NO_COLOR="1",
+               PARLEY_SRC=src or "")
     background = []
     deferred = []  # files-exist checks, once every block has run
     failures = 0
@@ -108,14 +128,45 @@ def main():
         print(f"FAIL {page} block {n}: {what}")
 
     try:
-        for n, m in enumerate(BLOCK.finditer(text), 1):
+        def subst(t):
+            for a, b in replacements:
+                t = t.replace(a, b)
+            return t.replace("8470", port).replace("9090", ops_port)
+
+        n = 0
+        for m in BLOCK.finditer(text):
+            if m.group(5) == "replace":
+                a, _, b = m.group(6).partition(" => ")
+                replacements.append((a, b))
+                continue
+            if m.group(5) == "run":
+                for cmd in subst(m.group(6)).split("\n"):
+                    cmd = cmd.strip()
+                    if not cmd:
+                        continue
+                    if cmd.endswith("&"):
+                        log = open(os.path.join(work, f"bg{len(background)}.log"), "w+")
+                        background.append(subprocess.Popen(cmd[:-1], shell=True, cwd=work, env=env,
+                                                           stdout=log, stderr=subprocess.STDOUT,
+                                                           start_new_session=True))
+                        time.sleep(1)
+                    else:
+                        r = subprocess.run(cmd, shell=True, cwd=work, env=env, timeout=120,
+                                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                           text=True)
+                        if r.returncode != 0:
+                            fail(n, f"setup `{cmd}` exited {r.returncode}:\n{r.stdout}")
+                continue
+            n += 1
             directive, lang, body = m.group(2), m.group(3), m.group(4)
+            if directive:
+                directive = subst(directive)
             # A block inside a list item is indented with the item.
             indent = re.match(r" *", body).group(0)
             if indent:
                 body = "\n".join(l[len(indent):] if l.startswith(indent) else l
                                  for l in body.split("\n"))
-            body = body.replace("8470", port)
+            body = subst(body)
             if not directive:
                 fail(n, f"no doc-test comment before the ```{lang} block")
                 continue
@@ -143,6 +194,69 @@ def main():
                                    stderr=subprocess.STDOUT, text=True, timeout=60)
                 if r.returncode != 0 or r.stdout.strip() != "ok":
                     fail(n, f"config check --kind {words[0]}: {r.stdout}")
+            elif kind == "example":
+                checked -= 1  # not run; the reason is in the page
+                if not arg:
+                    fail(n, "example needs a reason")
+            elif kind == "output-shape":
+                r = subprocess.run(arg, shell=True, cwd=work, env=env, stdout=subprocess.PIPE,
+                                   stderr=subprocess.STDOUT, text=True, timeout=60)
+                got = [norm(l) for l in r.stdout.split("\n")]
+                for line in body.split("\n"):
+                    line = norm(line)
+                    if not line or line == "...":
+                        continue
+                    if line.startswith("#"):
+                        ok = line in got
+                    else:
+                        key = line.rsplit(" ", 1)[0] + " "
+                        ok = any(g.startswith(key) for g in got)
+                    if not ok:
+                        fail(n, f"`{arg}` has no line like {line!r}:\n{r.stdout}")
+                        break
+            elif kind == "http-request":
+                host, _, hport = arg.rpartition(":")
+                head, _, payload = body.partition("\n\n")
+                lines = head.split("\n")
+                req = lines[0] + " HTTP/1.1\r\nHost: " + host + "\r\n"
+                req += "".join(l + "\r\n" for l in lines[1:] if l)
+                data = payload.rstrip("\n").encode()
+                req = (req.encode() + b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(data)
+                       + data)
+                try:
+                    with socket.create_connection((host, int(hport)), timeout=30) as sock:
+                        sock.sendall(req)
+                        chunks = []
+                        while True:
+                            c = sock.recv(65536)
+                            if not c:
+                                break
+                            chunks.append(c)
+                    last_response = b"".join(chunks).decode("utf-8", "replace")
+                except OSError as e:
+                    fail(n, f"cannot send the request to {arg}: {e}")
+            elif kind == "http-response":
+                if last_response is None:
+                    fail(n, "no request before this response")
+                    continue
+                want_head, _, want_body = body.partition("\n\n")
+                got_head, _, got_body = last_response.partition("\r\n\r\n")
+                wl = want_head.split("\n")
+                gl = got_head.split("\r\n")
+                if not gl[0].endswith(wl[0]):
+                    fail(n, f"status {gl[0]!r}, the page says {wl[0]!r}")
+                for h in wl[1:]:
+                    if h and h.lower() not in (g.lower() for g in gl):
+                        fail(n, f"no header {h!r} in {gl}")
+                try:
+                    wj, gj = json.loads(want_body), json.loads(got_body)
+                    if sorted(wj) != sorted(gj):
+                        fail(n, f"body keys {sorted(gj)}, the page shows {sorted(wj)}")
+                    for k in ("conversation", "duplicate"):
+                        if k in wj and wj[k] != gj.get(k):
+                            fail(n, f"{k} is {gj.get(k)!r}, the page shows {wj[k]!r}")
+                except ValueError as e:
+                    fail(n, f"body is not the JSON shown: {e}: {got_body!r}")
             elif kind == "c-compile":
                 if not src:
                     fail(n, "c-compile needs the source folder")
