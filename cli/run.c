@@ -13,6 +13,7 @@
  */
 #include <errno.h>
 #include <getopt.h>
+#include <stdarg.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -227,6 +228,24 @@ static int usage_to(FILE *out) {
 
 static int usage(void) { return usage_to(stderr); }
 
+/* A fatal error at start, once the log format is known: a plain line for
+ * people in the text format, a record like every other with json or
+ * logfmt, so that a collector never gets a line it cannot parse. */
+static void start_error(const sidecar_config *sc, const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 2, 3)))
+#endif
+    ;
+static void start_error(const sidecar_config *sc, const char *fmt, ...) {
+  char msg[4096];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(msg, sizeof msg, fmt, ap);
+  va_end(ap);
+  if (sc->log_format == PLOG_TEXT) fprintf(stderr, "parley: %s\n", msg);
+  else plog_write(stderr, sc->log_format, PLOG_ERROR, NULL, 0, msg, NULL, 0);
+}
+
 int cli_run(int argc, char **argv) {
   static const struct option opts[] = {
       {"url", required_argument, 0, 'u'},       {"token", required_argument, 0, 't'},
@@ -321,13 +340,13 @@ int cli_run(int argc, char **argv) {
 
   char err[2048];
   if (plr_load_check(bot_dir, err, sizeof err) != 0) {
-    fprintf(stderr, "parley: cannot load bot %s:\n%s\n", bot_dir, err);
+    start_error(&sc, "cannot load bot %s:\n%s", bot_dir, err);
     return 1;
   }
 
   r.loop = uv_default_loop();
   if (sidecar_new(r.loop, &sc, stderr, &r.sc) != 0) {
-    fprintf(stderr, "parley: cannot set up the sidecar (out of memory)\n");
+    start_error(&sc, "cannot set up the sidecar (out of memory)");
     return 1;
   }
   /* Embedded: warnings only unless asked, the console is the show. */
@@ -346,7 +365,7 @@ int cli_run(int argc, char **argv) {
       const char *tmp = getenv("TMPDIR");
       snprintf(r.data_dir, sizeof r.data_dir, "%s/parley-run-XXXXXX", tmp && *tmp ? tmp : "/tmp");
       if (!mkdtemp(r.data_dir)) {
-        fprintf(stderr, "parley: cannot create a data directory: %s\n", strerror(errno));
+        start_error(&sc, "cannot create a data directory: %s", strerror(errno));
         return 1;
       }
       r.own_data_dir = true;
@@ -371,20 +390,20 @@ int cli_run(int argc, char **argv) {
              "    token_hash: \"%s\"\n",
              r.data_dir, principal, principal, bot_hash, customer_hash);
     if (pg_config_from_string("embedded", yaml, &r.gw_cfg, err, sizeof err) != 0) {
-      fprintf(stderr, "parley: embedded gateway config: %s\n", err);
+      start_error(&sc, "embedded gateway config: %s", err);
       return 1;
     }
     int rc = pg_gateway_new(r.loop, r.gw_cfg, &r.gw);
     if (rc != 0) {
-      fprintf(stderr, "parley: cannot start the embedded gateway: %s\n", parley_strerror(rc));
+      start_error(&sc, "cannot start the embedded gateway: %s", parley_strerror(rc));
       pg_config_free(r.gw_cfg);
       return 1;
     }
     snprintf(gw_url, sizeof gw_url, "ws://127.0.0.1:%d/", pg_gateway_port(r.gw));
     url = gw_url;
   } else if (!token) {
-    fprintf(stderr, "parley: --token (or PARLEY_TOKEN, or gateway.token/token_env in --config) "
-                    "is required with --url\n");
+    start_error(&sc, "--token (or PARLEY_TOKEN, or gateway.token/token_env in --config) "
+                    "is required with --url");
     sidecar_free(r.sc);
     return 2;
   }
@@ -405,16 +424,16 @@ int cli_run(int argc, char **argv) {
   ro.fatal_ud = &r;
   int rc = plr_runtime_new(&ro, &r.rt, err, sizeof err);
   if (rc != 0) {
-    fprintf(stderr, "parley: %s\n", err);
+    start_error(&sc, "%s", err);
     goto out;
   }
   if ((rc = sidecar_attach(r.sc, r.rt)) != 0) {
-    fprintf(stderr, "parley: cannot open the ops port on %s:%d: %s\n", sc.listen, sc.port,
+    start_error(&sc, "cannot open the ops port on %s:%d: %s", sc.listen, sc.port,
             parley_strerror(rc));
     goto out;
   }
   if ((rc = plr_runtime_start(r.rt)) != 0) {
-    fprintf(stderr, "parley: cannot start the bot: %s\n", parley_strerror(rc));
+    start_error(&sc, "cannot start the bot: %s", parley_strerror(rc));
     goto out;
   }
 
@@ -431,7 +450,7 @@ int cli_run(int argc, char **argv) {
     co.on_input_done = on_input_done;
     co.ud = &r;
     if ((rc = console_new(&co, &r.con)) != 0 || (rc = console_start(r.con)) != 0) {
-      fprintf(stderr, "parley: cannot start the console: %s\n", parley_strerror(rc));
+      start_error(&sc, "cannot start the console: %s", parley_strerror(rc));
       goto out;
     }
   }

@@ -53,6 +53,13 @@ rc=$?
 cat "$TMP/scheme.err"
 [ $rc -ne 0 ] || fail "http:// accepted"
 grep -q "scheme must be ws:// or wss://" "$TMP/scheme.err" || fail "scheme message"
+# With --log-format json even an error at start is a JSON record.
+timeout 10 "$P" run "$BOT" --url "http://127.0.0.1:$PORT/" --token bot-token --log-format json 2> "$TMP/scheme.json"
+python3 - "$TMP/scheme.json" <<'PY' || fail "a start error is not JSON: $(cat "$TMP/scheme.json")"
+import json, sys
+lines = open(sys.argv[1]).read().splitlines()
+assert lines and all(json.loads(l)["level"] == "error" for l in lines)
+PY
 
 # Nothing listens on the port: the URL and the cause, once.
 timeout 3 "$P" run "$BOT" --url ws://127.0.0.1:1/ --token bot-token 2> "$TMP/refused.err"
