@@ -78,6 +78,30 @@ for line in open(sys.argv[1]):
     json.loads(line)
 PY
 
+# SIGHUP under --log-format json: the reload is one JSON record, and a
+# failed reload (bot.lua broken meanwhile) is logged once, not twice.
+cp -r "$BOT" "$TMP/faq"
+"$P" run "$TMP/faq" --url "$URL" --token bot-token --log-format json 2> "$TMP/reload.err" &
+RUN=$!
+i=0
+while ! grep -q '"msg":"connected to' "$TMP/reload.err" 2>/dev/null; do
+  i=$((i + 1)); [ $i -gt 100 ] && fail "bot did not connect: $(cat "$TMP/reload.err")"
+  sleep 0.1
+done
+kill -HUP $RUN; sleep 1
+echo 'this is not Lua (' >> "$TMP/faq/bot.lua"
+kill -HUP $RUN; sleep 1
+kill -TERM $RUN; wait $RUN
+cat "$TMP/reload.err"
+python3 - "$TMP/reload.err" <<'PY' || fail "reload lines"
+import json, sys
+recs = [json.loads(l) for l in open(sys.argv[1])]
+ok = [r for r in recs if r["msg"].startswith("reloaded")]
+bad = [r for r in recs if "reload" in r["msg"] and "failed" in r["msg"]]
+assert len(ok) == 1, ok
+assert len(bad) == 1 and bad[0]["level"] == "error", bad
+PY
+
 # A newline in a customer's message, quoted back by a failing handler, is
 # escaped: no line of the log starts with the forged record.
 "$P" test "$SRC/tests/integration/logbot" > "$TMP/forge.out" 2> "$TMP/forge.err"
