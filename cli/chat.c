@@ -64,6 +64,9 @@ typedef struct chat {
   uint64_t last_event_ms;
   uint64_t last_seen_seq; /* customer: to notice events */
   uint64_t wait_ms, done_since;
+  uint64_t quiet_ms;       /* --quiet: end after this much silence */
+  unsigned want_replies;   /* --replies: end after this many replies */
+  unsigned replies;        /* agent: messages of others shown */
   uint64_t started_ms;
   bool ever_ready;
   bool stopping;
@@ -286,12 +289,20 @@ static void a_on_event(parley_client *cl, const parley_event *ev, void *ud) {
   c->last_event_ms = uv_now(c->loop);
   if (!is_taken(c, ev->conversation)) return;
   if (ev->kind == PARLEY_EVENT_MESSAGE) remember_message(c, ev);
-  if (strcmp(ev->conversation, c->current)) printf("[%s] ", ev->conversation);
-  if (ev->kind == PARLEY_EVENT_MESSAGE && ev->sender && strcmp(ev->sender, c->principal))
-    printf("#%llu ", (unsigned long long)ev->seq);
-  /* Rendered as for a person, so that handoffs and tags show; the
-   * agent's own typed messages are left out. */
-  console_render_event(stdout, ev, c->principal, true, c->color);
+  /* The prefix names the conversation when it is not the current one and
+   * the message's seq (what /quote takes), on the sender's line. */
+  char prefix[200] = "";
+  if (strcmp(ev->conversation, c->current))
+    snprintf(prefix, sizeof prefix, "[%.120s] ", ev->conversation);
+  if (ev->kind == PARLEY_EVENT_MESSAGE) {
+    size_t n = strlen(prefix);
+    snprintf(prefix + n, sizeof prefix - n, "#%llu ", (unsigned long long)ev->seq);
+    if (ev->sender && strcmp(ev->sender, c->principal)) c->replies++;
+  }
+  /* Rendered as for a person, so that handoffs and tags show, with the
+   * agent's own messages too: the transcript is the conversation as the
+   * gateway stored it. */
+  console_render_event(stdout, ev, NULL, true, c->color, prefix);
   fflush(stdout);
 }
 
@@ -371,10 +382,25 @@ static void on_tick(uv_timer_t *t) {
   if (!drained) return;
   if (!c->done_since) c->done_since = now;
   /* Quiet for a moment, or out of patience. */
-  if (now - c->last_event_ms >= CHAT_QUIET_MS && now - c->done_since >= CHAT_QUIET_MS)
-    chat_stop(c, c->failures || (c->con && console_failures(c->con)) ? 1 : 0);
+  int rc = c->failures || (c->con && console_failures(c->con)) ? 1 : 0;
+  if (c->want_replies) {
+    /* --replies N: done once N messages of others were shown, whatever
+     * the pauses between them; out of patience (--wait) is a failure. */
+    unsigned seen = c->con ? console_replies(c->con) : c->replies;
+    if (seen >= c->want_replies) {
+      chat_stop(c, rc);
+    } else if (now - c->done_since > c->wait_ms) {
+      fprintf(stderr, "parley chat: %u of %u replies after %llu ms\n", seen, c->want_replies,
+              (unsigned long long)c->wait_ms);
+      chat_stop(c, 1);
+    }
+    return;
+  }
+  /* Quiet for a moment (--quiet), or out of patience (--wait). */
+  if (now - c->last_event_ms >= c->quiet_ms && now - c->done_since >= c->quiet_ms)
+    chat_stop(c, rc);
   else if (now - c->done_since > c->wait_ms)
-    chat_stop(c, c->failures || (c->con && console_failures(c->con)) ? 1 : 0);
+    chat_stop(c, rc);
 }
 
 static void on_customer_done(void *ud) {
@@ -388,8 +414,10 @@ static void on_signal(uv_signal_t *s, int signum) {
   chat_stop(s->data, 0);
 }
 
-static int usage(void) {
-  fprintf(stderr,
+/* --help prints the usage on stdout and succeeds; a usage error prints it
+ * on stderr and exits 2. */
+static int usage_to(FILE *out) {
+  fprintf(out,
           "usage: parley chat --url URL --token TOKEN [options]\n"
           "  --as customer|agent  who to be (default customer)\n"
           "  --principal NAME     the principal (default: customer, or agent)\n"
@@ -398,13 +426,20 @@ static int usage(void) {
           "  --queue Q            agent: a queue to watch (repeatable; default all)\n"
           "  --wait MS            at end of input, wait at most this long for answers\n"
           "                       (default 5000)\n"
+          "  --replies N          at end of input, wait until N messages of others (the\n"
+          "                       bot's replies, an agent's) were shown in all, then exit;\n"
+          "                       exit 1 if --wait runs out first\n"
+          "  --quiet MS           without --replies: exit once nothing arrived for this\n"
+          "                       long (default 700)\n"
           "  --insecure           development only: accept any TLS certificate\n"
           "agent commands: /queue, /take <conv>, /reply <text> (or plain text),\n"
           "  /quote <seq> <text>, /tag <t>, /untag <t>, /handback [note], /close [reason],\n"
           "  /switch <conv>, /quit\n"
           "The token may also come from the environment: PARLEY_TOKEN.\n");
-  return 2;
+  return out == stdout ? 0 : 2;
 }
+
+static int usage(void) { return usage_to(stderr); }
 
 int cli_chat(int argc, char **argv) {
   static const struct option opts[] = {
@@ -412,6 +447,7 @@ int cli_chat(int argc, char **argv) {
       {"as", required_argument, 0, 'a'},        {"principal", required_argument, 0, 'p'},
       {"conversation", required_argument, 0, 'c'}, {"locale", required_argument, 0, 'l'},
       {"queue", required_argument, 0, 'q'},     {"wait", required_argument, 0, 'w'},
+      {"replies", required_argument, 0, 'r'},   {"quiet", required_argument, 0, 'Q'},
       {"insecure", no_argument, 0, 'k'},        {"help", no_argument, 0, 'h'},
       {0, 0, 0, 0}};
   const char *url = NULL, *token = getenv("PARLEY_TOKEN"), *as = "customer";
@@ -419,10 +455,11 @@ int cli_chat(int argc, char **argv) {
   const char *queues[CHAT_MAX_QUEUES];
   size_t n_queues = 0;
   bool insecure = false;
-  uint64_t wait_ms = 5000;
+  uint64_t wait_ms = 5000, quiet_ms = CHAT_QUIET_MS;
+  unsigned long want_replies = 0;
   optind = 1;
   int ch;
-  while ((ch = getopt_long(argc, argv, "u:t:a:p:c:l:q:w:kh", opts, NULL)) != -1) {
+  while ((ch = getopt_long(argc, argv, "u:t:a:p:c:l:q:w:r:Q:kh", opts, NULL)) != -1) {
     switch (ch) {
     case 'u': url = optarg; break;
     case 't': token = optarg; break;
@@ -434,7 +471,10 @@ int cli_chat(int argc, char **argv) {
       if (n_queues < CHAT_MAX_QUEUES) queues[n_queues++] = optarg;
       break;
     case 'w': wait_ms = strtoull(optarg, NULL, 10); break;
+    case 'r': want_replies = strtoul(optarg, NULL, 10); break;
+    case 'Q': quiet_ms = strtoull(optarg, NULL, 10); break;
     case 'k': insecure = true; break;
+    case 'h': return usage_to(stdout);
     default: return usage();
     }
   }
@@ -447,6 +487,8 @@ int cli_chat(int argc, char **argv) {
   c.loop = uv_default_loop();
   c.principal = principal;
   c.wait_ms = wait_ms;
+  c.quiet_ms = quiet_ms;
+  c.want_replies = (unsigned)want_replies;
   c.interactive = isatty(STDIN_FILENO) && isatty(STDOUT_FILENO);
   c.color = c.interactive && getenv("NO_COLOR") == NULL;
   c.last_event_ms = c.started_ms = uv_now(c.loop);

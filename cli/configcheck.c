@@ -18,16 +18,20 @@
 #include "runtime.h"
 #include "sidecar.h"
 
-static int usage(void) {
-  fprintf(stderr,
+static int usage_to(FILE *out) {
+  fprintf(out,
           "usage: parley config check <file> [--kind gateway|bot|sidecar]\n"
           "  gateway: a `parley gateway --config` file (environment overrides applied)\n"
           "  bot:     a bot's bot.yaml (or its folder): config, templates and bot.lua\n"
           "  sidecar: a `parley run --config` file (PARLEY_SIDECAR_* overrides applied)\n");
-  return 2;
+  return out == stdout ? 0 : 2;
 }
 
+static int usage(void) { return usage_to(stderr); }
+
 int cli_config(int argc, char **argv) {
+  for (int i = 1; i < argc; i++)
+    if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) return usage_to(stdout);
   if (argc < 2 || strcmp(argv[1], "check")) return usage();
   const char *file = NULL, *kind = NULL;
   for (int i = 2; i < argc; i++) {

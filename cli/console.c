@@ -28,6 +28,7 @@ struct console {
   unsigned failures;
   uint64_t last_sent_seq;
   uint64_t last_seen_seq;
+  unsigned replies; /* messages of others shown, in any conversation */
   choice choices[CONSOLE_MAX_CHOICES];
   size_t n_choices;
   uint64_t choices_seq;
@@ -99,7 +100,8 @@ static void render_buttons(FILE *out, const parley_content *ct, const char *inde
 }
 
 void console_render_event(FILE *out, const parley_event *ev, const char *self,
-                          bool interactive, bool color) {
+                          bool interactive, bool color, const char *prefix) {
+  if (!prefix) prefix = "";
   const char *who = ev->sender && ev->sender[0] ? ev->sender : "gateway";
   bool mine = self && ev->sender && !strcmp(self, ev->sender);
   const char *dim = color ? "\033[2m" : "", *bold = color ? "\033[1m" : "",
@@ -109,7 +111,7 @@ void console_render_event(FILE *out, const parley_event *ev, const char *self,
   if (ev->kind != PARLEY_EVENT_MESSAGE) {
     /* State changes are the bot's bookkeeping, not part of the chat. */
     if (!interactive || ev->kind == PARLEY_EVENT_STATE_CHANGED) return;
-    fprintf(out, "%s-- #%llu %s", dim, (unsigned long long)ev->seq, event_name(ev->kind));
+    fprintf(out, "%s%s-- #%llu %s", prefix, dim, (unsigned long long)ev->seq, event_name(ev->kind));
     switch (ev->kind) {
     case PARLEY_EVENT_ASSIGNED:
       fprintf(out, " %s", ev->assignee ? ev->assignee : "?");
@@ -119,7 +121,14 @@ void console_render_event(FILE *out, const parley_event *ev, const char *self,
       if (ev->action.note && ev->action.note[0]) fprintf(out, " (%s)", ev->action.note);
       break;
     case PARLEY_EVENT_TAGGED:
+      /* The tags the conversation has now, then what changed. */
       for (size_t i = 0; i < ev->n_tags; i++) fprintf(out, "%s%s", i ? ", " : ": ", ev->tags[i]);
+      if (!ev->n_tags) fputs(": (none)", out);
+      for (size_t i = 0; i < ev->action.n_tags_add; i++)
+        fprintf(out, "%s+%s", i ? " " : " (", ev->action.tags_add[i]);
+      for (size_t i = 0; i < ev->action.n_tags_remove; i++)
+        fprintf(out, "%s-%s", i || ev->action.n_tags_add ? " " : " (", ev->action.tags_remove[i]);
+      if (ev->action.n_tags_add || ev->action.n_tags_remove) fputc(')', out);
       break;
     case PARLEY_EVENT_LOCALE_CHANGED:
       fprintf(out, " %s", ev->locale ? ev->locale : "?");
@@ -139,28 +148,28 @@ void console_render_event(FILE *out, const parley_event *ev, const char *self,
             ev->quote.excerpt ? ev->quote.excerpt : "", reset);
   switch (ct->kind) {
   case PARLEY_CONTENT_TEXT:
-    fprintf(out, "%s%s:%s %s\n", bold, who, reset, ct->text ? ct->text : "");
+    fprintf(out, "%s%s%s:%s %s\n", prefix, bold, who, reset, ct->text ? ct->text : "");
     break;
   case PARLEY_CONTENT_CARD:
-    fprintf(out, "%s%s:%s [%s]\n", bold, who, reset, ct->title ? ct->title : "card");
+    fprintf(out, "%s%s%s:%s [%s]\n", prefix, bold, who, reset, ct->title ? ct->title : "card");
     if (ct->text && ct->text[0]) fprintf(out, "%s%s\n", indent, ct->text);
     if (ct->image_url && ct->image_url[0]) fprintf(out, "%s(image %s)\n", indent, ct->image_url);
     render_buttons(out, ct, indent);
     break;
   case PARLEY_CONTENT_QUICK_REPLIES:
-    fprintf(out, "%s%s:%s %s\n", bold, who, reset, ct->text ? ct->text : "");
+    fprintf(out, "%s%s%s:%s %s\n", prefix, bold, who, reset, ct->text ? ct->text : "");
     render_buttons(out, ct, indent);
     break;
   case PARLEY_CONTENT_IMAGE:
-    fprintf(out, "%s%s:%s (image) %s %s\n", bold, who, reset, ct->text ? ct->text : "",
+    fprintf(out, "%s%s%s:%s (image) %s %s\n", prefix, bold, who, reset, ct->text ? ct->text : "",
             ct->image_url ? ct->image_url : "");
     break;
   case PARLEY_CONTENT_POSTBACK:
-    fprintf(out, "%s%s%s pressed \"%s\"%s\n", dim, mine ? "you" : who, "",
+    fprintf(out, "%s%s%s pressed \"%s\"%s\n", prefix, dim, mine ? "you" : who,
             ct->label && ct->label[0] ? ct->label : (ct->payload ? ct->payload : ""), reset);
     break;
   default:
-    fprintf(out, "%s%s:%s %s\n", bold, who, reset, ct->fallback ? ct->fallback : "(message)");
+    fprintf(out, "%s%s%s:%s %s\n", prefix, bold, who, reset, ct->fallback ? ct->fallback : "(message)");
     break;
   }
 }
@@ -177,13 +186,20 @@ static void maybe_done(console *c) {
 static void on_event(parley_client *cl, const parley_event *ev, void *ud) {
   console *c = ud;
   (void)cl;
-  if (strcmp(ev->conversation, c->conversation) != 0) return;
-  if (ev->seq > c->last_seen_seq) c->last_seen_seq = ev->seq;
+  /* The client acknowledges every event handed to this callback, so each
+   * one is shown: an event of another conversation of the same principal
+   * (a proactive message, say) too, under its conversation's name. */
+  bool here = strcmp(ev->conversation, c->conversation) == 0;
+  if (here && ev->seq > c->last_seen_seq) c->last_seen_seq = ev->seq;
   if (c->o.interactive && c->prompt_shown) {
     fputs("\r\033[K", c->o.out);
     c->prompt_shown = false;
   }
-  console_render_event(c->o.out, ev, c->principal, c->o.interactive, c->o.color);
+  char where[160] = "";
+  if (!here) snprintf(where, sizeof where, "[%.120s] ", ev->conversation);
+  if (ev->kind == PARLEY_EVENT_MESSAGE && ev->sender && strcmp(ev->sender, c->principal))
+    c->replies++;
+  console_render_event(c->o.out, ev, c->principal, c->o.interactive, c->o.color, where);
   if (ev->kind == PARLEY_EVENT_MESSAGE && ev->sender && strcmp(ev->sender, c->principal))
     remember_choices(c, ev);
   fflush(c->o.out);
@@ -360,4 +376,5 @@ const char *console_conversation(const console *c) { return c->conversation; }
 uint64_t console_last_sent_seq(const console *c) { return c->last_sent_seq; }
 uint64_t console_last_seen_seq(const console *c) { return c->last_seen_seq; }
 unsigned console_failures(const console *c) { return c->failures; }
+unsigned console_replies(const console *c) { return c->replies; }
 parley_client *console_client(console *c) { return c->client; }

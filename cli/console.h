@@ -47,10 +47,15 @@ uint64_t console_last_sent_seq(const console *c);
 uint64_t console_last_seen_seq(const console *c);
 /* Sends that failed for good. */
 unsigned console_failures(const console *c);
+/* Messages of others (the bot, agents) shown so far, in any conversation. */
+unsigned console_replies(const console *c);
 parley_client *console_client(console *c);
 
-/* Renders one event as text lines (shared with `parley chat`). */
+/* Renders one event as text lines (shared with `parley chat`). Messages of
+ * self are left out (the user typed them); self NULL shows every message.
+ * prefix (or NULL), such as "#18 " or "[conversation] ", starts the line
+ * that names the sender or the event, after any quote line. */
 void console_render_event(FILE *out, const parley_event *ev, const char *self,
-                          bool interactive, bool color);
+                          bool interactive, bool color, const char *prefix);
 
 #endif

@@ -7,7 +7,11 @@
 
 #include <parley/client.h>
 
+#include <lauxlib.h>
+
 #include "cli.h"
+#include "config/config.h"
+#include "rt.h"
 #include "gateway.h"
 #include "runtime.h"
 
@@ -29,16 +33,51 @@ static int usage(FILE *out) {
 }
 
 int cli_lint(int argc, char **argv) {
-  if (argc < 2 || !strcmp(argv[1], "--help")) {
-    fprintf(stderr, "usage: parley lint <botdir>\n");
+  static const char use[] = "usage: parley lint <botdir> [--strict]\n"
+                            "  --strict   warnings (unused plural categories, keys missing in a\n"
+                            "             locale, files named like no locale) fail the lint\n";
+  if (argc >= 2 && (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h"))) {
+    fputs(use, stdout);
+    return 0;
+  }
+  if (argc < 2) {
+    fputs(use, stderr);
+    return 2;
+  }
+  const char *dir = argv[1];
+  bool strict = argc >= 3 && !strcmp(argv[2], "--strict");
+  if (argc > 3 || (argc == 3 && !strict)) {
+    fputs(use, stderr);
     return 2;
   }
   char err[4096];
-  if (plr_load_check(argv[1], err, sizeof err) != 0) {
+  if (plr_load_check(dir, err, sizeof err) != 0) {
     fprintf(stderr, "%s\n", err);
     return 1;
   }
-  printf("%s: ok\n", argv[1]);
+  /* Warnings: what loads but is likely a mistake (templates.c). */
+  char path[1200];
+  snprintf(path, sizeof path, "%s/bot.yaml", dir);
+  pc_doc *doc = NULL;
+  pc_error pe;
+  const char *locale = "en";
+  if (pc_load_file(path, &doc, &pe) == 0) pc_get_str(pc_root(doc), "default_locale", "en", &locale, &pe);
+  char warn[8192] = "";
+  int nwarn = 0;
+  lua_State *L = luaL_newstate();
+  if (L) {
+    plr_templates_load_warn(L, dir, locale, err, sizeof err, warn, sizeof warn, &nwarn);
+    lua_close(L);
+  }
+  pc_doc_free(doc);
+  if (nwarn) {
+    for (char *line = strtok(warn, "\n"); line; line = strtok(NULL, "\n"))
+      fprintf(stderr, "warning: %s\n", line);
+    printf("%s: ok, %d warning%s%s\n", dir, nwarn, nwarn == 1 ? "" : "s",
+           strict ? " (--strict: failing)" : "");
+    return strict ? 1 : 0;
+  }
+  printf("%s: ok\n", dir);
   return 0;
 }
 

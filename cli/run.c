@@ -13,6 +13,7 @@
  */
 #include <errno.h>
 #include <getopt.h>
+#include <stdarg.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -148,11 +149,10 @@ static void stop_gateway_when_clients_done(uv_timer_t *t) {
 static void on_signal(uv_signal_t *s, int signum) {
   run_ctx *r = s->data;
   if (signum == SIGHUP) {
+    /* The runtime logs the outcome (in the configured format, once):
+     * "reloaded <bot>" or "reload failed, keeping the running bot: ...". */
     char err[1024];
-    if (r->rt && plr_runtime_reload(r->rt, err, sizeof err) != 0)
-      fprintf(stderr, "parley: reload failed, the running bot goes on: %s\n", err);
-    else
-      fprintf(stderr, "parley: bot reloaded\n");
+    if (r->rt) plr_runtime_reload(r->rt, err, sizeof err);
     return;
   }
   begin_stop(r, 0);
@@ -176,13 +176,21 @@ static void on_settle_tick(uv_timer_t *t) {
     return;
   }
   if (uv_now(r->loop) > r->settle_deadline) {
-    fprintf(stderr,
-            "parley: gave up waiting for the bot after %u ms (sent #%llu, committed #%llu, "
-            "seen #%llu)\n",
-            r->wait_ms, (unsigned long long)sent, (unsigned long long)committed,
-            (unsigned long long)seen);
+    char msg[256];
+    snprintf(msg, sizeof msg,
+             "gave up waiting for the bot after %u ms (sent #%llu, committed #%llu, seen #%llu)",
+             r->wait_ms, (unsigned long long)sent, (unsigned long long)committed,
+             (unsigned long long)seen);
+    plog_log(sidecar_log(r->sc), PLOG_ERROR, msg, NULL);
     begin_stop(r, 1);
   }
+}
+
+/* The gateway refused the bot's principal for good: retrying forever would
+ * only fill the log. The runtime logged who and why; stop with status 1. */
+static void on_fatal(void *ud, int status, const char *message) {
+  (void)status, (void)message;
+  begin_stop(ud, 1);
 }
 
 static void on_input_done(void *ud) {
@@ -195,8 +203,10 @@ static void on_input_done(void *ud) {
   uv_timer_start(&r->settle, on_settle_tick, SETTLE_CHECK_MS, SETTLE_CHECK_MS);
 }
 
-static int usage(void) {
-  fprintf(stderr,
+/* --help prints the usage on stdout and succeeds; a usage error prints it
+ * on stderr and exits 2. */
+static int usage_to(FILE *out) {
+  fprintf(out,
           "usage: parley run <botdir> [options]\n"
           "  --url URL          gateway to connect to (default: the embedded gateway)\n"
           "  --token TOKEN      the bot's token (or env PARLEY_TOKEN)\n"
@@ -213,7 +223,27 @@ static int usage(void) {
           "  --ops-port N       operations port (health, metrics, API); 0: ephemeral\n"
           "  --ops-listen HOST  address of the operations port (default 127.0.0.1)\n"
           "  --drain DURATION   SIGTERM: time for handlers to finish (default 10s)\n");
-  return 2;
+  return out == stdout ? 0 : 2;
+}
+
+static int usage(void) { return usage_to(stderr); }
+
+/* A fatal error at start, once the log format is known: a plain line for
+ * people in the text format, a record like every other with json or
+ * logfmt, so that a collector never gets a line it cannot parse. */
+static void start_error(const sidecar_config *sc, const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 2, 3)))
+#endif
+    ;
+static void start_error(const sidecar_config *sc, const char *fmt, ...) {
+  char msg[4096];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(msg, sizeof msg, fmt, ap);
+  va_end(ap);
+  if (sc->log_format == PLOG_TEXT) fprintf(stderr, "parley: %s\n", msg);
+  else plog_write(stderr, sc->log_format, PLOG_ERROR, NULL, 0, msg, NULL, 0);
 }
 
 int cli_run(int argc, char **argv) {
@@ -249,6 +279,7 @@ int cli_run(int argc, char **argv) {
     case 'L': f_listen = optarg; break;
     case 'v': f_level = optarg; break;
     case 'D': f_drain = optarg; break;
+    case 'h': return usage_to(stdout);
     default: return usage();
     }
   }
@@ -309,13 +340,13 @@ int cli_run(int argc, char **argv) {
 
   char err[2048];
   if (plr_load_check(bot_dir, err, sizeof err) != 0) {
-    fprintf(stderr, "parley: cannot load bot %s:\n%s\n", bot_dir, err);
+    start_error(&sc, "cannot load bot %s:\n%s", bot_dir, err);
     return 1;
   }
 
   r.loop = uv_default_loop();
   if (sidecar_new(r.loop, &sc, stderr, &r.sc) != 0) {
-    fprintf(stderr, "parley: cannot set up the sidecar (out of memory)\n");
+    start_error(&sc, "cannot set up the sidecar (out of memory)");
     return 1;
   }
   /* Embedded: warnings only unless asked, the console is the show. */
@@ -334,7 +365,7 @@ int cli_run(int argc, char **argv) {
       const char *tmp = getenv("TMPDIR");
       snprintf(r.data_dir, sizeof r.data_dir, "%s/parley-run-XXXXXX", tmp && *tmp ? tmp : "/tmp");
       if (!mkdtemp(r.data_dir)) {
-        fprintf(stderr, "parley: cannot create a data directory: %s\n", strerror(errno));
+        start_error(&sc, "cannot create a data directory: %s", strerror(errno));
         return 1;
       }
       r.own_data_dir = true;
@@ -359,20 +390,20 @@ int cli_run(int argc, char **argv) {
              "    token_hash: \"%s\"\n",
              r.data_dir, principal, principal, bot_hash, customer_hash);
     if (pg_config_from_string("embedded", yaml, &r.gw_cfg, err, sizeof err) != 0) {
-      fprintf(stderr, "parley: embedded gateway config: %s\n", err);
+      start_error(&sc, "embedded gateway config: %s", err);
       return 1;
     }
     int rc = pg_gateway_new(r.loop, r.gw_cfg, &r.gw);
     if (rc != 0) {
-      fprintf(stderr, "parley: cannot start the embedded gateway: %s\n", parley_strerror(rc));
+      start_error(&sc, "cannot start the embedded gateway: %s", parley_strerror(rc));
       pg_config_free(r.gw_cfg);
       return 1;
     }
     snprintf(gw_url, sizeof gw_url, "ws://127.0.0.1:%d/", pg_gateway_port(r.gw));
     url = gw_url;
   } else if (!token) {
-    fprintf(stderr, "parley: --token (or PARLEY_TOKEN, or gateway.token/token_env in --config) "
-                    "is required with --url\n");
+    start_error(&sc, "--token (or PARLEY_TOKEN, or gateway.token/token_env in --config) "
+                    "is required with --url");
     sidecar_free(r.sc);
     return 2;
   }
@@ -389,18 +420,20 @@ int cli_run(int argc, char **argv) {
   ro.log_level = quiet ? PLOG_WARN : sc.log_level;
   ro.on_observe = sidecar_observe;
   ro.ud = r.sc;
+  ro.on_fatal = on_fatal;
+  ro.fatal_ud = &r;
   int rc = plr_runtime_new(&ro, &r.rt, err, sizeof err);
   if (rc != 0) {
-    fprintf(stderr, "parley: %s\n", err);
+    start_error(&sc, "%s", err);
     goto out;
   }
   if ((rc = sidecar_attach(r.sc, r.rt)) != 0) {
-    fprintf(stderr, "parley: cannot open the ops port on %s:%d: %s\n", sc.listen, sc.port,
+    start_error(&sc, "cannot open the ops port on %s:%d: %s", sc.listen, sc.port,
             parley_strerror(rc));
     goto out;
   }
   if ((rc = plr_runtime_start(r.rt)) != 0) {
-    fprintf(stderr, "parley: cannot start the bot: %s\n", parley_strerror(rc));
+    start_error(&sc, "cannot start the bot: %s", parley_strerror(rc));
     goto out;
   }
 
@@ -417,7 +450,7 @@ int cli_run(int argc, char **argv) {
     co.on_input_done = on_input_done;
     co.ud = &r;
     if ((rc = console_new(&co, &r.con)) != 0 || (rc = console_start(r.con)) != 0) {
-      fprintf(stderr, "parley: cannot start the console: %s\n", parley_strerror(rc));
+      start_error(&sc, "cannot start the console: %s", parley_strerror(rc));
       goto out;
     }
   }

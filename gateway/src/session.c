@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <sodium.h>
 
@@ -109,6 +110,29 @@ static void on_hello(pg_conn *c, const Parley__V1__Hello *h) {
   const char *token = c->header_token && c->header_token[0] ? c->header_token : h->token;
   const pg_principal *p = NULL;
   if (!role || pg_auth(g->cfg, h->principal, role, token, &p) != 0) {
+    /* An operator must see refused logins, but a client retrying a bad
+     * token must not flood the log: one line a second at most, with the
+     * count of those left out, the principal (printable bytes only) and
+     * never the token. */
+    static time_t last;
+    static unsigned skipped;
+    time_t now = time(NULL);
+    if (now != last) {
+      char who[65];
+      size_t i = 0;
+      for (const char *s = h->principal ? h->principal : ""; *s && i + 1 < sizeof who; s++)
+        who[i++] = (*s >= 0x20 && *s < 0x7f) ? *s : '?';
+      who[i] = '\0';
+      fprintf(stderr, "gateway: refused login of principal '%s' as %s: unknown principal, wrong "
+                      "role or wrong token%s",
+              who, role == PG_ROLE_BOT ? "bot" : role == PG_ROLE_AGENT ? "agent"
+                   : role == PG_ROLE_CUSTOMER ? "customer" : "no role", skipped ? "" : "\n");
+      if (skipped) fprintf(stderr, " (%u more refused in the last second)\n", skipped);
+      last = now;
+      skipped = 0;
+    } else {
+      skipped++;
+    }
     fatal(c, E(UNAUTHENTICATED), "unknown principal, wrong role or wrong token");
     return;
   }

@@ -5,6 +5,7 @@
 #include "rt_int.h"
 
 #include "http/http.h"
+#include "transport/url.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -18,12 +19,31 @@ typedef struct adapter_send {
   uint64_t t0;
 } adapter_send;
 
+/* Why the gateway cannot be reached, found out once per lost connection by
+ * resolving the host and opening a plain TCP connection to it: the
+ * transport only says "input/output error". */
+typedef struct adapter_probe {
+  struct plr_adapter *a; /* NULL once the adapter is gone */
+  uv_getaddrinfo_t gai;
+  uv_connect_t conn;
+  uv_tcp_t tcp;
+  char cause[600];
+} adapter_probe;
+
 typedef struct plr_adapter {
   plr_runtime *rt;
   parley_client *client;
   ph_client *http;
   bool closed;
   adapter_send *sends;
+  char url[512], principal[128];
+  pt_url where;
+  bool where_ok;
+  adapter_probe *probe; /* in flight, or NULL */
+  char last_cause[600]; /* the last cause logged: repeats are debug lines */
+  bool fatal;
+  void (*on_fatal)(void *ud, int status, const char *message);
+  void *fatal_ud;
 } plr_adapter;
 
 static adapter_send *send_track(plr_adapter *a, void *send_ud) {
@@ -91,11 +111,116 @@ static void cb_revoke(parley_client *c, const char *conv, uint64_t epoch, const 
   plr_rt_on_revoke(a->rt, conv, epoch, reason);
 }
 
+/* Logs a cause of a lost connection at warn the first time, at debug
+ * while it stays the same, so a gateway that is down for a minute gives
+ * one clear line and not ten a second. */
+static void log_cause(plr_adapter *a, const char *cause) {
+  bool repeat = !strcmp(a->last_cause, cause);
+  plr_log(a->rt, repeat ? 0 : 2, NULL, 0, "cannot connect to %s: %s; retrying", a->url, cause);
+  snprintf(a->last_cause, sizeof a->last_cause, "%s", cause);
+}
+
+static void probe_closed(uv_handle_t *h) {
+  adapter_probe *p = h->data;
+  if (p->a) {
+    log_cause(p->a, p->cause);
+    p->a->probe = NULL;
+  }
+  free(p);
+}
+
+static void probe_connected(uv_connect_t *req, int status) {
+  adapter_probe *p = req->data;
+  if (status == UV_ECONNREFUSED)
+    snprintf(p->cause, sizeof p->cause, "connection refused (nothing listens on %.200s port %d)",
+             p->a ? p->a->where.host : "the host", p->a ? p->a->where.port : 0);
+  else if (status < 0)
+    snprintf(p->cause, sizeof p->cause, "TCP connection failed: %s", uv_strerror(status));
+  else
+    snprintf(p->cause, sizeof p->cause,
+             "the TCP connection works but the WebSocket upgrade failed (is this a Parley "
+             "gateway, and is the path %.200s right?)",
+             p->a ? p->a->where.path : "/");
+  uv_close((uv_handle_t *)&p->tcp, probe_closed);
+}
+
+static void probe_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res) {
+  adapter_probe *p = req->data;
+  if (status < 0 || !res || !p->a) {
+    snprintf(p->cause, sizeof p->cause, "cannot resolve host '%s': %s",
+             p->a ? p->a->where.host : "", status < 0 ? uv_strerror(status) : "no address");
+    if (res) uv_freeaddrinfo(res);
+    uv_close((uv_handle_t *)&p->tcp, probe_closed);
+    return;
+  }
+  p->conn.data = p;
+  int rc = uv_tcp_connect(&p->conn, &p->tcp, res->ai_addr, probe_connected);
+  uv_freeaddrinfo(res);
+  if (rc) probe_connected(&p->conn, rc);
+}
+
+/* Starts finding out why a connection failed with an I/O error. */
+static void probe_start(plr_adapter *a) {
+  if (a->probe || !a->where_ok) {
+    if (!a->where_ok) log_cause(a, "input/output error");
+    return;
+  }
+  adapter_probe *p = calloc(1, sizeof *p);
+  if (!p) return;
+  p->a = a;
+  uv_loop_t *loop = a->rt->loop;
+  uv_tcp_init(loop, &p->tcp);
+  p->tcp.data = p;
+  p->gai.data = p;
+  char port[8];
+  snprintf(port, sizeof port, "%d", a->where.port);
+  struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
+  int rc = uv_getaddrinfo(loop, &p->gai, probe_resolved, a->where.host, port, &hints);
+  if (rc) {
+    snprintf(p->cause, sizeof p->cause, "cannot resolve host '%s': %s", a->where.host,
+             uv_strerror(rc));
+    uv_close((uv_handle_t *)&p->tcp, probe_closed);
+  }
+  a->probe = p;
+}
+
+/* The gateway refused this principal: no retry can fix that. */
+static void refused(plr_adapter *a, int status, const char *message) {
+  if (a->fatal) return;
+  a->fatal = true;
+  char msg[1400];
+  snprintf(msg, sizeof msg,
+           "the gateway at %.500s refused bot principal '%.120s': %s%s%.300s (check the token and that "
+           "the principal is a bot in the gateway's config)",
+           a->url, a->principal, parley_strerror(status), message && *message ? ": " : "",
+           message && *message ? message : "");
+  plr_log(a->rt, 3, NULL, 0, "%s", msg);
+  if (a->on_fatal) a->on_fatal(a->fatal_ud, status, msg);
+}
+
+static const char *state_name(parley_conn_state st) {
+  static const char *const names[] = {"idle",    "connecting", "handshake", "ready",
+                                      "backoff", "closing",    "closed"};
+  return (unsigned)st < 7 ? names[st] : "unknown";
+}
+
 static void cb_state(parley_client *c, parley_conn_state st, int status, void *ud) {
   (void)c;
   plr_adapter *a = ud;
-  plr_log(a->rt, st == PARLEY_CONN_BACKOFF ? 2 : 0, NULL, 0, "connection: state %d%s%s", (int)st,
-          status ? ", " : "", status ? parley_strerror(status) : "");
+  if (st == PARLEY_CONN_READY) {
+    plr_log(a->rt, 1, NULL, 0, "connected to %s as %s", a->url, a->principal);
+    a->last_cause[0] = '\0';
+  } else if (st == PARLEY_CONN_BACKOFF && (status == PARLEY_EUNAUTH || status == PARLEY_EFORBIDDEN)) {
+    refused(a, status, NULL);
+  } else if (st == PARLEY_CONN_BACKOFF && status == PARLEY_ETLS) {
+    log_cause(a, "TLS handshake failed (a certificate the system does not trust? --insecure "
+                 "is for development only)");
+  } else if (st == PARLEY_CONN_BACKOFF && status == PARLEY_EIO) {
+    probe_start(a);
+  } else {
+    plr_log(a->rt, st == PARLEY_CONN_BACKOFF ? 2 : 0, NULL, 0, "connection %s%s%s", state_name(st),
+            status ? ": " : "", status ? parley_strerror(status) : "");
+  }
   if (st == PARLEY_CONN_CLOSED && !a->closed) {
     a->closed = true;
     plr_rt_on_stopped(a->rt);
@@ -105,6 +230,10 @@ static void cb_state(parley_client *c, parley_conn_state st, int status, void *u
 static void cb_error(parley_client *c, int status, const char *message, void *ud) {
   (void)c;
   plr_adapter *a = ud;
+  if (status == PARLEY_EUNAUTH || status == PARLEY_EFORBIDDEN) {
+    refused(a, status, message);
+    return;
+  }
   plr_log(a->rt, 2, NULL, 0, "gateway error: %s%s%s", parley_strerror(status),
           message ? ": " : "", message ? message : "");
 }
@@ -243,6 +372,7 @@ static int d_start(void *ud) {
 
 static void d_destroy(void *ud) {
   plr_adapter *a = ud;
+  if (a->probe) a->probe->a = NULL; /* it finishes on the loop and frees itself */
   parley_client_free(a->client);
   ph_client_free(a->http);
   while (a->sends) send_untrack(a, a->sends);
@@ -260,8 +390,24 @@ int plr_runtime_new(const plr_options *o, plr_runtime **out, char *err, size_t e
     if (err && errlen) snprintf(err, errlen, "runtime options need a loop and a gateway url");
     return PARLEY_EINVAL;
   }
+  /* A URL the client would refuse gets a message that says what to write. */
+  pt_url where;
+  const char *why = NULL;
+  if (pt_url_parse(o->url, &where, &why) != 0) {
+    if (err && errlen)
+      snprintf(err, errlen,
+               "gateway URL '%s': %s; a Parley gateway is reached over WebSocket: "
+               "ws://host:port/ (or wss:// with TLS)",
+               o->url, why ? why : "invalid");
+    return PARLEY_EINVAL;
+  }
   plr_adapter *a = calloc(1, sizeof *a);
   if (!a) return PARLEY_ENOMEM;
+  a->where = where;
+  a->where_ok = true;
+  snprintf(a->url, sizeof a->url, "%s", o->url);
+  a->on_fatal = o->on_fatal;
+  a->fatal_ud = o->fatal_ud;
   plr_driver d = {.send = d_send,
                   .action = d_action,
                   .commit = d_commit,
@@ -279,6 +425,7 @@ int plr_runtime_new(const plr_options *o, plr_runtime **out, char *err, size_t e
     return rc;
   }
   a->rt = r;
+  snprintf(a->principal, sizeof a->principal, "%s", plr_rt_principal(r));
   rc = ph_client_new(o->loop, &a->http);
   if (rc) a->http = NULL; /* bots without http.allow do not need it */
   parley_client_options co = PARLEY_CLIENT_OPTIONS_INIT;

@@ -148,6 +148,11 @@ void plr_log(plr_runtime *r, int level, const char *conversation, uint64_t seq,
  * checked against the default locale. */
 int plr_templates_load(lua_State *L, const char *bot_dir,
                        const char *default_locale, char *err, size_t errlen);
+/* The same, also collecting warnings ("file:line: key: message" lines):
+ * plural categories the locale never selects, keys of the default locale
+ * missing in another, file names that are no language. `parley lint`. */
+int plr_templates_load_warn(lua_State *L, const char *bot_dir, const char *default_locale,
+                            char *err, size_t errlen, char *warn, size_t warnlen, int *nwarn);
 /* parley-internal Lua functions: plural(locale, n) and locale_chain(loc). */
 int plr_l_plural(lua_State *L);
 int plr_l_locale_chain(lua_State *L);

@@ -40,6 +40,12 @@ typedef struct plr_options {
    * from the start of a handler to its end (replies answered included).
    * Ack: from a send handed to the client to its SendAck. */
   void (*on_observe)(void *ud, int what, double seconds);
+  /* Optional: the gateway refused this bot for good (a bad token, a
+   * principal that is not a bot): retrying cannot help. status is
+   * PARLEY_EUNAUTH or PARLEY_EFORBIDDEN, message says which principal and
+   * why. The runtime has logged it; the caller decides to stop. */
+  void (*on_fatal)(void *fatal_ud, int status, const char *message);
+  void *fatal_ud;
 } plr_options;
 
 #define PLR_OBSERVE_HANDLER 1

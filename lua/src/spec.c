@@ -1,646 +1,629 @@
-/* The spec runner; see spec.h. Each case gets a fresh runtime on a private
- * loop and a recording driver: sends and commits are stored and answered
- * as stored, HTTP requests are answered from the case's `http:` stubs, and
- * the clock only moves with `wait:` steps. */
+/* The spec interpreter; see spec.h. What a spec means is decided here and
+ * nowhere else: the keys it may use, what each step is, and whether an
+ * expectation holds. The runners (spec_local.c in process, cli/spec/ over
+ * the gateway) only make steps happen and report what they caused. */
 #include "spec.h"
 
-#include "rt.h"
+#include <lauxlib.h>
+#include <lua-cjson.h>
+#include <lua.h>
 
-#include "config/config.h"
+#include <parley/error.h>
 
-#include <dirent.h>
 #include <regex.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
 
-#define SP_SENDS_MAX 512
-#define SP_HTTP_MAX 32
-#define SP_KV_MAX 128
-#define SP_STEPS_MAX 200
-#define SP_CONV "spec-conversation"
+/* ------------------------------------------------------------ the keys */
 
-typedef struct sp_send {
-  int kind; /* parley_content_kind, or 100 + parley_action_kind */
-  char *text, *title, *fallback, *labels; /* labels: "\n"-joined */
-  char *excerpt, *queue, *note;
-  uint64_t quote_seq;
-  void *send_ud;
-  bool answered;
-} sp_send;
+static const char *const CASE_KEYS[] = {"name", "locale", "http", "steps", NULL};
+static const char *const STEP_KEYS[] = {"send",  "postback", "label",  "open",          "wait",
+                                        "event", "agent",    "expect", "handler_fails", NULL};
+static const char *const STEP_ACTIONS[] = {"send", "postback", "open", "wait", "event", "agent", NULL};
+static const char *const EVENT_KEYS[] = {"kind", "assignee", "queue", "note", "locale", NULL};
+static const char *const AGENT_KEYS[] = {"text", "as", "quote", "tags", NULL};
+static const char *const OPEN_KEYS[] = {"text", NULL};
+static const char *const STUB_KEYS[] = {"request", "status", "body", "error", NULL};
+static const char *const EXPECT_KEYS[] = {
+    "reply", "reply_contains", "reply_matches", "no_reply", "replies", "reply_count",
+    "card",  "quick_replies",  "quote",         "handoff",  "close",   "state",
+    "tags",  "untags",         "timer",         "no_timer", NULL};
+static const char *const CARD_KEYS[] = {"title", "text", "buttons", NULL};
+static const char *const QR_KEYS[] = {"text", "options", NULL};
+static const char *const QUOTE_KEYS[] = {"text", NULL};
+static const char *const HANDOFF_KEYS[] = {"queue", "note", NULL};
+static const char *const CLOSE_KEYS[] = {"reason", NULL};
+/* An item of `replies:` is a string (the exact text) or one of these. */
+static const char *const REPLY_ITEM_KEYS[] = {"reply", "reply_contains", "reply_matches", "card",
+                                              "quick_replies", "quote", NULL};
 
-typedef struct sp_http {
-  char *method, *url;
-  plr_http_done done;
-  void *cb_ud;
-  bool finished;
-} sp_http;
-
-typedef struct sp_run {
-  uv_loop_t loop;
-  plr_runtime *r;
-  int64_t now;
-  sp_send sends[SP_SENDS_MAX];
-  size_t nsends;
-  size_t commits_unanswered;
-  char *keys[SP_KV_MAX], *vals[SP_KV_MAX]; /* the state as committed */
-  size_t nkv;
-  char *tags[SP_KV_MAX];
-  size_t ntags;
-  char *removed[SP_KV_MAX]; /* tags removed since the step began */
-  size_t nremoved;
-  sp_http http[SP_HTTP_MAX];
-  size_t nhttp;
-  const pc_node *stubs;
-  uint64_t epoch, acked;
-  bool handoff_sent, queued, revoked;
-  char why[1024]; /* first failure of the case */
-  uint64_t failures_seen;
-  char *logbuf;
-  size_t loglen;
-  FILE *log;
-} sp_run;
-
-static char *dup0(const char *s) { return strdup(s ? s : ""); }
-
-static void fail(sp_run *s, const char *fmt, ...) {
-  if (s->why[0]) return;
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(s->why, sizeof s->why, fmt, ap);
-  va_end(ap);
-}
-
-/* The recording driver. -------------------------------------------------- */
-
-static int d_send(void *ud, const char *conv, const parley_content *c, const parley_quote *q,
-                  const uint8_t id[PARLEY_MSG_ID_LEN], uint64_t epoch, void *send_ud) {
-  (void)conv, (void)id, (void)epoch;
-  sp_run *s = ud;
-  if (s->nsends >= SP_SENDS_MAX) return PARLEY_EBACKPRESSURE;
-  sp_send *x = &s->sends[s->nsends++];
-  memset(x, 0, sizeof *x);
-  x->kind = (int)c->kind;
-  x->text = dup0(c->text);
-  x->title = dup0(c->title);
-  x->fallback = dup0(c->fallback);
-  size_t len = 1;
-  for (size_t i = 0; i < c->n_buttons; i++) len += strlen(c->buttons[i].label ? c->buttons[i].label : "") + 1;
-  x->labels = calloc(1, len);
-  for (size_t i = 0; x->labels && i < c->n_buttons; i++) {
-    if (i) strcat(x->labels, "\n");
-    strcat(x->labels, c->buttons[i].label ? c->buttons[i].label : "");
-  }
-  x->excerpt = dup0(q ? q->excerpt : NULL);
-  x->quote_seq = q ? q->seq : 0;
-  x->queue = dup0(NULL);
-  x->note = dup0(NULL);
-  x->send_ud = send_ud;
-  return 0;
-}
-
-static int d_action(void *ud, const char *conv, const parley_action *a,
-                    const uint8_t id[PARLEY_MSG_ID_LEN], uint64_t epoch, void *send_ud) {
-  (void)conv, (void)id, (void)epoch;
-  sp_run *s = ud;
-  if (s->nsends >= SP_SENDS_MAX) return PARLEY_EBACKPRESSURE;
-  sp_send *x = &s->sends[s->nsends++];
-  memset(x, 0, sizeof *x);
-  x->kind = 100 + (int)a->kind;
-  x->text = dup0(a->locale);
-  x->title = dup0(NULL);
-  x->fallback = dup0(NULL);
-  x->labels = dup0(NULL);
-  x->excerpt = dup0(NULL);
-  x->queue = dup0(a->queue);
-  x->note = dup0(a->note);
-  x->send_ud = send_ud;
-  if (a->kind == PARLEY_ACTION_HANDOFF) s->handoff_sent = true;
-  return 0;
-}
-
-static size_t kv_find(char **keys, size_t n, const char *k) {
-  for (size_t i = 0; i < n; i++)
-    if (strcmp(keys[i], k) == 0) return i;
-  return n;
-}
-
-static void set_remove(char **set, size_t *n, const char *v) {
-  size_t i = kv_find(set, *n, v);
-  if (i == *n) return;
-  free(set[i]);
-  set[i] = set[--*n];
-}
-
-static void set_add(char **set, size_t *n, const char *v) {
-  if (kv_find(set, *n, v) < *n || *n >= SP_KV_MAX) return;
-  set[(*n)++] = dup0(v);
-}
-
-static int d_commit(void *ud, const parley_commit *cs, size_t n) {
-  sp_run *s = ud;
-  for (size_t i = 0; i < n; i++) {
-    for (size_t k = 0; k < cs[i].n_state; k++) {
-      const parley_state_entry *e = &cs[i].state[k];
-      size_t at = kv_find(s->keys, s->nkv, e->key);
-      if (e->deleted) {
-        if (at < s->nkv) {
-          free(s->keys[at]);
-          free(s->vals[at]);
-          s->nkv--;
-          s->keys[at] = s->keys[s->nkv];
-          s->vals[at] = s->vals[s->nkv];
-        }
-        continue;
-      }
-      char *v = strndup(e->value, e->value_len);
-      if (at < s->nkv) {
-        free(s->vals[at]);
-        s->vals[at] = v;
-      } else if (s->nkv < SP_KV_MAX) {
-        s->keys[s->nkv] = dup0(e->key);
-        s->vals[s->nkv++] = v;
-      } else {
-        free(v);
-      }
-    }
-    for (size_t k = 0; k < cs[i].n_tags_add; k++) set_add(s->tags, &s->ntags, cs[i].tags_add[k]);
-    for (size_t k = 0; k < cs[i].n_tags_remove; k++) {
-      set_remove(s->tags, &s->ntags, cs[i].tags_remove[k]);
-      set_add(s->removed, &s->nremoved, cs[i].tags_remove[k]);
-    }
-    if (cs[i].ack_seq > s->acked) s->acked = cs[i].ack_seq;
-    s->commits_unanswered++;
-  }
-  return 0;
-}
-
-static int d_http(void *ud, const plr_http_req *req, plr_http_done done, void *cb_ud,
-                  void **handle) {
-  sp_run *s = ud;
-  if (s->nhttp >= SP_HTTP_MAX) return PARLEY_EBACKPRESSURE;
-  sp_http *h = &s->http[s->nhttp++];
-  memset(h, 0, sizeof *h);
-  h->method = dup0(req->method);
-  h->url = dup0(req->url);
-  h->done = done;
-  h->cb_ud = cb_ud;
-  *handle = h;
-  return 0;
-}
-
-static void d_http_cancel(void *ud, void *handle) {
-  (void)ud;
-  sp_http *h = handle;
-  h->finished = true;
-}
-
-static int64_t d_now(void *ud) { return ((sp_run *)ud)->now; }
-
-/* Answers a pending request from the stubs: `request: "GET url"` with
- * `status` and `body`, or `error`. */
-static void serve_http(sp_run *s, sp_http *h) {
-  h->finished = true;
-  char want[1200];
-  snprintf(want, sizeof want, "%s %s", h->method, h->url);
-  for (size_t i = 0; i < pc_len(s->stubs); i++) {
-    const pc_node *st = pc_at(s->stubs, i);
-    const char *req = pc_scalar(pc_get(st, "request"));
-    if (!req || strcmp(req, want) != 0) continue;
-    const char *err = pc_scalar(pc_get(st, "error"));
-    const char *body = pc_scalar(pc_get(st, "body"));
-    const char *status = pc_scalar(pc_get(st, "status"));
-    plr_http_resp resp = {.status = err ? 0 : (status ? atoi(status) : 200),
-                          .body = body ? body : "",
-                          .body_len = body ? strlen(body) : 0,
-                          .error = err};
-    h->done(h->cb_ud, &resp);
-    return;
-  }
-  fail(s, "no http stub for \"%s\"", want);
-  plr_http_resp resp = {.status = 0, .error = "no stub for this request in the spec"};
-  h->done(h->cb_ud, &resp);
-}
-
-/* Answers everything outstanding until nothing moves. */
-static void pump(sp_run *s) {
-  for (int round = 0; round < 10000; round++) {
-    bool moved = false;
-    for (size_t i = 0; i < s->nsends; i++) {
-      sp_send *x = &s->sends[i];
-      if (x->answered) continue;
-      x->answered = true;
-      moved = true;
-      parley_send_result res = {.conversation = SP_CONV, .seq = 100000 + i};
-      plr_rt_on_send_result(s->r, &res, x->send_ud);
-    }
-    while (s->commits_unanswered) {
-      s->commits_unanswered--;
-      moved = true;
-      parley_commit_result res = {.conversation = SP_CONV};
-      plr_rt_on_commit_result(s->r, &res);
-    }
-    for (size_t i = 0; i < s->nhttp; i++) {
-      if (s->http[i].finished) continue;
-      moved = true;
-      serve_http(s, &s->http[i]);
-    }
-    size_t ns = s->nsends, nc = s->commits_unanswered;
-    uv_run(&s->loop, UV_RUN_NOWAIT);
-    if (s->nsends != ns || s->commits_unanswered != nc) moved = true;
-    if (!moved) return;
-  }
-}
-
-/* Expectations. ---------------------------------------------------------- */
-
-static const char *state_val(sp_run *s, const char *k) {
-  size_t i = kv_find(s->keys, s->nkv, k);
-  return i < s->nkv ? s->vals[i] : NULL;
-}
-
-/* JSON "x" and YAML x compare equal; numbers and booleans compare as text. */
-static bool loose_eq(const char *json, const char *want) {
-  size_t n = strlen(json);
-  if (n >= 2 && json[0] == '"' && json[n - 1] == '"')
-    return strlen(want) == n - 2 && strncmp(json + 1, want, n - 2) == 0;
-  return strcmp(json, want) == 0;
-}
-
-static const char *kind_name(int kind) {
-  switch (kind) {
-  case PARLEY_CONTENT_TEXT: return "text";
-  case PARLEY_CONTENT_CARD: return "card";
-  case PARLEY_CONTENT_QUICK_REPLIES: return "quick_replies";
-  case PARLEY_CONTENT_IMAGE: return "image";
-  case 100 + PARLEY_ACTION_HANDOFF: return "handoff";
-  case 100 + PARLEY_ACTION_CLOSE: return "close";
-  case 100 + PARLEY_ACTION_SET_LOCALE: return "set_locale";
-  default: return "other";
-  }
-}
-
-/* What was sent in the step, for failure messages. */
-static void describe(sp_run *s, size_t from, char *buf, size_t size) {
-  size_t used = 0;
-  buf[0] = '\0';
-  for (size_t i = from; i < s->nsends && used + 1 < size; i++) {
-    const sp_send *x = &s->sends[i];
-    int n = snprintf(buf + used, size - used, "%s[%s] \"%s\"", i > from ? ", " : "",
-                     kind_name(x->kind), x->kind >= 100 ? x->queue : x->text);
-    if (n > 0) used += (size_t)n;
-  }
-  if (from == s->nsends) snprintf(buf, size, "nothing");
-}
-
-static bool labels_match(const char *labels, const pc_node *want) {
-  char joined[2048] = "";
-  for (size_t i = 0; i < pc_len(want); i++) {
-    if (i) strncat(joined, "\n", sizeof joined - strlen(joined) - 1);
-    strncat(joined, pc_scalar(pc_at(want, i)) ? pc_scalar(pc_at(want, i)) : "",
-            sizeof joined - strlen(joined) - 1);
-  }
-  return strcmp(labels, joined) == 0;
-}
-
-static void check_one(sp_run *s, size_t from, const char *what, const pc_node *v) {
-  char got[1024];
-  describe(s, from, got, sizeof got);
-  const char *sv = pc_scalar(v);
-  if (strcmp(what, "reply") == 0) {
-    for (size_t i = from; i < s->nsends; i++)
-      if (s->sends[i].kind < 100 && strcmp(s->sends[i].text, sv ? sv : "") == 0) return;
-    fail(s, "expected reply \"%s\", got %s", sv ? sv : "", got);
-  } else if (strcmp(what, "reply_contains") == 0) {
-    for (size_t i = from; i < s->nsends; i++)
-      if (s->sends[i].kind < 100 && strstr(s->sends[i].text, sv ? sv : "")) return;
-    fail(s, "expected a reply containing \"%s\", got %s", sv ? sv : "", got);
-  } else if (strcmp(what, "reply_matches") == 0) {
-    regex_t re;
-    if (!sv || regcomp(&re, sv, REG_EXTENDED | REG_NOSUB) != 0) {
-      fail(s, "reply_matches: invalid regular expression (line %d)", pc_node_line(v));
-      return;
-    }
-    bool found = false;
-    for (size_t i = from; i < s->nsends && !found; i++)
-      found = s->sends[i].kind < 100 && regexec(&re, s->sends[i].text, 0, NULL, 0) == 0;
-    regfree(&re);
-    if (!found) fail(s, "expected a reply matching /%s/, got %s", sv, got);
-  } else if (strcmp(what, "no_reply") == 0) {
-    for (size_t i = from; i < s->nsends; i++)
-      if (s->sends[i].kind < 100) fail(s, "expected no reply, got %s", got);
-  } else if (strcmp(what, "quick_replies") == 0 || strcmp(what, "card") == 0) {
-    bool card = what[0] == 'c';
-    const char *text = pc_scalar(pc_get(v, "text"));
-    const char *title = pc_scalar(pc_get(v, "title"));
-    const pc_node *labels = pc_get(v, card ? "buttons" : "options");
-    for (size_t i = from; i < s->nsends; i++) {
-      const sp_send *x = &s->sends[i];
-      if (x->kind != (card ? PARLEY_CONTENT_CARD : PARLEY_CONTENT_QUICK_REPLIES)) continue;
-      if (text && strcmp(x->text, text) != 0) continue;
-      if (title && strcmp(x->title, title) != 0) continue;
-      if (labels && !labels_match(x->labels, labels)) continue;
-      return;
-    }
-    fail(s, "expected %s%s%s%s, got %s", what, text ? " \"" : "", text ? text : "",
-         text ? "\"" : "", got);
-  } else if (strcmp(what, "quote") == 0) {
-    const char *text = pc_scalar(pc_get(v, "text"));
-    for (size_t i = from; i < s->nsends; i++)
-      if (s->sends[i].quote_seq && (!text || strcmp(s->sends[i].excerpt, text) == 0)) return;
-    fail(s, "expected a reply quoting \"%s\", got %s", text ? text : "", got);
-  } else if (strcmp(what, "handoff") == 0 || strcmp(what, "close") == 0) {
-    bool handoff = what[0] == 'h';
-    const char *queue = pc_scalar(pc_get(v, "queue"));
-    const char *note = pc_scalar(pc_get(v, handoff ? "note" : "reason"));
-    for (size_t i = from; i < s->nsends; i++) {
-      const sp_send *x = &s->sends[i];
-      if (x->kind != 100 + (handoff ? PARLEY_ACTION_HANDOFF : PARLEY_ACTION_CLOSE)) continue;
-      if (queue && strcmp(x->queue, queue) != 0) continue;
-      if (note && strcmp(x->note, note) != 0) continue;
-      return;
-    }
-    fail(s, "expected %s%s%s, got %s", what, queue ? " to " : "", queue ? queue : "", got);
-  } else if (strcmp(what, "state") == 0) {
-    for (size_t i = 0; i < pc_len(v); i++) {
-      const char *k = pc_key_at(v, i);
-      const char *want = pc_scalar(pc_at(v, i));
-      const char *have = state_val(s, k);
-      if (!want) continue;
-      if (strcmp(want, "null") == 0 ? have != NULL : (!have || !loose_eq(have, want)))
-        fail(s, "expected state.%s = %s, got %s", k, want, have ? have : "(none)");
-    }
-  } else if (strcmp(what, "tags") == 0) {
-    for (size_t i = 0; i < pc_len(v); i++) {
-      const char *t = pc_scalar(pc_at(v, i));
-      if (t && kv_find(s->tags, s->ntags, t) == s->ntags) fail(s, "expected tag %s", t);
-    }
-  } else if (strcmp(what, "untags") == 0) {
-    for (size_t i = 0; i < pc_len(v); i++) {
-      const char *t = pc_scalar(pc_at(v, i));
-      if (t && kv_find(s->removed, s->nremoved, t) == s->nremoved) fail(s, "expected tag %s removed", t);
-    }
-  } else if (strcmp(what, "timer") == 0 || strcmp(what, "no_timer") == 0) {
-    const char *timers = state_val(s, "_timers");
-    char needle[200];
-    snprintf(needle, sizeof needle, "\"name\":\"%s\"", sv ? sv : "");
-    bool has = timers && strstr(timers, needle);
-    if (what[0] == 't' && !has) fail(s, "expected a timer %s in the state", sv ? sv : "");
-    if (what[0] == 'n' && has) fail(s, "expected no timer %s in the state", sv ? sv : "");
-  } else {
-    fail(s, "unknown expectation '%s' (line %d)", what, pc_node_line(v));
-  }
-}
-
-/* Steps. ---------------------------------------------------------------- */
+static const char *const EVENT_NAMES[] = {"",         "message",       "opened",
+                                          "assigned", "handed_off",    "handed_back",
+                                          "closed",   "tagged",        "state_changed",
+                                          "locale_changed"};
 
 static parley_event_kind event_kind(const char *k) {
-  static const char *const names[] = {"", "message", "opened", "assigned", "handed_off",
-                                      "handed_back", "closed", "tagged", "state_changed",
-                                      "locale_changed"};
   for (int i = 1; k && i < 10; i++)
-    if (strcmp(names[i], k) == 0) return (parley_event_kind)i;
+    if (strcmp(EVENT_NAMES[i], k) == 0) return (parley_event_kind)i;
   return PARLEY_EVENT_UNSPECIFIED;
 }
 
-/* The conversation comes back to the bot (as after a hand back): a new
- * epoch, the committed state and watermark, like a gateway's Assign. */
-static void reassign(sp_run *s, const char *locale) {
-  parley_state_entry st[SP_KV_MAX];
-  for (size_t i = 0; i < s->nkv; i++)
-    st[i] = (parley_state_entry){.key = s->keys[i], .value = s->vals[i],
-                                 .value_len = strlen(s->vals[i])};
-  parley_assignment a = {.conversation = SP_CONV, .epoch = ++s->epoch, .state = st,
-                         .n_state = s->nkv, .acked_seq = s->acked, .locale = locale,
-                         .customer = "customer"};
-  s->revoked = false;
-  s->queued = false;
-  plr_rt_on_assign(s->r, &a);
+static int err_at(char *err, size_t errlen, const pc_node *n, const char *fmt, ...) {
+  char msg[512];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(msg, sizeof msg, fmt, ap);
+  va_end(ap);
+  const char *path = pc_node_path(n);
+  snprintf(err, errlen, "%s:%d: %s%s%s", pc_node_file(n), pc_node_line(n), path && *path ? path : "",
+           path && *path ? ": " : "", msg);
+  return PARLEY_ECONFIG;
 }
 
-static void run_step(sp_run *s, const pc_node *step, uint64_t *seq, const char *locale) {
-  size_t from = s->nsends;
-  for (size_t i = 0; i < s->nremoved; i++) free(s->removed[i]);
-  s->nremoved = 0;
+static int keys(const pc_node *map, const char *const *allowed, char *err, size_t errlen) {
+  pc_error pe;
+  memset(&pe, 0, sizeof pe);
+  if (pc_check_keys(map, allowed, &pe) == 0) return 0;
+  char buf[768];
+  snprintf(err, errlen, "%s", pc_error_format(&pe, buf, sizeof buf));
+  return PARLEY_ECONFIG;
+}
+
+int plr_spec_duration_ms(const char *s, uint64_t *ms) {
+  if (!s || !*s) return PARLEY_EINVAL;
+  /* A bare number is seconds, as specs always had it. */
+  char *end = NULL;
+  double secs = strtod(s, &end);
+  if (end && !*end) {
+    if (!(secs >= 0) || secs > 366.0 * 86400) return PARLEY_EINVAL;
+    *ms = (uint64_t)(secs * 1000 + 0.5);
+    return 0;
+  }
+  /* Otherwise the config's durations ("500ms", "90s", "5m", "1h"), read by
+   * the config's own reader so that both accept the same. */
+  char yaml[160];
+  if (strlen(s) > 64 || strpbrk(s, "\n:#{}[],&*!|>'\"%@`")) return PARLEY_EINVAL;
+  snprintf(yaml, sizeof yaml, "d: %s\n", s);
+  pc_doc *doc = NULL;
+  pc_error pe;
+  int rc = pc_load_string("duration", yaml, strlen(yaml), &doc, &pe);
+  if (rc == 0) rc = pc_get_ms(pc_root(doc), "d", 0, ms, &pe);
+  pc_doc_free(doc);
+  return rc ? PARLEY_EINVAL : 0;
+}
+
+static int validate_expect(const pc_node *ex, char *err, size_t errlen) {
+  if (!ex || pc_node_kind(ex) == PC_NULL) return 0;
+  if (pc_node_kind(ex) != PC_SEQ)
+    return err_at(err, errlen, ex, "expect: is a list of expectations (- reply: ...)");
+  for (size_t i = 0; i < pc_len(ex); i++) {
+    const pc_node *e = pc_at(ex, i);
+    if (pc_node_kind(e) != PC_MAP)
+      return err_at(err, errlen, e, "an expectation is a mapping such as `reply: \"text\"`");
+    if (keys(e, EXPECT_KEYS, err, errlen)) return PARLEY_ECONFIG;
+    for (size_t k = 0; k < pc_len(e); k++) {
+      const char *key = pc_key_at(e, k);
+      const pc_node *v = pc_at(e, k);
+      const char *const *sub = !strcmp(key, "card")            ? CARD_KEYS
+                               : !strcmp(key, "quick_replies") ? QR_KEYS
+                               : !strcmp(key, "quote")         ? QUOTE_KEYS
+                               : !strcmp(key, "handoff")       ? HANDOFF_KEYS
+                               : !strcmp(key, "close")         ? CLOSE_KEYS
+                                                               : NULL;
+      if (sub && pc_node_kind(v) == PC_MAP && keys(v, sub, err, errlen)) return PARLEY_ECONFIG;
+      if (!strcmp(key, "reply_count")) {
+        const char *s = pc_scalar(v);
+        char *end = NULL;
+        if (!s || strtol(s, &end, 10) < 0 || *end)
+          return err_at(err, errlen, v, "reply_count: a number of replies");
+      }
+      if (!strcmp(key, "replies")) {
+        if (pc_node_kind(v) != PC_SEQ)
+          return err_at(err, errlen, v, "replies: a list of the replies, in order");
+        for (size_t j = 0; j < pc_len(v); j++) {
+          const pc_node *r = pc_at(v, j);
+          if (pc_node_kind(r) == PC_MAP && keys(r, REPLY_ITEM_KEYS, err, errlen))
+            return PARLEY_ECONFIG;
+          if (pc_node_kind(r) != PC_MAP && pc_node_kind(r) != PC_SCALAR)
+            return err_at(err, errlen, r, "a reply is a text or a mapping such as `card: {...}`");
+        }
+      }
+      if (!strcmp(key, "reply_matches")) {
+        regex_t re;
+        if (!pc_scalar(v) || regcomp(&re, pc_scalar(v), REG_EXTENDED | REG_NOSUB) != 0)
+          return err_at(err, errlen, v, "not a valid regular expression");
+        regfree(&re);
+      }
+    }
+  }
+  return 0;
+}
+
+static int validate_step(const pc_node *st, char *err, size_t errlen) {
+  if (pc_node_kind(st) != PC_MAP)
+    return err_at(err, errlen, st, "a step is a mapping such as `send: \"hello\"`");
+  if (keys(st, STEP_KEYS, err, errlen)) return PARLEY_ECONFIG;
+  int actions = 0;
+  for (int i = 0; STEP_ACTIONS[i]; i++) actions += pc_get(st, STEP_ACTIONS[i]) != NULL;
+  if (actions != 1)
+    return err_at(err, errlen, st, "a step has exactly one of send, postback, open, wait, event, agent");
   const pc_node *n;
-  if ((n = pc_get(step, "send"))) {
-    parley_event ev = {.kind = PARLEY_EVENT_MESSAGE, .conversation = SP_CONV, .seq = ++*seq,
-                       .sender = "customer", .sender_role = PARLEY_ROLE_CUSTOMER,
-                       .content = {.kind = PARLEY_CONTENT_TEXT, .text = pc_scalar(n)}};
-    plr_rt_on_event(s->r, &ev);
-  } else if ((n = pc_get(step, "postback"))) {
-    parley_event ev = {.kind = PARLEY_EVENT_MESSAGE, .conversation = SP_CONV, .seq = ++*seq,
-                       .sender = "customer", .sender_role = PARLEY_ROLE_CUSTOMER,
-                       .content = {.kind = PARLEY_CONTENT_POSTBACK, .payload = pc_scalar(n),
-                                   .label = pc_scalar(pc_get(step, "label"))}};
-    plr_rt_on_event(s->r, &ev);
-  } else if ((n = pc_get(step, "open"))) {
-    parley_event ev = {.kind = PARLEY_EVENT_OPENED, .conversation = SP_CONV, .seq = ++*seq,
-                       .sender = "", .sender_role = PARLEY_ROLE_SYSTEM, .locale = locale,
-                       .customer = "customer"};
-    plr_rt_on_event(s->r, &ev);
-  } else if ((n = pc_get(step, "event"))) {
+  if ((n = pc_get(st, "event"))) {
+    if (keys(n, EVENT_KEYS, err, errlen)) return PARLEY_ECONFIG;
     const char *k = pc_scalar(pc_get(n, "kind"));
-    parley_event ev = {.kind = event_kind(k), .conversation = SP_CONV, .seq = ++*seq,
-                       .sender = "", .sender_role = PARLEY_ROLE_SYSTEM,
-                       .assignee = pc_scalar(pc_get(n, "assignee")),
-                       .locale = pc_scalar(pc_get(n, "locale"))};
-    ev.action.queue = pc_scalar(pc_get(n, "queue"));
-    ev.action.note = pc_scalar(pc_get(n, "note"));
-    if (ev.kind == PARLEY_EVENT_UNSPECIFIED) {
-      fail(s, "unknown event kind '%s' (line %d)", k ? k : "", pc_node_line(n));
-      return;
+    if (event_kind(k) == PARLEY_EVENT_UNSPECIFIED)
+      return err_at(err, errlen, pc_get(n, "kind") ? pc_get(n, "kind") : n,
+                    "unknown event kind '%s' (one of assigned, handed_off, handed_back, "
+                    "closed, tagged, locale_changed, ...)",
+                    k ? k : "");
+  }
+  if ((n = pc_get(st, "agent"))) {
+    if (pc_node_kind(n) == PC_MAP) {
+      if (keys(n, AGENT_KEYS, err, errlen)) return PARLEY_ECONFIG;
+      if (!pc_scalar(pc_get(n, "text")))
+        return err_at(err, errlen, n, "agent: needs the text the agent writes");
+      const pc_node *t = pc_get(n, "tags");
+      if (t && pc_node_kind(t) != PC_SEQ) return err_at(err, errlen, t, "tags: a list of tags");
+    } else if (!pc_scalar(n)) {
+      return err_at(err, errlen, n, "agent: the text the agent writes, or {text, as, quote, tags}");
     }
-    /* A conversation an agent took comes back to the bot before any
-     * further event reaches it. */
-    if (s->revoked) reassign(s, locale);
-    plr_rt_on_event(s->r, &ev);
-    plr_rt_fire_due(s->r);
-    if (ev.kind == PARLEY_EVENT_ASSIGNED && s->queued) {
-      /* An agent took it from the queue: the bot sees the take, then the
-       * gateway takes the conversation away from it. */
-      pump(s);
-      s->queued = false;
-      s->revoked = true;
-      plr_rt_on_revoke(s->r, SP_CONV, s->epoch, "taken");
+  }
+  if ((n = pc_get(st, "open")) && pc_node_kind(n) == PC_MAP && keys(n, OPEN_KEYS, err, errlen))
+    return PARLEY_ECONFIG;
+  if ((n = pc_get(st, "wait"))) {
+    uint64_t ms;
+    if (plr_spec_duration_ms(pc_scalar(n), &ms))
+      return err_at(err, errlen, n, "a duration such as 121 (seconds), 90s, 5m or 500ms");
+  }
+  if ((n = pc_get(st, "send")) && !pc_scalar(n))
+    return err_at(err, errlen, n, "send: needs the text the customer sends");
+  if ((n = pc_get(st, "postback")) && !pc_scalar(n))
+    return err_at(err, errlen, n, "postback: needs the button's payload");
+  if ((n = pc_get(st, "handler_fails"))) {
+    const char *b = pc_scalar(n);
+    if (!b || (strcmp(b, "true") && strcmp(b, "false")))
+      return err_at(err, errlen, n, "handler_fails: true or false");
+  }
+  return validate_expect(pc_get(st, "expect"), err, errlen);
+}
+
+int plr_spec_validate(const pc_node *root, char *err, size_t errlen) {
+  if (pc_node_kind(root) != PC_SEQ)
+    return err_at(err, errlen, root, "a spec file is a list of cases");
+  for (size_t c = 0; c < pc_len(root); c++) {
+    const pc_node *cs = pc_at(root, c);
+    if (pc_node_kind(cs) != PC_MAP)
+      return err_at(err, errlen, cs, "a case is a mapping with name, locale, http and steps");
+    if (keys(cs, CASE_KEYS, err, errlen)) return PARLEY_ECONFIG;
+    const pc_node *stubs = pc_get(cs, "http");
+    for (size_t i = 0; i < pc_len(stubs); i++) {
+      const pc_node *s = pc_at(stubs, i);
+      if (keys(s, STUB_KEYS, err, errlen)) return PARLEY_ECONFIG;
+      if (!pc_scalar(pc_get(s, "request")))
+        return err_at(err, errlen, s, "an http stub needs request: \"METHOD URL\"");
     }
-  } else if ((n = pc_get(step, "wait"))) {
-    const char *w = pc_scalar(n);
-    double secs = w ? strtod(w, NULL) : 0;
-    s->now += (int64_t)(secs * 1000);
-    plr_rt_fire_due(s->r);
+    const pc_node *steps = pc_get(cs, "steps");
+    if (pc_node_kind(steps) != PC_SEQ)
+      return err_at(err, errlen, steps ? steps : cs, "a case needs a list of steps");
+    for (size_t i = 0; i < pc_len(steps); i++)
+      if (validate_step(pc_at(steps, i), err, errlen)) return PARLEY_ECONFIG;
+  }
+  return 0;
+}
+
+/* ------------------------------------------------------------ the steps */
+
+bool plr_spec_step_parse(const pc_node *st, plr_spec_step *o, char *why, size_t whylen) {
+  memset(o, 0, sizeof *o);
+  o->line = pc_node_line(st);
+  o->expect = pc_get(st, "expect");
+  pc_get_bool(st, "handler_fails", false, &o->handler_fails, &(pc_error){0});
+  const pc_node *n;
+  if ((n = pc_get(st, "send"))) {
+    o->kind = PLR_STEP_SEND;
+    o->text = pc_scalar(n);
+    if (!o->text) return snprintf(why, whylen, "send: needs a string"), false;
+  } else if ((n = pc_get(st, "postback"))) {
+    o->kind = PLR_STEP_POSTBACK;
+    o->payload = pc_scalar(n);
+    o->label = pc_scalar(pc_get(st, "label"));
+    if (!o->payload) return snprintf(why, whylen, "postback: needs a payload"), false;
+    if (!o->label) o->label = o->payload;
+  } else if ((n = pc_get(st, "open"))) {
+    o->kind = PLR_STEP_OPEN;
+    o->text = pc_scalar(pc_get(n, "text"));
+    if (!o->text) o->text = "hi";
+  } else if ((n = pc_get(st, "wait"))) {
+    o->kind = PLR_STEP_WAIT;
+    if (plr_spec_duration_ms(pc_scalar(n), &o->wait_ms))
+      return snprintf(why, whylen, "wait: a duration such as 121 (seconds), 90s, 5m or 500ms"),
+             false;
+  } else if ((n = pc_get(st, "event"))) {
+    o->kind = PLR_STEP_EVENT;
+    o->event_name = pc_scalar(pc_get(n, "kind"));
+    o->event = event_kind(o->event_name);
+    o->assignee = pc_scalar(pc_get(n, "assignee"));
+    o->queue = pc_scalar(pc_get(n, "queue"));
+    o->note = pc_scalar(pc_get(n, "note"));
+    o->locale = pc_scalar(pc_get(n, "locale"));
+    if (o->event == PARLEY_EVENT_UNSPECIFIED)
+      return snprintf(why, whylen, "unknown event kind '%s'", o->event_name ? o->event_name : ""),
+             false;
+  } else if ((n = pc_get(st, "agent"))) {
+    o->kind = PLR_STEP_AGENT;
+    if (pc_node_kind(n) == PC_MAP) {
+      o->text = pc_scalar(pc_get(n, "text"));
+      o->agent = pc_scalar(pc_get(n, "as"));
+      o->quote = pc_scalar(pc_get(n, "quote"));
+      o->tags = pc_get(n, "tags");
+    } else {
+      o->text = pc_scalar(n);
+    }
+    if (!o->text) return snprintf(why, whylen, "agent: needs a text"), false;
   } else {
-    fail(s, "step at line %d needs send, postback, open, event or wait", pc_node_line(step));
+    return snprintf(why, whylen, "a step needs send, postback, open, wait, event or agent"), false;
+  }
+  return true;
+}
+
+const plr_spec_item *plr_spec_find_quote(const plr_spec_item *const *items, size_t n,
+                                         const char *quote) {
+  if (!quote) return NULL;
+  for (size_t i = n; i-- > 0;)
+    if (items[i]->kind == PARLEY_EVENT_MESSAGE && !strcmp(items[i]->text, quote)) return items[i];
+  for (size_t i = n; i-- > 0;)
+    if (items[i]->kind == PARLEY_EVENT_MESSAGE && strstr(items[i]->text, quote)) return items[i];
+  return NULL;
+}
+
+/* ------------------------------------------------------------ reporting */
+
+void plr_spec_flow(const pc_node *n, char *out, size_t size) {
+  size_t len = strlen(out);
+  if (len + 1 >= size) return;
+  switch (pc_node_kind(n)) {
+  case PC_SCALAR:
+    if (pc_scalar_quoted(n)) snprintf(out + len, size - len, "\"%s\"", pc_scalar(n));
+    else snprintf(out + len, size - len, "%s", pc_scalar(n));
+    break;
+  case PC_SEQ:
+    snprintf(out + len, size - len, "[");
+    for (size_t i = 0; i < pc_len(n); i++) {
+      if (i) strncat(out, ", ", size - strlen(out) - 1);
+      plr_spec_flow(pc_at(n, i), out, size);
+    }
+    strncat(out, "]", size - strlen(out) - 1);
+    break;
+  case PC_MAP:
+    snprintf(out + len, size - len, "{");
+    for (size_t i = 0; i < pc_len(n); i++) {
+      len = strlen(out);
+      snprintf(out + len, size - len, "%s%s: ", i ? ", " : "", pc_key_at(n, i));
+      plr_spec_flow(pc_at(n, i), out, size);
+    }
+    strncat(out, "}", size - strlen(out) - 1);
+    break;
+  default: strncat(out, "null", size - strlen(out) - 1); break;
+  }
+}
+
+/* ------------------------------------------------------ structural values */
+
+/* Compares the Lua value at idx (decoded by cjson) with want. path names
+ * the place for the message ("state.booking.step"). */
+static bool value_match(lua_State *L, int idx, const pc_node *want, char *path, size_t pathsz,
+                        char *why, size_t whylen);
+
+static void show_actual(lua_State *L, int idx, char *out, size_t size) {
+  idx = lua_absindex(L, idx);
+  if (lua_isnil(L, idx)) {
+    snprintf(out, size, "absent");
     return;
   }
-  pump(s);
-  if (s->handoff_sent) {
-    /* Waiting in the queue, the conversation stays with the bot until an
-     * agent takes it. */
-    s->handoff_sent = false;
-    s->queued = true;
-  }
-  plr_stats st;
-  plr_runtime_stats(s->r, &st);
-  if (st.failures > s->failures_seen) {
-    s->failures_seen = st.failures;
-    const char *ok = pc_scalar(pc_get(step, "handler_fails"));
-    if (!ok || strcmp(ok, "true") != 0) {
-      fflush(s->log);
-      const char *lg = s->logbuf ? s->logbuf : "";
-      const char *last = strstr(lg, "handler failed");
-      fail(s, "%.700s", last ? last : lg);
-      return;
-    }
-  }
-  const pc_node *ex = pc_get(step, "expect");
-  for (size_t i = 0; i < pc_len(ex) && !s->why[0]; i++) {
-    const pc_node *item = pc_at(ex, i);
-    for (size_t k = 0; k < pc_len(item); k++) check_one(s, from, pc_key_at(item, k), pc_at(item, k));
-  }
+  /* cjson.encode is upvalue 1 of nothing here: it sits in the registry. */
+  lua_getfield(L, LUA_REGISTRYINDEX, "plr_spec_encode");
+  lua_pushvalue(L, idx);
+  if (lua_pcall(L, 1, 1, 0) == LUA_OK && lua_isstring(L, -1))
+    snprintf(out, size, "%s", lua_tostring(L, -1));
+  else
+    snprintf(out, size, "(a %s)", luaL_typename(L, idx));
+  lua_pop(L, 1);
 }
 
-static void run_free(sp_run *s) {
-  if (s->r) plr_runtime_free(s->r);
-  uv_run(&s->loop, UV_RUN_DEFAULT);
-  uv_loop_close(&s->loop);
-  for (size_t i = 0; i < s->nsends; i++) {
-    sp_send *x = &s->sends[i];
-    free(x->text), free(x->title), free(x->fallback), free(x->labels);
-    free(x->excerpt), free(x->queue), free(x->note);
-  }
-  for (size_t i = 0; i < s->nkv; i++) free(s->keys[i]), free(s->vals[i]);
-  for (size_t i = 0; i < s->ntags; i++) free(s->tags[i]);
-  for (size_t i = 0; i < s->nremoved; i++) free(s->removed[i]);
-  for (size_t i = 0; i < s->nhttp; i++) free(s->http[i].method), free(s->http[i].url);
-  if (s->log) fclose(s->log);
-  free(s->logbuf);
-  free(s);
+static bool mismatch(lua_State *L, int idx, const pc_node *want, const char *path, char *why,
+                     size_t whylen) {
+  char have[400], exp[400] = "";
+  show_actual(L, idx, have, sizeof have);
+  plr_spec_flow(want, exp, sizeof exp);
+  snprintf(why, whylen, "%s is %s, expected %s", path, have, exp);
+  return false;
 }
 
-/* One case. Returns true when it passed; why gets the reason otherwise. */
-static bool run_case(const char *bot_dir, const pc_node *c, char *why, size_t whylen) {
-  sp_run *s = calloc(1, sizeof *s);
-  if (!s) {
-    snprintf(why, whylen, "out of memory");
-    return false;
+static bool is_json_null(lua_State *L, int idx) {
+  return lua_isnil(L, idx) || (lua_islightuserdata(L, idx) && lua_touserdata(L, idx) == NULL);
+}
+
+static bool value_match(lua_State *L, int idx, const pc_node *want, char *path, size_t pathsz,
+                        char *why, size_t whylen) {
+  idx = lua_absindex(L, idx);
+  luaL_checkstack(L, 8, "expectation nested too deeply");
+  switch (pc_node_kind(want)) {
+  case PC_NULL:
+    return is_json_null(L, idx) ? true : mismatch(L, idx, want, path, why, whylen);
+  case PC_SCALAR: {
+    const char *s = pc_scalar(want);
+    if (lua_type(L, idx) == LUA_TSTRING) {
+      if (!strcmp(lua_tostring(L, idx), s)) return true;
+      return mismatch(L, idx, want, path, why, whylen);
+    }
+    if (pc_scalar_quoted(want)) return mismatch(L, idx, want, path, why, whylen);
+    if (lua_type(L, idx) == LUA_TNUMBER) {
+      char *end = NULL;
+      double w = strtod(s, &end);
+      if (*s && end && !*end && w == lua_tonumber(L, idx)) return true;
+      return mismatch(L, idx, want, path, why, whylen);
+    }
+    if (lua_type(L, idx) == LUA_TBOOLEAN) {
+      bool b = lua_toboolean(L, idx);
+      if ((b && !strcmp(s, "true")) || (!b && !strcmp(s, "false"))) return true;
+      return mismatch(L, idx, want, path, why, whylen);
+    }
+    if (!strcmp(s, "null") && is_json_null(L, idx)) return true;
+    return mismatch(L, idx, want, path, why, whylen);
   }
-  uv_loop_init(&s->loop);
-  s->now = 1767225600000; /* 2026-01-01T00:00:00Z */
-  s->stubs = pc_get(c, "http");
-  s->log = open_memstream(&s->logbuf, &s->loglen);
-  const char *locale = pc_scalar(pc_get(c, "locale"));
-  plr_options o = {.loop = &s->loop, .bot_dir = bot_dir, .log_out = s->log, .log_level = 2};
-  plr_driver d = {.send = d_send, .action = d_action, .commit = d_commit, .http = d_http,
-                  .http_cancel = d_http_cancel, .now_ms = d_now, .ud = s};
-  char err[1024] = "";
-  if (plr_runtime_new_driver(&o, &d, &s->r, err, sizeof err)) {
-    snprintf(why, whylen, "%s", err);
-    s->r = NULL;
-    run_free(s);
-    return false;
+  case PC_MAP: {
+    if (lua_type(L, idx) != LUA_TTABLE) return mismatch(L, idx, want, path, why, whylen);
+    size_t base = strlen(path);
+    for (size_t i = 0; i < pc_len(want); i++) {
+      const char *k = pc_key_at(want, i);
+      snprintf(path + base, pathsz - base, ".%s", k);
+      lua_getfield(L, idx, k);
+      bool ok = value_match(L, -1, pc_at(want, i), path, pathsz, why, whylen);
+      lua_pop(L, 1);
+      if (!ok) return false;
+      path[base] = '\0';
+    }
+    return true;
   }
-  s->epoch = 1;
-  parley_assignment a = {.conversation = SP_CONV, .epoch = 1, .locale = locale,
-                         .customer = "customer"};
-  plr_rt_on_assign(s->r, &a);
-  uint64_t seq = 0;
-  const pc_node *steps = pc_get(c, "steps");
-  if (pc_node_kind(steps) != PC_SEQ) fail(s, "a case needs a list of steps (line %d)", pc_node_line(c));
-  for (size_t i = 0; i < pc_len(steps) && i < SP_STEPS_MAX && !s->why[0]; i++) {
-    run_step(s, pc_at(steps, i), &seq, locale);
-    if (s->why[0]) {
-      char step[sizeof s->why];
-      snprintf(step, sizeof step, "step %zu (line %d): %.900s", i + 1,
-               pc_node_line(pc_at(steps, i)), s->why);
-      memcpy(s->why, step, sizeof step);
+  case PC_SEQ: {
+    if (lua_type(L, idx) != LUA_TTABLE || lua_rawlen(L, idx) != pc_len(want))
+      return mismatch(L, idx, want, path, why, whylen);
+    size_t base = strlen(path);
+    for (size_t i = 0; i < pc_len(want); i++) {
+      snprintf(path + base, pathsz - base, "[%zu]", i);
+      lua_rawgeti(L, idx, (lua_Integer)i + 1);
+      bool ok = value_match(L, -1, pc_at(want, i), path, pathsz, why, whylen);
+      lua_pop(L, 1);
+      if (!ok) return false;
+      path[base] = '\0';
+    }
+    return true;
+  }
+  }
+  return false;
+}
+
+/* Decodes json with lua-cjson (the runtime's own JSON library) and compares. */
+static bool json_match(const char *json, const pc_node *want, const char *name, char *why,
+                       size_t whylen) {
+  lua_State *L = luaL_newstate();
+  if (!L) return snprintf(why, whylen, "out of memory"), false;
+  luaopen_cjson(L);
+  lua_getfield(L, -1, "encode");
+  lua_setfield(L, LUA_REGISTRYINDEX, "plr_spec_encode");
+  bool ok;
+  char path[512];
+  snprintf(path, sizeof path, "%s", name);
+  if (!json) {
+    lua_pushnil(L);
+  } else {
+    lua_getfield(L, -1, "decode");
+    lua_pushstring(L, json);
+    if (lua_pcall(L, 1, 1, 0) != LUA_OK) {
+      snprintf(why, whylen, "%s is not valid JSON: %.200s", name, json);
+      lua_close(L);
+      return false;
     }
   }
-  bool ok = !s->why[0];
-  if (!ok) snprintf(why, whylen, "%s", s->why);
-  run_free(s);
+  ok = value_match(L, -1, want, path, sizeof path, why, whylen);
+  lua_close(L);
   return ok;
 }
 
-int plr_spec_run_file(const char *bot_dir, const char *spec_path, FILE *out,
-                      plr_spec_result *res) {
-  plr_spec_result local = {0};
-  if (!res) res = &local;
-  res->files++;
-  pc_doc *doc = NULL;
-  pc_error pe;
-  memset(&pe, 0, sizeof pe);
-  if (pc_load_file(spec_path, &doc, &pe)) {
-    char buf[768];
-    fprintf(out, "FAIL %s\n", pc_error_format(&pe, buf, sizeof buf));
-    res->failed++;
-    return PARLEY_ECONFIG;
-  }
-  const pc_node *root = pc_root(doc);
-  if (pc_node_kind(root) != PC_SEQ) {
-    fprintf(out, "FAIL %s:1: a spec file is a list of cases\n", spec_path);
-    pc_doc_free(doc);
-    res->failed++;
-    return PARLEY_ECONFIG;
-  }
-  int rc = 0;
-  for (size_t i = 0; i < pc_len(root); i++) {
-    const pc_node *c = pc_at(root, i);
-    const char *name = pc_scalar(pc_get(c, "name"));
-    char why[1536] = "";
-    res->cases++;
-    if (run_case(bot_dir, c, why, sizeof why)) {
-      res->passed++;
-      fprintf(out, "PASS %s: %s\n", spec_path, name ? name : "(unnamed)");
-    } else {
-      res->failed++;
-      rc = PARLEY_EINVAL;
-      fprintf(out, "FAIL %s:%d: %s: %s\n", spec_path, pc_node_line(c), name ? name : "(unnamed)", why);
-    }
-  }
-  pc_doc_free(doc);
-  return rc;
+bool plr_spec_value_matches(const char *json, const pc_node *want, char *why, size_t whylen) {
+  return json_match(json, want, "value", why, whylen);
 }
 
-int plr_spec_run_dir(const char *bot_dir, FILE *out, plr_spec_result *res) {
-  plr_spec_result local = {0};
-  if (!res) res = &local;
-  char err[2048] = "";
-  int rc = plr_load_check(bot_dir, err, sizeof err);
-  if (rc) {
-    fprintf(out, "FAIL %s\n", err);
-    res->failed++;
-    return rc;
+/* ------------------------------------------------------------ the checks */
+
+static bool is_reply(const plr_spec_item *it) {
+  return it->from_bot && it->kind == PARLEY_EVENT_MESSAGE;
+}
+
+static bool labels_eq(const char *labels, const pc_node *want) {
+  char buf[2048] = "";
+  for (size_t i = 0; i < pc_len(want); i++) {
+    if (i) strncat(buf, "\n", sizeof buf - strlen(buf) - 1);
+    const char *l = pc_scalar(pc_at(want, i));
+    strncat(buf, l ? l : "", sizeof buf - strlen(buf) - 1);
   }
-  char dir[1024];
-  snprintf(dir, sizeof dir, "%s/spec", bot_dir);
-  DIR *d = opendir(dir);
-  if (!d) {
-    fprintf(out, "FAIL %s: no spec folder\n", bot_dir);
-    res->failed++;
-    return PARLEY_ECONFIG;
+  return !strcmp(labels, buf);
+}
+
+static bool has(const char *const *set, size_t n, const char *t) {
+  for (size_t i = 0; i < n; i++)
+    if (!strcmp(set[i], t)) return true;
+  return false;
+}
+
+static const char *state_of(const plr_spec_view *v, const char *k) {
+  for (size_t i = 0; i < v->n_state; i++)
+    if (!strcmp(v->state_keys[i], k)) return v->state_vals[i];
+  return NULL;
+}
+
+/* Does one item satisfy a message expectation (key: v)? */
+static bool item_matches(const plr_spec_item *it, const char *key, const pc_node *v) {
+  const char *s = pc_scalar(v);
+  if (!strcmp(key, "reply")) return is_reply(it) && s && !strcmp(it->text, s);
+  if (!strcmp(key, "reply_contains")) return is_reply(it) && s && strstr(it->text, s);
+  if (!strcmp(key, "reply_matches")) {
+    regex_t re;
+    if (!is_reply(it) || !s || regcomp(&re, s, REG_EXTENDED | REG_NOSUB) != 0) return false;
+    bool ok = regexec(&re, it->text, 0, NULL, 0) == 0;
+    regfree(&re);
+    return ok;
   }
-  char *names[256];
-  size_t n = 0;
-  struct dirent *e;
-  while ((e = readdir(d)) && n < 256) {
-    size_t len = strlen(e->d_name);
-    if (e->d_name[0] != '.' && len > 5 && strcmp(e->d_name + len - 5, ".yaml") == 0)
-      names[n++] = strdup(e->d_name);
+  if (!strcmp(key, "card") || !strcmp(key, "quick_replies")) {
+    bool card = key[0] == 'c';
+    if (!is_reply(it) || it->ctype != (card ? PARLEY_CONTENT_CARD : PARLEY_CONTENT_QUICK_REPLIES))
+      return false;
+    const char *t = pc_scalar(pc_get(v, "title")), *x = pc_scalar(pc_get(v, "text"));
+    const pc_node *b = pc_get(v, card ? "buttons" : "options");
+    return (!t || !strcmp(t, it->title)) && (!x || !strcmp(x, it->text)) &&
+           (!b || labels_eq(it->labels, b));
   }
-  closedir(d);
-  for (size_t i = 1; i < n; i++)
-    for (size_t j = i; j > 0 && strcmp(names[j - 1], names[j]) > 0; j--) {
-      char *x = names[j];
-      names[j] = names[j - 1];
-      names[j - 1] = x;
+  if (!strcmp(key, "quote")) {
+    const char *x = pc_scalar(pc_get(v, "text"));
+    return is_reply(it) && it->quote_seq && (!x || !strcmp(x, it->quote_excerpt));
+  }
+  if (!strcmp(key, "handoff") || !strcmp(key, "close")) {
+    bool h = key[0] == 'h';
+    if (it->kind != (h ? PARLEY_EVENT_HANDED_OFF : PARLEY_EVENT_CLOSED)) return false;
+    const char *q = pc_scalar(pc_get(v, "queue"));
+    const char *n = pc_scalar(pc_get(v, h ? "note" : "reason"));
+    return (!q || !strcmp(q, it->queue)) && (!n || !strcmp(n, it->note));
+  }
+  return false;
+}
+
+/* What the bot sent in the step, for a failure message. */
+static void describe(const plr_spec_view *v, char *buf, size_t size) {
+  size_t used = 0;
+  buf[0] = '\0';
+  for (size_t i = 0; i < v->n_items && used + 1 < size; i++) {
+    const plr_spec_item *it = v->items[i];
+    if (!it->from_bot) continue;
+    int n = snprintf(buf + used, size - used, "%s%s\"%s\"", used ? ", " : "",
+                     it->kind == PARLEY_EVENT_HANDED_OFF ? "handoff "
+                     : it->kind == PARLEY_EVENT_CLOSED   ? "close "
+                     : it->ctype == PARLEY_CONTENT_CARD  ? "card "
+                     : it->ctype == PARLEY_CONTENT_QUICK_REPLIES ? "quick_replies "
+                                                                 : "",
+                     it->kind == PARLEY_EVENT_HANDED_OFF ? it->queue
+                     : it->ctype == PARLEY_CONTENT_CARD  ? it->title
+                                                         : it->text);
+    if (n > 0) used += (size_t)n;
+  }
+  if (!used) snprintf(buf, size, "nothing");
+}
+
+static bool check_one(const plr_spec_view *v, const char *key, const pc_node *val, char *why,
+                      size_t whylen) {
+  const char *s = pc_scalar(val);
+  char got[700];
+  describe(v, got, sizeof got);
+  if (!strcmp(key, "reply") || !strcmp(key, "reply_contains") || !strcmp(key, "reply_matches") ||
+      !strcmp(key, "card") || !strcmp(key, "quick_replies") || !strcmp(key, "quote") ||
+      !strcmp(key, "handoff") || !strcmp(key, "close")) {
+    for (size_t i = 0; i < v->n_items; i++)
+      if (item_matches(v->items[i], key, val)) return true;
+    char f[600] = "";
+    plr_spec_flow(val, f, sizeof f);
+    const char *what = !strcmp(key, "reply")            ? "no reply equal to"
+                       : !strcmp(key, "reply_contains") ? "no reply containing"
+                       : !strcmp(key, "reply_matches")  ? "no reply matching"
+                                                        : NULL;
+    if (what) snprintf(why, whylen, "%s %s; the bot sent %s", what, f, got);
+    else snprintf(why, whylen, "no %s like %s; the bot sent %s", key, f, got);
+    return false;
+  }
+  if (!strcmp(key, "no_reply")) {
+    for (size_t i = 0; i < v->n_items; i++)
+      if (is_reply(v->items[i]))
+        return snprintf(why, whylen, "expected no reply; the bot sent %s", got), false;
+    return true;
+  }
+  if (!strcmp(key, "reply_count") || !strcmp(key, "replies")) {
+    const plr_spec_item *replies[256];
+    size_t n = 0;
+    for (size_t i = 0; i < v->n_items && n < 256; i++)
+      if (is_reply(v->items[i])) replies[n++] = v->items[i];
+    size_t want = !strcmp(key, "replies") ? pc_len(val) : (size_t)strtoul(s ? s : "0", NULL, 10);
+    if (n != want)
+      return snprintf(why, whylen, "expected %zu repl%s, the bot sent %zu: %s", want,
+                      want == 1 ? "y" : "ies", n, got),
+             false;
+    if (!strcmp(key, "reply_count")) return true;
+    for (size_t i = 0; i < n; i++) {
+      const pc_node *r = pc_at(val, i);
+      bool ok;
+      if (pc_node_kind(r) == PC_SCALAR) {
+        ok = !strcmp(replies[i]->text, pc_scalar(r));
+      } else {
+        ok = true;
+        for (size_t k = 0; k < pc_len(r) && ok; k++)
+          ok = item_matches(replies[i], pc_key_at(r, k), pc_at(r, k));
+      }
+      if (!ok) {
+        char f[400] = "";
+        plr_spec_flow(r, f, sizeof f);
+        return snprintf(why, whylen, "reply %zu of %zu is \"%s\", expected %s (in order: %s)",
+                        i + 1, n, replies[i]->text, f, got),
+               false;
+      }
     }
-  for (size_t i = 0; i < n; i++) {
-    char path[1400];
-    snprintf(path, sizeof path, "%s/%s", dir, names[i]);
-    int r = plr_spec_run_file(bot_dir, path, out, res);
-    if (r && !rc) rc = r;
-    free(names[i]);
+    return true;
   }
-  return rc;
+  if (!strcmp(key, "state")) {
+    if (pc_node_kind(val) != PC_MAP)
+      return snprintf(why, whylen, "state: a mapping of keys to values"), false;
+    for (size_t i = 0; i < pc_len(val); i++) {
+      const char *k = pc_key_at(val, i);
+      char name[200];
+      snprintf(name, sizeof name, "state.%s", k);
+      if (!json_match(state_of(v, k), pc_at(val, i), name, why, whylen)) return false;
+    }
+    return true;
+  }
+  if (!strcmp(key, "tags") || !strcmp(key, "untags")) {
+    bool add = key[0] == 't';
+    for (size_t i = 0; i < pc_len(val); i++) {
+      const char *t = pc_scalar(pc_at(val, i));
+      if (!t) continue;
+      bool now = has(v->tags, v->n_tags, t), before = has(v->tags_before, v->n_tags_before, t);
+      if (add && !now) return snprintf(why, whylen, "the conversation lacks tag %s", t), false;
+      if (!add && (now || !before))
+        return snprintf(why, whylen, "tag %s was not removed in this step", t), false;
+    }
+    return true;
+  }
+  if (!strcmp(key, "timer") || !strcmp(key, "no_timer")) {
+    const char *tm = state_of(v, "_timers");
+    char pat[200];
+    snprintf(pat, sizeof pat, "\"name\":\"%s\"", s ? s : "");
+    bool pending = tm && strstr(tm, pat);
+    if (key[0] == 't' && !pending) return snprintf(why, whylen, "no timer %s is pending", s), false;
+    if (key[0] == 'n' && pending) return snprintf(why, whylen, "timer %s is pending", s), false;
+    return true;
+  }
+  snprintf(why, whylen, "unknown expectation '%s' (line %d)", key, pc_node_line(val));
+  return false;
+}
+
+static bool on_commit(const char *key) {
+  return !strcmp(key, "state") || !strcmp(key, "tags") || !strcmp(key, "untags") ||
+         !strcmp(key, "timer") || !strcmp(key, "no_timer");
+}
+
+bool plr_spec_check(const pc_node *expect, const plr_spec_view *v, char *why, size_t whylen) {
+  for (size_t k = 0; k < pc_len(expect); k++) {
+    const pc_node *e = pc_at(expect, k);
+    for (size_t j = 0; j < pc_len(e); j++) {
+      if (v->commit_unknown && on_commit(pc_key_at(e, j))) continue;
+      if (!check_one(v, pc_key_at(e, j), pc_at(e, j), why, whylen)) return false;
+    }
+  }
+  return true;
 }

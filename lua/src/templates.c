@@ -16,6 +16,7 @@
 #include "config/config.h"
 
 #include <lauxlib.h>
+#include <unicode/uenum.h>
 #include <unicode/uloc.h>
 #include <unicode/upluralrules.h>
 #include <unicode/ustring.h>
@@ -71,7 +72,49 @@ typedef struct tpl_load {
   size_t errlen, errused;
   int nerr;
   int status;
+  /* Warnings (lint): what loads but is likely a mistake. */
+  char *warn;
+  size_t warnlen, warnused;
+  int nwarn;
 } tpl_load;
+
+static void tpl_warn(tpl_load *t, const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 2, 3)))
+#endif
+    ;
+static void tpl_warn(tpl_load *t, const char *fmt, ...) {
+  t->nwarn++;
+  if (!t->warn || t->warnused + 2 >= t->warnlen) return;
+  if (t->warnused) t->warn[t->warnused++] = '\n';
+  va_list ap;
+  va_start(ap, fmt);
+  int n = vsnprintf(t->warn + t->warnused, t->warnlen - t->warnused, fmt, ap);
+  va_end(ap);
+  if (n > 0) t->warnused += (size_t)n;
+  if (t->warnused >= t->warnlen) t->warnused = t->warnlen - 1;
+}
+
+/* Does the locale's plural rule ever select cat? "zero" in English does
+ * not: a form written for it is never shown. */
+static bool category_selected(const char *locale, const char *cat) {
+  char icu[TPL_LOCALE_MAX];
+  size_t i = 0;
+  for (; locale[i] && i + 1 < sizeof icu; i++) icu[i] = locale[i] == '-' ? '_' : locale[i];
+  icu[i] = '\0';
+  UErrorCode st = U_ZERO_ERROR;
+  UPluralRules *pr = uplrules_open(icu, &st);
+  if (U_FAILURE(st) || !pr) return true; /* cannot tell: no warning */
+  UEnumeration *kw = uplrules_getKeywords(pr, &st);
+  bool found = U_FAILURE(st) || !kw;
+  const char *k;
+  int32_t len;
+  while (!found && (k = uenum_next(kw, &len, &st)) != NULL && U_SUCCESS(st))
+    found = strcmp(k, cat) == 0;
+  if (kw) uenum_close(kw);
+  uplrules_close(pr);
+  return found;
+}
 
 static void tpl_err(tpl_load *t, const char *fmt, ...) {
   t->nerr++;
@@ -200,6 +243,10 @@ static void walk(lua_State *L, tpl_load *t, tpl_file *f, const pc_node *map,
           ok = false;
           continue;
         }
+        if (!category_selected(f->locale, cat))
+          tpl_warn(t, "%s:%d: %s: plural category '%s' is never selected in %s; this form is "
+                      "never shown",
+                   f->path, pc_node_line(form), key, cat, f->locale);
         if (collect_vars(pc_scalar(form), &e->vars, &e->vars_len)) {
           t->status = PARLEY_ENOMEM;
           lua_pop(L, 1);
@@ -240,6 +287,27 @@ static bool valid_locale(const char *s) {
   return true;
 }
 
+/* A file name that is a locale in form but names no language ICU knows
+ * (jp.yaml, meant as ja.yaml) is never chosen for a customer. */
+static void known_language(tpl_load *t, const tpl_file *f) {
+  static const char *const common[][2] = {{"jp", "ja"}, {"cn", "zh"}, {"kr", "ko"},
+                                          {"gr", "el"}, {"cz", "cs"}, {"dk", "da"},
+                                          {"se", "sv"}, {"ua", "uk"}, {"vn", "vi"},
+                                          {"il", "he"}, {NULL, NULL}};
+  char lang[TPL_LOCALE_MAX];
+  size_t i = 0;
+  for (; f->locale[i] && f->locale[i] != '-' && i + 1 < sizeof lang; i++) lang[i] = f->locale[i];
+  lang[i] = '\0';
+  const char *iso3 = uloc_getISO3Language(lang);
+  if (iso3 && *iso3) return;
+  const char *hint = NULL;
+  for (size_t k = 0; common[k][0]; k++)
+    if (!strcmp(common[k][0], lang)) hint = common[k][1];
+  tpl_warn(t, "%s:1: file name: '%s' is not a language code, so no customer's locale selects "
+              "this file%s%s%s",
+           f->path, lang, hint ? " (did you mean " : "", hint ? hint : "", hint ? ".yaml?)" : "");
+}
+
 static void load_file(lua_State *L, tpl_load *t, const char *name, size_t stem) {
   if (t->nfiles >= TPL_MAX_LOCALES) {
     tpl_err(t, "%s/templates: more than %d locales", t->dir, TPL_MAX_LOCALES);
@@ -253,13 +321,14 @@ static void load_file(lua_State *L, tpl_load *t, const char *name, size_t stem) 
   memcpy(raw, name, stem);
   raw[stem] = '\0';
   if (!valid_locale(raw)) {
-    tpl_err(t, "%s:0: : file name is not a locale (like en, zh-Hans, pt_BR)", f->path);
+    tpl_err(t, "%s:1: file name: not a locale (like en, zh-Hans, pt_BR)", f->path);
     return;
   }
   norm_locale(raw, f->locale, sizeof f->locale);
+  known_language(t, f);
   for (size_t i = 0; i < t->nfiles; i++)
     if (strcmp(t->files[i].locale, f->locale) == 0) {
-      tpl_err(t, "%s:0: : locale %s has two files", f->path, f->locale);
+      tpl_err(t, "%s:1: file name: locale %s has two files", f->path, f->locale);
       return;
     }
   t->nfiles++;
@@ -289,11 +358,50 @@ static void cross_check(tpl_load *t) {
   const tpl_file *d = NULL;
   for (size_t i = 0; i < t->nfiles; i++)
     if (strcmp(t->files[i].locale, def) == 0) d = &t->files[i];
+  /* bot.yaml's lines, for the errors that are about its keys. */
+  char cfg_path[1024];
+  snprintf(cfg_path, sizeof cfg_path, "%s/bot.yaml", t->dir);
+  pc_doc *cfg = NULL;
+  pc_error pe;
+  if (pc_load_file(cfg_path, &cfg, &pe) != 0) cfg = NULL;
+  const pc_node *root = cfg ? pc_root(cfg) : NULL;
   if (!d) {
-    if (t->nfiles)
-      tpl_err(t, "%s/templates/%s.yaml:0: : no template file for the default locale %s", t->dir,
-              t->default_locale, t->default_locale);
+    if (t->nfiles) {
+      const pc_node *dl = pc_get(root, "default_locale");
+      char found[512] = "";
+      for (size_t i = 0; i < t->nfiles; i++) {
+        size_t len = strlen(found);
+        snprintf(found + len, sizeof found - len, "%s%s.yaml", i ? ", " : "", t->files[i].locale);
+      }
+      tpl_err(t, "%s:%d: default_locale: no template file templates/%s.yaml for the default "
+                 "locale %s (found %s)",
+              cfg_path, dl ? pc_node_line(dl) : 1, t->default_locale, t->default_locale, found);
+    }
+    pc_doc_free(cfg);
     return;
+  }
+  /* fallback_reply names a template key of the default locale. */
+  const pc_node *fr = pc_get(root, "fallback_reply");
+  if (pc_scalar(fr)) {
+    bool have = false;
+    for (size_t k = 0; k < d->n && !have; k++) have = strcmp(d->e[k].key, pc_scalar(fr)) == 0;
+    if (!have)
+      tpl_err(t, "%s:%d: fallback_reply: no template key '%s' in %s", cfg_path, pc_node_line(fr),
+              pc_scalar(fr), d->path);
+  }
+  pc_doc_free(cfg);
+  /* A key of the default locale missing in another: its customers get the
+   * default locale's text. It works, but is usually an oversight. */
+  for (size_t i = 0; i < t->nfiles; i++) {
+    const tpl_file *f = &t->files[i];
+    if (f == d) continue;
+    for (size_t k = 0; k < d->n; k++) {
+      bool have = false;
+      for (size_t j = 0; j < f->n && !have; j++) have = strcmp(f->e[j].key, d->e[k].key) == 0;
+      if (!have)
+        tpl_warn(t, "%s:1: %s: missing in %s; its customers get the %s text (%s:%d)", f->path,
+                 d->e[k].key, f->locale, d->locale, d->path, d->e[k].line);
+    }
   }
   for (size_t i = 0; i < t->nfiles; i++) {
     const tpl_file *f = &t->files[i];
@@ -349,8 +457,16 @@ static int tpl_load_protected(lua_State *L) {
 
 int plr_templates_load(lua_State *L, const char *bot_dir, const char *default_locale,
                        char *err, size_t errlen) {
+  return plr_templates_load_warn(L, bot_dir, default_locale, err, errlen, NULL, 0, NULL);
+}
+
+int plr_templates_load_warn(lua_State *L, const char *bot_dir, const char *default_locale,
+                            char *err, size_t errlen, char *warn, size_t warnlen, int *nwarn) {
   tpl_load *t = calloc(1, sizeof *t);
   if (!t) return PARLEY_ENOMEM;
+  t->warn = warn;
+  t->warnlen = warnlen;
+  if (warn && warnlen) warn[0] = '\0';
   t->dir = bot_dir;
   t->default_locale = default_locale;
   t->err = err;
@@ -360,6 +476,7 @@ int plr_templates_load(lua_State *L, const char *bot_dir, const char *default_lo
   lua_pushlightuserdata(L, t);
   int rc = lua_pcall(L, 1, 1, 0);
   int status = t->status;
+  if (nwarn) *nwarn = t->nwarn;
   if (rc != LUA_OK) {
     if (err && errlen) snprintf(err, errlen, "%s/templates: %s", bot_dir, lua_tostring(L, -1));
     lua_pop(L, 1);
@@ -505,8 +622,12 @@ int plr_l_locale_chain(lua_State *L) {
 
 /* YAML to Lua. ---------------------------------------------------------- */
 
-static void push_scalar(lua_State *L, const char *s, bool typed) {
-  if (typed) {
+/* YAML's own typing: a plain true/false or number becomes a boolean or a
+ * number; a quoted scalar ("01234", 'true') stays the string it was written
+ * as, as docs/config.md promises. */
+static void push_scalar(lua_State *L, const pc_node *n, bool typed) {
+  const char *s = pc_scalar(n);
+  if (typed && !pc_scalar_quoted(n)) {
     if (strcmp(s, "true") == 0) {
       lua_pushboolean(L, 1);
       return;
@@ -524,7 +645,7 @@ void plr_push_yaml(lua_State *L, const pc_node *n, bool typed) {
   luaL_checkstack(L, 4, "YAML nested too deeply");
   switch (pc_node_kind(n)) {
   case PC_SCALAR:
-    push_scalar(L, pc_scalar(n), typed);
+    push_scalar(L, n, typed);
     return;
   case PC_MAP:
     lua_createtable(L, 0, (int)pc_len(n));

@@ -604,6 +604,23 @@ static void test_doc_messages(void **state) {
   assert_string_equal(fmt(&err), "/nonexistent/parley.yaml: cannot open: No such file or directory");
 }
 
+/* A quoted scalar is a string in YAML: the loader says so, so that bot
+ * settings such as "01234" reach Lua as text and not as the number 1234. */
+static void test_quoted_scalars(void **state) {
+  (void)state;
+  pc_error err;
+  pc_doc *doc = load("a: \"01234\"\nb: 01234\nc: 'true'\nd: true\ne: |\n  12\n", &err);
+  const pc_node *r = pc_root(doc);
+  assert_true(pc_scalar_quoted(pc_get(r, "a")));
+  assert_false(pc_scalar_quoted(pc_get(r, "b")));
+  assert_true(pc_scalar_quoted(pc_get(r, "c")));
+  assert_false(pc_scalar_quoted(pc_get(r, "d")));
+  assert_true(pc_scalar_quoted(pc_get(r, "e")));
+  assert_false(pc_scalar_quoted(r));
+  assert_string_equal(pc_scalar(pc_get(r, "a")), "01234");
+  pc_doc_free(doc);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_tree_lines_paths), cmocka_unit_test(test_empty_document),
@@ -614,7 +631,7 @@ int main(void) {
       cmocka_unit_test(test_aliases_refused),  cmocka_unit_test(test_depth_bomb),
       cmocka_unit_test(test_size_bombs),       cmocka_unit_test(test_load_file),
       cmocka_unit_test(test_env_overrides),    cmocka_unit_test(test_error_format),
-      cmocka_unit_test(test_doc_messages),
+      cmocka_unit_test(test_doc_messages),     cmocka_unit_test(test_quoted_scalars),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -61,8 +61,8 @@ static void test_runner_fails(void **state) {
   assert_int_equal(res.passed, 1);
   assert_int_equal(res.failed, 2);
   assert_non_null(strstr(out, "PASS"));
-  assert_non_null(strstr(out, "wrong: step 1 (line 8): expected reply \"hello\", got [text] \"echo hi\""));
-  assert_non_null(strstr(out, "expected handoff to q"));
+  assert_non_null(strstr(out, "wrong: step 1 (line 8): no reply equal to \"hello\"; the bot sent \"echo hi\""));
+  assert_non_null(strstr(out, "no handoff like {queue: q}"));
   free(out);
 }
 

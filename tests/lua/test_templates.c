@@ -270,7 +270,7 @@ static void test_default_locale_file_required(void **state) {
   char err[512] = "";
   assert_int_not_equal(plr_load_check(d, err, sizeof err), 0);
   fd_rm_rf(d);
-  EXPECT_ERR(err, "no template file for the default locale de");
+  EXPECT_ERR(err, "default_locale: no template file templates/de.yaml for the default locale de");
 }
 
 static void test_bot_lua_errors(void **state) {

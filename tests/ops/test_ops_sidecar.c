@@ -203,7 +203,7 @@ static void expected_id_hex(const char *conv, const char *key, char hex[33]) {
 /* POSTs body to /v1/conversations/<conv>/messages; parses the JSON answer. */
 static int post(oh_env *e, const char *conv, const char *extra_headers, const char *body,
                 oh_resp *r, json_t **j) {
-  char raw[4096];
+  static char raw[64 * 1024]; /* room for a body at the text limit */
   snprintf(raw, sizeof raw,
            "POST /v1/conversations/%s/messages HTTP/1.1\r\nHost: t\r\n"
            "Content-Type: application/json\r\n%sContent-Length: %zu\r\n\r\n%s",
@@ -347,6 +347,22 @@ static void s_validation(oh_env *e) {
              "card.buttons[0].label", "missing");
   expect_400(e, "c1", NULL, "{\"text\":\"t\",\"card\":{\"colour\":\"red\"}}", "card.colour",
              "unknown field");
+  /* The limits of a Lua reply (ops/limits.h): 16 KiB of text, 12 buttons. */
+  {
+    static char body[PARLEY_REPLY_TEXT_MAX + 64];
+    int n = snprintf(body, sizeof body, "{\"text\":\"");
+    memset(body + n, 'a', PARLEY_REPLY_TEXT_MAX + 1);
+    snprintf(body + n + PARLEY_REPLY_TEXT_MAX + 1, sizeof body - (size_t)n - PARLEY_REPLY_TEXT_MAX - 1,
+             "\"}");
+    expect_400(e, "c1", NULL, body, "text", "longer than 16384 bytes");
+    char cardb[2048];
+    n = snprintf(cardb, sizeof cardb, "{\"text\":\"t\",\"card\":{\"buttons\":[");
+    for (unsigned i = 0; i <= PARLEY_REPLY_BUTTONS_MAX; i++)
+      n += snprintf(cardb + n, sizeof cardb - (size_t)n, "%s{\"label\":\"b%u\",\"payload\":\"p\"}",
+                    i ? "," : "", i);
+    snprintf(cardb + n, sizeof cardb - (size_t)n, "]}}");
+    expect_400(e, "c1", NULL, cardb, "card.buttons", "at most 12 buttons");
+  }
   expect_400(e, "c1", "Idempotency-Key: a\r\n", "{\"text\":\"t\",\"idempotency_key\":\"b\"}",
              "idempotency_key", "differ");
   expect_400(e, "c1", NULL, "{\"text\":\"t\",\"idempotency_key\":\"has space\"}",
@@ -366,6 +382,25 @@ static void s_validation(oh_env *e) {
   OK_INT(e, oh_request(e->port, "POST /v1/conversations/c1/messages HTTP/1.1\r\nHost: t\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\nhi", &r), 0);
   OK_INT(e, r.status, 415);
   oh_resp_free(&r);
+}
+
+/* runtime.lua keeps its own copies of the reply limits (Lua code cannot
+ * include a C header): they must state the same numbers as ops/limits.h. */
+static void test_limits_match_lua(void **state) {
+  (void)state;
+  FILE *f = fopen(PARLEY_SOURCE_DIR "/lua/lib/runtime.lua", "r");
+  assert_non_null(f);
+  char line[512];
+  long text = -1, buttons = -1;
+  while (fgets(line, sizeof line, f)) {
+    long a, b;
+    if (sscanf(line, "local TEXT_MAX = %ld * %ld", &a, &b) == 2) text = a * b;
+    else if (sscanf(line, "local TEXT_MAX = %ld", &a) == 1) text = a;
+    if (sscanf(line, "local BUTTONS_MAX = %ld", &a) == 1) buttons = a;
+  }
+  fclose(f);
+  assert_int_equal(text, PARLEY_REPLY_TEXT_MAX);
+  assert_int_equal(buttons, PARLEY_REPLY_BUTTONS_MAX);
 }
 
 static void test_validation(void **state) {
@@ -569,7 +604,7 @@ static void test_curl_client(void **state) {
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_idempotency),
-      cmocka_unit_test(test_validation),
+      cmocka_unit_test(test_limits_match_lua), cmocka_unit_test(test_validation),
       cmocka_unit_test(test_status_and_errors),
       cmocka_unit_test(test_close_with_pending),
       cmocka_unit_test(test_curl_client),

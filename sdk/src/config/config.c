@@ -44,6 +44,7 @@ struct pc_node {
   char *owned_file; /* "env:NAME" when set by pc_apply_env, else NULL */
   char *path;
   char *scalar; /* PC_SCALAR only */
+  bool quoted;  /* PC_SCALAR written in quotes (or as a block): a string */
   size_t len, cap;
   char **keys;   /* PC_MAP only */
   int *key_lines;
@@ -307,6 +308,7 @@ static int parse_scalar(pc_parse *p, yaml_event_t *ev, const char *path,
     }
     memcpy(node->scalar, ev->data.scalar.value, n);
     node->scalar[n] = '\0';
+    node->quoted = ev->data.scalar.style != YAML_PLAIN_SCALAR_STYLE;
   }
   *out = node;
   return 0;
@@ -616,9 +618,13 @@ int pc_node_line(const pc_node *n) { return n ? n->line : 0; }
 
 const char *pc_node_path(const pc_node *n) { return n ? n->path : ""; }
 
+const char *pc_node_file(const pc_node *n) { return n && n->file ? n->file : ""; }
+
 const char *pc_scalar(const pc_node *n) {
   return n && n->kind == PC_SCALAR ? n->scalar : NULL;
 }
+
+bool pc_scalar_quoted(const pc_node *n) { return n && n->kind == PC_SCALAR && n->quoted; }
 
 size_t pc_len(const pc_node *n) {
   return n && (n->kind == PC_MAP || n->kind == PC_SEQ) ? n->len : 0;

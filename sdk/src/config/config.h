@@ -44,7 +44,11 @@ int pc_apply_env(pc_doc *doc, const char *prefix, pc_error *err);
 pc_kind pc_node_kind(const pc_node *n);
 int pc_node_line(const pc_node *n);
 const char *pc_node_path(const pc_node *n);   /* dotted path */
+const char *pc_node_file(const pc_node *n);   /* the document's name */
 const char *pc_scalar(const pc_node *n);      /* NULL unless PC_SCALAR */
+/* True for a scalar written in quotes or as a block (| or >): YAML types it
+ * as a string, so "01234" is text while a plain 01234 is a number. */
+bool pc_scalar_quoted(const pc_node *n);
 size_t pc_len(const pc_node *n);              /* map pairs or seq items */
 const pc_node *pc_at(const pc_node *n, size_t i);      /* seq item or map value */
 const char *pc_key_at(const pc_node *n, size_t i);     /* map key */

@@ -312,3 +312,17 @@ void plog_conv(plog_logger *l, int level, const char *conversation, uint64_t seq
   plog_vlog(l, level, conversation, seq, msg, ap);
   va_end(ap);
 }
+
+void plog_write(FILE *out, int format, int level, const char *conversation, uint64_t seq,
+                const char *msg, const plog_kv *kv, size_t n) {
+  if (!out) return;
+  /* A logger for this one record: the same formatting and the same single
+   * locked write as a long-lived one. */
+  plog_logger l = {.out = out,
+                   .format = format >= PLOG_TEXT && format <= PLOG_LOGFMT ? format : PLOG_TEXT,
+                   .min_level = PLOG_DEBUG,
+                   .now_ms = realtime_ms};
+  if (level < PLOG_DEBUG) level = PLOG_DEBUG;
+  if (level > PLOG_ERROR) level = PLOG_ERROR;
+  plog_kvs(&l, level, conversation, seq, msg, kv, n);
+}

@@ -73,6 +73,11 @@ void plog_vlog(plog_logger *l, int level, const char *conversation, uint64_t seq
 void plog_kvs(plog_logger *l, int level, const char *conversation, uint64_t seq,
               const char *msg, const plog_kv *kv, size_t n);
 
+/* Writes one record to out without a long-lived logger (for callers that
+ * keep only a stream, a format and a level of their own). */
+void plog_write(FILE *out, int format, int level, const char *conversation, uint64_t seq,
+                const char *msg, const plog_kv *kv, size_t n);
+
 /* Formats one record without writing it: malloc'd line ending in '\n'.
  * NULL when out of memory. Used by plog_kvs and by tests. */
 char *plog_format(const plog_logger *l, int level, int64_t ts_ms, const char *conversation,

@@ -32,6 +32,7 @@
 #include <parley/types.h>
 
 #include "ops/httpd.h"
+#include "ops/limits.h"
 #include "ops/log.h"
 #include "ops/metrics.h"
 
@@ -43,8 +44,9 @@ typedef struct psc_request psc_request;
 
 #define PSC_DEFAULT_SEND_TIMEOUT_MS 30000u
 #define PSC_MAX_IDEMPOTENCY_KEY 255u
-#define PSC_MAX_TEXT 65536u   /* bytes of "text" and of each card string */
-#define PSC_MAX_BUTTONS 16u
+/* The limits of a Lua reply (ops/limits.h): one set for every way a bot sends. */
+#define PSC_MAX_TEXT PARLEY_REPLY_TEXT_MAX /* bytes of "text" and of each card string */
+#define PSC_MAX_BUTTONS PARLEY_REPLY_BUTTONS_MAX
 
 typedef struct psc_hooks {
   /* Sends content to conversation with msg_id. Everything passed is
