@@ -99,7 +99,8 @@ static int set_queues(pg_conn *c, const pg_principal *p, const Parley__V1__Hello
 
 static void on_hello(pg_conn *c, const Parley__V1__Hello *h) {
   pg_gateway *g = c->g;
-  if (h->min_version > PG_VERSION_MAX || h->max_version < PG_VERSION_MIN) {
+  if (h->min_version > h->max_version || h->min_version > PG_VERSION_MAX ||
+      h->max_version < PG_VERSION_MIN) {
     fatal(c, E(UNSUPPORTED_VERSION), "this gateway speaks protocol version 1");
     return;
   }
@@ -446,8 +447,19 @@ void pg_session_frame(pg_conn *c, const uint8_t *data, size_t len) {
     snprintf(msg, sizeof msg, "%s: %s", rc == PARLEY_EMALFORMED ? "malformed" : "invalid",
              why ? why : "?");
     Parley__V1__ErrorCode code = rc == PARLEY_EMALFORMED ? E(MALFORMED) : E(INVALID);
-    if (c->state == PG_CS_HELLO) fatal(c, code, msg);
-    else frame_error(c, code, msg);
+    if (c->state == PG_CS_HELLO) {
+      fatal(c, code, msg);
+    } else if (rc == PARLEY_EINVAL) {
+      /* Name the send or the request, so that the client can fail it at
+       * once instead of resending until its deadline. */
+      pw_refs r;
+      pw_frame_refs(data, len, &r);
+      ProtobufCBinaryData id = {.len = r.has_msg_id ? sizeof r.msg_id : 0, .data = r.msg_id};
+      pg_conn_error(c, code, false, msg, r.conversation[0] ? r.conversation : NULL,
+                    r.has_msg_id ? &id : NULL, r.request_id, 0);
+    } else {
+      frame_error(c, code, msg);
+    }
     return;
   }
   if (c->state == PG_CS_HELLO) {

@@ -219,6 +219,18 @@ static void t_send_errors(void **state) {
   feed_free(&h, mk_send_ack(id, CONV_A, 0, false, PARLEY__V1__ERROR_CODE__ERROR_STALE_EPOCH), 0);
   H_EQ(h.n_results, 2);
   H_EQ(h.results[1].status, PARLEY_ESTALE_EPOCH);
+  /* A non-fatal Error{INVALID} naming the send (the gateway could not
+   * decode it) fails it at once: the same bytes would be refused again. */
+  H_EQ(h_send_text(&h, CONV_A, "three", 3), 0);
+  expect_send(&h, CONV_A, 3);
+  h_id(id, 3);
+  pw_frame *er = mk_error(PARLEY__V1__ERROR_CODE__ERROR_INVALID, 0, false);
+  er->error->client_msg_id.data = malloc(16);
+  memcpy(er->error->client_msg_id.data, id, 16);
+  er->error->client_msg_id.len = 16;
+  feed_free(&h, er, 0);
+  H_EQ(h.n_results, 3);
+  H_EQ(h.results[2].status, PARLEY_EINVAL);
   h_fini(&h);
 }
 

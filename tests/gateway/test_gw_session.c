@@ -92,6 +92,34 @@ static void test_version_and_hello_required(void **state) {
   assert_int_equal(wsc_recv_close(c, 2000), 4003);
   wsc_abort(c);
 
+  /* 0..0 and an empty range 2..1 include no version this gateway speaks:
+   * UNSUPPORTED_VERSION, close 4003 (not INVALID). */
+  const uint32_t bad[][2] = {{0, 0}, {2, 1}};
+  for (int i = 0; i < 2; i++) {
+    c = wsc_connect("127.0.0.1", gwh_port(f->h), "Bearer carol-token", 2000);
+    assert_non_null(c);
+    he.min_version = bad[i][0];
+    he.max_version = bad[i][1];
+    wsc_send_frame(c, &hf);
+    r = gwh_wait(c, PARLEY__V1__FRAME__BODY_ERROR, 2000);
+    assert_non_null(r);
+    assert_int_equal(r->error->code, PARLEY__V1__ERROR_CODE__ERROR_UNSUPPORTED_VERSION);
+    pw_frame_free(r);
+    assert_int_equal(wsc_recv_close(c, 2000), 4003);
+    wsc_abort(c);
+  }
+
+  /* 0..1 includes version 1. */
+  c = wsc_connect("127.0.0.1", gwh_port(f->h), "Bearer carol-token", 2000);
+  he.min_version = 0;
+  he.max_version = 1;
+  wsc_send_frame(c, &hf);
+  r = gwh_wait(c, PARLEY__V1__FRAME__BODY_WELCOME, 2000);
+  assert_non_null(r);
+  assert_int_equal(r->welcome->version, 1);
+  pw_frame_free(r);
+  wsc_close(c, 1000);
+
   /* A v1..v5 client gets v1. */
   c = wsc_connect("127.0.0.1", gwh_port(f->h), "Bearer carol-token", 2000);
   he.min_version = 1;
@@ -413,6 +441,63 @@ static void raw_frame(wsc *c, uint8_t b0, const uint8_t *data, size_t len) {
   assert_int_equal(wsc_send_raw(c, buf, 6 + len), 0);
 }
 
+/* An invalid Send or Fetch gets a non-fatal Error{INVALID} that names the
+ * send's client_msg_id or the request's request_id. */
+static void test_invalid_frames_named(void **state) {
+  fx *f = *state;
+  int code = 0;
+  wsc *c = gwh_login(f->h, "carol", R_CUSTOMER, "carol-token", "named", NULL, &code);
+  assert_non_null(c);
+  Parley__V1__Send sd = PARLEY__V1__SEND__INIT;
+  uint8_t id[16];
+  gwh_msgid(id, 4711);
+  sd.client_msg_id.data = id;
+  sd.client_msg_id.len = 16;
+  sd.conversation = "bad conversation id!";
+  Parley__V1__Content ct = PARLEY__V1__CONTENT__INIT;
+  Parley__V1__Text tx = PARLEY__V1__TEXT__INIT;
+  tx.body = "hi";
+  ct.body_case = PARLEY__V1__CONTENT__BODY_TEXT;
+  ct.text = &tx;
+  sd.body_case = PARLEY__V1__SEND__BODY_CONTENT;
+  sd.content = &ct;
+  pw_frame sf = PARLEY__V1__FRAME__INIT;
+  sf.body_case = PARLEY__V1__FRAME__BODY_SEND;
+  sf.send = &sd;
+  wsc_send_frame(c, &sf);
+  pw_frame *r = gwh_wait(c, PARLEY__V1__FRAME__BODY_ERROR, 2000);
+  assert_non_null(r);
+  assert_int_equal(r->error->code, PARLEY__V1__ERROR_CODE__ERROR_INVALID);
+  assert_false(r->error->fatal);
+  assert_int_equal(r->error->client_msg_id.len, 16);
+  assert_memory_equal(r->error->client_msg_id.data, id, 16);
+  pw_frame_free(r);
+
+  Parley__V1__Fetch fe = PARLEY__V1__FETCH__INIT;
+  fe.request_id = 77;
+  fe.conversation = "conv-named";
+  fe.from_seq = 0;
+  pw_frame ff = PARLEY__V1__FRAME__INIT;
+  ff.body_case = PARLEY__V1__FRAME__BODY_FETCH;
+  ff.fetch = &fe;
+  wsc_send_frame(c, &ff);
+  r = gwh_wait(c, PARLEY__V1__FRAME__BODY_ERROR, 2000);
+  assert_non_null(r);
+  assert_int_equal(r->error->code, PARLEY__V1__ERROR_CODE__ERROR_INVALID);
+  assert_int_equal(r->error->request_id, 77);
+  assert_string_equal(r->error->conversation, "conv-named");
+  pw_frame_free(r);
+  fe.from_seq = 5;
+  fe.to_seq = 4;
+  fe.request_id = 78;
+  wsc_send_frame(c, &ff);
+  r = gwh_wait(c, PARLEY__V1__FRAME__BODY_ERROR, 2000);
+  assert_non_null(r);
+  assert_int_equal(r->error->request_id, 78);
+  pw_frame_free(r);
+  wsc_close(c, 1000);
+}
+
 static void test_fragments_and_garbage(void **state) {
   fx *f = *state;
   wsc *c = wsc_connect("127.0.0.1", gwh_port(f->h), "Bearer carol-token", 2000);
@@ -486,6 +571,7 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_redelivery, gwh_fx_setup, gwh_fx_teardown),
       cmocka_unit_test_setup_teardown(test_ack_out_of_range, gwh_fx_setup, gwh_fx_teardown),
       cmocka_unit_test_setup_teardown(test_oversized_and_malformed, gwh_fx_setup, gwh_fx_teardown),
+      cmocka_unit_test_setup_teardown(test_invalid_frames_named, gwh_fx_setup, gwh_fx_teardown),
       cmocka_unit_test_setup_teardown(test_fragments_and_garbage, gwh_fx_setup, gwh_fx_teardown),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);

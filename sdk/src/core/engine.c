@@ -497,6 +497,15 @@ static void on_error_frame(pe_engine *e, const Parley__V1__Error *er) {
       uint64_t at = pe_add_sat(e->now, er->retry_after_ms);
       pe_timer_set(e, &s->timer, at < s->deadline_at ? at : s->deadline_at);
     }
+  } else if (er->client_msg_id.len == PARLEY_MSG_ID_LEN && !er->fatal &&
+             !pe_code_retryable(er->code)) {
+    /* A send the gateway refused to decode (INVALID): writing the same
+     * bytes again would be refused again, so it fails now. */
+    pe_send *s = pe_send_lookup(e, er->conversation, er->client_msg_id.data);
+    if (s && s->state == Q_WIRE) {
+      pe_send_finish(e, s, st, 0, 0, false, er->message[0] ? er->message : parley_strerror(st));
+      return;
+    }
   }
   pe_peer_error(e, st, "gateway error %d%s: %s%s%s", (int)er->code, er->fatal ? " (fatal)" : "",
              er->message, er->conversation[0] ? " conversation " : "", er->conversation);

@@ -3,6 +3,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -38,8 +39,8 @@ static const char *check_event(const Parley__V1__Event *ev) {
 static const char *check_frame(const pw_frame *f) {
   switch (f->body_case) {
   case PARLEY__V1__FRAME__BODY_HELLO:
-    if (f->hello->min_version == 0 || f->hello->max_version < f->hello->min_version)
-      return "hello.version";
+    /* The version range is the gateway's to judge (UNSUPPORTED_VERSION),
+     * not the codec's: 0..1 includes 1. */
     for (size_t i = 0; i < f->hello->n_resume; i++)
       if (!pw_valid_conversation(f->hello->resume[i]->conversation))
         return "hello.resume.conversation";
@@ -298,3 +299,38 @@ Parley__V1__ErrorCode pw_code_from_status(int status) {
 }
 
 int pw_close_code(Parley__V1__ErrorCode code) { return 4000 + (int)code; }
+
+/* Unpacks an invalid frame once more, on the heap, to read what an Error
+ * about it must name: a Send's client_msg_id, a request's request_id, the
+ * conversation. Only called on the error path. */
+void pw_frame_refs(const uint8_t *data, size_t len, pw_refs *out) {
+  memset(out, 0, sizeof *out);
+  pw_frame *f = parley__v1__frame__unpack(NULL, len, data);
+  if (!f) return;
+  const char *conv = NULL;
+  switch (f->body_case) {
+  case PARLEY__V1__FRAME__BODY_SEND:
+    conv = f->send->conversation;
+    if (f->send->client_msg_id.len == sizeof out->msg_id) {
+      memcpy(out->msg_id, f->send->client_msg_id.data, sizeof out->msg_id);
+      out->has_msg_id = true;
+    }
+    break;
+  case PARLEY__V1__FRAME__BODY_FETCH:
+    conv = f->fetch->conversation;
+    out->request_id = f->fetch->request_id;
+    break;
+  case PARLEY__V1__FRAME__BODY_COMMIT:
+    out->request_id = f->commit->request_id;
+    break;
+  case PARLEY__V1__FRAME__BODY_QUEUE_REQUEST:
+    out->request_id = f->queue_request->request_id;
+    break;
+  default:
+    break;
+  }
+  /* Only a valid id is echoed back: an Error never carries what would make
+   * the peer's own decoder refuse it. */
+  if (conv && pw_valid_conversation(conv)) snprintf(out->conversation, sizeof out->conversation, "%s", conv);
+  parley__v1__frame__free_unpacked(f, NULL);
+}

@@ -9,6 +9,7 @@
 #ifndef PARLEY_CORE_WIRE_H
 #define PARLEY_CORE_WIRE_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -29,6 +30,17 @@ int pw_decode(const uint8_t *data, size_t len, size_t max_bytes,
               pw_frame **out, const char **why);
 /* Frees a frame pw_decode returned (and only such a frame). NULL: no-op. */
 void pw_frame_free(pw_frame *f);
+
+/* What an Error about a refused frame names. */
+typedef struct pw_refs {
+  char conversation[130];  /* "" unless the frame's conversation id is valid */
+  uint8_t msg_id[16];
+  bool has_msg_id;         /* a Send with a 16-byte client_msg_id */
+  uint64_t request_id;     /* Fetch, Commit, QueueRequest */
+} pw_refs;
+
+/* Reads the references of a frame pw_decode refused as PARLEY_EINVAL. */
+void pw_frame_refs(const uint8_t *data, size_t len, pw_refs *out);
 
 /* Encodes a frame into a new malloc'd buffer with `headroom` spare bytes in
  * front (libwebsockets wants LWS_PRE). *out points at the start of the
