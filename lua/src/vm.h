@@ -48,6 +48,13 @@ void plr_vm_budget(plr_vm *vm, lua_State *L, int64_t budget, bool exhausted);
  * returns PARLEY_ELUA or PARLEY_ENOMEM. */
 int plr_vm_pcall(plr_vm *vm, int nargs, int nres, char *err, size_t errlen);
 int plr_msgh(lua_State *L);
+/* Charges instructions of work done inside a C function to the running
+ * code and checks its deadline; raises the budget error when either is
+ * spent. The bounded library functions (bounds.c) call it as they loop. */
+void plr_vm_tick(lua_State *L, int64_t instructions);
+/* Replaces table.move/insert/remove/concat/sort and string.rep/upper/
+ * lower/reverse in the state's library tables with bounded versions. */
+void plr_vm_bound_install(lua_State *L);
 /* Pushes runtime.lua's function fn; returns its Lua type. */
 int plr_vm_rt_get(plr_vm *vm, const char *fn);
 
