@@ -1061,6 +1061,9 @@ local function make_env()
   end
   env._VERSION = _VERSION
   env.rawset = function(t, k, v)
+    if type(t) ~= "table" then
+      error("bad argument #1 to 'rawset' (table expected, got " .. type(t) .. ")", 2)
+    end
     if protected[t] then error("attempt to modify a read-only table", 2) end
     return rawset(t, k, v)
   end

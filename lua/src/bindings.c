@@ -14,11 +14,11 @@
 
 static plr_job *current_job(lua_State *L, plr_runtime *r, const char *conv) {
   plr_job *j = r->current;
-  if (!j) luaL_error(L, "replies and actions are only possible inside a handler");
+  if (!j) plr_vm_raise(L, "replies and actions are only possible inside a handler");
   if (strcmp(j->conv->id, conv) != 0)
-    luaL_error(L, "this ctx belongs to conversation %s, not to the running handler", conv);
+    plr_vm_raise(L, "this ctx belongs to conversation %s, not to the running handler", conv);
   if (j->ordinal >= PLR_REPLIES_MAX)
-    luaL_error(L, "a handler may send at most %d replies and actions", PLR_REPLIES_MAX);
+    plr_vm_raise(L, "a handler may send at most %d replies and actions", PLR_REPLIES_MAX);
   return j;
 }
 
@@ -214,14 +214,14 @@ static int l_http(lua_State *L) {
   plr_runtime *r = lua_touserdata(L, lua_upvalueindex(1));
   plr_job *j = r->current;
   if (!j || L != j->co)
-    return luaL_error(L, "http calls are only possible in a handler's own coroutine "
+    return plr_vm_raise(L, "http calls are only possible in a handler's own coroutine "
                          "(not while loading, not inside coroutines it created)");
   /* The handler's own coroutine, but perhaps inside a C call (a table.sort
    * comparator, a gsub callback, a metamethod): the yield would fail after
    * the request left and its response would later resume a finished job.
    * Refuse before anything is sent. */
   if (!lua_isyieldable(L))
-    return luaL_error(L, "http calls are not possible inside a C call (table.sort comparators, "
+    return plr_vm_raise(L, "http calls are not possible inside a C call (table.sort comparators, "
                          "string.gsub callbacks, metamethods)");
   plr_vm *vm = r->vm;
   plr_http_req req;
@@ -231,7 +231,7 @@ static int l_http(lua_State *L) {
   luaL_checktype(L, 3, LUA_TTABLE);
   const char *hdrs[PLR_HTTP_HEADERS_MAX];
   size_t nh = (size_t)lua_rawlen(L, 3);
-  if (nh > PLR_HTTP_HEADERS_MAX) return luaL_error(L, "at most %d request headers", PLR_HTTP_HEADERS_MAX);
+  if (nh > PLR_HTTP_HEADERS_MAX) return plr_vm_raise(L, "at most %d request headers", PLR_HTTP_HEADERS_MAX);
   for (size_t i = 0; i < nh; i++) {
     lua_rawgeti(L, 3, (lua_Integer)i + 1);
     hdrs[i] = lua_tostring(L, -1);

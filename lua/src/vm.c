@@ -192,16 +192,30 @@ static int l_now(lua_State *L) {
  * runtime's own chunk (bot code), or "" when there is none: runtime.lua
  * raises its argument and limit errors there, so they name the bot's line
  * however deep inside the runtime they are found. */
-static int l_where(lua_State *L) {
+static void push_where(lua_State *L) {
   lua_Debug ar;
   for (int level = 1; lua_getstack(L, level, &ar); level++) {
     if (!lua_getinfo(L, "Sl", &ar)) break;
     if (ar.currentline <= 0 || strcmp(ar.source, "=runtime") == 0) continue;
     lua_pushfstring(L, "%s:%d: ", ar.short_src, ar.currentline);
-    return 1;
+    return;
   }
   lua_pushliteral(L, "");
+}
+
+static int l_where(lua_State *L) {
+  push_where(L);
   return 1;
+}
+
+int plr_vm_raise(lua_State *L, const char *fmt, ...) {
+  push_where(L);
+  va_list ap;
+  va_start(ap, fmt);
+  lua_pushvfstring(L, fmt, ap);
+  va_end(ap);
+  lua_concat(L, 2);
+  return lua_error(L);
 }
 
 /* C.proxy(mt): a userdata without memory or user values, with metatable

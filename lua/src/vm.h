@@ -52,6 +52,10 @@ int plr_msgh(lua_State *L);
  * code and checks its deadline; raises the budget error when either is
  * spent. The bounded library functions (bounds.c) call it as they loop. */
 void plr_vm_tick(lua_State *L, int64_t instructions);
+/* Raises fmt (lua_pushfstring's) with the position of the innermost bot
+ * frame, not of the runtime's own chunk: a C primitive's refusal names the
+ * bot's line. */
+int plr_vm_raise(lua_State *L, const char *fmt, ...);
 /* Replaces table.move/insert/remove/concat/sort and string.rep/upper/
  * lower/reverse in the state's library tables with bounded versions. */
 void plr_vm_bound_install(lua_State *L);
