@@ -126,16 +126,9 @@ local function is_array(t)
   return n == rawlen(t), n
 end
 
-local escapes = {
-  ['"'] = '\\"', ['\\'] = '\\\\', ['\b'] = '\\b', ['\f'] = '\\f',
-  ['\n'] = '\\n', ['\r'] = '\\r', ['\t'] = '\\t',
-}
-local function esc_char(c)
-  return escapes[c] or s_format("\\u%04x", s_byte(c))
-end
-local function esc(s)
-  return '"' .. s_gsub(s, '[%c"\\]', esc_char) .. '"'
-end
+-- Strings are escaped in C (C.json_str): '"', '\\', the short escapes and
+-- \u00XX for other control bytes and DEL, the rest as is.
+local esc = C.json_str
 
 local too_big = {} -- raised (as itself) when the text passes its bound
 

@@ -30,6 +30,16 @@ static void tick(lua_State *L, int64_t *n) {
   if (++*n % PLR_BOUND_TICK == 0) plr_vm_tick(L, PLR_BOUND_TICK / 16);
 }
 
+/* What a call did below one tick is charged when it returns. */
+static void tick_end(lua_State *L, int64_t n) {
+  plr_vm_tick(L, (n % PLR_BOUND_TICK) / 16 + 1);
+}
+
+/* Bytes are charged as a sixty-fourth of an instruction each. */
+static void chunk_tick(lua_State *L, size_t bytes) {
+  plr_vm_tick(L, (int64_t)(bytes / 64) + 1);
+}
+
 /* ---- table ---- */
 
 #define TAB_R 1
@@ -77,6 +87,7 @@ static int tinsert(lua_State *L) {
     default: return luaL_error(L, "wrong number of arguments to 'insert'");
   }
   lua_seti(L, 1, pos);
+  tick_end(L, n);
   return 0;
 }
 
@@ -94,6 +105,7 @@ static int tremove(lua_State *L) {
   }
   lua_pushnil(L);
   lua_seti(L, 1, pos);
+  tick_end(L, n);
   return 1;
 }
 
@@ -124,6 +136,7 @@ static int tmove(lua_State *L) {
     }
   }
   lua_pushvalue(L, tt);
+  tick_end(L, n);
   return 1;
 }
 
@@ -150,6 +163,8 @@ static int tconcat(lua_State *L) {
   }
   if (i == last) addfield(L, &b, i);
   luaL_pushresult(&b);
+  tick_end(L, n);
+  chunk_tick(L, lua_rawlen(L, -1));
   return 1;
 }
 
@@ -181,14 +196,14 @@ static IdxT partition(lua_State *L, IdxT lo, IdxT up, int64_t *n) {
   IdxT i = lo;
   IdxT j = up - 1;
   for (;;) {
-    while (lua_geti(L, 1, ++i), sort_comp(L, -1, -2)) {
+    while ((void)lua_geti(L, 1, ++i), sort_comp(L, -1, -2)) {
       tick(L, n);
-      if ((i == up - 1)) luaL_error(L, "invalid order function for sorting");
+      if (i == up - 1) luaL_error(L, "invalid order function for sorting");
       lua_pop(L, 1);
     }
-    while (lua_geti(L, 1, --j), sort_comp(L, -3, -1)) {
+    while ((void)lua_geti(L, 1, --j), sort_comp(L, -3, -1)) {
       tick(L, n);
-      if ((j < i)) luaL_error(L, "invalid order function for sorting");
+      if (j < i) luaL_error(L, "invalid order function for sorting");
       lua_pop(L, 1);
     }
     if (j < i) {
@@ -262,15 +277,11 @@ static int tsort(lua_State *L) {
     lua_settop(L, 2);
     auxsort(L, 1, (IdxT)len, 0, &n);
   }
+  tick_end(L, n);
   return 0;
 }
 
 /* ---- string ---- */
-
-/* Bytes are charged as a sixty-fourth of an instruction each. */
-static void chunk_tick(lua_State *L, size_t bytes) {
-  plr_vm_tick(L, (int64_t)(bytes / 64) + 1);
-}
 
 static int srep(lua_State *L) {
   size_t l, lsep;
@@ -301,6 +312,7 @@ static int srep(lua_State *L) {
     }
     memcpy(p, s, l);
     luaL_pushresultsize(&b, totallen);
+    chunk_tick(L, since);
   }
   return 1;
 }
@@ -316,12 +328,47 @@ static int map_chars(lua_State *L, int mode) {
     if ((i & (PLR_BOUND_CHUNK - 1)) == PLR_BOUND_CHUNK - 1) chunk_tick(L, PLR_BOUND_CHUNK);
   }
   luaL_pushresultsize(&b, l);
+  chunk_tick(L, l & (PLR_BOUND_CHUNK - 1));
   return 1;
 }
 
 static int supper(lua_State *L) { return map_chars(L, 0); }
 static int slower(lua_State *L) { return map_chars(L, 1); }
 static int sreverse(lua_State *L) { return map_chars(L, 2); }
+
+/* A library function whose work grows with the size of its string
+ * arguments (string.sub, byte, format, pack, unpack; utf8.len, codepoint,
+ * offset) or with the values it returns (table.unpack), called through this
+ * wrapper: the work is charged when it returns, so many such calls between
+ * two runs of the hook still reach the deadline check. The original is the
+ * closure's upvalue. */
+static int charged_call(lua_State *L) {
+  int n = lua_gettop(L);
+  size_t bytes = 0;
+  for (int i = 1; i <= n; i++)
+    if (lua_type(L, i) == LUA_TSTRING) bytes += lua_rawlen(L, i);
+  lua_pushvalue(L, lua_upvalueindex(1));
+  lua_insert(L, 1);
+  lua_call(L, n, LUA_MULTRET);
+  int nres = lua_gettop(L);
+  for (int i = 1; i <= nres; i++)
+    if (lua_type(L, i) == LUA_TSTRING) bytes += lua_rawlen(L, i);
+  plr_vm_tick(L, (int64_t)(bytes / 64) + nres / 16 + 1);
+  return nres;
+}
+
+static void wrap_charged(lua_State *L, const char *lib, const char *const *names) {
+  lua_getglobal(L, lib);
+  for (const char *const *k = names; *k; k++) {
+    if (lua_getfield(L, -1, *k) != LUA_TFUNCTION) {
+      lua_pop(L, 1);
+      continue;
+    }
+    lua_pushcclosure(L, charged_call, 1);
+    lua_setfield(L, -2, *k);
+  }
+  lua_pop(L, 1);
+}
 
 void plr_vm_bound_install(lua_State *L) {
   static const luaL_Reg tab[] = {{"insert", tinsert}, {"remove", tremove}, {"move", tmove},
@@ -337,4 +384,10 @@ void plr_vm_bound_install(lua_State *L) {
   lua_getglobal(L, LUA_STRLIBNAME);
   luaL_setfuncs(L, str, 0);
   lua_pop(L, 1);
+  static const char *const str_charged[] = {"sub", "byte", "format", "pack", "unpack", NULL};
+  static const char *const utf8_charged[] = {"len", "codepoint", "offset", "char", NULL};
+  static const char *const tab_charged[] = {"unpack", NULL};
+  wrap_charged(L, LUA_STRLIBNAME, str_charged);
+  wrap_charged(L, LUA_UTF8LIBNAME, utf8_charged);
+  wrap_charged(L, LUA_TABLIBNAME, tab_charged);
 }

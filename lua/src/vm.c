@@ -104,7 +104,15 @@ void plr_vm_tick(lua_State *L, int64_t instructions) {
   plr_vm *vm = plr_vm_of(L);
   if (!vm->budget_co) return; /* the state is being set up */
   vm->budget -= instructions;
-  if (vm->deadline_ns && plr_vm_now_ns() > vm->deadline_ns) vm->budget = -1;
+  /* The work is summed across calls: a thousand calls of a few hundred
+   * KiB each between two runs of the hook must not go unchecked either.
+   * The clock is read once per PLR_TICK_CHECK instructions of work (or at
+   * once when asked with 0). */
+  vm->since_check += instructions;
+  if (instructions == 0 || vm->since_check >= PLR_TICK_CHECK) {
+    vm->since_check = 0;
+    if (vm->deadline_ns && plr_vm_now_ns() > vm->deadline_ns) vm->budget = -1;
+  }
   if (vm->exhausted || vm->budget < 0) {
     vm->exhausted = true;
     lua_sethook(L, vm_hook, LUA_MASKCOUNT, 1);
@@ -302,6 +310,50 @@ static int l_url_host(lua_State *L) {
   return 1;
 }
 
+/* C.json_str(s): s as a JSON string literal, escaped the way the state's
+ * canonical encoding always has ('"', '\\', \b \f \n \r \t, other control
+ * bytes and DEL as \u00XX; everything else, UTF-8 included, as is). The
+ * runtime encodes the whole state before every reply to check its limits:
+ * a byte loop here costs a nanosecond a byte where a gsub charged the
+ * handler two matcher steps. Charged to the budget like the other bounded
+ * functions. */
+static int l_json_str(lua_State *L) {
+  size_t n;
+  const char *s = luaL_checklstring(L, 1, &n);
+  luaL_Buffer b;
+  luaL_buffinit(L, &b);
+  luaL_addchar(&b, '"');
+  size_t since = 0;
+  for (size_t i = 0; i < n; i++) {
+    unsigned char c = (unsigned char)s[i];
+    switch (c) {
+    case '"': luaL_addstring(&b, "\\\""); break;
+    case '\\': luaL_addstring(&b, "\\\\"); break;
+    case '\b': luaL_addstring(&b, "\\b"); break;
+    case '\f': luaL_addstring(&b, "\\f"); break;
+    case '\n': luaL_addstring(&b, "\\n"); break;
+    case '\r': luaL_addstring(&b, "\\r"); break;
+    case '\t': luaL_addstring(&b, "\\t"); break;
+    default:
+      if (c < 0x20 || c == 0x7f) {
+        char u[8];
+        snprintf(u, sizeof u, "\\u%04x", c);
+        luaL_addstring(&b, u);
+      } else {
+        luaL_addchar(&b, (char)c);
+      }
+    }
+    if (++since == 256 * 1024) {
+      plr_vm_tick(L, (int64_t)since / 64);
+      since = 0;
+    }
+  }
+  luaL_addchar(&b, '"');
+  luaL_pushresult(&b);
+  plr_vm_tick(L, (int64_t)since / 64);
+  return 1;
+}
+
 static int l_version(lua_State *L) {
   lua_pushstring(L, PLR_VERSION);
   return 1;
@@ -470,7 +522,10 @@ static int64_t vm_strmatch_allowance(lua_State *L) {
 static bool vm_strmatch_charge(lua_State *L, int64_t steps) {
   plr_vm *vm = plr_vm_of(L);
   vm->budget -= (steps + VM_STRMATCH_STEPS_PER_INSTRUCTION - 1) / VM_STRMATCH_STEPS_PER_INSTRUCTION;
-  return !(vm->deadline_ns && plr_vm_now_ns() > vm->deadline_ns);
+  /* A passed deadline is the handler's budget error, not the pattern's
+   * fault: plr_vm_tick raises it (and marks the budget spent). */
+  if (vm->deadline_ns && plr_vm_now_ns() > vm->deadline_ns) plr_vm_tick(L, 0);
+  return true;
 }
 
 static const plr_strmatch_meter vm_strmatch_meter = {
@@ -544,6 +599,7 @@ static int vm_boot(plr_vm *vm, char *err, size_t errlen) {
                                    {"proxy", l_proxy},
                                    {"doomed", l_doomed},
                                    {"url_host", l_url_host},
+                                   {"json_str", l_json_str},
                                    {NULL, NULL}};
   luaL_setfuncs(L, prims, 0);
   l_version(L);

@@ -12,6 +12,9 @@
 /* Budget of the runtime's own calls into Lua (diffs, assignments): they do
  * bounded work, but a bound keeps a bug there from hanging the loop. */
 #define PLR_INTERNAL_BUDGET 50000000
+/* Instructions of work C functions charge (plr_vm_tick) between two reads
+ * of the clock: about 64 KiB of bytes handled, well under a millisecond. */
+#define PLR_TICK_CHECK 1024
 
 struct pc_doc;
 
@@ -24,6 +27,7 @@ struct plr_vm {
   lua_State *budget_co; /* the thread the budget was given to */
   bool unlimited;       /* the C side is pushing: the cap is for bot code */
   int64_t deadline_ns;  /* monotonic time the running handler must end by; 0 none */
+  int64_t since_check;  /* work charged by C functions since the clock was read */
   int rt_ref;           /* registry ref of runtime.lua's table */
   char *name, *default_locale, *dir;
   plr_limits lim;
