@@ -542,8 +542,18 @@ local function encode_state(st)
     if nkeys > STATE_KEYS_MAX then
       raise("ctx.state has more than " .. STATE_KEYS_MAX .. " keys")
     end
-    local ok, enc = pcall(json_encode_max, v, STATE_KEY_MAX)
-    if not ok then raise("ctx.state." .. k .. ": " .. safe_str(enc)) end
+    -- Strings, integers and booleans, the usual state values, are encoded
+    -- here directly: the state is checked before every reply.
+    local tv, enc = type(v), nil
+    if tv == "string" then enc = esc(v)
+    elseif tv == "boolean" then enc = v and "true" or "false"
+    elseif m_type(v) == "integer" then enc = s_format("%d", v)
+    else
+      local ok, e = pcall(json_encode_max, v, STATE_KEY_MAX)
+      if not ok then raise("ctx.state." .. k .. ": " .. safe_str(e)) end
+      enc = e
+    end
+    if enc and #enc > STATE_KEY_MAX then enc = nil end
     if not enc then
       raise("ctx.state." .. k .. " is larger than " .. STATE_KEY_MAX .. " bytes of JSON")
     end
@@ -1244,6 +1254,10 @@ function rt.assign(conv, state, locale, customer, tags)
 end
 
 function rt.forget(conv)
+  local rec = convs[conv]
+  -- A handler dropped while it waited (the conversation left) leaves its
+  -- ctx behind: it dies with the record.
+  if rec and rec.ctx ~= nil then ctx_data[rec.ctx] = nil end
   convs[conv] = nil
 end
 
