@@ -88,10 +88,11 @@ ${custs}
 ${extra}`;
   writeFileSync(join(dir, "gw.yaml"), yaml);
   const child = track(spawn(PARLEY, ["gateway", "--config", join(dir, "gw.yaml")], { stdio: ["ignore", "pipe", "pipe"] }));
-  const m = await waitLine(child, /listening on [^:]+:(\d+)\n(?:[^\n]*web pages on (http:\/\/[^\s]+))?/, "parley gateway");
+  const m = await waitLine(child, /listening on [^:]+:(\d+)\n(.*\n)?/, "parley gateway");
   const port = Number(m[1]);
   return {
     port,
+    banner: m[0],
     url: `ws://127.0.0.1:${port}/`,
     dir,
     child,

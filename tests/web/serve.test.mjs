@@ -1,0 +1,51 @@
+// `parley gateway` serving web/'s built pages: on its own port by default,
+// on a configured one with `web.port`, always with the strict
+// Content-Security-Policy, and the bot's templates when `web.templates` is set.
+import assert from "node:assert/strict";
+import { test } from "node:test";
+import { SRC, startGateway } from "./harness.mjs";
+
+function csp(res) {
+  const v = res.headers.get("content-security-policy") || "";
+  return Object.fromEntries(v.split(";").map((d) => d.trim().split(/\s+/)).map(([k, ...v]) => [k, v]));
+}
+
+test("the pages share the gateway's port, with a strict CSP", async () => {
+  const gw = await startGateway(`web: {templates: ${SRC}/tests/web/bot/templates}\n`);
+  try {
+    const base = `http://127.0.0.1:${gw.port}`;
+    for (const page of ["widget.html", "workbench.html", "widget.js", "workbench.js", "parley.css"]) {
+      const res = await fetch(`${base}/${page}`);
+      assert.equal(res.status, 200, page);
+      const p = csp(res);
+      assert.deepEqual(p["default-src"], ["'none'"], page);
+      assert.deepEqual(p["script-src"], ["'self'"], `${page}: scripts only from the gateway, nothing inline`);
+      assert.deepEqual(p["style-src"], ["'self'"]);
+      assert.deepEqual(p["connect-src"], ["'self'"]);
+      assert.deepEqual(p["frame-ancestors"], ["'none'"]);
+      assert.equal(res.headers.get("x-content-type-options"), "nosniff");
+    }
+    assert.match((await fetch(`${base}/widget.js`)).headers.get("content-type"), /javascript/);
+    const t = await fetch(`${base}/templates/es.yaml`);
+    assert.equal(t.status, 200);
+    assert.match(await t.text(), /Horario/);
+    assert.equal((await fetch(`${base}/nothing.js`)).status, 404);
+  } finally {
+    await gw.stop();
+  }
+});
+
+test("web.port serves them on a port of their own; the CSP names the gateway's WebSocket", async () => {
+  const gw = await startGateway("web: {port: 0}\n");
+  try {
+    const m = (gw.banner || "").match(/web pages on http:\/\/127\.0\.0\.1:(\d+)\//);
+    assert.ok(m, `the gateway names the pages' URL: ${gw.banner}`);
+    assert.notEqual(Number(m[1]), gw.port);
+    const res = await fetch(`http://127.0.0.1:${m[1]}/workbench.html`);
+    assert.equal(res.status, 200);
+    assert.deepEqual(csp(res)["connect-src"], ["'self'", `ws://127.0.0.1:${gw.port}`]);
+    assert.equal((await fetch(`http://127.0.0.1:${gw.port}/workbench.html`)).status, 404, "not on the WebSocket port");
+  } finally {
+    await gw.stop();
+  }
+});
