@@ -5,6 +5,7 @@
 // fake peer: every frame it passes comes from the real gateway.
 import { spawn } from "node:child_process";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { createServer } from "node:http";
 import { createRequire } from "node:module";
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
@@ -127,13 +128,27 @@ export async function startBot(url, botDir = join(SRC, "tests/web/bot")) {
  *   relay.silent = true                     swallow everything both ways
  *   relay.cutAll()                          drop every connection now
  */
-export async function startRelay(target) {
+export async function startRelay(target, { http: httpBase } = {}) {
   const { WebSocketServer, WebSocket } = requireWeb("ws");
   const { decodeFrame } = await import(join(WEB, "src/proto.js"));
   const relay = { onClient: null, onServer: null, silent: false, conns: new Set(), connections: 0 };
-  const wss = new WebSocketServer({ host: "127.0.0.1", port: 0, handleProtocols: () => "parley.v1" });
-  await new Promise((r) => wss.once("listening", r));
-  relay.url = `ws://127.0.0.1:${wss.address().port}/`;
+  // With httpBase, plain GETs are passed to the gateway too, so a page
+  // loaded through the relay has the relay as its origin (the pages' CSP
+  // allows WebSockets to their own origin only).
+  const server = createServer(async (req, res) => {
+    if (!httpBase) return res.writeHead(404).end();
+    try {
+      const r = await fetch(httpBase + req.url);
+      const headers = Object.fromEntries([...r.headers].filter(([k]) => k !== "content-encoding" && k !== "transfer-encoding"));
+      res.writeHead(r.status, headers).end(Buffer.from(await r.arrayBuffer()));
+    } catch (e) {
+      res.writeHead(502).end(String(e));
+    }
+  });
+  await new Promise((r) => server.listen(0, "127.0.0.1", r));
+  const wss = new WebSocketServer({ server, handleProtocols: () => "parley.v1" });
+  relay.url = `ws://127.0.0.1:${server.address().port}/`;
+  relay.http = `http://127.0.0.1:${server.address().port}`;
   wss.on("connection", (down) => {
     relay.connections++;
     const up = new WebSocket(target, "parley.v1");
@@ -170,9 +185,41 @@ export async function startRelay(target) {
   };
   relay.close = () => new Promise((r) => {
     relay.cutAll();
-    wss.close(r);
+    wss.close(() => server.close(r));
   });
   return relay;
+}
+
+/**
+ * Launches Debian's Chromium headless with a fresh profile, or returns
+ * {skip: reason} when it cannot start. Nothing downloads a browser.
+ */
+export async function launchChromium() {
+  const puppeteer = requireWeb("puppeteer-core");
+  const executablePath = process.env.CHROMIUM || "/usr/bin/chromium";
+  const profile = mkdtempSync(join(tmpdir(), "parley-chromium-"));
+  try {
+    const browser = await puppeteer.launch({
+      executablePath,
+      headless: true,
+      // Without the background-networking flags Chromium reaches for the
+      // network at start, which a closed network refuses.
+      args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync",
+        `--user-data-dir=${profile}`, "--window-size=1280,800"],
+      userDataDir: profile,
+      timeout: 30000,
+    });
+    const close = browser.close.bind(browser);
+    browser.close = async () => {
+      await close();
+      rmSync(profile, { recursive: true, force: true });
+    };
+    return { browser };
+  } catch (e) {
+    rmSync(profile, { recursive: true, force: true });
+    return { skip: `Chromium (${executablePath}) cannot start: ${e.message.split("\n")[0]}` };
+  }
 }
 
 /** Resolves when pred() is true (checked every 10 ms), or rejects after ms with what. */

@@ -103,15 +103,19 @@ export class CannedResponses {
     const vars = {};
     for (const name of placeholders(it.text)) vars[name] = known[name] || "";
     this.picked = { ...it, vars };
-    this.fields.replaceChildren(...Object.keys(vars).map((name) => {
+    const inputs = Object.keys(vars).map((name) => {
       const input = el("input", { type: "text", dataset: { var: name }, value: vars[name], placeholder: name, "aria-label": name });
       input.addEventListener("input", () => {
         vars[name] = input.value;
         this.insert(fill(it.text, vars));
       });
       return el("label", { class: "wb-var" }, el("span", { text: `{${name}}` }), input);
-    }));
-    this.insert(fill(it.text, vars));
+    });
+    this.fields.replaceChildren(...inputs);
+    // The agent types the values that are not known where the cursor lands: the first empty field.
+    const empty = this.fields.querySelector("input[data-var]:placeholder-shown");
+    this.insert(fill(it.text, vars), !empty);
+    if (empty) empty.focus();
   }
 
   clear() {

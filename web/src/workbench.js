@@ -64,9 +64,9 @@ class Workbench {
     this.quote = null;
     this.canned = new CannedResponses($("#canned"), {
       me,
-      insert: (text) => {
+      insert: (text, focus) => {
         $("#reply").value = text;
-        $("#reply").focus();
+        if (focus) $("#reply").focus();
       },
     });
     client.on("state", ({ state, delayMs }) => {
@@ -107,8 +107,13 @@ class Workbench {
       this.client.act(this.active, { tag: { add: [tag], remove: [] } });
     });
     $("#hand-back").addEventListener("click", () => {
-      if (!this.active) return;
-      this.client.act(this.active, { handBack: { note: "" } });
+      const conversation = this.active;
+      if (!conversation) return;
+      // The gateway stops streaming a conversation to the agent who handed it
+      // back, so its SendAck is what says it is done.
+      this.client.act(conversation, { handBack: { note: "" } }).done
+        .then(() => this.finished(conversation, "Handed back to the bot"))
+        .catch((e) => this.flash(`Could not hand it back: ${e.message}`));
     });
     $("#quote-clear").addEventListener("click", () => this.setQuote(null));
   }
@@ -178,6 +183,7 @@ class Workbench {
     const c = this.convs.get(conversation);
     $("#conv-title").textContent = c ? `${c.meta.customer || "customer"} · ${conversation}` : "";
     $("#tags").textContent = c && c.meta.tags ? c.meta.tags.join(", ") : "";
+    $("#conv-state").textContent = c && c.state ? c.state : "";
     this.setQuote(null);
     this.canned.setContext({ locale: c ? c.meta.locale : "", customer: c ? c.meta.customer : "" });
     $("#work").hidden = !c;
@@ -197,10 +203,8 @@ class Workbench {
       c.meta.tags = ev.tags;
       if (this.active === ev.conversation) $("#tags").textContent = ev.tags.join(", ");
     }
-    if ((ev.kind === "handed_back" || ev.kind === "closed") && !ev.redelivered) {
-      c.tab.classList.add("wb-done");
-      c.mine = false;
-    }
+    if (ev.kind === "handed_back") this.finished(ev.conversation, "Handed back to the bot");
+    if (ev.kind === "closed") this.finished(ev.conversation, "Closed");
     if (ev.kind === "assigned" && ev.assignee === this.me) {
       c.tab.classList.remove("wb-done");
       c.mine = true;
@@ -209,6 +213,15 @@ class Workbench {
       c.unread++;
       c.badge.textContent = String(c.unread);
     }
+  }
+
+  finished(conversation, why) {
+    const c = this.convs.get(conversation);
+    if (!c) return;
+    c.mine = false;
+    c.state = why;
+    c.tab.classList.add("wb-done");
+    if (this.active === conversation) $("#conv-state").textContent = why;
   }
 
   setQuote(ev) {
