@@ -20,7 +20,7 @@ mkdirSync(out, { recursive: true });
 
 const common = { bundle: true, minify: true, sourcemap: true, target: ["es2020"], logLevel: "warning", legalComments: "none" };
 await esbuild.build({ ...common, entryPoints: [join(here, "src/index.js")], format: "esm", outfile: join(out, "parley-client.js") });
-for (const name of ["widget", "workbench"]) {
+for (const name of ["widget", "workbench", "bench"]) {
   await esbuild.build({ ...common, entryPoints: [join(here, `src/${name}.js`)], format: "iife", outfile: join(out, `${name}.js`) });
 }
 for (const f of readdirSync(join(here, "pages"))) cpSync(join(here, "pages", f), join(out, f));

@@ -30,6 +30,10 @@ test("the pages share the gateway's port, with a strict CSP", async () => {
     assert.equal(t.status, 200);
     assert.match(await t.text(), /Horario/);
     assert.equal((await fetch(`${base}/nothing.js`)).status, 404);
+    // The build's own files next to the pages are not served.
+    for (const p of ["Makefile", "CMakeFiles/", "cmake_install.cmake", "npm-ci.stamp"]) {
+      assert.equal((await fetch(`${base}/${p}`)).status, 404, p);
+    }
   } finally {
     await gw.stop();
   }

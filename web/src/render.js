@@ -26,6 +26,9 @@ function normalise(content) {
   return { kind: "text", body: "" };
 }
 
+// One formatter for every row: making one per call costs more than the rest of the row.
+const TIME = new Intl.DateTimeFormat([], { hour: "2-digit", minute: "2-digit" });
+
 const SYSTEM_TEXT = {
   opened: (ev) => `Conversation opened (${ev.locale || "no locale"})`,
   assigned: (ev) => (ev.assignee.startsWith("queue:") ? `Waiting in ${ev.assignee.slice(6)}` : `Assigned to ${ev.assignee}`),
@@ -59,7 +62,7 @@ export function renderRow(row, ctx) {
   bubble.append(renderContent(row, ctx));
   const meta = el("div", { class: "pl-meta" },
     el("span", { class: "pl-sender", text: mine ? "You" : row.sender || row.senderRole }),
-    el("time", { text: new Date(row.serverTimeMs).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" }) }),
+    el("time", { text: TIME.format(row.serverTimeMs) }),
     mine ? el("span", { class: "pl-status pl-acked", title: `stored as #${row.seq}`, text: "✓" }) : null);
   const out = el("div", { class: cls, dataset: { seq: row.seq, id: row.clientMsgId } }, bubble, meta);
   if (ctx.onQuote) {

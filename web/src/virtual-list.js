@@ -98,7 +98,7 @@ export class VirtualList {
       b.height = h;
       b.el.style.height = `${h}px`;
     }
-    while (this.blocks.length < want) this.addBlock();
+    while (this.blocks.length < want) this.addBlock(want);
     while (this.blocks.length > want) this.removeBlock();
     for (const i of [...this.dirty].sort((a, b) => a - b)) {
       const b = this.blocks[i];
@@ -124,11 +124,21 @@ export class VirtualList {
     const start = b.index * this.blockSize;
     const rows = new Array(count);
     for (let k = 0; k < count; k++) rows[k] = this.element(this.source.row(start + k));
-    b.el.replaceChildren(...rows);
+    // Rows already in place stay: a block that only grew at its end (the
+    // common case, a new message) gets just the new rows appended.
+    const have = b.rendered ? b.el.children : [];
+    let same = 0;
+    while (same < have.length && same < count && have[same] === rows[same]) same++;
+    if (same === 0) {
+      b.el.replaceChildren(...rows);
+    } else {
+      while (b.el.children.length > same) b.el.lastElementChild.remove();
+      if (same < count) b.el.append(...rows.slice(same));
+    }
     b.el.style.height = "";
     b.rendered = true;
     b.count = count;
-    this.stats.rowsRendered += count;
+    this.stats.rowsRendered += count - same;
   }
 
   element(row) {
@@ -142,7 +152,7 @@ export class VirtualList {
     return e;
   }
 
-  addBlock() {
+  addBlock(want) {
     const index = this.blocks.length;
     const el = document.createElement("div");
     el.className = "plv-block";
@@ -153,8 +163,9 @@ export class VirtualList {
     this.blocks.push(b);
     this.host.append(el);
     this.observer.observe(el);
-    // A block added at the bottom while the view follows the bottom is in view.
-    if (this.stick) b.visible = true;
+    // The last two blocks, added while the view follows the bottom, are in
+    // view before the observer has said so; the others wait for it.
+    if (this.stick && index >= want - 2) b.visible = true;
   }
 
   removeBlock() {
