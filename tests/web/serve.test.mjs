@@ -53,3 +53,27 @@ test("web.port serves them on a port of their own; the CSP names the gateway's W
     await gw.stop();
   }
 });
+
+test("a bad web: section is a configuration error naming the key and line", async () => {
+  const { spawnSync } = await import("node:child_process");
+  const { mkdtempSync, writeFileSync, rmSync } = await import("node:fs");
+  const { tmpdir } = await import("node:os");
+  const { join } = await import("node:path");
+  const { PARLEY } = await import("./harness.mjs");
+  const dir = mkdtempSync(join(tmpdir(), "parley-webcfg-"));
+  try {
+    const base = `listen: 127.0.0.1\nport: 0\ndata_dir: ${dir}/data\nbot: b\nprincipals:\n  - {name: b, role: bot, token: t}\n`;
+    for (const [web, want] of [
+      ["web: {root: /nonexistent/parley-web}\n", /gw\.yaml:7: web\.root: '\/nonexistent\/parley-web' is not a directory/],
+      ["web: {port: 70000}\n", /web\.port/],
+      ["web: {colour: blue}\n", /colour/],
+    ]) {
+      writeFileSync(join(dir, "gw.yaml"), base + web);
+      const r = spawnSync(PARLEY, ["gateway", "--config", join(dir, "gw.yaml")], { encoding: "utf8", timeout: 10000 });
+      assert.equal(r.status, 2, `${web}: exit status`);
+      assert.match(r.stderr, want);
+    }
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
