@@ -15,7 +15,7 @@ import assert from "node:assert/strict";
 import { mkdirSync } from "node:fs";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
-import { SRC, launchChromium, startBot, startGateway, startRelay } from "./harness.mjs";
+import { SRC, WEB, customer as who, launchChromium, requireWeb, startBot, startGateway, startRelay, until } from "./harness.mjs";
 
 const SHOTS = process.env.PARLEY_WEB_SCREENSHOTS || "";
 const TIMEOUT = 15000;
@@ -299,5 +299,49 @@ describe("customer widget and agent workbench in Chromium", () => {
       await closePage(page);
       await relay.close();
     }
+  });
+
+  test("a long history: only what is near the view is in the DOM, older pages load as the reader scrolls up", async (t) => {
+    if (skip) return t.skip(skip);
+    const { ParleyClient } = await import(join(WEB, "src/client.js"));
+    const { WebSocket } = requireWeb("ws");
+    const conversation = "long-history-1";
+    const page = await newPage();
+    await page.goto(WIDGET("cust-3", `&conversation=${conversation}`));
+    await page.waitForSelector(".pl-widget[data-state=open]", { timeout: TIMEOUT });
+    // Another device of the same customer writes 150 messages; the bot answers each.
+    const c = who(3);
+    const other = new ParleyClient({ url: gw.url, principal: c.name, token: c.token, role: "customer", device: "phone", WebSocket });
+    other.connect();
+    await until(() => other.state === "open", "the other device");
+    for (let i = 0; i < 150; i++) other.send(conversation, `message ${i}`);
+    await Promise.all(other.pending().map((p) => p.done));
+    const last = await page.waitForFunction(() => {
+      const tl = window.parleyWidget.view.timeline;
+      return tl.items.length >= 303 && tl.last;
+    }, { timeout: 30000 }).then((h) => h.jsonValue());
+    other.close();
+    const rendered = await page.$$eval(".pl-list .pl-row", (l) => l.length);
+    assert.ok(rendered < 303 / 2, `only the rows near the view are in the DOM: ${rendered} of ${last}`);
+    await new Promise((r) => setTimeout(r, 300)); // the batched ACK
+    await page.reload();
+    await page.waitForFunction((n) => window.parleyWidget && window.parleyWidget.view.timeline.last === n, { timeout: TIMEOUT }, last).catch(async () => {
+      throw new Error(`after the reload: ${JSON.stringify(await page.evaluate(() => [window.parleyWidget.view.timeline.first, window.parleyWidget.view.timeline.last]))} want last ${last}`);
+    });
+    const first = await page.evaluate(() => window.parleyWidget.view.timeline.first);
+    assert.equal(first, last - 49, "after a reload, the latest page of 50");
+    // Scrolling to the top loads the page before, until seq 1.
+    for (let i = 0; i < 12; i++) {
+      const f = await page.evaluate(() => window.parleyWidget.view.timeline.first);
+      if (f === 1) break;
+      await page.evaluate(() => { document.querySelector(".pl-list").scrollTop = 0; });
+      await page.waitForFunction((f) => window.parleyWidget.view.timeline.first < f, { timeout: TIMEOUT }, f).catch(async (e) => {
+        throw new Error(`stuck at first ${f}: ${JSON.stringify(await page.evaluate(() => { const v = window.parleyWidget.view; const l = document.querySelector(".pl-list"); return { first: v.timeline.first, last: v.timeline.last, complete: v.complete, loading: v.loadingOlder, st: l.scrollTop, sh: l.scrollHeight, state: window.parleyWidget.client.state }; }))}`);
+      });
+    }
+    const items = await page.evaluate(() => window.parleyWidget.view.timeline.items.map((e) => e.seq));
+    assert.deepEqual(items, Array.from({ length: last }, (_, i) => i + 1), "the whole history, in order, once");
+    await noProblems(page);
+    await closePage(page);
   });
 });

@@ -58,7 +58,16 @@ export class ConversationView {
     try {
       const from = Math.max(1, first - PAGE);
       const page = await this.client.fetch(this.conversation, from, first - 1, PAGE);
+      // The reader stays on the message they were reading: the rows added
+      // above push the view down by their height. (Chromium's scroll
+      // anchoring does this itself, except at the very top.)
+      const vp = this.list.viewport;
+      const h0 = vp.scrollHeight;
+      const t0 = vp.scrollTop;
       for (const ev of page.events) this.addEvent(ev);
+      this.list.afterNextFrame(() => {
+        if (vp.scrollTop === t0) vp.scrollTop = t0 + (vp.scrollHeight - h0);
+      });
     } catch {
       // Asked again when the top comes into view after the reconnect.
     } finally {

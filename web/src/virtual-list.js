@@ -35,6 +35,7 @@ export class VirtualList {
     this.stick = true;
     this.stats = { frames: 0, rowsRendered: 0, lastFrameMs: 0 };
     this.afterFrame = options.afterFrame || null;
+    this.nextFrame = [];
     viewport.classList.add("plv");
     this.top = document.createElement("div");
     this.top.className = "plv-top";
@@ -117,6 +118,9 @@ export class VirtualList {
     if (stick) this.viewport.scrollTop = this.viewport.scrollHeight;
     this.stats.frames++;
     this.stats.lastFrameMs = performance.now() - t0;
+    const after = this.nextFrame;
+    this.nextFrame = [];
+    for (const fn of after) fn();
     if (this.afterFrame) this.afterFrame(this);
   }
 
@@ -172,6 +176,12 @@ export class VirtualList {
     const b = this.blocks.pop();
     this.observer.unobserve(b.el);
     b.el.remove();
+  }
+
+  /** Runs fn once, at the end of the next frame's writes. */
+  afterNextFrame(fn) {
+    this.nextFrame.push(fn);
+    this.schedule();
   }
 
   scrollToBottom() {
