@@ -46,17 +46,27 @@ function waitLine(child, re, what, ms = 15000) {
 
 function track(child) {
   children.add(child);
+  child.errText = "";
+  child.stderr.on("data", (d) => { child.errText = (child.errText + d).slice(-20000); });
   child.on("exit", () => children.delete(child));
   return child;
 }
 
-async function stopChild(child) {
-  if (child.exitCode !== null) return;
-  const done = new Promise((r) => child.once("exit", r));
-  child.kill("SIGTERM");
-  const t = setTimeout(() => child.kill("SIGKILL"), 5000);
-  await done;
-  clearTimeout(t);
+/**
+ * SIGTERM, then the exit status: a process that does not stop cleanly (a
+ * sanitizer report in the ASan build, say) fails the test that stops it.
+ */
+async function stopChild(child, what) {
+  if (child.exitCode === null && child.signalCode === null) {
+    const done = new Promise((r) => child.once("exit", r));
+    child.kill("SIGTERM");
+    const t = setTimeout(() => child.kill("SIGKILL"), 10000);
+    await done;
+    clearTimeout(t);
+  }
+  if (child.exitCode !== 0) {
+    throw new Error(`${what} exited with ${child.exitCode ?? child.signalCode}: ${child.errText.slice(-4000)}`);
+  }
 }
 
 /** The principals the tests sign in with. */
@@ -98,8 +108,11 @@ ${extra}`;
     dir,
     child,
     async stop() {
-      await stopChild(child);
-      rmSync(dir, { recursive: true, force: true });
+      try {
+        await stopChild(child, "parley gateway");
+      } finally {
+        rmSync(dir, { recursive: true, force: true });
+      }
     },
   };
 }
@@ -116,7 +129,7 @@ export async function startBot(url, botDir = join(SRC, "tests/web/bot")) {
       return false;
     }
   }, "the bot to be ready");
-  return { child, ops, stop: () => stopChild(child) };
+  return { child, ops, stop: () => stopChild(child, "parley run") };
 }
 
 /**
