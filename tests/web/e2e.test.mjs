@@ -271,6 +271,16 @@ describe("customer widget and agent workbench in Chromium", () => {
       await page.waitForSelector(".pl-widget[data-state=open]", { timeout: TIMEOUT });
       await widgetSend(page, "first");
       await waitText(page, ".pl-card-title", "How can we help?");
+      // The network goes away: the widget says it is reconnecting, and a
+      // message typed meanwhile goes out once it is back.
+      relay.refuse = true;
+      relay.cutAll();
+      await waitText(page, ".pl-status-bar", "Reconnecting");
+      await widgetSend(page, "typed while away");
+      relay.refuse = false;
+      await page.waitForSelector(".pl-widget[data-state=open]", { timeout: TIMEOUT });
+      await waitText(page, ".pl-theirs .pl-text", "You said: typed while away");
+      assert.equal(await page.$eval(".pl-status-bar", (e) => e.textContent), "");
       let held = 0;
       relay.onServer = (f) => {
         const c = f.body.case;
@@ -334,6 +344,8 @@ describe("customer widget and agent workbench in Chromium", () => {
     for (let i = 0; i < 12; i++) {
       const f = await page.evaluate(() => window.parleyWidget.view.timeline.first);
       if (f === 1) break;
+      // Two frames first: the page that just came in moves the view down at the end of its frame.
+      await page.evaluate(() => new Promise((r) => requestAnimationFrame(() => requestAnimationFrame(r))));
       await page.evaluate(() => { document.querySelector(".pl-list").scrollTop = 0; });
       await page.waitForFunction((f) => window.parleyWidget.view.timeline.first < f, { timeout: TIMEOUT }, f).catch(async (e) => {
         throw new Error(`stuck at first ${f}: ${JSON.stringify(await page.evaluate(() => { const v = window.parleyWidget.view; const l = document.querySelector(".pl-list"); return { first: v.timeline.first, last: v.timeline.last, complete: v.complete, loading: v.loadingOlder, st: l.scrollTop, sh: l.scrollHeight, state: window.parleyWidget.client.state }; }))}`);
@@ -343,5 +355,53 @@ describe("customer widget and agent workbench in Chromium", () => {
     assert.deepEqual(items, Array.from({ length: last }, (_, i) => i + 1), "the whole history, in order, once");
     await noProblems(page);
     await closePage(page);
+  });
+
+  test("an agent works several conversations at once, with unread counts", async (t) => {
+    if (skip) return t.skip(skip);
+    const customers = [];
+    for (const n of [4, 5]) {
+      const page = await newPage();
+      await page.goto(WIDGET(`cust-${n}`));
+      await page.waitForSelector(".pl-widget[data-state=open]", { timeout: TIMEOUT });
+      await widgetSend(page, "hello");
+      await waitText(page, ".pl-card-title", "How can we help?");
+      await widgetSend(page, "a person please");
+      await waitText(page, ".pl-theirs .pl-text", "connecting you");
+      customers.push(page);
+    }
+    // An agent with nothing assigned yet, so its tabs are these two.
+    const agent = await newPage();
+    await agent.goto(WORKBENCH("agent-3", "agent3-token"));
+    await agent.waitForFunction(() => document.querySelectorAll(".wb-take").length >= 2, { timeout: TIMEOUT });
+    for (const n of [4, 5]) {
+      await clickText(agent, ".wb-qitem", `cust-${n}`);
+      await agent.evaluate((c) => [...document.querySelectorAll(".wb-qitem")].find((e) => e.textContent.includes(c)).querySelector(".wb-take").click(), `cust-${n}`);
+      await agent.waitForFunction((k) => document.querySelectorAll(".wb-tab").length === k, { timeout: TIMEOUT }, n - 3);
+      // Its history is in (the agent's own ASSIGNED event is its last), while it is in front.
+      await agent.waitForFunction((k) => {
+        const c = [...window.parleyWorkbench.convs.values()][k];
+        return c && c.view.timeline.items.some((e) => e.kind === "assigned" && e.assignee === "agent-3");
+      }, { timeout: TIMEOUT }, n - 4);
+    }
+    await agent.waitForFunction(() => document.querySelectorAll(".wb-tab").length === 2, { timeout: TIMEOUT });
+    // The first one is in front; the second customer writes twice: its tab counts them.
+    const tabs = await agent.$$eval(".wb-tab", (l) => l.map((e) => [e.dataset.conversation, e.classList.contains("wb-active")]));
+    const back = tabs.find(([, active]) => !active)[0];
+    const backPage = customers[(await customers[1].evaluate(() => window.parleyWidget.conversation)) === back ? 1 : 0];
+    await widgetSend(backPage, "are you there?");
+    await widgetSend(backPage, "hello?");
+    await agent.waitForFunction((c) => document.querySelector(`.wb-tab[data-conversation="${c}"] .wb-unread`).textContent === "2", { timeout: TIMEOUT }, back);
+    await agent.click(`.wb-tab[data-conversation="${back}"]`);
+    assert.equal(await agent.$eval(`.wb-tab[data-conversation="${back}"] .wb-unread`, (e) => e.textContent), "", "read once in front");
+    await waitText(agent, `.wb-pane[data-conversation="${back}"] .pl-text`, "hello?");
+    // The reply goes to the conversation in front.
+    await agent.type("#reply", "Yes, here.");
+    await agent.click("#composer .pl-send");
+    await waitText(backPage, ".pl-from-agent .pl-text", "Yes, here.");
+    const other = customers.find((p) => p !== backPage);
+    assert.equal(await other.$$eval(".pl-from-agent", (l) => l.length), 0, "not to the other one");
+    await noProblems(agent);
+    for (const p of [...customers, agent]) await closePage(p);
   });
 });

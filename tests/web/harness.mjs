@@ -95,6 +95,7 @@ principals:
   - {name: webbot, role: bot, token: bot-token}
   - {name: agent-1, role: agent, token: agent-token, queues: [support]}
   - {name: agent-2, role: agent, token: agent2-token, queues: [support]}
+  - {name: agent-3, role: agent, token: agent3-token, queues: [support]}
 ${custs}
 ${extra}`;
   writeFileSync(join(dir, "gw.yaml"), yaml);
@@ -139,6 +140,7 @@ export async function startBot(url, botDir = join(SRC, "tests/web/bot")) {
  *   relay.onClient = (frame, conn) => ...   client -> gateway
  *   relay.onServer = (frame, conn) => ...   gateway -> client
  *   relay.silent = true                     swallow everything both ways
+ *   relay.refuse = true                     close new connections at once
  *   relay.cutAll()                          drop every connection now
  */
 export async function startRelay(target, { http: httpBase } = {}) {
@@ -163,6 +165,10 @@ export async function startRelay(target, { http: httpBase } = {}) {
   relay.url = `ws://127.0.0.1:${server.address().port}/`;
   relay.http = `http://127.0.0.1:${server.address().port}`;
   wss.on("connection", (down) => {
+    if (relay.refuse) {
+      down.terminate();
+      return;
+    }
     relay.connections++;
     const up = new WebSocket(target, "parley.v1");
     const conn = { down, up, n: relay.connections, queue: [] };
