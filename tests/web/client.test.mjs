@@ -251,6 +251,22 @@ describe("against a real gateway", () => {
     a.close();
   });
 
+  test("connect() while a reconnect waits connects once, not twice", async () => {
+    const a = client(relay.url, customer(11), { reconnectMinMs: 300, random: () => 0.99 });
+    await opened(a);
+    relay.refuse = true;
+    relay.cutAll();
+    await until(() => a.state === "reconnecting", "the reconnect wait");
+    relay.refuse = false;
+    const before = relay.connections;
+    a.connect(); // a "reconnect now" button, or a page back from the back/forward cache
+    await until(() => a.state === "open", "the new session");
+    await new Promise((r) => setTimeout(r, 500)); // past the wait that was pending
+    assert.equal(relay.connections, before + 1, "one new connection");
+    await a.send("c11-once", "still one").done;
+    a.close();
+  });
+
   test("a reloaded page writes its unanswered sends again with the same id: shown once", async () => {
     const store = new Map();
     const storage = { getItem: (k) => store.get(k) ?? null, setItem: (k, v) => store.set(k, v), removeItem: (k) => store.delete(k) };

@@ -152,8 +152,11 @@ export class ParleyClient {
 
   /** Connects, and keeps reconnecting until close(). */
   connect() {
-    if (this.state === "connecting" || this.state === "open") return;
+    if (this.ws) return; // connecting or open already
     this.closing = false;
+    // Called while a reconnect waits: connect now instead, once.
+    if (this.reconnectTimer) this.clock.clearTimeout(this.reconnectTimer);
+    this.reconnectTimer = null;
     this.open();
   }
 

@@ -123,7 +123,12 @@ export function mount(container) {
       form.requestSubmit();
     }
   });
+  // Leaving the page flushes the ACKs; a page restored from the back/forward
+  // cache connects again (its unanswered sends are still in the client).
   window.addEventListener("pagehide", () => client.close());
+  window.addEventListener("pageshow", (e) => {
+    if (e.persisted) client.connect();
+  });
   client.connect();
   return { client, view, conversation };
 }
