@@ -39,6 +39,7 @@ test: bootstrap build build-asan
 # docs/bench/*.png (bench/report --help).
 bench: bootstrap build
 	./bench/report --no-build
+	PARLEY_BIN=build/cli/parley node bench/web/run.mjs --md docs/benchmarks.md
 
 bootstrap:
 	@./scripts/bootstrap.sh >&2

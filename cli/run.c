@@ -18,6 +18,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <sodium.h>
@@ -31,6 +32,7 @@
 #include "gateway.h"
 #include "runtime.h"
 #include "sidecar.h"
+#include "web.h"
 
 #define SETTLE_CHECK_MS 50
 #define SETTLE_ROUNDS 3
@@ -85,6 +87,14 @@ static void bot_name(const char *dir, char *out, size_t size) {
   pc_doc_free(doc);
 }
 
+
+/* The workbench offers the bot's templates as canned responses. */
+static bool web_templates(const char *bot_dir) {
+  char path[1024];
+  struct stat st;
+  snprintf(path, sizeof path, "%s/templates", bot_dir);
+  return stat(path, &st) == 0 && S_ISDIR(st.st_mode);
+}
 
 static void sidecar_closed(void *ud) {
   run_ctx *r = ud;
@@ -352,12 +362,14 @@ int cli_run(int argc, char **argv) {
   /* Embedded: warnings only unless asked, the console is the show. */
   bool quiet = !url && !f_level && !config_path;
   if (quiet) plog_set_level(sidecar_log(r.sc), PLOG_WARN);
-  char bot_token[33], customer_token[33], gw_url[128];
+  char bot_token[33], customer_token[33], gw_url[128], web_token[33], agent_token[33];
 
   if (!url) {
     /* Embedded gateway: generated config, tokens only this process knows. */
     random_token(bot_token);
     random_token(customer_token);
+    random_token(web_token);
+    random_token(agent_token);
     token = bot_token;
     if (data_dir) {
       snprintf(r.data_dir, sizeof r.data_dir, "%s", data_dir);
@@ -370,11 +382,13 @@ int cli_run(int argc, char **argv) {
       }
       r.own_data_dir = true;
     }
-    char bot_hash[8 + 65], customer_hash[8 + 65];
+    char bot_hash[8 + 65], customer_hash[8 + 65], web_hash[8 + 65], agent_hash[8 + 65];
     if (sodium_init() < 0) return 1;
     pg_token_hash(bot_token, bot_hash);
     pg_token_hash(customer_token, customer_hash);
-    char yaml[2048];
+    pg_token_hash(web_token, web_hash);
+    pg_token_hash(agent_token, agent_hash);
+    char yaml[4096];
     snprintf(yaml, sizeof yaml,
              "listen: 127.0.0.1\n"
              "port: 0\n"
@@ -387,8 +401,14 @@ int cli_run(int argc, char **argv) {
              "    token_hash: \"%s\"\n"
              "  - name: customer\n"
              "    role: customer\n"
-             "    token_hash: \"%s\"\n",
-             r.data_dir, principal, principal, bot_hash, customer_hash);
+             "    token_hash: \"%s\"\n"
+             /* The browser pages: a customer for the widget, an agent for the workbench. */
+             "  - {name: web-customer, role: customer, token_hash: \"%s\"}\n"
+             "  - {name: agent, role: agent, token_hash: \"%s\", queues: [support]}\n"
+             "%s%s%s",
+             r.data_dir, principal, principal, bot_hash, customer_hash, web_hash, agent_hash,
+             web_templates(bot_dir) ? "web: {templates: \"" : "",
+             web_templates(bot_dir) ? bot_dir : "", web_templates(bot_dir) ? "/templates\"}\n" : "");
     if (pg_config_from_string("embedded", yaml, &r.gw_cfg, err, sizeof err) != 0) {
       start_error(&sc, "embedded gateway config: %s", err);
       return 1;
@@ -401,6 +421,7 @@ int cli_run(int argc, char **argv) {
     }
     snprintf(gw_url, sizeof gw_url, "ws://127.0.0.1:%d/", pg_gateway_port(r.gw));
     url = gw_url;
+    pg_web_print_urls(r.gw, "web-customer", web_token, "agent", agent_token, stderr);
   } else if (!token) {
     start_error(&sc, "--token (or PARLEY_TOKEN, or gateway.token/token_env in --config) "
                     "is required with --url");

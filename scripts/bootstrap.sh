@@ -22,6 +22,9 @@ PACKAGES=(
   # bench/: the peers measured side by side with Parley, and the report's tools
   mosquitto libmosquitto-dev nats-server libnats-dev libcjson-dev
   gnuplot-nox lua5.4
+  # web/: the browser tests and the browser benchmark drive Debian's Chromium
+  # (nothing downloads a browser); fonts so that screenshots show text.
+  chromium fonts-dejavu-core
 )
 # The Node.js peer of bench/ (a ws server). A machine that already has a
 # Node.js of its own (from nodesource, say) keeps it: Debian's npm would

@@ -11,6 +11,7 @@
 
 #include "config/config.h"
 #include "gw.h"
+#include "web.h"
 
 /* Records a validation error against a node so the message names file,
  * line and key like every other configuration error. */
@@ -49,6 +50,7 @@ void pg_config_free(pg_config *c) {
   free(c->customer_secret);
   free(c->tls_cert);
   free(c->tls_key);
+  pg_web_free(c->web);
   free(c);
 }
 
@@ -201,7 +203,7 @@ static int load_faults(pg_config *c, const pc_node *f, pc_error *err) {
 static int load_doc(pg_config *c, const pc_node *root, pc_error *err) {
   static const char *const keys[] = {"listen", "port", "data_dir", "durability", "group_commit",
                                      "bot", "principals", "customers", "limits", "tls", "faults",
-                                     NULL};
+                                     "web", NULL};
   int rc;
   const char *s;
   uint64_t v;
@@ -278,6 +280,7 @@ static int load_doc(pg_config *c, const pc_node *root, pc_error *err) {
 
   if ((rc = load_limits(c, pc_get(root, "limits"), err))) return rc;
   if ((rc = load_faults(c, pc_get(root, "faults"), err))) return rc;
+  if ((rc = pg_web_load(c, pc_get(root, "web"), err))) return rc;
 
   const pc_node *tls = pc_get(root, "tls");
   if (tls && pc_node_kind(tls) != PC_NULL) {
@@ -368,10 +371,11 @@ pg_config *pg_config_dup(const pg_config *s) {
   c->bot = dupstr(s->bot);
   c->tls_cert = dupstr(s->tls_cert);
   c->tls_key = dupstr(s->tls_key);
+  c->web = s->web ? pg_web_dup(s->web) : NULL;
   c->principals = calloc(s->n_principals ? s->n_principals : 1, sizeof *c->principals);
   c->customer_secret = NULL;
   c->n_principals = 0;
-  bool ok = c->listen && c->data_dir && c->bot && c->principals;
+  bool ok = c->listen && c->data_dir && c->bot && c->principals && (!s->web || c->web);
   for (size_t i = 0; ok && i < s->n_principals; i++) {
     const pg_principal *sp = &s->principals[i];
     pg_principal *p = &c->principals[c->n_principals++];

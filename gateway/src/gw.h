@@ -81,6 +81,7 @@ struct pg_config {
   uint32_t fault_drop_push, fault_dup_push, fault_reorder_push;
   uint32_t fault_drop_ack, fault_dup_ack;
   uint64_t fault_seed;
+  struct pg_web *web;    /* web pages (web.c) */
 };
 
 pg_config *pg_config_dup(const pg_config *c);

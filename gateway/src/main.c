@@ -10,6 +10,7 @@
 #include <parley/error.h>
 
 #include "gw.h"
+#include "web.h"
 
 static int usage(FILE *out) {
   fprintf(out,
@@ -124,6 +125,7 @@ int pg_gateway_main(int argc, char **argv) {
     return 1;
   }
   printf("gateway listening on %s:%d\n", cfg->listen, pg_gateway_port(rs.g));
+  pg_web_print(rs.g, stdout);
   fflush(stdout);
   pg_config_free(cfg);
   uv_signal_init(&loop, &rs.sigterm);

@@ -13,6 +13,7 @@
 #include <parley/error.h>
 
 #include "gw.h"
+#include "web.h"
 
 #define E(x) PARLEY__V1__ERROR_CODE__ERROR_##x
 
@@ -554,6 +555,7 @@ int pg_gateway_new(uv_loop_t *loop, const pg_config *cfg, pg_gateway **out) {
     g->vh_client_ssl = SSL_CTX_new(TLS_client_method());
     info.provided_client_ssl_ctx = g->vh_client_ssl;
   }
+  pg_web_vhost_info(g->cfg, &info);
   if (g->cfg->tls_cert && !g->vh_client_ssl)
     g->vh = NULL;
   else
@@ -585,6 +587,10 @@ int pg_gateway_new(uv_loop_t *loop, const pg_config *cfg, pg_gateway **out) {
   uv_timer_init(loop, &g->stop_timer);
   g->stop_timer.data = g;
   g->handles_open = 3;
+  if (pg_web_start(g) != 0) {
+    pg_gateway_free(g);
+    return PARLEY_EIO;
+  }
   *out = g;
   return 0;
 }
