@@ -716,6 +716,26 @@ int pt_ws_connect(pt_ws *t) {
   return 0;
 }
 
+int pt_ws_set_url(pt_ws *t, const char *url, const char **why) {
+  const char *dummy;
+  if (!why)
+    why = &dummy;
+  if (t->destroying || t->has_conn) {
+    *why = "a connection exists";
+    return PARLEY_ESTATE;
+  }
+  pt_url u;
+  int rc = pt_url_parse(url, &u, why);
+  if (rc)
+    return rc;
+  if (u.tls != t->url.tls) {
+    *why = "every gateway URL of one client must use the same scheme";
+    return PARLEY_EINVAL;
+  }
+  t->url = u;
+  return 0;
+}
+
 int pt_ws_send(pt_ws *t, const uint8_t *data, size_t len) {
   if (t->destroying || !t->open || t->closing || t->kill)
     return PARLEY_EDISCONNECTED;
