@@ -432,12 +432,3 @@ int pg_db_state_del(pg_db *db, const char *conv, const char *key) {
   return rc == SQLITE_DONE ? 0 : fail(db, rc);
 }
 
-void pg_data_dir_remove(const char *data_dir) {
-  static const char *const suffixes[] = {"", "-wal", "-shm", NULL};
-  char path[4096];
-  for (int i = 0; suffixes[i]; i++) {
-    snprintf(path, sizeof path, "%.4000s/" PG_DB_FILE "%s", data_dir, suffixes[i]);
-    unlink(path);
-  }
-  rmdir(data_dir);
-}

@@ -21,28 +21,12 @@
 #include "core/wire.h"
 #include "gateway.h"
 
-/* ------------------------------------------------------------------ map */
-
-/* Open addressing, string keys copied in, values borrowed. Growth stops at
- * GW_MAP_MAX entries: gw_map_put then fails with PARLEY_ETOOBIG. */
-#define GW_MAP_MAX (1u << 22)
-typedef struct gw_map {
-  char **keys;
-  void **vals;
-  size_t cap, len, tombs;
-} gw_map;
-
-void *gw_map_get(const gw_map *m, const char *key);
-int gw_map_put(gw_map *m, const char *key, void *val);
-void *gw_map_del(gw_map *m, const char *key);
-void gw_map_clear(gw_map *m);
-/* Iteration: for (size_t i = 0; gw_map_next(m, &i, &k, &v);) */
-bool gw_map_next(const gw_map *m, size_t *i, const char **key, void **val);
+#include "map.h"
+#include "store/store.h"
 
 /* --------------------------------------------------------------- config */
 
 enum { PG_ROLE_CUSTOMER = 1, PG_ROLE_AGENT = 2, PG_ROLE_BOT = 3 };
-enum { PG_DUR_OFF = 0, PG_DUR_NORMAL = 1, PG_DUR_FULL = 2 };
 enum { PG_HASH_NONE = 0, PG_HASH_SHA256, PG_HASH_BLAKE2B, PG_HASH_ANY };
 
 typedef struct pg_principal {
@@ -114,7 +98,6 @@ typedef struct pg_convrow {
   size_t orig_len;
 } pg_convrow;
 
-enum { PG_CONV_OPEN = 0, PG_CONV_QUEUED = 1, PG_CONV_CLOSED = 2 };
 
 int pg_db_open(pg_db **out, const char *dir, int durability, char *err, size_t errlen);
 void pg_db_close(pg_db *db);
