@@ -247,6 +247,8 @@ int pgs_restart(pgs *s, const char *mode) {
   return ctl_start(s);
 }
 
+int pgs_resume(pgs *s) { return s->running ? 0 : ctl_start(s); }
+
 void pgs_stop(pgs *s) {
   if (s->running) pgs_stop_mode(s, "fast");
   if (s->dir[0]) {

@@ -44,6 +44,8 @@ int pgs_create_db(pgs *s, const char *dbname);
  * starts again on the same port and data. 0 or -1. */
 int pgs_stop_mode(pgs *s, const char *mode);
 int pgs_restart(pgs *s, const char *mode);
+/* Starts a server stopped with pgs_stop_mode again, on the same port. */
+int pgs_resume(pgs *s);
 
 /* Stops the server (fast) if it runs and removes the directory. */
 void pgs_stop(pgs *s);

@@ -54,7 +54,11 @@ struct pg_store {
   void *closed_ud;
 };
 
-static const pg_store_backend *const backends[] = {&pg_store_sqlite, NULL};
+static const pg_store_backend *const backends[] = {&pg_store_sqlite,
+#ifdef PARLEY_HAVE_POSTGRES
+                                                   &pg_store_postgres,
+#endif
+                                                   NULL};
 
 /* ----------------------------------------------------------- conv rows */
 

@@ -331,5 +331,7 @@ void pg_store__complete(pg_store *st, pg_store_batch *b, int status, const char 
 bool pg_store__poisoned(pg_store *st, const pg_store_batch *b);
 
 extern const pg_store_backend pg_store_sqlite;
+/* store/pg.c, when built with PostgreSQL (PARLEY_HAVE_POSTGRES). */
+extern const pg_store_backend pg_store_postgres;
 
 #endif
