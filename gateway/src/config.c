@@ -175,6 +175,25 @@ static int load_limits(pg_config *c, const pc_node *l, pc_error *err) {
   return 0;
 }
 
+/* The hot state's bounds (docs/gateway.md, "Memory"). */
+static int load_cache(pg_config *c, const pc_node *n, pc_error *err) {
+  static const char *const keys[] = {"tail_bytes", "max_bytes", "recent_ids", NULL};
+  int rc;
+  uint64_t v;
+  if (n && (rc = pc_check_keys(n, keys, err))) return rc;
+  if ((rc = pc_get_size(n, "tail_bytes", 64 * 1024, &v, err))) return rc;
+  if (v > 64u * 1024 * 1024)
+    return node_fail(err, pc_get(n, "tail_bytes"), "cache.tail_bytes", "must be at most 64MiB");
+  c->cache_tail_bytes = (size_t)v;
+  if ((rc = pc_get_size(n, "max_bytes", 256u * 1024 * 1024, &v, err))) return rc;
+  if (v > (uint64_t)1 << 40)
+    return node_fail(err, pc_get(n, "max_bytes"), "cache.max_bytes", "must be at most 1TiB");
+  c->cache_max_bytes = (size_t)v;
+  if ((rc = pc_get_u64(n, "recent_ids", 65536, 0, 1u << 22, &v, err))) return rc;
+  c->cache_recent_ids = (size_t)v;
+  return 0;
+}
+
 /* Test switches: never set in production; a warning says so at start. */
 static int load_faults(pg_config *c, const pc_node *f, pc_error *err) {
   static const char *const keys[] = {"drop_push", "duplicate_push", "reorder_push",
@@ -200,7 +219,7 @@ static int load_faults(pg_config *c, const pc_node *f, pc_error *err) {
 
 static int load_doc(pg_config *c, const pc_node *root, pc_error *err) {
   static const char *const keys[] = {"listen", "port", "data_dir", "durability", "group_commit",
-                                     "bot", "principals", "customers", "limits", "tls", "faults",
+                                     "bot", "principals", "customers", "limits", "tls", "faults", "cache",
                                      NULL};
   int rc;
   const char *s;
@@ -277,6 +296,7 @@ static int load_doc(pg_config *c, const pc_node *root, pc_error *err) {
   }
 
   if ((rc = load_limits(c, pc_get(root, "limits"), err))) return rc;
+  if ((rc = load_cache(c, pc_get(root, "cache"), err))) return rc;
   if ((rc = load_faults(c, pc_get(root, "faults"), err))) return rc;
 
   const pc_node *tls = pc_get(root, "tls");

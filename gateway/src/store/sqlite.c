@@ -132,6 +132,7 @@ typedef struct sq {
   struct qitem *head, *tail;
   size_t queued;
   bool busy, stop;
+  bool merge;     /* commit the batches waiting together in one transaction */
   char werr[256]; /* the writer's last error (writer thread only) */
 } sq;
 
@@ -229,6 +230,7 @@ static int sq_open(const pg_store_options *o, void **out, char *err, size_t errl
   pthread_mutex_init(&q->mu, NULL);
   pthread_cond_init(&q->wake, NULL);
   pthread_cond_init(&q->idle, NULL);
+  q->merge = o->merge_batches;
   int rc = open_conn(path, o->durability, &q->wr, err, errlen);
   if (!rc) rc = setup_schema(q->wr, path, err, errlen);
   if (!rc) rc = open_conn(path, o->durability, &q->rd, err, errlen);
@@ -402,8 +404,15 @@ static void *writer_main(void *arg) {
     while (!q->head && !q->stop) pthread_cond_wait(&q->wake, &q->mu);
     if (!q->head) break;
     qitem *list = q->head;
-    q->head = q->tail = NULL;
-    q->queued = 0;
+    if (q->merge) {
+      q->head = q->tail = NULL;
+      q->queued = 0;
+    } else {
+      q->head = list->next;
+      if (!q->head) q->tail = NULL;
+      list->next = NULL;
+      q->queued--;
+    }
     q->busy = true;
     pthread_mutex_unlock(&q->mu);
     write_group(q, list);

@@ -113,9 +113,15 @@ typedef struct pg_store_options {
   const char *url;            /* network backends: connection string; NULL for sqlite */
   int durability;             /* PG_DUR_* */
   struct uv_loop_s *loop;     /* completions are delivered on this loop */
+  /* true: the backend may commit batches that are waiting together in one
+   * transaction (each still all or nothing, since a failure fails every
+   * batch after it anyway); false: one transaction per batch (the
+   * gateway's `group_commit: false`). */
+  bool merge_batches;
 } pg_store_options;
 
-#define PG_STORE_OPTIONS_INIT {PG_STORE_OPTIONS_VERSION, "sqlite", NULL, NULL, PG_DUR_FULL, NULL}
+#define PG_STORE_OPTIONS_INIT \
+  {PG_STORE_OPTIONS_VERSION, "sqlite", NULL, NULL, PG_DUR_FULL, NULL, true}
 
 typedef struct pg_store pg_store;
 
