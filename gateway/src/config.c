@@ -11,6 +11,7 @@
 
 #include "config/config.h"
 #include "gw.h"
+#include "store/storage_cfg.h"
 
 /* Records a validation error against a node so the message names file,
  * line and key like every other configuration error. */
@@ -42,6 +43,7 @@ void pg_config_free(pg_config *c) {
   free(c->name);
   free(c->listen);
   free(c->data_dir);
+  pg_storage_conninfo_free(c->storage_url);
   free(c->bot);
   for (size_t i = 0; i < c->n_principals; i++) free_principal(&c->principals[i]);
   free(c->principals);
@@ -220,7 +222,7 @@ static int load_faults(pg_config *c, const pc_node *f, pc_error *err) {
 static int load_doc(pg_config *c, const pc_node *root, pc_error *err) {
   static const char *const keys[] = {"listen", "port", "data_dir", "durability", "group_commit",
                                      "bot", "principals", "customers", "limits", "tls", "faults", "cache",
-                                     NULL};
+                                     "storage", NULL};
   int rc;
   const char *s;
   uint64_t v;
@@ -297,6 +299,8 @@ static int load_doc(pg_config *c, const pc_node *root, pc_error *err) {
 
   if ((rc = load_limits(c, pc_get(root, "limits"), err))) return rc;
   if ((rc = load_cache(c, pc_get(root, "cache"), err))) return rc;
+  if ((rc = pg_storage_load(pc_get(root, "storage"), &c->storage_kind, &c->storage_url, err)))
+    return rc;
   if ((rc = load_faults(c, pc_get(root, "faults"), err))) return rc;
 
   const pc_node *tls = pc_get(root, "tls");
@@ -385,6 +389,7 @@ pg_config *pg_config_dup(const pg_config *s) {
   c->name = dupstr(s->name);
   c->listen = dupstr(s->listen);
   c->data_dir = dupstr(s->data_dir);
+  c->storage_url = dupstr(s->storage_url);
   c->bot = dupstr(s->bot);
   c->tls_cert = dupstr(s->tls_cert);
   c->tls_key = dupstr(s->tls_key);

@@ -51,6 +51,10 @@ struct pg_config {
   char *listen;
   int port;
   char *data_dir;
+  /* `storage:` (store/storage_cfg.h): "sqlite" or "postgres" (static), and
+   * the PostgreSQL connection string with its password (NULL for SQLite). */
+  const char *storage_kind;
+  char *storage_url;
   int durability;
   bool group_commit;
   char *bot;

@@ -227,6 +227,8 @@ int pg_gateway_new(uv_loop_t *loop, const pg_config *cfg, pg_gateway **out) {
   char err[512];
   pg_store_options so = PG_STORE_OPTIONS_INIT;
   so.data_dir = g->cfg->data_dir;
+  so.backend = g->cfg->storage_kind ? g->cfg->storage_kind : "sqlite";
+  so.url = g->cfg->storage_url;
   so.durability = g->cfg->durability;
   so.loop = loop;
   so.merge_batches = g->cfg->group_commit;

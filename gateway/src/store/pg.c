@@ -82,6 +82,7 @@ typedef struct pgb {
   pthread_cond_t wake, idle;
   qitem *head, *tail;
   bool busy, stop;
+  bool merge;  /* several waiting batches may share one transaction */
 } pgb;
 
 static uint64_t now_us(void) {
@@ -144,6 +145,23 @@ static PGconn *connect_db(pgb *p, char *err, size_t errlen) {
     return NULL;
   }
   return c;
+}
+
+/* A search_path naming a schema that does not exist yet (options=
+ * '-csearch_path=tenant_a' in the URL: several deployments, or test runs,
+ * in one database) gets it created, so the tables have a home. */
+static int ensure_schema(PGconn *c, char *err, size_t errlen) {
+  char e[400];
+  if (!exec_ok(c,
+               "DO $$ BEGIN IF current_schema() IS NULL THEN "
+               "EXECUTE format('CREATE SCHEMA IF NOT EXISTS %I', "
+               "btrim(split_part(current_setting('search_path'), ',', 1), ' \"')); "
+               "END IF; END $$",
+               e, sizeof e)) {
+    snprintf(err, errlen, "postgres: schema: %s", e);
+    return PARLEY_EDB;
+  }
+  return 0;
 }
 
 /* Applies the migrations the database lacks; refuses a newer schema. */
@@ -617,7 +635,14 @@ static void *writer_main(void *arg) {
     while (!p->head && !p->stop) pthread_cond_wait(&p->wake, &p->mu);
     if (!p->head) break;
     qitem *list = p->head;
-    p->head = p->tail = NULL;
+    if (p->merge) {
+      p->head = p->tail = NULL;
+    } else {
+      /* group_commit: false: one transaction per batch. */
+      p->head = list->next;
+      if (!p->head) p->tail = NULL;
+      list->next = NULL;
+    }
     p->busy = true;
     pthread_mutex_unlock(&p->mu);
     run_group(p, list);
@@ -704,6 +729,7 @@ static int pgb_open(const pg_store_options *o, void **out, char *err, size_t err
   pthread_cond_init(&p->wake, NULL);
   pthread_cond_init(&p->idle, NULL);
   p->durability = o->durability;
+  p->merge = o->merge_batches;
   p->conninfo = strdup(o->url);
   if (!p->conninfo) {
     pgb_close(p);
@@ -714,7 +740,7 @@ static int pgb_open(const pg_store_options *o, void **out, char *err, size_t err
     pgb_close(p);
     return PARLEY_EDB;
   }
-  if ((rc = migrate(p->rd, err, errlen)) != 0) {
+  if ((rc = ensure_schema(p->rd, err, errlen)) != 0 || (rc = migrate(p->rd, err, errlen)) != 0) {
     pgb_close(p);
     return rc;
   }
