@@ -371,8 +371,10 @@ static bool all_ready(fo_state *r) {
   for (int i = 0; i < r->sc->customers; i++) {
     parley_client *c = r->cs[i].c;
     if (parley_client_state(c) != PARLEY_CONN_READY) return false;
-    if (!r->sc->shared_store && strcmp(parley_client_url(c), r->urls[r->current]) != 0)
-      return false;
+    /* Everyone on the node about to die (alternating shape: the one up;
+     * shared shape: the next victim), so that the kill moves them all. */
+    int on = r->sc->shared_store ? (int)(r->k.kills % (uint64_t)r->sc->nodes) : r->current;
+    if (strcmp(parley_client_url(c), r->urls[on]) != 0) return false;
   }
   return true;
 }

@@ -8,8 +8,12 @@
  *   - one node up at a time (SQLite: two processes cannot share one file):
  *     the killed node's data directory is started again as the *other*
  *     node, on the other URL, so every reconnect is a move to the next URL;
- *   - all nodes up at once over one shared store (PostgreSQL): a killed
- *     node is restarted after a while, and clients meanwhile use the others.
+ *   - all nodes up at once over one shared store (PostgreSQL): the node
+ *     every client is on is killed, the clients move to the next node of
+ *     their list, and the node killed before is started again (empty
+ *     memory, same database) before the next kill. Clients are all on one
+ *     node at a time: delivery between nodes (a customer on one node, the
+ *     bot on another) is not part of these runs.
  *
  * The checker counts, per customer: sends not ACKed (lost), ACKed seqs not
  * increasing in send order (reordered), delivered seqs that are not
