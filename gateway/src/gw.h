@@ -182,6 +182,10 @@ typedef struct pg_conv {
   bool placing;            /* an epoch bump for a placement is in flight */
   uint64_t bot_wm;         /* the bot's commit watermark, applied (durable or not) */
   bool bot_wm_loaded;
+  /* A batch failed since the row was read: re-read it from the store
+   * before its next use, since another gateway node sharing the store
+   * (PostgreSQL) may have moved it on (the failure was its conflict). */
+  bool reload;
   /* The tail: the most recent events, seq-contiguous and ending at
    * row.last_seq, in a ring of tail_cap slots. */
   pg_tailev *tail;

@@ -40,8 +40,30 @@ static void recent_key(const char *sender, const uint8_t id[16], char out[RECENT
 
 static void tail_clear(pg_gateway *g, pg_conv *cv);
 
+/* Re-reads a conversation's row after a failed batch (pg_conv.reload):
+ * the published and applied rows become the stored one, and a tail that
+ * no longer ends at its last seq starts over. On a read error the flag
+ * stays and the next use tries again. */
+static void hot_reload(pg_gateway *g, pg_conv *cv) {
+  pg_store_conv fresh, row;
+  if (pg_store_conv_get(g->store, cv->pub.id, &fresh) != 0) return;
+  if (pg_store_conv_copy(&row, &fresh) != 0) {
+    pg_store_conv_clear(&fresh);
+    return;
+  }
+  row.last_seq = fresh.last_seq;
+  if (fresh.last_seq != cv->pub.last_seq) tail_clear(g, cv);
+  pg_store_conv_clear(&cv->pub);
+  pg_store_conv_clear(&cv->row);
+  cv->pub = fresh;
+  cv->row = row;
+  cv->bot_wm_loaded = false;
+  cv->reload = false;
+}
+
 pg_conv *pg_hot_conv(pg_gateway *g, const char *id, bool pending) {
   pg_conv *cv = gw_map_get(&g->convs, id);
+  if (cv && cv->exists && cv->reload) hot_reload(g, cv);
   if (cv) return cv->exists || pending ? cv : NULL;
   cv = calloc(1, sizeof *cv);
   if (!cv) return NULL;
@@ -352,6 +374,7 @@ void pg_hot_rollback(pg_gateway *g, uint64_t from_turn) {
     cv->row.last_seq = cv->pub.last_seq;
     cv->bot_wm_loaded = false;
     tail_truncate(g, cv, cv->pub.last_seq);
+    cv->reload = true;
   }
   for (size_t j = 0; j < n_gone; j++) {
     if (!gone[j]) continue;

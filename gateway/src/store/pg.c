@@ -304,7 +304,9 @@ static int classify(pgb *p, PGresult *r, const char *what) {
   bool conflict = state && (!strcmp(state, "40001") || !strcmp(state, "40P01") ||
                             !strcmp(state, "23505"));
   snprintf(head, sizeof head, "%s%s: ", conflict ? "conflict: " : "postgres: ", what);
-  copy_msg(p->werr, sizeof p->werr, head, PQerrorMessage(p->wr));
+  /* The primary message alone: one line, without "ERROR:" and context. */
+  const char *primary = r ? PQresultErrorField(r, PG_DIAG_MESSAGE_PRIMARY) : NULL;
+  copy_msg(p->werr, sizeof p->werr, head, primary ? primary : PQerrorMessage(p->wr));
   return conflict ? W_CONFLICT : W_FAIL;
 }
 

@@ -1,0 +1,249 @@
+/* Two gateway nodes over one PostgreSQL database, in this process (the
+ * gateway test harness, each node on its own thread and port, the same
+ * schema): what one node stored, the other one knows.
+ *
+ *   - a Send whose ACK was lost on node 1, resent to node 2: the same seq,
+ *     flagged duplicate, and the next message continues the numbering;
+ *   - node 1 writes again into the conversation node 2 moved on: its batch
+ *     conflicts, it re-reads the conversation, and the resend gets the next
+ *     free seq (no gap, no doubled seq);
+ *   - two devices on two nodes writing one conversation at once: every
+ *     send ACKed once, seqs gap-free, and every device reads the same log.
+ *
+ * Run through with_pg, which starts the server and sets PARLEY_TEST_PG_URL. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <libpq-fe.h>
+#include <uv.h>
+
+#include <parley/client.h>
+
+#include "gwharness.h"
+
+typedef struct two {
+  char *dir;
+  gwh *h1, *h2;
+} two;
+
+static int setup(void **state) {
+  if (!getenv("PARLEY_TEST_PG_URL")) {
+    fprintf(stderr, "test_pg_nodes: run it through with_pg (PARLEY_TEST_PG_URL is not set)\n");
+    return -1;
+  }
+  two *t = calloc(1, sizeof *t);
+  t->dir = gwh_tmpdir();
+  /* The same data_dir: the harness derives the PostgreSQL schema from it,
+   * so both nodes share one log. */
+  t->h1 = gwh_start(t->dir, NULL, NULL);
+  t->h2 = gwh_start(t->dir, NULL, NULL);
+  if (!t->h1 || !t->h2) return -1;
+  *state = t;
+  return 0;
+}
+
+static int teardown(void **state) {
+  two *t = *state;
+  gwh_stop(t->h1);
+  gwh_stop(t->h2);
+  gwh_rmdir(t->dir);
+  free(t);
+  return 0;
+}
+
+static uint64_t send_acked(wsc *c, const char *conv, uint32_t id, const char *text,
+                           bool *dup, int timeout_ms) {
+  /* Resend after each ack_timeout-like pause, as a client does. */
+  for (int waited = 0; waited < timeout_ms; waited += 500) {
+    assert_int_equal(gwh_send_text(c, conv, id, text, 0), 0);
+    pw_frame *a = gwh_wait_ack(c, id, 500);
+    if (!a) continue;
+    uint64_t seq = a->send_ack->error ? 0 : a->send_ack->seq;
+    if (dup) *dup = a->send_ack->duplicate;
+    int err = a->send_ack->error;
+    pw_frame_free(a);
+    if (!err) return seq;
+  }
+  return 0;
+}
+
+static void test_resend_to_other_node(void **state) {
+  two *t = *state;
+  wsc *a = gwh_login(t->h1, "carol", R_CUSTOMER, "carol-token", "phone", NULL, NULL);
+  wsc *b = gwh_login(t->h2, "carol", R_CUSTOMER, "carol-token", "tablet", NULL, NULL);
+  assert_non_null(a);
+  assert_non_null(b);
+  bool dup = true;
+  uint64_t s1 = send_acked(a, "c-x", 7, "hello", &dup, 5000);
+  assert_int_not_equal(s1, 0);
+  assert_false(dup);
+  /* The ACK "was lost": the same id goes to node 2. */
+  uint64_t s2 = send_acked(b, "c-x", 7, "hello", &dup, 5000);
+  assert_int_equal(s2, s1);
+  assert_true(dup);
+  /* Node 2 continues the numbering. */
+  uint64_t s3 = send_acked(b, "c-x", 8, "next", &dup, 5000);
+  assert_int_equal(s3, s1 + 1);
+  assert_false(dup);
+  /* Node 1 still believes the conversation ends at s1: its write
+   * conflicts, it re-reads, and the resend lands at s3 + 1. */
+  uint64_t s4 = send_acked(a, "c-x", 9, "again", &dup, 10000);
+  assert_int_equal(s4, s3 + 1);
+  assert_false(dup);
+  wsc_close(a, 1000);
+  wsc_close(b, 1000);
+}
+
+/* ---------------------------------------- two devices, two nodes, at once */
+
+#define BOTH_MSGS 40
+
+typedef struct dev {
+  parley_client *c;
+  int next, results, acked;
+  uint64_t seqs[BOTH_MSGS];
+  uint64_t last_delivered;
+  int out_of_order;
+  bool closed;
+} dev;
+
+static int open_devs;
+
+static void d_send(dev *d) {
+  while (d->next < BOTH_MSGS && d->next - d->results < 4) {
+    char text[32];
+    snprintf(text, sizeof text, "m%d", d->next);
+    parley_content ct = {.kind = PARLEY_CONTENT_TEXT, .text = text};
+    if (parley_client_send(d->c, "c-both", &ct, NULL, NULL, 0, (void *)(intptr_t)d->next))
+      return;
+    d->next++;
+  }
+}
+
+static void d_result(parley_client *c, const parley_send_result *r, void *sud, void *ud) {
+  (void)c;
+  dev *d = ud;
+  d->results++;
+  if (r->status == 0) {
+    d->seqs[(intptr_t)sud] = r->seq;
+    d->acked++;
+  }
+  d_send(d);
+  if (d->results == BOTH_MSGS) parley_client_stop(d->c, 500);
+}
+
+static void d_event(parley_client *c, const parley_event *ev, void *ud) {
+  (void)c;
+  dev *d = ud;
+  if (strcmp(ev->conversation, "c-both")) return;
+  if (ev->seq != d->last_delivered + 1) d->out_of_order++;
+  d->last_delivered = ev->seq;
+}
+
+static void d_state(parley_client *c, parley_conn_state st, int status, void *ud) {
+  (void)c;
+  (void)status;
+  dev *d = ud;
+  if (st == PARLEY_CONN_READY) d_send(d);
+  if (st == PARLEY_CONN_CLOSED && !d->closed) {
+    d->closed = true;
+    open_devs--;
+  }
+}
+
+static long long pg_count(const char *dir, const char *sql) {
+  unsigned long hsh = 5381;
+  for (const char *p = dir; *p; p++) hsh = hsh * 33 + (unsigned char)*p;
+  char ci[512];
+  snprintf(ci, sizeof ci, "%s options='-csearch_path=gwh_%lx'", getenv("PARLEY_TEST_PG_URL"),
+           hsh);
+  PGconn *c = PQconnectdb(ci);
+  long long v = -1;
+  PGresult *r = PQexec(c, sql);
+  if (PQresultStatus(r) == PGRES_TUPLES_OK) v = atoll(PQgetvalue(r, 0, 0));
+  else fprintf(stderr, "%s: %s", sql, PQerrorMessage(c));
+  PQclear(r);
+  PQfinish(c);
+  return v;
+}
+
+static void test_two_devices_two_nodes(void **state) {
+  two *t = *state;
+  uv_loop_t loop;
+  uv_loop_init(&loop);
+  dev d[2];
+  memset(d, 0, sizeof d);
+  /* The customer opens the conversation on node 1 first. */
+  wsc *a = gwh_login(t->h1, "carol", R_CUSTOMER, "carol-token", "phone", NULL, NULL);
+  bool dup;
+  assert_int_not_equal(send_acked(a, "c-both", 1, "start", &dup, 5000), 0);
+  wsc_close(a, 1000);
+  for (int i = 0; i < 2; i++) {
+    char url[64];
+    snprintf(url, sizeof url, "ws://127.0.0.1:%d/", gwh_port(i ? t->h2 : t->h1));
+    parley_client_options o = PARLEY_CLIENT_OPTIONS_INIT;
+    o.url = url;
+    o.principal = "carol";
+    o.token = "carol-token";
+    o.device = i ? "tablet" : "laptop";
+    o.role = PARLEY_ROLE_CUSTOMER;
+    o.loop = &loop;
+    o.cb.on_send_result = d_result;
+    o.cb.on_event = d_event;
+    o.cb.on_state = d_state;
+    o.user_data = &d[i];
+    o.tuning.ack_timeout_ms = 400;
+    o.tuning.retry_max_ms = 800;
+    o.tuning.max_attempts = 1000;
+    o.tuning.gap_timeout_ms = 50;
+    assert_int_equal(parley_client_new(&o, &d[i].c), 0);
+    assert_int_equal(parley_client_start(d[i].c), 0);
+    open_devs++;
+  }
+  uv_run(&loop, UV_RUN_DEFAULT);
+  for (int i = 0; i < 2; i++) parley_client_free(d[i].c);
+  uv_run(&loop, UV_RUN_DEFAULT);
+  uv_loop_close(&loop);
+  assert_int_equal(open_devs, 0);
+
+  /* Every send ACKed once, at a seq no other send got. */
+  uint64_t all[2 * BOTH_MSGS];
+  int n = 0;
+  for (int i = 0; i < 2; i++) {
+    assert_int_equal(d[i].acked, BOTH_MSGS);
+    for (int m = 0; m < BOTH_MSGS; m++) {
+      if (m) assert_true(d[i].seqs[m] > d[i].seqs[m - 1]); /* in send order */
+      all[n++] = d[i].seqs[m];
+    }
+    /* What each device was handed is the log's order: 1, 2, 3, ... */
+    assert_int_equal(d[i].out_of_order, 0);
+  }
+  for (int x = 0; x < n; x++)
+    for (int y = x + 1; y < n; y++) assert_true(all[x] != all[y]);
+  /* The log: gap-free, each message once. */
+  long long cnt = pg_count(t->dir, "SELECT count(*) FROM parley_events WHERE conv='c-both'");
+  long long mx = pg_count(t->dir, "SELECT max(seq) FROM parley_events WHERE conv='c-both'");
+  assert_int_equal(cnt, mx);
+  assert_true(cnt >= 2 * BOTH_MSGS + 1);
+  assert_int_equal(pg_count(t->dir, "SELECT count(*) FROM parley_events WHERE conv='c-both' "
+                                    "AND msg_id IS NOT NULL"),
+                   2 * BOTH_MSGS + 1);
+  printf("two devices on two nodes: %d sends, log 1..%lld gap-free; devices were handed "
+         "%llu and %llu events in order\n",
+         n, mx, (unsigned long long)d[0].last_delivered, (unsigned long long)d[1].last_delivered);
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_resend_to_other_node),
+      cmocka_unit_test(test_two_devices_two_nodes),
+  };
+  return cmocka_run_group_tests(tests, setup, teardown);
+}
