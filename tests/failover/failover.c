@@ -374,7 +374,7 @@ static bool all_ready(fo_state *r) {
     /* Everyone on the node about to die (alternating shape: the one up;
      * shared shape: the next victim), so that the kill moves them all. */
     int on = r->sc->shared_store ? (int)(r->k.kills % (uint64_t)r->sc->nodes) : r->current;
-    if (strcmp(parley_client_url(c), r->urls[on]) != 0) return false;
+    if (!r->sc->fault && strcmp(parley_client_url(c), r->urls[on]) != 0) return false;
   }
   return true;
 }
@@ -384,6 +384,11 @@ static bool all_ready(fo_state *r) {
  * before comes back and the next one dies. */
 static void kill_one(fo_state *r) {
   int n = r->sc->nodes;
+  if (r->sc->fault) {
+    r->sc->fault(r->sc->ud);
+    r->k.kills++;
+    return;
+  }
   if (!r->sc->shared_store) {
     int next = (r->current + 1) % n;
     node_kill9(r, r->current);

@@ -38,7 +38,10 @@ typedef struct fo_scenario {
   void *ud;
   int customers;
   int msgs;              /* per customer */
-  int kills;             /* SIGKILLs of a node during the run */
+  int kills;             /* SIGKILLs of a node during the run (or faults, below) */
+  /* When set, each "kill" calls this instead (for example a restart of
+   * the database) and no node is killed. */
+  void (*fault)(void *ud);
   int deadline_s;
 } fo_scenario;
 

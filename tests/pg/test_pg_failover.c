@@ -9,7 +9,11 @@
  * lost, duplicated, reordered and gapped events and missing replies: all
  * must be 0, and every node must have served.
  *
- * PG_FAILOVER_KILLS and PG_FAILOVER_MSGS size the run. */
+ * A second run restarts the database itself with pg_ctl stop -m immediate
+ * during traffic (PG_DB_RESTARTS times): the gateways keep their batches,
+ * reconnect and write them, and nothing ACKed is lost.
+ *
+ * PG_FAILOVER_KILLS, PG_DB_RESTARTS and PG_FAILOVER_MSGS size the runs. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -19,6 +23,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <libpq-fe.h>
 
@@ -27,6 +32,9 @@
 
 #ifndef PG_FAILOVER_KILLS
 #define PG_FAILOVER_KILLS 4
+#endif
+#ifndef PG_DB_RESTARTS
+#define PG_DB_RESTARTS 2
 #endif
 #ifndef PG_FAILOVER_MSGS
 #define PG_FAILOVER_MSGS 60
@@ -51,6 +59,19 @@ static const char *pg_yaml(int node, void *ud) {
   return yaml_buf;
 }
 
+/* The customers' events in the database: messages, echoes, openings. */
+static long long stored_events(const char *url) {
+  PGconn *c = PQconnectdb(url);
+  long long stored = -1;
+  if (PQstatus(c) == CONNECTION_OK) {
+    PGresult *r = PQexec(c, "SELECT count(*) FROM parley_events WHERE conv LIKE 'fo-%'");
+    if (PQresultStatus(r) == PGRES_TUPLES_OK) stored = atoll(PQgetvalue(r, 0, 0));
+    PQclear(r);
+  }
+  PQfinish(c);
+  return stored;
+}
+
 static void test_three_nodes_kill9(void **unused) {
   (void)unused;
   pgs s;
@@ -72,14 +93,7 @@ static void test_three_nodes_kill9(void **unused) {
   int rc = fo_run(&sc, &k);
   fo_print(&sc, &k);
   /* The log is in PostgreSQL: every customer's message and its echo. */
-  PGconn *c = PQconnectdb(url);
-  long long stored = -1;
-  if (PQstatus(c) == CONNECTION_OK) {
-    PGresult *r = PQexec(c, "SELECT count(*) FROM parley_events WHERE conv LIKE 'fo-%'");
-    if (PQresultStatus(r) == PGRES_TUPLES_OK) stored = atoll(PQgetvalue(r, 0, 0));
-    PQclear(r);
-  }
-  PQfinish(c);
+  long long stored = stored_events(url);
   pgs_stop(&s);
   printf("events stored in PostgreSQL: %lld\n", stored);
   assert_int_equal(rc, 0);
@@ -94,9 +108,64 @@ static void test_three_nodes_kill9(void **unused) {
   assert_true(stored >= 2LL * sc.customers * PG_FAILOVER_MSGS);
 }
 
+typedef struct db_fault {
+  pgs *server;
+  char url[256];
+  int restarts_ok;
+} db_fault;
+
+static const char *pg_yaml_db(int node, void *ud) { return pg_yaml(node, ((db_fault *)ud)->url); }
+
+/* The database crashes (no shutdown checkpoint) and is back a moment
+ * later; the gateways keep their batches and write them again. */
+static void restart_db(void *ud) {
+  db_fault *f = ud;
+  if (pgs_stop_mode(f->server, "immediate") != 0) return;
+  struct timespec ts = {0, 700 * 1000 * 1000};
+  nanosleep(&ts, NULL);
+  if (pgs_resume(f->server) == 0) f->restarts_ok++;
+}
+
+static void test_database_restart(void **unused) {
+  (void)unused;
+  pgs s;
+  assert_int_equal(pgs_start(&s, "parley"), 0);
+  db_fault f = {.server = &s};
+  pgs_conninfo(&s, f.url, sizeof f.url);
+  fo_scenario sc = {
+      .name = "postgres_restart_immediate",
+      .nodes = 2,
+      .shared_store = true,
+      .yaml = pg_yaml_db,
+      .ud = &f,
+      .customers = 3,
+      .msgs = PG_FAILOVER_MSGS,
+      .kills = PG_DB_RESTARTS,
+      .fault = restart_db,
+      .deadline_s = 150,
+  };
+  fo_counts k;
+  int rc = fo_run(&sc, &k);
+  fo_print(&sc, &k);
+  long long stored = stored_events(f.url);
+  pgs_stop(&s);
+  printf("events stored in PostgreSQL: %lld\n", stored);
+  assert_int_equal(rc, 0);
+  assert_int_equal(f.restarts_ok, PG_DB_RESTARTS);
+  /* Everything ACKed is in the database after its crashes. */
+  assert_true(stored >= 2LL * sc.customers * PG_FAILOVER_MSGS);
+  assert_int_equal(k.acked, (uint64_t)sc.customers * PG_FAILOVER_MSGS);
+  assert_int_equal(k.lost, 0);
+  assert_int_equal(k.duplicated, 0);
+  assert_int_equal(k.reordered, 0);
+  assert_int_equal(k.gapped, 0);
+  assert_int_equal(k.replies_missing, 0);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_three_nodes_kill9),
+      cmocka_unit_test(test_database_restart),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
