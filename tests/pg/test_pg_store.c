@@ -34,6 +34,7 @@
 #include <parley/error.h>
 
 #include "pgserver.h"
+#include "store/pg_schema.h"
 #include "store/store.h"
 
 static pgs server;
@@ -98,6 +99,21 @@ static void msgid(uint8_t id[16], uint32_t node_no, uint32_t k) {
   id[15] = 0xAB;
 }
 
+typedef struct node3 {
+  int status[3];
+  char why[3][200];
+  int n;
+} node3;
+
+static void on_done3(void *ud, int status, const char *why) {
+  node3 *t = ud;
+  if (t->n < 3) {
+    t->status[t->n] = status;
+    snprintf(t->why[t->n], sizeof t->why[t->n], "%s", why ? why : "");
+  }
+  t->n++;
+}
+
 static void add_event(pg_store_batch *b, const char *conv, uint64_t seq, const char *sender,
                       const uint8_t *id, const uint8_t *blob, size_t len) {
   pg_store_event e = {.conv = conv, .seq = seq, .blob = blob, .len = len, .sender = sender};
@@ -144,13 +160,28 @@ static void test_schema_versions(void **unused) {
   assert_int_equal(node_open(&n, url, err, sizeof err), 0);
   node_close(&n);
   PGconn *a = admin(url);
-  assert_int_equal(scalar(a, "SELECT count(*) FROM parley_schema"), 1);
-  assert_int_equal(scalar(a, "SELECT max(version) FROM parley_schema"), 1);
+  assert_int_equal(scalar(a, "SELECT count(*) FROM parley_schema"), 2);
+  assert_int_equal(scalar(a, "SELECT max(version) FROM parley_schema"), 2);
   /* A schema a newer gateway migrated is refused with a clear message. */
   PQclear(PQexec(a, "INSERT INTO parley_schema(version) VALUES (99)"));
   err[0] = 0;
   assert_int_equal(node_open(&n, url, err, sizeof err), PARLEY_EDB);
-  assert_non_null(strstr(err, "version 99, newer than this gateway knows (1)"));
+  assert_non_null(strstr(err, "version 99, newer than this gateway knows (2)"));
+  PQfinish(a);
+
+  /* A database at version 1 is migrated to the current version. */
+  fresh_db(url, sizeof url);
+  a = admin(url);
+  PQclear(PQexec(a, "CREATE TABLE parley_schema (version integer PRIMARY KEY, "
+                    "applied_at timestamptz NOT NULL DEFAULT now())"));
+  PGresult *r = PQexec(a, pgb_migrations[1]);
+  assert_int_equal(PQresultStatus(r), PGRES_COMMAND_OK);
+  PQclear(r);
+  PQclear(PQexec(a, "INSERT INTO parley_schema(version) VALUES (1)"));
+  assert_int_equal(node_open(&n, url, err, sizeof err), 0);
+  node_close(&n);
+  assert_int_equal(scalar(a, "SELECT max(version) FROM parley_schema"), PGB_SCHEMA_VERSION);
+  assert_int_equal(scalar(a, "SELECT count(*) FROM pg_proc WHERE proname = 'parley_conv_put'"), 1);
   PQfinish(a);
 
   /* Unparsable connection strings and missing URLs are configuration errors. */
@@ -259,10 +290,39 @@ static void test_send_dup_commit_resume(void **unused) {
   assert_int_equal(got.last_seq, 3);
   pg_store_conv_clear(&got);
 
+  /* Three batches in a row, the middle one conflicting: whether the
+   * writer takes them together or one by one, the first commits, the
+   * second fails alone and the third fails as built on it. */
+  node3 three = {0};
+  b = pg_store_batch_new();
+  add_event(b, "c1", 4, "carol", other, blob[0], 4);
+  assert_int_equal(pg_store_submit(n.st, b, on_done3, &three), 0);
+  b = pg_store_batch_new();
+  add_event(b, "c1", 5, "carol", id[0], blob[0], 4); /* id[0] is stored at seq 1 */
+  assert_int_equal(pg_store_submit(n.st, b, on_done3, &three), 0);
+  b = pg_store_batch_new();
+  uint8_t id6[16];
+  msgid(id6, 1, 6);
+  add_event(b, "c1", 6, "carol", id6, blob[0], 4);
+  assert_int_equal(pg_store_submit(n.st, b, on_done3, &three), 0);
+  pg_store_drain(n.st);
+  assert_int_equal(three.n, 3);
+  assert_int_equal(three.status[0], 0);
+  assert_int_equal(three.status[1], PARLEY_EDB);
+  assert_non_null(strstr(three.why[1], "conflict"));
+  assert_int_equal(three.status[2], PARLEY_EDB);
+  assert_string_equal(three.why[2], "an earlier batch failed");
+  pg_store_reset(n.st);
+  assert_int_equal(pg_store_conv_get(n.st, "c1", &got), 0);
+  assert_int_equal(got.last_seq, 4);
+  pg_store_conv_clear(&got);
+
   /* Commit: the conversation row, state and the bot's watermark at once,
    * with the reply. */
   b = pg_store_batch_new();
-  add_event(b, "c1", 4, "faqbot", other, blob[0], 4);
+  uint8_t reply[16];
+  msgid(reply, 2, 1);
+  add_event(b, "c1", 5, "faqbot", reply, blob[0], 4);
   c = conv_row("c1", 1, 1);
   c.tags = "billing\nvip";
   assert_int_equal(pg_store_batch_conv(b, &c, 0), 0);
@@ -273,7 +333,7 @@ static void test_send_dup_commit_resume(void **unused) {
   assert_int_equal(pg_store_conv_get(n.st, "c1", &got), 0);
   assert_int_equal(got.state_version, 1);
   assert_string_equal(got.tags, "billing\nvip");
-  assert_int_equal(got.last_seq, 4);
+  assert_int_equal(got.last_seq, 5);
   pg_store_conv_clear(&got);
   kv s = {0};
   assert_int_equal(pg_store_state_each(n.st, "c1", collect_state, &s), 0);
@@ -312,9 +372,9 @@ static void test_send_dup_commit_resume(void **unused) {
   /* Resume: the range above a watermark, in order, blobs intact. */
   collected col = {0};
   assert_int_equal(pg_store_events(n.st, "c1", 3, 0, 10, collect, &col), 0);
-  assert_int_equal(col.n, 2);
+  assert_int_equal(col.n, 3);
   assert_int_equal(col.seqs[0], 3);
-  assert_int_equal(col.seqs[1], 4);
+  assert_int_equal(col.seqs[2], 5);
   assert_int_equal(col.lens[0], 40);
   assert_int_equal(col.first_byte[0], 0x12);
   memset(&col, 0, sizeof col);

@@ -69,6 +69,11 @@ typedef struct qitem {
   pg_store_batch *b;
 } qitem;
 
+typedef struct pend {
+  int batch; /* index in the group; -1 for the COMMIT */
+  int stmt;
+} pend;
+
 typedef struct pgb {
   char *conninfo;
   int durability;
@@ -83,6 +88,14 @@ typedef struct pgb {
   qitem *head, *tail;
   bool busy, stop;
   bool merge;  /* several waiting batches may share one transaction */
+
+  /* Writer thread: the statements on the pipeline whose answers are not
+   * read yet, and the first batch whose statement failed (-1: none). */
+  pend *pend;
+  size_t n_pend, cap_pend;
+  int cur_batch;
+  int first_fail;
+  bool commit_pending; /* the last pending statement is the COMMIT */
 } pgb;
 
 static uint64_t now_us(void) {
@@ -267,26 +280,48 @@ static PGresult *run(PGconn *c, const char *sql, const params *p, int result_fmt
 
 /* ------------------------------------------------------------ writes */
 
-static const char SQL_CONV_INS[] =
-    "INSERT INTO parley_conversations(id,customer,assignee,bot,locale,queue,note,tags,status,"
-    "epoch,state_version,queued_ms) VALUES($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12)";
-/* The fence: a node never moves a conversation's epoch or state version
- * back. */
-static const char SQL_CONV_UPD[] =
-    "UPDATE parley_conversations SET customer=$2,assignee=$3,bot=$4,locale=$5,queue=$6,note=$7,"
-    "tags=$8,status=$9,epoch=$10,state_version=$11,queued_ms=$12 "
-    "WHERE id=$1 AND epoch<=$10 AND state_version<=$11";
-static const char SQL_ADVANCE[] = "SELECT parley_advance($1,$2,$3)";
-static const char SQL_EV_PUT[] =
-    "INSERT INTO parley_events(conv,seq,blob,sender,msg_id) VALUES($1,$2,$3,$4,$5)";
-static const char SQL_STATE_SET[] =
-    "INSERT INTO parley_state(conv,key,val) VALUES($1,$2,$3) "
-    "ON CONFLICT(conv,key) DO UPDATE SET val=excluded.val";
-static const char SQL_STATE_DEL[] = "DELETE FROM parley_state WHERE conv=$1 AND key=$2";
-static const char SQL_WM_SET[] =
-    "INSERT INTO parley_watermarks(principal,device,conv,acked) VALUES($1,$2,$3,$4) "
-    "ON CONFLICT(principal,device,conv) DO UPDATE SET acked=excluded.acked "
-    "WHERE parley_watermarks.acked<excluded.acked";
+/* The writer's statements, prepared once per connection. */
+enum { S_CONV_INS, S_CONV_PUT, S_ADVANCE, S_EV_PUT, S_STATE_SET, S_STATE_DEL, S_WM_SET, S_COUNT };
+
+static const struct {
+  const char *name, *what, *sql;
+} stmts[S_COUNT] = {
+    [S_CONV_INS] = {"parley_conv_ins", "new conversation",
+                    "INSERT INTO parley_conversations(id,customer,assignee,bot,locale,queue,note,"
+                    "tags,status,epoch,state_version,queued_ms) "
+                    "VALUES($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12)"},
+    /* parley_conv_put fails unless the row exists with an epoch and state
+     * version not above the new ones: a node never moves them back. */
+    [S_CONV_PUT] = {"parley_conv_put", "conversation",
+                    "SELECT parley_conv_put($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12)"},
+    [S_ADVANCE] = {"parley_advance", "seq", "SELECT parley_advance($1,$2,$3)"},
+    [S_EV_PUT] = {"parley_ev_put", "event",
+                  "INSERT INTO parley_events(conv,seq,blob,sender,msg_id) VALUES($1,$2,$3,$4,$5)"},
+    [S_STATE_SET] = {"parley_state_set", "state",
+                     "INSERT INTO parley_state(conv,key,val) VALUES($1,$2,$3) "
+                     "ON CONFLICT(conv,key) DO UPDATE SET val=excluded.val"},
+    [S_STATE_DEL] = {"parley_state_del", "state",
+                     "DELETE FROM parley_state WHERE conv=$1 AND key=$2"},
+    [S_WM_SET] = {"parley_wm_set", "watermark",
+                  "INSERT INTO parley_watermarks(principal,device,conv,acked) VALUES($1,$2,$3,$4) "
+                  "ON CONFLICT(principal,device,conv) DO UPDATE SET acked=excluded.acked "
+                  "WHERE parley_watermarks.acked<excluded.acked"},
+};
+
+/* Statements sent in one pipeline chunk before their answers are read:
+ * bounds what waits in the socket buffers both ways. */
+#define PGB_CHUNK 256
+
+static bool prepare_writer(PGconn *c, char *err, size_t errlen) {
+  for (int i = 0; i < S_COUNT; i++) {
+    PGresult *r = PQprepare(c, stmts[i].name, stmts[i].sql, 0, NULL);
+    bool ok = PQresultStatus(r) == PGRES_COMMAND_OK;
+    if (!ok) copy_msg(err, errlen, "postgres: prepare: ", PQerrorMessage(c));
+    PQclear(r);
+    if (!ok) return false;
+  }
+  return true;
+}
 
 /* Outcome of one statement of a batch. */
 enum { W_OK = 0, W_CONFLICT = 1, W_FAIL = 2, W_LOST = 3 };
@@ -310,17 +345,32 @@ static int classify(pgb *p, PGresult *r, const char *what) {
   return conflict ? W_CONFLICT : W_FAIL;
 }
 
-static int step(pgb *p, const char *sql, const params *ps, const char *what,
-                int *rows_out) {
-  PGresult *r = run(p->wr, sql, ps, 0);
-  ExecStatusType s = PQresultStatus(r);
-  int out = W_OK;
-  if (s != PGRES_COMMAND_OK && s != PGRES_TUPLES_OK)
-    out = classify(p, r, what);
-  else if (rows_out)
-    *rows_out = atoi(PQcmdTuples(r));
-  PQclear(r);
-  return out;
+static int flush_chunk(pgb *p);
+
+/* Room for one more pending statement. */
+static bool pend_room(pgb *p) {
+  if (p->n_pend < p->cap_pend) return true;
+  size_t nc = p->cap_pend ? p->cap_pend * 2 : 64;
+  pend *t = realloc(p->pend, nc * sizeof *t);
+  if (!t) {
+    snprintf(p->werr, sizeof p->werr, "postgres: out of memory");
+    return false;
+  }
+  p->pend = t;
+  p->cap_pend = nc;
+  return true;
+}
+
+/* Queues one statement of the batch p->cur_batch on the pipeline. */
+static int step(pgb *p, int stmt, const params *ps) {
+  if (!pend_room(p)) return W_FAIL;
+  if (!PQsendQueryPrepared(p->wr, stmts[stmt].name, ps->n, ps->v, ps->len, ps->fmt, 0))
+    return classify(p, NULL, stmts[stmt].what);
+  p->pend[p->n_pend].batch = p->cur_batch;
+  p->pend[p->n_pend].stmt = stmt;
+  p->n_pend++;
+  if (p->n_pend >= PGB_CHUNK) return flush_chunk(p);
+  return W_OK;
 }
 
 static void conv_params(params *ps, const pg_store_conv *c) {
@@ -364,7 +414,9 @@ static touch *find_touch(touch *t, size_t n, const char *id) {
   return NULL;
 }
 
-/* The statements of one batch, inside the caller's transaction.
+/* Queues the statements of one batch on the pipeline, inside the
+ * caller's transaction. A failure found here (a bad batch, a chunk whose
+ * answers showed an error, a lost connection) stops the queueing.
  * Conversation rows are locked in id order and watermarks written in key
  * order, so that two nodes' transactions cannot deadlock on each other. */
 static int apply_batch(pgb *p, const pg_store_batch *b) {
@@ -404,25 +456,16 @@ static int apply_batch(pgb *p, const pg_store_batch *b) {
 
   for (size_t i = 0; !rc && i < nt; i++) {
     params ps = {0};
-    if (t[i].rec && (t[i].rec->flags & PG_STORE_CONV_NEW)) {
+    if (t[i].rec) {
       conv_params(&ps, &t[i].rec->c);
-      rc = step(p, SQL_CONV_INS, &ps, "new conversation", NULL);
-    } else if (t[i].rec) {
-      int rows = 0;
-      conv_params(&ps, &t[i].rec->c);
-      rc = step(p, SQL_CONV_UPD, &ps, "conversation", &rows);
-      if (!rc && rows != 1) {
-        snprintf(p->werr, sizeof p->werr,
-                 "conflict: conversation %s is missing or newer in the database", t[i].id);
-        rc = W_CONFLICT;
-      }
+      rc = step(p, (t[i].rec->flags & PG_STORE_CONV_NEW) ? S_CONV_INS : S_CONV_PUT, &ps);
     }
     if (!rc && t[i].first) {
       params pa = {0};
       p_text(&pa, t[i].id);
       p_u64(&pa, t[i].first);
       p_u64(&pa, t[i].last);
-      rc = step(p, SQL_ADVANCE, &pa, "seq", NULL);
+      rc = step(p, S_ADVANCE, &pa);
     }
   }
   for (size_t i = 0; !rc && i < v.n_events; i++) {
@@ -438,7 +481,7 @@ static int apply_batch(pgb *p, const pg_store_batch *b) {
       p_null(&ps);
       p_null(&ps);
     }
-    rc = step(p, SQL_EV_PUT, &ps, "event", NULL);
+    rc = step(p, S_EV_PUT, &ps);
   }
   for (size_t i = 0; !rc && i < v.n_state; i++) {
     const pg_store_state_rec *s = &v.state[i];
@@ -446,10 +489,10 @@ static int apply_batch(pgb *p, const pg_store_batch *b) {
     p_text(&ps, s->conv);
     p_text(&ps, s->key);
     if (s->deleted) {
-      rc = step(p, SQL_STATE_DEL, &ps, "state", NULL);
+      rc = step(p, S_STATE_DEL, &ps);
     } else {
       p_bin(&ps, s->val, s->len);
-      rc = step(p, SQL_STATE_SET, &ps, "state", NULL);
+      rc = step(p, S_STATE_SET, &ps);
     }
   }
   const pg_store_wm_rec **wm = NULL;
@@ -469,7 +512,7 @@ static int apply_batch(pgb *p, const pg_store_batch *b) {
     p_text(&ps, wm[i]->device);
     p_text(&ps, wm[i]->conv);
     p_u64(&ps, wm[i]->acked);
-    rc = step(p, SQL_WM_SET, &ps, "watermark", NULL);
+    rc = step(p, S_WM_SET, &ps);
   }
   free(wm);
   free(t);
@@ -484,7 +527,7 @@ static bool writer_reconnect(pgb *p, uint64_t deadline_us) {
     if (p->wr) PQfinish(p->wr);
     char e[400];
     p->wr = connect_db(p, e, sizeof e);
-    if (p->wr) return true;
+    if (p->wr && prepare_writer(p->wr, e, sizeof e)) return true;
     snprintf(p->werr, sizeof p->werr, "%s", e);
     pthread_mutex_lock(&p->mu);
     bool stop = p->stop;
@@ -505,65 +548,123 @@ typedef struct group {
 
 static bool conn_lost(pgb *p) { return PQstatus(p->wr) != CONNECTION_OK; }
 
-/* BEGIN, and the transaction's id in the same round trip, so that a
- * COMMIT whose answer was lost can be looked up (txid_status) instead of
- * run twice. */
-static int begin_tx(pgb *p, group *g) {
-  PGresult *r = PQexec(p->wr, "BEGIN; SELECT txid_current()");
+/* Sends a Sync and reads the answers of every pending statement. The
+ * first error names the batch that failed (p->first_fail, the error in
+ * p->werr); the statements after it in the chunk come back aborted. */
+static int flush_chunk(pgb *p) {
+  if (!PQpipelineSync(p->wr)) return classify(p, NULL, "sync");
+  size_t q = 0;
   int rc = W_OK;
-  if (PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) == 1)
-    snprintf(g->xid, sizeof g->xid, "%s", PQgetvalue(r, 0, 0));
-  else
-    rc = classify(p, r, "begin");
-  PQclear(r);
+  for (;;) {
+    PGresult *r = PQgetResult(p->wr);
+    if (!r) {
+      /* The end of one statement's answers. */
+      if (conn_lost(p)) return classify(p, NULL, "pipeline");
+      if (++q > p->n_pend + 1) {
+        snprintf(p->werr, sizeof p->werr, "postgres: pipeline out of step");
+        return W_LOST; /* a fresh connection sorts it out */
+      }
+      continue;
+    }
+    ExecStatusType st = PQresultStatus(r);
+    if (st == PGRES_PIPELINE_SYNC) {
+      PQclear(r);
+      break;
+    }
+    if (st == PGRES_FATAL_ERROR && p->first_fail < 0 && q < p->n_pend) {
+      const pend *e = &p->pend[q];
+      int c = classify(p, r, e->batch < 0 ? "commit" : stmts[e->stmt].what);
+      if (c == W_LOST) rc = W_LOST;
+      /* A failed COMMIT fails the whole group. */
+      p->first_fail = e->batch < 0 ? 0 : e->batch;
+    }
+    PQclear(r);
+  }
+  p->n_pend = 0;
   return rc;
 }
 
-/* Commits the batches of one wake-up in one transaction, each behind a
- * savepoint when there are several, so that a conflicting batch fails
- * alone (the ones after it fail as poisoned, store.h) and the ones before
- * it still commit. Returns W_LOST when the connection broke: the caller
+/* One attempt at the first `limit` batches of list in one transaction:
+ * BEGIN and the transaction id in one round trip, then every statement
+ * and the COMMIT on libpq's pipeline (a round trip per chunk instead of
+ * one per statement). Returns limit when they committed, the index of the
+ * batch that failed (everything rolled back), or -1 when the connection
+ * broke. */
+static int run_pipeline(pgb *p, qitem *list, int limit, group *g) {
+  g->xid[0] = 0;
+  g->commit_sent = false;
+  p->n_pend = 0;
+  p->first_fail = -1;
+  PGresult *r = PQexec(p->wr, "BEGIN; SELECT txid_current()");
+  bool began = PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) == 1;
+  if (began) snprintf(g->xid, sizeof g->xid, "%s", PQgetvalue(r, 0, 0));
+  else if (classify(p, r, "begin") == W_LOST) began = false;
+  PQclear(r);
+  if (!began) {
+    char e[64];
+    if (conn_lost(p)) return -1;
+    exec_ok(p->wr, "ROLLBACK", e, sizeof e);
+    return 0;
+  }
+  if (!PQenterPipelineMode(p->wr)) {
+    copy_msg(p->werr, sizeof p->werr, "postgres: pipeline: ", PQerrorMessage(p->wr));
+    return conn_lost(p) ? -1 : 0;
+  }
+  int rc = W_OK, i = 0;
+  for (qitem *it = list; i < limit && !rc && p->first_fail < 0; it = it->next, i++) {
+    p->cur_batch = i;
+    rc = apply_batch(p, it->b);
+    if (rc && rc != W_LOST && p->first_fail < 0) p->first_fail = i;
+  }
+  if (rc != W_LOST && p->first_fail < 0) {
+    if (!pend_room(p)) {
+      p->first_fail = 0;
+    } else if (PQsendQueryParams(p->wr, "COMMIT", 0, NULL, NULL, NULL, NULL, 0)) {
+      p->pend[p->n_pend].batch = -1;
+      p->pend[p->n_pend].stmt = 0;
+      p->n_pend++;
+      g->commit_sent = true;
+    } else {
+      rc = classify(p, NULL, "commit");
+    }
+  }
+  if (rc != W_LOST) rc = flush_chunk(p);
+  if (rc == W_LOST || conn_lost(p)) return -1;
+  PQexitPipelineMode(p->wr);
+  if (p->first_fail >= 0) {
+    char e[64];
+    /* The transaction is left aborted (or, after a failed COMMIT, gone). */
+    exec_ok(p->wr, "ROLLBACK", e, sizeof e);
+    if (conn_lost(p)) return -1;
+    return p->first_fail;
+  }
+  return limit;
+}
+
+/* Commits the batches of one wake-up in one transaction. When one fails
+ * (a conflict with another node, say), the batches before it are written
+ * again without it, so that it fails alone; the ones after it fail as
+ * poisoned (store.h). Returns W_LOST when the connection broke: the caller
  * reconnects and, unless the transaction is known committed, runs the
  * group again. */
 static int write_group(pgb *p, qitem *list, group *g) {
   memset(g, 0, sizeof *g);
-  bool multi = list && list->next;
-  char e[200];
-  int rc = begin_tx(p, g);
-  for (qitem *it = list; !rc && it; it = it->next) {
+  int limit = 0;
+  for (qitem *it = list; it; it = it->next, limit++) {
     if (pg_store__poisoned(it->st, it->b)) {
       g->poisoned = true;
       break;
     }
-    if (multi && !exec_ok(p->wr, "SAVEPOINT b", e, sizeof e)) {
-      rc = classify(p, NULL, "savepoint");
-      break;
-    }
-    int brc = apply_batch(p, it->b);
-    if (brc == W_LOST || (brc && !multi)) {
-      rc = brc;
-      break;
-    }
-    if (brc) {
-      /* Keep what the batches before it wrote; this one and the rest fail. */
-      if (!exec_ok(p->wr, "ROLLBACK TO SAVEPOINT b", e, sizeof e))
-        rc = classify(p, NULL, "rollback");
-      break;
-    }
-    g->n_ok++;
   }
-  if (rc == W_LOST || (rc && conn_lost(p))) return W_LOST;
-  if (rc || g->n_ok == 0) {
-    if (!exec_ok(p->wr, "ROLLBACK", e, sizeof e) && conn_lost(p)) return W_LOST;
-    g->n_ok = 0;
-    return W_OK;
+  while (limit > 0) {
+    int f = run_pipeline(p, list, limit, g);
+    if (f < 0) return W_LOST;
+    if (f == limit) break;
+    /* Batch f failed for a reason of its own. */
+    g->poisoned = false;
+    limit = f;
   }
-  g->commit_sent = true;
-  if (!exec_ok(p->wr, "COMMIT", e, sizeof e)) {
-    if (conn_lost(p)) return W_LOST;
-    classify(p, NULL, "commit");
-    g->n_ok = 0;
-  }
+  g->n_ok = limit;
   return W_OK;
 }
 
@@ -575,8 +676,16 @@ static int committed(pgb *p, const group *g) {
   p_text(&ps, g->xid);
   PGresult *r = run(p->wr, "SELECT txid_status($1::bigint)", &ps, 0);
   int out = -1;
-  if (PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) == 1 && !PQgetisnull(r, 0, 0))
-    out = !strcmp(PQgetvalue(r, 0, 0), "committed");
+  const char *state = PQresultErrorField(r, PG_DIAG_SQLSTATE);
+  if (PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) == 1 && !PQgetisnull(r, 0, 0)) {
+    const char *v = PQgetvalue(r, 0, 0);
+    /* "in progress": the old session is still finishing; ask again. */
+    out = !strcmp(v, "committed") ? 1 : !strcmp(v, "aborted") ? 0 : -1;
+  } else if (state && !strcmp(state, "22023")) {
+    /* "transaction ID is in the future": the server crashed before
+     * anything of it reached the WAL, so it cannot have committed. */
+    out = 0;
+  }
   PQclear(r);
   return out;
 }
@@ -699,6 +808,7 @@ static void pgb_close(void *impl) {
   pthread_cond_destroy(&p->wake);
   pthread_cond_destroy(&p->idle);
   free(p->conninfo);
+  free(p->pend);
   free(p);
 }
 
@@ -747,7 +857,7 @@ static int pgb_open(const pg_store_options *o, void **out, char *err, size_t err
     return rc;
   }
   p->wr = connect_db(p, err, errlen);
-  if (!p->wr) {
+  if (!p->wr || !prepare_writer(p->wr, err, errlen)) {
     pgb_close(p);
     return PARLEY_EDB;
   }

@@ -12,7 +12,7 @@
 #ifndef PARLEY_GW_PG_SCHEMA_H
 #define PARLEY_GW_PG_SCHEMA_H
 
-#define PGB_SCHEMA_VERSION 1
+#define PGB_SCHEMA_VERSION 2
 
 /* The advisory lock key held while migrating ("parley" in ASCII). */
 #define PGB_MIGRATION_LOCK 0x7061726c6579LL
@@ -75,6 +75,26 @@ static const char *const pgb_migrations[PGB_SCHEMA_VERSION + 1] = {
           "  IF NOT FOUND THEN "
           "    RAISE EXCEPTION 'parley: seq conflict in %: another node wrote seq %', "
           "      c, first_seq USING ERRCODE = '40001'; "
+          "  END IF; "
+          "END $$;",
+    /* 2: a conversation row's fenced update as a function that fails
+     * (instead of updating nothing) when the row is missing or another
+     * node moved its epoch or state version past the new ones, so that
+     * the writer can send a whole batch on libpq's pipeline and still
+     * have the transaction fail. */
+    [2] = "CREATE FUNCTION parley_conv_put(c text, customer_ text, assignee_ text, bot_ text, "
+          "  locale_ text, queue_ text, note_ text, tags_ text, status_ smallint, "
+          "  epoch_ bigint, state_version_ bigint, queued_ms_ bigint) "
+          "RETURNS void LANGUAGE plpgsql AS $$ "
+          "BEGIN "
+          "  UPDATE parley_conversations SET customer = customer_, assignee = assignee_, "
+          "    bot = bot_, locale = locale_, queue = queue_, note = note_, tags = tags_, "
+          "    status = status_, epoch = epoch_, state_version = state_version_, "
+          "    queued_ms = queued_ms_ "
+          "    WHERE id = c AND epoch <= epoch_ AND state_version <= state_version_; "
+          "  IF NOT FOUND THEN "
+          "    RAISE EXCEPTION 'parley: conversation % is missing or newer in the database', c "
+          "      USING ERRCODE = '40001'; "
           "  END IF; "
           "END $$;",
 };
