@@ -173,6 +173,14 @@ static bool keys_differ(const pg_store_conv *a, const pg_store_conv *b) {
          strcmp(a->bot, b->bot) || strcmp(a->queue, b->queue) || a->status != b->status;
 }
 
+/* Whether anything stored of the row changed (last_seq is not stored: the
+ * store derives it from the events). */
+static bool row_differs(const pg_store_conv *a, const pg_store_conv *b) {
+  return keys_differ(a, b) || strcmp(a->locale, b->locale) || strcmp(a->note, b->note) ||
+         strcmp(a->tags, b->tags) || a->epoch != b->epoch ||
+         a->state_version != b->state_version || a->queued_ms != b->queued_ms;
+}
+
 /* Gives the event the conversation's next seq and stages it. id is the
  * Send's client message id when this is the event the Send produced. */
 static int append_event(pg_gateway *g, stage *st, Parley__V1__Event *ev,
@@ -202,7 +210,7 @@ static int append_event(pg_gateway *g, stage *st, Parley__V1__Event *ev,
 static int stage_commit(pg_gateway *g, pg_turn *t, stage *st, const pg_op *op) {
   pg_conv *cv = st->cv;
   unsigned flags = 0;
-  bool opened = !cv;
+  bool opened = !cv, write_row = true;
   if (opened) {
     cv = pg_hot_conv_new(g, &st->row);
     if (!cv) {
@@ -213,13 +221,16 @@ static int stage_commit(pg_gateway *g, pg_turn *t, stage *st, const pg_op *op) {
     flags = PG_STORE_CONV_NEW;
   } else {
     if (keys_differ(&cv->row, &st->row)) flags = PG_STORE_CONV_KEYS;
+    /* A message changes nothing of the row but its last seq: the row is
+     * not written at all, only the event. */
+    write_row = row_differs(&cv->row, &st->row);
     pg_store_conv_clear(&cv->row);
     cv->row = st->row;
     memset(&st->row, 0, sizeof st->row);
   }
   /* From here on the operation is part of the hot state: what cannot be
    * added to the batch breaks the batch, and the whole batch fails. */
-  if (pg_store_batch_conv(t->batch, &cv->row, flags)) t->broken = true;
+  if (write_row && pg_store_batch_conv(t->batch, &cv->row, flags)) t->broken = true;
   for (size_t i = 0; i < st->n_ev; i++) {
     stage_ev *e = &st->ev[i];
     pg_store_event se = {.conv = cv->row.id, .seq = e->seq, .blob = e->blob, .len = e->len,

@@ -144,6 +144,8 @@ struct pg_conn {
   pg_outbuf *out_head, *out_tail;
   size_t out_bytes;
   pg_outbuf *fault_held;   /* test switches: a Deliver held back */
+  bool dirty;              /* has frames queued this loop iteration */
+  pg_conn *dnext;          /* on pg_gateway.dirty_head */
   uint64_t last_rx_ms, last_tx_ms;
   double tokens;
   uint64_t tokens_ms;
@@ -211,6 +213,9 @@ int pg_hot_bot_wm(pg_gateway *g, pg_conv *cv, uint64_t *wm);
  * ids of turns >= from_turn) is forgotten. */
 void pg_hot_rollback(pg_gateway *g, uint64_t from_turn);
 void pg_hot_free(pg_gateway *g);
+/* Reads what the hot state needs from the store at start-up (the filter
+ * of known client message ids). */
+int pg_hot_init(pg_gateway *g);
 /* Bytes the hot state holds (tails and recent ids), for the benchmarks. */
 size_t pg_hot_bytes(const pg_gateway *g);
 
@@ -296,6 +301,8 @@ struct pg_gateway {
   struct pg_recent **recent_ring; /* insertion order, for eviction */
   size_t recent_start, recent_n, recent_cap;
   size_t recent_bytes;
+  struct pg_bloom *bloom;  /* every known (sender, msg id), see hot.c */
+  size_t bloom_bytes;
   /* Batch apply (apply.c). */
   pg_op *ops_head, *ops_tail;
   size_t n_ops;
@@ -306,6 +313,9 @@ struct pg_gateway {
   bool halted;             /* a batch could not be built: wait for rollback */
   uint64_t rollback_mark;  /* turns up to here are rolled back (failed) */
   pg_route_hooks route;
+  pg_conn *dirty_head;     /* connections with frames queued this iteration */
+  uint8_t *wbuf;           /* scratch for frames written together (out.c) */
+  size_t wbuf_cap;
   bool stopping;
   void (*done)(void *);
   void *done_ud;
@@ -325,6 +335,10 @@ void pg_conn_refuse_send(pg_conn *c, const Parley__V1__Send *s, Parley__V1__Erro
 /* Writes what is queued for c (the writable callback). -1: drop it. */
 int pg_conn_write(pg_conn *c, struct lws *wsi);
 void pg_conn_free_out(pg_conn *c);
+/* Writes what each connection got during this loop iteration (on_check). */
+void pg_out_flush(pg_gateway *g);
+/* Takes a closing connection off the list pg_out_flush walks. */
+void pg_out_forget(pg_conn *c);
 bool pg_faults_configured(const pg_config *fc);
 /* Wipes and frees the connection's Authorization token. */
 void pg_conn_drop_token(pg_conn *c);

@@ -177,6 +177,16 @@ int pg_store_events(pg_store *st, const char *conv, uint64_t from, uint64_t to, 
 int pg_store_sent_get(pg_store *st, const char *sender, const uint8_t msg_id[16],
                       char conv[129], uint64_t *seq);
 
+/* Calls fn for every stored idempotency key (sender, msg_id), in no
+ * particular order; fn returning nonzero stops the walk and is returned.
+ * The gateway reads them once at start-up into a filter of known ids, so
+ * that a Send with a new id (nearly every one) is known to be new without
+ * a read; pg_store_sent_get then runs only for the few the filter cannot
+ * rule out. */
+int pg_store_sent_each(pg_store *st,
+                       int (*fn)(void *ud, const char *sender, const uint8_t msg_id[16]),
+                       void *ud);
+
 /* The stored cumulative watermark of (principal, device, conv); 0 when none.
  * Bots use device "". 0 or PARLEY_EDB. */
 int pg_store_watermark_get(pg_store *st, const char *principal, const char *device,
@@ -323,6 +333,8 @@ typedef struct pg_store_backend {
                        uint64_t *acked);
   int (*state_each)(void *impl, const char *conv,
                     int (*fn)(void *ud, const char *key, const void *val, size_t len), void *ud);
+  int (*sent_each)(void *impl,
+                   int (*fn)(void *ud, const char *sender, const uint8_t msg_id[16]), void *ud);
 } pg_store_backend;
 
 /* Reports a submitted batch finished (thread-safe). commit_us is the time
