@@ -48,6 +48,8 @@ struct pg_turn {
   gw_map touch_ix;   /* conv id -> index + 1 */
   place *places;
   size_t n_places, cap_places;
+  pg_conn **uncork;  /* connections whose output waits for this batch */
+  size_t n_uncork, cap_uncork;
   bool broken;       /* something could not be added: the batch must fail */
 };
 
@@ -100,6 +102,7 @@ static void turn_free(pg_turn *t) {
   free(t->touch);
   gw_map_clear(&t->touch_ix);
   free(t->places);
+  free(t->uncork);
   pg_store_batch_free(t->batch);
   free(t);
 }
@@ -798,6 +801,16 @@ static void fail_all(pg_op *ops, const char *why) {
 
 /* ------------------------------------------------------------ completion */
 
+static void uncork_all(pg_turn *t) {
+  for (size_t i = 0; i < t->n_uncork; i++) {
+    pg_conn *c = t->uncork[i];
+    if (!c) continue;
+    c->corked = false;
+    pg_out_kick(c);
+  }
+  t->n_uncork = 0;
+}
+
 /* The store answered turn t (in submission order). */
 static void turn_done(void *ud, int status, const char *why) {
   pg_turn *t = ud;
@@ -836,6 +849,7 @@ static void turn_done(void *ud, int status, const char *why) {
     for (pg_op *op = t->ops; op; op = op->next)
       if (op->conn && op->frame->body_case == PARLEY__V1__FRAME__BODY_COMMIT && g->route.pump)
         g->route.pump(op->conn);
+    uncork_all(t);
   } else {
     const char *reason = status < 0 ? (why && why[0] ? why : "the batch did not commit")
                                     : "the batch could not be built";
@@ -861,6 +875,7 @@ static void turn_done(void *ud, int status, const char *why) {
           if (cur->places[i].to && cur->places[i].to->n_owned) cur->places[i].to->n_owned--;
           if (g->route.placed) g->route.placed(g, cur->places[i].cv, NULL);
         }
+        uncork_all(cur);
         turn_free(cur);
       }
     }
@@ -869,6 +884,7 @@ static void turn_done(void *ud, int status, const char *why) {
       if (t->places[i].to && t->places[i].to->n_owned) t->places[i].to->n_owned--;
       if (g->route.placed) g->route.placed(g, t->places[i].cv, NULL);
     }
+    uncork_all(t);
   }
   turn_free(t);
 }
@@ -1030,7 +1046,29 @@ int pg_apply_bump_epoch(pg_gateway *g, pg_conv *cv, pg_conn *to) {
   return 0;
 }
 
+int pg_apply_uncork_after(pg_gateway *g, pg_conn *c) {
+  pg_turn *t = current(g);
+  if (t && t->n_uncork == t->cap_uncork) {
+    size_t nc = t->cap_uncork ? t->cap_uncork * 2 : 4;
+    pg_conn **n = realloc(t->uncork, nc * sizeof *n);
+    if (!n) t = NULL;
+    else {
+      t->uncork = n;
+      t->cap_uncork = nc;
+    }
+  }
+  if (!t) {
+    c->corked = false;
+    pg_out_kick(c);
+    return PARLEY_ENOMEM;
+  }
+  t->uncork[t->n_uncork++] = c;
+  return 0;
+}
+
 static void forget_conn(pg_turn *t, pg_conn *c) {
+  for (size_t i = 0; i < t->n_uncork; i++)
+    if (t->uncork[i] == c) t->uncork[i] = NULL;
   for (pg_op *op = t->ops; op; op = op->next)
     if (op->conn == c) op->conn = NULL;
   for (size_t i = 0; i < t->n_places; i++)

@@ -72,6 +72,9 @@ struct pg_config {
   uint32_t fault_drop_push, fault_dup_push, fault_reorder_push;
   uint32_t fault_drop_ack, fault_dup_ack;
   uint64_t fault_seed;
+  /* Test switch: the store's writer holds each batch this long (store.h,
+   * test_hold_ms), so a test can kill the gateway while it does. */
+  uint32_t fault_writer_hold_ms;
   /* Hot state bounds (`cache:`). */
   size_t cache_tail_bytes;  /* per conversation */
   size_t cache_max_bytes;   /* all tails together */
@@ -145,6 +148,7 @@ struct pg_conn {
   size_t out_bytes;
   pg_outbuf *fault_held;   /* test switches: a Deliver held back */
   bool dirty;              /* has frames queued this loop iteration */
+  bool corked;             /* output held back (pg_apply_uncork_after) */
   pg_conn *dnext;          /* on pg_gateway.dirty_head */
   uint64_t last_rx_ms, last_tx_ms;
   double tokens;
@@ -262,6 +266,11 @@ void pg_apply_flush(pg_gateway *g);
 void pg_apply_drain(pg_gateway *g);
 /* Adds a placement's epoch bump to the next batch. */
 int pg_apply_bump_epoch(pg_gateway *g, pg_conv *cv, pg_conn *to);
+/* Holds c's output (c->corked, set by the caller) until the batch being
+ * built is durable: a bot's Welcome waits for the epoch bumps of the
+ * conversations placed on it, so that its Assigns follow right behind
+ * and the bot resends nothing under the old epochs in between. */
+int pg_apply_uncork_after(pg_gateway *g, pg_conn *c);
 /* Forgets a closing connection in every queued and in-flight operation. */
 void pg_apply_conn_gone(pg_gateway *g, pg_conn *c);
 void pg_apply_free(pg_gateway *g);
@@ -337,6 +346,8 @@ int pg_conn_write(pg_conn *c, struct lws *wsi);
 void pg_conn_free_out(pg_conn *c);
 /* Writes what each connection got during this loop iteration (on_check). */
 void pg_out_flush(pg_gateway *g);
+/* Puts c on the list pg_out_flush walks (after its output was held). */
+void pg_out_kick(pg_conn *c);
 /* Takes a closing connection off the list pg_out_flush walks. */
 void pg_out_forget(pg_conn *c);
 bool pg_faults_configured(const pg_config *fc);

@@ -122,6 +122,10 @@ static void mark_dirty(pg_conn *c) {
   c->g->dirty_head = c;
 }
 
+void pg_out_kick(pg_conn *c) {
+  if (c->wsi && c->out_head) mark_dirty(c);
+}
+
 void pg_out_forget(pg_conn *c) {
   if (!c->dirty) return;
   for (pg_conn **p = &c->g->dirty_head; *p; p = &(*p)->dnext)
@@ -144,7 +148,7 @@ void pg_out_flush(pg_gateway *g) {
     g->dirty_head = c->dnext;
     c->dnext = NULL;
     c->dirty = false;
-    if (!c->wsi || !c->out_head) continue;
+    if (!c->wsi || !c->out_head || c->corked) continue;
     if (c->close_code || lws_partial_buffered(c->wsi)) {
       lws_callback_on_writable(c->wsi);
       continue;

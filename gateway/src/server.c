@@ -232,6 +232,10 @@ int pg_gateway_new(uv_loop_t *loop, const pg_config *cfg, pg_gateway **out) {
   so.durability = g->cfg->durability;
   so.loop = loop;
   so.merge_batches = g->cfg->group_commit;
+  so.test_hold_ms = g->cfg->fault_writer_hold_ms;
+  if (so.test_hold_ms)
+    fprintf(stderr, "gateway: warning: test fault on (the writer holds each batch %u ms): for "
+                    "tests only\n", so.test_hold_ms);
   int rc = pg_store_open(&so, &g->store, err, sizeof err);
   if (rc == 0 && (rc = pg_hot_init(g)) != 0) {
     snprintf(err, sizeof err, "%s: reading the known message ids: %s", g->cfg->data_dir,

@@ -134,6 +134,8 @@ typedef struct sq {
   size_t queued;
   bool busy, stop;
   bool merge;     /* commit the batches waiting together in one transaction */
+  uint32_t hold_ms;          /* test switch, see pg_store_options */
+  char hold_path[4096];      /* data_dir/writer-hold */
   char werr[256]; /* the writer's last error (writer thread only) */
 } sq;
 
@@ -232,6 +234,8 @@ static int sq_open(const pg_store_options *o, void **out, char *err, size_t errl
   pthread_cond_init(&q->wake, NULL);
   pthread_cond_init(&q->idle, NULL);
   q->merge = o->merge_batches;
+  q->hold_ms = o->test_hold_ms;
+  snprintf(q->hold_path, sizeof q->hold_path, "%.4000s/writer-hold", dir);
   int rc = open_conn(path, o->durability, &q->wr, err, errlen);
   if (!rc) rc = setup_schema(q->wr, path, err, errlen);
   /* The writer checkpoints every 8,192 pages (32 MiB of WAL) instead of
@@ -371,6 +375,27 @@ static int apply_batch(sq *q, const pg_store_batch *b) {
   return rc;
 }
 
+/* Test switch: marks the phase in data_dir/writer-hold (written aside and
+ * renamed, so a reader never sees half of it) and sleeps; phase NULL
+ * removes the mark. */
+static void hold(sq *q, const char *phase) {
+  if (!q->hold_ms) return;
+  if (!phase) {
+    unlink(q->hold_path);
+    return;
+  }
+  char tmp[4200];
+  snprintf(tmp, sizeof tmp, "%s.tmp", q->hold_path);
+  FILE *f = fopen(tmp, "w");
+  if (f) {
+    fputs(phase, f);
+    fclose(f);
+    rename(tmp, q->hold_path);
+  }
+  struct timespec ts = {(time_t)(q->hold_ms / 2 / 1000), (long)(q->hold_ms / 2 % 1000) * 1000000L};
+  nanosleep(&ts, NULL);
+}
+
 /* Commits the batches of one wake-up in one transaction. A batch that must
  * fail (one before it failed) fails alone, unapplied. */
 static void write_group(sq *q, qitem *list) {
@@ -394,11 +419,14 @@ static void write_group(sq *q, qitem *list) {
                        rc ? q->werr : "an earlier batch failed", 0);
     free(it);
   }
+  if (open && !rc) hold(q, "commit");
   if (open && !rc && step_done(q->w[W_COMMIT]) != 0) {
     rc = PARLEY_EDB;
     snprintf(q->werr, sizeof q->werr, "commit: %s", sqlite3_errmsg(q->wr));
   }
   if (open && rc && !sqlite3_get_autocommit(q->wr)) step_done(q->w[W_ROLLBACK]);
+  if (open && !rc) hold(q, "complete");
+  hold(q, NULL);
   uint64_t took = now_us() - t0;
   for (qitem *it = applied; it;) {
     qitem *n = it->next;

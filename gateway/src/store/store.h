@@ -118,10 +118,16 @@ typedef struct pg_store_options {
    * batch after it anyway); false: one transaction per batch (the
    * gateway's `group_commit: false`). */
   bool merge_batches;
+  /* Test switch (0 in production): a backend that supports it holds every
+   * batch this many milliseconds, half before its commit and half after it
+   * (before the completion), and says so in data_dir/writer-hold ("commit"
+   * or "complete") meanwhile, so a test can kill the process while a batch
+   * is with the writer. */
+  uint32_t test_hold_ms;
 } pg_store_options;
 
 #define PG_STORE_OPTIONS_INIT \
-  {PG_STORE_OPTIONS_VERSION, "sqlite", NULL, NULL, PG_DUR_FULL, NULL, true}
+  {PG_STORE_OPTIONS_VERSION, "sqlite", NULL, NULL, PG_DUR_FULL, NULL, true, 0}
 
 typedef struct pg_store pg_store;
 
