@@ -48,6 +48,8 @@ struct pg_turn {
   gw_map touch_ix;   /* conv id -> index + 1 */
   place *places;
   size_t n_places, cap_places;
+  pg_conn **uncork;  /* connections whose output waits for this batch */
+  size_t n_uncork, cap_uncork;
   bool broken;       /* something could not be added: the batch must fail */
 };
 
@@ -100,6 +102,7 @@ static void turn_free(pg_turn *t) {
   free(t->touch);
   gw_map_clear(&t->touch_ix);
   free(t->places);
+  free(t->uncork);
   pg_store_batch_free(t->batch);
   free(t);
 }
@@ -173,6 +176,14 @@ static bool keys_differ(const pg_store_conv *a, const pg_store_conv *b) {
          strcmp(a->bot, b->bot) || strcmp(a->queue, b->queue) || a->status != b->status;
 }
 
+/* Whether anything stored of the row changed (last_seq is not stored: the
+ * store derives it from the events). */
+static bool row_differs(const pg_store_conv *a, const pg_store_conv *b) {
+  return keys_differ(a, b) || strcmp(a->locale, b->locale) || strcmp(a->note, b->note) ||
+         strcmp(a->tags, b->tags) || a->epoch != b->epoch ||
+         a->state_version != b->state_version || a->queued_ms != b->queued_ms;
+}
+
 /* Gives the event the conversation's next seq and stages it. id is the
  * Send's client message id when this is the event the Send produced. */
 static int append_event(pg_gateway *g, stage *st, Parley__V1__Event *ev,
@@ -202,7 +213,7 @@ static int append_event(pg_gateway *g, stage *st, Parley__V1__Event *ev,
 static int stage_commit(pg_gateway *g, pg_turn *t, stage *st, const pg_op *op) {
   pg_conv *cv = st->cv;
   unsigned flags = 0;
-  bool opened = !cv;
+  bool opened = !cv, write_row = true;
   if (opened) {
     cv = pg_hot_conv_new(g, &st->row);
     if (!cv) {
@@ -213,13 +224,16 @@ static int stage_commit(pg_gateway *g, pg_turn *t, stage *st, const pg_op *op) {
     flags = PG_STORE_CONV_NEW;
   } else {
     if (keys_differ(&cv->row, &st->row)) flags = PG_STORE_CONV_KEYS;
+    /* A message changes nothing of the row but its last seq: the row is
+     * not written at all, only the event. */
+    write_row = row_differs(&cv->row, &st->row);
     pg_store_conv_clear(&cv->row);
     cv->row = st->row;
     memset(&st->row, 0, sizeof st->row);
   }
   /* From here on the operation is part of the hot state: what cannot be
    * added to the batch breaks the batch, and the whole batch fails. */
-  if (pg_store_batch_conv(t->batch, &cv->row, flags)) t->broken = true;
+  if (write_row && pg_store_batch_conv(t->batch, &cv->row, flags)) t->broken = true;
   for (size_t i = 0; i < st->n_ev; i++) {
     stage_ev *e = &st->ev[i];
     pg_store_event se = {.conv = cv->row.id, .seq = e->seq, .blob = e->blob, .len = e->len,
@@ -787,6 +801,16 @@ static void fail_all(pg_op *ops, const char *why) {
 
 /* ------------------------------------------------------------ completion */
 
+static void uncork_all(pg_turn *t) {
+  for (size_t i = 0; i < t->n_uncork; i++) {
+    pg_conn *c = t->uncork[i];
+    if (!c) continue;
+    c->corked = false;
+    pg_out_kick(c);
+  }
+  t->n_uncork = 0;
+}
+
 /* The store answered turn t (in submission order). */
 static void turn_done(void *ud, int status, const char *why) {
   pg_turn *t = ud;
@@ -825,6 +849,7 @@ static void turn_done(void *ud, int status, const char *why) {
     for (pg_op *op = t->ops; op; op = op->next)
       if (op->conn && op->frame->body_case == PARLEY__V1__FRAME__BODY_COMMIT && g->route.pump)
         g->route.pump(op->conn);
+    uncork_all(t);
   } else {
     const char *reason = status < 0 ? (why && why[0] ? why : "the batch did not commit")
                                     : "the batch could not be built";
@@ -850,6 +875,7 @@ static void turn_done(void *ud, int status, const char *why) {
           if (cur->places[i].to && cur->places[i].to->n_owned) cur->places[i].to->n_owned--;
           if (g->route.placed) g->route.placed(g, cur->places[i].cv, NULL);
         }
+        uncork_all(cur);
         turn_free(cur);
       }
     }
@@ -858,6 +884,7 @@ static void turn_done(void *ud, int status, const char *why) {
       if (t->places[i].to && t->places[i].to->n_owned) t->places[i].to->n_owned--;
       if (g->route.placed) g->route.placed(g, t->places[i].cv, NULL);
     }
+    uncork_all(t);
   }
   turn_free(t);
 }
@@ -1019,7 +1046,29 @@ int pg_apply_bump_epoch(pg_gateway *g, pg_conv *cv, pg_conn *to) {
   return 0;
 }
 
+int pg_apply_uncork_after(pg_gateway *g, pg_conn *c) {
+  pg_turn *t = current(g);
+  if (t && t->n_uncork == t->cap_uncork) {
+    size_t nc = t->cap_uncork ? t->cap_uncork * 2 : 4;
+    pg_conn **n = realloc(t->uncork, nc * sizeof *n);
+    if (!n) t = NULL;
+    else {
+      t->uncork = n;
+      t->cap_uncork = nc;
+    }
+  }
+  if (!t) {
+    c->corked = false;
+    pg_out_kick(c);
+    return PARLEY_ENOMEM;
+  }
+  t->uncork[t->n_uncork++] = c;
+  return 0;
+}
+
 static void forget_conn(pg_turn *t, pg_conn *c) {
+  for (size_t i = 0; i < t->n_uncork; i++)
+    if (t->uncork[i] == c) t->uncork[i] = NULL;
   for (pg_op *op = t->ops; op; op = op->next)
     if (op->conn == c) op->conn = NULL;
   for (size_t i = 0; i < t->n_places; i++)

@@ -199,7 +199,8 @@ static int load_cache(pg_config *c, const pc_node *n, pc_error *err) {
 /* Test switches: never set in production; a warning says so at start. */
 static int load_faults(pg_config *c, const pc_node *f, pc_error *err) {
   static const char *const keys[] = {"drop_push", "duplicate_push", "reorder_push",
-                                     "drop_ack", "duplicate_ack", "seed", NULL};
+                                     "drop_ack", "duplicate_ack", "seed", "writer_hold_ms",
+                                     NULL};
   int rc;
   uint64_t v;
   if (!f || pc_node_kind(f) == PC_NULL) return 0;
@@ -214,6 +215,8 @@ static int load_faults(pg_config *c, const pc_node *f, pc_error *err) {
     if ((rc = pc_get_u64(f, pct[i].key, 0, 0, 50, &v, err))) return rc;
     *pct[i].out = (uint32_t)v;
   }
+  if ((rc = pc_get_u64(f, "writer_hold_ms", 0, 0, 1000, &v, err))) return rc;
+  c->fault_writer_hold_ms = (uint32_t)v;
   if ((rc = pc_get_u64(f, "seed", 1, 0, UINT64_MAX, &v, err))) return rc;
   c->fault_seed = v ? v : 1;
   return 0;

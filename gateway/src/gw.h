@@ -76,6 +76,9 @@ struct pg_config {
   uint32_t fault_drop_push, fault_dup_push, fault_reorder_push;
   uint32_t fault_drop_ack, fault_dup_ack;
   uint64_t fault_seed;
+  /* Test switch: the store's writer holds each batch this long (store.h,
+   * test_hold_ms), so a test can kill the gateway while it does. */
+  uint32_t fault_writer_hold_ms;
   /* Hot state bounds (`cache:`). */
   size_t cache_tail_bytes;  /* per conversation */
   size_t cache_max_bytes;   /* all tails together */
@@ -148,6 +151,9 @@ struct pg_conn {
   pg_outbuf *out_head, *out_tail;
   size_t out_bytes;
   pg_outbuf *fault_held;   /* test switches: a Deliver held back */
+  bool dirty;              /* has frames queued this loop iteration */
+  bool corked;             /* output held back (pg_apply_uncork_after) */
+  pg_conn *dnext;          /* on pg_gateway.dirty_head */
   uint64_t last_rx_ms, last_tx_ms;
   double tokens;
   uint64_t tokens_ms;
@@ -219,6 +225,9 @@ int pg_hot_bot_wm(pg_gateway *g, pg_conv *cv, uint64_t *wm);
  * ids of turns >= from_turn) is forgotten. */
 void pg_hot_rollback(pg_gateway *g, uint64_t from_turn);
 void pg_hot_free(pg_gateway *g);
+/* Reads what the hot state needs from the store at start-up (the filter
+ * of known client message ids). */
+int pg_hot_init(pg_gateway *g);
 /* Bytes the hot state holds (tails and recent ids), for the benchmarks. */
 size_t pg_hot_bytes(const pg_gateway *g);
 
@@ -265,6 +274,11 @@ void pg_apply_flush(pg_gateway *g);
 void pg_apply_drain(pg_gateway *g);
 /* Adds a placement's epoch bump to the next batch. */
 int pg_apply_bump_epoch(pg_gateway *g, pg_conv *cv, pg_conn *to);
+/* Holds c's output (c->corked, set by the caller) until the batch being
+ * built is durable: a bot's Welcome waits for the epoch bumps of the
+ * conversations placed on it, so that its Assigns follow right behind
+ * and the bot resends nothing under the old epochs in between. */
+int pg_apply_uncork_after(pg_gateway *g, pg_conn *c);
 /* Forgets a closing connection in every queued and in-flight operation. */
 void pg_apply_conn_gone(pg_gateway *g, pg_conn *c);
 void pg_apply_free(pg_gateway *g);
@@ -304,6 +318,8 @@ struct pg_gateway {
   struct pg_recent **recent_ring; /* insertion order, for eviction */
   size_t recent_start, recent_n, recent_cap;
   size_t recent_bytes;
+  struct pg_bloom *bloom;  /* every known (sender, msg id), see hot.c */
+  size_t bloom_bytes;
   /* Batch apply (apply.c). */
   pg_op *ops_head, *ops_tail;
   size_t n_ops;
@@ -314,6 +330,9 @@ struct pg_gateway {
   bool halted;             /* a batch could not be built: wait for rollback */
   uint64_t rollback_mark;  /* turns up to here are rolled back (failed) */
   pg_route_hooks route;
+  pg_conn *dirty_head;     /* connections with frames queued this iteration */
+  uint8_t *wbuf;           /* scratch for frames written together (out.c) */
+  size_t wbuf_cap;
   bool stopping;
   void (*done)(void *);
   void *done_ud;
@@ -333,6 +352,12 @@ void pg_conn_refuse_send(pg_conn *c, const Parley__V1__Send *s, Parley__V1__Erro
 /* Writes what is queued for c (the writable callback). -1: drop it. */
 int pg_conn_write(pg_conn *c, struct lws *wsi);
 void pg_conn_free_out(pg_conn *c);
+/* Writes what each connection got during this loop iteration (on_check). */
+void pg_out_flush(pg_gateway *g);
+/* Puts c on the list pg_out_flush walks (after its output was held). */
+void pg_out_kick(pg_conn *c);
+/* Takes a closing connection off the list pg_out_flush walks. */
+void pg_out_forget(pg_conn *c);
 bool pg_faults_configured(const pg_config *fc);
 /* Wipes and frees the connection's Authorization token. */
 void pg_conn_drop_token(pg_conn *c);

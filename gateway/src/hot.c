@@ -12,6 +12,7 @@
 #include <parley/error.h>
 
 #include "gw.h"
+#include "util/hash.h"
 
 /* A recent (sender, msg_id): the event its Send produced, and the turn
  * (batch) that wrote it, so a failed batch's ids can be forgotten. */
@@ -268,6 +269,85 @@ int pg_hot_events(pg_gateway *g, pg_conv *cv, uint64_t from, uint64_t to, uint32
   return rc;
 }
 
+/* ------------------------------------------------------------ known ids */
+
+/* A Bloom filter of every (sender, msg_id) the store holds or a batch in
+ * flight carries: nearly every Send brings a new id, and without it each
+ * would cost a read of the store to prove that. Layers double in size as
+ * ids arrive (a scalable Bloom filter), so it never needs a rescan; each
+ * layer takes one id per 12 bits with 8 probes, about 0.3% false
+ * positives, which only cost a read. */
+typedef struct pg_bloom {
+  struct pg_bloom *older;
+  uint64_t *bits;
+  size_t mask; /* bits - 1 */
+  size_t n, max;
+} pg_bloom;
+
+#define BLOOM_PROBES 8
+#define BLOOM_MIN_BITS ((size_t)1 << 20)
+
+static uint64_t mix64(uint64_t x) {
+  x ^= x >> 30;
+  x *= 0xbf58476d1ce4e5b9ull;
+  x ^= x >> 27;
+  x *= 0x94d049bb133111ebull;
+  return x ^ (x >> 31);
+}
+
+static void bloom_hashes(const char *key, uint64_t *h1, uint64_t *h2) {
+  uint64_t h = pu_hash_str(key);
+  *h1 = mix64(h);
+  *h2 = mix64(h ^ 0x9e3779b97f4a7c15ull) | 1;
+}
+
+static bool bloom_maybe(const pg_gateway *g, const char *key) {
+  uint64_t h1, h2;
+  bloom_hashes(key, &h1, &h2);
+  for (const pg_bloom *b = g->bloom; b; b = b->older) {
+    bool all = true;
+    for (int i = 0; all && i < BLOOM_PROBES; i++) {
+      size_t bit = (size_t)(h1 + (uint64_t)i * h2) & b->mask;
+      all = (b->bits[bit >> 6] >> (bit & 63)) & 1;
+    }
+    if (all) return true;
+  }
+  return false;
+}
+
+static int bloom_add(pg_gateway *g, const char *key) {
+  pg_bloom *b = g->bloom;
+  if (!b || b->n >= b->max) {
+    size_t bits = b ? (b->mask + 1) * 2 : BLOOM_MIN_BITS;
+    pg_bloom *nb = calloc(1, sizeof *nb);
+    if (!nb || !(nb->bits = calloc(bits / 64, sizeof *nb->bits))) {
+      free(nb);
+      return PARLEY_ENOMEM;
+    }
+    nb->mask = bits - 1;
+    nb->max = bits / 12;
+    nb->older = b;
+    g->bloom = b = nb;
+    g->bloom_bytes += bits / 8;
+  }
+  uint64_t h1, h2;
+  bloom_hashes(key, &h1, &h2);
+  for (int i = 0; i < BLOOM_PROBES; i++) {
+    size_t bit = (size_t)(h1 + (uint64_t)i * h2) & b->mask;
+    b->bits[bit >> 6] |= (uint64_t)1 << (bit & 63);
+  }
+  b->n++;
+  return 0;
+}
+
+static int bloom_load_one(void *ud, const char *sender, const uint8_t id[16]) {
+  char key[RECENT_KEY_MAX];
+  recent_key(sender, id, key);
+  return bloom_add(ud, key);
+}
+
+int pg_hot_init(pg_gateway *g) { return pg_store_sent_each(g->store, bloom_load_one, g); }
+
 /* ------------------------------------------------------------- recent ids */
 
 int pg_hot_sent_get(pg_gateway *g, const char *sender, const uint8_t id[16], char conv[129],
@@ -280,6 +360,7 @@ int pg_hot_sent_get(pg_gateway *g, const char *sender, const uint8_t id[16], cha
     *seq = r->seq;
     return 0;
   }
+  if (!bloom_maybe(g, key)) return PARLEY_ENOTFOUND;
   return pg_store_sent_get(g->store, sender, id, conv, seq);
 }
 
@@ -317,6 +398,7 @@ int pg_hot_sent_put(pg_gateway *g, const char *sender, const uint8_t id[16], con
   }
   char key[RECENT_KEY_MAX];
   recent_key(sender, id, key);
+  if (bloom_add(g, key)) return PARLEY_ENOMEM;
   size_t lc = strlen(conv) + 1;
   pg_recent *r = malloc(sizeof *r + lc);
   if (!r) return PARLEY_ENOMEM;
@@ -407,11 +489,17 @@ void pg_hot_free(pg_gateway *g) {
   gw_map_clear(&g->recent);
   free(g->recent_ring);
   g->recent_ring = NULL;
+  while (g->bloom) {
+    pg_bloom *b = g->bloom;
+    g->bloom = b->older;
+    free(b->bits);
+    free(b);
+  }
   g->recent_n = g->recent_start = g->recent_cap = 0;
 }
 
 size_t pg_hot_bytes(const pg_gateway *g) {
-  return g->tail_total + g->recent_bytes +
+  return g->tail_total + g->recent_bytes + g->bloom_bytes +
          g->convs.len * (sizeof(pg_conv) + 2 * 128) + g->convs.cap * 2 * sizeof(void *);
 }
 

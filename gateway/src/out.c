@@ -112,6 +112,51 @@ static bool apply_faults(pg_conn *c, const pw_frame *f, pg_outbuf *b) {
   return false;
 }
 
+/* Frames are not written when they are queued but once per loop iteration
+ * (pg_out_flush), so that everything one iteration produced for a
+ * connection goes out in one send(). */
+static void mark_dirty(pg_conn *c) {
+  if (c->dirty) return;
+  c->dirty = true;
+  c->dnext = c->g->dirty_head;
+  c->g->dirty_head = c;
+}
+
+void pg_out_kick(pg_conn *c) {
+  if (c->wsi && c->out_head) mark_dirty(c);
+}
+
+void pg_out_forget(pg_conn *c) {
+  if (!c->dirty) return;
+  for (pg_conn **p = &c->g->dirty_head; *p; p = &(*p)->dnext)
+    if (*p == c) {
+      *p = c->dnext;
+      break;
+    }
+  c->dirty = false;
+  c->dnext = NULL;
+}
+
+/* Writes what each connection got during this loop iteration, directly
+ * when lws holds nothing back for it: waiting for a writable callback
+ * first would switch POLLOUT on and off again in epoll (two or three
+ * epoll_ctl calls) for every connection on every turn. A connection whose
+ * last write was only partly taken waits for its callback as before. */
+void pg_out_flush(pg_gateway *g) {
+  while (g->dirty_head) {
+    pg_conn *c = g->dirty_head;
+    g->dirty_head = c->dnext;
+    c->dnext = NULL;
+    c->dirty = false;
+    if (!c->wsi || !c->out_head || c->corked) continue;
+    if (c->close_code || lws_partial_buffered(c->wsi)) {
+      lws_callback_on_writable(c->wsi);
+      continue;
+    }
+    if (pg_conn_write(c, c->wsi) < 0) pg_conn_close(c, 1011, "write failed");
+  }
+}
+
 int pg_conn_send_frame(pg_conn *c, const pw_frame *f) {
   if (!c->wsi || c->close_code) return PARLEY_EDISCONNECTED;
   pg_outbuf *b = calloc(1, sizeof *b);
@@ -121,7 +166,7 @@ int pg_conn_send_frame(pg_conn *c, const pw_frame *f) {
     return PARLEY_ENOMEM;
   }
   if (c->g->fault_rng && apply_faults(c, f, b)) {
-    lws_callback_on_writable(c->wsi);
+    mark_dirty(c);
     return 0;
   }
   /* A peer that does not read is cut off rather than buffered forever. */
@@ -138,7 +183,7 @@ int pg_conn_send_frame(pg_conn *c, const pw_frame *f) {
     c->fault_held = NULL;
   }
   c->last_tx_ms = pg_mono_ms();
-  lws_callback_on_writable(c->wsi);
+  mark_dirty(c);
   return 0;
 }
 
@@ -172,28 +217,76 @@ void pg_conn_error(pg_conn *c, Parley__V1__ErrorCode code, bool fatal, const cha
   if (fatal) pg_conn_close(c, pw_close_code(code), msg);
 }
 
-/* Frames written per writable callback at most (see on_writeable). */
-#define PG_WRITES_PER_CALLBACK 32
+/* Bytes of queued frames written together in one writable callback. */
+#define PG_COALESCE_BYTES (128u * 1024u)
+
+/* A server-to-client WebSocket frame header (binary, final, unmasked,
+ * RFC 6455 section 5.2); returns its length. */
+static size_t ws_header(uint8_t *h, size_t len) {
+  h[0] = 0x82;
+  if (len < 126) {
+    h[1] = (uint8_t)len;
+    return 2;
+  }
+  if (len <= 0xffff) {
+    h[1] = 126;
+    h[2] = (uint8_t)(len >> 8);
+    h[3] = (uint8_t)len;
+    return 4;
+  }
+  h[1] = 127;
+  for (int i = 0; i < 8; i++) h[2 + i] = (uint8_t)((uint64_t)len >> (56 - 8 * i));
+  return 10;
+}
+
+static size_t ws_header_len(size_t len) { return len < 126 ? 2 : len <= 0xffff ? 4 : 10; }
+
+static void outbuf_pop(pg_conn *c) {
+  pg_outbuf *b = c->out_head;
+  c->out_head = b->next;
+  if (!c->out_head) c->out_tail = NULL;
+  c->out_bytes -= b->len;
+  free(b->buf);
+  free(b);
+}
 
 int pg_conn_write(pg_conn *c, struct lws *wsi) {
   if (c->out_head) {
-    /* Several frames per callback while the socket takes them: a send
-     * answers with a SendAck and pushes a Deliver, and one event loop
-     * round trip (with its epoll changes) per frame cost more than the
-     * frames. lws keeps any part the socket does not take and holds back
-     * the next callback until it is out. The limit keeps one busy
-     * connection from holding the loop. */
-    int written = 0;
-    do {
-      pg_outbuf *b = c->out_head;
-      c->out_head = b->next;
-      if (!c->out_head) c->out_tail = NULL;
-      c->out_bytes -= b->len;
+    pg_outbuf *b = c->out_head;
+    if (!b->next || b->len + ws_header_len(b->len) >= PG_COALESCE_BYTES) {
       int n = lws_write(wsi, b->buf + LWS_PRE, b->len, LWS_WRITE_BINARY);
-      free(b->buf);
-      free(b);
+      outbuf_pop(c);
       if (n < 0) return -1;
-    } while (c->out_head && ++written < PG_WRITES_PER_CALLBACK && !lws_send_pipe_choked(wsi));
+    } else {
+      /* Every frame that is ready goes out in one send(): a turn answers
+       * a customer with a SendAck and a Deliver, a bot with a Deliver, a
+       * SendAck and a CommitResult, and a syscall per frame cost more than
+       * the frames. The frames are framed here (a server's frames are not
+       * masked) and written raw; lws keeps what the socket does not take
+       * and holds back the next callback until it is out. */
+      pg_gateway *g = c->g;
+      size_t total = 0;
+      for (pg_outbuf *p = b; p && (p == b || total + p->len + 10 <= PG_COALESCE_BYTES);
+           p = p->next)
+        total += p->len + ws_header_len(p->len);
+      if (g->wbuf_cap < LWS_PRE + total) {
+        uint8_t *t = realloc(g->wbuf, LWS_PRE + total);
+        if (!t) return -1;
+        g->wbuf = t;
+        g->wbuf_cap = LWS_PRE + total;
+      }
+      uint8_t *w = g->wbuf + LWS_PRE;
+      size_t off = 0;
+      while (c->out_head && off < total) {
+        pg_outbuf *p = c->out_head;
+        if (off + p->len + ws_header_len(p->len) > total) break;
+        off += ws_header(w + off, p->len);
+        memcpy(w + off, p->buf + LWS_PRE, p->len);
+        off += p->len;
+        outbuf_pop(c);
+      }
+      if (lws_write(wsi, w, off, LWS_WRITE_RAW) < 0) return -1;
+    }
     if (c->out_head || c->close_code) lws_callback_on_writable(wsi);
     return 0;
   }

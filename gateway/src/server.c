@@ -24,6 +24,7 @@ uint64_t pg_gateway_last_seq(pg_gateway *g, const char *conversation) {
 /* --------------------------------------------------------- connections */
 
 static void conn_free(pg_conn *c) {
+  pg_out_forget(c);
   pg_conn_free_out(c);
   size_t i = 0;
   void *v;
@@ -203,6 +204,7 @@ static void on_tick(uv_timer_t *t) {
 static void on_check(uv_check_t *h) {
   pg_gateway *g = h->data;
   pg_apply_flush(g);
+  pg_out_flush(g);
 }
 
 /* ---------------------------------------------------------------- lifecycle */
@@ -232,7 +234,18 @@ int pg_gateway_new(uv_loop_t *loop, const pg_config *cfg, pg_gateway **out) {
   so.durability = g->cfg->durability;
   so.loop = loop;
   so.merge_batches = g->cfg->group_commit;
+  so.test_hold_ms = g->cfg->fault_writer_hold_ms;
+  if (so.test_hold_ms)
+    fprintf(stderr, "gateway: warning: test fault on (the writer holds each batch %u ms): for "
+                    "tests only\n", so.test_hold_ms);
   int rc = pg_store_open(&so, &g->store, err, sizeof err);
+  if (rc == 0 && (rc = pg_hot_init(g)) != 0) {
+    snprintf(err, sizeof err, "%s: reading the known message ids: %s", g->cfg->data_dir,
+             pg_store_errmsg(g->store));
+    pg_hot_free(g);
+    pg_store_close(g->store, NULL, NULL);
+    g->store = NULL;
+  }
   if (rc) {
     fprintf(stderr, "gateway: %s\n", err);
     pg_config_free(g->cfg);
@@ -416,6 +429,7 @@ void pg_gateway_free(pg_gateway *g) {
   }
   pg_apply_free(g);
   pg_hot_free(g);
+  free(g->wbuf);
   gw_map_clear(&g->by_principal);
   gw_map_clear(&g->seen);
   /* Only once lws is done with the vhost that points at it; a context that

@@ -177,10 +177,16 @@ static void on_hello(pg_conn *c, const Parley__V1__Hello *h) {
   pw_frame f = PARLEY__V1__FRAME__INIT;
   f.body_case = PARLEY__V1__FRAME__BODY_WELCOME;
   f.welcome = &w;
+  /* A bot's Welcome goes out together with its Assigns, once the epoch
+   * bumps of the conversations placed on it are durable. */
+  if (role == PG_ROLE_BOT) c->corked = true;
   pg_conn_send_frame(c, &f);
   free(hc.curp);
   free(hc.cur);
-  if (role == PG_ROLE_BOT) pg_router_bot_joined(c);
+  if (role == PG_ROLE_BOT) {
+    pg_router_bot_joined(c);
+    pg_apply_uncork_after(g, c);
+  }
   pg_router_pump(c);
 }
 

@@ -33,7 +33,7 @@
 
 enum {
   R_CONV_GET, R_CONV_BY_CUSTOMER, R_CONV_BY_ASSIGNEE, R_CONV_QUEUED, R_CONV_QUEUED_ALL,
-  R_CONV_BOT_QUEUED, R_EV_RANGE, R_SENT_GET, R_WM_GET, R_STATE_ALL, R_COUNT
+  R_CONV_BOT_QUEUED, R_EV_RANGE, R_SENT_GET, R_SENT_ALL, R_WM_GET, R_STATE_ALL, R_COUNT
 };
 
 static const char *const read_sql[R_COUNT] = {
@@ -49,6 +49,7 @@ static const char *const read_sql[R_COUNT] = {
     [R_EV_RANGE] = "SELECT seq,blob FROM events WHERE conv=?1 AND seq>=?2 AND seq<=?3 "
                    "ORDER BY seq LIMIT ?4",
     [R_SENT_GET] = "SELECT conv,seq FROM events WHERE sender=?1 AND msg_id=?2",
+    [R_SENT_ALL] = "SELECT sender,msg_id FROM events WHERE msg_id IS NOT NULL",
     [R_WM_GET] = "SELECT acked FROM watermarks WHERE principal=?1 AND device=?2 AND conv=?3",
     [R_STATE_ALL] = "SELECT key,value FROM state WHERE conv=?1 ORDER BY key",
 };
@@ -133,6 +134,8 @@ typedef struct sq {
   size_t queued;
   bool busy, stop;
   bool merge;     /* commit the batches waiting together in one transaction */
+  uint32_t hold_ms;          /* test switch, see pg_store_options */
+  char hold_path[4096];      /* data_dir/writer-hold */
   char werr[256]; /* the writer's last error (writer thread only) */
 } sq;
 
@@ -231,8 +234,20 @@ static int sq_open(const pg_store_options *o, void **out, char *err, size_t errl
   pthread_cond_init(&q->wake, NULL);
   pthread_cond_init(&q->idle, NULL);
   q->merge = o->merge_batches;
+  q->hold_ms = o->test_hold_ms;
+  snprintf(q->hold_path, sizeof q->hold_path, "%.4000s/writer-hold", dir);
   int rc = open_conn(path, o->durability, &q->wr, err, errlen);
   if (!rc) rc = setup_schema(q->wr, path, err, errlen);
+  /* The writer checkpoints every 8,192 pages (32 MiB of WAL) instead of
+   * SQLite's 1,000: a page written many times between two checkpoints (a
+   * busy conversation's leaf, an index page) is copied into the database
+   * once, and the copy runs on the writer thread, off the loop. Its page
+   * cache holds the pages a batch touches. */
+  if (!rc && sqlite3_exec(q->wr, "PRAGMA wal_autocheckpoint=8192; PRAGMA cache_size=-16384;",
+                          NULL, NULL, NULL) != SQLITE_OK) {
+    snprintf(err, errlen, "%s: %s", path, sqlite3_errmsg(q->wr));
+    rc = PARLEY_EDB;
+  }
   if (!rc) rc = open_conn(path, o->durability, &q->rd, err, errlen);
   for (int i = 0; !rc && i < W_COUNT; i++)
     if (sqlite3_prepare_v3(q->wr, write_sql[i], -1, SQLITE_PREPARE_PERSISTENT, &q->w[i], NULL)) {
@@ -360,6 +375,27 @@ static int apply_batch(sq *q, const pg_store_batch *b) {
   return rc;
 }
 
+/* Test switch: marks the phase in data_dir/writer-hold (written aside and
+ * renamed, so a reader never sees half of it) and sleeps; phase NULL
+ * removes the mark. */
+static void hold(sq *q, const char *phase) {
+  if (!q->hold_ms) return;
+  if (!phase) {
+    unlink(q->hold_path);
+    return;
+  }
+  char tmp[4200];
+  snprintf(tmp, sizeof tmp, "%s.tmp", q->hold_path);
+  FILE *f = fopen(tmp, "w");
+  if (f) {
+    fputs(phase, f);
+    fclose(f);
+    rename(tmp, q->hold_path);
+  }
+  struct timespec ts = {(time_t)(q->hold_ms / 2 / 1000), (long)(q->hold_ms / 2 % 1000) * 1000000L};
+  nanosleep(&ts, NULL);
+}
+
 /* Commits the batches of one wake-up in one transaction. A batch that must
  * fail (one before it failed) fails alone, unapplied. */
 static void write_group(sq *q, qitem *list) {
@@ -383,11 +419,14 @@ static void write_group(sq *q, qitem *list) {
                        rc ? q->werr : "an earlier batch failed", 0);
     free(it);
   }
+  if (open && !rc) hold(q, "commit");
   if (open && !rc && step_done(q->w[W_COMMIT]) != 0) {
     rc = PARLEY_EDB;
     snprintf(q->werr, sizeof q->werr, "commit: %s", sqlite3_errmsg(q->wr));
   }
   if (open && rc && !sqlite3_get_autocommit(q->wr)) step_done(q->w[W_ROLLBACK]);
+  if (open && !rc) hold(q, "complete");
+  hold(q, NULL);
   uint64_t took = now_us() - t0;
   for (qitem *it = applied; it;) {
     qitem *n = it->next;
@@ -602,6 +641,23 @@ static int sq_state_each(void *impl, const char *conv,
   return out;
 }
 
+static int sq_sent_each(void *impl,
+                        int (*fn)(void *ud, const char *sender, const uint8_t msg_id[16]),
+                        void *ud) {
+  sq *q = impl;
+  sqlite3_stmt *s = q->r[R_SENT_ALL];
+  int rc, out = 0;
+  while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
+    const unsigned char *sender = sqlite3_column_text(s, 0);
+    if (sqlite3_column_bytes(s, 1) != 16 || !sender) continue;
+    out = fn(ud, (const char *)sender, sqlite3_column_blob(s, 1));
+    if (out) break;
+  }
+  if (!out && rc != SQLITE_DONE && rc != SQLITE_ROW) out = PARLEY_EDB;
+  sqlite3_reset(s);
+  return out;
+}
+
 const pg_store_backend pg_store_sqlite = {
     .name = "sqlite",
     .open = sq_open,
@@ -615,6 +671,7 @@ const pg_store_backend pg_store_sqlite = {
     .sent_get = sq_sent_get,
     .watermark_get = sq_watermark_get,
     .state_each = sq_state_each,
+    .sent_each = sq_sent_each,
 };
 
 /* Removes the files a gateway keeps in data_dir (gateway.h). */

@@ -427,3 +427,9 @@ int pg_store_state_each(pg_store *st, const char *conv,
                         void *ud) {
   return st->be->state_each(st->impl, conv, fn, ud);
 }
+
+int pg_store_sent_each(pg_store *st,
+                       int (*fn)(void *ud, const char *sender, const uint8_t msg_id[16]),
+                       void *ud) {
+  return st->be->sent_each(st->impl, fn, ud);
+}

@@ -118,10 +118,16 @@ typedef struct pg_store_options {
    * batch after it anyway); false: one transaction per batch (the
    * gateway's `group_commit: false`). */
   bool merge_batches;
+  /* Test switch (0 in production): a backend that supports it holds every
+   * batch this many milliseconds, half before its commit and half after it
+   * (before the completion), and says so in data_dir/writer-hold ("commit"
+   * or "complete") meanwhile, so a test can kill the process while a batch
+   * is with the writer. */
+  uint32_t test_hold_ms;
 } pg_store_options;
 
 #define PG_STORE_OPTIONS_INIT \
-  {PG_STORE_OPTIONS_VERSION, "sqlite", NULL, NULL, PG_DUR_FULL, NULL, true}
+  {PG_STORE_OPTIONS_VERSION, "sqlite", NULL, NULL, PG_DUR_FULL, NULL, true, 0}
 
 typedef struct pg_store pg_store;
 
@@ -176,6 +182,16 @@ int pg_store_events(pg_store *st, const char *conv, uint64_t from, uint64_t to, 
  * 0 found, PARLEY_ENOTFOUND, PARLEY_EDB. conv has room for 129 bytes. */
 int pg_store_sent_get(pg_store *st, const char *sender, const uint8_t msg_id[16],
                       char conv[129], uint64_t *seq);
+
+/* Calls fn for every stored idempotency key (sender, msg_id), in no
+ * particular order; fn returning nonzero stops the walk and is returned.
+ * The gateway reads them once at start-up into a filter of known ids, so
+ * that a Send with a new id (nearly every one) is known to be new without
+ * a read; pg_store_sent_get then runs only for the few the filter cannot
+ * rule out. */
+int pg_store_sent_each(pg_store *st,
+                       int (*fn)(void *ud, const char *sender, const uint8_t msg_id[16]),
+                       void *ud);
 
 /* The stored cumulative watermark of (principal, device, conv); 0 when none.
  * Bots use device "". 0 or PARLEY_EDB. */
@@ -323,6 +339,8 @@ typedef struct pg_store_backend {
                        uint64_t *acked);
   int (*state_each)(void *impl, const char *conv,
                     int (*fn)(void *ud, const char *key, const void *val, size_t len), void *ud);
+  int (*sent_each)(void *impl,
+                   int (*fn)(void *ud, const char *sender, const uint8_t msg_id[16]), void *ud);
 } pg_store_backend;
 
 /* Reports a submitted batch finished (thread-safe). commit_us is the time
