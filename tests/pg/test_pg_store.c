@@ -99,6 +99,20 @@ static void msgid(uint8_t id[16], uint32_t node_no, uint32_t k) {
   id[15] = 0xAB;
 }
 
+typedef struct keys {
+  int n, carol, id1;
+} keys;
+
+static int count_keys(void *ud, const char *sender, const uint8_t msg_id[16]) {
+  keys *k = ud;
+  uint8_t want[16];
+  msgid(want, 1, 1);
+  k->n++;
+  k->carol += !strcmp(sender, "carol");
+  k->id1 += !memcmp(msg_id, want, 16);
+  return 0;
+}
+
 typedef struct node3 {
   int status[3];
   char why[3][200];
@@ -273,6 +287,12 @@ static void test_send_dup_commit_resume(void **unused) {
   assert_int_equal(pg_store_sent_get(n.st, "carol", id[1], conv, &seq), 0);
   assert_string_equal(conv, "c1");
   assert_int_equal(seq, 2);
+  /* Every stored key, for the gateway's filter of known ids. */
+  keys k = {0};
+  assert_int_equal(pg_store_sent_each(n.st, count_keys, &k), 0);
+  assert_int_equal(k.n, 3);
+  assert_int_equal(k.carol, 3);
+  assert_int_equal(k.id1, 1);
   uint8_t other[16];
   msgid(other, 9, 9);
   assert_int_equal(pg_store_sent_get(n.st, "carol", other, conv, &seq), PARLEY_ENOTFOUND);

@@ -1040,6 +1040,42 @@ static int pgb_sent_get(void *impl, const char *sender, const uint8_t id[16], ch
   return rc;
 }
 
+/* Every idempotency key, streamed row by row (single-row mode), so that
+ * a log of millions of messages is never held in memory at once. */
+static int pgb_sent_each(void *impl,
+                         int (*fn)(void *ud, const char *sender, const uint8_t msg_id[16]),
+                         void *ud) {
+  pgb *p = impl;
+  if (!PQsendQueryParams(p->rd,
+                         "SELECT sender, msg_id FROM parley_events WHERE msg_id IS NOT NULL",
+                         0, NULL, NULL, NULL, NULL, 1) ||
+      !PQsetSingleRowMode(p->rd)) {
+    copy_msg(p->rerr, sizeof p->rerr, "postgres: read: ", PQerrorMessage(p->rd));
+    return PARLEY_EDB;
+  }
+  int out = 0;
+  PGresult *r;
+  /* Every result is consumed, also after fn stopped the walk, so that the
+   * connection is ready for the next read. */
+  while ((r = PQgetResult(p->rd))) {
+    ExecStatusType st = PQresultStatus(r);
+    if (st == PGRES_SINGLE_TUPLE && !out) {
+      int sl = PQgetlength(r, 0, 0);
+      char sender[129];
+      if (PQgetlength(r, 0, 1) == 16 && sl >= 0 && sl < (int)sizeof sender) {
+        memcpy(sender, PQgetvalue(r, 0, 0), (size_t)sl);
+        sender[sl] = 0;
+        out = fn(ud, sender, (const uint8_t *)PQgetvalue(r, 0, 1));
+      }
+    } else if (st != PGRES_SINGLE_TUPLE && st != PGRES_TUPLES_OK && !out) {
+      copy_msg(p->rerr, sizeof p->rerr, "postgres: read: ", PQerrorMessage(p->rd));
+      out = PARLEY_EDB;
+    }
+    PQclear(r);
+  }
+  return out;
+}
+
 static int pgb_watermark_get(void *impl, const char *principal, const char *device,
                              const char *conv, uint64_t *acked) {
   pgb *p = impl;
@@ -1094,6 +1130,7 @@ const pg_store_backend pg_store_postgres = {
     .conv_each = pgb_conv_each,
     .events = pgb_events,
     .sent_get = pgb_sent_get,
+    .sent_each = pgb_sent_each,
     .watermark_get = pgb_watermark_get,
     .state_each = pgb_state_each,
 };
