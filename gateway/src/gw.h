@@ -228,6 +228,9 @@ void pg_hot_free(pg_gateway *g);
 /* Reads what the hot state needs from the store at start-up (the filter
  * of known client message ids). */
 int pg_hot_init(pg_gateway *g);
+/* For pg_store_on_remote (ud is the gateway): another node sharing the
+ * store wrote conv up to last_seq (conv NULL: anything may have moved). */
+void pg_hot_remote(void *ud, const char *conv, uint64_t last_seq);
 /* Bytes the hot state holds (tails and recent ids), for the benchmarks. */
 size_t pg_hot_bytes(const pg_gateway *g);
 

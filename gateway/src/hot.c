@@ -62,6 +62,72 @@ static void hot_reload(pg_gateway *g, pg_conv *cv) {
   cv->reload = false;
 }
 
+/* Another node moved a conversation this node holds in memory: its rows
+ * become the stored one, the tail starts over (what is not in it is read
+ * from the store), and routing treats it as newly published, which
+ * pushes the new events to this node's streams and revokes this node's
+ * bot if the other node moved the assignment. A node never places a
+ * conversation because another node wrote it (two nodes with bot
+ * connections would take it from each other): placing is held for the
+ * call. A conversation with writes of this node in flight is left to
+ * its batch, which fails on the conflict and re-reads it. */
+static void remote_one(pg_gateway *g, pg_conv *cv, uint64_t last_seq) {
+  if (!cv->exists || cv->placing) return;
+  if (last_seq && last_seq <= cv->pub.last_seq) return;
+  if (cv->row.last_seq != cv->pub.last_seq || cv->row.epoch != cv->pub.epoch ||
+      cv->row.state_version != cv->pub.state_version) {
+    cv->reload = true;
+    return;
+  }
+  pg_store_conv fresh, row;
+  if (pg_store_conv_get(g->store, cv->pub.id, &fresh) != 0) return;
+  if (fresh.last_seq <= cv->pub.last_seq && fresh.epoch == cv->pub.epoch &&
+      fresh.state_version == cv->pub.state_version) {
+    pg_store_conv_clear(&fresh);
+    return;
+  }
+  if (pg_store_conv_copy(&row, &fresh) != 0) {
+    pg_store_conv_clear(&fresh);
+    return;
+  }
+  row.last_seq = fresh.last_seq;
+  pg_store_conv old = cv->pub;
+  pg_store_conv_clear(&cv->row);
+  cv->pub = fresh;
+  cv->row = row;
+  cv->reload = false;
+  cv->bot_wm_loaded = false;
+  tail_clear(g, cv);
+  cv->placing = true;
+  if (g->route.published) g->route.published(g, cv, &old, false);
+  cv->placing = false;
+  pg_store_conv_clear(&old);
+}
+
+void pg_hot_remote(void *ud, const char *conv, uint64_t last_seq) {
+  pg_gateway *g = ud;
+  if (conv) {
+    pg_conv *cv = gw_map_get(&g->convs, conv);
+    if (cv) remote_one(g, cv, last_seq);
+    return;
+  }
+  /* News may have been missed: every conversation in memory is checked. */
+  size_t i = 0, n = 0;
+  const char *k;
+  void *v;
+  while (gw_map_next(&g->convs, &i, &k, &v)) n++;
+  char **ids = n ? calloc(n, sizeof *ids) : NULL;
+  size_t m = 0;
+  i = 0;
+  while (ids && gw_map_next(&g->convs, &i, &k, &v) && m < n) ids[m++] = strdup(k);
+  for (size_t j = 0; j < m; j++) {
+    pg_conv *cv = ids[j] ? gw_map_get(&g->convs, ids[j]) : NULL;
+    if (cv) remote_one(g, cv, 0);
+    free(ids[j]);
+  }
+  free(ids);
+}
+
 pg_conv *pg_hot_conv(pg_gateway *g, const char *id, bool pending) {
   pg_conv *cv = gw_map_get(&g->convs, id);
   if (cv && cv->exists && cv->reload) hot_reload(g, cv);

@@ -239,6 +239,7 @@ int pg_gateway_new(uv_loop_t *loop, const pg_config *cfg, pg_gateway **out) {
     fprintf(stderr, "gateway: warning: test fault on (the writer holds each batch %u ms): for "
                     "tests only\n", so.test_hold_ms);
   int rc = pg_store_open(&so, &g->store, err, sizeof err);
+  if (rc == 0) pg_store_on_remote(g->store, pg_hot_remote, g);
   if (rc == 0 && (rc = pg_hot_init(g)) != 0) {
     snprintf(err, sizeof err, "%s: reading the known message ids: %s", g->cfg->data_dir,
              pg_store_errmsg(g->store));

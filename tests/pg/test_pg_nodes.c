@@ -8,7 +8,8 @@
  *     conflicts, it re-reads the conversation, and the resend gets the next
  *     free seq (no gap, no doubled seq);
  *   - two devices on two nodes writing one conversation at once: every
- *     send ACKed once, seqs gap-free, and every device reads the same log.
+ *     send ACKed once, seqs gap-free, and every device is handed the whole
+ *     log in seq order, the other node's events included (LISTEN/NOTIFY).
  *
  * Run through with_pg, which starts the server and sets PARLEY_TEST_PG_URL. */
 #include <setjmp.h>
@@ -136,7 +137,30 @@ static void d_result(parley_client *c, const parley_send_result *r, void *sud, v
     d->acked++;
   }
   d_send(d);
-  if (d->results == BOTH_MSGS) parley_client_stop(d->c, 500);
+}
+
+/* Both devices stop once both sent everything and both were handed the
+ * whole log (delivery between the nodes), or at the deadline. */
+typedef struct watch {
+  dev *d;
+  uint64_t deadline;
+  uint64_t both_at; /* when the second device reached the end */
+  uint64_t done_sending_at;
+} watch;
+
+static void on_watch(uv_timer_t *t) {
+  watch *w = t->data;
+  uint64_t now = uv_now(t->loop);
+  bool sent = w->d[0].results == BOTH_MSGS && w->d[1].results == BOTH_MSGS;
+  if (sent && !w->done_sending_at) w->done_sending_at = now;
+  bool same = w->d[0].last_delivered == w->d[1].last_delivered &&
+              w->d[0].last_delivered >= 2 * BOTH_MSGS + 1;
+  if (sent && same && !w->both_at) w->both_at = now;
+  if ((sent && same) || now > w->deadline) {
+    uv_timer_stop(t);
+    uv_close((uv_handle_t *)t, NULL);
+    for (int i = 0; i < 2; i++) parley_client_stop(w->d[i].c, 500);
+  }
 }
 
 static void d_event(parley_client *c, const parley_event *ev, void *ud) {
@@ -207,6 +231,11 @@ static void test_two_devices_two_nodes(void **state) {
     assert_int_equal(parley_client_start(d[i].c), 0);
     open_devs++;
   }
+  uv_timer_t wt;
+  watch w = {.d = d, .deadline = uv_now(&loop) + 20000};
+  uv_timer_init(&loop, &wt);
+  wt.data = &w;
+  uv_timer_start(&wt, on_watch, 5, 5);
   uv_run(&loop, UV_RUN_DEFAULT);
   for (int i = 0; i < 2; i++) parley_client_free(d[i].c);
   uv_run(&loop, UV_RUN_DEFAULT);
@@ -236,8 +265,13 @@ static void test_two_devices_two_nodes(void **state) {
                                     "AND msg_id IS NOT NULL"),
                    2 * BOTH_MSGS + 1);
   printf("two devices on two nodes: %d sends, log 1..%lld gap-free; devices were handed "
-         "%llu and %llu events in order\n",
-         n, mx, (unsigned long long)d[0].last_delivered, (unsigned long long)d[1].last_delivered);
+         "%llu and %llu events in order, %llu ms after the last ACK\n",
+         n, mx, (unsigned long long)d[0].last_delivered, (unsigned long long)d[1].last_delivered,
+         (unsigned long long)(w.both_at >= w.done_sending_at ? w.both_at - w.done_sending_at : 0));
+  /* Delivery between nodes: each device was handed the whole log, its
+   * own events and the other node's. */
+  assert_int_equal(d[0].last_delivered, mx);
+  assert_int_equal(d[1].last_delivered, mx);
 }
 
 int main(void) {

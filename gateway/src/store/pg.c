@@ -51,6 +51,7 @@
 #include <time.h>
 
 #include <libpq-fe.h>
+#include <uv.h>
 
 #include <parley/error.h>
 
@@ -62,6 +63,11 @@
 #define PGB_OUTAGE_MS 60000
 #define PGB_RETRY_MIN_MS 50
 #define PGB_RETRY_MAX_MS 2000
+/* The channel on which a node announces the conversations it wrote, and
+ * the most bytes of one announcement (PostgreSQL's limit is 8000). */
+#define PGB_CHANNEL "parley_conv"
+#define PGB_NOTIFY_MAX 7800
+#define PGB_LISTEN_RETRY_MS 1000
 
 typedef struct qitem {
   struct qitem *next;
@@ -96,6 +102,17 @@ typedef struct pgb {
   int cur_batch;
   int first_fail;
   bool commit_pending; /* the last pending statement is the COMMIT */
+
+  /* This node's tag in its announcements, so that it skips its own. */
+  char tag[24];
+  /* Loop thread: the listening connection and what it calls. */
+  uv_loop_t *loop;
+  PGconn *ls;
+  uv_poll_t *poll;
+  uv_timer_t *retry;
+  pg_store_remote_fn remote;
+  void *remote_ud;
+  bool missed; /* the listener was down: announcements may be lost */
 } pgb;
 
 static uint64_t now_us(void) {
@@ -281,7 +298,10 @@ static PGresult *run(PGconn *c, const char *sql, const params *p, int result_fmt
 /* ------------------------------------------------------------ writes */
 
 /* The writer's statements, prepared once per connection. */
-enum { S_CONV_INS, S_CONV_PUT, S_ADVANCE, S_EV_PUT, S_STATE_SET, S_STATE_DEL, S_WM_SET, S_COUNT };
+enum {
+  S_CONV_INS, S_CONV_PUT, S_ADVANCE, S_EV_PUT, S_STATE_SET, S_STATE_DEL, S_WM_SET, S_NOTIFY,
+  S_COUNT
+};
 
 static const struct {
   const char *name, *what, *sql;
@@ -302,6 +322,9 @@ static const struct {
                      "ON CONFLICT(conv,key) DO UPDATE SET val=excluded.val"},
     [S_STATE_DEL] = {"parley_state_del", "state",
                      "DELETE FROM parley_state WHERE conv=$1 AND key=$2"},
+    /* Delivered to the other nodes' listeners when the transaction
+     * commits, and not at all when it does not. */
+    [S_NOTIFY] = {"parley_notify", "notify", "SELECT pg_notify('" PGB_CHANNEL "', $1)"},
     [S_WM_SET] = {"parley_wm_set", "watermark",
                   "INSERT INTO parley_watermarks(principal,device,conv,acked) VALUES($1,$2,$3,$4) "
                   "ON CONFLICT(principal,device,conv) DO UPDATE SET acked=excluded.acked "
@@ -324,7 +347,7 @@ static bool prepare_writer(PGconn *c, char *err, size_t errlen) {
 }
 
 /* Outcome of one statement of a batch. */
-enum { W_OK = 0, W_CONFLICT = 1, W_FAIL = 2, W_LOST = 3 };
+enum { PGW_OK = 0, PGW_CONFLICT = 1, PGW_FAIL = 2, PGW_LOST = 3 };
 
 /* Classifies a failed statement: a lost connection is retried, a
  * constraint, serialisation or deadlock failure is a conflict with
@@ -332,7 +355,7 @@ enum { W_OK = 0, W_CONFLICT = 1, W_FAIL = 2, W_LOST = 3 };
 static int classify(pgb *p, PGresult *r, const char *what) {
   if (PQstatus(p->wr) != CONNECTION_OK) {
     copy_msg(p->werr, sizeof p->werr, "postgres: connection lost: ", PQerrorMessage(p->wr));
-    return W_LOST;
+    return PGW_LOST;
   }
   const char *state = r ? PQresultErrorField(r, PG_DIAG_SQLSTATE) : NULL;
   char head[96];
@@ -342,7 +365,7 @@ static int classify(pgb *p, PGresult *r, const char *what) {
   /* The primary message alone: one line, without "ERROR:" and context. */
   const char *primary = r ? PQresultErrorField(r, PG_DIAG_MESSAGE_PRIMARY) : NULL;
   copy_msg(p->werr, sizeof p->werr, head, primary ? primary : PQerrorMessage(p->wr));
-  return conflict ? W_CONFLICT : W_FAIL;
+  return conflict ? PGW_CONFLICT : PGW_FAIL;
 }
 
 static int flush_chunk(pgb *p);
@@ -363,14 +386,14 @@ static bool pend_room(pgb *p) {
 
 /* Queues one statement of the batch p->cur_batch on the pipeline. */
 static int step(pgb *p, int stmt, const params *ps) {
-  if (!pend_room(p)) return W_FAIL;
+  if (!pend_room(p)) return PGW_FAIL;
   if (!PQsendQueryPrepared(p->wr, stmts[stmt].name, ps->n, ps->v, ps->len, ps->fmt, 0))
     return classify(p, NULL, stmts[stmt].what);
   p->pend[p->n_pend].batch = p->cur_batch;
   p->pend[p->n_pend].stmt = stmt;
   p->n_pend++;
   if (p->n_pend >= PGB_CHUNK) return flush_chunk(p);
-  return W_OK;
+  return PGW_OK;
 }
 
 static void conv_params(params *ps, const pg_store_conv *c) {
@@ -426,10 +449,10 @@ static int apply_batch(pgb *p, const pg_store_batch *b) {
   touch *t = cap ? calloc(cap, sizeof *t) : NULL;
   if (cap && !t) {
     snprintf(p->werr, sizeof p->werr, "postgres: out of memory");
-    return W_FAIL;
+    return PGW_FAIL;
   }
   size_t nt = 0;
-  int rc = W_OK;
+  int rc = PGW_OK;
   for (size_t i = 0; i < v.n_events; i++) {
     const pg_store_event *e = &v.events[i];
     touch *x = find_touch(t, nt, e->conv);
@@ -440,7 +463,7 @@ static int apply_batch(pgb *p, const pg_store_batch *b) {
     } else if (e->seq != x->last + 1) {
       snprintf(p->werr, sizeof p->werr, "postgres: batch events of %s are not consecutive",
                e->conv);
-      rc = W_FAIL;
+      rc = PGW_FAIL;
     }
     x->last = e->seq;
   }
@@ -500,7 +523,7 @@ static int apply_batch(pgb *p, const pg_store_batch *b) {
     wm = malloc(v.n_wms * sizeof *wm);
     if (!wm) {
       snprintf(p->werr, sizeof p->werr, "postgres: out of memory");
-      rc = W_FAIL;
+      rc = PGW_FAIL;
     } else {
       for (size_t i = 0; i < v.n_wms; i++) wm[i] = &v.wms[i];
       qsort(wm, v.n_wms, sizeof *wm, wm_cmp);
@@ -554,7 +577,7 @@ static bool conn_lost(pgb *p) { return PQstatus(p->wr) != CONNECTION_OK; }
 static int flush_chunk(pgb *p) {
   if (!PQpipelineSync(p->wr)) return classify(p, NULL, "sync");
   size_t q = 0;
-  int rc = W_OK;
+  int rc = PGW_OK;
   for (;;) {
     PGresult *r = PQgetResult(p->wr);
     if (!r) {
@@ -562,7 +585,7 @@ static int flush_chunk(pgb *p) {
       if (conn_lost(p)) return classify(p, NULL, "pipeline");
       if (++q > p->n_pend + 1) {
         snprintf(p->werr, sizeof p->werr, "postgres: pipeline out of step");
-        return W_LOST; /* a fresh connection sorts it out */
+        return PGW_LOST; /* a fresh connection sorts it out */
       }
       continue;
     }
@@ -574,13 +597,51 @@ static int flush_chunk(pgb *p) {
     if (st == PGRES_FATAL_ERROR && p->first_fail < 0 && q < p->n_pend) {
       const pend *e = &p->pend[q];
       int c = classify(p, r, e->batch < 0 ? "commit" : stmts[e->stmt].what);
-      if (c == W_LOST) rc = W_LOST;
+      if (c == PGW_LOST) rc = PGW_LOST;
       /* A failed COMMIT fails the whole group. */
       p->first_fail = e->batch < 0 ? 0 : e->batch;
     }
     PQclear(r);
   }
   p->n_pend = 0;
+  return rc;
+}
+
+/* Queues the group's announcement: "tag" then one "conv last_seq" line
+ * per conversation the batches add events to, in notifications of at
+ * most PGB_NOTIFY_MAX bytes. A failure of it fails the group. */
+static int announce(pgb *p, qitem *list, int limit) {
+  char buf[PGB_NOTIFY_MAX + 200];
+  size_t len = (size_t)snprintf(buf, sizeof buf, "%s", p->tag);
+  size_t head = len;
+  int rc = PGW_OK, i = 0;
+  p->cur_batch = 0;
+  for (qitem *it = list; it && i < limit && !rc; it = it->next, i++) {
+    pg_store_batch_view v;
+    pg_store_batch_view_get(it->b, &v);
+    for (size_t e = 0; e < v.n_events && !rc; e++) {
+      /* One line per run of a conversation's events: its last seq. */
+      if (e + 1 < v.n_events && !strcmp(v.events[e + 1].conv, v.events[e].conv)) continue;
+      char line[180];
+      int n = snprintf(line, sizeof line, "\n%s %llu", v.events[e].conv,
+                       (unsigned long long)v.events[e].seq);
+      if (n <= 0 || (size_t)n >= sizeof line) continue;
+      if (len + (size_t)n > PGB_NOTIFY_MAX) {
+        params ps = {0};
+        p_text(&ps, buf);
+        rc = step(p, S_NOTIFY, &ps);
+        len = head;
+        buf[len] = 0;
+      }
+      memcpy(buf + len, line, (size_t)n + 1);
+      len += (size_t)n;
+    }
+  }
+  if (!rc && len > head) {
+    params ps = {0};
+    p_text(&ps, buf);
+    rc = step(p, S_NOTIFY, &ps);
+  }
   return rc;
 }
 
@@ -598,7 +659,7 @@ static int run_pipeline(pgb *p, qitem *list, int limit, group *g) {
   PGresult *r = PQexec(p->wr, "BEGIN; SELECT txid_current()");
   bool began = PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) == 1;
   if (began) snprintf(g->xid, sizeof g->xid, "%s", PQgetvalue(r, 0, 0));
-  else if (classify(p, r, "begin") == W_LOST) began = false;
+  else if (classify(p, r, "begin") == PGW_LOST) began = false;
   PQclear(r);
   if (!began) {
     char e[64];
@@ -610,13 +671,14 @@ static int run_pipeline(pgb *p, qitem *list, int limit, group *g) {
     copy_msg(p->werr, sizeof p->werr, "postgres: pipeline: ", PQerrorMessage(p->wr));
     return conn_lost(p) ? -1 : 0;
   }
-  int rc = W_OK, i = 0;
+  int rc = PGW_OK, i = 0;
   for (qitem *it = list; i < limit && !rc && p->first_fail < 0; it = it->next, i++) {
     p->cur_batch = i;
     rc = apply_batch(p, it->b);
-    if (rc && rc != W_LOST && p->first_fail < 0) p->first_fail = i;
+    if (rc && rc != PGW_LOST && p->first_fail < 0) p->first_fail = i;
   }
-  if (rc != W_LOST && p->first_fail < 0) {
+  if (rc != PGW_LOST && p->first_fail < 0) rc = announce(p, list, limit);
+  if (rc != PGW_LOST && p->first_fail < 0) {
     if (!pend_room(p)) {
       p->first_fail = 0;
     } else if (PQsendQueryParams(p->wr, "COMMIT", 0, NULL, NULL, NULL, NULL, 0)) {
@@ -628,8 +690,8 @@ static int run_pipeline(pgb *p, qitem *list, int limit, group *g) {
       rc = classify(p, NULL, "commit");
     }
   }
-  if (rc != W_LOST) rc = flush_chunk(p);
-  if (rc == W_LOST || conn_lost(p)) return -1;
+  if (rc != PGW_LOST) rc = flush_chunk(p);
+  if (rc == PGW_LOST || conn_lost(p)) return -1;
   PQexitPipelineMode(p->wr);
   if (p->first_fail >= 0) {
     char e[64];
@@ -644,7 +706,7 @@ static int run_pipeline(pgb *p, qitem *list, int limit, group *g) {
 /* Commits the batches of one wake-up in one transaction. When one fails
  * (a conflict with another node, say), the batches before it are written
  * again without it, so that it fails alone; the ones after it fail as
- * poisoned (store.h). Returns W_LOST when the connection broke: the caller
+ * poisoned (store.h). Returns PGW_LOST when the connection broke: the caller
  * reconnects and, unless the transaction is known committed, runs the
  * group again. */
 static int write_group(pgb *p, qitem *list, group *g) {
@@ -658,14 +720,14 @@ static int write_group(pgb *p, qitem *list, group *g) {
   }
   while (limit > 0) {
     int f = run_pipeline(p, list, limit, g);
-    if (f < 0) return W_LOST;
+    if (f < 0) return PGW_LOST;
     if (f == limit) break;
     /* Batch f failed for a reason of its own. */
     g->poisoned = false;
     limit = f;
   }
   g->n_ok = limit;
-  return W_OK;
+  return PGW_OK;
 }
 
 /* After a lost connection: did the group's transaction commit? 1 yes,
@@ -715,7 +777,7 @@ static void run_group(pgb *p, qitem *list) {
   memset(&g, 0, sizeof g);
   bool connected = !conn_lost(p) || writer_reconnect(p, deadline);
   while (connected) {
-    if (write_group(p, list, &g) != W_LOST) break;
+    if (write_group(p, list, &g) != PGW_LOST) break;
     /* The connection broke. The same group runs again on a new one,
      * unless its COMMIT was out and the database says it committed. */
     group lost = g;
@@ -792,6 +854,9 @@ static void pgb_drain(void *impl) {
 
 /* ------------------------------------------------------------ open/close */
 
+static void listen_drop(pgb *p);
+static void free_handle(uv_handle_t *h);
+
 static void pgb_close(void *impl) {
   pgb *p = impl;
   if (!p) return;
@@ -804,6 +869,13 @@ static void pgb_close(void *impl) {
   }
   if (p->wr) PQfinish(p->wr);
   if (p->rd) PQfinish(p->rd);
+  p->remote = NULL;
+  listen_drop(p);
+  if (p->retry) {
+    uv_timer_stop(p->retry);
+    p->retry->data = NULL;
+    uv_close((uv_handle_t *)p->retry, free_handle);
+  }
   pthread_mutex_destroy(&p->mu);
   pthread_cond_destroy(&p->wake);
   pthread_cond_destroy(&p->idle);
@@ -841,6 +913,13 @@ static int pgb_open(const pg_store_options *o, void **out, char *err, size_t err
   pthread_cond_init(&p->wake, NULL);
   pthread_cond_init(&p->idle, NULL);
   p->durability = o->durability;
+  p->loop = o->loop;
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  /* Unique enough among the nodes of one database: the time and where
+   * this process put its state. */
+  snprintf(p->tag, sizeof p->tag, "n%lx%lx", (unsigned long)ts.tv_sec & 0xffffff,
+           (unsigned long)ts.tv_nsec ^ (unsigned long)(uintptr_t)p);
   p->merge = o->merge_batches;
   p->conninfo = strdup(o->url);
   if (!p->conninfo) {
@@ -869,6 +948,121 @@ static int pgb_open(const pg_store_options *o, void **out, char *err, size_t err
   p->th_started = true;
   *out = p;
   return 0;
+}
+
+/* ------------------------------------------------------------ listening */
+
+static void listen_start(pgb *p);
+
+static void free_handle(uv_handle_t *h) { free(h); }
+
+/* Drops the listening connection; news may be missed from here on. */
+static void listen_drop(pgb *p) {
+  if (p->poll) {
+    uv_poll_stop(p->poll);
+    p->poll->data = NULL;
+    uv_close((uv_handle_t *)p->poll, free_handle);
+    p->poll = NULL;
+  }
+  if (p->ls) {
+    PQfinish(p->ls);
+    p->ls = NULL;
+  }
+  p->missed = true;
+}
+
+static void on_retry(uv_timer_t *t) {
+  pgb *p = t->data;
+  if (p && !p->ls && p->remote) listen_start(p);
+}
+
+static void schedule_retry(pgb *p) {
+  if (!p->retry) {
+    p->retry = malloc(sizeof *p->retry);
+    if (!p->retry) return;
+    uv_timer_init(p->loop, p->retry);
+    uv_unref((uv_handle_t *)p->retry);
+    p->retry->data = p;
+  }
+  uv_timer_start(p->retry, on_retry, PGB_LISTEN_RETRY_MS, 0);
+}
+
+/* One announcement of another node: "tag\nconv seq\nconv seq...". */
+static void dispatch(pgb *p, const char *payload) {
+  size_t tl = strlen(p->tag);
+  if (!strncmp(payload, p->tag, tl) && (payload[tl] == '\n' || !payload[tl])) return;
+  const char *line = strchr(payload, '\n');
+  while (line && p->remote) {
+    line++;
+    const char *end = strchr(line, '\n');
+    size_t n = end ? (size_t)(end - line) : strlen(line);
+    char conv[160];
+    unsigned long long seq = 0;
+    const char *sp = memchr(line, ' ', n);
+    if (sp && (size_t)(sp - line) < sizeof conv) {
+      memcpy(conv, line, (size_t)(sp - line));
+      conv[sp - line] = 0;
+      seq = strtoull(sp + 1, NULL, 10);
+      if (conv[0] && seq) p->remote(p->remote_ud, conv, seq);
+    }
+    line = end;
+  }
+}
+
+static void on_listen(uv_poll_t *h, int status, int events) {
+  (void)events;
+  pgb *p = h->data;
+  if (!p) return;
+  if (status < 0 || !PQconsumeInput(p->ls) || PQstatus(p->ls) != CONNECTION_OK) {
+    listen_drop(p);
+    schedule_retry(p);
+    return;
+  }
+  PGnotify *n;
+  while (p->ls && (n = PQnotifies(p->ls))) {
+    dispatch(p, n->extra);
+    PQfreemem(n);
+  }
+}
+
+static void listen_start(pgb *p) {
+  char err[300];
+  p->ls = connect_db(p, err, sizeof err);
+  if (!p->ls || !exec_ok(p->ls, "LISTEN " PGB_CHANNEL, err, sizeof err) ||
+      PQsetnonblocking(p->ls, 1) != 0) {
+    if (p->ls) PQfinish(p->ls);
+    p->ls = NULL;
+    p->missed = true;
+    schedule_retry(p);
+    return;
+  }
+  p->poll = malloc(sizeof *p->poll);
+  if (!p->poll || uv_poll_init(p->loop, p->poll, PQsocket(p->ls)) != 0) {
+    free(p->poll);
+    p->poll = NULL;
+    PQfinish(p->ls);
+    p->ls = NULL;
+    schedule_retry(p);
+    return;
+  }
+  p->poll->data = p;
+  uv_unref((uv_handle_t *)p->poll);
+  uv_poll_start(p->poll, UV_READABLE, on_listen);
+  if (p->missed && p->remote) {
+    /* Back after an outage: whatever was announced meanwhile is lost. */
+    p->missed = false;
+    p->remote(p->remote_ud, NULL, 0);
+  }
+}
+
+static void pgb_on_remote(void *impl, pg_store_remote_fn fn, void *ud) {
+  pgb *p = impl;
+  p->remote = fn;
+  p->remote_ud = ud;
+  if (fn && !p->ls && p->loop) {
+    p->missed = false;
+    listen_start(p);
+  }
 }
 
 static const char *pgb_errmsg(void *impl) {
@@ -1131,6 +1325,7 @@ const pg_store_backend pg_store_postgres = {
     .events = pgb_events,
     .sent_get = pgb_sent_get,
     .sent_each = pgb_sent_each,
+    .on_remote = pgb_on_remote,
     .watermark_get = pgb_watermark_get,
     .state_each = pgb_state_each,
 };

@@ -428,6 +428,10 @@ int pg_store_state_each(pg_store *st, const char *conv,
   return st->be->state_each(st->impl, conv, fn, ud);
 }
 
+void pg_store_on_remote(pg_store *st, pg_store_remote_fn fn, void *ud) {
+  if (st->be->on_remote) st->be->on_remote(st->impl, fn, ud);
+}
+
 int pg_store_sent_each(pg_store *st,
                        int (*fn)(void *ud, const char *sender, const uint8_t msg_id[16]),
                        void *ud) {

@@ -277,6 +277,17 @@ typedef struct pg_store_stats {
 
 void pg_store_stats_get(const pg_store *st, pg_store_stats *out);
 
+/* ------------------------------------------------------- other nodes */
+
+/* Several gateway nodes may share one store (PostgreSQL). fn(ud, conv,
+ * last_seq) runs on the loop thread when another node committed events of
+ * conv up to last_seq, shortly after its commit; fn(ud, NULL, 0) when
+ * such news may have been missed (the backend lost and regained its
+ * listening connection): everything held in memory may be behind. A
+ * backend of one node (SQLite) never calls it. NULL fn turns it off. */
+typedef void (*pg_store_remote_fn)(void *ud, const char *conv, uint64_t last_seq);
+void pg_store_on_remote(pg_store *st, pg_store_remote_fn fn, void *ud);
+
 /* ------------------------------------------------------ for backends */
 
 /* A backend is a table of functions. pg_store_open picks it by name from
@@ -341,6 +352,8 @@ typedef struct pg_store_backend {
                     int (*fn)(void *ud, const char *key, const void *val, size_t len), void *ud);
   int (*sent_each)(void *impl,
                    int (*fn)(void *ud, const char *sender, const uint8_t msg_id[16]), void *ud);
+  /* May be NULL (a backend of one node). See pg_store_on_remote. */
+  void (*on_remote)(void *impl, pg_store_remote_fn fn, void *ud);
 } pg_store_backend;
 
 /* Reports a submitted batch finished (thread-safe). commit_us is the time
