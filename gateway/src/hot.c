@@ -70,15 +70,17 @@ static void hot_reload(pg_gateway *g, pg_conv *cv) {
  * conversation because another node wrote it (two nodes with bot
  * connections would take it from each other): placing is held for the
  * call. A conversation with writes of this node in flight is left to
- * its batch, which fails on the conflict and re-reads it. */
+ * its batch, which fails on the conflict if the other node moved it, and
+ * the rollback re-reads it. */
 static void remote_one(pg_gateway *g, pg_conv *cv, uint64_t last_seq) {
   if (!cv->exists || cv->placing) return;
   if (last_seq && last_seq <= cv->pub.last_seq) return;
+  /* Writes in flight: re-reading now would forget them (their seqs would
+   * be given again). If the other node moved it, they fail on the
+   * conflict and the rollback re-reads it. */
   if (cv->row.last_seq != cv->pub.last_seq || cv->row.epoch != cv->pub.epoch ||
-      cv->row.state_version != cv->pub.state_version) {
-    cv->reload = true;
+      cv->row.state_version != cv->pub.state_version)
     return;
-  }
   pg_store_conv fresh, row;
   if (pg_store_conv_get(g->store, cv->pub.id, &fresh) != 0) return;
   if (fresh.last_seq <= cv->pub.last_seq && fresh.epoch == cv->pub.epoch &&
