@@ -341,6 +341,11 @@ int pg_gateway_new(uv_loop_t *loop, const pg_config *cfg, pg_gateway **out) {
 
 int pg_gateway_port(const pg_gateway *g) { return g ? g->port : -1; }
 
+size_t pg_gateway_hot_bytes(const pg_gateway *g, size_t *conversations) {
+  if (conversations) *conversations = g ? g->convs.len : 0;
+  return g ? pg_hot_bytes(g) : 0;
+}
+
 static void handle_gone(pg_gateway *g) {
   if (--g->handles_open == 0 && g->done) g->done(g->done_ud);
 }
