@@ -36,8 +36,7 @@ static void conn_free(pg_conn *c) {
   free(c->principal);
   free(c->device);
   free(c->locale);
-  pt_reasm_reset(&c->rx);
-  free(c->rx.buf);
+  pt_reasm_free(&c->rx);
   pg_conn_drop_token(c);
   free(c);
 }
