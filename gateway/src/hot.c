@@ -566,9 +566,27 @@ void pg_hot_free(pg_gateway *g) {
   g->recent_n = g->recent_start = g->recent_cap = 0;
 }
 
+/* The heap bytes of a row's strings, with malloc's 16 bytes per block. */
+static size_t row_bytes(const pg_store_conv *r) {
+  const char *f[] = {r->id, r->customer, r->assignee, r->bot, r->locale, r->queue, r->note, r->tags};
+  size_t n = 0;
+  for (size_t i = 0; i < sizeof f / sizeof f[0]; i++)
+    if (f[i]) n += strlen(f[i]) + 1 + 16;
+  return n;
+}
+
 size_t pg_hot_bytes(const pg_gateway *g) {
-  return g->tail_total + g->recent_bytes + g->bloom_bytes +
-         g->convs.len * (sizeof(pg_conv) + 2 * 128) + g->convs.cap * 2 * sizeof(void *);
+  size_t n = g->recent_bytes + g->recent_cap * sizeof(void *) + g->bloom_bytes;
+  n += (g->convs.cap + g->recent.cap) * 2 * sizeof(void *);
+  size_t i = 0;
+  const char *k;
+  void *v;
+  while (gw_map_next(&g->convs, &i, &k, &v)) {
+    const pg_conv *cv = v;
+    n += sizeof *cv + 16 + strlen(k) + 1 + 16 + row_bytes(&cv->row) + row_bytes(&cv->pub);
+    n += cv->tail_cap * sizeof(pg_tailev) + cv->tail_bytes + cv->tail_n * 16;
+  }
+  return n;
 }
 
 /* ------------------------------------------------------------------- tags */

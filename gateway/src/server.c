@@ -36,8 +36,7 @@ static void conn_free(pg_conn *c) {
   free(c->principal);
   free(c->device);
   free(c->locale);
-  pt_reasm_reset(&c->rx);
-  free(c->rx.buf);
+  pt_reasm_free(&c->rx);
   pg_conn_drop_token(c);
   free(c);
 }
@@ -343,6 +342,11 @@ int pg_gateway_new(uv_loop_t *loop, const pg_config *cfg, pg_gateway **out) {
 }
 
 int pg_gateway_port(const pg_gateway *g) { return g ? g->port : -1; }
+
+size_t pg_gateway_hot_bytes(const pg_gateway *g, size_t *conversations) {
+  if (conversations) *conversations = g ? g->convs.len : 0;
+  return g ? pg_hot_bytes(g) : 0;
+}
 
 static void handle_gone(pg_gateway *g) {
   if (--g->handles_open == 0 && g->done) g->done(g->done_ud);

@@ -130,6 +130,8 @@ gwh *gwh_start(const char *data_dir, const char *limits, const char *extra) {
   return h;
 }
 
+struct pg_gateway *gwh_gateway(gwh *h) { return h->g; }
+
 int gwh_port(const gwh *h) { return h->port; }
 
 void gwh_stop(gwh *h) {
