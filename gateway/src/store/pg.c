@@ -41,8 +41,14 @@
  * on the constraints, is reported failed, and the node reloads what is
  * really stored; nothing is written twice.
  *
- * Two connections per node: the writer thread's and the loop's, which
- * only reads (store.h: reads are the cold path).
+ * Every group's transaction also announces the conversations it added
+ * events to (pg_notify on PGB_CHANNEL): the other nodes hear of them when
+ * the commit happens and never of a rollback, and refresh what they hold
+ * in memory (store.h, pg_store_on_remote).
+ *
+ * Three connections per node: the writer thread's (statements sent on
+ * libpq's pipeline as prepared statements), the loop's, which only reads
+ * (store.h: reads are the cold path), and the loop's listening one.
  */
 #include <pthread.h>
 #include <stdio.h>
