@@ -107,8 +107,19 @@ static int postgres_conninfo(const pc_node *n, char **out, pc_error *err) {
   char password[PASSWORD_MAX];
   char *buf = NULL;
   size_t len = 0, cap = 0;
+  /* Defaults where the URL says nothing: the event loop's reads must not
+   * hang for minutes on an unreachable host, and the writer must notice a
+   * database host that vanished without closing its connections (TCP
+   * keepalives: about 25 s instead of the system's two hours). */
+  static const char *const defaults[][2] = {{"connect_timeout", "5"},
+                                            {"keepalives_idle", "10"},
+                                            {"keepalives_interval", "5"},
+                                            {"keepalives_count", "3"}};
+  bool given[4] = {false, false, false, false};
   for (PQconninfoOption *o = opts; !rc && o->keyword; o++) {
     if (!o->val) continue;
+    for (size_t d = 0; d < 4; d++)
+      if (!strcmp(o->keyword, defaults[d][0])) given[d] = true;
     if (!strcmp(o->keyword, "password"))
       rc = fail(err, pc_get(n, "url"), "storage.url",
                 "holds a password: give it with storage.password_env or "
@@ -117,10 +128,11 @@ static int postgres_conninfo(const pc_node *n, char **out, pc_error *err) {
       rc = append_kv(&buf, &len, &cap, o->keyword, o->val);
   }
   PQconninfoFree(opts);
+  for (size_t d = 0; !rc && d < 4; d++)
+    if (!given[d]) rc = append_kv(&buf, &len, &cap, defaults[d][0], defaults[d][1]);
   if (!rc) rc = read_password(n, password, err);
   if (!rc && password[0]) rc = append_kv(&buf, &len, &cap, "password", password);
   sodium_memzero(password, sizeof password);
-  if (!rc && !buf) rc = append_kv(&buf, &len, &cap, "application_name", "parley-gateway");
   if (rc) {
     pg_storage_conninfo_free(buf);
     return rc;
