@@ -74,6 +74,7 @@
 #define PGB_CHANNEL "parley_conv"
 #define PGB_NOTIFY_MAX 7800
 #define PGB_LISTEN_RETRY_MS 1000
+#define PGB_LISTEN_RETRY_MAX_MS 30000
 
 typedef struct qitem {
   struct qitem *next;
@@ -119,6 +120,7 @@ typedef struct pgb {
   pg_store_remote_fn remote;
   void *remote_ud;
   bool missed; /* the listener was down: announcements may be lost */
+  unsigned retry_ms; /* the next wait before reconnecting it */
 } pgb;
 
 static uint64_t now_us(void) {
@@ -990,7 +992,12 @@ static void schedule_retry(pgb *p) {
     uv_unref((uv_handle_t *)p->retry);
     p->retry->data = p;
   }
-  uv_timer_start(p->retry, on_retry, PGB_LISTEN_RETRY_MS, 0);
+  /* Connecting blocks the loop (up to connect_timeout when the host does
+   * not answer), so the attempts thin out while the database stays away. */
+  if (!p->retry_ms) p->retry_ms = PGB_LISTEN_RETRY_MS;
+  uv_timer_start(p->retry, on_retry, p->retry_ms, 0);
+  p->retry_ms = p->retry_ms * 2 > PGB_LISTEN_RETRY_MAX_MS ? PGB_LISTEN_RETRY_MAX_MS
+                                                          : p->retry_ms * 2;
 }
 
 /* One announcement of another node: "tag\nconv seq\nconv seq...". */
@@ -1052,6 +1059,7 @@ static void listen_start(pgb *p) {
     return;
   }
   p->poll->data = p;
+  p->retry_ms = 0;
   uv_unref((uv_handle_t *)p->poll);
   uv_poll_start(p->poll, UV_READABLE, on_listen);
   if (p->missed && p->remote) {
