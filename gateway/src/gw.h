@@ -183,6 +183,10 @@ typedef struct pg_conv {
   uint64_t placed_epoch;   /* the epoch last given to a connection */
   bool placing;            /* an epoch bump for a placement is in flight */
   uint64_t bot_wm;         /* the bot's commit watermark, applied (durable or not) */
+  /* The last seq an earlier run of the gateway stored (when this process
+   * first loaded the conversation): that run may have pushed those events
+   * to a bot, which may commit them before this process pushes them. */
+  uint64_t boot_last_seq;
   bool bot_wm_loaded;
   /* The tail: the most recent events, seq-contiguous and ending at
    * row.last_seq, in a ring of tail_cap slots. */

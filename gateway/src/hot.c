@@ -57,6 +57,7 @@ pg_conv *pg_hot_conv(pg_gateway *g, const char *id, bool pending) {
     return NULL;
   }
   cv->row.last_seq = cv->pub.last_seq;
+  cv->boot_last_seq = cv->pub.last_seq;
   cv->exists = true;
   /* Its current epoch may have been given to a connection before a
    * restart: the next placement bumps it, fencing that connection. */
