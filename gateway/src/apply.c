@@ -754,12 +754,16 @@ static int apply_commit(pg_gateway *g, pg_turn *t, pg_op *op) {
 }
 
 static int apply_ack(pg_gateway *g, pg_turn *t, pg_op *op) {
-  (void)g;
   const Parley__V1__Ack *a = op->frame->ack;
-  for (size_t i = 0; i < a->n_entries; i++)
-    if (pg_store_batch_watermark(t->batch, op->principal, op->device,
-                                 a->entries[i]->conversation, a->entries[i]->up_to_seq))
+  for (size_t i = 0; i < a->n_entries; i++) {
+    const Parley__V1__AckEntry *e = a->entries[i];
+    if (pg_store_batch_watermark(t->batch, op->principal, op->device, e->conversation,
+                                 e->up_to_seq))
       return PARLEY_ENOMEM;
+    /* The hot copy, for a reconnect before the batch is durable. */
+    pg_conv *cv = pg_hot_conv(g, e->conversation, false);
+    if (cv) pg_hot_wm_raise(g, cv, op->principal, op->device, e->up_to_seq);
+  }
   return 0;
 }
 

@@ -193,6 +193,11 @@ typedef struct pg_conv {
   pg_tailev *tail;
   size_t tail_cap, tail_start, tail_n, tail_bytes;
   struct pg_conv *lru_prev, *lru_next; /* conversations with a tail, newest first */
+  /* Customers' and agents' watermarks, (principal, device) -> acked, as
+   * applied (durable or not): a reconnect resumes after the last Ack even
+   * when its batch is still with the store. Filled on first use. */
+  struct pg_wm *wms;
+  size_t n_wms, cap_wms;
 } pg_conv;
 
 /* The conversation, from memory or loaded from the store; NULL when it
@@ -214,6 +219,12 @@ int pg_hot_sent_get(pg_gateway *g, const char *sender, const uint8_t id[16], cha
                     uint64_t *seq);
 int pg_hot_sent_put(pg_gateway *g, const char *sender, const uint8_t id[16], const char *conv,
                     uint64_t seq, uint64_t turn);
+/* The watermark of (principal, device) in cv, as applied (loaded once). */
+int pg_hot_wm_get(pg_gateway *g, pg_conv *cv, const char *principal, const char *device,
+                  uint64_t *acked);
+/* Raises it (an Ack applied to the batch being built). */
+int pg_hot_wm_raise(pg_gateway *g, pg_conv *cv, const char *principal, const char *device,
+                    uint64_t acked);
 /* The bot's commit watermark of a conversation (loaded once). */
 int pg_hot_bot_wm(pg_gateway *g, pg_conv *cv, uint64_t *wm);
 /* A batch failed: every conversation goes back to its published row, and

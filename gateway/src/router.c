@@ -47,8 +47,17 @@ pg_stream *pg_router_stream(pg_conn *c, const char *conv, bool create) {
   if (!s) return NULL;
   snprintf(s->conv, sizeof s->conv, "%s", conv);
   s->active = true;
-  pg_store_watermark_get(c->g->store, c->principal, c->role == PG_ROLE_BOT ? "" : c->device,
-                         conv, &s->acked);
+  /* Where the principal's device stands, as applied: an Ack whose batch
+   * is still with the store counts (a client that acknowledged and
+   * reconnected at once does not get those events again). */
+  pg_conv *cv = pg_router_conv(c->g, conv);
+  if (!cv)
+    pg_store_watermark_get(c->g->store, c->principal, c->role == PG_ROLE_BOT ? "" : c->device,
+                           conv, &s->acked);
+  else if (c->role == PG_ROLE_BOT && !strcmp(c->principal, cv->pub.bot))
+    pg_hot_bot_wm(c->g, cv, &s->acked);
+  else
+    pg_hot_wm_get(c->g, cv, c->principal, c->role == PG_ROLE_BOT ? "" : c->device, &s->acked);
   s->pushed = s->high = s->acked;
   char key[600];
   seen_key(c, conv, key, sizeof key);
