@@ -353,6 +353,10 @@ uint64_t pg_mono_ms(void); /* monotonic, for timeouts */
 
 /* out.c: a connection's outgoing side */
 int pg_conn_send_frame(pg_conn *c, const pw_frame *f);
+/* Queues a frame already encoded: buf holds LWS_PRE bytes of headroom and
+ * then the len bytes of the Frame; it is taken over (freed on error too). */
+int pg_conn_send_encoded(pg_conn *c, Parley__V1__Frame__BodyCase kind, uint8_t *buf,
+                         size_t len);
 /* The one answer to a Send refused before it reached a batch. */
 void pg_conn_refuse_send(pg_conn *c, const Parley__V1__Send *s, Parley__V1__ErrorCode code,
                          const char *msg);
