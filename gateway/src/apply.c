@@ -157,16 +157,33 @@ typedef struct stage {
   const Parley__V1__ConversationCommit *item; /* its state entries */
   bool wm;
   uint64_t wm_val;
+  /* row's strings are still the conversation's (most operations change
+   * only numbers: a message its last seq, a commit its state version), so
+   * they are copied only by stage_own, before one of them changes. */
+  bool shallow;
 } stage;
 
 static int stage_begin(stage *st, pg_conv *cv) {
   memset(st, 0, sizeof *st);
   st->cv = cv;
-  return pg_store_conv_copy(&st->row, &cv->row);
+  st->row = cv->row;
+  st->shallow = true;
+  return 0;
+}
+
+/* Gives the staged row strings of its own, before one is replaced. */
+static int stage_own(stage *st) {
+  if (!st->shallow) return 0;
+  pg_store_conv own;
+  if (pg_store_conv_copy(&own, &st->row)) return PARLEY_ENOMEM;
+  st->row = own;
+  st->shallow = false;
+  return 0;
 }
 
 static void stage_abort(stage *st) {
-  pg_store_conv_clear(&st->row);
+  if (!st->shallow) pg_store_conv_clear(&st->row);
+  memset(&st->row, 0, sizeof st->row);
   for (size_t i = 0; i < st->n_ev; i++) free(st->ev[i].blob);
   st->n_ev = 0;
 }
@@ -227,8 +244,17 @@ static int stage_commit(pg_gateway *g, pg_turn *t, stage *st, const pg_op *op) {
     /* A message changes nothing of the row but its last seq: the row is
      * not written at all, only the event. */
     write_row = row_differs(&cv->row, &st->row);
-    pg_store_conv_clear(&cv->row);
-    cv->row = st->row;
+    if (st->shallow) {
+      /* The strings are the conversation's own already: only numbers. */
+      cv->row.status = st->row.status;
+      cv->row.epoch = st->row.epoch;
+      cv->row.state_version = st->row.state_version;
+      cv->row.queued_ms = st->row.queued_ms;
+      cv->row.last_seq = st->row.last_seq;
+    } else {
+      pg_store_conv_clear(&cv->row);
+      cv->row = st->row;
+    }
     memset(&st->row, 0, sizeof st->row);
   }
   /* From here on the operation is part of the hot state: what cannot be
@@ -431,6 +457,7 @@ static int tagged_event(pg_gateway *g, stage *st, const pg_op *op, const char *n
   if (msg_id) ev.client_msg_id = *msg_id;
   int rc = append_event(g, st, &ev, msg_id);
   free(copy);
+  if (rc == 0) rc = stage_own(st);
   if (rc == 0) rc = set_str(&st->row.tags, newtags);
   return rc;
 }
@@ -477,6 +504,8 @@ static int open_conversation(pg_gateway *g, pg_op *op, const Parley__V1__Send *s
 
 static int apply_action(pg_gateway *g, pg_op *op, const Parley__V1__Send *s, stage *st) {
   Parley__V1__Action *a = s->action;
+  /* Actions change the row's strings (assignee, queue, note, locale, tags). */
+  if (stage_own(st)) return PARLEY_ENOMEM;
   pg_store_conv *r = &st->row;
   const ProtobufCBinaryData *id = &s->client_msg_id;
   Parley__V1__Event ev;
@@ -631,7 +660,16 @@ static int apply_item(pg_gateway *g, pg_turn *t, pg_op *op,
      * (seen): a bot that reconnects commits what it handled before the
      * cut, and those events may not have been pushed again yet. */
     uint64_t limit = r->last_seq;
-    if (st && st->active) limit = st->high > st->seen ? st->high : st->seen;
+    if (st && st->active) {
+      limit = st->high > st->seen ? st->high : st->seen;
+      /* After a restart the same holds for what the earlier run stored:
+       * it may have pushed those events, and a bot that handled them
+       * commits them on its new connection before they come again. A
+       * limit below that would refuse those commits for good once the
+       * stream's share of the window is taken by the events the bot
+       * already handled. */
+      if (limit < cv->boot_last_seq) limit = cv->boot_last_seq;
+    }
     if (it->ack_seq > limit) out->error = E(ACK_OUT_OF_RANGE);
   }
   if (out->error == E(NONE) && it->n_state > PG_MAX_STATE_KEYS) out->error = E(INVALID);
@@ -716,12 +754,16 @@ static int apply_commit(pg_gateway *g, pg_turn *t, pg_op *op) {
 }
 
 static int apply_ack(pg_gateway *g, pg_turn *t, pg_op *op) {
-  (void)g;
   const Parley__V1__Ack *a = op->frame->ack;
-  for (size_t i = 0; i < a->n_entries; i++)
-    if (pg_store_batch_watermark(t->batch, op->principal, op->device,
-                                 a->entries[i]->conversation, a->entries[i]->up_to_seq))
+  for (size_t i = 0; i < a->n_entries; i++) {
+    const Parley__V1__AckEntry *e = a->entries[i];
+    if (pg_store_batch_watermark(t->batch, op->principal, op->device, e->conversation,
+                                 e->up_to_seq))
       return PARLEY_ENOMEM;
+    /* The hot copy, for a reconnect before the batch is durable. */
+    pg_conv *cv = pg_hot_conv(g, e->conversation, false);
+    if (cv) pg_hot_wm_raise(g, cv, op->principal, op->device, e->up_to_seq);
+  }
   return 0;
 }
 

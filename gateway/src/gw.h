@@ -187,6 +187,10 @@ typedef struct pg_conv {
   uint64_t placed_epoch;   /* the epoch last given to a connection */
   bool placing;            /* an epoch bump for a placement is in flight */
   uint64_t bot_wm;         /* the bot's commit watermark, applied (durable or not) */
+  /* The last seq an earlier run of the gateway stored (when this process
+   * first loaded the conversation): that run may have pushed those events
+   * to a bot, which may commit them before this process pushes them. */
+  uint64_t boot_last_seq;
   bool bot_wm_loaded;
   /* A batch failed since the row was read: re-read it from the store
    * before its next use, since another gateway node sharing the store
@@ -197,6 +201,11 @@ typedef struct pg_conv {
   pg_tailev *tail;
   size_t tail_cap, tail_start, tail_n, tail_bytes;
   struct pg_conv *lru_prev, *lru_next; /* conversations with a tail, newest first */
+  /* Customers' and agents' watermarks, (principal, device) -> acked, as
+   * applied (durable or not): a reconnect resumes after the last Ack even
+   * when its batch is still with the store. Filled on first use. */
+  struct pg_wm *wms;
+  size_t n_wms, cap_wms;
 } pg_conv;
 
 /* The conversation, from memory or loaded from the store; NULL when it
@@ -218,6 +227,12 @@ int pg_hot_sent_get(pg_gateway *g, const char *sender, const uint8_t id[16], cha
                     uint64_t *seq);
 int pg_hot_sent_put(pg_gateway *g, const char *sender, const uint8_t id[16], const char *conv,
                     uint64_t seq, uint64_t turn);
+/* The watermark of (principal, device) in cv, as applied (loaded once). */
+int pg_hot_wm_get(pg_gateway *g, pg_conv *cv, const char *principal, const char *device,
+                  uint64_t *acked);
+/* Raises it (an Ack applied to the batch being built). */
+int pg_hot_wm_raise(pg_gateway *g, pg_conv *cv, const char *principal, const char *device,
+                    uint64_t acked);
 /* The bot's commit watermark of a conversation (loaded once). */
 int pg_hot_bot_wm(pg_gateway *g, pg_conv *cv, uint64_t *wm);
 /* A batch failed: every conversation goes back to its published row, and
@@ -349,6 +364,10 @@ uint64_t pg_mono_ms(void); /* monotonic, for timeouts */
 
 /* out.c: a connection's outgoing side */
 int pg_conn_send_frame(pg_conn *c, const pw_frame *f);
+/* Queues a frame already encoded: buf holds LWS_PRE bytes of headroom and
+ * then the len bytes of the Frame; it is taken over (freed on error too). */
+int pg_conn_send_encoded(pg_conn *c, Parley__V1__Frame__BodyCase kind, uint8_t *buf,
+                         size_t len);
 /* The one answer to a Send refused before it reached a batch. */
 void pg_conn_refuse_send(pg_conn *c, const Parley__V1__Send *s, Parley__V1__ErrorCode code,
                          const char *msg);

@@ -147,6 +147,7 @@ pg_conv *pg_hot_conv(pg_gateway *g, const char *id, bool pending) {
     return NULL;
   }
   cv->row.last_seq = cv->pub.last_seq;
+  cv->boot_last_seq = cv->pub.last_seq;
   cv->exists = true;
   /* Its current epoch may have been given to a connection before a
    * restart: the next placement bumps it, fencing that connection. */
@@ -182,8 +183,67 @@ int pg_hot_bot_wm(pg_gateway *g, pg_conv *cv, uint64_t *wm) {
   return 0;
 }
 
+typedef struct pg_wm {
+  char *who; /* "principal\x1fdevice" */
+  uint64_t acked;
+} pg_wm;
+
+static void wms_clear(pg_conv *cv) {
+  for (size_t i = 0; i < cv->n_wms; i++) free(cv->wms[i].who);
+  cv->n_wms = 0;
+}
+
+/* The entry of (principal, device), loaded from the store when new. */
+static pg_wm *wm_find(pg_gateway *g, pg_conv *cv, const char *principal, const char *device,
+                      int *rc) {
+  char who[300];
+  snprintf(who, sizeof who, "%s\x1f%s", principal, device);
+  *rc = 0;
+  for (size_t i = 0; i < cv->n_wms; i++)
+    if (!strcmp(cv->wms[i].who, who)) return &cv->wms[i];
+  uint64_t stored = 0;
+  if ((*rc = pg_store_watermark_get(g->store, principal, device, cv->row.id, &stored)))
+    return NULL;
+  if (cv->n_wms == cv->cap_wms) {
+    size_t nc = cv->cap_wms ? cv->cap_wms * 2 : 2;
+    pg_wm *t = realloc(cv->wms, nc * sizeof *t);
+    if (!t) {
+      *rc = PARLEY_ENOMEM;
+      return NULL;
+    }
+    cv->wms = t;
+    cv->cap_wms = nc;
+  }
+  pg_wm *w = &cv->wms[cv->n_wms];
+  if (!(w->who = strdup(who))) {
+    *rc = PARLEY_ENOMEM;
+    return NULL;
+  }
+  w->acked = stored;
+  cv->n_wms++;
+  return w;
+}
+
+int pg_hot_wm_get(pg_gateway *g, pg_conv *cv, const char *principal, const char *device,
+                  uint64_t *acked) {
+  int rc;
+  pg_wm *w = wm_find(g, cv, principal, device, &rc);
+  *acked = w ? w->acked : 0;
+  return rc;
+}
+
+int pg_hot_wm_raise(pg_gateway *g, pg_conv *cv, const char *principal, const char *device,
+                    uint64_t acked) {
+  int rc;
+  pg_wm *w = wm_find(g, cv, principal, device, &rc);
+  if (w && acked > w->acked) w->acked = acked;
+  return rc;
+}
+
 static void conv_free(pg_gateway *g, pg_conv *cv) {
   tail_clear(g, cv);
+  wms_clear(cv);
+  free(cv->wms);
   free(cv->tail);
   pg_store_conv_clear(&cv->row);
   pg_store_conv_clear(&cv->pub);
@@ -523,6 +583,7 @@ void pg_hot_rollback(pg_gateway *g, uint64_t from_turn) {
     }
     cv->row.last_seq = cv->pub.last_seq;
     cv->bot_wm_loaded = false;
+    wms_clear(cv); /* reloaded from the store when needed */
     tail_truncate(g, cv, cv->pub.last_seq);
     cv->reload = true;
   }
@@ -585,6 +646,8 @@ size_t pg_hot_bytes(const pg_gateway *g) {
     const pg_conv *cv = v;
     n += sizeof *cv + 16 + strlen(k) + 1 + 16 + row_bytes(&cv->row) + row_bytes(&cv->pub);
     n += cv->tail_cap * sizeof(pg_tailev) + cv->tail_bytes + cv->tail_n * 16;
+    n += cv->cap_wms * sizeof(pg_wm);
+    for (size_t j = 0; j < cv->n_wms; j++) n += strlen(cv->wms[j].who) + 1 + 16;
   }
   return n;
 }

@@ -85,11 +85,11 @@ static pg_outbuf *outbuf_copy(const pg_outbuf *b) {
  * protocol must absorb: a dropped Deliver comes again by redelivery or a
  * client's gap fetch, a dropped SendAck by the client's retry and the
  * gateway's dedup. Returns true when b was consumed. */
-static bool apply_faults(pg_conn *c, const pw_frame *f, pg_outbuf *b) {
+static bool apply_faults(pg_conn *c, Parley__V1__Frame__BodyCase kind, pg_outbuf *b) {
   pg_gateway *g = c->g;
   const pg_config *cfg = g->cfg;
-  bool push = f->body_case == PARLEY__V1__FRAME__BODY_DELIVER;
-  bool ack = f->body_case == PARLEY__V1__FRAME__BODY_SEND_ACK;
+  bool push = kind == PARLEY__V1__FRAME__BODY_DELIVER;
+  bool ack = kind == PARLEY__V1__FRAME__BODY_SEND_ACK;
   if (!push && !ack) return false;
   if (fault_roll(g, push ? cfg->fault_drop_push : cfg->fault_drop_ack)) {
     free(b->buf);
@@ -159,13 +159,26 @@ void pg_out_flush(pg_gateway *g) {
 
 int pg_conn_send_frame(pg_conn *c, const pw_frame *f) {
   if (!c->wsi || c->close_code) return PARLEY_EDISCONNECTED;
+  uint8_t *buf;
+  size_t len;
+  if (pw_encode(f, LWS_PRE, &buf, &len) != 0) return PARLEY_ENOMEM;
+  return pg_conn_send_encoded(c, f->body_case, buf, len);
+}
+
+int pg_conn_send_encoded(pg_conn *c, Parley__V1__Frame__BodyCase kind, uint8_t *buf,
+                         size_t len) {
+  if (!c->wsi || c->close_code) {
+    free(buf);
+    return PARLEY_EDISCONNECTED;
+  }
   pg_outbuf *b = calloc(1, sizeof *b);
-  if (!b) return PARLEY_ENOMEM;
-  if (pw_encode(f, LWS_PRE, &b->buf, &b->len) != 0) {
-    free(b);
+  if (!b) {
+    free(buf);
     return PARLEY_ENOMEM;
   }
-  if (c->g->fault_rng && apply_faults(c, f, b)) {
+  b->buf = buf;
+  b->len = len;
+  if (c->g->fault_rng && apply_faults(c, kind, b)) {
     mark_dirty(c);
     return 0;
   }

@@ -5,6 +5,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <libwebsockets.h>
+
 #include <parley/error.h>
 
 #include "gw.h"
@@ -47,8 +49,17 @@ pg_stream *pg_router_stream(pg_conn *c, const char *conv, bool create) {
   if (!s) return NULL;
   snprintf(s->conv, sizeof s->conv, "%s", conv);
   s->active = true;
-  pg_store_watermark_get(c->g->store, c->principal, c->role == PG_ROLE_BOT ? "" : c->device,
-                         conv, &s->acked);
+  /* Where the principal's device stands, as applied: an Ack whose batch
+   * is still with the store counts (a client that acknowledged and
+   * reconnected at once does not get those events again). */
+  pg_conv *cv = pg_router_conv(c->g, conv);
+  if (!cv)
+    pg_store_watermark_get(c->g->store, c->principal, c->role == PG_ROLE_BOT ? "" : c->device,
+                           conv, &s->acked);
+  else if (c->role == PG_ROLE_BOT && !strcmp(c->principal, cv->pub.bot))
+    pg_hot_bot_wm(c->g, cv, &s->acked);
+  else
+    pg_hot_wm_get(c->g, cv, c->principal, c->role == PG_ROLE_BOT ? "" : c->device, &s->acked);
   s->pushed = s->high = s->acked;
   char key[600];
   seen_key(c, conv, key, sizeof key);
@@ -82,41 +93,83 @@ void pg_router_stream_acked(pg_conn *c, pg_stream *s, uint64_t up) {
   s->last_push_ms = pg_mono_ms();
 }
 
+/* A Deliver is built from the stored event bytes as they are, without
+ * unpacking and packing each event again: Frame{deliver (7)} holds
+ * Deliver{events (1)}, each the stored Event followed, when it is
+ * redelivered, by its field redelivered (8) = true, which a decoder
+ * merges into the event (the stored one never sets it). */
 typedef struct push_ctx {
   pg_conn *c;
   pg_stream *s;
-  Parley__V1__Event **evs;
-  size_t n, bytes;
+  pg_conv *cv;
+  uint8_t *buf; /* PUSH_HEAD bytes of room for the frame's header, then events */
+  size_t len, cap, n;
   uint64_t max_seq;
   int rc;
 } push_ctx;
 
+#define PUSH_HEAD (LWS_PRE + 11)
+
+static size_t put_varint(uint8_t *p, uint64_t v) {
+  size_t n = 0;
+  while (v >= 0x80) {
+    p[n++] = (uint8_t)(v | 0x80);
+    v >>= 7;
+  }
+  p[n++] = (uint8_t)v;
+  return n;
+}
+
 static void push_flush(push_ctx *p) {
   if (!p->n) return;
-  Parley__V1__Deliver d = PARLEY__V1__DELIVER__INIT;
-  d.events = p->evs;
-  d.n_events = p->n;
-  pw_frame f = PARLEY__V1__FRAME__INIT;
-  f.body_case = PARLEY__V1__FRAME__BODY_DELIVER;
-  f.deliver = &d;
-  if (pg_conn_send_frame(p->c, &f) != 0) p->rc = PARLEY_EIO;
-  for (size_t i = 0; i < p->n; i++) parley__v1__event__free_unpacked(p->evs[i], NULL);
+  /* The frame's header goes right in front of the events; the frame is
+   * then moved to start LWS_PRE bytes into the buffer, as queued frames
+   * do. */
+  uint8_t head[11];
+  size_t h = 0;
+  head[h++] = (7 << 3) | 2;
+  h += put_varint(head + h, p->len - PUSH_HEAD);
+  memmove(p->buf + LWS_PRE + h, p->buf + PUSH_HEAD, p->len - PUSH_HEAD);
+  memcpy(p->buf + LWS_PRE, head, h);
+  size_t frame = h + p->len - PUSH_HEAD;
+  uint8_t *b = p->buf;
+  p->buf = NULL;
+  p->cap = 0;
+  if (pg_conn_send_encoded(p->c, PARLEY__V1__FRAME__BODY_DELIVER, b, frame) != 0)
+    p->rc = PARLEY_EIO;
   p->n = 0;
-  p->bytes = 0;
+  p->len = 0;
 }
 
 static int push_one(void *ud, uint64_t seq, const void *blob, size_t len) {
   push_ctx *p = ud;
   /* Keep each Deliver under the frame limit the peer was promised. */
-  if (p->n && p->bytes + len + 16 > p->c->g->cfg->max_frame_bytes - 64) push_flush(p);
-  Parley__V1__Event *ev = parley__v1__event__unpack(NULL, len, blob);
-  if (!ev) return PARLEY_EDB;
+  if (p->n && p->len - PUSH_HEAD + len + 16 > p->c->g->cfg->max_frame_bytes - 64) push_flush(p);
+  if (!p->len) p->len = PUSH_HEAD;
   /* Redelivered: pushed to this device before by this process, or stored
    * by an earlier run of the gateway, which may have pushed it. */
-  ev->redelivered = seq <= p->s->seen ||
-                    (ev->server_time_ms > 0 && (uint64_t)ev->server_time_ms < p->c->g->boot_ms);
-  p->evs[p->n++] = ev;
-  p->bytes += len + 16;
+  bool red = seq <= p->s->seen || seq <= p->cv->boot_last_seq;
+  size_t need = p->len + 1 + 10 + len + 2;
+  if (need > p->cap) {
+    size_t nc = p->cap ? p->cap * 2 : 1024;
+    while (nc < need) nc *= 2;
+    uint8_t *t = realloc(p->buf, nc);
+    if (!t) return PARLEY_ENOMEM;
+    p->buf = t;
+    p->cap = nc;
+  }
+  uint8_t *w = p->buf + p->len;
+  size_t k = 0;
+  w[k++] = (1 << 3) | 2;
+  k += put_varint(w + k, len + (red ? 2 : 0));
+  memcpy(w + k, blob, len);
+  k += len;
+  if (red) {
+    w[k++] = (8 << 3) | 0;
+    w[k++] = 1;
+  }
+  p->len += k;
+  p->n++;
   p->max_seq = seq;
   return 0;
 }
@@ -149,12 +202,10 @@ static void pump_stream(pg_conn *c, pg_stream *s, pg_conv *cv) {
   uint64_t to = last_seq;
   if (to - s->pushed > room) to = s->pushed + room;
   size_t want = (size_t)(to - s->pushed);
-  push_ctx p = {.c = c, .s = s};
-  p.evs = calloc(want, sizeof *p.evs);
-  if (!p.evs) return;
+  push_ctx p = {.c = c, .s = s, .cv = cv};
   int rc = pg_hot_events(c->g, cv, s->pushed + 1, to, (uint32_t)want, push_one, &p);
   push_flush(&p);
-  free(p.evs);
+  free(p.buf);
   if (rc != 0 || p.max_seq <= s->pushed) return;
   uint64_t now = pg_mono_ms();
   if (s->pushed == s->acked) s->last_push_ms = now;

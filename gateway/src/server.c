@@ -399,7 +399,10 @@ void pg_gateway_stop(pg_gateway *g, void (*done)(void *ud), void *ud) {
   g->done = done;
   g->done_ud = ud;
   g->stop_started_ms = pg_mono_ms();
-  pg_apply_flush(g);
+  /* What is queued is committed and answered before the connections
+   * close: the loop waits for the store here, once, at shutdown, so the
+   * answers are queued ahead of the Close frames. */
+  pg_apply_drain(g);
   for (pg_conn *c = g->conns; c; c = c->next) pg_conn_close(c, 1001, "gateway going away");
   uv_timer_stop(&g->tick);
   uv_timer_start(&g->stop_timer, on_stop_timer, 10, 10);
