@@ -9,7 +9,10 @@
  *     free seq (no gap, no doubled seq);
  *   - two devices on two nodes writing one conversation at once: every
  *     send ACKed once, seqs gap-free, and every device is handed the whole
- *     log in seq order, the other node's events included (LISTEN/NOTIFY).
+ *     log in seq order, the other node's events included (LISTEN/NOTIFY);
+ *   - an agent on node 2 lists, takes and answers a conversation the bot
+ *     on node 1 handed off; the bot is revoked, the customer on node 1
+ *     gets the answer.
  *
  * Run through with_pg, which starts the server and sets PARLEY_TEST_PG_URL. */
 #include <setjmp.h>
@@ -309,10 +312,92 @@ static void test_two_devices_two_nodes(void **state) {
   assert_int_equal(d[1].last_delivered, mx);
 }
 
+/* ------------------------------------------- an agent on the other node */
+
+static int action_code(wsc *c, const char *conv, uint32_t id, Parley__V1__Action *act,
+                       uint64_t epoch, uint64_t *seq) {
+  assert_int_equal(gwh_send_action(c, conv, id, act, epoch), 0);
+  pw_frame *a = gwh_wait_ack(c, id, 3000);
+  assert_non_null(a);
+  int code = (int)a->send_ack->error;
+  if (seq) *seq = a->send_ack->seq;
+  pw_frame_free(a);
+  return code;
+}
+
+/* The bot and the customer on node 1, the agent on node 2: the handoff
+ * is listed to the agent, the agent's take on node 2 revokes the bot on
+ * node 1, and the agent's reply reaches the customer on node 1. */
+/* Runs on a fresh pair of nodes (its own schema): conversations of the
+ * tests before it would be assigned to this bot, which never commits,
+ * and their backlog would hold its window. */
+static void test_agent_takes_on_other_node(void **state) {
+  two *t = *state;
+  wsc *bot = gwh_login(t->h1, "faqbot", R_BOT, "bot-token", NULL, NULL, NULL);
+  wsc *cu = gwh_login(t->h1, "carol", R_CUSTOMER, "carol-token", "phone", NULL, NULL);
+  wsc *alice = gwh_login(t->h2, "alice", R_AGENT, "alice-token", "desk", NULL, NULL);
+  assert_non_null(bot);
+  assert_non_null(cu);
+  assert_non_null(alice);
+  bool dup;
+  assert_int_not_equal(send_acked(cu, "c-agent", 1, "I want a human", &dup, 5000), 0);
+  pw_frame *as = gwh_wait(bot, PARLEY__V1__FRAME__BODY_ASSIGN, 3000);
+  assert_non_null(as);
+  assert_string_equal(as->assign->conversation, "c-agent");
+  uint64_t epoch = as->assign->epoch;
+  pw_frame_free(as);
+  Parley__V1__Handoff ho = PARLEY__V1__HANDOFF__INIT;
+  ho.queue = "billing";
+  ho.note = "refund";
+  Parley__V1__Action act = PARLEY__V1__ACTION__INIT;
+  act.body_case = PARLEY__V1__ACTION__BODY_HANDOFF;
+  act.handoff = &ho;
+  uint64_t hseq = 0;
+  assert_int_equal(action_code(bot, "c-agent", 50, &act, epoch, &hseq), 0);
+  /* Node 2 lists it from the database. */
+  Parley__V1__QueueRequest qr = PARLEY__V1__QUEUE_REQUEST__INIT;
+  qr.request_id = 5;
+  pw_frame qf = PARLEY__V1__FRAME__INIT;
+  qf.body_case = PARLEY__V1__FRAME__BODY_QUEUE_REQUEST;
+  qf.queue_request = &qr;
+  wsc_send_frame(alice, &qf);
+  pw_frame *qres = gwh_wait(alice, PARLEY__V1__FRAME__BODY_QUEUE_RESULT, 3000);
+  assert_non_null(qres);
+  assert_int_equal(qres->queue_result->n_items, 1);
+  assert_string_equal(qres->queue_result->items[0]->conversation, "c-agent");
+  assert_string_equal(qres->queue_result->items[0]->note, "refund");
+  pw_frame_free(qres);
+  /* The take on node 2. */
+  Parley__V1__Take tk = PARLEY__V1__TAKE__INIT;
+  Parley__V1__Action take = PARLEY__V1__ACTION__INIT;
+  take.body_case = PARLEY__V1__ACTION__BODY_TAKE;
+  take.take = &tk;
+  uint64_t tseq = 0;
+  assert_int_equal(action_code(alice, "c-agent", 70, &take, 0, &tseq), 0);
+  assert_int_equal(tseq, hseq + 1);
+  /* The bot on node 1 sees the take and is revoked. */
+  pw_frame *rv = gwh_wait(bot, PARLEY__V1__FRAME__BODY_REVOKE, 3000);
+  assert_non_null(rv);
+  assert_string_equal(rv->revoke->reason, "taken");
+  pw_frame_free(rv);
+  /* The agent has the history; its reply reaches the customer on node 1. */
+  uint64_t seqs[16];
+  int n = gwh_collect(alice, "c-agent", tseq, 3000, seqs, NULL, 16);
+  assert_int_equal(n, (int)tseq);
+  assert_int_not_equal(send_acked(alice, "c-agent", 71, "Hi, I am Alice", &dup, 5000), 0);
+  n = gwh_collect(cu, "c-agent", tseq + 1, 3000, seqs, NULL, 16);
+  assert_true(n >= 1);
+  assert_int_equal(seqs[n - 1], tseq + 1);
+  wsc_close(bot, 1000);
+  wsc_close(cu, 1000);
+  wsc_close(alice, 1000);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_resend_to_other_node),
       cmocka_unit_test(test_two_devices_two_nodes),
+      cmocka_unit_test_setup_teardown(test_agent_takes_on_other_node, setup, teardown),
   };
   return cmocka_run_group_tests(tests, setup, teardown);
 }
