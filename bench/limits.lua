@@ -17,39 +17,48 @@ return {
     "relies on. A decoder with an arena allocator would remove most of the allocation cost.",
 
   ["ack_rtt|p50_us|parley|durability=normal"] =
-    "Each send is a SQLite transaction committed before the SendAck (strace: 7 WAL pages " ..
-    "written and about 10 file-lock calls per send, since the customer's ACK of its own " ..
-    "message is committed too), and the SendAck and the Deliver of the sender's own message " ..
-    "go through two processes that each run an lws event loop. mosquitto QoS 1 with " ..
-    "persistence off answers from memory. With durability off the median stays about " ..
-    "240 us, so the disk does not set it; the event loop hops and the SQLite statements do.",
+    "A send is answered once its batch is durable: the loop hands the batch to the store's " ..
+    "writer thread (a futex wake-up), the writer commits it (two or three WAL pages written " ..
+    "with pwrite, the event row and its idempotency index entry) and wakes the loop again " ..
+    "(an eventfd), which then writes the SendAck and the Deliver in one send(). The two " ..
+    "thread hand-overs cost about as much as the commit on this virtual machine (the median " ..
+    "was 96 us with the commit on the loop thread, 107-122 us with the writer thread, whose " ..
+    "gain is the tail and the loop's throughput); mosquitto QoS 1 with persistence off " ..
+    "answers from memory without any of the three.",
 
   ["turns|turns_per_s|parley|"] =
-    "A turn is two sends stored with their dedup rows, four deliveries (each read back from " ..
-    "SQLite), a bot commit and the customer's ACK watermark: about 25-30 SQLite statements and " ..
-    "a dozen WebSocket frames, each its own send() (perf: the gateway spends 18% of its time " ..
-    "in send(), 10% in WAL writes, 5% in checkpoint fsyncs). The gateway, the bot and the " ..
-    "benchmark's 1,000 customers share this machine's two cores; the benchmark prints the " ..
-    "CPU time per turn of each process, which depends less on that sharing than the rate.",
+    "perf (DWARF call graphs) of the gateway under bench_turns: 36% of its samples are the " ..
+    "writer thread in SQLite (per turn two event rows, their two idempotency index entries, " ..
+    "the bot's and the customer's watermark rows; WAL frames written with pwrite and copied " ..
+    "again at checkpoints), 17% applying operations to the hot state, 15% publishing durable " ..
+    "batches (routing, answers, pushes), " ..
+    "14% in send() (one per connection per loop iteration), 10% in thread wake-ups, 7% " ..
+    "reading and decoding frames. mosquitto with persistence off writes nothing. The " ..
+    "gateway, the bot and the benchmark's 1,000 customers share two cores with other work; " ..
+    "the CPU time per turn of each process depends less on that than the rate.",
 
   ["turns|p99_ms|parley|load=50%"] =
-    "SQLite's WAL checkpoints run inside a commit on the gateway's only thread (about 12 a " ..
-    "second at this load, 2.4 ms median, up to 13 ms with their fsync) and stall every turn " ..
-    "in flight; with checkpoints off, p90 at 50% load fell from 11.5 ms to 4.8 ms in one run. A " ..
-    "checkpoint on a second thread made the tail worse (the writer waited on the " ..
-    "checkpointer's locks) and was not kept. The rest of the tail is scheduling: three busy " ..
-    "processes on two cores.",
+    "Checkpoints and commits now run on the store's writer thread, off the loop. What is " ..
+    "left is this shared machine: in the same run mosquitto's own p99 at 50% load was of the " ..
+    "same order (see the table), with a load average of about 6 on two cores from other " ..
+    "work; on a quiet machine the gateway's p99 follows its CPU per turn.",
 
   ["durability|sends_per_s|parley-fsync|senders=16"] =
-    "fsync is cheap on this machine's disk (0.1-1 ms), so SQLite with one row per " ..
-    "transaction already commits about 3,000 times a second, while the gateway is CPU bound " ..
-    "at a few thousand sends a second (SQLite statements, WebSocket frames) before the " ..
-    "fsyncs it shares matter. Group commit does share them: strace counted about 6 sends per " ..
-    "commit at 16 senders and 40 at 256. On a disk where fsync costs 5-10 ms, SQLite alone " ..
-    "falls to 100-200 commits a second and the ratio grows accordingly.",
+    "With 16 senders at most 16 sends wait for one fsync, and the gateway's CPU per send " ..
+    "(decode, apply, the WebSocket frames) rather than the fsync sets the rate; the writer " ..
+    "thread commits every batch waiting when it wakes in one transaction, so the sends per " ..
+    "fsync grow with the senders: against SQLite's one row per transaction the ratio was " ..
+    "5.5x and 10.2x, then 7.5x and 6.6x, in two runs of the same day, above the 5x of " ..
+    "issue 12 and below this table's 10x.",
 
   ["durability|sends_per_s|parley-fsync|senders=256"] =
     "As with 16 senders: the gateway's CPU per send, not fsync, sets its rate on this disk.",
+
+  ["lua_hook|turns_per_s|parley-lua|"] =
+    "The C bot's side of a turn got cheaper (one send() for the frames it queues, 16 us of " ..
+    "CPU per turn against mosquitto's echo client's 26), so the same Lua runtime costs a " ..
+    "larger share: the Lua bot spends about 53 us per turn more, most of it in the handler " ..
+    "call (message table, coroutine resume, budget hook), which is being reworked in lua/.",
 
   ["lua_hook|call_ns|lua-table|"] =
     "Building the 13-field message table (about 8,000 instructions) is most of the call; " ..

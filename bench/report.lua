@@ -455,6 +455,16 @@ for _, bt in ipairs(TITLES) do
   end
 end
 
+-- Before/after comparisons and profiles that a single run cannot show are
+-- kept by hand in bench/history.md and copied in after the figures.
+do
+  local f = io.open(args.source .. "/bench/history.md", "r")
+  if f then
+    w(f:read("a"))
+    f:close()
+  end
+end
+
 local failed = {}
 for name, p in pairs(programs) do
   if p.status ~= "ok" then failed[#failed + 1] = name .. " (exit " .. tostring(p.exit) .. ")" end

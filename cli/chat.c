@@ -419,6 +419,8 @@ static void on_signal(uv_signal_t *s, int signum) {
 static int usage_to(FILE *out) {
   fprintf(out,
           "usage: parley chat --url URL --token TOKEN [options]\n"
+          "  --url URL            the gateway; repeat it, or separate URLs by commas,\n"
+          "                       for failover nodes\n"
           "  --as customer|agent  who to be (default customer)\n"
           "  --principal NAME     the principal (default: customer, or agent)\n"
           "  --conversation ID    customer: the conversation (default: a new one)\n"
@@ -461,7 +463,19 @@ int cli_chat(int argc, char **argv) {
   int ch;
   while ((ch = getopt_long(argc, argv, "u:t:a:p:c:l:q:w:r:Q:kh", opts, NULL)) != -1) {
     switch (ch) {
-    case 'u': url = optarg; break;
+    case 'u': {
+      /* A repeated --url adds a failover node (libparley joins a list
+       * given as comma-separated URLs). */
+      static char url_list[4096];
+      size_t n = strlen(url_list);
+      if ((size_t)snprintf(url_list + n, sizeof url_list - n, "%s%s", n ? "," : "", optarg) >=
+          sizeof url_list - n) {
+        fprintf(stderr, "parley: --url: the list of gateway URLs is too long\n");
+        return 2;
+      }
+      url = url_list;
+      break;
+    }
     case 't': token = optarg; break;
     case 'a': as = optarg; break;
     case 'p': principal = optarg; break;

@@ -218,7 +218,8 @@ static void on_input_done(void *ud) {
 static int usage_to(FILE *out) {
   fprintf(out,
           "usage: parley run <botdir> [options]\n"
-          "  --url URL          gateway to connect to (default: the embedded gateway)\n"
+          "  --url URL          gateway to connect to (default: the embedded gateway);\n"
+          "                     repeat it, or separate URLs by commas, for failover nodes\n"
           "  --token TOKEN      the bot's token (or env PARLEY_TOKEN)\n"
           "  --principal NAME   the bot's principal (default: bot.yaml name)\n"
           "  --locale TAG       console: the customer's locale (default en)\n"
@@ -276,7 +277,19 @@ int cli_run(int argc, char **argv) {
   int ch;
   while ((ch = getopt_long(argc, argv, "u:t:p:l:d:w:f:kc:P:L:v:D:h", opts, NULL)) != -1) {
     switch (ch) {
-    case 'u': url = optarg; break;
+    case 'u': {
+      /* A repeated --url adds a failover node (libparley joins a list
+       * given as comma-separated URLs). */
+      static char url_list[4096];
+      size_t n = strlen(url_list);
+      if ((size_t)snprintf(url_list + n, sizeof url_list - n, "%s%s", n ? "," : "", optarg) >=
+          sizeof url_list - n) {
+        fprintf(stderr, "parley: --url: the list of gateway URLs is too long\n");
+        return 2;
+      }
+      url = url_list;
+      break;
+    }
     case 't': token = optarg; break;
     case 'p': principal = optarg; break;
     case 'l': locale = optarg; break;

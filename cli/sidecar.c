@@ -85,6 +85,24 @@ static int copy_str(const pc_doc *doc, const pc_node *map, const char *key, cons
   return 0;
 }
 
+/* gateway.url: one URL, or a list of gateway nodes for failover, kept as
+ * the comma-separated form libparley takes. */
+static int copy_urls(const pc_doc *doc, const pc_node *gw, char *dst, size_t size, pc_error *e) {
+  const pc_node *list = pc_get(gw, "url");
+  if (pc_node_kind(list) != PC_SEQ) return copy_str(doc, gw, "url", "gateway.url", dst, size, e);
+  if (pc_len(list) == 0) return bad(doc, list, "gateway.url", "the list of URLs is empty", e);
+  size_t n = 0;
+  for (size_t i = 0; i < pc_len(list); i++) {
+    const char *u = pc_scalar(pc_at(list, i));
+    if (!u || (strncmp(u, "ws://", 5) && strncmp(u, "wss://", 6)))
+      return bad(doc, pc_at(list, i), "gateway.url", "must start with ws:// or wss://", e);
+    if ((size_t)snprintf(dst + n, size - n, "%s%s", i ? "," : "", u) >= size - n)
+      return bad(doc, list, "gateway.url", "the list of URLs is too long", e);
+    n += strlen(dst + n);
+  }
+  return 0;
+}
+
 /* resolve: read the variable gateway.token_env names (a check leaves it,
  * since the secret is usually not where configs are checked). */
 static int parse_doc(const pc_doc *doc, sidecar_config *c, bool resolve, pc_error *e) {
@@ -105,7 +123,7 @@ static int parse_doc(const pc_doc *doc, sidecar_config *c, bool resolve, pc_erro
       (rc = section(doc, "log", log_keys, &log, e)) ||
       (rc = section(doc, "shutdown", shut_keys, &shut, e)))
     return rc;
-  if ((rc = copy_str(doc, gw, "url", "gateway.url", c->url, sizeof c->url, e)) ||
+  if ((rc = copy_urls(doc, gw, c->url, sizeof c->url, e)) ||
       (rc = copy_str(doc, gw, "token", "gateway.token", c->token, sizeof c->token, e)) ||
       (rc = copy_str(doc, gw, "token_env", "gateway.token_env", c->token_env,
                      sizeof c->token_env, e)) ||

@@ -11,6 +11,8 @@ PACKAGES=(
   libyaml-dev
   libcurl4-openssl-dev
   libsqlite3-dev sqlite3
+  # The gateway's PostgreSQL backend (libpq) and the server its tests start
+  postgresql libpq-dev
   libsodium-dev
   libjansson-dev
   libicu-dev
@@ -40,16 +42,29 @@ for p in "${PACKAGES[@]}"; do
   fi
 done
 
-if [ ${#missing[@]} -eq 0 ]; then
-  echo "bootstrap: all ${#PACKAGES[@]} packages already installed"
-  exit 0
-fi
-
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+
+# PostgreSQL refuses to run as root, and CI runs as root: the tests start
+# their server as this unprivileged system user (tests/pg/pgserver.h).
+# Debian's package starts no cluster of its own in a container without
+# systemd, and the tests never use one: each starts its own.
+pg_test_user() {
+  if [ "$(id -u)" -eq 0 ] && ! getent passwd parleypg >/dev/null; then
+    echo "bootstrap: creating the unprivileged user parleypg for test PostgreSQL servers"
+    useradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin parleypg
+  fi
+}
+
+if [ ${#missing[@]} -eq 0 ]; then
+  echo "bootstrap: all ${#PACKAGES[@]} packages already installed"
+  pg_test_user
+  exit 0
+fi
 
 echo "bootstrap: installing ${missing[*]}"
 export DEBIAN_FRONTEND=noninteractive
 $SUDO apt-get update -qq
 $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+pg_test_user
 echo "bootstrap: done"

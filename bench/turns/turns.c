@@ -600,8 +600,15 @@ static int run_parley(bot_kind kind, const char *durability, int n_open, presult
   /* The bot holds up to two unacknowledged events per conversation (the
    * customer's message and its own reply) until its commit, so its window
    * must cover all conversations; mosquitto gets no in-flight cap either. */
-  char yaml[1024];
+  /* PARLEY_TEST_PG_URL (tests/pg/with_pg) puts the gateway's log on
+   * PostgreSQL: `with_pg bench_turns --only c` measures that backend. */
+  char storage[512] = "";
+  const char *pg_url = getenv("PARLEY_TEST_PG_URL");
+  if (pg_url && *pg_url)
+    snprintf(storage, sizeof storage, "storage:\n  kind: postgres\n  url: \"%s\"\n", pg_url);
+  char yaml[1536];
   snprintf(yaml, sizeof yaml,
+           "%s"
            "listen: 127.0.0.1\n"
            "port: 0\n"
            "data_dir: %s\n"
@@ -614,7 +621,7 @@ static int run_parley(bot_kind kind, const char *durability, int n_open, presult
            "  window: %d\n"
            "principals:\n"
            "  - {name: " BOT_NAME ", role: bot, token: " BOT_TOKEN "}\n",
-           data, durability, S.convs * 4 < 256 ? 256 : S.convs * 4);
+           storage, data, durability, S.convs * 4 < 256 ? 256 : S.convs * 4);
   if (write_file(cfg, yaml) != 0) die("cannot write %s", cfg);
 
   static tproc gw, bot;

@@ -1,8 +1,11 @@
-/* Group commit: the Sends, Commits and Acks queued during one loop
- * iteration are applied in one SQLite transaction (each inside its own
- * savepoint, so a refused or failed one leaves no trace), and answered only
- * after COMMIT returns. With group_commit off each gets its own
- * transaction, which is what the throughput comparison measures. */
+/* Group commit, next to the store: the Sends, Commits and Acks queued
+ * during one loop iteration are checked and applied to the hot state, and
+ * what they changed goes to the store as one batch (store.h), which the
+ * store makes durable as one transaction off the loop. Each operation is
+ * staged on a copy of its conversation's row first, so a refused or
+ * failed one leaves no trace. Answers (SendAck, CommitResult) and the new
+ * events go out only when the store reports the batch durable; routing
+ * learns of it through g->route. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -18,6 +21,37 @@
 #define PG_MAX_STATE_KEYS 256
 /* Deliver and Frame headers around one event, with room to spare. */
 #define PG_DELIVER_OVERHEAD 32
+/* Batches handed to the store and not yet durable, at most: past that the
+ * loop keeps collecting operations into the next batch, which only makes
+ * that batch bigger (and the store's group commit more effective). */
+#define PG_MAX_INFLIGHT 4
+
+typedef struct touch {
+  pg_conv *cv;
+  bool opened;
+  pg_store_conv snap; /* the row at the end of this batch */
+} touch;
+
+typedef struct place {
+  pg_conv *cv;
+  pg_conn *to;
+} place;
+
+struct pg_turn {
+  pg_turn *next;
+  pg_gateway *g;
+  uint64_t no;
+  pg_store_batch *batch;
+  pg_op *ops, *ops_tail;
+  touch *touch;
+  size_t n_touch, cap_touch;
+  gw_map touch_ix;   /* conv id -> index + 1 */
+  place *places;
+  size_t n_places, cap_places;
+  pg_conn **uncork;  /* connections whose output waits for this batch */
+  size_t n_uncork, cap_uncork;
+  bool broken;       /* something could not be added: the batch must fail */
+};
 
 static int refuse(pg_op *op, Parley__V1__ErrorCode code, const char *msg) {
   op->error = code;
@@ -34,10 +68,146 @@ static Parley__V1__Role wire_role(int role) {
   }
 }
 
-/* Gives the event the conversation's next seq and stores it. */
-static int append_event(pg_gateway *g, pg_convrow *r, Parley__V1__Event *ev) {
-  ev->conversation = r->id;
-  ev->seq = r->last_seq + 1;
+/* ------------------------------------------------------------------ turns */
+
+static pg_turn *turn_new(pg_gateway *g) {
+  pg_turn *t = calloc(1, sizeof *t);
+  if (!t) return NULL;
+  t->g = g;
+  t->no = ++g->next_turn;
+  t->batch = pg_store_batch_new();
+  if (!t->batch) {
+    free(t);
+    return NULL;
+  }
+  return t;
+}
+
+static void op_free(pg_op *op) {
+  pw_frame_free(op->frame);
+  free(op->principal);
+  free(op->device);
+  free(op->locale);
+  free(op->outcomes);
+  free(op);
+}
+
+static void turn_free(pg_turn *t) {
+  while (t->ops) {
+    pg_op *n = t->ops->next;
+    op_free(t->ops);
+    t->ops = n;
+  }
+  for (size_t i = 0; i < t->n_touch; i++) pg_store_conv_clear(&t->touch[i].snap);
+  free(t->touch);
+  gw_map_clear(&t->touch_ix);
+  free(t->places);
+  free(t->uncork);
+  pg_store_batch_free(t->batch);
+  free(t);
+}
+
+/* The batch being built for this loop iteration (placements may start it
+ * before any operation arrives). */
+static pg_turn *current(pg_gateway *g) {
+  if (!g->cur) g->cur = turn_new(g);
+  return g->cur;
+}
+
+static void touch_conv(pg_turn *t, pg_conv *cv, bool opened) {
+  uintptr_t ix = (uintptr_t)gw_map_get(&t->touch_ix, cv->row.id);
+  if (ix) {
+    t->touch[ix - 1].opened |= opened;
+    return;
+  }
+  if (t->n_touch == t->cap_touch) {
+    size_t nc = t->cap_touch ? t->cap_touch * 2 : 16;
+    touch *n = realloc(t->touch, nc * sizeof *n);
+    if (!n) {
+      t->broken = true;
+      return;
+    }
+    t->touch = n;
+    t->cap_touch = nc;
+  }
+  if (gw_map_put(&t->touch_ix, cv->row.id, (void *)(uintptr_t)(t->n_touch + 1))) {
+    t->broken = true;
+    return;
+  }
+  t->touch[t->n_touch++] = (touch){.cv = cv, .opened = opened};
+}
+
+/* ---------------------------------------------------------------- staging */
+
+/* What one operation (or one commit item) changes, before it is known to
+ * go through: a copy of the row and the events it appends. */
+typedef struct stage_ev {
+  uint64_t seq;
+  uint8_t *blob;
+  size_t len;
+  bool has_id;
+  uint8_t id[16];
+} stage_ev;
+
+typedef struct stage {
+  pg_conv *cv;           /* NULL: the operation opens the conversation */
+  pg_store_conv row;
+  stage_ev ev[4];
+  size_t n_ev;
+  const Parley__V1__ConversationCommit *item; /* its state entries */
+  bool wm;
+  uint64_t wm_val;
+  /* row's strings are still the conversation's (most operations change
+   * only numbers: a message its last seq, a commit its state version), so
+   * they are copied only by stage_own, before one of them changes. */
+  bool shallow;
+} stage;
+
+static int stage_begin(stage *st, pg_conv *cv) {
+  memset(st, 0, sizeof *st);
+  st->cv = cv;
+  st->row = cv->row;
+  st->shallow = true;
+  return 0;
+}
+
+/* Gives the staged row strings of its own, before one is replaced. */
+static int stage_own(stage *st) {
+  if (!st->shallow) return 0;
+  pg_store_conv own;
+  if (pg_store_conv_copy(&own, &st->row)) return PARLEY_ENOMEM;
+  st->row = own;
+  st->shallow = false;
+  return 0;
+}
+
+static void stage_abort(stage *st) {
+  if (!st->shallow) pg_store_conv_clear(&st->row);
+  memset(&st->row, 0, sizeof st->row);
+  for (size_t i = 0; i < st->n_ev; i++) free(st->ev[i].blob);
+  st->n_ev = 0;
+}
+
+static bool keys_differ(const pg_store_conv *a, const pg_store_conv *b) {
+  return strcmp(a->customer, b->customer) || strcmp(a->assignee, b->assignee) ||
+         strcmp(a->bot, b->bot) || strcmp(a->queue, b->queue) || a->status != b->status;
+}
+
+/* Whether anything stored of the row changed (last_seq is not stored: the
+ * store derives it from the events). */
+static bool row_differs(const pg_store_conv *a, const pg_store_conv *b) {
+  return keys_differ(a, b) || strcmp(a->locale, b->locale) || strcmp(a->note, b->note) ||
+         strcmp(a->tags, b->tags) || a->epoch != b->epoch ||
+         a->state_version != b->state_version || a->queued_ms != b->queued_ms;
+}
+
+/* Gives the event the conversation's next seq and stages it. id is the
+ * Send's client message id when this is the event the Send produced. */
+static int append_event(pg_gateway *g, stage *st, Parley__V1__Event *ev,
+                        const ProtobufCBinaryData *id) {
+  if (st->n_ev == sizeof st->ev / sizeof st->ev[0]) return PARLEY_EINTERNAL;
+  ev->conversation = st->row.id;
+  ev->seq = st->row.last_seq + 1;
   ev->server_time_ms = (int64_t)pg_now_ms();
   size_t n = parley__v1__event__get_packed_size(ev);
   /* Every event must fit a Deliver frame within the peer's frame limit. */
@@ -45,10 +215,79 @@ static int append_event(pg_gateway *g, pg_convrow *r, Parley__V1__Event *ev) {
   uint8_t *buf = malloc(n ? n : 1);
   if (!buf) return PARLEY_ENOMEM;
   parley__v1__event__pack(ev, buf);
-  int rc = pg_db_event_put(g->db, r->id, ev->seq, buf, n);
-  free(buf);
-  if (rc == 0) r->last_seq = ev->seq;
-  return rc;
+  stage_ev *e = &st->ev[st->n_ev++];
+  e->seq = ev->seq;
+  e->blob = buf;
+  e->len = n;
+  e->has_id = id && id->len == 16;
+  if (e->has_id) memcpy(e->id, id->data, 16);
+  st->row.last_seq = ev->seq;
+  return 0;
+}
+
+/* The operation goes through: its row becomes the conversation's, its
+ * events join the tail and the batch. */
+static int stage_commit(pg_gateway *g, pg_turn *t, stage *st, const pg_op *op) {
+  pg_conv *cv = st->cv;
+  unsigned flags = 0;
+  bool opened = !cv, write_row = true;
+  if (opened) {
+    cv = pg_hot_conv_new(g, &st->row);
+    if (!cv) {
+      stage_abort(st);
+      return PARLEY_ENOMEM;
+    }
+    pg_store_conv_clear(&st->row);
+    flags = PG_STORE_CONV_NEW;
+  } else {
+    if (keys_differ(&cv->row, &st->row)) flags = PG_STORE_CONV_KEYS;
+    /* A message changes nothing of the row but its last seq: the row is
+     * not written at all, only the event. */
+    write_row = row_differs(&cv->row, &st->row);
+    if (st->shallow) {
+      /* The strings are the conversation's own already: only numbers. */
+      cv->row.status = st->row.status;
+      cv->row.epoch = st->row.epoch;
+      cv->row.state_version = st->row.state_version;
+      cv->row.queued_ms = st->row.queued_ms;
+      cv->row.last_seq = st->row.last_seq;
+    } else {
+      pg_store_conv_clear(&cv->row);
+      cv->row = st->row;
+    }
+    memset(&st->row, 0, sizeof st->row);
+  }
+  /* From here on the operation is part of the hot state: what cannot be
+   * added to the batch breaks the batch, and the whole batch fails. */
+  if (write_row && pg_store_batch_conv(t->batch, &cv->row, flags)) t->broken = true;
+  for (size_t i = 0; i < st->n_ev; i++) {
+    stage_ev *e = &st->ev[i];
+    pg_store_event se = {.conv = cv->row.id, .seq = e->seq, .blob = e->blob, .len = e->len,
+                         .sender = op->principal, .has_msg_id = e->has_id};
+    if (e->has_id) memcpy(se.msg_id, e->id, 16);
+    if (pg_store_batch_event(t->batch, &se)) t->broken = true;
+    pg_hot_tail_add(g, cv, e->seq, e->blob, e->len);
+    if (e->has_id && pg_hot_sent_put(g, op->principal, e->id, cv->row.id, e->seq, t->no))
+      t->broken = true;
+    free(e->blob);
+  }
+  st->n_ev = 0;
+  if (st->item) {
+    for (size_t i = 0; i < st->item->n_state; i++) {
+      const Parley__V1__StateEntry *e = st->item->state[i];
+      if (pg_store_batch_state(t->batch, cv->row.id, e->key, e->value.data, e->value.len,
+                               e->deleted))
+        t->broken = true;
+    }
+  }
+  if (st->wm) {
+    cv->bot_wm = st->wm_val;
+    cv->bot_wm_loaded = true;
+    if (pg_store_batch_watermark(t->batch, op->principal, "", cv->row.id, st->wm_val))
+      t->broken = true;
+  }
+  touch_conv(t, cv, opened);
+  return 0;
 }
 
 static void event_from(Parley__V1__Event *ev, const pg_op *op, Parley__V1__EventKind kind) {
@@ -92,13 +331,7 @@ static int tags_apply(const char *cur, char *const *add, size_t n_add, char *con
   size_t n = 0;
   char *copy = strdup(cur);
   if (!copy) return PARLEY_ENOMEM;
-  for (char *p = copy; *p && n < PG_MAX_TAGS;) {
-    v[n++] = p;
-    char *nl = strchr(p, '\n');
-    if (!nl) break;
-    *nl = '\0';
-    p = nl + 1;
-  }
+  n = pg_tags_split(copy, v, PG_MAX_TAGS);
   bool changed = false;
   for (size_t i = 0; i < n_rm; i++) {
     for (size_t j = 0; j < n; j++) {
@@ -141,40 +374,6 @@ static int tags_apply(const char *cur, char *const *add, size_t n_add, char *con
   return changed ? 1 : 0;
 }
 
-/* Fills the tags field of a TAGGED event from the joined list. */
-static size_t tags_split(char *joined, char **v, size_t max) {
-  size_t n = 0;
-  for (char *p = joined; *p && n < max;) {
-    v[n++] = p;
-    char *nl = strchr(p, '\n');
-    if (!nl) break;
-    *nl = '\0';
-    p = nl + 1;
-  }
-  return n;
-}
-
-static int tagged_event(pg_gateway *g, pg_op *op, pg_convrow *r, const char *newtags,
-                        Parley__V1__Action *action, const ProtobufCBinaryData *msg_id) {
-  Parley__V1__Event ev;
-  event_from(&ev, op, PARLEY__V1__EVENT_KIND__EVENT_TAGGED);
-  char *copy = strdup(newtags);
-  if (!copy) return PARLEY_ENOMEM;
-  char *v[PG_MAX_TAGS];
-  ev.n_tags = tags_split(copy, v, PG_MAX_TAGS);
-  ev.tags = v;
-  ev.action = action;
-  if (msg_id) ev.client_msg_id = *msg_id;
-  int rc = append_event(g, r, &ev);
-  free(copy);
-  if (rc == 0) {
-    free(r->tags);
-    r->tags = strdup(newtags);
-    if (!r->tags) rc = PARLEY_ENOMEM;
-  }
-  return rc;
-}
-
 /* A plain-text rendering for clients that show text only, when the sender
  * gave none. */
 static void ensure_fallback(Parley__V1__Content *c) {
@@ -195,56 +394,9 @@ static void ensure_fallback(Parley__V1__Content *c) {
   c->fallback = dup;
 }
 
-/* ------------------------------------------------------------------ send */
-
-static int open_conversation(pg_gateway *g, pg_op *op, const Parley__V1__Send *s) {
-  const char *locale = s->locale && s->locale[0] ? s->locale : op->locale;
-  if (locale[0] && !valid_locale(locale)) return refuse(op, E(INVALID), "send.locale is invalid");
-  pg_convrow r = {0};
-  r.id = s->conversation;
-  r.customer = op->principal;
-  r.assignee = g->cfg->bot;
-  r.bot = g->cfg->bot;
-  r.locale = (char *)locale;
-  r.queue = "";
-  r.note = "";
-  r.tags = "";
-  r.status = PG_CONV_OPEN;
-  r.epoch = 1;
-  int rc = pg_db_conv_insert(g->db, &r);
-  Parley__V1__Event ev;
-  if (rc == 0) {
-    event_from(&ev, op, PARLEY__V1__EVENT_KIND__EVENT_OPENED);
-    ev.customer = op->principal;
-    ev.locale = (char *)locale;
-    rc = append_event(g, &r, &ev);
-  }
-  if (rc == 0) {
-    parley__v1__event__init(&ev);
-    ev.kind = PARLEY__V1__EVENT_KIND__EVENT_ASSIGNED;
-    ev.sender = "";
-    ev.sender_role = PARLEY__V1__ROLE__ROLE_SYSTEM;
-    ev.assignee = g->cfg->bot;
-    rc = append_event(g, &r, &ev);
-  }
-  if (rc == 0) {
-    event_from(&ev, op, PARLEY__V1__EVENT_KIND__EVENT_MESSAGE);
-    ev.client_msg_id = s->client_msg_id;
-    ev.content = s->content;
-    ev.quote = s->quote;
-    rc = append_event(g, &r, &ev);
-  }
-  if (rc == 0) rc = pg_db_conv_update(g->db, &r);
-  if (rc == 0) {
-    op->seq = r.last_seq;
-    pg_router_touch(g, r.id, true);
-  }
-  return rc;
-}
-
 /* Who may do what, in the order that leaks nothing: ownership first, then
  * the conversation's status, then the epoch. */
-static int authorize(pg_gateway *g, pg_op *op, const Parley__V1__Send *s, const pg_convrow *r) {
+static int authorize(pg_gateway *g, pg_op *op, const Parley__V1__Send *s, const pg_store_conv *r) {
   int kind = s->body_case == PARLEY__V1__SEND__BODY_ACTION ? (int)s->action->body_case : 0;
   switch (op->role) {
   case PG_ROLE_CUSTOMER:
@@ -282,8 +434,80 @@ static int authorize(pg_gateway *g, pg_op *op, const Parley__V1__Send *s, const 
   }
 }
 
-static int apply_action(pg_gateway *g, pg_op *op, const Parley__V1__Send *s, pg_convrow *r) {
+
+/* Replaces a row string. */
+static int set_str(char **field, const char *v) {
+  char *d = strdup(v ? v : "");
+  if (!d) return PARLEY_ENOMEM;
+  free(*field);
+  *field = d;
+  return 0;
+}
+
+static int tagged_event(pg_gateway *g, stage *st, const pg_op *op, const char *newtags,
+                        Parley__V1__Action *action, const ProtobufCBinaryData *msg_id) {
+  Parley__V1__Event ev;
+  event_from(&ev, op, PARLEY__V1__EVENT_KIND__EVENT_TAGGED);
+  char *copy = strdup(newtags);
+  if (!copy) return PARLEY_ENOMEM;
+  char *v[PG_MAX_TAGS];
+  ev.n_tags = pg_tags_split(copy, v, PG_MAX_TAGS);
+  ev.tags = v;
+  ev.action = action;
+  if (msg_id) ev.client_msg_id = *msg_id;
+  int rc = append_event(g, st, &ev, msg_id);
+  free(copy);
+  if (rc == 0) rc = stage_own(st);
+  if (rc == 0) rc = set_str(&st->row.tags, newtags);
+  return rc;
+}
+
+/* ------------------------------------------------------------------ send */
+
+static int open_conversation(pg_gateway *g, pg_op *op, const Parley__V1__Send *s, stage *st) {
+  const char *locale = s->locale && s->locale[0] ? s->locale : op->locale;
+  if (locale[0] && !valid_locale(locale)) return refuse(op, E(INVALID), "send.locale is invalid");
+  memset(st, 0, sizeof *st);
+  pg_store_conv r = {0};
+  r.id = s->conversation;
+  r.customer = op->principal;
+  r.assignee = g->cfg->bot;
+  r.bot = g->cfg->bot;
+  r.locale = (char *)locale;
+  r.status = PG_CONV_OPEN;
+  r.epoch = 1;
+  int rc = pg_store_conv_copy(&st->row, &r);
+  if (rc) return rc;
+  Parley__V1__Event ev;
+  event_from(&ev, op, PARLEY__V1__EVENT_KIND__EVENT_OPENED);
+  ev.customer = op->principal;
+  ev.locale = (char *)locale;
+  rc = append_event(g, st, &ev, NULL);
+  if (rc == 0) {
+    parley__v1__event__init(&ev);
+    ev.kind = PARLEY__V1__EVENT_KIND__EVENT_ASSIGNED;
+    ev.sender = "";
+    ev.sender_role = PARLEY__V1__ROLE__ROLE_SYSTEM;
+    ev.assignee = g->cfg->bot;
+    rc = append_event(g, st, &ev, NULL);
+  }
+  if (rc == 0) {
+    event_from(&ev, op, PARLEY__V1__EVENT_KIND__EVENT_MESSAGE);
+    ev.client_msg_id = s->client_msg_id;
+    ev.content = s->content;
+    ev.quote = s->quote;
+    rc = append_event(g, st, &ev, &s->client_msg_id);
+  }
+  if (rc == 0) op->seq = st->row.last_seq;
+  return rc;
+}
+
+static int apply_action(pg_gateway *g, pg_op *op, const Parley__V1__Send *s, stage *st) {
   Parley__V1__Action *a = s->action;
+  /* Actions change the row's strings (assignee, queue, note, locale, tags). */
+  if (stage_own(st)) return PARLEY_ENOMEM;
+  pg_store_conv *r = &st->row;
+  const ProtobufCBinaryData *id = &s->client_msg_id;
   Parley__V1__Event ev;
   int rc;
   switch (a->body_case) {
@@ -296,7 +520,7 @@ static int apply_action(pg_gateway *g, pg_op *op, const Parley__V1__Send *s, pg_
     if (rc < 0) return rc;
     /* The event is written even when nothing changed: the Send gets a seq
      * like every other, and the stream shows the tag set. */
-    rc = tagged_event(g, op, r, nt, a, &s->client_msg_id);
+    rc = tagged_event(g, st, op, nt, a, id);
     free(nt);
     return rc;
   }
@@ -311,61 +535,40 @@ static int apply_action(pg_gateway *g, pg_op *op, const Parley__V1__Send *s, pg_
     ev.client_msg_id = s->client_msg_id;
     ev.action = a;
     ev.assignee = assignee;
-    if ((rc = append_event(g, r, &ev))) return rc;
-    char *na = strdup(assignee), *nq = strdup(q), *nn = strdup(a->handoff->note ? a->handoff->note : "");
-    if (!na || !nq || !nn) {
-      free(na);
-      free(nq);
-      free(nn);
+    if ((rc = append_event(g, st, &ev, id))) return rc;
+    if (set_str(&r->assignee, assignee) || set_str(&r->queue, q) ||
+        set_str(&r->note, a->handoff->note))
       return PARLEY_ENOMEM;
-    }
-    free(r->assignee);
-    free(r->queue);
-    free(r->note);
-    r->assignee = na;
-    r->queue = nq;
-    r->note = nn;
     r->status = PG_CONV_QUEUED;
     r->queued_ms = (int64_t)pg_now_ms();
     return 0;
   }
-  case PARLEY__V1__ACTION__BODY_HAND_BACK: {
+  case PARLEY__V1__ACTION__BODY_HAND_BACK:
     event_from(&ev, op, PARLEY__V1__EVENT_KIND__EVENT_HANDED_BACK);
     ev.client_msg_id = s->client_msg_id;
     ev.action = a;
     ev.assignee = r->bot;
-    if ((rc = append_event(g, r, &ev))) return rc;
-    char *na = strdup(r->bot);
-    if (!na) return PARLEY_ENOMEM;
-    free(r->assignee);
-    r->assignee = na;
-    r->queue[0] = '\0';
+    if ((rc = append_event(g, st, &ev, id))) return rc;
+    if (set_str(&r->assignee, r->bot) || set_str(&r->queue, "")) return PARLEY_ENOMEM;
     r->status = PG_CONV_OPEN;
     r->epoch++;
     return 0;
-  }
-  case PARLEY__V1__ACTION__BODY_TAKE: {
+  case PARLEY__V1__ACTION__BODY_TAKE:
     event_from(&ev, op, PARLEY__V1__EVENT_KIND__EVENT_ASSIGNED);
     ev.client_msg_id = s->client_msg_id;
     ev.action = a;
     ev.assignee = op->principal;
-    if ((rc = append_event(g, r, &ev))) return rc;
-    char *na = strdup(op->principal);
-    if (!na) return PARLEY_ENOMEM;
-    free(r->assignee);
-    r->assignee = na;
-    r->queue[0] = '\0';
+    if ((rc = append_event(g, st, &ev, id))) return rc;
+    if (set_str(&r->assignee, op->principal) || set_str(&r->queue, "")) return PARLEY_ENOMEM;
     r->status = PG_CONV_OPEN;
     return 0;
-  }
   case PARLEY__V1__ACTION__BODY_CLOSE:
     event_from(&ev, op, PARLEY__V1__EVENT_KIND__EVENT_CLOSED);
     ev.client_msg_id = s->client_msg_id;
     ev.action = a;
-    if ((rc = append_event(g, r, &ev))) return rc;
+    if ((rc = append_event(g, st, &ev, id))) return rc;
     r->status = PG_CONV_CLOSED;
-    r->queue[0] = '\0';
-    return 0;
+    return set_str(&r->queue, "");
   case PARLEY__V1__ACTION__BODY_SET_LOCALE: {
     const char *l = a->set_locale->locale;
     if (!l || !valid_locale(l)) return refuse(op, E(INVALID), "set_locale.locale is invalid");
@@ -373,24 +576,22 @@ static int apply_action(pg_gateway *g, pg_op *op, const Parley__V1__Send *s, pg_
     ev.client_msg_id = s->client_msg_id;
     ev.action = a;
     ev.locale = (char *)l;
-    if ((rc = append_event(g, r, &ev))) return rc;
-    char *nl = strdup(l);
-    if (!nl) return PARLEY_ENOMEM;
-    free(r->locale);
-    r->locale = nl;
-    return 0;
+    if ((rc = append_event(g, st, &ev, id))) return rc;
+    return set_str(&r->locale, l);
   }
   default:
     return refuse(op, E(INVALID), "unknown action");
   }
 }
 
-static int apply_send(pg_gateway *g, pg_op *op) {
+/* Returns 0 (applied, or answered as a duplicate), 1 (refused: op->error
+ * says why) or a negative error (nothing applied). */
+static int apply_send(pg_gateway *g, pg_turn *t, pg_op *op) {
   Parley__V1__Send *s = op->frame->send;
   snprintf(op->conv, sizeof op->conv, "%s", s->conversation);
   char conv[129];
   uint64_t seq;
-  int rc = pg_db_sent_get(g->db, op->principal, s->client_msg_id.data, conv, &seq);
+  int rc = pg_hot_sent_get(g, op->principal, s->client_msg_id.data, conv, &seq);
   if (rc == 0) {
     op->seq = seq;
     op->duplicate = true;
@@ -401,113 +602,114 @@ static int apply_send(pg_gateway *g, pg_op *op) {
   if (s->body_case == PARLEY__V1__SEND__BODY_CONTENT) ensure_fallback(s->content);
   if (s->quote && s->quote->excerpt && strlen(s->quote->excerpt) > 280)
     return refuse(op, E(INVALID), "quote.excerpt is longer than 280 bytes");
-  pg_convrow r;
-  rc = pg_db_conv_get(g->db, s->conversation, &r);
-  if (rc == PARLEY_ENOTFOUND) {
-    if (op->role != PG_ROLE_CUSTOMER)
-      return refuse(op, E(NOT_FOUND), "unknown conversation");
+  stage st;
+  pg_conv *cv = pg_hot_conv(g, s->conversation, true);
+  if (!cv) {
+    if (op->role != PG_ROLE_CUSTOMER) return refuse(op, E(NOT_FOUND), "unknown conversation");
     if (s->body_case != PARLEY__V1__SEND__BODY_CONTENT)
       return refuse(op, E(NOT_FOUND), "a conversation opens with a message");
-    if ((rc = open_conversation(g, op, s)) != 0) return rc;
-    return pg_db_sent_put(g->db, op->principal, s->client_msg_id.data, s->conversation, op->seq);
+    rc = open_conversation(g, op, s, &st);
+    if (rc) {
+      stage_abort(&st);
+      return rc;
+    }
+    return stage_commit(g, t, &st, op);
   }
-  if (rc != 0) return rc;
-  if (authorize(g, op, s, &r)) {
-    pg_convrow_clear(&r);
-    return 1;
-  }
-  if (s->quote && s->quote->seq > r.last_seq) {
-    pg_convrow_clear(&r);
+  if (authorize(g, op, s, &cv->row)) return 1;
+  if (s->quote && s->quote->seq > cv->row.last_seq)
     return refuse(op, E(INVALID), "quote.seq is beyond the conversation");
-  }
+  if ((rc = stage_begin(&st, cv))) return rc;
   if (s->body_case == PARLEY__V1__SEND__BODY_CONTENT) {
     Parley__V1__Event ev;
     event_from(&ev, op, PARLEY__V1__EVENT_KIND__EVENT_MESSAGE);
     ev.client_msg_id = s->client_msg_id;
     ev.content = s->content;
     ev.quote = s->quote;
-    rc = append_event(g, &r, &ev);
+    rc = append_event(g, &st, &ev, &s->client_msg_id);
   } else {
-    rc = apply_action(g, op, s, &r);
+    rc = apply_action(g, op, s, &st);
   }
-  if (rc == 0) rc = pg_db_conv_update(g->db, &r);
-  if (rc == 0) rc = pg_db_sent_put(g->db, op->principal, s->client_msg_id.data, r.id, r.last_seq);
-  if (rc == 0) {
-    op->seq = r.last_seq;
-    pg_router_touch(g, r.id, false);
+  if (rc) {
+    stage_abort(&st);
+    return rc;
   }
-  pg_convrow_clear(&r);
-  return rc;
+  op->seq = st.row.last_seq;
+  return stage_commit(g, t, &st, op);
 }
 
 /* ---------------------------------------------------------------- commit */
 
-static int apply_item(pg_gateway *g, pg_op *op, const Parley__V1__ConversationCommit *it,
-                      Parley__V1__CommitOutcome *out) {
-  pg_convrow r;
-  int rc = pg_db_conv_get(g->db, it->conversation, &r);
-  if (rc == PARLEY_ENOTFOUND) {
+static int apply_item(pg_gateway *g, pg_turn *t, pg_op *op,
+                      const Parley__V1__ConversationCommit *it, Parley__V1__CommitOutcome *out) {
+  pg_conv *cv = pg_hot_conv(g, it->conversation, false);
+  if (!cv) {
     out->error = E(NOT_FOUND);
     return 1;
   }
-  if (rc) return rc;
-  out->state_version = r.state_version;
-  if (strcmp(r.bot, op->principal)) {
+  pg_store_conv *r = &cv->row;
+  out->state_version = r->state_version;
+  if (strcmp(r->bot, op->principal)) {
     out->error = E(FORBIDDEN);
-  } else if (it->epoch != r.epoch) {
+  } else if (it->epoch != r->epoch) {
     out->error = E(STALE_EPOCH);
   } else {
-    pg_stream *st = op->conn ? pg_router_stream(op->conn, r.id, false) : NULL;
+    pg_stream *st = op->conn ? gw_map_get(&op->conn->streams, r->id) : NULL;
     /* A revoked bot may still commit up to what the conversation holds.
      * An active stream's limit is what this bot principal has been given:
      * on this connection (high) or, by this process, on an earlier one
      * (seen): a bot that reconnects commits what it handled before the
      * cut, and those events may not have been pushed again yet. */
-    uint64_t limit = r.last_seq;
-    if (st && st->active) limit = st->high > st->seen ? st->high : st->seen;
+    uint64_t limit = r->last_seq;
+    if (st && st->active) {
+      limit = st->high > st->seen ? st->high : st->seen;
+      /* After a restart the same holds for what the earlier run stored:
+       * it may have pushed those events, and a bot that handled them
+       * commits them on its new connection before they come again. A
+       * limit below that would refuse those commits for good once the
+       * stream's share of the window is taken by the events the bot
+       * already handled. */
+      if (limit < cv->boot_last_seq) limit = cv->boot_last_seq;
+    }
     if (it->ack_seq > limit) out->error = E(ACK_OUT_OF_RANGE);
   }
   if (out->error == E(NONE) && it->n_state > PG_MAX_STATE_KEYS) out->error = E(INVALID);
   for (size_t i = 0; out->error == E(NONE) && i < it->n_state; i++)
     if (strlen(it->state[i]->key) > PG_MAX_STATE_KEY) out->error = E(INVALID);
-  if (out->error != E(NONE)) {
-    pg_convrow_clear(&r);
-    return 1;
-  }
-  uint64_t wm = pg_db_watermark(g->db, op->principal, "", r.id);
+  if (out->error != E(NONE)) return 1;
+  uint64_t wm;
+  int rc = pg_hot_bot_wm(g, cv, &wm);
+  if (rc) return rc;
   if (it->ack_seq <= wm) {
     out->duplicate = true;
-    pg_convrow_clear(&r);
     return 0;
   }
-  rc = pg_db_watermark_set(g->db, op->principal, "", r.id, it->ack_seq);
-  if (rc == 0 && it->n_state) {
+  stage st;
+  if ((rc = stage_begin(&st, cv))) return rc;
+  st.wm = true;
+  st.wm_val = it->ack_seq;
+  if (it->n_state) {
     char **keys = calloc(it->n_state, sizeof *keys);
     if (!keys) rc = PARLEY_ENOMEM;
-    for (size_t i = 0; rc == 0 && i < it->n_state; i++) {
-      const Parley__V1__StateEntry *e = it->state[i];
-      keys[i] = e->key;
-      rc = e->deleted ? pg_db_state_del(g->db, r.id, e->key)
-                      : pg_db_state_set(g->db, r.id, e->key, e->value.data, e->value.len);
-    }
+    for (size_t i = 0; rc == 0 && i < it->n_state; i++) keys[i] = it->state[i]->key;
     if (rc == 0) {
-      r.state_version++;
+      st.item = it;
+      st.row.state_version++;
       Parley__V1__Event ev;
       event_from(&ev, op, PARLEY__V1__EVENT_KIND__EVENT_STATE_CHANGED);
       ev.state_keys = keys;
       ev.n_state_keys = it->n_state;
-      rc = append_event(g, &r, &ev);
+      rc = append_event(g, &st, &ev, NULL);
     }
     free(keys);
   }
   if (rc == 0 && (it->n_tags_add || it->n_tags_remove)) {
     char *nt = NULL;
     const char *why = NULL;
-    int trc = tags_apply(r.tags, it->tags_add, it->n_tags_add, it->tags_remove,
+    int trc = tags_apply(st.row.tags, it->tags_add, it->n_tags_add, it->tags_remove,
                          it->n_tags_remove, &nt, &why);
     if (trc == PARLEY_EINVAL) {
       out->error = E(INVALID);
-      pg_convrow_clear(&r);
+      stage_abort(&st);
       return 1;
     }
     if (trc < 0) rc = trc;
@@ -520,20 +722,19 @@ static int apply_item(pg_gateway *g, pg_op *op, const Parley__V1__ConversationCo
       Parley__V1__Action act = PARLEY__V1__ACTION__INIT;
       act.body_case = PARLEY__V1__ACTION__BODY_TAG;
       act.tag = &tag;
-      rc = tagged_event(g, op, &r, nt, &act, NULL);
+      rc = tagged_event(g, &st, op, nt, &act, NULL);
     }
     free(nt);
   }
-  if (rc == 0) rc = pg_db_conv_update(g->db, &r);
-  if (rc == 0) {
-    out->state_version = r.state_version;
-    pg_router_touch(g, r.id, false);
+  if (rc) {
+    stage_abort(&st);
+    return rc;
   }
-  pg_convrow_clear(&r);
-  return rc;
+  out->state_version = st.row.state_version;
+  return stage_commit(g, t, &st, op);
 }
 
-static int apply_commit(pg_gateway *g, pg_op *op) {
+static int apply_commit(pg_gateway *g, pg_turn *t, pg_op *op) {
   const Parley__V1__Commit *cm = op->frame->commit;
   op->outcomes = calloc(cm->n_items ? cm->n_items : 1, sizeof *op->outcomes);
   if (!op->outcomes) return PARLEY_ENOMEM;
@@ -542,54 +743,48 @@ static int apply_commit(pg_gateway *g, pg_op *op) {
     parley__v1__commit_outcome__init(out);
     out->conversation = cm->items[i]->conversation;
     out->ack_seq = cm->items[i]->ack_seq;
-    /* Each item is atomic on its own: a savepoint per item. */
-    if (pg_db_savepoint(g->db)) return PARLEY_EDB;
-    int rc = apply_item(g, op, cm->items[i], out);
-    if (rc > 0) {
-      pg_db_rollback_to(g->db);
-    } else if (rc < 0) {
-      pg_db_rollback_to(g->db);
+    /* Each item is atomic on its own: staged, then applied or dropped. */
+    int rc = apply_item(g, t, op, cm->items[i], out);
+    if (rc < 0) {
       out->error = rc == PARLEY_ETOOBIG ? E(INVALID) : E(INTERNAL);
-    } else if (pg_db_release(g->db)) {
-      return PARLEY_EDB;
+      out->duplicate = false;
     }
   }
   return 0;
 }
 
-static int apply_ack(pg_gateway *g, pg_op *op) {
+static int apply_ack(pg_gateway *g, pg_turn *t, pg_op *op) {
   const Parley__V1__Ack *a = op->frame->ack;
   for (size_t i = 0; i < a->n_entries; i++) {
-    int rc = pg_db_watermark_set(g->db, op->principal, op->device, a->entries[i]->conversation,
-                                 a->entries[i]->up_to_seq);
-    if (rc) return rc;
+    const Parley__V1__AckEntry *e = a->entries[i];
+    if (pg_store_batch_watermark(t->batch, op->principal, op->device, e->conversation,
+                                 e->up_to_seq))
+      return PARLEY_ENOMEM;
+    /* The hot copy, for a reconnect before the batch is durable. */
+    pg_conv *cv = pg_hot_conv(g, e->conversation, false);
+    if (cv) pg_hot_wm_raise(g, cv, op->principal, op->device, e->up_to_seq);
   }
   return 0;
 }
 
-/* Runs one op inside a savepoint. Returns nonzero only when the whole
- * transaction is unusable. */
-static int apply_op(pg_gateway *g, pg_op *op) {
+static void apply_op(pg_gateway *g, pg_turn *t, pg_op *op) {
   op->time_ms = pg_now_ms();
-  if (pg_db_savepoint(g->db)) return PARLEY_EDB;
   int rc;
   switch (op->frame->body_case) {
-  case PARLEY__V1__FRAME__BODY_SEND: rc = apply_send(g, op); break;
-  case PARLEY__V1__FRAME__BODY_COMMIT: rc = apply_commit(g, op); break;
-  case PARLEY__V1__FRAME__BODY_ACK: rc = apply_ack(g, op); break;
+  case PARLEY__V1__FRAME__BODY_SEND: rc = apply_send(g, t, op); break;
+  case PARLEY__V1__FRAME__BODY_COMMIT: rc = apply_commit(g, t, op); break;
+  case PARLEY__V1__FRAME__BODY_ACK: rc = apply_ack(g, t, op); break;
   default: rc = 0; break;
   }
-  if (rc == 0) return pg_db_release(g->db);
-  pg_db_rollback_to(g->db);
   if (rc == PARLEY_ETOOBIG) {
     refuse(op, E(INVALID), "the event would not fit in max_frame_bytes");
   } else if (rc < 0) {
     op->error = E(INTERNAL);
-    snprintf(op->msg, sizeof op->msg, "storage error: %s", pg_db_errmsg(g->db));
+    snprintf(op->msg, sizeof op->msg, "storage error: %s",
+             rc == PARLEY_ENOMEM ? "out of memory" : pg_store_errmsg(g->store));
     op->seq = 0;
     op->duplicate = false;
   }
-  return 0;
 }
 
 /* --------------------------------------------------------------- replies */
@@ -621,27 +816,16 @@ static void reply(pg_gateway *g, pg_op *op) {
     f.body_case = PARLEY__V1__FRAME__BODY_COMMIT_RESULT;
     f.commit_result = &res;
     pg_conn_send_frame(c, &f);
-    /* A committed ack_seq frees the bot connection's window. A duplicate
-     * does too: the watermark is already there (committed on an earlier
-     * connection, or while this stream was being set up), and the bot will
-     * not commit those events again, so leaving the stream behind would
-     * keep its share of the window taken for good. The ack_seq may pass
-     * what this connection pushed (the range check allows what the bot was
-     * given before a reconnect): the stream then resumes after it. */
-    for (size_t i = 0; i < cm->n_items; i++) {
-      if (op->outcomes[i].error) continue;
-      pg_stream *s = pg_router_stream(c, cm->items[i]->conversation, false);
-      if (!s) continue;
-      uint64_t up = cm->items[i]->ack_seq;
-      if (s->high < up) s->high = up;
-      pg_router_stream_acked(c, s, up);
-    }
     free(res.outcomes);
+    /* A committed ack_seq frees the bot connection's window (routing). */
+    for (size_t i = 0; i < cm->n_items; i++)
+      if (!op->outcomes[i].error && g->route.committed)
+        g->route.committed(c, cm->items[i]->conversation, cm->items[i]->ack_seq);
   }
 }
 
-static void fail_all(pg_op *from, pg_op *to) {
-  for (pg_op *op = from; op != to; op = op->next) {
+static void fail_all(pg_op *ops, const char *why) {
+  for (pg_op *op = ops; op; op = op->next) {
     if (op->frame->body_case == PARLEY__V1__FRAME__BODY_COMMIT && op->outcomes) {
       for (size_t i = 0; i < op->frame->commit->n_items; i++)
         if (!op->outcomes[i].error) {
@@ -652,45 +836,305 @@ static void fail_all(pg_op *from, pg_op *to) {
       op->error = E(INTERNAL);
       op->seq = 0;
       op->duplicate = false;
-      snprintf(op->msg, sizeof op->msg, "storage error: the transaction did not commit");
+      snprintf(op->msg, sizeof op->msg, "storage error: %s", why);
     }
   }
 }
 
-/* Applies ops [from, to) in one transaction. */
-static void run(pg_gateway *g, pg_op *from, pg_op *to) {
-  bool ok = pg_db_begin(g->db) == 0;
-  for (pg_op *op = from; ok && op != to; op = op->next) ok = apply_op(g, op) == 0;
-  if (ok) ok = pg_db_commit(g->db) == 0;
-  if (!ok) {
-    pg_db_rollback(g->db);
-    pg_router_discard(g);
-    fail_all(from, to);
+/* ------------------------------------------------------------ completion */
+
+static void uncork_all(pg_turn *t) {
+  for (size_t i = 0; i < t->n_uncork; i++) {
+    pg_conn *c = t->uncork[i];
+    if (!c) continue;
+    c->corked = false;
+    pg_out_kick(c);
   }
-  for (pg_op *op = from; op != to; op = op->next) reply(g, op);
-  if (ok) pg_router_after_commit(g);
-  for (pg_op *op = from; op != to; op = op->next)
-    if (op->conn && op->frame->body_case == PARLEY__V1__FRAME__BODY_COMMIT) pg_router_pump(op->conn);
+  t->n_uncork = 0;
 }
 
-void pg_session_batch(pg_gateway *g) {
+/* The store answered turn t (in submission order). */
+static void turn_done(void *ud, int status, const char *why) {
+  pg_turn *t = ud;
+  pg_gateway *g = t->g;
+  if (g->turns_head == t) {
+    g->turns_head = t->next;
+    if (!g->turns_head) g->turns_tail = NULL;
+  }
+  bool ok = status == 0 && !t->broken;
+  if (ok) {
+    g->done_turn = t->no;
+    /* The rows become what routing sees, then the answers go out, then
+     * routing pushes the new events and moves assignments. */
+    pg_store_conv *old = calloc(t->n_touch ? t->n_touch : 1, sizeof *old);
+    bool *fresh = calloc(t->n_touch ? t->n_touch : 1, sizeof *fresh);
+    for (size_t i = 0; old && fresh && i < t->n_touch; i++) {
+      pg_conv *cv = t->touch[i].cv;
+      old[i] = cv->pub;
+      fresh[i] = !cv->exists;
+      cv->pub = t->touch[i].snap;
+      memset(&t->touch[i].snap, 0, sizeof t->touch[i].snap);
+      cv->exists = true;
+    }
+    for (pg_op *op = t->ops; op; op = op->next) reply(g, op);
+    for (size_t i = 0; old && fresh && i < t->n_touch; i++) {
+      if (g->route.published)
+        g->route.published(g, t->touch[i].cv, fresh[i] ? NULL : &old[i], t->touch[i].opened);
+      pg_store_conv_clear(&old[i]);
+    }
+    free(old);
+    free(fresh);
+    for (size_t i = 0; i < t->n_places; i++) {
+      t->places[i].cv->placing = false;
+      if (g->route.placed) g->route.placed(g, t->places[i].cv, t->places[i].to);
+    }
+    for (pg_op *op = t->ops; op; op = op->next)
+      if (op->conn && op->frame->body_case == PARLEY__V1__FRAME__BODY_COMMIT && g->route.pump)
+        g->route.pump(op->conn);
+    uncork_all(t);
+  } else {
+    const char *reason = status < 0 ? (why && why[0] ? why : "the batch did not commit")
+                                    : "the batch could not be built";
+    fail_all(t->ops, reason);
+    for (pg_op *op = t->ops; op; op = op->next) reply(g, op);
+    /* The first failed turn takes the hot state back to what is durable;
+     * the turns after it, built on it, fail as well (the store refuses
+     * them) and find it done. */
+    if (t->no > g->rollback_mark) {
+      fprintf(stderr, "gateway: storage error, batch %llu failed: %s\n",
+              (unsigned long long)t->no, reason);
+      /* The batch being built was built on the failed state too: its
+       * placements start over once the state is back. */
+      pg_turn *cur = g->cur;
+      g->cur = NULL;
+      pg_hot_rollback(g, t->no);
+      pg_store_reset(g->store);
+      g->rollback_mark = g->next_turn;
+      g->halted = false;
+      if (cur) {
+        for (size_t i = 0; i < cur->n_places; i++) {
+          cur->places[i].cv->placing = false;
+          if (cur->places[i].to && cur->places[i].to->n_owned) cur->places[i].to->n_owned--;
+          if (g->route.placed) g->route.placed(g, cur->places[i].cv, NULL);
+        }
+        uncork_all(cur);
+        turn_free(cur);
+      }
+    }
+    for (size_t i = 0; i < t->n_places; i++) {
+      t->places[i].cv->placing = false;
+      if (t->places[i].to && t->places[i].to->n_owned) t->places[i].to->n_owned--;
+      if (g->route.placed) g->route.placed(g, t->places[i].cv, NULL);
+    }
+    uncork_all(t);
+  }
+  turn_free(t);
+}
+
+static void submit(pg_gateway *g, pg_turn *t) {
+  /* Each touched conversation's row as this batch leaves it: what routing
+   * will see once the batch is durable. */
+  for (size_t i = 0; i < t->n_touch; i++) {
+    if (pg_store_conv_copy(&t->touch[i].snap, &t->touch[i].cv->row)) t->broken = true;
+    t->touch[i].snap.last_seq = t->touch[i].cv->row.last_seq;
+  }
+  if (t->broken) {
+    /* Nothing after this batch may be built on it: the loop stops taking
+     * operations until its failure has been rolled back. An empty batch
+     * keeps its place in the store's order. */
+    g->halted = true;
+    pg_store_batch_free(t->batch);
+    t->batch = pg_store_batch_new();
+  }
+  if (g->turns_tail) g->turns_tail->next = t;
+  else g->turns_head = t;
+  g->turns_tail = t;
+  pg_store_batch *b = t->batch;
+  t->batch = NULL;
+  if (!b || pg_store_submit(g->store, b, turn_done, t) != 0) {
+    /* The store is closing (or no memory for an empty batch): answer now. */
+    t->broken = true;
+    turn_done(t, PARLEY_EDB, "the store is closed");
+  }
+}
+
+/* --------------------------------------------------------------- entry */
+
+void pg_apply_enqueue(pg_gateway *g, pg_conn *c, pw_frame *f) {
+  /* One loop iteration's writes are bounded; past that the sender waits. */
+  if (g->n_ops >= PG_MAX_OPS) {
+    const Parley__V1__Send *s = f->body_case == PARLEY__V1__FRAME__BODY_SEND ? f->send : NULL;
+    pg_conn_error(c, E(BUSY), false, "too many pending writes", s ? s->conversation : NULL,
+                  s ? &s->client_msg_id : NULL,
+                  f->body_case == PARLEY__V1__FRAME__BODY_COMMIT ? f->commit->request_id : 0,
+                  100);
+    if (s) pg_conn_refuse_send(c, s, E(BUSY), "too many pending writes");
+    pw_frame_free(f);
+    return;
+  }
+  pg_op *op = calloc(1, sizeof *op);
+  if (op) {
+    op->principal = strdup(c->principal);
+    op->device = strdup(c->device);
+    op->locale = strdup(c->locale ? c->locale : "");
+  }
+  if (!op || !op->principal || !op->device || !op->locale) {
+    if (op) {
+      free(op->principal);
+      free(op->device);
+      free(op->locale);
+      free(op);
+    }
+    pw_frame_free(f);
+    pg_conn_error(c, E(INTERNAL), false, "out of memory", NULL, NULL, 0, 100);
+    return;
+  }
+  op->conn = c;
+  op->frame = f;
+  op->role = c->role;
+  if (g->ops_tail) g->ops_tail->next = op;
+  else g->ops_head = op;
+  g->ops_tail = op;
+  g->n_ops++;
+}
+
+/* Applies ops (a list) into turn t and submits it. */
+static void run(pg_gateway *g, pg_turn *t, pg_op *ops) {
+  for (pg_op *op = ops; op; op = op->next) {
+    apply_op(g, t, op);
+    if (t->ops_tail) t->ops_tail->next = op;
+    else t->ops = op;
+    t->ops_tail = op;
+  }
+  submit(g, t);
+}
+
+void pg_apply_flush(pg_gateway *g) {
+  if (g->halted || !g->store) return;
+  if (!g->ops_head && !g->cur) return;
+  if (pg_store_pending(g->store) >= PG_MAX_INFLIGHT && !g->stopping) return;
   pg_op *ops = g->ops_head;
   g->ops_head = g->ops_tail = NULL;
   g->n_ops = 0;
-  if (!ops) return;
-  if (g->cfg->group_commit) {
-    run(g, ops, NULL);
-  } else {
-    for (pg_op *op = ops; op; op = op->next) run(g, op, op->next);
+  pg_turn *t = current(g);
+  g->cur = NULL;
+  if (!t) {
+    /* No memory for a batch: refuse what came in this iteration. */
+    for (pg_op *op = ops; op;) {
+      pg_op *n = op->next;
+      op->next = NULL;
+      fail_all(op, "out of memory");
+      reply(g, op);
+      op_free(op);
+      op = n;
+    }
+    return;
   }
-  while (ops) {
+  if (g->cfg->group_commit || !ops) {
+    run(g, t, ops);
+    return;
+  }
+  /* Without group commit every operation is its own batch (and its own
+   * transaction: the store merges nothing then). */
+  while (ops && t) {
     pg_op *n = ops->next;
-    pw_frame_free(ops->frame);
-    free(ops->principal);
-    free(ops->device);
-    free(ops->locale);
-    free(ops->outcomes);
-    free(ops);
+    ops->next = NULL;
+    run(g, t, ops);
     ops = n;
+    t = ops && !g->halted ? turn_new(g) : NULL;
   }
+  if (ops) {
+    /* Out of memory or halted half-way: keep the rest for the next flush. */
+    g->ops_head = ops;
+    for (pg_op *op = ops; op; op = op->next) {
+      g->ops_tail = op;
+      g->n_ops++;
+    }
+  }
+}
+
+void pg_apply_drain(pg_gateway *g) {
+  if (!g->store) return;
+  /* Completions may queue more (placements): a few rounds settle it. */
+  for (int i = 0; i < 16; i++) {
+    bool more = g->ops_head || g->cur || pg_store_pending(g->store);
+    if (!more) break;
+    bool stopping = g->stopping;
+    g->stopping = true; /* no in-flight limit while draining */
+    pg_apply_flush(g);
+    g->stopping = stopping;
+    pg_store_drain(g->store);
+  }
+}
+
+int pg_apply_bump_epoch(pg_gateway *g, pg_conv *cv, pg_conn *to) {
+  pg_turn *t = current(g);
+  if (!t) return PARLEY_ENOMEM;
+  if (t->n_places == t->cap_places) {
+    size_t nc = t->cap_places ? t->cap_places * 2 : 8;
+    place *n = realloc(t->places, nc * sizeof *n);
+    if (!n) return PARLEY_ENOMEM;
+    t->places = n;
+    t->cap_places = nc;
+  }
+  cv->row.epoch++;
+  if (pg_store_batch_conv(t->batch, &cv->row, 0)) {
+    cv->row.epoch--;
+    return PARLEY_ENOMEM;
+  }
+  touch_conv(t, cv, false);
+  t->places[t->n_places++] = (place){.cv = cv, .to = to};
+  cv->placing = true;
+  return 0;
+}
+
+int pg_apply_uncork_after(pg_gateway *g, pg_conn *c) {
+  pg_turn *t = current(g);
+  if (t && t->n_uncork == t->cap_uncork) {
+    size_t nc = t->cap_uncork ? t->cap_uncork * 2 : 4;
+    pg_conn **n = realloc(t->uncork, nc * sizeof *n);
+    if (!n) t = NULL;
+    else {
+      t->uncork = n;
+      t->cap_uncork = nc;
+    }
+  }
+  if (!t) {
+    c->corked = false;
+    pg_out_kick(c);
+    return PARLEY_ENOMEM;
+  }
+  t->uncork[t->n_uncork++] = c;
+  return 0;
+}
+
+static void forget_conn(pg_turn *t, pg_conn *c) {
+  for (size_t i = 0; i < t->n_uncork; i++)
+    if (t->uncork[i] == c) t->uncork[i] = NULL;
+  for (pg_op *op = t->ops; op; op = op->next)
+    if (op->conn == c) op->conn = NULL;
+  for (size_t i = 0; i < t->n_places; i++)
+    if (t->places[i].to == c) t->places[i].to = NULL;
+}
+
+void pg_apply_conn_gone(pg_gateway *g, pg_conn *c) {
+  for (pg_op *op = g->ops_head; op; op = op->next)
+    if (op->conn == c) op->conn = NULL;
+  if (g->cur) forget_conn(g->cur, c);
+  for (pg_turn *t = g->turns_head; t; t = t->next) forget_conn(t, c);
+}
+
+void pg_apply_free(pg_gateway *g) {
+  while (g->ops_head) {
+    pg_op *op = g->ops_head;
+    g->ops_head = op->next;
+    op_free(op);
+  }
+  g->ops_tail = NULL;
+  if (g->cur) {
+    for (size_t i = 0; i < g->cur->n_places; i++) g->cur->places[i].cv->placing = false;
+    turn_free(g->cur);
+    g->cur = NULL;
+  }
+  /* Turns still with the store are answered by its close (drain). */
 }

@@ -11,6 +11,7 @@
 
 #include "config/config.h"
 #include "gw.h"
+#include "store/storage_cfg.h"
 #include "web.h"
 
 /* Records a validation error against a node so the message names file,
@@ -43,6 +44,7 @@ void pg_config_free(pg_config *c) {
   free(c->name);
   free(c->listen);
   free(c->data_dir);
+  pg_storage_conninfo_free(c->storage_url);
   free(c->bot);
   for (size_t i = 0; i < c->n_principals; i++) free_principal(&c->principals[i]);
   free(c->principals);
@@ -177,10 +179,30 @@ static int load_limits(pg_config *c, const pc_node *l, pc_error *err) {
   return 0;
 }
 
+/* The hot state's bounds (docs/gateway.md, "Memory"). */
+static int load_cache(pg_config *c, const pc_node *n, pc_error *err) {
+  static const char *const keys[] = {"tail_bytes", "max_bytes", "recent_ids", NULL};
+  int rc;
+  uint64_t v;
+  if (n && (rc = pc_check_keys(n, keys, err))) return rc;
+  if ((rc = pc_get_size(n, "tail_bytes", 64 * 1024, &v, err))) return rc;
+  if (v > 64u * 1024 * 1024)
+    return node_fail(err, pc_get(n, "tail_bytes"), "cache.tail_bytes", "must be at most 64MiB");
+  c->cache_tail_bytes = (size_t)v;
+  if ((rc = pc_get_size(n, "max_bytes", 256u * 1024 * 1024, &v, err))) return rc;
+  if (v > (uint64_t)1 << 40)
+    return node_fail(err, pc_get(n, "max_bytes"), "cache.max_bytes", "must be at most 1TiB");
+  c->cache_max_bytes = (size_t)v;
+  if ((rc = pc_get_u64(n, "recent_ids", 65536, 0, 1u << 22, &v, err))) return rc;
+  c->cache_recent_ids = (size_t)v;
+  return 0;
+}
+
 /* Test switches: never set in production; a warning says so at start. */
 static int load_faults(pg_config *c, const pc_node *f, pc_error *err) {
   static const char *const keys[] = {"drop_push", "duplicate_push", "reorder_push",
-                                     "drop_ack", "duplicate_ack", "seed", NULL};
+                                     "drop_ack", "duplicate_ack", "seed", "writer_hold_ms",
+                                     NULL};
   int rc;
   uint64_t v;
   if (!f || pc_node_kind(f) == PC_NULL) return 0;
@@ -195,6 +217,8 @@ static int load_faults(pg_config *c, const pc_node *f, pc_error *err) {
     if ((rc = pc_get_u64(f, pct[i].key, 0, 0, 50, &v, err))) return rc;
     *pct[i].out = (uint32_t)v;
   }
+  if ((rc = pc_get_u64(f, "writer_hold_ms", 0, 0, 1000, &v, err))) return rc;
+  c->fault_writer_hold_ms = (uint32_t)v;
   if ((rc = pc_get_u64(f, "seed", 1, 0, UINT64_MAX, &v, err))) return rc;
   c->fault_seed = v ? v : 1;
   return 0;
@@ -202,8 +226,8 @@ static int load_faults(pg_config *c, const pc_node *f, pc_error *err) {
 
 static int load_doc(pg_config *c, const pc_node *root, pc_error *err) {
   static const char *const keys[] = {"listen", "port", "data_dir", "durability", "group_commit",
-                                     "bot", "principals", "customers", "limits", "tls", "faults",
-                                     "web", NULL};
+                                     "bot", "principals", "customers", "limits", "tls", "faults", "cache",
+                                     "storage", "web", NULL};
   int rc;
   const char *s;
   uint64_t v;
@@ -279,6 +303,9 @@ static int load_doc(pg_config *c, const pc_node *root, pc_error *err) {
   }
 
   if ((rc = load_limits(c, pc_get(root, "limits"), err))) return rc;
+  if ((rc = load_cache(c, pc_get(root, "cache"), err))) return rc;
+  if ((rc = pg_storage_load(pc_get(root, "storage"), &c->storage_kind, &c->storage_url, err)))
+    return rc;
   if ((rc = load_faults(c, pc_get(root, "faults"), err))) return rc;
   if ((rc = pg_web_load(c, pc_get(root, "web"), err))) return rc;
 
@@ -368,6 +395,7 @@ pg_config *pg_config_dup(const pg_config *s) {
   c->name = dupstr(s->name);
   c->listen = dupstr(s->listen);
   c->data_dir = dupstr(s->data_dir);
+  c->storage_url = dupstr(s->storage_url);
   c->bot = dupstr(s->bot);
   c->tls_cert = dupstr(s->tls_cert);
   c->tls_key = dupstr(s->tls_key);

@@ -65,6 +65,12 @@ void pg_data_dir_remove(const char *data_dir);
  * tests and tools running the gateway in-process). */
 uint64_t pg_gateway_last_seq(pg_gateway *g, const char *conversation);
 
+/* Bytes the hot state holds (conversations, their event tails, recent
+ * client message ids, the filter of known ids) and, in *conversations, how
+ * many conversations it holds (docs/gateway.md, "Memory"). Loop thread
+ * only, or with the loop quiet. */
+size_t pg_gateway_hot_bytes(const pg_gateway *g, size_t *conversations);
+
 /* `parley gateway --config FILE [--port N] [--data-dir DIR]` and
  * `parley gateway token --secret S --principal P`, `parley gateway
  * hash-token TOKEN`. argv[0] is the command name ("gateway"). Prints

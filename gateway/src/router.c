@@ -5,39 +5,21 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <libwebsockets.h>
+
 #include <parley/error.h>
 
 #include "gw.h"
 
 static bool live(const pg_conn *c) { return c && c->state == PG_CS_OPEN && c->wsi; }
 
-pg_conv *pg_router_conv(pg_gateway *g, const char *id) {
-  pg_conv *cv = gw_map_get(&g->convs, id);
-  if (cv) return cv;
-  cv = calloc(1, sizeof *cv);
-  if (!cv) return NULL;
-  if (pg_db_conv_get(g->db, id, &cv->row) != 0 || gw_map_put(&g->convs, id, cv) != 0) {
-    pg_convrow_clear(&cv->row);
-    free(cv);
-    return NULL;
-  }
-  /* Its current epoch may have been given to a connection before a
-   * restart: the next placement bumps it, fencing that connection. */
-  cv->placed_epoch = cv->row.epoch;
-  return cv;
-}
-
-void pg_router_touch(pg_gateway *g, const char *id, bool opened) {
-  /* "Opened" sticks when a conversation is touched again in the batch. */
-  if (gw_map_get(&g->touched, id) == (void *)2) opened = true;
-  gw_map_put(&g->touched, id, (void *)(uintptr_t)(opened ? 2 : 1));
-}
+pg_conv *pg_router_conv(pg_gateway *g, const char *id) { return pg_hot_conv(g, id, false); }
 
 bool pg_router_participant(const pg_conn *c, const pg_conv *cv) {
   if (!live(c)) return false;
   switch (c->role) {
-  case PG_ROLE_CUSTOMER: return !strcmp(cv->row.customer, c->principal);
-  case PG_ROLE_AGENT: return !strcmp(cv->row.assignee, c->principal);
+  case PG_ROLE_CUSTOMER: return !strcmp(cv->pub.customer, c->principal);
+  case PG_ROLE_AGENT: return !strcmp(cv->pub.assignee, c->principal);
   case PG_ROLE_BOT: return cv->owner == c;
   default: return false;
   }
@@ -67,8 +49,17 @@ pg_stream *pg_router_stream(pg_conn *c, const char *conv, bool create) {
   if (!s) return NULL;
   snprintf(s->conv, sizeof s->conv, "%s", conv);
   s->active = true;
-  s->acked = pg_db_watermark(c->g->db, c->principal, c->role == PG_ROLE_BOT ? "" : c->device,
-                             conv);
+  /* Where the principal's device stands, as applied: an Ack whose batch
+   * is still with the store counts (a client that acknowledged and
+   * reconnected at once does not get those events again). */
+  pg_conv *cv = pg_router_conv(c->g, conv);
+  if (!cv)
+    pg_store_watermark_get(c->g->store, c->principal, c->role == PG_ROLE_BOT ? "" : c->device,
+                           conv, &s->acked);
+  else if (c->role == PG_ROLE_BOT && !strcmp(c->principal, cv->pub.bot))
+    pg_hot_bot_wm(c->g, cv, &s->acked);
+  else
+    pg_hot_wm_get(c->g, cv, c->principal, c->role == PG_ROLE_BOT ? "" : c->device, &s->acked);
   s->pushed = s->high = s->acked;
   char key[600];
   seen_key(c, conv, key, sizeof key);
@@ -102,41 +93,83 @@ void pg_router_stream_acked(pg_conn *c, pg_stream *s, uint64_t up) {
   s->last_push_ms = pg_mono_ms();
 }
 
+/* A Deliver is built from the stored event bytes as they are, without
+ * unpacking and packing each event again: Frame{deliver (7)} holds
+ * Deliver{events (1)}, each the stored Event followed, when it is
+ * redelivered, by its field redelivered (8) = true, which a decoder
+ * merges into the event (the stored one never sets it). */
 typedef struct push_ctx {
   pg_conn *c;
   pg_stream *s;
-  Parley__V1__Event **evs;
-  size_t n, bytes;
+  pg_conv *cv;
+  uint8_t *buf; /* PUSH_HEAD bytes of room for the frame's header, then events */
+  size_t len, cap, n;
   uint64_t max_seq;
   int rc;
 } push_ctx;
 
+#define PUSH_HEAD (LWS_PRE + 11)
+
+static size_t put_varint(uint8_t *p, uint64_t v) {
+  size_t n = 0;
+  while (v >= 0x80) {
+    p[n++] = (uint8_t)(v | 0x80);
+    v >>= 7;
+  }
+  p[n++] = (uint8_t)v;
+  return n;
+}
+
 static void push_flush(push_ctx *p) {
   if (!p->n) return;
-  Parley__V1__Deliver d = PARLEY__V1__DELIVER__INIT;
-  d.events = p->evs;
-  d.n_events = p->n;
-  pw_frame f = PARLEY__V1__FRAME__INIT;
-  f.body_case = PARLEY__V1__FRAME__BODY_DELIVER;
-  f.deliver = &d;
-  if (pg_conn_send_frame(p->c, &f) != 0) p->rc = PARLEY_EIO;
-  for (size_t i = 0; i < p->n; i++) parley__v1__event__free_unpacked(p->evs[i], NULL);
+  /* The frame's header goes right in front of the events; the frame is
+   * then moved to start LWS_PRE bytes into the buffer, as queued frames
+   * do. */
+  uint8_t head[11];
+  size_t h = 0;
+  head[h++] = (7 << 3) | 2;
+  h += put_varint(head + h, p->len - PUSH_HEAD);
+  memmove(p->buf + LWS_PRE + h, p->buf + PUSH_HEAD, p->len - PUSH_HEAD);
+  memcpy(p->buf + LWS_PRE, head, h);
+  size_t frame = h + p->len - PUSH_HEAD;
+  uint8_t *b = p->buf;
+  p->buf = NULL;
+  p->cap = 0;
+  if (pg_conn_send_encoded(p->c, PARLEY__V1__FRAME__BODY_DELIVER, b, frame) != 0)
+    p->rc = PARLEY_EIO;
   p->n = 0;
-  p->bytes = 0;
+  p->len = 0;
 }
 
 static int push_one(void *ud, uint64_t seq, const void *blob, size_t len) {
   push_ctx *p = ud;
   /* Keep each Deliver under the frame limit the peer was promised. */
-  if (p->n && p->bytes + len + 16 > p->c->g->cfg->max_frame_bytes - 64) push_flush(p);
-  Parley__V1__Event *ev = parley__v1__event__unpack(NULL, len, blob);
-  if (!ev) return PARLEY_EDB;
+  if (p->n && p->len - PUSH_HEAD + len + 16 > p->c->g->cfg->max_frame_bytes - 64) push_flush(p);
+  if (!p->len) p->len = PUSH_HEAD;
   /* Redelivered: pushed to this device before by this process, or stored
    * by an earlier run of the gateway, which may have pushed it. */
-  ev->redelivered = seq <= p->s->seen ||
-                    (ev->server_time_ms > 0 && (uint64_t)ev->server_time_ms < p->c->g->boot_ms);
-  p->evs[p->n++] = ev;
-  p->bytes += len + 16;
+  bool red = seq <= p->s->seen || seq <= p->cv->boot_last_seq;
+  size_t need = p->len + 1 + 10 + len + 2;
+  if (need > p->cap) {
+    size_t nc = p->cap ? p->cap * 2 : 1024;
+    while (nc < need) nc *= 2;
+    uint8_t *t = realloc(p->buf, nc);
+    if (!t) return PARLEY_ENOMEM;
+    p->buf = t;
+    p->cap = nc;
+  }
+  uint8_t *w = p->buf + p->len;
+  size_t k = 0;
+  w[k++] = (1 << 3) | 2;
+  k += put_varint(w + k, len + (red ? 2 : 0));
+  memcpy(w + k, blob, len);
+  k += len;
+  if (red) {
+    w[k++] = (8 << 3) | 0;
+    w[k++] = 1;
+  }
+  p->len += k;
+  p->n++;
   p->max_seq = seq;
   return 0;
 }
@@ -156,7 +189,8 @@ static uint64_t stream_share(const pg_conn *c) {
 
 /* Pushes what the window and the stream's share allow of one stream; what
  * they hold back waits on the connection's list for the next pump. */
-static void pump_stream(pg_conn *c, pg_stream *s, uint64_t last_seq) {
+static void pump_stream(pg_conn *c, pg_stream *s, pg_conv *cv) {
+  uint64_t last_seq = cv->pub.last_seq;
   if (!live(c) || !s->active || s->pushed >= last_seq) return;
   uint64_t share = stream_share(c), held = s->pushed - s->acked;
   if (c->inflight >= c->window || held >= share) {
@@ -168,12 +202,10 @@ static void pump_stream(pg_conn *c, pg_stream *s, uint64_t last_seq) {
   uint64_t to = last_seq;
   if (to - s->pushed > room) to = s->pushed + room;
   size_t want = (size_t)(to - s->pushed);
-  push_ctx p = {.c = c, .s = s};
-  p.evs = calloc(want, sizeof *p.evs);
-  if (!p.evs) return;
-  int rc = pg_db_events(c->g->db, s->conv, s->pushed + 1, to, (uint32_t)want, push_one, &p);
+  push_ctx p = {.c = c, .s = s, .cv = cv};
+  int rc = pg_hot_events(c->g, cv, s->pushed + 1, to, (uint32_t)want, push_one, &p);
   push_flush(&p);
-  free(p.evs);
+  free(p.buf);
   if (rc != 0 || p.max_seq <= s->pushed) return;
   uint64_t now = pg_mono_ms();
   if (s->pushed == s->acked) s->last_push_ms = now;
@@ -204,7 +236,7 @@ void pg_router_pump(pg_conn *c) {
     s->waiting = false;
     s->wnext = NULL;
     pg_conv *cv = s->active ? pg_router_conv(c->g, s->conv) : NULL;
-    if (cv) pump_stream(c, s, cv->row.last_seq);
+    if (cv) pump_stream(c, s, cv);
     if (s == last) break;
   }
 }
@@ -246,32 +278,32 @@ pg_conn *pg_router_conns_of(pg_gateway *g, const char *principal) {
 static void pump_one(pg_conn *c, pg_conv *cv) {
   if (c->state != PG_CS_OPEN) return;
   if (pg_router_participant(c, cv)) {
-    pg_stream *old = gw_map_get(&c->streams, cv->row.id);
+    pg_stream *old = gw_map_get(&c->streams, cv->pub.id);
     bool fresh = !old || !old->active;
-    pg_stream *s = old ? old : pg_router_stream(c, cv->row.id, true);
+    pg_stream *s = old ? old : pg_router_stream(c, cv->pub.id, true);
     if (!s) return;
     s->active = true;
     /* A conversation an agent takes during a session was announced by no
      * cursor, so the client expects it from seq 1: its history. */
     if (fresh && c->role == PG_ROLE_AGENT) s->acked = s->pushed = 0;
-    pump_stream(c, s, cv->row.last_seq);
+    pump_stream(c, s, cv);
   } else {
-    pg_router_drop_stream(c, cv->row.id);
+    pg_router_drop_stream(c, cv->pub.id);
   }
 }
 
 /* Only the connections of the principals involved are visited, so the cost
  * does not grow with the number of connections. */
 void pg_router_pump_conv(pg_gateway *g, pg_conv *cv, const char *old_assignee) {
-  for (pg_conn *c = pg_router_conns_of(g, cv->row.customer); c; c = c->pnext) pump_one(c, cv);
-  if (strcmp(cv->row.assignee, cv->row.customer))
-    for (pg_conn *c = pg_router_conns_of(g, cv->row.assignee); c; c = c->pnext) pump_one(c, cv);
-  if (old_assignee && strcmp(old_assignee, cv->row.assignee) &&
-      strcmp(old_assignee, cv->row.customer))
+  for (pg_conn *c = pg_router_conns_of(g, cv->pub.customer); c; c = c->pnext) pump_one(c, cv);
+  if (strcmp(cv->pub.assignee, cv->pub.customer))
+    for (pg_conn *c = pg_router_conns_of(g, cv->pub.assignee); c; c = c->pnext) pump_one(c, cv);
+  if (old_assignee && strcmp(old_assignee, cv->pub.assignee) &&
+      strcmp(old_assignee, cv->pub.customer))
     for (pg_conn *c = pg_router_conns_of(g, old_assignee); c; c = c->pnext) pump_one(c, cv);
   /* Waiting in a queue, the conversation's assignee is the queue, but its
    * bot connection still takes part. */
-  if (cv->row.status == PG_CONV_QUEUED && cv->owner) pump_one(cv->owner, cv);
+  if (cv->pub.status == PG_CONV_QUEUED && cv->owner) pump_one(cv->owner, cv);
 }
 
 void pg_router_redeliver(pg_gateway *g, uint64_t now) {
@@ -326,41 +358,29 @@ static int add_state(void *ud, const char *key, const void *val, size_t len) {
   return 0;
 }
 
-/* Splits the stored "a\nb\nc" tag list; returns the count. */
-static size_t split_tags(char *tags, char **out, size_t max) {
-  size_t n = 0;
-  for (char *p = tags; p && *p && n < max;) {
-    out[n++] = p;
-    char *nl = strchr(p, '\n');
-    if (!nl) break;
-    *nl = '\0';
-    p = nl + 1;
-  }
-  return n;
-}
-
 static void send_assign(pg_conn *c, pg_conv *cv) {
   Parley__V1__Assign a = PARLEY__V1__ASSIGN__INIT;
-  a.conversation = cv->row.id;
-  a.epoch = cv->row.epoch;
-  a.state_version = cv->row.state_version;
-  a.locale = cv->row.locale;
-  a.customer = cv->row.customer;
-  pg_stream *s = pg_router_stream(c, cv->row.id, true);
+  a.conversation = cv->pub.id;
+  a.epoch = cv->pub.epoch;
+  a.state_version = cv->pub.state_version;
+  a.locale = cv->pub.locale;
+  a.customer = cv->pub.customer;
+  pg_stream *s = pg_router_stream(c, cv->pub.id, true);
   if (!s) return;
   /* The stream restarts from the committed watermark, also when this
    * connection held the conversation before. */
-  uint64_t wm = pg_db_watermark(c->g->db, c->principal, "", cv->row.id);
+  uint64_t wm = 0;
+  pg_store_watermark_get(c->g->store, c->principal, "", cv->pub.id, &wm);
   if (s->active) c->inflight -= (uint32_t)(s->pushed - s->acked);
   s->acked = s->pushed = wm;
   if (s->high < wm) s->high = wm;
   s->active = true;
-  s->epoch = cv->row.epoch;
+  s->epoch = cv->pub.epoch;
   a.acked_seq = s->acked;
-  pg_db_state_each(c->g->db, cv->row.id, add_state, &a);
-  char *tags = strdup(cv->row.tags);
+  pg_store_state_each(c->g->store, cv->pub.id, add_state, &a);
+  char *tags = strdup(cv->pub.tags);
   char *tv[256];
-  a.n_tags = split_tags(tags, tv, 256);
+  a.n_tags = pg_tags_split(tags, tv, 256);
   a.tags = tv;
   pw_frame f = PARLEY__V1__FRAME__INIT;
   f.body_case = PARLEY__V1__FRAME__BODY_ASSIGN;
@@ -398,61 +418,65 @@ static pg_conn *pick_bot(pg_gateway *g, const char *bot) {
  * agent takes it: the bot keeps the customer company (and its timers run)
  * while nobody has answered yet. */
 static bool bot_assigned(const pg_conv *cv) {
-  return (cv->row.status == PG_CONV_OPEN && !strcmp(cv->row.assignee, cv->row.bot)) ||
-         cv->row.status == PG_CONV_QUEUED;
+  return (cv->pub.status == PG_CONV_OPEN && !strcmp(cv->pub.assignee, cv->pub.bot)) ||
+         cv->pub.status == PG_CONV_QUEUED;
+}
+
+/* Gives a placed conversation to its connection: the Assign, then its
+ * events. */
+static void assign(pg_conn *c, pg_conv *cv) {
+  cv->owner = c;
+  cv->placed_epoch = cv->pub.epoch;
+  send_assign(c, cv);
 }
 
 /* Places unowned bot conversations on live connections. An epoch that was
- * already given to some connection is bumped first (in one transaction),
- * so frames from the previous holder are refused as stale. */
+ * already given to some connection is bumped first, and the Assign waits
+ * until that bump is durable (g->route.placed), so frames from the
+ * previous holder are refused as stale even after a restart. */
 static void place(pg_gateway *g, pg_conv **list, size_t n) {
   if (!n || g->stopping) return;
   pg_conn **to = calloc(n, sizeof *to);
-  bool *bumped = calloc(n, sizeof *bumped);
-  if (!to || !bumped) goto out;
-  bool need_bump = false;
+  if (!to) return;
   for (size_t i = 0; i < n; i++) {
-    to[i] = pick_bot(g, list[i]->row.bot);
-    if (to[i]) {
-      to[i]->n_owned++; /* so the next pick balances */
-      if (list[i]->placed_epoch == list[i]->row.epoch) need_bump = true;
-    }
-  }
-  if (need_bump) {
-    bool ok = pg_db_begin(g->db) == 0;
-    for (size_t i = 0; ok && i < n; i++) {
-      if (!to[i] || list[i]->placed_epoch != list[i]->row.epoch) continue;
-      list[i]->row.epoch++;
-      bumped[i] = true;
-      ok = pg_db_conv_update(g->db, &list[i]->row) == 0;
-    }
-    if (ok) ok = pg_db_commit(g->db) == 0;
-    if (!ok) {
-      pg_db_rollback(g->db);
-      for (size_t i = 0; i < n; i++) {
-        if (bumped[i]) list[i]->row.epoch--;
-        if (to[i]) to[i]->n_owned--;
-      }
-      goto out;
-    }
-  }
-  for (size_t i = 0; i < n; i++) {
+    if (list[i]->placing) continue; /* a placement is already on its way */
+    to[i] = pick_bot(g, list[i]->pub.bot);
     if (!to[i]) continue;
-    list[i]->owner = to[i];
-    list[i]->placed_epoch = list[i]->row.epoch;
-    send_assign(to[i], list[i]);
+    to[i]->n_owned++; /* so the next pick balances */
+    if (list[i]->placed_epoch == list[i]->pub.epoch) {
+      if (pg_apply_bump_epoch(g, list[i], to[i]) != 0) to[i]->n_owned--;
+      to[i] = NULL; /* assigned once the bump is durable */
+    }
   }
+  for (size_t i = 0; i < n; i++)
+    if (to[i]) assign(to[i], list[i]);
   /* Pushing starts once every conversation placed here has its stream, so
    * that the first one assigned does not take the whole window before the
    * others are counted in the shares. */
   for (size_t i = 0; i < n; i++) {
     if (!to[i]) continue;
-    pg_stream *s = pg_router_stream(to[i], list[i]->row.id, false);
-    if (s) pump_stream(to[i], s, list[i]->row.last_seq);
+    pg_stream *s = pg_router_stream(to[i], list[i]->pub.id, false);
+    if (s) pump_stream(to[i], s, list[i]);
   }
-out:
   free(to);
-  free(bumped);
+}
+
+/* A placement's epoch bump is durable (or failed: to is NULL). */
+static void on_placed(pg_gateway *g, pg_conv *cv, pg_conn *to) {
+  if (to && live(to) && !live(cv->owner) && bot_assigned(cv)) {
+    assign(to, cv);
+    pg_stream *s = pg_router_stream(to, cv->pub.id, false);
+    if (s) pump_stream(to, s, cv);
+    return;
+  }
+  if (to && to->n_owned) to->n_owned--;
+  pg_router_replace(g, cv);
+}
+
+void pg_router_replace(pg_gateway *g, pg_conv *cv) {
+  if (!cv->exists || !bot_assigned(cv) || live(cv->owner)) return;
+  cv->owner = NULL;
+  place(g, &cv, 1);
 }
 
 typedef struct collect_ctx {
@@ -472,7 +496,7 @@ static void collect(collect_ctx *cc, pg_conv *cv) {
   cc->list[cc->n++] = cv;
 }
 
-static int collect_assigned(void *ud, const pg_convrow *r) {
+static int collect_assigned(void *ud, const pg_store_conv *r) {
   collect_ctx *cc = ud;
   pg_conv *cv = pg_router_conv(cc->g, r->id);
   if (cv && bot_assigned(cv) && !live(cv->owner)) collect(cc, cv);
@@ -481,9 +505,9 @@ static int collect_assigned(void *ud, const pg_convrow *r) {
 
 void pg_router_bot_joined(pg_conn *c) {
   collect_ctx cc = {.g = c->g};
-  pg_db_conv_each(c->g->db, "assignee", c->principal, collect_assigned, &cc);
+  pg_store_conv_each(c->g->store, PG_STORE_BY_ASSIGNEE, c->principal, collect_assigned, &cc);
   /* Conversations waiting in a queue are still their bot's. */
-  pg_db_conv_each(c->g->db, "bot_queued", c->principal, collect_assigned, &cc);
+  pg_store_conv_each(c->g->store, PG_STORE_BOT_QUEUED, c->principal, collect_assigned, &cc);
   for (size_t i = 0; i < cc.n; i++)
     if (cc.list[i]->owner && !live(cc.list[i]->owner)) cc.list[i]->owner = NULL;
   place(c->g, cc.list, cc.n);
@@ -511,7 +535,7 @@ void pg_router_conn_gone(pg_conn *c) {
 
 /* -------------------------------------------------------------- queues */
 
-int pg_queue_item(const pg_convrow *r, Parley__V1__QueueItem *it) {
+int pg_queue_item(const pg_store_conv *r, Parley__V1__QueueItem *it) {
   parley__v1__queue_item__init(it);
   it->conversation = r->id;
   it->queue = r->queue;
@@ -529,7 +553,7 @@ static bool watches(const pg_conn *c, const char *queue) {
   return false;
 }
 
-void pg_router_queue_update(pg_gateway *g, const pg_convrow *r, const char *queue,
+void pg_router_queue_update(pg_gateway *g, const pg_store_conv *r, const char *queue,
                             bool removed) {
   Parley__V1__QueueItem it;
   pg_queue_item(r, &it);
@@ -546,75 +570,60 @@ void pg_router_queue_update(pg_gateway *g, const pg_convrow *r, const char *queu
 
 /* --------------------------------------------------------- after commit */
 
-/* Compares the cached row (before the batch) with the committed one and
- * derives what connections must be told: revokes, queue updates, new bot
- * assignments, and the new events. */
-static void apply_change(pg_gateway *g, const char *id, bool opened) {
-  pg_convrow nr;
-  if (pg_db_conv_get(g->db, id, &nr) != 0) return;
-  pg_conv *cv = gw_map_get(&g->convs, id);
-  bool fresh = false;
-  if (!cv) {
-    cv = calloc(1, sizeof *cv);
-    if (!cv || gw_map_put(&g->convs, id, cv) != 0) {
-      free(cv);
-      pg_convrow_clear(&nr);
-      return;
-    }
-    fresh = true;
-    /* Only a conversation opened in this batch has an epoch no connection
-     * ever held. */
-    if (!opened) cv->placed_epoch = nr.epoch;
-  }
-  pg_convrow old = cv->row;
-  cv->row = nr;
-  bool was_queued = !fresh && old.status == PG_CONV_QUEUED;
-  if (cv->owner && (!bot_assigned(cv) || cv->row.epoch != old.epoch)) {
-    const char *why = cv->row.status == PG_CONV_CLOSED ? "closed"
-                      : cv->row.epoch != old.epoch     ? "moved"
+/* A batch made cv's new row durable: compares it with the row before (old,
+ * NULL for a conversation just opened) and tells connections what changed:
+ * revokes, queue updates, new bot assignments, and the new events. */
+static void on_published(pg_gateway *g, pg_conv *cv, pg_store_conv *old, bool opened) {
+  const char *id = cv->pub.id;
+  bool fresh = old == NULL;
+  /* Only a conversation opened in this batch has an epoch no connection
+   * ever held. */
+  if (fresh && !opened) cv->placed_epoch = cv->pub.epoch;
+  if (!fresh && cv->owner && (!bot_assigned(cv) || cv->pub.epoch != old->epoch)) {
+    const char *why = cv->pub.status == PG_CONV_CLOSED ? "closed"
+                      : cv->pub.epoch != old->epoch    ? "moved"
                                                        : "taken";
     /* The bot first gets the events that took the conversation away (an
      * agent's take, the close), so it knows why before the Revoke. */
     if (live(cv->owner)) {
       pump_one(cv->owner, cv);
-      send_revoke(cv->owner, id, old.epoch, why);
+      send_revoke(cv->owner, id, old->epoch, why);
     }
     pg_router_drop_stream(cv->owner, id);
     cv->owner->n_owned--;
     cv->owner = NULL;
   }
-  if (was_queued && (cv->row.status != PG_CONV_QUEUED || strcmp(old.queue, cv->row.queue)))
-    pg_router_queue_update(g, &old, old.queue, true);
-  if (cv->row.status == PG_CONV_QUEUED && (!was_queued || strcmp(old.queue, cv->row.queue)))
-    pg_router_queue_update(g, &cv->row, cv->row.queue, false);
-  char *old_assignee = fresh ? NULL : old.assignee;
-  old.assignee = NULL;
-  if (!fresh) pg_convrow_clear(&old);
-  if (bot_assigned(cv) && !live(cv->owner)) {
+  bool was_queued = !fresh && old->status == PG_CONV_QUEUED;
+  if (was_queued && (cv->pub.status != PG_CONV_QUEUED || strcmp(old->queue, cv->pub.queue)))
+    pg_router_queue_update(g, old, old->queue, true);
+  if (cv->pub.status == PG_CONV_QUEUED && (!was_queued || strcmp(old->queue, cv->pub.queue)))
+    pg_router_queue_update(g, &cv->pub, cv->pub.queue, false);
+  if (bot_assigned(cv) && !live(cv->owner) && !cv->placing) {
     cv->owner = NULL;
     place(g, &cv, 1);
   }
-  pg_router_pump_conv(g, cv, old_assignee);
-  free(old_assignee);
+  pg_router_pump_conv(g, cv, fresh ? NULL : old->assignee);
 }
 
-void pg_router_after_commit(pg_gateway *g) {
-  size_t n = g->touched.len, i = 0, k = 0;
-  char **ids = calloc(n ? n : 1, sizeof *ids);
-  bool *opened = calloc(n ? n : 1, sizeof *opened);
-  const char *key;
-  void *val;
-  while (ids && opened && gw_map_next(&g->touched, &i, &key, &val)) {
-    opened[k] = val == (void *)2;
-    ids[k++] = strdup(key);
-  }
-  gw_map_clear(&g->touched);
-  for (size_t j = 0; j < k; j++) {
-    if (ids[j]) apply_change(g, ids[j], opened[j]);
-    free(ids[j]);
-  }
-  free(ids);
-  free(opened);
+/* A commit item went through: the committed ack_seq frees the bot
+ * connection's window. A duplicate does too: the watermark is already
+ * there (committed on an earlier connection, or while this stream was
+ * being set up), and the bot will not commit those events again, so
+ * leaving the stream behind would keep its share of the window taken for
+ * good. The ack_seq may pass what this connection pushed (the range check
+ * allows what the bot was given before a reconnect): the stream then
+ * resumes after it. */
+static void on_committed(pg_conn *c, const char *conv, uint64_t ack_seq) {
+  pg_stream *s = pg_router_stream(c, conv, false);
+  if (!s) return;
+  if (s->high < ack_seq) s->high = ack_seq;
+  pg_router_stream_acked(c, s, ack_seq);
 }
 
-void pg_router_discard(pg_gateway *g) { gw_map_clear(&g->touched); }
+void pg_router_init(pg_gateway *g) {
+  g->route.published = on_published;
+  g->route.placed = on_placed;
+  g->route.committed = on_committed;
+  g->route.pump = pg_router_pump;
+  g->route.closing = pg_router_conn_gone;
+}

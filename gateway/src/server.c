@@ -17,234 +17,16 @@
 
 #define E(x) PARLEY__V1__ERROR_CODE__ERROR_##x
 
-/* lws 4.1 keeps the Close opcode out of its public enum (value 4, between
- * LWS_WRITE_HTTP and LWS_WRITE_PING); lws itself writes Close frames with it. */
-#define PG_LWS_WRITE_CLOSE ((enum lws_write_protocol)4)
-
-uint64_t pg_now_ms(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_REALTIME, &ts);
-  return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
-}
-
-uint64_t pg_mono_ms(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
-}
-
-/* ------------------------------------------------------------ outgoing */
-
-static bool pg_faults_configured(const pg_config *fc) {
-  return fc->fault_drop_push || fc->fault_dup_push || fc->fault_reorder_push ||
-         fc->fault_drop_ack || fc->fault_dup_ack;
-}
-
-void pg_gateway_set_faults(pg_gateway *g, bool on) {
-  if (!g) return;
-  g->fault_rng = on && pg_faults_configured(g->cfg) ? g->cfg->fault_seed : 0;
-}
-
-void pg_gateway_fault_counts(const pg_gateway *g, uint64_t *dropped, uint64_t *doubled,
-                             uint64_t *reordered) {
-  *dropped = g ? g->fault_counts[0] : 0;
-  *doubled = g ? g->fault_counts[1] : 0;
-  *reordered = g ? g->fault_counts[2] : 0;
-}
-
 uint64_t pg_gateway_last_seq(pg_gateway *g, const char *conversation) {
-  pg_convrow r;
-  if (!g || !g->db || pg_db_conv_get(g->db, conversation, &r) != 0) return 0;
-  uint64_t last = r.last_seq;
-  pg_convrow_clear(&r);
-  return last;
-}
-
-static void outq_push(pg_conn *c, pg_outbuf *b) {
-  if (c->out_tail) c->out_tail->next = b;
-  else c->out_head = b;
-  c->out_tail = b;
-  c->out_bytes += b->len;
-}
-
-/* Percent chance from the test switches' generator. */
-static bool fault_roll(pg_gateway *g, uint32_t percent) {
-  if (!percent) return false;
-  uint64_t x = g->fault_rng;
-  x ^= x >> 12;
-  x ^= x << 25;
-  x ^= x >> 27;
-  g->fault_rng = x;
-  return (x * 2685821657736338717ULL) % 100 < percent;
-}
-
-static pg_outbuf *outbuf_copy(const pg_outbuf *b) {
-  pg_outbuf *d = calloc(1, sizeof *d);
-  if (!d) return NULL;
-  d->buf = malloc(LWS_PRE + b->len + 1);
-  if (!d->buf) {
-    free(d);
-    return NULL;
-  }
-  memcpy(d->buf, b->buf, LWS_PRE + b->len);
-  d->len = b->len;
-  return d;
-}
-
-/* The test switches (config `faults:`, off unless set) act on pushes and
- * send ACKs only, the frames whose loss, doubling and disorder the
- * protocol must absorb: a dropped Deliver comes again by redelivery or a
- * client's gap fetch, a dropped SendAck by the client's retry and the
- * gateway's dedup. Returns true when b was consumed. */
-static bool apply_faults(pg_conn *c, const pw_frame *f, pg_outbuf *b) {
-  pg_gateway *g = c->g;
-  const pg_config *cfg = g->cfg;
-  bool push = f->body_case == PARLEY__V1__FRAME__BODY_DELIVER;
-  bool ack = f->body_case == PARLEY__V1__FRAME__BODY_SEND_ACK;
-  if (!push && !ack) return false;
-  if (fault_roll(g, push ? cfg->fault_drop_push : cfg->fault_drop_ack)) {
-    free(b->buf);
-    free(b);
-    g->fault_counts[0]++;
-    return true;
-  }
-  if (fault_roll(g, push ? cfg->fault_dup_push : cfg->fault_dup_ack)) {
-    pg_outbuf *d = outbuf_copy(b);
-    if (d) {
-      outq_push(c, d);
-      g->fault_counts[1]++;
-    }
-  }
-  if (push && !c->fault_held && fault_roll(g, cfg->fault_reorder_push)) {
-    c->fault_held = b;
-    g->fault_counts[2]++;
-    return true;
-  }
-  return false;
-}
-
-int pg_conn_send_frame(pg_conn *c, const pw_frame *f) {
-  if (!c->wsi || c->close_code) return PARLEY_EDISCONNECTED;
-  pg_outbuf *b = calloc(1, sizeof *b);
-  if (!b) return PARLEY_ENOMEM;
-  if (pw_encode(f, LWS_PRE, &b->buf, &b->len) != 0) {
-    free(b);
-    return PARLEY_ENOMEM;
-  }
-  if (c->g->fault_rng && apply_faults(c, f, b)) {
-    lws_callback_on_writable(c->wsi);
-    return 0;
-  }
-  /* A peer that does not read is cut off rather than buffered forever. */
-  if (c->out_bytes + b->len > PG_OUTQ_MAX_BYTES) {
-    free(b->buf);
-    free(b);
-    pg_conn_close(c, 4000 + E(BUSY), "peer does not read");
-    return PARLEY_EBACKPRESSURE;
-  }
-  outq_push(c, b);
-  /* A Deliver held back by the test switches goes after the next frame. */
-  if (c->fault_held) {
-    outq_push(c, c->fault_held);
-    c->fault_held = NULL;
-  }
-  c->last_tx_ms = pg_mono_ms();
-  lws_callback_on_writable(c->wsi);
-  return 0;
-}
-
-void pg_conn_close(pg_conn *c, int code, const char *msg) {
-  if (!c->wsi || c->close_code) return;
-  c->close_code = code;
-  snprintf(c->close_msg, sizeof c->close_msg, "%s", msg ? msg : "");
-  if (c->state == PG_CS_OPEN) c->state = PG_CS_CLOSING;
-  else if (c->state == PG_CS_HELLO) c->state = PG_CS_CLOSING;
-  lws_callback_on_writable(c->wsi);
-}
-
-void pg_conn_error(pg_conn *c, Parley__V1__ErrorCode code, bool fatal, const char *msg,
-                   const char *conv, const ProtobufCBinaryData *msg_id, uint64_t request_id,
-                   uint32_t retry_after_ms) {
-  Parley__V1__Error e = PARLEY__V1__ERROR__INIT;
-  e.code = code;
-  e.message = (char *)(msg ? msg : "");
-  if (conv) e.conversation = (char *)conv;
-  if (msg_id) e.client_msg_id = *msg_id;
-  e.request_id = request_id;
-  e.retry_after_ms = retry_after_ms;
-  e.fatal = fatal;
-  pw_frame f = PARLEY__V1__FRAME__INIT;
-  f.body_case = PARLEY__V1__FRAME__BODY_ERROR;
-  f.error = &e;
-  pg_conn_send_frame(c, &f);
-  if (fatal) {
-    bool was_bot = c->role == PG_ROLE_BOT && c->state == PG_CS_OPEN;
-    pg_conn_close(c, pw_close_code(code), msg);
-    if (was_bot) pg_router_conn_gone(c);
-  }
-}
-
-void pg_gateway_enqueue(pg_gateway *g, pg_conn *c, pw_frame *f) {
-  /* One loop iteration's writes are bounded; past that the sender waits. */
-  if (g->n_ops >= PG_MAX_OPS) {
-    const Parley__V1__Send *s = f->body_case == PARLEY__V1__FRAME__BODY_SEND ? f->send : NULL;
-    pg_conn_error(c, E(BUSY), false, "too many pending writes", s ? s->conversation : NULL,
-                  s ? &s->client_msg_id : NULL,
-                  f->body_case == PARLEY__V1__FRAME__BODY_COMMIT ? f->commit->request_id : 0,
-                  100);
-    if (s) {
-      Parley__V1__SendAck a = PARLEY__V1__SEND_ACK__INIT;
-      a.client_msg_id = s->client_msg_id;
-      a.conversation = s->conversation;
-      a.error = E(BUSY);
-      a.message = "too many pending writes";
-      pw_frame out = PARLEY__V1__FRAME__INIT;
-      out.body_case = PARLEY__V1__FRAME__BODY_SEND_ACK;
-      out.send_ack = &a;
-      pg_conn_send_frame(c, &out);
-    }
-    pw_frame_free(f);
-    return;
-  }
-  pg_op *op = calloc(1, sizeof *op);
-  if (op) {
-    op->principal = strdup(c->principal);
-    op->device = strdup(c->device);
-    op->locale = strdup(c->locale ? c->locale : "");
-  }
-  if (!op || !op->principal || !op->device || !op->locale) {
-    if (op) {
-      free(op->principal);
-      free(op->device);
-      free(op->locale);
-      free(op);
-    }
-    pw_frame_free(f);
-    pg_conn_error(c, E(INTERNAL), false, "out of memory", NULL, NULL, 0, 100);
-    return;
-  }
-  op->conn = c;
-  op->frame = f;
-  op->role = c->role;
-  if (g->ops_tail) g->ops_tail->next = op;
-  else g->ops_head = op;
-  g->ops_tail = op;
-  g->n_ops++;
+  pg_conv *cv = g && g->store ? pg_router_conv(g, conversation) : NULL;
+  return cv ? cv->pub.last_seq : 0;
 }
 
 /* --------------------------------------------------------- connections */
 
 static void conn_free(pg_conn *c) {
-  if (c->fault_held) {
-    free(c->fault_held->buf);
-    free(c->fault_held);
-  }
-  while (c->out_head) {
-    pg_outbuf *b = c->out_head;
-    c->out_head = b->next;
-    free(b->buf);
-    free(b);
-  }
+  pg_out_forget(c);
+  pg_conn_free_out(c);
   size_t i = 0;
   void *v;
   while (gw_map_next(&c->streams, &i, NULL, &v)) free(v);
@@ -255,7 +37,7 @@ static void conn_free(pg_conn *c) {
   free(c->principal);
   free(c->device);
   free(c->locale);
-  free(c->rx);
+  pt_reasm_free(&c->rx);
   pg_conn_drop_token(c);
   free(c);
 }
@@ -293,85 +75,33 @@ static void capture_token(pg_conn *c, struct lws *wsi) {
 }
 
 static int on_receive(pg_conn *c, struct lws *wsi, const void *in, size_t len) {
-  pg_gateway *g = c->g;
   c->last_rx_ms = pg_mono_ms();
   if (c->state == PG_CS_CLOSING) return 0;
-  if (lws_is_first_fragment(wsi)) {
-    c->rx_len = 0;
-    c->rx_discard = false;
-  }
-  if (c->rx_discard) return 0;
+  /* lws hands a message over in pieces: the fragments of the WebSocket
+   * message, and each fragment in as many callbacks as its bytes took. The
+   * SDK's reassembler (fuzzed) glues them under the frame limit. */
   size_t remaining = lws_remaining_packet_payload(wsi);
-  /* The size is checked against what the frame header announces, before
-   * buffering or decoding anything. */
-  if (c->rx_len + len + remaining > g->cfg->max_frame_bytes) {
-    c->rx_discard = true;
+  bool last = lws_is_final_fragment(wsi) && remaining == 0;
+  const uint8_t *msg = NULL;
+  size_t msg_len = 0;
+  int rc;
+  /* The frame header announces the rest of this fragment: an oversized
+   * message is refused before any of it is buffered. */
+  if (remaining > c->rx.max || pt_reasm_would_exceed(&c->rx, len + remaining))
+    rc = PARLEY_ETOOBIG;
+  else
+    rc = pt_reasm_feed(&c->rx, in, len, !c->rx.active, last, &msg, &msg_len);
+  if (rc == PARLEY_ETOOBIG) {
+    pt_reasm_reset(&c->rx);
     pg_conn_error(c, E(FRAME_TOO_LARGE), true, "frame larger than max_frame_bytes", NULL, NULL,
                   0, 0);
-    return 0;
-  }
-  if (c->rx_len + len > c->rx_cap) {
-    size_t ncap = c->rx_len + len + remaining;
-    uint8_t *t = realloc(c->rx, ncap);
-    if (!t) {
-      pg_conn_error(c, E(INTERNAL), true, "out of memory", NULL, NULL, 0, 1000);
-      return 0;
-    }
-    c->rx = t;
-    c->rx_cap = ncap;
-  }
-  if (len) memcpy(c->rx + c->rx_len, in, len);
-  c->rx_len += len;
-  if (!lws_is_final_fragment(wsi) || remaining) return 0;
-  size_t n = c->rx_len;
-  c->rx_len = 0;
-  pg_session_frame(c, c->rx, n);
-  /* Large reassembly buffers are not kept around between frames. */
-  if (c->rx_cap > 64 * 1024) {
-    free(c->rx);
-    c->rx = NULL;
-    c->rx_cap = 0;
-  }
-  return 0;
-}
-
-/* Frames written per writable callback at most (see on_writeable). */
-#define PG_WRITES_PER_CALLBACK 32
-
-static int on_writeable(pg_conn *c, struct lws *wsi) {
-  if (c->out_head) {
-    /* Several frames per callback while the socket takes them: a send
-     * answers with a SendAck and pushes a Deliver, and one event loop
-     * round trip (with its epoll changes) per frame cost more than the
-     * frames. lws keeps any part the socket does not take and holds back
-     * the next callback until it is out. The limit keeps one busy
-     * connection from holding the loop. */
-    int written = 0;
-    do {
-      pg_outbuf *b = c->out_head;
-      c->out_head = b->next;
-      if (!c->out_head) c->out_tail = NULL;
-      c->out_bytes -= b->len;
-      int n = lws_write(wsi, b->buf + LWS_PRE, b->len, LWS_WRITE_BINARY);
-      free(b->buf);
-      free(b);
-      if (n < 0) return -1;
-    } while (c->out_head && ++written < PG_WRITES_PER_CALLBACK && !lws_send_pipe_choked(wsi));
-    if (c->out_head || c->close_code) lws_callback_on_writable(wsi);
-    return 0;
-  }
-  if (c->close_code && !c->close_sent) {
-    /* The Close frame is written here: returning -1 from a writeable
-     * callback would drop the socket without one. The peer's echo then
-     * ends the connection; the timeout covers a peer that never answers. */
-    c->close_sent = true;
-    uint8_t buf[LWS_PRE + 2 + sizeof c->close_msg];
-    size_t ml = strlen(c->close_msg);
-    buf[LWS_PRE] = (uint8_t)(c->close_code >> 8);
-    buf[LWS_PRE + 1] = (uint8_t)c->close_code;
-    memcpy(buf + LWS_PRE + 2, c->close_msg, ml);
-    if (lws_write(wsi, buf + LWS_PRE, 2 + ml, PG_LWS_WRITE_CLOSE) < 0) return -1;
-    lws_set_timeout(wsi, PENDING_TIMEOUT_CLOSE_ACK, 2);
+  } else if (rc == PARLEY_ENOMEM) {
+    pg_conn_error(c, E(INTERNAL), true, "out of memory", NULL, NULL, 0, 1000);
+  } else if (rc < 0) {
+    pg_conn_error(c, E(MALFORMED), true, "WebSocket fragments do not form a message", NULL,
+                  NULL, 0, 0);
+  } else if (rc == 1) {
+    pg_session_frame(c, msg, msg_len);
   }
   return 0;
 }
@@ -391,6 +121,7 @@ static int ws_callback(struct lws *wsi, enum lws_callback_reasons reason, void *
     c->id = ++g->next_conn_id;
     c->last_rx_ms = c->last_tx_ms = c->tokens_ms = pg_mono_ms();
     c->tokens = g->cfg->burst;
+    pt_reasm_init(&c->rx, g->cfg->max_frame_bytes);
     capture_token(c, wsi);
     c->next = g->conns;
     if (g->conns) g->conns->prev = c;
@@ -411,7 +142,7 @@ static int ws_callback(struct lws *wsi, enum lws_callback_reasons reason, void *
     return on_receive(*slot, wsi, in, len);
   case LWS_CALLBACK_SERVER_WRITEABLE:
     if (!slot || !*slot) return -1;
-    return on_writeable(*slot, wsi);
+    return pg_conn_write(*slot, wsi);
   case LWS_CALLBACK_CLOSED: {
     if (!slot || !*slot) return 0;
     pg_conn *c = *slot;
@@ -452,9 +183,7 @@ static void on_tick(uv_timer_t *t) {
     if (now - c->last_rx_ms >= 2 * hb) {
       /* Silent for two intervals: dead. Its conversations move now, not
        * when the socket finally closes. */
-      bool was_bot = c->role == PG_ROLE_BOT && c->state == PG_CS_OPEN;
       pg_conn_close(c, 4000 + E(PROTOCOL), "heartbeat timeout");
-      if (was_bot) pg_router_conn_gone(c);
       continue;
     }
     if (c->state == PG_CS_OPEN && now - c->last_tx_ms >= hb) {
@@ -470,9 +199,12 @@ static void on_tick(uv_timer_t *t) {
   pg_router_redeliver(g, now);
 }
 
+/* Once per loop iteration, after every frame that arrived in it was read:
+ * what they changed goes to the store as one batch. */
 static void on_check(uv_check_t *h) {
   pg_gateway *g = h->data;
-  if (g->ops_head) pg_session_batch(g);
+  pg_apply_flush(g);
+  pg_out_flush(g);
 }
 
 /* ---------------------------------------------------------------- lifecycle */
@@ -495,7 +227,26 @@ int pg_gateway_new(uv_loop_t *loop, const pg_config *cfg, pg_gateway **out) {
     return PARLEY_ENOMEM;
   }
   char err[512];
-  int rc = pg_db_open(&g->db, g->cfg->data_dir, g->cfg->durability, err, sizeof err);
+  pg_store_options so = PG_STORE_OPTIONS_INIT;
+  so.data_dir = g->cfg->data_dir;
+  so.backend = g->cfg->storage_kind ? g->cfg->storage_kind : "sqlite";
+  so.url = g->cfg->storage_url;
+  so.durability = g->cfg->durability;
+  so.loop = loop;
+  so.merge_batches = g->cfg->group_commit;
+  so.test_hold_ms = g->cfg->fault_writer_hold_ms;
+  if (so.test_hold_ms)
+    fprintf(stderr, "gateway: warning: test fault on (the writer holds each batch %u ms): for "
+                    "tests only\n", so.test_hold_ms);
+  int rc = pg_store_open(&so, &g->store, err, sizeof err);
+  if (rc == 0) pg_store_on_remote(g->store, pg_hot_remote, g);
+  if (rc == 0 && (rc = pg_hot_init(g)) != 0) {
+    snprintf(err, sizeof err, "%s: reading the known message ids: %s", g->cfg->data_dir,
+             pg_store_errmsg(g->store));
+    pg_hot_free(g);
+    pg_store_close(g->store, NULL, NULL);
+    g->store = NULL;
+  }
   if (rc) {
     fprintf(stderr, "gateway: %s\n", err);
     pg_config_free(g->cfg);
@@ -526,7 +277,7 @@ int pg_gateway_new(uv_loop_t *loop, const pg_config *cfg, pg_gateway **out) {
   info.pcontext = &g->ctx_alive;
   g->ctx = lws_create_context(&info);
   if (!g->ctx) {
-    pg_db_close(g->db);
+    pg_store_close(g->store, NULL, NULL);
     pg_config_free(g->cfg);
     free(g);
     return PARLEY_EIO;
@@ -565,7 +316,7 @@ int pg_gateway_new(uv_loop_t *loop, const pg_config *cfg, pg_gateway **out) {
     lws_context_destroy(g->ctx);
     g->ctx = NULL;
     if (g->vh_client_ssl) SSL_CTX_free(g->vh_client_ssl);
-    pg_db_close(g->db);
+    pg_store_close(g->store, NULL, NULL);
     pg_config_free(g->cfg);
     free(g);
     return PARLEY_EIO;
@@ -577,6 +328,7 @@ int pg_gateway_new(uv_loop_t *loop, const pg_config *cfg, pg_gateway **out) {
   tick /= 4;
   if (tick < 10) tick = 10;
   if (tick > 1000) tick = 1000;
+  pg_router_init(g);
   uv_timer_init(loop, &g->tick);
   g->tick.data = g;
   uv_timer_start(&g->tick, on_tick, tick, tick);
@@ -597,9 +349,25 @@ int pg_gateway_new(uv_loop_t *loop, const pg_config *cfg, pg_gateway **out) {
 
 int pg_gateway_port(const pg_gateway *g) { return g ? g->port : -1; }
 
-static void on_handle_closed(uv_handle_t *h) {
-  pg_gateway *g = h->data;
+size_t pg_gateway_hot_bytes(const pg_gateway *g, size_t *conversations) {
+  if (conversations) *conversations = g ? g->convs.len : 0;
+  return g ? pg_hot_bytes(g) : 0;
+}
+
+static void handle_gone(pg_gateway *g) {
   if (--g->handles_open == 0 && g->done) g->done(g->done_ud);
+}
+
+static void on_handle_closed(uv_handle_t *h) { handle_gone(h->data); }
+static void on_store_closed(void *ud) { handle_gone(ud); }
+
+/* Answers what is queued and waits for the store, then closes it. */
+static void close_store(pg_gateway *g) {
+  pg_apply_drain(g);
+  g->handles_open++;
+  pg_store *st = g->store;
+  g->store = NULL;
+  pg_store_close(st, on_store_closed, g);
 }
 
 /* Stop runs in phases on a short timer: connections close (1001) and
@@ -608,7 +376,7 @@ static void on_handle_closed(uv_handle_t *h) {
 static void on_stop_timer(uv_timer_t *t) {
   pg_gateway *g = t->data;
   uint64_t waited = pg_mono_ms() - g->stop_started_ms;
-  if (g->ops_head) pg_session_batch(g);
+  pg_apply_flush(g);
   if (!g->destroy_calls && g->n_conns && waited < 1000) return;
   /* With a foreign loop lws finishes destroying its context in steps: the
    * first call closes its handles, which needs the loop to run; later calls
@@ -625,9 +393,7 @@ static void on_stop_timer(uv_timer_t *t) {
   }
   g->ctx = NULL;
   uv_timer_stop(t);
-  if (g->ops_head) pg_session_batch(g);
-  pg_db_close(g->db);
-  g->db = NULL;
+  close_store(g);
   uv_close((uv_handle_t *)&g->tick, on_handle_closed);
   uv_close((uv_handle_t *)&g->check, on_handle_closed);
   uv_close((uv_handle_t *)&g->stop_timer, on_handle_closed);
@@ -639,7 +405,10 @@ void pg_gateway_stop(pg_gateway *g, void (*done)(void *ud), void *ud) {
   g->done = done;
   g->done_ud = ud;
   g->stop_started_ms = pg_mono_ms();
-  if (g->ops_head) pg_session_batch(g);
+  /* What is queued is committed and answered before the connections
+   * close: the loop waits for the store here, once, at shutdown, so the
+   * answers are queued ahead of the Close frames. */
+  pg_apply_drain(g);
   for (pg_conn *c = g->conns; c; c = c->next) pg_conn_close(c, 1001, "gateway going away");
   uv_timer_stop(&g->tick);
   uv_timer_start(&g->stop_timer, on_stop_timer, 10, 10);
@@ -652,7 +421,7 @@ void pg_gateway_free(pg_gateway *g) {
      * here, running the loop just long enough for lws and our handles to
      * close, since their memory is about to go. */
     g->stopping = true;
-    if (g->ops_head) pg_session_batch(g);
+    pg_apply_drain(g);
     uv_timer_stop(&g->tick);
     for (int i = 0; i < 8 && g->ctx_alive; i++) {
       lws_context_destroy(g->ctx);
@@ -660,6 +429,7 @@ void pg_gateway_free(pg_gateway *g) {
       for (int k = 0; k < 4; k++) uv_run(g->loop, UV_RUN_NOWAIT);
     }
     g->ctx = NULL;
+    close_store(g);
     uv_close((uv_handle_t *)&g->tick, on_handle_closed);
     uv_close((uv_handle_t *)&g->check, on_handle_closed);
     uv_close((uv_handle_t *)&g->stop_timer, on_handle_closed);
@@ -671,31 +441,22 @@ void pg_gateway_free(pg_gateway *g) {
     conn_unlink(g, c);
     conn_free(c);
   }
-  size_t i = 0;
-  void *v;
-  while (gw_map_next(&g->convs, &i, NULL, &v)) {
-    pg_conv *cv = v;
-    pg_convrow_clear(&cv->row);
-    free(cv);
-  }
-  gw_map_clear(&g->convs);
+  pg_apply_free(g);
+  pg_hot_free(g);
+  free(g->wbuf);
   gw_map_clear(&g->by_principal);
   gw_map_clear(&g->seen);
-  gw_map_clear(&g->touched);
-  while (g->ops_head) {
-    pg_op *op = g->ops_head;
-    g->ops_head = op->next;
-    pw_frame_free(op->frame);
-    free(op->principal);
-    free(op->device);
-    free(op->locale);
-    free(op->outcomes);
-    free(op);
-  }
   /* Only once lws is done with the vhost that points at it; a context that
    * never finished closing keeps it (better a leak than a use after free). */
   if (g->vh_client_ssl && !g->ctx_alive) SSL_CTX_free(g->vh_client_ssl);
-  pg_db_close(g->db);
+  if (g->store) {
+    /* Only when the gateway never ran its stop: the loop gets a few passes
+     * to close the store's handle. */
+    pg_apply_drain(g);
+    pg_store_close(g->store, NULL, NULL);
+    g->store = NULL;
+    for (int i = 0; i < 4; i++) uv_run(g->loop, UV_RUN_NOWAIT);
+  }
   pg_config_free(g->cfg);
   free(g);
 }

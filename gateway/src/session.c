@@ -43,9 +43,14 @@ static uint64_t resume_of(const Parley__V1__Hello *h, const char *conv) {
 
 /* Opens a stream for each conversation the principal takes part in, at
  * max(stored watermark, resume cursor), and lists it for Welcome. */
-static int hello_stream(void *ud, const pg_convrow *r) {
+static int hello_stream(void *ud, const pg_store_conv *stored) {
   hello_ctx *hc = ud;
   pg_conn *c = hc->c;
+  /* The published row, which may be newer than the stored one read here:
+   * routing and this stream must agree. */
+  pg_conv *cv = pg_router_conv(c->g, stored->id);
+  if (!cv) return 0;
+  const pg_store_conv *r = &cv->pub;
   if (c->role == PG_ROLE_AGENT && r->status == PG_CONV_QUEUED) return 0;
   pg_stream *s = pg_router_stream(c, r->id, true);
   if (!s) return 0;
@@ -174,9 +179,9 @@ static void on_hello(pg_conn *c, const Parley__V1__Hello *h) {
 
   hello_ctx hc = {.c = c, .h = h};
   if (role == PG_ROLE_CUSTOMER)
-    pg_db_conv_each(g->db, "customer", c->principal, hello_stream, &hc);
+    pg_store_conv_each(g->store, PG_STORE_BY_CUSTOMER, c->principal, hello_stream, &hc);
   else if (role == PG_ROLE_AGENT)
-    pg_db_conv_each(g->db, "assignee", c->principal, hello_stream, &hc);
+    pg_store_conv_each(g->store, PG_STORE_BY_ASSIGNEE, c->principal, hello_stream, &hc);
   hc.curp = calloc(hc.n ? hc.n : 1, sizeof *hc.curp);
   for (size_t i = 0; hc.curp && i < hc.n; i++) hc.curp[i] = &hc.cur[i];
 
@@ -197,16 +202,22 @@ static void on_hello(pg_conn *c, const Parley__V1__Hello *h) {
   pw_frame f = PARLEY__V1__FRAME__INIT;
   f.body_case = PARLEY__V1__FRAME__BODY_WELCOME;
   f.welcome = &w;
+  /* A bot's Welcome goes out together with its Assigns, once the epoch
+   * bumps of the conversations placed on it are durable. */
+  if (role == PG_ROLE_BOT) c->corked = true;
   pg_conn_send_frame(c, &f);
   free(hc.curp);
   free(hc.cur);
-  if (role == PG_ROLE_BOT) pg_router_bot_joined(c);
+  if (role == PG_ROLE_BOT) {
+    pg_router_bot_joined(c);
+    pg_apply_uncork_after(g, c);
+  }
   pg_router_pump(c);
 }
 
 /* ------------------------------------------------------------ read-only */
 
-static bool may_read(const pg_conn *c, const pg_convrow *r) {
+static bool may_read(const pg_conn *c, const pg_store_conv *r) {
   switch (c->role) {
   case PG_ROLE_CUSTOMER: return !strcmp(r->customer, c->principal);
   case PG_ROLE_AGENT: return !strcmp(r->assignee, c->principal);
@@ -245,20 +256,19 @@ static void on_fetch(pg_conn *c, const Parley__V1__Fetch *fe) {
   Parley__V1__FetchResult fr = PARLEY__V1__FETCH_RESULT__INIT;
   fr.request_id = fe->request_id;
   fr.conversation = fe->conversation;
-  pg_convrow r;
-  int rc = pg_db_conv_get(g->db, fe->conversation, &r);
+  pg_conv *cv = pw_valid_conversation(fe->conversation) ? pg_router_conv(g, fe->conversation)
+                                                         : NULL;
   fetch_ctx fc = {0};
   pg_stream *st = NULL;
-  if (rc == PARLEY_ENOTFOUND) {
+  if (!cv) {
     fr.error = E(NOT_FOUND);
-  } else if (rc != 0) {
-    fr.error = E(INTERNAL);
-  } else if (!may_read(c, &r)) {
+  } else if (!may_read(c, &cv->pub)) {
     fr.error = E(FORBIDDEN);
   } else {
     uint32_t limit = fe->limit && fe->limit < g->cfg->fetch_limit ? fe->limit : g->cfg->fetch_limit;
-    uint64_t to = fe->to_seq && fe->to_seq < r.last_seq ? fe->to_seq : r.last_seq;
-    fr.last_seq = r.last_seq;
+    uint64_t last = cv->pub.last_seq;
+    uint64_t to = fe->to_seq && fe->to_seq < last ? fe->to_seq : last;
+    fr.last_seq = last;
     fc.max_bytes = g->cfg->max_frame_bytes - 256;
     st = pg_router_stream(c, fe->conversation, false);
     fc.seen = st ? st->seen : 0;
@@ -267,7 +277,7 @@ static void on_fetch(pg_conn *c, const Parley__V1__Fetch *fe) {
     if (!fc.evs) {
       fr.error = E(INTERNAL);
     } else if (fe->from_seq <= to) {
-      int erc = pg_db_events(g->db, fe->conversation, fe->from_seq, to, limit, fetch_one, &fc);
+      int erc = pg_hot_events(g, cv, fe->from_seq, to, limit, fetch_one, &fc);
       if (erc < 0) fr.error = E(INTERNAL);
     }
     fr.events = fc.evs;
@@ -278,7 +288,6 @@ static void on_fetch(pg_conn *c, const Parley__V1__Fetch *fe) {
     if (st && st->active && fc.n && fc.last > st->high) st->high = fc.last;
     fr.end = fr.error == E(NONE) && (fe->from_seq > to || fc.last >= to);
   }
-  if (rc == 0) pg_convrow_clear(&r);
   pw_frame f = PARLEY__V1__FRAME__INIT;
   f.body_case = PARLEY__V1__FRAME__BODY_FETCH_RESULT;
   f.fetch_result = &fr;
@@ -291,24 +300,24 @@ typedef struct queue_ctx {
   pg_conn *c;
   Parley__V1__QueueItem *items;
   Parley__V1__QueueItem **ptrs;
-  pg_convrow *rows;
+  pg_store_conv *rows;
   size_t n, cap;
 } queue_ctx;
 
 #define PG_QUEUE_MAX_ITEMS 1000
 
-static int queue_one(void *ud, const pg_convrow *r) {
+static int queue_one(void *ud, const pg_store_conv *r) {
   queue_ctx *qc = ud;
   if (qc->n >= PG_QUEUE_MAX_ITEMS) return 1;
   if (qc->n == qc->cap) {
     size_t nc = qc->cap ? qc->cap * 2 : 16;
-    pg_convrow *t = realloc(qc->rows, nc * sizeof *t);
+    pg_store_conv *t = realloc(qc->rows, nc * sizeof *t);
     if (!t) return 1;
     qc->rows = t;
     qc->cap = nc;
   }
   /* Steal the strings: the caller clears only its own copy. */
-  pg_convrow *dst = &qc->rows[qc->n++];
+  pg_store_conv *dst = &qc->rows[qc->n++];
   memset(dst, 0, sizeof *dst);
   dst->id = strdup(r->id);
   dst->queue = strdup(r->queue);
@@ -330,7 +339,7 @@ static void on_queue_request(pg_conn *c, const Parley__V1__QueueRequest *q) {
   bool any = !q->queue || !q->queue[0];
   for (size_t i = 0; i < c->n_queues; i++)
     if (any || !strcmp(c->queues[i], q->queue))
-      pg_db_conv_each(c->g->db, "queued", c->queues[i], queue_one, &qc);
+      pg_store_conv_each(c->g->store, PG_STORE_QUEUED, c->queues[i], queue_one, &qc);
   if (!any) {
     bool watched = false;
     for (size_t i = 0; i < c->n_queues; i++) watched |= !strcmp(c->queues[i], q->queue);
@@ -356,7 +365,7 @@ static void on_queue_request(pg_conn *c, const Parley__V1__QueueRequest *q) {
   f.body_case = PARLEY__V1__FRAME__BODY_QUEUE_RESULT;
   f.queue_result = &res;
   pg_conn_send_frame(c, &f);
-  for (size_t i = 0; i < qc.n; i++) pg_convrow_clear(&qc.rows[i]);
+  for (size_t i = 0; i < qc.n; i++) pg_store_conv_clear(&qc.rows[i]);
   free(qc.rows);
   free(qc.items);
   free(qc.ptrs);
@@ -393,7 +402,7 @@ static void on_ack(pg_conn *c, pw_frame *f) {
     pw_frame_free(f);
     return;
   }
-  pg_gateway_enqueue(c->g, c, f);
+  pg_apply_enqueue(c->g, c, f);
   pg_router_pump(c);
 }
 
@@ -412,20 +421,6 @@ static bool rate_ok(pg_conn *c, uint32_t *retry_ms) {
   }
   *retry_ms = (uint32_t)((1.0 - c->tokens) * 1000.0 / cfg->rate) + 1;
   return false;
-}
-
-static void send_ack_refused(pg_conn *c, const Parley__V1__Send *s, Parley__V1__ErrorCode code,
-                             const char *msg) {
-  Parley__V1__SendAck a = PARLEY__V1__SEND_ACK__INIT;
-  a.client_msg_id = s->client_msg_id;
-  a.conversation = s->conversation;
-  a.error = code;
-  a.message = (char *)msg;
-  a.server_time_ms = (int64_t)pg_now_ms();
-  pw_frame f = PARLEY__V1__FRAME__INIT;
-  f.body_case = PARLEY__V1__FRAME__BODY_SEND_ACK;
-  f.send_ack = &a;
-  pg_conn_send_frame(c, &f);
 }
 
 void pg_session_frame(pg_conn *c, const uint8_t *data, size_t len) {
@@ -491,16 +486,16 @@ void pg_session_frame(pg_conn *c, const uint8_t *data, size_t len) {
   case PARLEY__V1__FRAME__BODY_SEND: {
     uint32_t retry = 0;
     if (g->stopping) {
-      send_ack_refused(c, f->send, E(SHUTTING_DOWN), "the gateway is shutting down");
+      pg_conn_refuse_send(c, f->send, E(SHUTTING_DOWN), "the gateway is shutting down");
       break;
     }
     if (!rate_ok(c, &retry)) {
       pg_conn_error(c, E(RATE_LIMITED), false, "send rate limit", f->send->conversation,
                     &f->send->client_msg_id, 0, retry);
-      send_ack_refused(c, f->send, E(RATE_LIMITED), "send rate limit");
+      pg_conn_refuse_send(c, f->send, E(RATE_LIMITED), "send rate limit");
       break;
     }
-    pg_gateway_enqueue(g, c, f);
+    pg_apply_enqueue(g, c, f);
     return;
   }
   case PARLEY__V1__FRAME__BODY_COMMIT:
@@ -509,7 +504,7 @@ void pg_session_frame(pg_conn *c, const uint8_t *data, size_t len) {
                     f->commit->request_id, 0);
       break;
     }
-    pg_gateway_enqueue(g, c, f);
+    pg_apply_enqueue(g, c, f);
     return;
   case PARLEY__V1__FRAME__BODY_ACK:
     on_ack(c, f);
@@ -531,7 +526,6 @@ void pg_session_frame(pg_conn *c, const uint8_t *data, size_t len) {
 }
 
 void pg_session_closed(pg_conn *c) {
-  for (pg_op *op = c->g->ops_head; op; op = op->next)
-    if (op->conn == c) op->conn = NULL;
+  pg_apply_conn_gone(c->g, c);
   if (c->role == PG_ROLE_BOT && c->state != PG_CS_HELLO) pg_router_conn_gone(c);
 }

@@ -15,6 +15,8 @@
  * the client, which is released once the outermost call returns and every
  * handle it had on the loop has finished closing.
  */
+#include <ctype.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -46,6 +48,9 @@ struct parley_client {
   char *url, *principal, *token, *device, *locale, *ca_file;
   char **queues;
   size_t n_queues;
+  /* The gateway nodes, in order; url_i is the one in use. */
+  char *urls[PARLEY_MAX_URLS];
+  size_t n_urls, url_i;
 
   uv_loop_t *loop;
   uv_loop_t *own_loop; /* non-NULL when the client owns its loop */
@@ -104,6 +109,8 @@ static void release(parley_client *c) {
   free(c->device);
   free(c->locale);
   free(c->ca_file);
+  for (size_t i = 0; i < c->n_urls; i++)
+    free(c->urls[i]);
   for (size_t i = 0; i < c->n_queues; i++)
     free(c->queues[i]);
   free(c->queues);
@@ -306,6 +313,13 @@ static uint64_t next_attempt(parley_client *c, uint64_t now, bool was_open) {
   if (was_open && at > now)
     return at;
   uint64_t lo = c->opts.tuning.reconnect_min_ms ? c->opts.tuning.reconnect_min_ms : 100;
+  if (c->url_i != 0) {
+    /* Failover: another node of the list has not failed yet this round,
+     * so it is tried after a short jitter; the backoff grows only once
+     * every node failed in a row. */
+    uint64_t wait = rng_next(c) % lo;
+    return at > now + wait ? at : now + wait;
+  }
   uint64_t hi = c->opts.tuning.reconnect_max_ms ? c->opts.tuning.reconnect_max_ms : 30000;
   if (hi < lo)
     hi = lo;
@@ -333,6 +347,8 @@ static void connection_lost(parley_client *c, int status) {
     begin_teardown(c, c->close_status);
     return;
   }
+  /* The next attempt goes to the next node of the list. */
+  c->url_i = (c->url_i + 1) % c->n_urls;
   c->reconnect_at = next_attempt(c, now, was_open);
   set_state(c, PARLEY_CONN_BACKOFF, status);
 }
@@ -343,7 +359,11 @@ static void try_connect(parley_client *c) {
   set_state(c, PARLEY_CONN_CONNECTING, 0);
   if (c->freed || c->teardown || c->stopping)
     return; /* the on_state callback freed or stopped the client */
-  int rc = pt_ws_connect(c->ws);
+  /* Every URL was checked by parley_client_new and shares the scheme, and
+   * no connection exists between attempts, so this cannot fail. */
+  int rc = pt_ws_set_url(c->ws, c->urls[c->url_i], NULL);
+  if (!rc)
+    rc = pt_ws_connect(c->ws);
   if (rc)
     connection_lost(c, rc);
 }
@@ -490,10 +510,72 @@ static int dup_opt(const char *s, char **out) {
   return *out ? 0 : PARLEY_ENOMEM;
 }
 
+/* Adds url[0..len) to the list, without surrounding blanks. */
+static int add_url(char **urls, size_t *n, const char *url, size_t len) {
+  while (len && isspace((unsigned char)*url)) {
+    url++;
+    len--;
+  }
+  while (len && isspace((unsigned char)url[len - 1]))
+    len--;
+  if (*n == PARLEY_MAX_URLS)
+    return PARLEY_EINVAL;
+  char *u = malloc(len + 1);
+  if (!u)
+    return PARLEY_ENOMEM;
+  memcpy(u, url, len);
+  u[len] = 0;
+  urls[(*n)++] = u;
+  return 0;
+}
+
+/* The node list: url split where a comma starts another ws:// or wss://
+ * URL (a comma inside a path stays), then urls. */
+static int build_urls(const parley_client_options *o, char **urls, size_t *n) {
+  *n = 0;
+  int rc = 0;
+  const char *p = o->url;
+  while (p && *p && !rc) {
+    const char *end = p;
+    for (;;) {
+      end = strchr(end, ',');
+      if (!end)
+        break;
+      const char *q = end + 1;
+      while (isspace((unsigned char)*q))
+        q++;
+      if (!strncmp(q, "ws://", 5) || !strncmp(q, "wss://", 6))
+        break;
+      end++;
+    }
+    size_t len = end ? (size_t)(end - p) : strlen(p);
+    rc = add_url(urls, n, p, len);
+    p = end ? end + 1 : NULL;
+  }
+  for (size_t i = 0; !rc && i < o->n_urls; i++)
+    rc = o->urls[i] ? add_url(urls, n, o->urls[i], strlen(o->urls[i])) : PARLEY_EINVAL;
+  if (!rc && *n == 0)
+    rc = PARLEY_EINVAL;
+  /* Every node must be a valid URL of one scheme (pt_ws_set_url). */
+  pt_url first, u;
+  for (size_t i = 0; !rc && i < *n; i++) {
+    if (pt_url_parse(urls[i], i ? &u : &first, NULL))
+      rc = PARLEY_EINVAL;
+    else if (i && u.tls != first.tls)
+      rc = PARLEY_EINVAL;
+  }
+  if (rc) {
+    for (size_t i = 0; i < *n; i++)
+      free(urls[i]);
+    *n = 0;
+  }
+  return rc;
+}
+
 static int copy_options(parley_client *c, const parley_client_options *o) {
   c->opts = *o;
-  int rc = 0;
-  rc = rc ? rc : dup_opt(o->url, &c->url);
+  int rc = build_urls(o, c->urls, &c->n_urls);
+  rc = rc ? rc : dup_opt(c->urls[0], &c->url);
   rc = rc ? rc : dup_opt(o->principal, &c->principal);
   rc = rc ? rc : dup_opt(o->token, &c->token);
   rc = rc ? rc : dup_opt(o->device, &c->device);
@@ -512,6 +594,8 @@ static int copy_options(parley_client *c, const parley_client_options *o) {
     }
   }
   c->opts.url = c->url;
+  c->opts.urls = (const char *const *)c->urls;
+  c->opts.n_urls = c->n_urls;
   c->opts.principal = c->principal;
   c->opts.token = c->token;
   c->opts.device = c->device;
@@ -523,10 +607,9 @@ static int copy_options(parley_client *c, const parley_client_options *o) {
 }
 
 static int check_options(const parley_client_options *o) {
-  if (o->struct_version != PARLEY_CLIENT_OPTIONS_VERSION)
+  if (o->n_urls && !o->urls)
     return PARLEY_EINVAL;
-  pt_url u;
-  if (pt_url_parse(o->url, &u, NULL))
+  if (!o->url && !o->n_urls)
     return PARLEY_EINVAL;
   if (!o->principal || !*o->principal)
     return PARLEY_EINVAL;
@@ -555,6 +638,16 @@ int parley_client_new(const parley_client_options *opts, parley_client **out) {
   *out = NULL;
   if (!opts)
     return PARLEY_EINVAL;
+  /* A version 1 struct ends before urls: only its own fields are read. */
+  parley_client_options o2;
+  memset(&o2, 0, sizeof o2);
+  if (opts->struct_version == 1)
+    memcpy(&o2, opts, offsetof(parley_client_options, urls));
+  else if (opts->struct_version == PARLEY_CLIENT_OPTIONS_VERSION)
+    o2 = *opts;
+  else
+    return PARLEY_EINVAL;
+  opts = &o2;
   int rc = check_options(opts);
   if (rc)
     return rc;
@@ -628,7 +721,7 @@ int parley_client_start(parley_client *c) {
   if (c->started || c->stopping || c->state != PARLEY_CONN_IDLE)
     return PARLEY_ESTATE;
   pt_ws_config wc = {
-      .url = c->url,
+      .url = c->urls[0],
       .token = c->token,
       .tls_insecure = c->opts.tls_insecure,
       .ca_file = c->ca_file,
@@ -817,6 +910,10 @@ int parley_client_queue(parley_client *c, const char *queue) {
 
 parley_conn_state parley_client_state(const parley_client *c) {
   return c ? c->state : PARLEY_CONN_CLOSED;
+}
+
+const char *parley_client_url(const parley_client *c) {
+  return c && c->n_urls ? c->urls[c->url_i] : NULL;
 }
 
 struct uv_loop_s *parley_client_loop(parley_client *c) {

@@ -97,6 +97,11 @@ typedef struct scenario {
   uint32_t fault_every_ms; /* faults by time instead of by progress */
   uint32_t pace_ms;        /* each customer sends at most one message this often */
   bool gw_switches;        /* the gateway's test switches drop, double, reorder */
+  /* F_GW_KILL: the gateway's writer holds each batch this long (test
+   * switch faults.writer_hold_ms) and each kill waits until it does, half
+   * of them before the batch's commit and half between its commit and its
+   * answers. */
+  uint32_t writer_hold_ms;
 } scenario;
 
 typedef struct counts {
@@ -107,6 +112,7 @@ typedef struct counts {
   uint64_t replies_refused; /* bot log: "reply failed" lines */
   uint64_t bot_conn_lost;   /* bot log: "connection:" lines (lost connections) */
   uint64_t bot_clocks;      /* distinct wall-clock hours in the bot log */
+  uint64_t writer_kills;    /* kills that landed while a batch was with the writer */
 } counts;
 
 /* --------------------------------------------------------- recording */
@@ -166,6 +172,9 @@ typedef struct run {
   uint64_t stop_at;
   uint64_t last_cont_ms; /* last SIGCONT of a paused replica */
   bool pause_pending;     /* a SIGSTOP is due at pause_at */
+  bool writer_kill_pending; /* a SIGKILL is due once the writer holds a batch */
+  const char *writer_phase; /* ... in this phase ("commit" or "complete") */
+  uint64_t writer_kill_since;
   uint64_t pause_at;
   bool stopping;
   int open_clients;
@@ -459,6 +468,12 @@ static void inject(run *r) {
     if (bot_start(r, 0) != 0) snprintf(r->why, sizeof r->why, "bot restart failed");
     break;
   case F_GW_KILL:
+    if (sc->writer_hold_ms) {
+      r->writer_kill_pending = true;
+      r->writer_phase = r->faults_done % 2 ? "commit" : "complete";
+      r->writer_kill_since = mono_ms();
+      break;
+    }
     gw_kill9(r);
     if (gw_start(r) != 0) snprintf(r->why, sizeof r->why, "gateway restart failed");
     break;
@@ -479,6 +494,32 @@ static void inject(run *r) {
 }
 
 /* ------------------------------------------------------------- driving */
+
+/* The kill of a writer_hold scenario: when data_dir/writer-hold names the
+ * phase wanted, a batch is with the gateway's writer thread right now
+ * (not yet committed, or committed and not yet answered). */
+static void writer_kill_check(run *r, uint64_t now) {
+  char path[340], phase[32] = "";
+  snprintf(path, sizeof path, "%s/writer-hold", r->data);
+  FILE *f = fopen(path, "r");
+  if (f) {
+    if (!fgets(phase, sizeof phase, f)) phase[0] = '\0';
+    fclose(f);
+  }
+  if (!strcmp(phase, r->writer_phase)) {
+    gw_kill9(r);
+    r->k.writer_kills++;
+    r->writer_kill_pending = false;
+    /* The killed writer's mark stays behind; the next kill must see a
+     * live one. */
+    unlink(path);
+    if (gw_start(r) != 0) snprintf(r->why, sizeof r->why, "gateway restart failed");
+  } else if (now - r->writer_kill_since > 10000) {
+    r->writer_kill_pending = false;
+    snprintf(r->why, sizeof r->why, "no batch was with the writer (%s) for 10 s",
+             r->writer_phase);
+  }
+}
 
 static bool all_done(run *r) {
   for (int i = 0; i < r->sc->convs; i++) {
@@ -515,6 +556,7 @@ static void on_tick(uv_timer_t *t) {
       r->cont_at[i] = now + r->sc->pause_ms;
     }
   }
+  if (r->writer_kill_pending) writer_kill_check(r, now);
   if (r->slice_until && now >= r->slice_until) {
     fp_slice(r->proxy, 0);
     r->slice_until = 0;
@@ -551,6 +593,7 @@ static void on_tick(uv_timer_t *t) {
     due = due && !r->pause_pending;
     due = due && (!r->last_cont_ms || now - r->last_cont_ms >= PAUSE_GAP_MS);
   }
+  due = due && !r->writer_kill_pending;
   if (r->faults_done < r->sc->faults && due) inject(r);
   /* Progress: events handed to the customers. When everything is ACKed and
    * nothing has moved for STUCK_MS, replies are not coming: the run ends
@@ -566,7 +609,8 @@ static void on_tick(uv_timer_t *t) {
     r->progress_at = now;
   }
   bool stuck = all_results && r->faults_done >= r->sc->faults && now - r->progress_at >= STUCK_MS;
-  bool finished = r->faults_done >= r->sc->faults && (all_done(r) || stuck);
+  bool finished = r->faults_done >= r->sc->faults && !r->writer_kill_pending &&
+                  (all_done(r) || stuck);
   for (int i = 0; i < r->sc->replicas; i++) finished = finished && !r->bot_paused[i];
   if (finished && !r->done_at) r->done_at = now;
   /* A short quiet time after the last expected reply catches late copies. */
@@ -873,6 +917,9 @@ static void write_config(run *r) {
                   "faults:\n  drop_push: 5\n  duplicate_push: 5\n  reorder_push: 10\n"
                   "  drop_ack: 5\n  duplicate_ack: 5\n  seed: %llu\n",
                   (unsigned long long)(r->seed % 1000000 + 1));
+  if (r->sc->writer_hold_ms)
+    n += snprintf(y + n, cap - (size_t)n, "faults:\n  writer_hold_ms: %u\n",
+                  (unsigned)r->sc->writer_hold_ms);
   assert_int_equal(write_file(r->cfg, y), 0);
   free(y);
 }
@@ -961,6 +1008,9 @@ static void run_scenario(const scenario *sc) {
          k->state_wrong, k->faults, k->reruns, k->unflagged_reruns, k->replies_refused,
          k->bot_conn_lost, k->bot_clocks, k->reconnects, ps.cut_mid, ps.cut,
          (double)elapsed / 1000.0, (double)(mono_ms() - t0) / 1000.0);
+  if (sc->writer_hold_ms)
+    printf("scenario %s: kills while a batch was with the writer: %" PRIu64 " of %" PRIu64 "\n",
+           sc->name, k->writer_kills, k->faults);
   fflush(stdout);
   if (r->why[0]) fprintf(stderr, "scenario %s: %s\n", sc->name, r->why);
 
@@ -998,6 +1048,8 @@ static void run_scenario(const scenario *sc) {
   if (sc->bot_direct) assert_int_equal(kk.bot_conn_lost, 0);
   /* The jumps must have reached the bot, or nothing was tested. */
   if (sc->kind == F_CLOCK) assert_true(kk.bot_clocks >= 3);
+  /* Every kill must have found a batch with the writer. */
+  if (sc->writer_hold_ms) assert_int_equal(kk.writer_kills, (uint64_t)sc->faults);
 }
 
 /* (1) Many conversations, forced disconnects through the proxy. */
@@ -1089,6 +1141,28 @@ static void test_gateway_kill9(void **unused) {
   run_scenario(&sc);
 }
 
+/* (3b) The gateway killed while a batch is with its writer thread: the
+ * loop has applied the batch to its memory and handed it over, and the
+ * kill lands either before the batch's commit (nothing of it may be
+ * visible after the restart, and the resent messages are stored once) or
+ * after the commit and before its answers went out (the resends must be
+ * answered as duplicates, from the store). */
+static void test_gateway_kill9_writer(void **unused) {
+  (void)unused;
+  bool full = full_size();
+  scenario sc = {.name = "gateway_kill9_writer",
+                 .kind = F_GW_KILL,
+                 .convs = full ? 50 : 20,
+                 .msgs = full ? 200 : 60,
+                 .faults = full ? 20 : 6,
+                 .replicas = 1,
+                 .heartbeat = "2s",
+                 .deadline_s = full ? 1800 : 60,
+                 .check_redelivered = true,
+                 .writer_hold_ms = 30};
+  run_scenario(&sc);
+}
+
 /* (4) One of two replicas paused with SIGSTOP for longer than two
  * heartbeats, so its conversations move to the other one, then resumed;
  * one replica at a time. With both down at once, the conversations can come
@@ -1167,6 +1241,7 @@ int main(int argc, char **argv) {
       cmocka_unit_test_teardown(test_gateway_switches, scenario_teardown),
       cmocka_unit_test_teardown(test_bot_kill9, scenario_teardown),
       cmocka_unit_test_teardown(test_gateway_kill9, scenario_teardown),
+      cmocka_unit_test_teardown(test_gateway_kill9_writer, scenario_teardown),
       cmocka_unit_test_teardown(test_replica_pause, scenario_teardown),
       cmocka_unit_test_teardown(test_ack_edges, test_ack_edges_teardown),
       cmocka_unit_test_teardown(test_clock_jump, scenario_teardown),

@@ -77,6 +77,19 @@ gwh *gwh_start(const char *data_dir, const char *limits, const char *extra) {
     quiet = true;
   }
   char yaml[8192];
+  /* PARLEY_TEST_PG_URL (set by tests/pg's with_pg wrapper) puts the log on
+   * that PostgreSQL server instead, in a schema named after data_dir, so
+   * that a restart on the same directory finds its data and every test
+   * starts empty. */
+  char storage[1024] = "";
+  const char *pg_url = getenv("PARLEY_TEST_PG_URL");
+  if (pg_url && *pg_url) {
+    unsigned long hsh = 5381;
+    for (const char *p = data_dir; *p; p++) hsh = hsh * 33 + (unsigned char)*p;
+    snprintf(storage, sizeof storage,
+             "storage:\n  kind: postgres\n  url: \"%s options='-csearch_path=gwh_%lx'\"\n",
+             pg_url, hsh);
+  }
   snprintf(yaml, sizeof yaml,
            "listen: 127.0.0.1\n"
            "port: 0\n"
@@ -91,10 +104,10 @@ gwh *gwh_start(const char *data_dir, const char *limits, const char *extra) {
            "  - {name: carol, role: customer, token: carol-token}\n"
            "customers:\n"
            "  secret: " GWH_SECRET "\n"
-           "limits:\n%s\n%s",
+           "limits:\n%s\n%s%s",
            data_dir, gwh_durability,
            limits ? limits : "  ack_timeout: 400ms\n  heartbeat: 2s\n  window: 64",
-           extra ? extra : "");
+           extra ? extra : "", storage);
   gwh *h = calloc(1, sizeof *h);
   char err[512];
   if (!h || pg_config_from_string("test.yaml", yaml, &h->cfg, err, sizeof err) != 0) {
@@ -116,6 +129,8 @@ gwh *gwh_start(const char *data_dir, const char *limits, const char *extra) {
   }
   return h;
 }
+
+struct pg_gateway *gwh_gateway(gwh *h) { return h->g; }
 
 int gwh_port(const gwh *h) { return h->port; }
 

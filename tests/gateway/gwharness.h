@@ -18,6 +18,8 @@ typedef struct gwh gwh;
 extern const char *gwh_durability;
 gwh *gwh_start(const char *data_dir, const char *limits, const char *extra);
 int gwh_port(const gwh *h);
+/* The gateway itself, for figures read while the test's clients are quiet. */
+struct pg_gateway *gwh_gateway(gwh *h);
 void gwh_stop(gwh *h);
 
 /* A fresh directory under /tmp and its recursive removal. */

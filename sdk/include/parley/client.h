@@ -116,11 +116,17 @@ typedef struct parley_tuning {
   uint64_t seed;                 /* [from the clock] jitter; fixed in tests */
 } parley_tuning;
 
-#define PARLEY_CLIENT_OPTIONS_VERSION 1
+/* Version 2 added urls and n_urls; a version 1 struct is still accepted. */
+#define PARLEY_CLIENT_OPTIONS_VERSION 2
+/* The most gateway URLs one client holds (url's list and urls together). */
+#define PARLEY_MAX_URLS 16
 
 typedef struct parley_client_options {
   uint32_t struct_version;   /* PARLEY_CLIENT_OPTIONS_VERSION */
-  const char *url;           /* ws://host:port/path or wss://... */
+  /* ws://host:port/path or wss://..., or several gateway nodes separated
+   * by commas ("ws://a:8080/,ws://b:8080/"), which is how a command line,
+   * a YAML value or an environment variable passes a list. */
+  const char *url;
   const char *principal;
   const char *token;         /* sent in the Authorization header */
   parley_role role;
@@ -135,6 +141,18 @@ typedef struct parley_client_options {
   parley_tuning tuning;
   parley_callbacks cb;
   void *user_data;           /* passed to every callback */
+  /* Version 2. More gateway nodes, tried after those in url. Failover:
+   * the client connects to the first URL; whenever a connection is lost or
+   * an attempt fails it moves on to the next one (after the last, the
+   * first), so a node that goes away costs one reconnect. The session
+   * resumes there from the client's cursors: unacknowledged sends are
+   * written again with the same ids (the gateway answers duplicates with
+   * the original seq), and delivery resumes above the acknowledged seq, so
+   * nothing is lost, doubled or reordered. The nodes must share one
+   * store (the PostgreSQL backend; docs/scaling.md). Backoff grows only
+   * after every URL failed in a row. All URLs use one scheme. */
+  const char *const *urls;
+  size_t n_urls;
 } parley_client_options;
 
 #define PARLEY_CLIENT_OPTIONS_INIT \
@@ -186,6 +204,9 @@ int parley_client_commit(parley_client *c, const parley_commit *commits,
 int parley_client_queue(parley_client *c, const char *queue);
 
 parley_conn_state parley_client_state(const parley_client *c);
+/* The gateway URL the client is connected or connecting to (borrowed
+ * while the client lives). */
+const char *parley_client_url(const parley_client *c);
 struct uv_loop_s *parley_client_loop(parley_client *c);
 
 /* Counters for metrics; every field is monotonic unless noted. */

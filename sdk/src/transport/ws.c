@@ -65,6 +65,7 @@
 #include <string.h>
 
 #include <libwebsockets.h>
+#include <openssl/rand.h>
 #include <openssl/ssl.h>
 #include <uv.h>
 
@@ -138,6 +139,8 @@ struct pt_ws {
 
   pt_frame *q_head, *q_tail;
   size_t q_bytes;
+  uint8_t *wbuf;       /* frames written together (write_coalesced) */
+  size_t wbuf_cap;
 
   /* Teardown. */
   bool destroying;
@@ -211,6 +214,7 @@ static void done_closed(uv_handle_t *h) {
     t->hooks.destroyed(t->hooks.ud);
   queue_clear(t);
   pt_reasm_free(&t->rx);
+  free(t->wbuf);
   free(t->auth);
   free(t);
 }
@@ -408,33 +412,97 @@ static int write_close(pt_ws *t, struct lws *wsi) {
   return 0;
 }
 
-#define PT_WRITES_PER_CALLBACK 32
+/* Bytes of queued frames written together in one writable callback. */
+#define PT_COALESCE_BYTES (64u * 1024u)
+
+static size_t ws_header_len(size_t len) {
+  return (len < 126 ? 2 : len <= 0xffff ? 4 : 10) + 4; /* + the mask key */
+}
+
+/* Frames one client-to-server WebSocket frame (binary, final, masked with
+ * key, RFC 6455 section 5.2-5.3) into out; returns its length. */
+static size_t ws_frame(uint8_t *out, const uint8_t *data, size_t len, const uint8_t key[4]) {
+  size_t h = 0;
+  out[h++] = 0x82;
+  if (len < 126) {
+    out[h++] = (uint8_t)(0x80 | len);
+  } else if (len <= 0xffff) {
+    out[h++] = 0x80 | 126;
+    out[h++] = (uint8_t)(len >> 8);
+    out[h++] = (uint8_t)len;
+  } else {
+    out[h++] = 0x80 | 127;
+    for (int i = 0; i < 8; i++)
+      out[h++] = (uint8_t)((uint64_t)len >> (56 - 8 * i));
+  }
+  memcpy(out + h, key, 4);
+  h += 4;
+  for (size_t i = 0; i < len; i++)
+    out[h + i] = data[i] ^ key[i & 3];
+  return h + len;
+}
+
+static void pop_frame(pt_ws *t) {
+  pt_frame *f = t->q_head;
+  t->q_head = f->next;
+  if (!t->q_head)
+    t->q_tail = NULL;
+  t->q_bytes -= f->len;
+  free(f);
+}
+
+/* Writes the frames queued at this moment in one send(): a bot's turn is a
+ * reply Send and a Commit, often with others' in the same loop turn, and a
+ * syscall per frame cost more than the frames. lws masks what lws_write
+ * frames itself; here the frames are masked with keys from OpenSSL's
+ * generator (unpredictable, as RFC 6455 asks, without a syscall each) and
+ * written raw. Returns 0, or -1 to drop the connection. */
+static int write_coalesced(pt_ws *t, struct lws *wsi) {
+  size_t total = 0, n = 0;
+  for (pt_frame *f = t->q_head;
+       f && (n == 0 || total + f->len + 14 <= PT_COALESCE_BYTES); f = f->next, n++)
+    total += f->len + ws_header_len(f->len);
+  if (t->wbuf_cap < LWS_PRE + total) {
+    uint8_t *b = realloc(t->wbuf, LWS_PRE + total);
+    if (!b)
+      return -1;
+    t->wbuf = b;
+    t->wbuf_cap = LWS_PRE + total;
+  }
+  uint8_t keys[4 * 64];
+  uint8_t *w = t->wbuf + LWS_PRE;
+  size_t off = 0;
+  for (size_t i = 0; i < n; i++) {
+    if (i % 64 == 0 && RAND_bytes(keys, sizeof keys) != 1)
+      return -1;
+    off += ws_frame(w + off, t->q_head->buf + LWS_PRE, t->q_head->len, keys + 4 * (i % 64));
+    pop_frame(t);
+  }
+  int wrote = lws_write(wsi, w, off, LWS_WRITE_RAW);
+  return wrote < 0 || (size_t)wrote < off ? -1 : 0;
+}
 
 static int on_writeable(pt_ws *t, struct lws *wsi) {
   if (t->kill)
     return 0; /* lws kills the connection on its next service */
   if (t->q_head) {
-    /* Several frames per callback while the socket takes them: one event
-     * loop round trip (and its epoll changes) per frame cost more than the
-     * frames themselves when many small ones are queued. The limit keeps
-     * one busy connection from holding the loop. */
-    int written = 0;
-    do {
+    int rc;
+    if (!t->q_head->next) {
+      /* One frame: lws frames and masks it in place, no copy. lws keeps
+       * any part the socket does not take and delays the next WRITEABLE
+       * until it is out, so a short count is a real failure. */
       pt_frame *f = t->q_head;
-      t->q_head = f->next;
-      if (!t->q_head)
-        t->q_tail = NULL;
-      t->q_bytes -= f->len;
-      /* lws keeps any part the socket does not take and delays the next
-       * WRITEABLE until it is out, so a short count is a real failure. */
-      int n = lws_write(wsi, f->buf + LWS_PRE, f->len, LWS_WRITE_BINARY);
       size_t want = f->len;
-      free(f);
-      if (n < 0 || (size_t)n < want) {
-        set_status(t, PARLEY_EIO, 1006);
-        return -1;
-      }
-    } while (t->q_head && ++written < PT_WRITES_PER_CALLBACK && !lws_send_pipe_choked(wsi));
+      int n = lws_write(wsi, f->buf + LWS_PRE, f->len, LWS_WRITE_BINARY);
+      pop_frame(t);
+      rc = n < 0 || (size_t)n < want ? -1 : 0;
+    } else {
+      rc = write_coalesced(t, wsi);
+    }
+    if (rc < 0) {
+      set_status(t, PARLEY_EIO, 1006);
+      return -1;
+    }
     if (t->q_head || t->closing)
       lws_callback_on_writable(wsi);
     return 0;
@@ -713,6 +781,26 @@ int pt_ws_connect(pt_ws *t) {
     return PARLEY_EIO;
   }
   t->wsi = wsi;
+  return 0;
+}
+
+int pt_ws_set_url(pt_ws *t, const char *url, const char **why) {
+  const char *dummy;
+  if (!why)
+    why = &dummy;
+  if (t->destroying || t->has_conn) {
+    *why = "a connection exists";
+    return PARLEY_ESTATE;
+  }
+  pt_url u;
+  int rc = pt_url_parse(url, &u, why);
+  if (rc)
+    return rc;
+  if (u.tls != t->url.tls) {
+    *why = "every gateway URL of one client must use the same scheme";
+    return PARLEY_EINVAL;
+  }
+  t->url = u;
   return 0;
 }
 

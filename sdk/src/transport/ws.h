@@ -69,6 +69,12 @@ int pt_ws_new(struct uv_loop_s *loop, const pt_ws_config *cfg,
  * destroyed; PARLEY_EIO when the attempt failed at once (no hook follows). */
 int pt_ws_connect(pt_ws *t);
 
+/* Points the next pt_ws_connect at another URL of the same scheme (the
+ * loop's shared context is ws:// or wss://, chosen at pt_ws_new).
+ * PARLEY_ESTATE while a connection or attempt exists; PARLEY_EINVAL for a
+ * bad URL or another scheme, with *why saying which. */
+int pt_ws_set_url(pt_ws *t, const char *url, const char **why);
+
 /* Queues one binary message (copied) for the open connection.
  * PARLEY_EDISCONNECTED when not open, PARLEY_EBACKPRESSURE when the queue
  * would pass its limit (the peer is not reading). */

@@ -1,0 +1,686 @@
+/* The SQLite backend of the storage interface (store.h): the durable log in
+ * WAL mode, in data_dir/gateway.db.
+ *
+ * Two connections. The writer thread owns one and commits submitted
+ * batches: it takes every batch waiting when it wakes and applies them in
+ * one transaction (group commit across loop iterations when the disk is
+ * the bottleneck), so the loop never waits for a commit, an fsync or a WAL
+ * checkpoint (those run on the writer's connection after its commits). The
+ * loop thread owns the other and only reads; in WAL mode a reader never
+ * blocks the writer nor waits for it.
+ *
+ * Each event is one row of `events`, its idempotency key (sender, msg_id)
+ * in the same row and found through a partial unique index. A
+ * conversation's last seq is not stored: it is max(seq) of its events. */
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+#include <sys/stat.h>
+
+#include <sqlite3.h>
+
+#include <parley/error.h>
+
+#include "store/store.h"
+
+/* The file name in the data directory (SQLite adds -wal, -shm). */
+#define DB_FILE "gateway.db"
+
+/* ------------------------------------------------------------ statements */
+
+enum {
+  R_CONV_GET, R_CONV_BY_CUSTOMER, R_CONV_BY_ASSIGNEE, R_CONV_QUEUED, R_CONV_QUEUED_ALL,
+  R_CONV_BOT_QUEUED, R_EV_RANGE, R_SENT_GET, R_SENT_ALL, R_WM_GET, R_STATE_ALL, R_COUNT
+};
+
+static const char *const read_sql[R_COUNT] = {
+    [R_CONV_GET] = "SELECT id,customer,assignee,bot,locale,queue,note,tags,status,epoch,"
+                   "state_version,queued_ms,"
+                   "(SELECT max(seq) FROM events WHERE conv=?1) FROM conversations WHERE id=?1",
+    [R_CONV_BY_CUSTOMER] = "SELECT id FROM conversations WHERE customer=?1 ORDER BY id",
+    [R_CONV_BY_ASSIGNEE] = "SELECT id FROM conversations WHERE assignee=?1 ORDER BY id",
+    [R_CONV_QUEUED] = "SELECT id FROM conversations WHERE status=1 AND queue=?1 "
+                      "ORDER BY queued_ms, id",
+    [R_CONV_QUEUED_ALL] = "SELECT id FROM conversations WHERE status=1 ORDER BY queued_ms, id",
+    [R_CONV_BOT_QUEUED] = "SELECT id FROM conversations WHERE status=1 AND bot=?1 ORDER BY id",
+    [R_EV_RANGE] = "SELECT seq,blob FROM events WHERE conv=?1 AND seq>=?2 AND seq<=?3 "
+                   "ORDER BY seq LIMIT ?4",
+    [R_SENT_GET] = "SELECT conv,seq FROM events WHERE sender=?1 AND msg_id=?2",
+    [R_SENT_ALL] = "SELECT sender,msg_id FROM events WHERE msg_id IS NOT NULL",
+    [R_WM_GET] = "SELECT acked FROM watermarks WHERE principal=?1 AND device=?2 AND conv=?3",
+    [R_STATE_ALL] = "SELECT key,value FROM state WHERE conv=?1 ORDER BY key",
+};
+
+enum {
+  W_EV_PUT, W_CONV_INS, W_CONV_UPD, W_CONV_UPD_LITE, W_WM_SET, W_STATE_SET, W_STATE_DEL,
+  W_BEGIN, W_COMMIT, W_ROLLBACK, W_COUNT
+};
+
+static const char *const write_sql[W_COUNT] = {
+    [W_EV_PUT] = "INSERT INTO events(conv,seq,blob,sender,msg_id) VALUES(?1,?2,?3,?4,?5)",
+    [W_CONV_INS] = "INSERT INTO conversations(id,customer,assignee,bot,locale,queue,note,tags,"
+                   "status,epoch,state_version,queued_ms) "
+                   "VALUES(?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12)",
+    [W_CONV_UPD] = "UPDATE conversations SET customer=?2,assignee=?3,bot=?4,locale=?5,queue=?6,"
+                   "note=?7,tags=?8,status=?9,epoch=?10,state_version=?11,queued_ms=?12 "
+                   "WHERE id=?1",
+    /* Without the indexed columns: SQLite then leaves the four indexes
+     * alone. Bound like W_CONV_UPD; the numbers it skips are still valid
+     * parameters, just unused. */
+    [W_CONV_UPD_LITE] = "UPDATE conversations SET locale=?5,note=?7,tags=?8,epoch=?10,"
+                        "state_version=?11,queued_ms=?12 WHERE id=?1",
+    [W_WM_SET] = "INSERT INTO watermarks(principal,device,conv,acked) VALUES(?1,?2,?3,?4) "
+                 "ON CONFLICT(principal,device,conv) DO UPDATE SET acked=excluded.acked "
+                 "WHERE excluded.acked>acked",
+    [W_STATE_SET] = "INSERT INTO state(conv,key,value) VALUES(?1,?2,?3) "
+                    "ON CONFLICT(conv,key) DO UPDATE SET value=excluded.value",
+    [W_STATE_DEL] = "DELETE FROM state WHERE conv=?1 AND key=?2",
+    [W_BEGIN] = "BEGIN IMMEDIATE",
+    [W_COMMIT] = "COMMIT",
+    [W_ROLLBACK] = "ROLLBACK",
+};
+
+static const char schema[] =
+    "CREATE TABLE IF NOT EXISTS conversations("
+    " id TEXT PRIMARY KEY, customer TEXT NOT NULL, assignee TEXT NOT NULL,"
+    " bot TEXT NOT NULL, locale TEXT NOT NULL, queue TEXT NOT NULL, note TEXT NOT NULL,"
+    " tags TEXT NOT NULL, status INTEGER NOT NULL, epoch INTEGER NOT NULL,"
+    " state_version INTEGER NOT NULL, queued_ms INTEGER NOT NULL) WITHOUT ROWID;"
+    "CREATE INDEX IF NOT EXISTS conversations_customer ON conversations(customer);"
+    "CREATE INDEX IF NOT EXISTS conversations_assignee ON conversations(assignee);"
+    "CREATE INDEX IF NOT EXISTS conversations_queue ON conversations(status, queue);"
+    "CREATE INDEX IF NOT EXISTS conversations_bot ON conversations(bot, status);"
+    "CREATE TABLE IF NOT EXISTS events(conv TEXT NOT NULL, seq INTEGER NOT NULL,"
+    " blob BLOB NOT NULL, sender TEXT, msg_id BLOB, PRIMARY KEY(conv, seq)) WITHOUT ROWID;"
+    "CREATE UNIQUE INDEX IF NOT EXISTS events_sent ON events(sender, msg_id)"
+    " WHERE msg_id IS NOT NULL;"
+    "CREATE TABLE IF NOT EXISTS watermarks(principal TEXT NOT NULL, device TEXT NOT NULL,"
+    " conv TEXT NOT NULL, acked INTEGER NOT NULL, PRIMARY KEY(principal, device, conv))"
+    " WITHOUT ROWID;"
+    "CREATE TABLE IF NOT EXISTS state(conv TEXT NOT NULL, key TEXT NOT NULL,"
+    " value BLOB NOT NULL, PRIMARY KEY(conv, key)) WITHOUT ROWID;";
+
+/* A log written by the first schema (a `sent` table beside `events`, and a
+ * stored last_seq) moves to this one in a single transaction. */
+static const char migrate_v1[] =
+    "BEGIN IMMEDIATE;"
+    "ALTER TABLE events RENAME TO events_v1;"
+    "CREATE TABLE events(conv TEXT NOT NULL, seq INTEGER NOT NULL,"
+    " blob BLOB NOT NULL, sender TEXT, msg_id BLOB, PRIMARY KEY(conv, seq)) WITHOUT ROWID;"
+    "CREATE INDEX sent_by_seq ON sent(conv, seq);"
+    "INSERT INTO events(conv,seq,blob,sender,msg_id)"
+    " SELECT e.conv, e.seq, e.blob, s.sender, s.msg_id FROM events_v1 e"
+    " LEFT JOIN sent s ON s.conv = e.conv AND s.seq = e.seq;"
+    "DROP TABLE events_v1;"
+    "DROP TABLE sent;"
+    "ALTER TABLE conversations DROP COLUMN last_seq;"
+    "COMMIT;";
+
+/* ------------------------------------------------------------------ impl */
+
+typedef struct sq {
+  sqlite3 *rd, *wr;
+  sqlite3_stmt *r[R_COUNT];
+  sqlite3_stmt *w[W_COUNT];
+  pthread_t thread;
+  bool thread_started;
+  pthread_mutex_t mu;
+  pthread_cond_t wake, idle;
+  /* Under mu: batches waiting for the writer, and whether it is busy. */
+  struct qitem *head, *tail;
+  size_t queued;
+  bool busy, stop;
+  bool merge;     /* commit the batches waiting together in one transaction */
+  uint32_t hold_ms;          /* test switch, see pg_store_options */
+  char hold_path[4096];      /* data_dir/writer-hold */
+  char werr[256]; /* the writer's last error (writer thread only) */
+} sq;
+
+typedef struct qitem {
+  struct qitem *next;
+  pg_store *st;
+  pg_store_batch *b;
+} qitem;
+
+static uint64_t now_us(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
+}
+
+static int open_conn(const char *path, int durability, sqlite3 **out, char *err, size_t errlen) {
+  sqlite3 *h = NULL;
+  if (sqlite3_open_v2(path, &h, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
+                      NULL) != SQLITE_OK) {
+    snprintf(err, errlen, "%s: %s", path, h ? sqlite3_errmsg(h) : "cannot open");
+    sqlite3_close(h);
+    return PARLEY_EDB;
+  }
+  /* WAL for every durability level: readers never block the writer, and a
+   * crash of the process never loses a committed transaction. The sync
+   * level decides what survives losing power (docs/gateway.md). */
+  const char *sync = durability == PG_DUR_FULL     ? "FULL"
+                     : durability == PG_DUR_NORMAL ? "NORMAL"
+                                                   : "OFF";
+  char pragmas[256];
+  snprintf(pragmas, sizeof pragmas,
+           "PRAGMA journal_mode=WAL; PRAGMA synchronous=%s; PRAGMA foreign_keys=OFF;"
+           "PRAGMA busy_timeout=5000;",
+           sync);
+  char *msg = NULL;
+  if (sqlite3_exec(h, pragmas, NULL, NULL, &msg) != SQLITE_OK) {
+    snprintf(err, errlen, "%s: %s", path, msg ? msg : sqlite3_errmsg(h));
+    sqlite3_free(msg);
+    sqlite3_close(h);
+    return PARLEY_EDB;
+  }
+  *out = h;
+  return 0;
+}
+
+static int table_exists(sqlite3 *h, const char *name) {
+  sqlite3_stmt *s;
+  if (sqlite3_prepare_v2(h, "SELECT 1 FROM sqlite_master WHERE type='table' AND name=?1", -1, &s,
+                         NULL) != SQLITE_OK)
+    return 0;
+  sqlite3_bind_text(s, 1, name, -1, SQLITE_STATIC);
+  int found = sqlite3_step(s) == SQLITE_ROW;
+  sqlite3_finalize(s);
+  return found;
+}
+
+static int setup_schema(sqlite3 *h, const char *path, char *err, size_t errlen) {
+  char *msg = NULL;
+  int rc = SQLITE_OK;
+  if (table_exists(h, "sent")) {
+    rc = sqlite3_exec(h, migrate_v1, NULL, NULL, &msg);
+    if (rc != SQLITE_OK) sqlite3_exec(h, "ROLLBACK", NULL, NULL, NULL);
+  }
+  if (rc == SQLITE_OK) rc = sqlite3_exec(h, schema, NULL, NULL, &msg);
+  if (rc == SQLITE_OK)
+    rc = sqlite3_exec(h, "PRAGMA user_version=2", NULL, NULL, &msg);
+  if (rc != SQLITE_OK) {
+    snprintf(err, errlen, "%s: schema: %s", path, msg ? msg : sqlite3_errmsg(h));
+    sqlite3_free(msg);
+    return PARLEY_EDB;
+  }
+  return 0;
+}
+
+static void *writer_main(void *arg);
+static void sq_close(void *impl);
+
+static int sq_open(const pg_store_options *o, void **out, char *err, size_t errlen) {
+  *out = NULL;
+  const char *dir = o->data_dir ? o->data_dir : ".";
+  if (mkdir(dir, 0700) != 0) {
+    struct stat st;
+    if (stat(dir, &st) != 0 || !S_ISDIR(st.st_mode)) {
+      snprintf(err, errlen, "data_dir %s: cannot create directory", dir);
+      return PARLEY_EIO;
+    }
+  }
+  char path[4096];
+  if ((size_t)snprintf(path, sizeof path, "%s/" DB_FILE, dir) >= sizeof path) {
+    snprintf(err, errlen, "data_dir: path too long");
+    return PARLEY_EINVAL;
+  }
+  sq *q = calloc(1, sizeof *q);
+  if (!q) return PARLEY_ENOMEM;
+  pthread_mutex_init(&q->mu, NULL);
+  pthread_cond_init(&q->wake, NULL);
+  pthread_cond_init(&q->idle, NULL);
+  q->merge = o->merge_batches;
+  q->hold_ms = o->test_hold_ms;
+  snprintf(q->hold_path, sizeof q->hold_path, "%.4000s/writer-hold", dir);
+  int rc = open_conn(path, o->durability, &q->wr, err, errlen);
+  if (!rc) rc = setup_schema(q->wr, path, err, errlen);
+  /* The writer checkpoints every 8,192 pages (32 MiB of WAL) instead of
+   * SQLite's 1,000: a page written many times between two checkpoints (a
+   * busy conversation's leaf, an index page) is copied into the database
+   * once, and the copy runs on the writer thread, off the loop. Its page
+   * cache holds the pages a batch touches. */
+  if (!rc && sqlite3_exec(q->wr, "PRAGMA wal_autocheckpoint=8192; PRAGMA cache_size=-16384;",
+                          NULL, NULL, NULL) != SQLITE_OK) {
+    snprintf(err, errlen, "%s: %s", path, sqlite3_errmsg(q->wr));
+    rc = PARLEY_EDB;
+  }
+  if (!rc) rc = open_conn(path, o->durability, &q->rd, err, errlen);
+  for (int i = 0; !rc && i < W_COUNT; i++)
+    if (sqlite3_prepare_v3(q->wr, write_sql[i], -1, SQLITE_PREPARE_PERSISTENT, &q->w[i], NULL)) {
+      snprintf(err, errlen, "%s: prepare: %s", path, sqlite3_errmsg(q->wr));
+      rc = PARLEY_EDB;
+    }
+  for (int i = 0; !rc && i < R_COUNT; i++)
+    if (sqlite3_prepare_v3(q->rd, read_sql[i], -1, SQLITE_PREPARE_PERSISTENT, &q->r[i], NULL)) {
+      snprintf(err, errlen, "%s: prepare: %s", path, sqlite3_errmsg(q->rd));
+      rc = PARLEY_EDB;
+    }
+  if (!rc) {
+    /* Checkpoints are the writer's: a reader never runs one. */
+    sqlite3_wal_autocheckpoint(q->rd, 0);
+    if (pthread_create(&q->thread, NULL, writer_main, q) != 0) {
+      snprintf(err, errlen, "%s: cannot start the writer thread", path);
+      rc = PARLEY_EINTERNAL;
+    } else {
+      q->thread_started = true;
+    }
+  }
+  if (rc) {
+    sq_close(q);
+    return rc;
+  }
+  *out = q;
+  return 0;
+}
+
+static void sq_close(void *impl) {
+  sq *q = impl;
+  if (!q) return;
+  if (q->thread_started) {
+    pthread_mutex_lock(&q->mu);
+    q->stop = true;
+    pthread_cond_signal(&q->wake);
+    pthread_mutex_unlock(&q->mu);
+    pthread_join(q->thread, NULL);
+  }
+  for (int i = 0; i < R_COUNT; i++) sqlite3_finalize(q->r[i]);
+  for (int i = 0; i < W_COUNT; i++) sqlite3_finalize(q->w[i]);
+  sqlite3_close(q->rd);
+  sqlite3_close(q->wr);
+  pthread_cond_destroy(&q->wake);
+  pthread_cond_destroy(&q->idle);
+  pthread_mutex_destroy(&q->mu);
+  free(q);
+}
+
+static const char *sq_errmsg(void *impl) {
+  sq *q = impl;
+  return sqlite3_errmsg(q->rd);
+}
+
+/* --------------------------------------------------------------- writer */
+
+static int step_done(sqlite3_stmt *s) {
+  int rc = sqlite3_step(s);
+  sqlite3_reset(s);
+  sqlite3_clear_bindings(s);
+  return rc == SQLITE_DONE || rc == SQLITE_ROW ? 0 : PARLEY_EDB;
+}
+
+static int put_event(sq *q, const pg_store_event *e) {
+  sqlite3_stmt *s = q->w[W_EV_PUT];
+  sqlite3_bind_text(s, 1, e->conv, -1, SQLITE_STATIC);
+  sqlite3_bind_int64(s, 2, (sqlite3_int64)e->seq);
+  sqlite3_bind_blob(s, 3, e->len ? (const void *)e->blob : "", (int)e->len, SQLITE_STATIC);
+  if (e->has_msg_id) {
+    sqlite3_bind_text(s, 4, e->sender, -1, SQLITE_STATIC);
+    sqlite3_bind_blob(s, 5, e->msg_id, 16, SQLITE_STATIC);
+  }
+  return step_done(s);
+}
+
+static int put_conv(sq *q, const pg_store_conv_rec *r) {
+  int which = r->flags & PG_STORE_CONV_NEW    ? W_CONV_INS
+              : r->flags & PG_STORE_CONV_KEYS ? W_CONV_UPD
+                                              : W_CONV_UPD_LITE;
+  const pg_store_conv *c = &r->c;
+  sqlite3_stmt *s = q->w[which];
+  sqlite3_bind_text(s, 1, c->id, -1, SQLITE_STATIC);
+  sqlite3_bind_text(s, 2, c->customer, -1, SQLITE_STATIC);
+  sqlite3_bind_text(s, 3, c->assignee, -1, SQLITE_STATIC);
+  sqlite3_bind_text(s, 4, c->bot, -1, SQLITE_STATIC);
+  sqlite3_bind_text(s, 5, c->locale, -1, SQLITE_STATIC);
+  sqlite3_bind_text(s, 6, c->queue, -1, SQLITE_STATIC);
+  sqlite3_bind_text(s, 7, c->note, -1, SQLITE_STATIC);
+  sqlite3_bind_text(s, 8, c->tags, -1, SQLITE_STATIC);
+  sqlite3_bind_int(s, 9, c->status);
+  sqlite3_bind_int64(s, 10, (sqlite3_int64)c->epoch);
+  sqlite3_bind_int64(s, 11, (sqlite3_int64)c->state_version);
+  sqlite3_bind_int64(s, 12, c->queued_ms);
+  return step_done(s);
+}
+
+static int put_state(sq *q, const pg_store_state_rec *r) {
+  sqlite3_stmt *s = q->w[r->deleted ? W_STATE_DEL : W_STATE_SET];
+  sqlite3_bind_text(s, 1, r->conv, -1, SQLITE_STATIC);
+  sqlite3_bind_text(s, 2, r->key, -1, SQLITE_STATIC);
+  if (!r->deleted) sqlite3_bind_blob(s, 3, r->len ? (const void *)r->val : "", (int)r->len,
+                                     SQLITE_STATIC);
+  return step_done(s);
+}
+
+static int put_wm(sq *q, const pg_store_wm_rec *r) {
+  sqlite3_stmt *s = q->w[W_WM_SET];
+  sqlite3_bind_text(s, 1, r->principal, -1, SQLITE_STATIC);
+  sqlite3_bind_text(s, 2, r->device, -1, SQLITE_STATIC);
+  sqlite3_bind_text(s, 3, r->conv, -1, SQLITE_STATIC);
+  sqlite3_bind_int64(s, 4, (sqlite3_int64)r->acked);
+  return step_done(s);
+}
+
+static int apply_batch(sq *q, const pg_store_batch *b) {
+  pg_store_batch_view v;
+  pg_store_batch_view_get(b, &v);
+  int rc = 0;
+  /* Conversations first: a new one's row exists before its events (no
+   * foreign keys, but the order reads as the protocol happens). */
+  for (size_t i = 0; !rc && i < v.n_convs; i++) rc = put_conv(q, &v.convs[i]);
+  for (size_t i = 0; !rc && i < v.n_events; i++) rc = put_event(q, &v.events[i]);
+  for (size_t i = 0; !rc && i < v.n_state; i++) rc = put_state(q, &v.state[i]);
+  for (size_t i = 0; !rc && i < v.n_wms; i++) rc = put_wm(q, &v.wms[i]);
+  return rc;
+}
+
+/* Test switch: marks the phase in data_dir/writer-hold (written aside and
+ * renamed, so a reader never sees half of it) and sleeps; phase NULL
+ * removes the mark. */
+static void hold(sq *q, const char *phase) {
+  if (!q->hold_ms) return;
+  if (!phase) {
+    unlink(q->hold_path);
+    return;
+  }
+  char tmp[4200];
+  snprintf(tmp, sizeof tmp, "%s.tmp", q->hold_path);
+  FILE *f = fopen(tmp, "w");
+  if (f) {
+    fputs(phase, f);
+    fclose(f);
+    rename(tmp, q->hold_path);
+  }
+  struct timespec ts = {(time_t)(q->hold_ms / 2 / 1000), (long)(q->hold_ms / 2 % 1000) * 1000000L};
+  nanosleep(&ts, NULL);
+}
+
+/* Commits the batches of one wake-up in one transaction. A batch that must
+ * fail (one before it failed) fails alone, unapplied. */
+static void write_group(sq *q, qitem *list) {
+  uint64_t t0 = now_us();
+  bool open = step_done(q->w[W_BEGIN]) == 0;
+  int rc = open ? 0 : PARLEY_EDB;
+  if (!open) snprintf(q->werr, sizeof q->werr, "begin: %s", sqlite3_errmsg(q->wr));
+  qitem *applied = NULL, **tail = &applied;
+  while (list) {
+    qitem *it = list;
+    list = it->next;
+    it->next = NULL;
+    if (!rc && !pg_store__poisoned(it->st, it->b)) {
+      rc = apply_batch(q, it->b);
+      if (rc) snprintf(q->werr, sizeof q->werr, "write: %s", sqlite3_errmsg(q->wr));
+      *tail = it;
+      tail = &it->next;
+      continue;
+    }
+    pg_store__complete(it->st, it->b, PARLEY_EDB,
+                       rc ? q->werr : "an earlier batch failed", 0);
+    free(it);
+  }
+  if (open && !rc) hold(q, "commit");
+  if (open && !rc && step_done(q->w[W_COMMIT]) != 0) {
+    rc = PARLEY_EDB;
+    snprintf(q->werr, sizeof q->werr, "commit: %s", sqlite3_errmsg(q->wr));
+  }
+  if (open && rc && !sqlite3_get_autocommit(q->wr)) step_done(q->w[W_ROLLBACK]);
+  if (open && !rc) hold(q, "complete");
+  hold(q, NULL);
+  uint64_t took = now_us() - t0;
+  for (qitem *it = applied; it;) {
+    qitem *n = it->next;
+    pg_store__complete(it->st, it->b, rc, rc ? q->werr : NULL, took);
+    free(it);
+    it = n;
+  }
+}
+
+static void *writer_main(void *arg) {
+  sq *q = arg;
+  pthread_mutex_lock(&q->mu);
+  for (;;) {
+    while (!q->head && !q->stop) pthread_cond_wait(&q->wake, &q->mu);
+    if (!q->head) break;
+    qitem *list = q->head;
+    if (q->merge) {
+      q->head = q->tail = NULL;
+      q->queued = 0;
+    } else {
+      q->head = list->next;
+      if (!q->head) q->tail = NULL;
+      list->next = NULL;
+      q->queued--;
+    }
+    q->busy = true;
+    pthread_mutex_unlock(&q->mu);
+    write_group(q, list);
+    pthread_mutex_lock(&q->mu);
+    q->busy = false;
+    if (!q->head) pthread_cond_broadcast(&q->idle);
+  }
+  pthread_mutex_unlock(&q->mu);
+  return NULL;
+}
+
+static void sq_submit(void *impl, pg_store *st, pg_store_batch *b) {
+  sq *q = impl;
+  qitem *it = malloc(sizeof *it);
+  if (!it) {
+    pg_store__complete(st, b, PARLEY_ENOMEM, "out of memory", 0);
+    return;
+  }
+  it->next = NULL;
+  it->st = st;
+  it->b = b;
+  pthread_mutex_lock(&q->mu);
+  if (q->tail) q->tail->next = it;
+  else q->head = it;
+  q->tail = it;
+  q->queued++;
+  pthread_cond_signal(&q->wake);
+  pthread_mutex_unlock(&q->mu);
+}
+
+static void sq_drain(void *impl) {
+  sq *q = impl;
+  pthread_mutex_lock(&q->mu);
+  while (q->head || q->busy) pthread_cond_wait(&q->idle, &q->mu);
+  pthread_mutex_unlock(&q->mu);
+}
+
+/* ----------------------------------------------------------------- reads */
+
+static char *col_str(sqlite3_stmt *s, int i) {
+  const unsigned char *t = sqlite3_column_text(s, i);
+  return strdup(t ? (const char *)t : "");
+}
+
+static int sq_conv_get(void *impl, const char *id, pg_store_conv *out) {
+  sq *q = impl;
+  sqlite3_stmt *s = q->r[R_CONV_GET];
+  memset(out, 0, sizeof *out);
+  sqlite3_bind_text(s, 1, id, -1, SQLITE_STATIC);
+  int rc = sqlite3_step(s);
+  if (rc == SQLITE_ROW) {
+    out->id = col_str(s, 0);
+    out->customer = col_str(s, 1);
+    out->assignee = col_str(s, 2);
+    out->bot = col_str(s, 3);
+    out->locale = col_str(s, 4);
+    out->queue = col_str(s, 5);
+    out->note = col_str(s, 6);
+    out->tags = col_str(s, 7);
+    out->status = sqlite3_column_int(s, 8);
+    out->epoch = (uint64_t)sqlite3_column_int64(s, 9);
+    out->state_version = (uint64_t)sqlite3_column_int64(s, 10);
+    out->queued_ms = sqlite3_column_int64(s, 11);
+    out->last_seq = (uint64_t)sqlite3_column_int64(s, 12);
+  }
+  sqlite3_reset(s);
+  sqlite3_clear_bindings(s);
+  if (rc == SQLITE_DONE) return PARLEY_ENOTFOUND;
+  if (rc != SQLITE_ROW) return PARLEY_EDB;
+  if (!out->id || !out->customer || !out->assignee || !out->bot || !out->locale ||
+      !out->queue || !out->note || !out->tags) {
+    pg_store_conv_clear(out);
+    return PARLEY_ENOMEM;
+  }
+  return 0;
+}
+
+static int sq_conv_each(void *impl, pg_store_index which, const char *key,
+                        int (*fn)(void *ud, const pg_store_conv *c), void *ud) {
+  sq *q = impl;
+  int st = which == PG_STORE_BY_CUSTOMER   ? R_CONV_BY_CUSTOMER
+           : which == PG_STORE_BY_ASSIGNEE ? R_CONV_BY_ASSIGNEE
+           : which == PG_STORE_BOT_QUEUED  ? R_CONV_BOT_QUEUED
+           : key && key[0]                 ? R_CONV_QUEUED
+                                           : R_CONV_QUEUED_ALL;
+  sqlite3_stmt *s = q->r[st];
+  if (st != R_CONV_QUEUED_ALL) sqlite3_bind_text(s, 1, key ? key : "", -1, SQLITE_TRANSIENT);
+  /* Collect the ids first: the callback may run other statements. */
+  size_t n = 0, cap = 0;
+  char **ids = NULL;
+  int rc;
+  while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
+    if (n == cap) {
+      size_t nc = cap ? cap * 2 : 16;
+      char **t = realloc(ids, nc * sizeof *t);
+      if (!t) break;
+      ids = t;
+      cap = nc;
+    }
+    ids[n] = col_str(s, 0);
+    if (ids[n]) n++;
+  }
+  sqlite3_reset(s);
+  sqlite3_clear_bindings(s);
+  int out = rc == SQLITE_DONE || rc == SQLITE_ROW ? 0 : PARLEY_EDB;
+  for (size_t i = 0; i < n; i++) {
+    pg_store_conv c;
+    if (!out && sq_conv_get(q, ids[i], &c) == 0) {
+      out = fn(ud, &c);
+      pg_store_conv_clear(&c);
+    }
+    free(ids[i]);
+  }
+  free(ids);
+  return out;
+}
+
+static int sq_events(void *impl, const char *conv, uint64_t from, uint64_t to, uint32_t limit,
+                     int (*fn)(void *ud, uint64_t seq, const void *blob, size_t len), void *ud) {
+  sq *q = impl;
+  sqlite3_stmt *s = q->r[R_EV_RANGE];
+  sqlite3_bind_text(s, 1, conv, -1, SQLITE_TRANSIENT);
+  sqlite3_bind_int64(s, 2, (sqlite3_int64)from);
+  sqlite3_bind_int64(s, 3, to ? (sqlite3_int64)to : INT64_MAX);
+  sqlite3_bind_int64(s, 4, limit);
+  int rc, out = 0;
+  while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
+    out = fn(ud, (uint64_t)sqlite3_column_int64(s, 0), sqlite3_column_blob(s, 1),
+             (size_t)sqlite3_column_bytes(s, 1));
+    if (out) break;
+  }
+  if (!out && rc != SQLITE_DONE && rc != SQLITE_ROW) out = PARLEY_EDB;
+  sqlite3_reset(s);
+  sqlite3_clear_bindings(s);
+  return out > 0 ? 0 : out;
+}
+
+static int sq_sent_get(void *impl, const char *sender, const uint8_t id[16], char conv[129],
+                       uint64_t *seq) {
+  sq *q = impl;
+  sqlite3_stmt *s = q->r[R_SENT_GET];
+  sqlite3_bind_text(s, 1, sender, -1, SQLITE_STATIC);
+  sqlite3_bind_blob(s, 2, id, 16, SQLITE_STATIC);
+  int rc = sqlite3_step(s), out;
+  if (rc == SQLITE_ROW) {
+    const unsigned char *t = sqlite3_column_text(s, 0);
+    snprintf(conv, 129, "%s", t ? (const char *)t : "");
+    *seq = (uint64_t)sqlite3_column_int64(s, 1);
+    out = 0;
+  } else {
+    out = rc == SQLITE_DONE ? PARLEY_ENOTFOUND : PARLEY_EDB;
+  }
+  sqlite3_reset(s);
+  sqlite3_clear_bindings(s);
+  return out;
+}
+
+static int sq_watermark_get(void *impl, const char *principal, const char *device,
+                            const char *conv, uint64_t *acked) {
+  sq *q = impl;
+  sqlite3_stmt *s = q->r[R_WM_GET];
+  sqlite3_bind_text(s, 1, principal, -1, SQLITE_STATIC);
+  sqlite3_bind_text(s, 2, device, -1, SQLITE_STATIC);
+  sqlite3_bind_text(s, 3, conv, -1, SQLITE_STATIC);
+  int rc = sqlite3_step(s);
+  *acked = rc == SQLITE_ROW ? (uint64_t)sqlite3_column_int64(s, 0) : 0;
+  sqlite3_reset(s);
+  sqlite3_clear_bindings(s);
+  return rc == SQLITE_ROW || rc == SQLITE_DONE ? 0 : PARLEY_EDB;
+}
+
+static int sq_state_each(void *impl, const char *conv,
+                         int (*fn)(void *ud, const char *key, const void *val, size_t len),
+                         void *ud) {
+  sq *q = impl;
+  sqlite3_stmt *s = q->r[R_STATE_ALL];
+  sqlite3_bind_text(s, 1, conv, -1, SQLITE_TRANSIENT);
+  int rc, out = 0;
+  while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
+    out = fn(ud, (const char *)sqlite3_column_text(s, 0), sqlite3_column_blob(s, 1),
+             (size_t)sqlite3_column_bytes(s, 1));
+    if (out) break;
+  }
+  if (!out && rc != SQLITE_DONE && rc != SQLITE_ROW) out = PARLEY_EDB;
+  sqlite3_reset(s);
+  sqlite3_clear_bindings(s);
+  return out;
+}
+
+static int sq_sent_each(void *impl,
+                        int (*fn)(void *ud, const char *sender, const uint8_t msg_id[16]),
+                        void *ud) {
+  sq *q = impl;
+  sqlite3_stmt *s = q->r[R_SENT_ALL];
+  int rc, out = 0;
+  while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
+    const unsigned char *sender = sqlite3_column_text(s, 0);
+    if (sqlite3_column_bytes(s, 1) != 16 || !sender) continue;
+    out = fn(ud, (const char *)sender, sqlite3_column_blob(s, 1));
+    if (out) break;
+  }
+  if (!out && rc != SQLITE_DONE && rc != SQLITE_ROW) out = PARLEY_EDB;
+  sqlite3_reset(s);
+  return out;
+}
+
+const pg_store_backend pg_store_sqlite = {
+    .name = "sqlite",
+    .open = sq_open,
+    .submit = sq_submit,
+    .drain = sq_drain,
+    .close = sq_close,
+    .errmsg = sq_errmsg,
+    .conv_get = sq_conv_get,
+    .conv_each = sq_conv_each,
+    .events = sq_events,
+    .sent_get = sq_sent_get,
+    .watermark_get = sq_watermark_get,
+    .state_each = sq_state_each,
+    .sent_each = sq_sent_each,
+};
+
+/* Removes the files a gateway keeps in data_dir (gateway.h). */
+void pg_data_dir_remove(const char *data_dir) {
+  static const char *const suffixes[] = {"", "-wal", "-shm", NULL};
+  char path[4096];
+  for (int i = 0; suffixes[i]; i++) {
+    snprintf(path, sizeof path, "%.4000s/" DB_FILE "%s", data_dir, suffixes[i]);
+    unlink(path);
+  }
+  rmdir(data_dir);
+}

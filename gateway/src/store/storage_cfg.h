@@ -1,0 +1,28 @@
+/* The gateway YAML's `storage:` section: which backend holds the log.
+ *
+ *   storage:
+ *     kind: postgres                  # sqlite (the default) or postgres
+ *     url: "host=db.internal dbname=parley user=parley sslmode=verify-full"
+ *     password_env: PARLEY_PG_PASSWORD  # or password_file: /run/secrets/pg
+ *
+ * url is a libpq connection string, keywords or a postgresql:// URI. A
+ * password inside it is refused: the YAML is not the place for secrets.
+ * It comes from the environment variable password_env names, or the first
+ * line of password_file, or libpq's own PGPASSWORD / passfile. docs/gateway.md,
+ * "Storage backends", has the details.
+ */
+#ifndef PARLEY_GW_STORAGE_CFG_H
+#define PARLEY_GW_STORAGE_CFG_H
+
+#include "config/config.h"
+
+/* Reads the section (n NULL: absent, SQLite). *kind is "sqlite" or
+ * "postgres" (static); *conninfo (owned, NULL for SQLite) is the
+ * connection string with the password added, for pg_store_options.url.
+ * PARLEY_ECONFIG with err filled, or PARLEY_ENOMEM. */
+int pg_storage_load(const pc_node *n, const char **kind, char **conninfo, pc_error *err);
+
+/* Frees a conninfo after wiping the password it may hold. */
+void pg_storage_conninfo_free(char *conninfo);
+
+#endif
