@@ -62,6 +62,15 @@ bot:on_message(function(ctx, msg)
   end
 end)
 
+-- What the agent wrote while holding the conversation reaches the bot after
+-- the hand back, as agent messages: on_message never sees them (it hears
+-- the customer only), so the bot neither answers the agent nor hands off
+-- again on the agent's words. A person has been answering: the "your
+-- message is waiting" notice is not needed any more.
+bot:on_agent_message(function(ctx, msg)
+  ctx.state.told_waiting = true
+end)
+
 -- An agent took the conversation: the customer does not need the warning.
 -- The bot sees this event just before the conversation is taken from it.
 bot:on_event("assigned", function(ctx, ev)

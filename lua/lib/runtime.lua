@@ -15,6 +15,19 @@ local type, pairs, ipairs, next, tostring, tonumber = type, pairs, ipairs, next,
 local error, select, setmetatable, getmetatable = error, select, setmetatable, getmetatable
 local rawget, rawset, rawequal, rawlen, load, pcall, xpcall, assert =
   rawget, rawset, rawequal, rawlen, load, pcall, xpcall, assert
+-- The runtime's own helpers (JSON, UTF-8 checks, limits) use these copies,
+-- taken before any bot code runs: nothing a bot does to a library table can
+-- change what they call.
+local s_format, s_find, s_sub, s_byte, s_gsub, s_match, s_lower, s_gmatch =
+  string.format, string.find, string.sub, string.byte, string.gsub, string.match,
+  string.lower, string.gmatch
+local t_concat, t_sort, t_remove, t_pack, t_unpack =
+  table.concat, table.sort, table.remove, table.pack, table.unpack
+local m_type, m_floor, m_tointeger, m_huge, m_min =
+  math.type, math.floor, math.tointeger, math.huge, math.min
+local utf8_len = utf8.len
+local co_create, co_resume, co_close, co_running, co_status =
+  coroutine.create, coroutine.resume, coroutine.close, coroutine.running, coroutine.status
 
 -- string.dump is removed from the real table, not only from the proxy: every
 -- string reaches the real table through its metatable ("").dump.
@@ -24,31 +37,62 @@ string.dump = nil
 getmetatable("").__metatable = false
 
 local STATE_KEY_MAX = 64 * 1024      -- bytes of JSON per state key
-local STATE_TOTAL_MAX = 1024 * 1024  -- bytes of JSON in one conversation's state
+-- Bytes of one conversation's state (JSON values and key names): the whole
+-- state travels in one frame of at most 1 MiB when the conversation is
+-- assigned, so a margin is kept for the frame's other fields.
+local STATE_TOTAL_MAX = 960 * 1024
+local STATE_KEYS_MAX = 128           -- keys of one conversation's state
+local STATE_KEY_NAME_MAX = 128       -- bytes of a state key's name (the gateway's limit)
 local TEXT_MAX = 16 * 1024           -- bytes of a reply's text
 local BUTTONS_MAX = 12
 local RECENT_MAX = 32                -- inbound messages remembered for quoting
 local EXCERPT_MAX = 280
 local TIMERS_MAX = 32                -- timers per conversation
+local TAGS_MAX = 64                  -- tags per conversation (the gateway's limit)
+local TAG_MAX = 64                   -- bytes of a tag
+local QUEUE_MAX = 128                -- bytes of a handoff queue name
+local NOTE_MAX = 4096                -- bytes of a handoff or close note
+local LOAD_MAX = 1024 * 1024         -- bytes of a chunk load() compiles
 local TIMER_KEY = "_timers"
 
 local bot_name = config.name or "bot"
 local default_locale = config.default_locale or "en"
+
+-- A description of any value that runs no bot code (no __tostring, no
+-- __name), for error messages about bot values.
+local function safe_str(x)
+  local tx = type(x)
+  if tx == "string" then return x end
+  if tx == "number" or tx == "boolean" or tx == "nil" then return tostring(x) end
+  return tx
+end
+
+-- Raises msg at the bot's line: the first frame of the stack that is not
+-- this chunk (C.where looks it up), so that a limit checked deep in the
+-- runtime points at the ctx:reply or ctx:tag that broke it.
+local function raise(msg)
+  error(C.where() .. msg, 0)
+end
 
 ------------------------------------------------------------------------------
 -- Read-only proxies for shared tables.
 
 local protected = setmetatable({}, { __mode = "k" })
 
+-- Nothing of a proxy yields the table behind it: __index is a hidden
+-- metatable field, and __pairs hands out an iterator closure rather than
+-- (next, t), whose second value would be the real, writable table.
 local function readonly(t, name)
   local p = setmetatable({}, {
     __index = t,
     __newindex = function(_, k)
       error("attempt to modify read-only table '" .. name .. "' (key '" ..
-        tostring(k) .. "')", 2)
+        safe_str(k) .. "')", 2)
     end,
-    __pairs = function() return next, t, nil end,
-    __len = function() return #t end,
+    __pairs = function()
+      return function(_, k) return next(t, k) end, nil, nil
+    end,
+    __len = function() return rawlen(t) end,
     __metatable = "read-only",
   })
   protected[p] = true
@@ -58,7 +102,7 @@ end
 local function deep_readonly(v, name)
   if type(v) ~= "table" then return v end
   local copy = {}
-  for k, x in pairs(v) do copy[k] = deep_readonly(x, name .. "." .. tostring(k)) end
+  for k, x in next, v do copy[k] = deep_readonly(x, name .. "." .. tostring(k)) end
   return readonly(copy, name)
 end
 
@@ -68,81 +112,112 @@ end
 
 local json_null = cjson.null
 
+-- The encoder reads bot values with raw access only (next, rawget, rawlen):
+-- a metatable on a state table changes nothing and runs nothing. It stops
+-- as soon as the text would exceed `max` bytes, so a huge or much-shared
+-- value costs no more than the limit it breaks.
+
 local function is_array(t)
   local n = 0
-  for k in pairs(t) do
-    if math.type(k) ~= "integer" or k < 1 then return false end
+  for k in next, t do
+    if m_type(k) ~= "integer" or k < 1 then return false end
     if k > n then n = k end
   end
-  return n == #t, n
+  return n == rawlen(t), n
 end
 
-local escapes = {
-  ['"'] = '\\"', ['\\'] = '\\\\', ['\b'] = '\\b', ['\f'] = '\\f',
-  ['\n'] = '\\n', ['\r'] = '\\r', ['\t'] = '\\t',
-}
-local function esc(s)
-  return '"' .. s:gsub('[%c"\\]', function(c)
-    return escapes[c] or string.format("\\u%04x", c:byte())
-  end) .. '"'
-end
+-- Strings are escaped in C (C.json_str): '"', '\\', the short escapes and
+-- \u00XX for other control bytes and DEL, the rest as is.
+local esc = C.json_str
+
+local too_big = {} -- raised (as itself) when the text passes its bound
 
 local function encode(v, depth, out)
-  depth = depth or 0
   if depth > 32 then error("value nested too deeply for JSON", 0) end
   local tv = type(v)
-  if v == nil or v == json_null then out[#out + 1] = "null"
-  elseif tv == "boolean" then out[#out + 1] = v and "true" or "false"
+  local piece
+  if v == nil or v == json_null then piece = "null"
+  elseif tv == "boolean" then piece = v and "true" or "false"
   elseif tv == "number" then
-    if v ~= v or v == math.huge or v == -math.huge then
+    if v ~= v or v == m_huge or v == -m_huge then
       error("cannot encode NaN or infinity as JSON", 0)
     end
-    if math.type(v) == "integer" then out[#out + 1] = string.format("%d", v)
-    elseif v == math.floor(v) and v > -2^53 and v < 2^53 then
-      out[#out + 1] = string.format("%d", math.tointeger(v))
-    else out[#out + 1] = string.format("%.17g", v) end
-  elseif tv == "string" then out[#out + 1] = esc(v)
+    if m_type(v) == "integer" then piece = s_format("%d", v)
+    elseif v == m_floor(v) and v > -2^53 and v < 2^53 then
+      piece = s_format("%d", m_tointeger(v))
+    else piece = s_format("%.17g", v) end
+  elseif tv == "string" then piece = esc(v)
   elseif tv == "table" then
     local arr, n = is_array(v)
+    local o = out
     if arr and n > 0 then
-      out[#out + 1] = "["
+      o.n = o.n + 1; o[o.n] = "["
       for i = 1, n do
-        if i > 1 then out[#out + 1] = "," end
-        encode(v[i], depth + 1, out)
+        if i > 1 then o.n = o.n + 1; o[o.n] = "," end
+        encode(rawget(v, i), depth + 1, o)
       end
-      out[#out + 1] = "]"
+      o.n = o.n + 1; o[o.n] = "]"
     else
-      local keys = {}
-      for k in pairs(v) do
+      local keys, nk = {}, 0
+      for k in next, v do
         if type(k) ~= "string" then
-          error("cannot encode a table with non-string key '" .. tostring(k) .. "' as JSON", 0)
+          error("cannot encode a table with non-string key '" .. safe_str(k) .. "' as JSON", 0)
         end
-        keys[#keys + 1] = k
+        nk = nk + 1
+        keys[nk] = k
       end
-      table.sort(keys)
-      out[#out + 1] = "{"
-      for i, k in ipairs(keys) do
-        if i > 1 then out[#out + 1] = "," end
-        out[#out + 1] = esc(k)
-        out[#out + 1] = ":"
-        encode(v[k], depth + 1, out)
+      t_sort(keys)
+      o.n = o.n + 1; o[o.n] = "{"
+      for i = 1, nk do
+        local k = keys[i]
+        if i > 1 then o.n = o.n + 1; o[o.n] = "," end
+        local ek = esc(k)
+        o.bytes = o.bytes + #ek + 1
+        o.n = o.n + 1; o[o.n] = ek
+        o.n = o.n + 1; o[o.n] = ":"
+        encode(rawget(v, k), depth + 1, o)
       end
-      out[#out + 1] = "}"
+      o.n = o.n + 1; o[o.n] = "}"
     end
+    o.bytes = o.bytes + 2
+    if o.bytes > o.max then error(too_big, 0) end
+    return
   else
     error("cannot encode a " .. tv .. " as JSON", 0)
   end
-  return out
+  out.n = out.n + 1
+  out[out.n] = piece
+  out.bytes = out.bytes + #piece
+  if out.bytes > out.max then error(too_big, 0) end
 end
 
-local function json_encode(v) return table.concat(encode(v, 0, {})) end
+-- The JSON text of v, or nil when it would be longer than max bytes.
+local function json_encode_max(v, max)
+  local out = { n = 0, bytes = 0, max = max }
+  local ok, err = pcall(encode, v, 0, out)
+  if not ok then
+    if err == too_big then return nil end
+    error(err, 0)
+  end
+  out.n, out.bytes, out.max = nil, nil, nil
+  return t_concat(out)
+end
+
+local JSON_MAX = 64 * 1024 * 1024
+local JSON_DECODE_MAX = 4 * 1024 * 1024
+
+local function json_encode(v)
+  local s = json_encode_max(v, JSON_MAX)
+  if not s then error("value too large for JSON", 0) end
+  return s
+end
 
 -- cjson decodes every number as a float; integral values come back as
 -- integers so that seq numbers and counters keep printing as "5", not "5.0".
 local function integerize(v, depth)
   if type(v) == "number" then return math.tointeger(v) or v end
   if type(v) == "table" and depth < 64 then
-    for k, x in pairs(v) do v[k] = integerize(x, depth + 1) end
+    for k, x in next, v do v[k] = integerize(x, depth + 1) end
   end
   return v
 end
@@ -230,8 +305,8 @@ local function render(locale, key, vars, level)
           error(what .. ": var '" .. name .. "' must be a string, number or boolean, not a " ..
             type(x), level + 2)
         end
-        if not utf8.len(s) then error(what .. ": var '" .. name .. "' is not valid UTF-8", level + 2) end
-        if s:find("\0", 1, true) then
+        if not utf8_len(s) then error(what .. ": var '" .. name .. "' is not valid UTF-8", level + 2) end
+        if s_find(s, "\0", 1, true) then
           error(what .. ": var '" .. name .. "' contains a NUL byte", level + 2)
         end
         added = added + #s
@@ -262,29 +337,32 @@ local function utf8_cut(s, max)
   local cut = max
   -- Back off over continuation bytes so the excerpt ends on a whole character.
   while cut > 0 do
-    local b = s:byte(cut + 1)
+    local b = s_byte(s, cut + 1)
     if not b or b < 0x80 or b >= 0xC0 then break end
     cut = cut - 1
   end
-  return s:sub(1, cut)
+  return s_sub(s, 1, cut)
 end
 
-local function check_text(s, what, level)
-  if type(s) ~= "string" then error(what .. " must be a string", level) end
-  if #s > TEXT_MAX then error(what .. " is longer than " .. TEXT_MAX .. " bytes", level) end
-  if not utf8.len(s) then error(what .. " is not valid UTF-8", level) end
+-- Content checks raise at the bot's line (raise), however deep the
+-- runtime's own calls are; level is kept for the callers' symmetry.
+local function check_text(s, what, level, max)
+  max = max or TEXT_MAX
+  if type(s) ~= "string" then raise(what .. " must be a string") end
+  if #s > max then raise(what .. " is longer than " .. max .. " bytes") end
+  if not utf8_len(s) then raise(what .. " is not valid UTF-8") end
   -- The C side reads texts as C strings: a NUL would cut the text silently.
-  if s:find("\0", 1, true) then error(what .. " contains a NUL byte", level) end
+  if s_find(s, "\0", 1, true) then raise(what .. " contains a NUL byte") end
   return s
 end
 
 -- The longest prefix of s that is valid UTF-8 without NUL, at most max
 -- bytes: quoted excerpts come from other people's messages.
 local function clean_cut(s, max)
-  local _, bad = utf8.len(s)
-  if bad then s = s:sub(1, bad - 1) end
-  local nul = s:find("\0", 1, true)
-  if nul then s = s:sub(1, nul - 1) end
+  local _, bad = utf8_len(s)
+  if bad then s = s_sub(s, 1, bad - 1) end
+  local nul = s_find(s, "\0", 1, true)
+  if nul then s = s_sub(s, 1, nul - 1) end
   return utf8_cut(s, max)
 end
 
@@ -309,11 +387,11 @@ fallback_parts = function(c)
       lines[#lines + 1] = b.url and ("- " .. b.label .. ": " .. b.url) or ("- " .. b.label)
     end
     if #lines == 0 and c.image_url then lines[1] = c.image_url end
-    return table.concat(lines, "\n")
+    return t_concat(lines, "\n")
   elseif c.kind == "quick_replies" then
     local lines = { c.text }
     for i, b in ipairs(c.buttons or {}) do lines[#lines + 1] = i .. ". " .. b.label end
-    return table.concat(lines, "\n")
+    return t_concat(lines, "\n")
   elseif c.kind == "image" then
     if c.text and c.text ~= "" then return "[" .. c.text .. "] " .. c.image_url end
     return c.image_url
@@ -321,61 +399,81 @@ fallback_parts = function(c)
   return c.text
 end
 
+-- A reply is the bot's table: it is read with raw access (rawget, rawlen),
+-- so what is checked is what is sent (no __len or __index can count 12
+-- buttons and then hand over 16), and every limit raises at the bot's line.
+local function rget(t, k) return rawget(t, k) end
+
 local function normalize_content(x, fallback, level)
   level = level + 1
   local c
   if type(x) == "string" then
     c = { kind = "text", text = check_text(x, "reply text", level) }
   elseif type(x) ~= "table" then
-    error("reply must be a string or a table", level)
-  elseif x.card ~= nil then
-    local k = x.card
-    if type(k) ~= "table" then error("card must be a table", level) end
-    c = { kind = "card", title = opt_text(k.title, "card.title", level),
-          text = opt_text(k.text, "card.text", level),
-          image_url = opt_text(k.image, "card.image", level), buttons = {} }
-    local bs = k.buttons or {}
-    if type(bs) ~= "table" then error("card.buttons must be a list", level) end
-    if #bs > BUTTONS_MAX then error("a card has at most " .. BUTTONS_MAX .. " buttons", level) end
-    for i, b in ipairs(bs) do
-      if type(b) ~= "table" then error("card.buttons[" .. i .. "] must be a table", level) end
-      local label = check_text(b.label or b[1], "card.buttons[" .. i .. "].label", level)
-      local pb, url = b.postback, b.url
+    raise("reply must be a string or a table")
+  elseif rget(x, "card") ~= nil then
+    local k = rget(x, "card")
+    if type(k) ~= "table" then raise("card must be a table") end
+    c = { kind = "card", title = opt_text(rget(k, "title"), "card.title", level),
+          text = opt_text(rget(k, "text"), "card.text", level),
+          image_url = opt_text(rget(k, "image"), "card.image", level), buttons = {} }
+    local bs = rget(k, "buttons")
+    if bs == nil then bs = {} end
+    if type(bs) ~= "table" then raise("card.buttons must be a list") end
+    local nb = rawlen(bs)
+    if nb > BUTTONS_MAX then raise("a card has at most " .. BUTTONS_MAX .. " buttons") end
+    for i = 1, nb do
+      local b = rget(bs, i)
+      if type(b) ~= "table" then raise("card.buttons[" .. i .. "] must be a table") end
+      local label = rget(b, "label")
+      if label == nil then label = rget(b, 1) end
+      label = check_text(label, "card.buttons[" .. i .. "].label", level)
+      local pb, url = rget(b, "postback"), rget(b, "url")
       if (pb == nil) == (url == nil) then
-        error("card.buttons[" .. i .. "] needs exactly one of postback or url", level)
+        raise("card.buttons[" .. i .. "] needs exactly one of postback or url")
       end
       c.buttons[i] = { label = label, payload = opt_text(pb, "postback", level),
                        url = opt_text(url, "url", level) }
     end
     if not c.title and not c.text and not c.image_url then
-      error("a card needs a title, a text or an image", level)
+      raise("a card needs a title, a text or an image")
     end
-  elseif x.quick_replies ~= nil then
-    local q = x.quick_replies
-    if type(q) ~= "table" then error("quick_replies must be a table", level) end
-    c = { kind = "quick_replies", text = check_text(q.text, "quick_replies.text", level), buttons = {} }
-    local os_ = q.options
-    if type(os_) ~= "table" or #os_ == 0 then
-      error("quick_replies.options must be a non-empty list", level)
+  elseif rget(x, "quick_replies") ~= nil then
+    local q = rget(x, "quick_replies")
+    if type(q) ~= "table" then raise("quick_replies must be a table") end
+    c = { kind = "quick_replies", text = check_text(rget(q, "text"), "quick_replies.text", level),
+          buttons = {} }
+    local os_ = rget(q, "options")
+    if type(os_) ~= "table" or rawlen(os_) == 0 then
+      raise("quick_replies.options must be a non-empty list")
     end
-    if #os_ > BUTTONS_MAX then error("at most " .. BUTTONS_MAX .. " quick replies", level) end
-    for i, o in ipairs(os_) do
+    local no = rawlen(os_)
+    if no > BUTTONS_MAX then raise("at most " .. BUTTONS_MAX .. " quick replies") end
+    for i = 1, no do
+      local o = rget(os_, i)
       if type(o) == "string" then o = { label = o } end
-      if type(o) ~= "table" then error("quick_replies.options[" .. i .. "] must be a table", level) end
-      local label = check_text(o.label or o[1], "quick_replies.options[" .. i .. "].label", level)
-      c.buttons[i] = { label = label, payload = opt_text(o.payload or o[2] or label, "payload", level) }
+      if type(o) ~= "table" then raise("quick_replies.options[" .. i .. "] must be a table") end
+      local label = rget(o, "label")
+      if label == nil then label = rget(o, 1) end
+      label = check_text(label, "quick_replies.options[" .. i .. "].label", level)
+      local payload = rget(o, "payload")
+      if payload == nil then payload = rget(o, 2) end
+      if payload == nil then payload = label end
+      c.buttons[i] = { label = label, payload = opt_text(payload, "payload", level) }
     end
-  elseif x.image ~= nil then
-    local im = x.image
-    if type(im) ~= "table" then error("image must be a table", level) end
-    c = { kind = "image", image_url = check_text(im.url, "image.url", level),
-          text = opt_text(im.alt, "image.alt", level) }
-  elseif x.text ~= nil then
-    c = { kind = "text", text = check_text(x.text, "reply text", level) }
+  elseif rget(x, "image") ~= nil then
+    local im = rget(x, "image")
+    if type(im) ~= "table" then raise("image must be a table") end
+    c = { kind = "image", image_url = check_text(rget(im, "url"), "image.url", level),
+          text = opt_text(rget(im, "alt"), "image.alt", level) }
+  elseif rget(x, "text") ~= nil then
+    c = { kind = "text", text = check_text(rget(x, "text"), "reply text", level) }
   else
-    error("reply table needs one of text, card, quick_replies or image", level)
+    raise("reply table needs one of text, card, quick_replies or image")
   end
-  c.fallback = opt_text(fallback or (type(x) == "table" and x.fallback or nil), "fallback", level)
+  local fb = fallback
+  if fb == nil and type(x) == "table" then fb = rget(x, "fallback") end
+  c.fallback = opt_text(fb, "fallback", level)
   if not c.fallback and c.kind ~= "text" then c.fallback = fallback_text(c) end
   return c
 end
@@ -397,16 +495,18 @@ end
 
 local function decode_state(base)
   local st = {}
-  for k, enc in pairs(base) do
+  for k, enc in next, base do
     local v = json_decode(enc)
     if v ~= nil then st[k] = v end
   end
   return st
 end
 
+-- The timers of a state, read raw: the state is the bot's table.
 local function timers_of(state)
-  local tm = state[TIMER_KEY]
-  if type(tm) ~= "table" or type(tm.list) ~= "table" then return nil end
+  if type(state) ~= "table" then return nil end
+  local tm = rawget(state, TIMER_KEY)
+  if type(tm) ~= "table" or type(rawget(tm, "list")) ~= "table" then return nil end
   return tm
 end
 
@@ -415,38 +515,65 @@ local function sync_timers(rec)
   local list = {}
   local tm = timers_of(rec.state)
   if tm then
-    for _, e in ipairs(tm.list) do
-      if math.type(e.id) == "integer" and type(e.due) == "number" then
-        list[#list + 1] = { e.id, math.tointeger(e.due) or math.floor(e.due) }
+    local tl = rawget(tm, "list")
+    for i = 1, m_min(rawlen(tl), TIMERS_MAX) do
+      local e = rawget(tl, i)
+      if type(e) == "table" then
+        local id, due = rawget(e, "id"), rawget(e, "due")
+        if m_type(id) == "integer" and type(due) == "number" and due == due
+           and due > -2^62 and due < 2^62 then
+          list[#list + 1] = { id, m_tointeger(due) or m_floor(due) }
+        end
       end
     end
   end
   C.sync_timers(rec.id, list)
 end
 
--- Computes the changed keys of a finished handler and moves them to pending.
-local function diff_state(rec)
-  local seen, total = {}, 0
-  local st = rec.state
-  if type(st) ~= "table" then error("ctx.state must stay a table", 0) end
-  for k, v in pairs(st) do
-    if type(k) ~= "string" then error("ctx.state keys must be strings, got " .. type(k), 0) end
-    local enc = json_encode(v)
-    if #enc > STATE_KEY_MAX then
-      error("ctx.state." .. k .. " is larger than " .. STATE_KEY_MAX .. " bytes of JSON", 0)
+-- Encodes the state of a conversation key by key and checks every limit;
+-- returns the table of encodings, or raises (with raise, at the bot's line
+-- when a handler is running). Raw access only: no bot code runs here.
+local function encode_state(st)
+  if type(st) ~= "table" then raise("ctx.state must stay a table") end
+  local seen, total, nkeys = {}, 0, 0
+  for k, v in next, st do
+    if type(k) ~= "string" then
+      raise("ctx.state keys must be strings, got " .. type(k))
     end
-    total = total + #enc
+    if #k == 0 or #k > STATE_KEY_NAME_MAX then
+      raise("ctx.state key names are 1 to " .. STATE_KEY_NAME_MAX .. " bytes")
+    end
+    nkeys = nkeys + 1
+    if nkeys > STATE_KEYS_MAX then
+      raise("ctx.state has more than " .. STATE_KEYS_MAX .. " keys")
+    end
+    local ok, enc = pcall(json_encode_max, v, STATE_KEY_MAX)
+    if not ok then raise("ctx.state." .. k .. ": " .. safe_str(enc)) end
+    if not enc then
+      raise("ctx.state." .. k .. " is larger than " .. STATE_KEY_MAX .. " bytes of JSON")
+    end
+    total = total + #enc + #k
+    if total > STATE_TOTAL_MAX then
+      raise("ctx.state is larger than " .. STATE_TOTAL_MAX .. " bytes of JSON")
+    end
     seen[k] = enc
   end
-  if total > STATE_TOTAL_MAX then
-    error("ctx.state is larger than " .. STATE_TOTAL_MAX .. " bytes of JSON", 0)
-  end
-  for k, enc in pairs(seen) do
+  return seen
+end
+
+-- Moves the changed keys of a finished handler (its encoded state) to
+-- pending.
+local function apply_state(rec, seen)
+  for k, enc in next, seen do
     if rec.base[k] ~= enc then rec.base[k] = enc; rec.pending[k] = enc end
   end
-  for k in pairs(rec.base) do
+  for k in next, rec.base do
     if seen[k] == nil then rec.base[k] = nil; rec.pending[k] = false end
   end
+end
+
+local function diff_state(rec)
+  apply_state(rec, encode_state(rec.state))
 end
 
 ------------------------------------------------------------------------------
@@ -485,11 +612,14 @@ local function lower_pattern(p)
       i = i + 1
     end
   end
-  return table.concat(out)
+  return t_concat(out)
 end
 
 function Bot:on_open(fn) check_self(self); check_fn(fn, "on_open"); self._open = fn; return self end
 function Bot:on_message(fn) check_self(self); check_fn(fn, "on_message"); self._message = fn; return self end
+function Bot:on_agent_message(fn)
+  check_self(self); check_fn(fn, "on_agent_message"); self._agent = fn; return self
+end
 function Bot:fallback(fn) check_self(self); check_fn(fn, "fallback"); self._fallback = fn; return self end
 
 function Bot:command(name, fn)
@@ -551,158 +681,279 @@ end
 ------------------------------------------------------------------------------
 -- ctx: what a handler works with.
 
-local Ctx = {}
-Ctx.__index = Ctx
-Ctx.__metatable = "ctx"
+-- A handler's ctx is a userdata (C.proxy) with no fields of its own: what
+-- it stands for lives in ctx_data, a table bot code cannot name, keyed by
+-- the proxy. When the handler ends its entry goes, and nothing can bring it
+-- back: the ctx is dead for good, whatever a bot kept of it.
 
-local function check_ctx(ctx)
-  if getmetatable(ctx) ~= "ctx" then error("ctx methods are called with ':'", 3) end
-  if ctx._done then error("ctx used after its handler finished", 3) end
+local ctx_data = setmetatable({}, { __mode = "k" })
+local Ctx = {}
+
+local function dead()
+  raise("ctx used after its handler finished")
+end
+
+-- The running ctx's record, or a raise: every method starts with it.
+local function ctx_of(self)
+  local d = ctx_data[self]
+  if d == nil then
+    if type(self) ~= "userdata" or getmetatable(self) ~= "ctx" then
+      raise("ctx methods are called with ':'")
+    end
+    dead()
+  end
+  return d
+end
+
+local ctx_fields = {
+  conversation = function(d) return d.rec.id end,
+  seq = function(d) return d.seq end,
+  locale = function(d) return d.rec.locale end,
+  customer = function(d) return d.rec.customer end,
+  state = function(d) return d.rec.state end,
+  bot = function() return bot_name end,
+  kind = function(d) return d.kind end,
+  idempotency_key = function(d)
+    local k = d.idem
+    if not k then
+      k = C.idem(d.rec.id, d.seq, d.kind == "timer")
+      d.idem = k
+    end
+    return k
+  end,
+}
+
+local CtxMT = {
+  __metatable = "ctx",
+  __index = function(self, k)
+    local m = Ctx[k]
+    if m ~= nil then return m end
+    local d = ctx_data[self]
+    if d == nil then dead() end
+    local f = ctx_fields[k]
+    if f then return f(d) end
+    return nil
+  end,
+  __newindex = function(self, k, v)
+    local d = ctx_data[self]
+    if d == nil then dead() end
+    -- ctx.state = {...} replaces the state table, as a plain table would
+    -- let a handler do; every other field is the runtime's.
+    if k == "state" then
+      if type(v) ~= "table" then raise("ctx.state must be a table") end
+      d.rec.state = v
+      return
+    end
+    raise("ctx." .. safe_str(k) .. " cannot be set")
+  end,
+  __tostring = function() return "ctx" end,
+  __name = "ctx",
+}
+
+-- State and tag limits, checked where the bot acts: before a reply or an
+-- action leaves, so a handler over a limit fails before anything of it
+-- reaches the customer, with the error at its own line.
+local function check_limits(d)
+  local st = d.rec.state
+  if type(st) ~= "table" then raise("ctx.state must stay a table") end
+  if next(st) ~= nil then encode_state(st) end
 end
 
 local function quote_of(rec, q)
   if q == nil then return nil end
-  local seq, text, sender
+  local seq
   if type(q) == "table" then
-    seq, text, sender = q.seq, q.text, q.sender
-  elseif math.type(q) == "integer" then
+    seq = rawget(q, "seq")
+  elseif m_type(q) == "integer" then
     seq = q
-    for _, m in ipairs(rec.recent) do
-      if m.seq == q then text, sender = m.text, m.sender end
-    end
   else
-    error("quote must be a message or a seq", 3)
+    raise("quote must be a message or a seq")
   end
-  if math.type(seq) ~= "integer" or seq < 1 then error("quote needs a positive seq", 3) end
-  if text ~= nil and type(text) ~= "string" then error("quote text must be a string", 3) end
-  if sender ~= nil and type(sender) ~= "string" then error("quote sender must be a string", 3) end
-  return { seq = seq, excerpt = clean_cut(text or "", EXCERPT_MAX),
-           sender = clean_cut(sender or "", 128) }
+  if m_type(seq) ~= "integer" or seq < 1 then raise("quote needs a positive seq") end
+  -- The quote shows what the conversation holds for that seq, never text
+  -- or a sender the bot made up.
+  local r = rec.recent
+  for i = #r, 1, -1 do
+    local m = r[i]
+    if m.seq == seq then
+      return { seq = seq, excerpt = clean_cut(m.text, EXCERPT_MAX),
+               sender = clean_cut(m.sender, 128) }
+    end
+  end
+  raise("quote: seq " .. seq .. " is not one of the conversation's last " .. RECENT_MAX ..
+    " messages")
 end
 
 function Ctx:reply(content, opts)
-  check_ctx(self)
-  if opts ~= nil and type(opts) ~= "table" then error("reply options must be a table", 2) end
-  local c = normalize_content(content, opts and opts.fallback, 2)
-  local q = quote_of(self._rec, opts and opts.quote)
-  return C.send(self.conversation, c, q)
+  local d = ctx_of(self)
+  if opts ~= nil and type(opts) ~= "table" then raise("reply options must be a table") end
+  local c = normalize_content(content, opts and rawget(opts, "fallback"), 2)
+  local q = quote_of(d.rec, opts and rawget(opts, "quote"))
+  check_limits(d)
+  return C.send(d.rec.id, c, q)
 end
 
 local function tag_list(...)
   local n = select("#", ...)
-  if n == 0 then error("tag needs at least one tag", 3) end
+  if n == 0 then raise("tag needs at least one tag") end
   local out = {}
   for i = 1, n do
     local t = select(i, ...)
-    if type(t) ~= "string" or t == "" or #t > 64 then
-      error("a tag must be a string of 1 to 64 bytes", 3)
+    if type(t) ~= "string" or t == "" or #t > TAG_MAX or s_find(t, "[%c\127]") then
+      raise("a tag is a string of 1 to " .. TAG_MAX .. " bytes without control characters")
     end
     out[i] = t
   end
   return out
 end
 
+-- The conversation's tags once this handler's changes are applied.
+local function tag_count(d)
+  local n = 0
+  for t in next, d.rec.tags do
+    if not d.tags_remove[t] then n = n + 1 end
+  end
+  for t in next, d.tags_add do
+    if not d.rec.tags[t] then n = n + 1 end
+  end
+  return n
+end
+
 function Ctx:tag(...)
-  check_ctx(self)
-  for _, t in ipairs(tag_list(...)) do self._tags_add[t] = true; self._tags_remove[t] = nil end
+  local d = ctx_of(self)
+  for _, t in ipairs(tag_list(...)) do
+    if not d.tags_add[t] and (not d.rec.tags[t] or d.tags_remove[t]) then
+      d.tags_add[t] = true; d.tags_remove[t] = nil
+      if tag_count(d) > TAGS_MAX then
+        d.tags_add[t] = nil
+        raise("a conversation has at most " .. TAGS_MAX .. " tags")
+      end
+    end
+    d.tags_add[t] = true; d.tags_remove[t] = nil
+  end
 end
 
 function Ctx:untag(...)
-  check_ctx(self)
-  for _, t in ipairs(tag_list(...)) do self._tags_remove[t] = true; self._tags_add[t] = nil end
+  local d = ctx_of(self)
+  for _, t in ipairs(tag_list(...)) do d.tags_remove[t] = true; d.tags_add[t] = nil end
 end
 
 function Ctx:has_tag(t)
-  check_ctx(self)
-  if self._tags_add[t] then return true end
-  if self._tags_remove[t] then return false end
-  return self._rec.tags[t] == true
+  local d = ctx_of(self)
+  if d.tags_add[t] then return true end
+  if d.tags_remove[t] then return false end
+  return d.rec.tags[t] == true
+end
+
+local function opt_note(note, what)
+  if note == nil then return nil end
+  return check_text(note, what, 0, NOTE_MAX)
 end
 
 function Ctx:handoff(queue, note)
-  check_ctx(self)
-  if type(queue) ~= "string" or queue == "" then error("handoff needs a queue name", 2) end
-  if note ~= nil and type(note) ~= "string" then error("handoff note must be a string", 2) end
-  return C.action(self.conversation, "handoff", { queue = queue, note = note })
+  local d = ctx_of(self)
+  if type(queue) ~= "string" or #queue == 0 or #queue > QUEUE_MAX
+     or s_find(queue, "[^%w%._:@%-]") then
+    raise("handoff needs a queue name of 1 to " .. QUEUE_MAX .. " bytes of [A-Za-z0-9._:@-]")
+  end
+  note = opt_note(note, "handoff note")
+  check_limits(d)
+  return C.action(d.rec.id, "handoff", { queue = queue, note = note })
 end
 
 function Ctx:close(reason)
-  check_ctx(self)
-  if reason ~= nil and type(reason) ~= "string" then error("close reason must be a string", 2) end
-  return C.action(self.conversation, "close", { note = reason })
+  local d = ctx_of(self)
+  reason = opt_note(reason, "close reason")
+  check_limits(d)
+  return C.action(d.rec.id, "close", { note = reason })
 end
 
 function Ctx:set_locale(locale)
-  check_ctx(self)
-  if type(locale) ~= "string" or not locale:match("^%a%a%a?[%w%-_]*$") then
-    error("set_locale needs a locale like 'en' or 'zh-Hant-TW'", 2)
+  local d = ctx_of(self)
+  if type(locale) ~= "string" or #locale > 35 or not s_match(locale, "^%a%a%a?[%w%-_]*$") then
+    raise("set_locale needs a locale like 'en' or 'zh-Hant-TW'")
   end
-  self._rec.locale = locale
-  self.locale = locale
-  return C.action(self.conversation, "set_locale", { locale = locale })
+  check_limits(d)
+  d.rec.locale = locale
+  return C.action(d.rec.id, "set_locale", { locale = locale })
 end
 
 function Ctx:t(key, vars)
-  check_ctx(self)
-  return (render(self.locale, key, vars, 3))
+  local d = ctx_of(self)
+  return (render(d.rec.locale, key, vars, 3))
 end
 
 function Ctx:log(level, msg)
-  check_ctx(self)
-  C.log(level_of(level), tostring(msg), self.conversation, self.seq)
+  local d = ctx_of(self)
+  C.log(level_of(level), tostring(msg), d.rec.id, d.seq)
 end
 
 function Ctx:after(seconds, name, data)
-  check_ctx(self)
-  if type(seconds) ~= "number" or seconds < 0 or seconds > 366 * 86400 then
-    error("after needs a delay in seconds between 0 and one year", 2)
+  local d = ctx_of(self)
+  if type(seconds) ~= "number" or not (seconds >= 0 and seconds <= 366 * 86400) then
+    raise("after needs a delay in seconds between 0 and one year")
   end
-  if type(name) ~= "string" or name == "" then error("after needs a timer name", 2) end
+  if type(name) ~= "string" or name == "" then raise("after needs a timer name") end
   if the_bot and not the_bot._timers[name] then
-    error("no on_timer handler for '" .. name .. "'", 2)
+    raise("no on_timer handler for '" .. name .. "'")
   end
-  local st = self.state
+  local st = d.rec.state
+  if type(st) ~= "table" then raise("ctx.state must stay a table") end
   local tm = timers_of(st)
-  if not tm then tm = { next = 1, list = {} }; st[TIMER_KEY] = tm end
-  if #tm.list >= TIMERS_MAX then error("at most " .. TIMERS_MAX .. " timers per conversation", 2) end
-  local id = math.tointeger(tm.next) or 1
-  tm.next = id + 1
-  tm.list[#tm.list + 1] = { id = id, name = name, due = C.now() + math.floor(seconds * 1000),
-                            data = data }
+  if not tm then
+    tm = { next = d.rec.timer_next or 1, list = {} }
+    rawset(st, TIMER_KEY, tm)
+  end
+  local list = rawget(tm, "list")
+  if rawlen(list) >= TIMERS_MAX then raise("at most " .. TIMERS_MAX .. " timers per conversation") end
+  -- Ids only grow, also across an emptied timer list (rec.timer_next): a
+  -- timer that arms its successor must not hand it its own, firing id.
+  local id = m_tointeger(rawget(tm, "next")) or 1
+  if d.rec.timer_next and id < d.rec.timer_next then id = d.rec.timer_next end
+  rawset(tm, "next", id + 1)
+  d.rec.timer_next = id + 1
+  rawset(list, rawlen(list) + 1, { id = id, name = name, due = C.now() + m_floor(seconds * 1000),
+                                   data = data })
   return id
 end
 
 function Ctx:cancel(name)
-  check_ctx(self)
-  if type(name) ~= "string" then error("cancel needs a timer name", 2) end
-  local tm = timers_of(self.state)
+  local d = ctx_of(self)
+  if type(name) ~= "string" then raise("cancel needs a timer name") end
+  local st = d.rec.state
+  local tm = timers_of(st)
   if not tm then return 0 end
+  local list = rawget(tm, "list")
   local kept, n = {}, 0
-  for _, e in ipairs(tm.list) do
-    if e.name == name then n = n + 1 else kept[#kept + 1] = e end
+  for i = 1, rawlen(list) do
+    local e = rawget(list, i)
+    if type(e) == "table" and rawget(e, "name") == name then n = n + 1
+    else kept[#kept + 1] = e end
   end
-  tm.list = kept
-  if #kept == 0 then self.state[TIMER_KEY] = nil end
+  rawset(tm, "list", kept)
+  if #kept == 0 then rawset(st, TIMER_KEY, nil) end
   return n
 end
 
 function Ctx:timers()
-  check_ctx(self)
+  local d = ctx_of(self)
   local out = {}
-  local tm = timers_of(self.state)
-  for _, e in ipairs(tm and tm.list or {}) do
-    out[#out + 1] = { id = e.id, name = e.name, due = e.due }
+  local tm = timers_of(d.rec.state)
+  if tm then
+    local list = rawget(tm, "list")
+    for i = 1, rawlen(list) do
+      local e = rawget(list, i)
+      if type(e) == "table" then
+        out[#out + 1] = { id = rawget(e, "id"), name = rawget(e, "name"), due = rawget(e, "due") }
+      end
+    end
   end
   return out
 end
 
 local function new_ctx(rec, seq, kind)
-  local ctx = setmetatable({
-    conversation = rec.id, seq = seq, locale = rec.locale, customer = rec.customer,
-    state = rec.state, bot = bot_name, kind = kind,
-    idempotency_key = C.idem(rec.id, seq, kind == "timer"),
-    _rec = rec, _tags_add = {}, _tags_remove = {},
-  }, Ctx)
+  local ctx = C.proxy(CtxMT)
+  ctx_data[ctx] = { rec = rec, seq = seq, kind = kind, tags_add = {}, tags_remove = {} }
   return ctx
 end
 
@@ -728,7 +979,7 @@ local function dispatch_message(b, ctx, msg)
     if m.ci then lowered = lowered or text:lower(); subject = lowered end
     local caps = { subject:find(m.pattern) }
     if caps[1] then
-      table.remove(caps, 1); table.remove(caps, 1)
+      t_remove(caps, 1); t_remove(caps, 1)
       return true, m.fn(ctx, msg, caps)
     end
   end
@@ -740,11 +991,19 @@ end
 local function dispatch(b, ctx, ev)
   local kind = ev.kind
   if kind == "message" then
+    -- Message handlers hear the customer. What an agent writes (while
+    -- holding the conversation, before handing it back) goes to
+    -- on_agent_message only; other senders' messages are acknowledged.
+    local role = ev.sender_role
+    if role == "agent" or role == "bot" or role == "system" then
+      if role == "agent" and b._agent then return true, b._agent(ctx, ev) end
+      return false
+    end
     if ev.content == "postback" then
       for _, p in ipairs(b._postbacks) do
         local caps = { ev.payload:find(p.pattern) }
         if caps[1] then
-          table.remove(caps, 1); table.remove(caps, 1)
+          t_remove(caps, 1); t_remove(caps, 1)
           return true, p.fn(ctx, ev, caps)
         end
       end
@@ -789,24 +1048,42 @@ local function make_env()
   -- the budget still holds.
   env.xpcall = function(f, h, ...)
     if type(h) ~= "function" then error("bad argument #2 to 'xpcall' (function expected)", 2) end
-    local r = table.pack(pcall(f, ...))
-    if r[1] then return table.unpack(r, 1, r.n) end
+    local r = t_pack(pcall(f, ...))
+    if r[1] then return t_unpack(r, 1, r.n) end
     return false, h(r[2])
   end
   env._VERSION = _VERSION
   env.rawset = function(t, k, v)
+    if type(t) ~= "table" then
+      error("bad argument #1 to 'rawset' (table expected, got " .. type(t) .. ")", 2)
+    end
     if protected[t] then error("attempt to modify a read-only table", 2) end
     return rawset(t, k, v)
   end
+  -- load compiles in C, where no hook runs: the chunk's size bounds the
+  -- time it takes (LOAD_MAX bytes, as bot.lua itself).
   env.load = function(chunk, name, mode, e)
     if mode ~= nil and mode ~= "t" then error("only text chunks may be loaded", 2) end
     if e == nil then e = env end
+    if type(chunk) == "string" then
+      if #chunk > LOAD_MAX then error("chunk larger than " .. LOAD_MAX .. " bytes", 2) end
+    elseif type(chunk) == "function" then
+      local reader, total = chunk, 0
+      chunk = function()
+        local piece = reader()
+        if type(piece) == "string" then
+          total = total + #piece
+          if total > LOAD_MAX then error("chunk larger than " .. LOAD_MAX .. " bytes", 0) end
+        end
+        return piece
+      end
+    end
     return load(chunk, name, "t", e)
   end
   env.print = function(...)
     local parts = {}
     for i = 1, select("#", ...) do parts[i] = tostring((select(i, ...))) end
-    C.log(1, table.concat(parts, "\t"))
+    C.log(1, t_concat(parts, "\t"))
   end
   env.string = readonly(string, "string")
   env.table = readonly(table, "table")
@@ -815,11 +1092,30 @@ local function make_env()
   -- A handler's own coroutine stays out of reach: resumed or closed from
   -- bot code it would run outside the runtime's control.
   local co_lib = {}
-  for k, f in pairs(coroutine) do co_lib[k] = f end
+  for k, f in next, coroutine do co_lib[k] = f end
   co_lib.running = function()
-    local co, main = coroutine.running()
+    local co, main = co_running()
     if handler_threads[co] then return nil, true end
     return co, main
+  end
+  -- A coroutine the budget stopped died inside the count hook, where Lua
+  -- turns hooks off; closing it would run its __close handlers with no
+  -- budget at all. Such a coroutine (C.doomed) is never closed: its
+  -- to-be-closed variables are abandoned with it.
+  co_lib.close = function(co)
+    if type(co) == "thread" and C.doomed(co) then
+      return false, "coroutine stopped by the instruction budget"
+    end
+    return co_close(co)
+  end
+  co_lib.wrap = function(f)
+    local co = co_create(f)
+    return function(...)
+      local r = t_pack(co_resume(co, ...))
+      if r[1] then return t_unpack(r, 2, r.n) end
+      if co_status(co) == "dead" and not C.doomed(co) then co_close(co) end
+      error(r[2], 0)
+    end
   end
   env.coroutine = readonly(co_lib, "coroutine")
   env.parley = api
@@ -835,64 +1131,59 @@ end
 ------------------------------------------------------------------------------
 -- HTTP for bot code: argument checks and the allow-list; C does the rest.
 
-local allow = {}
-do
-  local a = config.http and config.http.allow
-  if type(a) == "table" then
-    for _, h in ipairs(a) do allow[#allow + 1] = tostring(h):lower() end
-  end
-end
-
-local function host_allowed(host)
-  for _, h in ipairs(allow) do
-    if h == host then return true end
-    if h:sub(1, 2) == "*." and host:sub(-(#h - 1)) == h:sub(2) then return true end
-  end
-  return false
-end
-
+-- The URL is parsed by libcurl's own parser (C.url_host), the one the
+-- request will use, and the host is checked with the HTTP client's own
+-- allow-list match against bot.yaml's entries as written: no second parser
+-- to disagree about user info, IPv6 literals or numeric hosts.
 local function http_request(req)
-  if type(req) ~= "table" then error("http.request needs a table", 2) end
-  local url = req.url
-  if type(url) ~= "string" then error("http.request needs a url", 2) end
-  local scheme, host = url:match("^(https?)://([^/:?#@]+)")
-  if not scheme then error("url must start with http:// or https://: " .. url, 2) end
-  host = host:lower()
-  if not host_allowed(host) then
-    error("host '" .. host .. "' is not in bot.yaml http.allow", 2)
+  if type(req) ~= "table" then raise("http.request needs a table") end
+  local url = rawget(req, "url")
+  if type(url) ~= "string" then raise("http.request needs a url") end
+  local host, why = C.url_host(url)
+  if not host then raise(why) end
+  local method = rawget(req, "method")
+  local body = rawget(req, "body")
+  if method == nil then method = body ~= nil and "POST" or "GET" end
+  if type(method) ~= "string" or not s_match(method, "^%u+$") or #method > 16 then
+    raise("bad http method")
   end
-  local method = req.method or (req.body and "POST" or "GET")
-  if type(method) ~= "string" or not method:match("^%u+$") then error("bad http method", 2) end
   local headers = {}
-  if req.headers ~= nil then
-    if type(req.headers) ~= "table" then error("http headers must be a table", 2) end
-    for k, v in pairs(req.headers) do
-      if type(k) ~= "string" or type(v) ~= "string" or k:find("[\r\n:]") or v:find("[\r\n]") then
-        error("http headers must be string names and values without newlines", 2)
+  local rh = rawget(req, "headers")
+  if rh ~= nil then
+    if type(rh) ~= "table" then raise("http headers must be a table") end
+    for k, v in next, rh do
+      if type(k) ~= "string" or type(v) ~= "string" or s_find(k, "[%c:]") or s_find(v, "[\r\n%z]") then
+        raise("http headers must be string names and values without newlines")
       end
       headers[#headers + 1] = k .. ": " .. v
     end
   end
-  local body = req.body
-  if body ~= nil and type(body) ~= "string" then error("http body must be a string", 2) end
-  local timeout = req.timeout
-  if timeout ~= nil and (type(timeout) ~= "number" or timeout <= 0 or timeout > 120) then
-    error("http timeout must be between 0 and 120 seconds", 2)
+  if body ~= nil and type(body) ~= "string" then raise("http body must be a string") end
+  local timeout = rawget(req, "timeout")
+  if timeout ~= nil and (type(timeout) ~= "number" or not (timeout > 0 and timeout <= 120)) then
+    raise("http timeout must be between 0 and 120 seconds")
   end
-  return C.http(method, url, headers, body, timeout and math.floor(timeout * 1000) or 0)
+  return C.http(method, url, headers, body, timeout and m_floor(timeout * 1000) or 0)
+end
+
+local function http_opts(opts, what)
+  local r = {}
+  if opts ~= nil then
+    if type(opts) ~= "table" then raise(what .. " options must be a table") end
+    r.headers, r.timeout = rawget(opts, "headers"), rawget(opts, "timeout")
+  end
+  return r
 end
 
 http_mod = readonly({
   request = http_request,
   get = function(url, opts)
-    local r = {}
-    for k, v in pairs(opts or {}) do r[k] = v end
+    local r = http_opts(opts, "http.get")
     r.method, r.url = "GET", url
     return http_request(r)
   end,
   post = function(url, body, opts)
-    local r = {}
-    for k, v in pairs(opts or {}) do r[k] = v end
+    local r = http_opts(opts, "http.post")
     r.method, r.url, r.body = "POST", url, body
     return http_request(r)
   end,
@@ -906,6 +1197,8 @@ json_mod = readonly({
   end,
   decode = function(s)
     if type(s) ~= "string" then error("json.decode needs a string", 2) end
+    -- The decoder runs in C without a hook: the text's size bounds its time.
+    if #s > JSON_DECODE_MAX then raise("json.decode: text larger than " .. JSON_DECODE_MAX .. " bytes") end
     return json_decode(s)
   end,
   null = json_null,
@@ -979,86 +1272,114 @@ function rt.forget(conv)
   convs[conv] = nil
 end
 
+-- Kills a handler's ctx for good: its record leaves ctx_data.
+local function kill_ctx(rec)
+  local ctx = rec.ctx
+  rec.ctx = nil
+  if ctx ~= nil then ctx_data[ctx] = nil end
+end
+
+-- The end of a handler, still in its coroutine and under its budget: the
+-- state is encoded and checked (a limit broken here fails the handler),
+-- and the ctx dies. rt.finish applies the result once the replies are
+-- stored.
+local function end_handler(rec)
+  local d = rec.ctx and ctx_data[rec.ctx]
+  local seen = encode_state(rec.state)
+  kill_ctx(rec)
+  rec.done = { seen = seen, tags_add = d and d.tags_add, tags_remove = d and d.tags_remove }
+end
+
 -- Runs inside the handler's coroutine. kind is "event" or "timer"; for a
 -- timer, ev is its id. Returns true when a handler ran.
 function rt.run(conv, kind, ev, seq)
-  handler_threads[coroutine.running()] = true
+  handler_threads[co_running()] = true
   local rec = conv_rec(conv)
+  kill_ctx(rec)
+  rec.done = nil
   local b = the_bot
   if kind == "timer" then
     local tm = timers_of(rec.state)
     if not tm then return false end
+    local list = rawget(tm, "list")
     local entry
-    for i, e in ipairs(tm.list) do
-      if e.id == ev then entry = table.remove(tm.list, i); break end
+    for i = 1, rawlen(list) do
+      local e = rawget(list, i)
+      if type(e) == "table" and rawget(e, "id") == ev then entry = t_remove(list, i); break end
     end
-    if #tm.list == 0 then rec.state[TIMER_KEY] = nil end
+    if rawlen(list) == 0 then rawset(rec.state, TIMER_KEY, nil) end
     if not entry then return false end
-    local ctx = new_ctx(rec, seq, "timer")
-    rec.ctx = ctx
-    local fn = b._timers[entry.name]
+    local name = rawget(entry, "name")
+    local fn = b._timers[name]
     if not fn then
-      C.log(2, "no on_timer handler for '" .. tostring(entry.name) .. "'", conv, seq)
+      C.log(2, "no on_timer handler for '" .. safe_str(name) .. "'", conv, seq)
       return false
     end
-    fn(ctx, entry.data)
+    local ctx = new_ctx(rec, seq, "timer")
+    rec.ctx = ctx
+    fn(ctx, rawget(entry, "data"))
+    end_handler(rec)
     return true
   end
-  if ev.kind == "opened" or ev.kind == "locale_changed" then
+  local ek = ev.kind
+  if ek == "opened" or ek == "locale_changed" then
     if ev.locale and ev.locale ~= "" then rec.locale = ev.locale end
     if ev.customer and ev.customer ~= "" then rec.customer = ev.customer end
-  elseif ev.kind == "tagged" and ev.tags then
+  elseif ek == "tagged" and ev.tags then
     rec.tags = {}
     for _, t in ipairs(ev.tags) do rec.tags[t] = true end
-  elseif ev.kind == "message" then
+  elseif ek == "message" then
     if not ev.locale then ev.locale = rec.locale end
     if ev.text then
       local r = rec.recent
-      r[#r + 1] = { seq = ev.seq, text = ev.text, sender = ev.sender }
-      if #r > RECENT_MAX then table.remove(r, 1) end
+      r[#r + 1] = { seq = ev.seq, text = ev.text, sender = ev.sender or "" }
+      if #r > RECENT_MAX then t_remove(r, 1) end
     end
   end
   local ctx = new_ctx(rec, seq, "event")
   rec.ctx = ctx
   local ran = dispatch(b, ctx, ev)
+  end_handler(rec)
   return ran
 end
 
--- After a handler's sends are answered: state diff into pending, timers.
+-- After a handler's sends are answered: state changes into pending, tags,
+-- timers. Raw access only: this runs outside every handler's budget.
 function rt.finish(conv)
   local rec = conv_rec(conv)
-  local ctx = rec.ctx
-  rec.ctx = nil
-  if ctx then
-    ctx._done = true
-    for t in pairs(ctx._tags_add) do rec.tags_add[t] = true; rec.tags_remove[t] = nil; rec.tags[t] = true end
-    for t in pairs(ctx._tags_remove) do rec.tags_remove[t] = true; rec.tags_add[t] = nil; rec.tags[t] = nil end
+  kill_ctx(rec)
+  local done = rec.done
+  rec.done = nil
+  if done and done.tags_add then
+    for t in next, done.tags_add do rec.tags_add[t] = true; rec.tags_remove[t] = nil; rec.tags[t] = true end
+    for t in next, done.tags_remove do rec.tags_remove[t] = true; rec.tags_add[t] = nil; rec.tags[t] = nil end
   end
-  diff_state(rec)
+  if done then apply_state(rec, done.seen) else diff_state(rec) end
   sync_timers(rec)
 end
 
 -- A handler failed: state back to before the event, the fallback reply.
 function rt.fail(conv, kind, ev, err)
   local rec = conv_rec(conv)
-  local ctx = rec.ctx
-  rec.ctx = nil
-  if ctx then ctx._done = true end
+  kill_ctx(rec)
+  rec.done = nil
   rec.state = decode_state(rec.base)
   if kind == "timer" then
     -- The failed timer is not armed again, or it would fail forever.
     local tm = timers_of(rec.state)
     if tm then
-      for i, e in ipairs(tm.list) do
-        if e.id == ev then table.remove(tm.list, i); break end
+      local list = rawget(tm, "list")
+      for i = 1, rawlen(list) do
+        local e = rawget(list, i)
+        if type(e) == "table" and rawget(e, "id") == ev then t_remove(list, i); break end
       end
-      if #tm.list == 0 then rec.state[TIMER_KEY] = nil end
+      if rawlen(list) == 0 then rawset(rec.state, TIMER_KEY, nil) end
       diff_state(rec)
     end
   end
   sync_timers(rec)
   local key = config.fallback_reply
-  if key and not (type(ev) == "table" and ev.kind ~= "message") then
+  if key and not (type(ev) == "table" and rawget(ev, "kind") ~= "message") then
     local ok, text = pcall(render, rec.locale, key, nil, 1)
     if ok then C.send(conv, { kind = "text", text = text }, nil) end
   end
@@ -1072,7 +1393,7 @@ function rt.take_commit(conv)
   local add, rm = {}, {}
   for t in pairs(rec.tags_add) do add[#add + 1] = t end
   for t in pairs(rec.tags_remove) do rm[#rm + 1] = t end
-  table.sort(add); table.sort(rm)
+  t_sort(add); t_sort(rm)
   return rec.pending, add, rm
 end
 
@@ -1134,7 +1455,7 @@ function rt.export()
     out[id] = { base = rec.base, pending = changes(rec.pending), tags = tags,
                 locale = rec.locale, customer = rec.customer, recent = rec.recent,
                 tags_add = rec.tags_add, tags_remove = rec.tags_remove,
-                inflight = inflight }
+                inflight = inflight, timer_next = rec.timer_next }
   end
   return json_encode(out)
 end
@@ -1160,6 +1481,7 @@ function rt.import(text)
     rec.locale, rec.customer = x.locale or rec.locale, x.customer
     rec.recent = x.recent or {}
     rec.tags_add, rec.tags_remove = x.tags_add or {}, x.tags_remove or {}
+    rec.timer_next = m_tointeger(x.timer_next)
   end
 end
 

@@ -14,11 +14,11 @@
 
 static plr_job *current_job(lua_State *L, plr_runtime *r, const char *conv) {
   plr_job *j = r->current;
-  if (!j) luaL_error(L, "replies and actions are only possible inside a handler");
+  if (!j) plr_vm_raise(L, "replies and actions are only possible inside a handler");
   if (strcmp(j->conv->id, conv) != 0)
-    luaL_error(L, "this ctx belongs to conversation %s, not to the running handler", conv);
+    plr_vm_raise(L, "this ctx belongs to conversation %s, not to the running handler", conv);
   if (j->ordinal >= PLR_REPLIES_MAX)
-    luaL_error(L, "a handler may send at most %d replies and actions", PLR_REPLIES_MAX);
+    plr_vm_raise(L, "a handler may send at most %d replies and actions", PLR_REPLIES_MAX);
   return j;
 }
 
@@ -31,8 +31,11 @@ static void job_msg_id(plr_runtime *r, plr_job *j, uint8_t id[PARLEY_MSG_ID_LEN]
   j->ordinal++;
 }
 
+/* Raw reads only: the tables come from runtime.lua, and nothing of a
+ * metatable may run here. */
 static const char *opt_field(lua_State *L, int t, const char *k) {
-  lua_getfield(L, t, k);
+  lua_pushstring(L, k);
+  lua_rawget(L, t);
   const char *s = lua_tostring(L, -1);
   lua_pop(L, 1); /* the table keeps the string alive */
   return s;
@@ -74,13 +77,15 @@ static int l_send(lua_State *L) {
   ct.title = opt_field(L, 2, "title");
   ct.image_url = opt_field(L, 2, "image_url");
   ct.fallback = opt_field(L, 2, "fallback");
-  parley_button buttons[16];
-  if (lua_getfield(L, 2, "buttons") == LUA_TTABLE) {
+  parley_button buttons[PLR_BUTTONS_MAX];
+  lua_pushliteral(L, "buttons");
+  if (lua_rawget(L, 2) == LUA_TTABLE) {
     int bt = lua_gettop(L);
-    size_t n = (size_t)luaL_len(L, bt);
-    if (n > 16) n = 16;
+    size_t n = (size_t)lua_rawlen(L, bt);
+    if (n > PLR_BUTTONS_MAX) return luaL_error(L, "at most %d buttons", PLR_BUTTONS_MAX);
     for (size_t i = 0; i < n; i++) {
-      lua_rawgeti(L, bt, (lua_Integer)i + 1);
+      if (lua_rawgeti(L, bt, (lua_Integer)i + 1) != LUA_TTABLE)
+        return luaL_error(L, "button %d is not a table", (int)i + 1);
       int b = lua_gettop(L);
       buttons[i].label = opt_field(L, b, "label");
       buttons[i].payload = opt_field(L, b, "payload");
@@ -93,7 +98,8 @@ static int l_send(lua_State *L) {
   parley_quote q;
   memset(&q, 0, sizeof q);
   if (lua_type(L, 3) == LUA_TTABLE) {
-    lua_getfield(L, 3, "seq");
+    lua_pushliteral(L, "seq");
+    lua_rawget(L, 3);
     q.seq = (uint64_t)lua_tointeger(L, -1);
     lua_pop(L, 1);
     q.excerpt = opt_field(L, 3, "excerpt");
@@ -208,8 +214,15 @@ static int l_http(lua_State *L) {
   plr_runtime *r = lua_touserdata(L, lua_upvalueindex(1));
   plr_job *j = r->current;
   if (!j || L != j->co)
-    return luaL_error(L, "http calls are only possible in a handler's own coroutine "
+    return plr_vm_raise(L, "http calls are only possible in a handler's own coroutine "
                          "(not while loading, not inside coroutines it created)");
+  /* The handler's own coroutine, but perhaps inside a C call (a table.sort
+   * comparator, a gsub callback, a metamethod): the yield would fail after
+   * the request left and its response would later resume a finished job.
+   * Refuse before anything is sent. */
+  if (!lua_isyieldable(L))
+    return plr_vm_raise(L, "http calls are not possible inside a C call (table.sort comparators, "
+                         "string.gsub callbacks, metamethods)");
   plr_vm *vm = r->vm;
   plr_http_req req;
   memset(&req, 0, sizeof req);
@@ -217,8 +230,8 @@ static int l_http(lua_State *L) {
   req.url = luaL_checkstring(L, 2);
   luaL_checktype(L, 3, LUA_TTABLE);
   const char *hdrs[PLR_HTTP_HEADERS_MAX];
-  size_t nh = (size_t)luaL_len(L, 3);
-  if (nh > PLR_HTTP_HEADERS_MAX) return luaL_error(L, "at most %d request headers", PLR_HTTP_HEADERS_MAX);
+  size_t nh = (size_t)lua_rawlen(L, 3);
+  if (nh > PLR_HTTP_HEADERS_MAX) return plr_vm_raise(L, "at most %d request headers", PLR_HTTP_HEADERS_MAX);
   for (size_t i = 0; i < nh; i++) {
     lua_rawgeti(L, 3, (lua_Integer)i + 1);
     hdrs[i] = lua_tostring(L, -1);

@@ -40,7 +40,7 @@ static int build_commit(lua_State *L, plr_conv *c, parley_commit *pc,
     ns++;
     lua_pop(L, 1);
   }
-  size_t na = (size_t)luaL_len(L, add), nr = (size_t)luaL_len(L, rm);
+  size_t na = (size_t)lua_rawlen(L, add), nr = (size_t)lua_rawlen(L, rm);
   *ents = calloc(ns ? ns : 1, sizeof **ents);
   *tags = calloc(na + nr + 1, sizeof **tags);
   if (!*ents || !*tags) return PARLEY_ENOMEM;

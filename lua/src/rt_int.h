@@ -10,6 +10,10 @@
 #define PLR_BUCKETS 4096
 #define PLR_COMMIT_BATCH 256
 #define PLR_REPLIES_MAX 100
+/* Buttons or quick replies of one reply (runtime.lua's BUTTONS_MAX). */
+#define PLR_BUTTONS_MAX 12
+/* Bytes of a reply's text (runtime.lua's TEXT_MAX). */
+#define PLR_TEXT_MAX (16 * 1024)
 #define PLR_TIMERS_MAX 32
 #define PLR_TIMER_ORDINAL 0x40000000u
 #define PLR_IDEM_ORDINAL 0xFFFFFFFFu

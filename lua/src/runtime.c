@@ -244,6 +244,11 @@ static void job_start(plr_runtime *r, plr_job *j) {
   }
   j->budget = (int64_t)plr_vm_limits(vm)->instructions;
   j->exhausted = false;
+  /* The timer is running: its slot may be armed again (a handler that
+   * re-arms its own timer keeps the slot only if the id comes back). */
+  if (j->kind == JOB_TIMER)
+    for (size_t i = 0; i < j->conv->ntimers; i++)
+      if (j->conv->timers[i].id == j->timer_id) j->conv->timers[i].queued = false;
   plr_vm_rt_get(vm, "run");
   lua_pushstring(L, j->conv->id);
   lua_pushstring(L, j->kind == JOB_TIMER ? "timer" : "event");
@@ -758,7 +763,10 @@ int plr_runtime_send_proactive(plr_runtime *r, const char *conversation,
                                const parley_content *content, const uint8_t msg_id[16],
                                void (*done)(void *ud, int status, uint64_t seq, bool duplicate),
                                void *ud) {
-  if (!r || !conversation || !content || !msg_id || content->n_buttons > 16)
+  /* The same limits as a Lua reply's (runtime.lua, docs/lua-api.md). */
+  if (!r || !conversation || !content || !msg_id || content->n_buttons > PLR_BUTTONS_MAX ||
+      (content->text && strlen(content->text) > PLR_TEXT_MAX) ||
+      (content->fallback && strlen(content->fallback) > PLR_TEXT_MAX))
     return PARLEY_EINVAL;
   if (r->stopping || r->freeing) return PARLEY_ESHUTDOWN;
   plr_conv *c = plr_conv_find(r, conversation);

@@ -83,7 +83,13 @@ static void ctimer_arm(plr_runtime *r, plr_conv *c, plr_ctimer *ct) {
   r->handles_open++;
   int64_t delay = ct->due - plr_rt_now(r);
   if (c->assigning && delay < PLR_ASSIGN_GRACE_MS) delay = PLR_ASSIGN_GRACE_MS;
-  uv_timer_start(&t->h, uvt_fire, delay > 0 ? (uint64_t)delay : 0, 0);
+  /* At least one millisecond: libuv runs, in the same pass, a timer that
+   * is due now, also one armed by a timer callback of that pass. Two timers
+   * that re-arm themselves with ctx:after(0) would then run forever inside
+   * one pass, with no I/O and no signal handled (SIGTERM ignored). Due one
+   * millisecond on, each fires at most once per pass, with the loop's poll
+   * for I/O in between. */
+  uv_timer_start(&t->h, uvt_fire, delay > 1 ? (uint64_t)delay : 1, 0);
   ct->uvt = t;
 }
 
@@ -95,7 +101,7 @@ int plr_l_sync_timers(lua_State *L) {
   luaL_checktype(L, 2, LUA_TTABLE);
   plr_conv *c = plr_conv_find(r, id);
   if (!c) return 0;
-  size_t n = (size_t)luaL_len(L, 2);
+  size_t n = (size_t)lua_rawlen(L, 2);
   if (n > PLR_TIMERS_MAX) n = PLR_TIMERS_MAX;
   if (n && !c->timers && !(c->timers = calloc(PLR_TIMERS_MAX, sizeof *c->timers)))
     return luaL_error(L, "out of memory for timers");

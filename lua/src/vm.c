@@ -6,6 +6,9 @@
 #include "strmatch.h"
 
 #include "config/config.h"
+#include "http/http.h"
+
+#include <curl/curl.h>
 
 #include <lauxlib.h>
 #include <lua-cjson.h>
@@ -56,6 +59,25 @@ int64_t plr_vm_now_ns(void) {
   return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
+/* Threads the budget stopped, in a weak-keyed registry table: the error
+ * was raised inside this hook, and Lua leaves hooks off in a thread that
+ * dies that way. Closing such a thread would run its __close handlers
+ * without any budget, so the sandbox's coroutine.close and coroutine.wrap
+ * never close them (C.doomed). */
+static const char doomed_key = 'd';
+
+static void vm_mark_doomed(lua_State *L, plr_vm *vm) {
+  bool was = vm->unlimited;
+  vm->unlimited = true; /* a slot in a table: the cap must not fail it */
+  if (lua_checkstack(L, 3) && lua_rawgetp(L, LUA_REGISTRYINDEX, &doomed_key) == LUA_TTABLE) {
+    lua_pushthread(L);
+    lua_pushboolean(L, 1);
+    lua_rawset(L, -3);
+  }
+  lua_pop(L, 1);
+  vm->unlimited = was;
+}
+
 static void vm_hook(lua_State *L, lua_Debug *ar) {
   (void)ar;
   plr_vm *vm = plr_vm_of(L);
@@ -70,11 +92,33 @@ static void vm_hook(lua_State *L, lua_Debug *ar) {
      * handler's own coroutine must fail at its next instruction too. */
     if (vm->budget_co && vm->budget_co != L)
       lua_sethook(vm->budget_co, vm_hook, LUA_MASKCOUNT, 1);
+    vm_mark_doomed(L, vm);
     luaL_error(L, "handler exceeded its instruction budget");
     return;
   }
   if (lua_gethookcount(L) != PLR_HOOK_STEP)
     lua_sethook(L, vm_hook, LUA_MASKCOUNT, PLR_HOOK_STEP);
+}
+
+void plr_vm_tick(lua_State *L, int64_t instructions) {
+  plr_vm *vm = plr_vm_of(L);
+  if (!vm->budget_co) return; /* the state is being set up */
+  vm->budget -= instructions;
+  /* The work is summed across calls: a thousand calls of a few hundred
+   * KiB each between two runs of the hook must not go unchecked either.
+   * The clock is read once per PLR_TICK_CHECK instructions of work (or at
+   * once when asked with 0). */
+  vm->since_check += instructions;
+  if (instructions == 0 || vm->since_check >= PLR_TICK_CHECK) {
+    vm->since_check = 0;
+    if (vm->deadline_ns && plr_vm_now_ns() > vm->deadline_ns) vm->budget = -1;
+  }
+  if (vm->exhausted || vm->budget < 0) {
+    vm->exhausted = true;
+    lua_sethook(L, vm_hook, LUA_MASKCOUNT, 1);
+    if (vm->budget_co != L) lua_sethook(vm->budget_co, vm_hook, LUA_MASKCOUNT, 1);
+    luaL_error(L, "handler exceeded its instruction budget");
+  }
 }
 
 void plr_vm_budget(plr_vm *vm, lua_State *L, int64_t budget, bool exhausted) {
@@ -104,11 +148,12 @@ static int vm_panic(lua_State *L) {
 
 /* The traceback message handler of every protected call into Lua. */
 int plr_msgh(lua_State *L) {
-  const char *msg = lua_tostring(L, 1);
-  if (!msg) {
-    if (luaL_callmeta(L, 1, "__tostring") && lua_type(L, -1) == LUA_TSTRING) return 1;
-    msg = lua_pushfstring(L, "(error object is a %s value)", luaL_typename(L, 1));
-  }
+  /* No __tostring: an error object is the bot's value, and no bot code may
+   * run inside the runtime's own calls. */
+  const char *msg = lua_type(L, 1) == LUA_TSTRING || lua_type(L, 1) == LUA_TNUMBER
+                        ? lua_tostring(L, 1)
+                        : NULL;
+  if (!msg) msg = lua_pushfstring(L, "(error object is a %s value)", luaL_typename(L, 1));
   luaL_traceback(L, L, msg, 1);
   return 1;
 }
@@ -148,6 +193,164 @@ static int l_log(lua_State *L) {
 static int l_now(lua_State *L) {
   plr_vm *vm = plr_vm_of(L);
   lua_pushinteger(L, plr_rt_now(vm->rt));
+  return 1;
+}
+
+/* C.where(): "chunk:line: " of the innermost function that is not the
+ * runtime's own chunk (bot code), or "" when there is none: runtime.lua
+ * raises its argument and limit errors there, so they name the bot's line
+ * however deep inside the runtime they are found. */
+static void push_where(lua_State *L) {
+  lua_Debug ar;
+  for (int level = 1; lua_getstack(L, level, &ar); level++) {
+    if (!lua_getinfo(L, "Sl", &ar)) break;
+    if (ar.currentline <= 0 || strcmp(ar.source, "=runtime") == 0) continue;
+    lua_pushfstring(L, "%s:%d: ", ar.short_src, ar.currentline);
+    return;
+  }
+  lua_pushliteral(L, "");
+}
+
+static int l_where(lua_State *L) {
+  push_where(L);
+  return 1;
+}
+
+int plr_vm_raise(lua_State *L, const char *fmt, ...) {
+  push_where(L);
+  va_list ap;
+  va_start(ap, fmt);
+  lua_pushvfstring(L, fmt, ap);
+  va_end(ap);
+  lua_concat(L, 2);
+  return lua_error(L);
+}
+
+/* C.proxy(mt): a userdata without memory or user values, with metatable
+ * mt: a handle that has no field a bot can read or write (ctx). */
+static int l_proxy(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TTABLE);
+  lua_newuserdatauv(L, 0, 0);
+  lua_pushvalue(L, 1);
+  lua_setmetatable(L, -2);
+  return 1;
+}
+
+/* C.doomed(co): whether the budget stopped that coroutine. */
+static int l_doomed(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TTHREAD);
+  bool doomed = false;
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &doomed_key) == LUA_TTABLE) {
+    lua_pushvalue(L, 1);
+    doomed = lua_rawget(L, -2) != LUA_TNIL;
+    lua_pop(L, 1);
+  }
+  lua_pop(L, 1);
+  lua_pushboolean(L, doomed);
+  return 1;
+}
+
+/* C.url_host(url): the host of an http(s) URL that bot.yaml's http.allow
+ * lets the bot call, or nil and the reason. The URL is parsed by libcurl,
+ * which performs the request, and the host matched by the HTTP client's
+ * own ph_host_allowed against the entries as written in bot.yaml (the
+ * client checks the same again when it connects). User info
+ * (user:password@) is refused: a host before an '@' is a classic way to
+ * make a URL look like it goes somewhere else. */
+static int l_url_host(lua_State *L) {
+  plr_vm *vm = plr_vm_of(L);
+  size_t len = 0;
+  const char *url = luaL_checklstring(L, 1, &len);
+  char why[384];
+  why[0] = '\0';
+  if (len > 8192 || strlen(url) != len) {
+    snprintf(why, sizeof why, "url is longer than 8192 bytes or contains a NUL byte");
+  }
+  CURLU *u = why[0] ? NULL : curl_url();
+  char *scheme = NULL, *host = NULL, *user = NULL, *pass = NULL;
+  if (!why[0] && !u) snprintf(why, sizeof why, "out of memory");
+  if (u && curl_url_set(u, CURLUPART_URL, url, 0) != CURLUE_OK)
+    snprintf(why, sizeof why, "url must be an absolute http:// or https:// URL: %.200s", url);
+  else if (u && (curl_url_get(u, CURLUPART_SCHEME, &scheme, 0) != CURLUE_OK ||
+                 (strcmp(scheme, "http") != 0 && strcmp(scheme, "https") != 0)))
+    snprintf(why, sizeof why, "url must start with http:// or https://: %.200s", url);
+  else if (u && (curl_url_get(u, CURLUPART_USER, &user, 0) == CURLUE_OK ||
+                 curl_url_get(u, CURLUPART_PASSWORD, &pass, 0) == CURLUE_OK))
+    snprintf(why, sizeof why, "url must not carry user info (user@host): %.200s", url);
+  else if (u && curl_url_get(u, CURLUPART_HOST, &host, 0) != CURLUE_OK)
+    snprintf(why, sizeof why, "url without a host: %.200s", url);
+  else if (u) {
+    /* libcurl gives IPv6 literals in brackets; the allow-list is written
+     * without them ("::1"). */
+    char bare[256];
+    size_t hl = strlen(host);
+    if (hl >= 2 && host[0] == '[' && host[hl - 1] == ']' && hl - 2 < sizeof bare) {
+      memcpy(bare, host + 1, hl - 2);
+      bare[hl - 2] = '\0';
+    } else {
+      snprintf(bare, sizeof bare, "%s", host);
+    }
+    char *pct = strchr(bare, '%'); /* a zone id is not part of the address */
+    if (pct) *pct = '\0';
+    if (!ph_host_allowed(bare, (const char *const *)vm->allow, vm->n_allow))
+      snprintf(why, sizeof why, "host '%.200s' is not in bot.yaml http.allow", bare);
+    else
+      lua_pushstring(L, bare);
+  }
+  curl_free(scheme);
+  curl_free(host);
+  curl_free(user);
+  curl_free(pass);
+  if (u) curl_url_cleanup(u);
+  if (why[0]) {
+    lua_pushnil(L);
+    lua_pushstring(L, why);
+    return 2;
+  }
+  return 1;
+}
+
+/* C.json_str(s): s as a JSON string literal, escaped the way the state's
+ * canonical encoding always has ('"', '\\', \b \f \n \r \t, other control
+ * bytes and DEL as \u00XX; everything else, UTF-8 included, as is). The
+ * runtime encodes the whole state before every reply to check its limits:
+ * a byte loop here costs a nanosecond a byte where a gsub charged the
+ * handler two matcher steps. Charged to the budget like the other bounded
+ * functions. */
+static int l_json_str(lua_State *L) {
+  size_t n;
+  const char *s = luaL_checklstring(L, 1, &n);
+  luaL_Buffer b;
+  luaL_buffinit(L, &b);
+  luaL_addchar(&b, '"');
+  size_t since = 0;
+  for (size_t i = 0; i < n; i++) {
+    unsigned char c = (unsigned char)s[i];
+    switch (c) {
+    case '"': luaL_addstring(&b, "\\\""); break;
+    case '\\': luaL_addstring(&b, "\\\\"); break;
+    case '\b': luaL_addstring(&b, "\\b"); break;
+    case '\f': luaL_addstring(&b, "\\f"); break;
+    case '\n': luaL_addstring(&b, "\\n"); break;
+    case '\r': luaL_addstring(&b, "\\r"); break;
+    case '\t': luaL_addstring(&b, "\\t"); break;
+    default:
+      if (c < 0x20 || c == 0x7f) {
+        char u[8];
+        snprintf(u, sizeof u, "\\u%04x", c);
+        luaL_addstring(&b, u);
+      } else {
+        luaL_addchar(&b, (char)c);
+      }
+    }
+    if (++since == 256 * 1024) {
+      plr_vm_tick(L, (int64_t)since / 64);
+      since = 0;
+    }
+  }
+  luaL_addchar(&b, '"');
+  luaL_pushresult(&b);
+  plr_vm_tick(L, (int64_t)since / 64);
   return 1;
 }
 
@@ -319,7 +522,10 @@ static int64_t vm_strmatch_allowance(lua_State *L) {
 static bool vm_strmatch_charge(lua_State *L, int64_t steps) {
   plr_vm *vm = plr_vm_of(L);
   vm->budget -= (steps + VM_STRMATCH_STEPS_PER_INSTRUCTION - 1) / VM_STRMATCH_STEPS_PER_INSTRUCTION;
-  return !(vm->deadline_ns && plr_vm_now_ns() > vm->deadline_ns);
+  /* A passed deadline is the handler's budget error, not the pattern's
+   * fault: plr_vm_tick raises it (and marks the budget spent). */
+  if (vm->deadline_ns && plr_vm_now_ns() > vm->deadline_ns) plr_vm_tick(L, 0);
+  return true;
 }
 
 static const plr_strmatch_meter vm_strmatch_meter = {
@@ -343,6 +549,13 @@ static void vm_open_libs(lua_State *L) {
   lua_getglobal(L, LUA_STRLIBNAME);
   plr_strmatch_install(L, -1, &vm_strmatch_meter);
   lua_pop(L, 1);
+  plr_vm_bound_install(L);
+  lua_newtable(L);
+  lua_createtable(L, 0, 1);
+  lua_pushliteral(L, "k");
+  lua_setfield(L, -2, "__mode");
+  lua_setmetatable(L, -2);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &doomed_key);
   /* Not in the allow-list even for the runtime's own chunk: nothing of the
    * runtime needs them, and bot code must never reach them. */
   static const char *const drop[] = {"dofile", "loadfile", "collectgarbage",
@@ -382,6 +595,11 @@ static int vm_boot(plr_vm *vm, char *err, size_t errlen) {
                                    {"now", l_now},
                                    {"plural", plr_l_plural},
                                    {"locale_chain", plr_l_locale_chain},
+                                   {"where", l_where},
+                                   {"proxy", l_proxy},
+                                   {"doomed", l_doomed},
+                                   {"url_host", l_url_host},
+                                   {"json_str", l_json_str},
                                    {NULL, NULL}};
   luaL_setfuncs(L, prims, 0);
   l_version(L);

@@ -12,6 +12,9 @@
 /* Budget of the runtime's own calls into Lua (diffs, assignments): they do
  * bounded work, but a bound keeps a bug there from hanging the loop. */
 #define PLR_INTERNAL_BUDGET 50000000
+/* Instructions of work C functions charge (plr_vm_tick) between two reads
+ * of the clock: about 64 KiB of bytes handled, well under a millisecond. */
+#define PLR_TICK_CHECK 1024
 
 struct pc_doc;
 
@@ -24,6 +27,7 @@ struct plr_vm {
   lua_State *budget_co; /* the thread the budget was given to */
   bool unlimited;       /* the C side is pushing: the cap is for bot code */
   int64_t deadline_ns;  /* monotonic time the running handler must end by; 0 none */
+  int64_t since_check;  /* work charged by C functions since the clock was read */
   int rt_ref;           /* registry ref of runtime.lua's table */
   char *name, *default_locale, *dir;
   plr_limits lim;
@@ -48,6 +52,17 @@ void plr_vm_budget(plr_vm *vm, lua_State *L, int64_t budget, bool exhausted);
  * returns PARLEY_ELUA or PARLEY_ENOMEM. */
 int plr_vm_pcall(plr_vm *vm, int nargs, int nres, char *err, size_t errlen);
 int plr_msgh(lua_State *L);
+/* Charges instructions of work done inside a C function to the running
+ * code and checks its deadline; raises the budget error when either is
+ * spent. The bounded library functions (bounds.c) call it as they loop. */
+void plr_vm_tick(lua_State *L, int64_t instructions);
+/* Raises fmt (lua_pushfstring's) with the position of the innermost bot
+ * frame, not of the runtime's own chunk: a C primitive's refusal names the
+ * bot's line. */
+int plr_vm_raise(lua_State *L, const char *fmt, ...);
+/* Replaces table.move/insert/remove/concat/sort and string.rep/upper/
+ * lower/reverse in the state's library tables with bounded versions. */
+void plr_vm_bound_install(lua_State *L);
 /* Pushes runtime.lua's function fn; returns its Lua type. */
 int plr_vm_rt_get(plr_vm *vm, const char *fn);
 

@@ -184,7 +184,7 @@ static void test_bindings_misuse(void **state) {
   REFUSED(p, "local ctx = ... return ctx:t('nope')", "unknown template key 'nope'");
   REFUSED(p, "local ctx = ... ctx:after(-1, 'x')", "between 0 and one year");
   REFUSED(p, "local ctx = ... ctx:after(5, 'x')", "no on_timer handler for 'x'");
-  REFUSED(p, "local ctx = ... ctx:tag('')", "a tag must be a string of 1 to 64 bytes");
+  REFUSED(p, "local ctx = ... ctx:tag('')", "a tag is a string of 1 to 64 bytes");
   REFUSED(p, "local ctx = ... ctx:handoff()", "handoff needs a queue name");
   REFUSED(p, "local ctx = ... ctx.log(1, 2)", "ctx methods are called with ':'");
   REFUSED(p, "local ctx = ... ctx:log('loud', 'x')", "log level must be debug, info, warn or error");
