@@ -329,6 +329,16 @@ local function has_template(key)
   return false
 end
 
+-- Dialogs (lua/lib/dialog.lua) are built on the public ctx methods; their
+-- chunk is named "=runtime/dialog" so that errors point at the bot's line.
+local dialog_mod = load(C.lib("dialog"), "=runtime/dialog", "t")({
+  raise = function(msg) error(C.where() .. msg, 0) end,
+  has_template = has_template,
+  metric = function(name, step, outcome)
+    if C.dialog_metric then C.dialog_metric(name, step, outcome) end
+  end,
+})
+
 ------------------------------------------------------------------------------
 -- Rich content: normalisation and the plain-text fallback.
 
@@ -671,10 +681,27 @@ function Bot:on_timer(name, fn)
   return self
 end
 
+-- bot:dialog(name, spec): a multi-turn form (lua/lib/dialog.lua). While a
+-- conversation is in a dialog, the customer's messages and taps go to the
+-- dialog before any other handler.
+function Bot:dialog(name, spec)
+  check_self(self)
+  if self._dialogs[name] ~= nil then raise("dialog '" .. safe_str(name) .. "' is defined twice") end
+  local d = dialog_mod.new(name, spec, self)
+  self._dialogs[name] = d
+  self._dialog_order[#self._dialog_order + 1] = d
+  if d.nudges and not self._timers[dialog_mod.TIMER] then
+    local dialogs = self._dialogs
+    self._timers[dialog_mod.TIMER] = function(ctx, data) dialog_mod.nudge(ctx, dialogs, data) end
+  end
+  return d
+end
+
 local function new_bot()
   if the_bot then error("parley.bot() may be called only once", 2) end
   the_bot = setmetatable({ _commands = {}, _matches = {}, _postbacks = {}, _events = {},
-                           _timers = {} }, Bot)
+                           _timers = {}, _dialogs = {},
+                           _dialog_order = {} }, Bot)
   return the_bot
 end
 
@@ -998,6 +1025,22 @@ local function dispatch(b, ctx, ev)
     if role == "agent" or role == "bot" or role == "system" then
       if role == "agent" and b._agent then return true, b._agent(ctx, ev) end
       return false
+    end
+    if next(b._dialogs) ~= nil then
+      local dlg, prog = dialog_mod.current(ctx, b._dialogs)
+      -- A registered command is an explicit request and still reaches its
+      -- handler mid-dialog (help, a new dialog); everything else answers
+      -- the dialog's step.
+      local cmd = ev.content ~= "postback" and s_match(ev.text or "", "^%s*(/[%w_%-]+)")
+      if dlg and not (cmd and b._commands[s_lower(cmd)]) then
+        local text = ev.text
+        if ev.content == "postback" then text = ev.label or ev.payload end
+        return true, dialog_mod.route(ctx, dlg, prog, text)
+      end
+      if not dlg and not cmd and ev.content ~= "postback" then
+        local starting = dialog_mod.starting(b._dialog_order, ev.text)
+        if starting then return true, starting:start(ctx) end
+      end
     end
     if ev.content == "postback" then
       for _, p in ipairs(b._postbacks) do

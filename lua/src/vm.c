@@ -204,7 +204,8 @@ static void push_where(lua_State *L) {
   lua_Debug ar;
   for (int level = 1; lua_getstack(L, level, &ar); level++) {
     if (!lua_getinfo(L, "Sl", &ar)) break;
-    if (ar.currentline <= 0 || strcmp(ar.source, "=runtime") == 0) continue;
+    /* "=runtime" and its modules ("=runtime/dialog") are the runtime's. */
+    if (ar.currentline <= 0 || strncmp(ar.source, "=runtime", 8) == 0) continue;
     lua_pushfstring(L, "%s:%d: ", ar.short_src, ar.currentline);
     return;
   }
@@ -572,6 +573,15 @@ static const plr_embedded *find_embedded(const char *name) {
   return NULL;
 }
 
+/* C.lib(name): the source of the embedded lua/lib/NAME.lua, for the
+ * runtime's own modules. */
+static int l_lib(lua_State *L) {
+  const plr_embedded *lib = find_embedded(luaL_checkstring(L, 1));
+  if (!lib) return luaL_error(L, "no embedded module '%s'", lua_tostring(L, 1));
+  lua_pushlstring(L, (const char *)lib->data, lib->len);
+  return 1;
+}
+
 /* Runs the embedded runtime.lua with (C, templates, config, cjson) and
  * keeps the table it returns. Stack: templates on top on entry; popped. */
 static int vm_boot(plr_vm *vm, char *err, size_t errlen) {
@@ -600,6 +610,7 @@ static int vm_boot(plr_vm *vm, char *err, size_t errlen) {
                                    {"doomed", l_doomed},
                                    {"url_host", l_url_host},
                                    {"json_str", l_json_str},
+                                   {"lib", l_lib},
                                    {NULL, NULL}};
   luaL_setfuncs(L, prims, 0);
   l_version(L);
