@@ -17,3 +17,10 @@ bot:dialog("booking", {
 
 bot:on_open(function(ctx) ctx:reply(ctx:t("welcome")) end)
 bot:on_message(function(ctx) ctx:reply(ctx:t("idle")) end)
+
+-- Middleware: an overlong message is turned away before it reaches the
+-- booking, so a pasted text costs the customer no try.
+bot:use(function(ctx, ev, next)
+  if ev.kind == "message" and #(ev.text or "") > 200 then return ctx:reply(ctx:t("too_long")) end
+  return next()
+end)

@@ -681,6 +681,18 @@ function Bot:on_timer(name, fn)
   return self
 end
 
+-- Middleware (lua/lib/middleware.lua): bot:use(fn) runs fn(ctx, ev, next)
+-- before every handler.
+local middleware_mod = load(C.lib("middleware"), "=runtime/middleware", "t")({
+  raise = function(msg) error(C.where() .. msg, 0) end,
+})
+
+function Bot:use(fn)
+  check_self(self)
+  self._use[#self._use + 1] = middleware_mod.check(fn)
+  return self
+end
+
 -- bot:dialog(name, spec): a multi-turn form (lua/lib/dialog.lua). While a
 -- conversation is in a dialog, the customer's messages and taps go to the
 -- dialog before any other handler.
@@ -701,7 +713,7 @@ local function new_bot()
   if the_bot then error("parley.bot() may be called only once", 2) end
   the_bot = setmetatable({ _commands = {}, _matches = {}, _postbacks = {}, _events = {},
                            _timers = {}, _dialogs = {},
-                           _dialog_order = {} }, Bot)
+                           _dialog_order = {}, _use = {} }, Bot)
   return the_bot
 end
 
@@ -1360,9 +1372,12 @@ function rt.run(conv, kind, ev, seq)
     end
     local ctx = new_ctx(rec, seq, "timer")
     rec.ctx = ctx
-    fn(ctx, rawget(entry, "data"))
+    local data = rawget(entry, "data")
+    -- Middleware sees a timer as an event of kind "timer".
+    local ran = middleware_mod.run(b._use, ctx, { kind = "timer", timer = name, data = data },
+                                   function() fn(ctx, data) return true end)
     end_handler(rec)
-    return true
+    return ran
   end
   local ek = ev.kind
   if ek == "opened" or ek == "locale_changed" then
@@ -1381,7 +1396,7 @@ function rt.run(conv, kind, ev, seq)
   end
   local ctx = new_ctx(rec, seq, "event")
   rec.ctx = ctx
-  local ran = dispatch(b, ctx, ev)
+  local ran = middleware_mod.run(b._use, ctx, ev, function() return (dispatch(b, ctx, ev)) end)
   end_handler(rec)
   return ran
 end

@@ -1,7 +1,8 @@
 /* The authoring conveniences of the runtime, in process (the runtime on the
  * recording driver, through the spec runner): dialogs (bots/appointments
- * and the edge cases of tests/lua/framework/dialog) and the errors a bad
- * declaration gets at load time, with the bot's file and line. */
+ * and the edge cases of tests/lua/framework/dialog), middleware
+ * (tests/lua/framework/middleware), and the errors a bad declaration gets
+ * at load time, with the bot's file and line. */
 #include "fake_driver.h"
 #include "spec.h"
 
@@ -93,11 +94,19 @@ static void test_dialog_declaration_errors(void **state) {
                     "bot.lua:2: dialog 'd' step 1 nudge.after must be a delay");
 }
 
+static void test_middleware(void **state) {
+  (void)state;
+  run_source_bot("tests/lua/framework/middleware", 6);
+  expect_load_error("local bot = parley.bot()\nbot:use('log')\n",
+                    "bot.lua:2: bot:use needs a function(ctx, ev, next)");
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_appointments_dialog),
       cmocka_unit_test(test_dialog_edges),
       cmocka_unit_test(test_dialog_declaration_errors),
+      cmocka_unit_test(test_middleware),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
