@@ -10,6 +10,10 @@
 --   cjson      the lua-cjson module
 local C, templates, config, cjson = ...
 
+-- Typed settings (lua/lib/settings.lua): defaults and declared types,
+-- before anything reads the config.
+load(C.lib("settings"), "=runtime/settings", "t")(config)
+
 local string, table, math, utf8, coroutine = string, table, math, utf8, coroutine
 local type, pairs, ipairs, next, tostring, tonumber = type, pairs, ipairs, next, tostring, tonumber
 local error, select, setmetatable, getmetatable = error, select, setmetatable, getmetatable

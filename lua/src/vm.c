@@ -2,6 +2,7 @@
  * allow-listed libraries, bot.yaml, the templates and bot.lua.
  */
 #include "vm.h"
+#include "settings.h"
 
 #include "strmatch.h"
 
@@ -394,7 +395,7 @@ static int cfg_err(const pc_error *pe, char *err, size_t errlen) {
 
 static const char *const BOT_KEYS[] = {"name",   "default_locale", "fallback_reply",
                                        "limits", "http",           "description",
-                                       "settings", NULL};
+                                       "settings", "settings_schema", NULL};
 static const char *const LIMIT_KEYS[] = {
     "memory", "instructions", "load_instructions", "cpu_time", "http_timeout",
     "http_max_body", "queue_max", "conversations_max", NULL};
@@ -416,6 +417,8 @@ static int vm_config(plr_vm *vm, char *err, size_t errlen) {
     return PARLEY_ECONFIG;
   }
   if (pc_check_keys(root, BOT_KEYS, &pe)) return cfg_err(&pe, err, errlen);
+  int src = plr_settings_check(root, err, errlen);
+  if (src) return src;
   const char *s = NULL;
   if (pc_get_str(root, "name", NULL, &s, &pe)) return cfg_err(&pe, err, errlen);
   if (!s || !*s) {

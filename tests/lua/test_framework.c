@@ -101,12 +101,107 @@ static void test_middleware(void **state) {
                     "bot.lua:2: bot:use needs a function(ctx, ev, next)");
 }
 
+/* Loads a bot with this bot.yaml; returns the runner's status and report. */
+static int run_yaml(const char *yaml, char **out) {
+  const char *const files[] = {
+      "bot.yaml", yaml,
+      "templates/en.yaml", "x: \"x\"\n",
+      "bot.lua",
+      "local bot = parley.bot()\n"
+      "bot:on_message(function(ctx)\n"
+      "  local s = parley.config.settings\n"
+      "  local out = {}\n"
+      "  for _, k in ipairs({'url', 'port', 'ratio', 'debug', 'mode', 'tags'}) do\n"
+      "    local v = s[k]\n"
+      "    out[#out + 1] = k .. '=' .. (type(v) == 'table' and #v or tostring(v)) .. ':' ..\n"
+      "      (math.type(v) or type(v))\n"
+      "  end\n"
+      "  ctx:reply(table.concat(out, ' '))\n"
+      "end)\n",
+      "spec/a.yaml",
+      "- name: typed\n  steps:\n    - send: hi\n      expect:\n        - reply: "
+      "\"url=http://a:string port=8080:integer ratio=0.5:float debug=true:boolean "
+      "mode=fast:string tags=2:table\"\n",
+      NULL};
+  return run_files(files, out);
+}
+
+#define SCHEMA                                                                            \
+  "name: typed\n"                                                                        \
+  "settings_schema:\n"                                                                   \
+  "  url: {type: string, required: true, pattern: \"^https?://\"}\n"                     \
+  "  port: {type: integer, default: 8080, min: 1, max: 65535}\n"                         \
+  "  ratio: {type: number, default: 0.5}\n"                                              \
+  "  debug: {type: boolean, default: false}\n"                                           \
+  "  mode: {type: string, enum: [fast, careful], default: careful}\n"                    \
+  "  tags: {type: list, default: []}\n"                                                  \
+  "settings:\n"
+
+static void expect_settings_error(const char *yaml, const char *want) {
+  char *out = NULL;
+  int rc = run_yaml(yaml, &out);
+  if (!strstr(out, want)) print_message("report: %s\nwanted: %s\n", out, want);
+  assert_int_equal(rc, PARLEY_ECONFIG);
+  assert_non_null(strstr(out, want));
+  free(out);
+}
+
+/* Defaults and declared types reach Lua; the environment's text values
+ * are converted like bot.yaml's. */
+static void test_settings_typed(void **state) {
+  (void)state;
+  char *out = NULL;
+  setenv("PARLEY_BOT_SETTINGS__DEBUG", "true", 1);
+  int rc = run_yaml(SCHEMA "  url: http://a\n  mode: fast\n  tags: [a, b]\n", &out);
+  unsetenv("PARLEY_BOT_SETTINGS__DEBUG");
+  if (rc) print_message("%s\n", out);
+  assert_int_equal(rc, 0);
+  free(out);
+}
+
+/* Every error names the file and the line of the value at fault. */
+static void test_settings_errors(void **state) {
+  (void)state;
+  expect_settings_error(SCHEMA "  mode: fast\n",
+                        "bot.yaml:3: settings.url: required by settings_schema but not set (in "
+                        "bot.yaml or PARLEY_BOT_SETTINGS__URL)");
+  expect_settings_error(SCHEMA "  url: ftp://a\n",
+                        "bot.yaml:10: settings.url: 'ftp://a' does not match the pattern "
+                        "'^https?://' (settings_schema line 3)");
+  expect_settings_error(SCHEMA "  url: http://a\n  port: 80x\n",
+                        "bot.yaml:11: settings.port: '80x' is not an integer");
+  expect_settings_error(SCHEMA "  url: http://a\n  port: 70000\n",
+                        "bot.yaml:11: settings.port: must be at most 65535");
+  expect_settings_error(SCHEMA "  url: http://a\n  mode: slow\n",
+                        "bot.yaml:11: settings.mode: 'slow' is not one of fast, careful");
+  expect_settings_error(SCHEMA "  url: http://a\n  debug: maybe\n",
+                        "bot.yaml:11: settings.debug: 'maybe' is not true or false");
+  expect_settings_error(SCHEMA "  url: http://a\n  tags: x\n",
+                        "bot.yaml:11: settings.tags: must be a list");
+  expect_settings_error(SCHEMA "  url: http://a\n  prot: 1\n",
+                        "bot.yaml:11: settings.prot: unknown key 'prot' (settings_schema does not declare it)");
+  expect_settings_error("name: t\nsettings_schema:\n  a: {type: strng}\n",
+                        "bot.yaml:3: settings_schema.a.type: unknown type 'strng'");
+  expect_settings_error("name: t\nsettings_schema:\n  a: {type: integer, default: x}\n",
+                        "bot.yaml:3: settings_schema.a.default: 'x' is not an integer");
+  expect_settings_error("name: t\nsettings_schema:\n  a: {type: string, pattern: \"(\"}\n",
+                        "bot.yaml:3: settings_schema.a.pattern: invalid regular expression");
+  expect_settings_error("name: t\nsettings_schema:\n  a: {type: string, requird: true}\n",
+                        "unknown key 'requird' (did you mean 'required'?)");
+  setenv("PARLEY_BOT_SETTINGS__PORT", "http", 1);
+  expect_settings_error(SCHEMA "  url: http://a\n",
+                        "settings.port: 'http' is not an integer");
+  unsetenv("PARLEY_BOT_SETTINGS__PORT");
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_appointments_dialog),
       cmocka_unit_test(test_dialog_edges),
       cmocka_unit_test(test_dialog_declaration_errors),
       cmocka_unit_test(test_middleware),
+      cmocka_unit_test(test_settings_typed),
+      cmocka_unit_test(test_settings_errors),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
