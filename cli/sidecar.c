@@ -29,6 +29,7 @@
 #include "ops/metrics.h"
 #include "ops/sidecar.h"
 #include "rt.h" /* plr_stats */
+#include "rt_metrics.h"
 
 struct sidecar {
   uv_loop_t *loop;
@@ -259,6 +260,8 @@ static void hook_metrics(void *ud) {
 
 int sidecar_attach(sidecar *s, plr_runtime *rt) {
   s->rt = rt;
+  /* Per-handler, HTTP, template and dialog counts go to the same registry. */
+  plr_runtime_set_metrics(rt, s->reg);
   if (s->cfg.port < 0) return 0;
   psc_hooks h;
   memset(&h, 0, sizeof h);

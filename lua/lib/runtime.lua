@@ -78,6 +78,10 @@ local function raise(msg)
   error(C.where() .. msg, 0)
 end
 
+-- Per-handler metrics (lua/src/rt_metrics.c); absent in a state without
+-- a runtime (lint).
+local c_metric = C.metric or function() end
+
 ------------------------------------------------------------------------------
 -- Read-only proxies for shared tables.
 
@@ -284,9 +288,15 @@ local function render(locale, key, vars, level)
   if locale ~= nil and type(locale) ~= "string" then
     error("template locale must be a string", level)
   end
+  -- A miss: the first locale of the chain that has templates lacks the
+  -- key, and a fallback locale answers (or none does). It is counted under
+  -- the locale asked for.
+  local served = nil
   for _, loc in ipairs(chain_for(locale)) do
     local t = templates[loc]
     local v = t and t[key]
+    if t and not served then served = loc end
+    if v ~= nil and served ~= loc then c_metric("template_miss", locale or default_locale) end
     if v ~= nil then
       if type(v) == "table" then
         local n = vars and vars.count
@@ -325,6 +335,7 @@ local function render(locale, key, vars, level)
       return out
     end
   end
+  c_metric("template_miss", locale or default_locale)
   error("unknown template key '" .. key .. "'", level)
 end
 
@@ -339,7 +350,7 @@ local dialog_mod = load(C.lib("dialog"), "=runtime/dialog", "t")({
   raise = function(msg) error(C.where() .. msg, 0) end,
   has_template = has_template,
   metric = function(name, step, outcome)
-    if C.dialog_metric then C.dialog_metric(name, step, outcome) end
+    if C.metric then C.metric("dialog", name, step, outcome) end
   end,
 })
 
@@ -665,7 +676,8 @@ function Bot:on_postback(pattern, fn)
   check_fn(fn, "on_postback")
   local ok, err = pcall(string.find, "", pattern)
   if not ok then error("bad pattern '" .. pattern .. "': " .. tostring(err), 2) end
-  self._postbacks[#self._postbacks + 1] = { pattern = "^" .. pattern .. "$", fn = fn }
+  self._postbacks[#self._postbacks + 1] = { pattern = "^" .. pattern .. "$", raw = pattern,
+                                            fn = fn }
   return self
 end
 
@@ -1014,7 +1026,10 @@ local function dispatch_message(b, ctx, msg)
   local cmd, rest = text:match("^%s*(/[%w_%-]+)%s*(.*)$")
   if cmd then
     local fn = b._commands[cmd:lower()]
-    if fn then return true, fn(ctx, msg, split_args(rest)) end
+    if fn then
+      c_metric("handler", "command " .. cmd:lower())
+      return true, fn(ctx, msg, split_args(rest))
+    end
   end
   local lowered = nil
   for _, m in ipairs(b._matches) do
@@ -1023,11 +1038,12 @@ local function dispatch_message(b, ctx, msg)
     local caps = { subject:find(m.pattern) }
     if caps[1] then
       t_remove(caps, 1); t_remove(caps, 1)
+      c_metric("handler", "match " .. m.pattern)
       return true, m.fn(ctx, msg, caps)
     end
   end
-  if b._message then return true, b._message(ctx, msg) end
-  if b._fallback then return true, b._fallback(ctx, msg) end
+  if b._message then c_metric("handler", "on_message") return true, b._message(ctx, msg) end
+  if b._fallback then c_metric("handler", "fallback") return true, b._fallback(ctx, msg) end
   return false
 end
 
@@ -1039,7 +1055,10 @@ local function dispatch(b, ctx, ev)
     -- on_agent_message only; other senders' messages are acknowledged.
     local role = ev.sender_role
     if role == "agent" or role == "bot" or role == "system" then
-      if role == "agent" and b._agent then return true, b._agent(ctx, ev) end
+      if role == "agent" and b._agent then
+        c_metric("handler", "on_agent_message")
+        return true, b._agent(ctx, ev)
+      end
       return false
     end
     if next(b._dialogs) ~= nil then
@@ -1051,11 +1070,15 @@ local function dispatch(b, ctx, ev)
       if dlg and not (cmd and b._commands[s_lower(cmd)]) then
         local text = ev.text
         if ev.content == "postback" then text = ev.label or ev.payload end
+        c_metric("handler", "dialog " .. dlg.name)
         return true, dialog_mod.route(ctx, dlg, prog, text)
       end
       if not dlg and not cmd and ev.content ~= "postback" then
         local starting = dialog_mod.starting(b._dialog_order, ev.text)
-        if starting then return true, starting:start(ctx) end
+        if starting then
+          c_metric("handler", "dialog " .. starting.name)
+          return true, starting:start(ctx)
+        end
       end
     end
     if ev.content == "postback" then
@@ -1063,6 +1086,7 @@ local function dispatch(b, ctx, ev)
         local caps = { ev.payload:find(p.pattern) }
         if caps[1] then
           t_remove(caps, 1); t_remove(caps, 1)
+          c_metric("handler", "postback " .. p.raw)
           return true, p.fn(ctx, ev, caps)
         end
       end
@@ -1071,13 +1095,13 @@ local function dispatch(b, ctx, ev)
     end
     return dispatch_message(b, ctx, ev)
   elseif kind == "opened" then
-    if b._open then return true, b._open(ctx, ev) end
+    if b._open then c_metric("handler", "on_open") return true, b._open(ctx, ev) end
     local fn = b._events.opened
-    if fn then return true, fn(ctx, ev) end
+    if fn then c_metric("handler", "event opened") return true, fn(ctx, ev) end
     return false
   end
   local fn = b._events[kind]
-  if fn then return true, fn(ctx, ev) end
+  if fn then c_metric("handler", "event " .. safe_str(kind)) return true, fn(ctx, ev) end
   return false
 end
 
@@ -1222,7 +1246,9 @@ local function http_request(req)
   if timeout ~= nil and (type(timeout) ~= "number" or not (timeout > 0 and timeout <= 120)) then
     raise("http timeout must be between 0 and 120 seconds")
   end
-  return C.http(method, url, headers, body, timeout and m_floor(timeout * 1000) or 0)
+  local resp, err = C.http(method, url, headers, body, timeout and m_floor(timeout * 1000) or 0)
+  c_metric("http", host, resp and tostring(rawget(resp, "status")) or "error")
+  return resp, err
 end
 
 local function http_opts(opts, what)
@@ -1377,6 +1403,7 @@ function rt.run(conv, kind, ev, seq)
     local ctx = new_ctx(rec, seq, "timer")
     rec.ctx = ctx
     local data = rawget(entry, "data")
+    c_metric("handler", "timer " .. safe_str(name))
     -- Middleware sees a timer as an event of kind "timer".
     local ran = middleware_mod.run(b._use, ctx, { kind = "timer", timer = name, data = data },
                                    function() fn(ctx, data) return true end)
@@ -1400,7 +1427,11 @@ function rt.run(conv, kind, ev, seq)
   end
   local ctx = new_ctx(rec, seq, "event")
   rec.ctx = ctx
+  -- An event that middleware answers without next() counts as the
+  -- middleware's; dispatch names the handler it picks.
+  c_metric("handler", b._use[1] and "middleware" or "")
   local ran = middleware_mod.run(b._use, ctx, ev, function() return (dispatch(b, ctx, ev)) end)
+  if not ran then c_metric("handler", "") end
   end_handler(rec)
   return ran
 end

@@ -3,6 +3,7 @@
  */
 #include "vm.h"
 #include "settings.h"
+#include "rt_metrics.h"
 
 #include "strmatch.h"
 
@@ -619,6 +620,7 @@ static int vm_boot(plr_vm *vm, char *err, size_t errlen) {
   l_version(L);
   lua_setfield(L, -2, "version");
   plr_rt_bind(L, vm->rt);
+  plr_metrics_bind(L, vm->rt);
   lua_pushvalue(L, tpl);
   plr_push_yaml(L, pc_root(vm->cfg), true);
   luaopen_cjson(L);

@@ -13,6 +13,9 @@
 
 #include <parley/error.h>
 
+#include "ops/metrics.h"
+#include "rt_metrics.h"
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -194,6 +197,78 @@ static void test_settings_errors(void **state) {
   unsetenv("PARLEY_BOT_SETTINGS__PORT");
 }
 
+/* /metrics gains handler runs and durations by handler, HTTP calls by host
+ * and status, template misses by locale and dialog outcomes by step. */
+static void test_metrics(void **state) {
+  (void)state;
+  static const char *const files[] = {
+      "bot.yaml", "name: metricsbot\ndefault_locale: en\nfallback_reply: oops\n"
+                  "http:\n  allow: [orders.test]\n",
+      "templates/en.yaml", "hi: \"Hi\"\nonly_en: \"English\"\nask: \"Name?\"\n"
+                           "oops: \"Oops\"\n",
+      "templates/es.yaml", "hi: \"Hola\"\n",
+      "bot.lua",
+      "local bot = parley.bot()\n"
+      "bot:dialog('signup', { { save = 'name', ask = 'ask' }, start = '^signup$',\n"
+      "  done = function(ctx, d) ctx:reply('ok ' .. d.name) end })\n"
+      "bot:command('/es', function(ctx) ctx:set_locale('es') ctx:reply(ctx:t('only_en')) end)\n"
+      "bot:command('/fetch', function(ctx) local r = http.get('http://orders.test/1')\n"
+      "  ctx:reply('got ' .. r.status) end)\n"
+      "bot:command('/boom', function(ctx) error('boom') end)\n"
+      "bot:match('^hello', function(ctx) ctx:reply(ctx:t('hi')) end)\n",
+      NULL};
+  char dir[256], err[512];
+  snprintf(dir, sizeof dir, "%s", fd_bot_dir(files));
+  fd f;
+  assert_int_equal(fd_open(&f, dir, err, sizeof err), 0);
+  pmet_registry *reg = pmet_registry_new();
+  plr_runtime_set_metrics(f.r, reg);
+  fd_assign(&f, "c1", "en");
+  fd_message(&f, "c1", 1, "hello there");
+  fd_pump(&f);
+  fd_message(&f, "c1", 2, "hello again");
+  fd_pump(&f);
+  fd_message(&f, "c1", 3, "/boom");
+  fd_pump(&f);
+  fd_message(&f, "c1", 4, "/fetch");
+  fd_pump(&f);
+  assert_int_equal(f.nhttp, 1);
+  fd_http_complete(&f, 0, 404, "{}");
+  fd_pump(&f);
+  fd_message(&f, "c1", 5, "signup");
+  fd_pump(&f);
+  fd_message(&f, "c1", 6, "Ana");
+  fd_pump(&f);
+  fd_message(&f, "c1", 7, "/es");
+  fd_pump(&f);
+  char *text = NULL;
+  size_t len = 0;
+  assert_int_equal(pmet_render(reg, &text, &len), 0);
+  print_message("%s", text);
+  static const char *const want[] = {
+      "# TYPE parley_handler_runs_total counter",
+      "parley_handler_runs_total{handler=\"match ^hello\",outcome=\"ok\"} 2\n",
+      "parley_handler_runs_total{handler=\"command /boom\",outcome=\"error\"} 1\n",
+      "parley_handler_runs_total{handler=\"command /fetch\",outcome=\"ok\"} 1\n",
+      "parley_handler_runs_total{handler=\"dialog signup\",outcome=\"ok\"} 2\n",
+      "# TYPE parley_handler_duration_seconds histogram",
+      "parley_handler_duration_seconds_count{handler=\"match ^hello\"} 2\n",
+      "parley_handler_duration_seconds_bucket{handler=\"command /fetch\",le=\"+Inf\"} 1\n",
+      "parley_http_requests_total{host=\"orders.test\",status=\"404\"} 1\n",
+      "parley_dialog_steps_total{dialog=\"signup\",step=\"name\",outcome=\"started\"} 1\n",
+      "parley_dialog_steps_total{dialog=\"signup\",step=\"name\",outcome=\"completed\"} 1\n",
+      "parley_template_misses_total{locale=\"es\"} 1\n",
+  };
+  for (size_t i = 0; i < sizeof want / sizeof want[0]; i++) {
+    if (!strstr(text, want[i])) print_message("missing: %s\n", want[i]);
+    assert_non_null(strstr(text, want[i]));
+  }
+  free(text);
+  fd_close(&f);
+  pmet_registry_free(reg);
+  fd_rm_rf(dir);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_appointments_dialog),
@@ -202,6 +277,7 @@ int main(void) {
       cmocka_unit_test(test_middleware),
       cmocka_unit_test(test_settings_typed),
       cmocka_unit_test(test_settings_errors),
+      cmocka_unit_test(test_metrics),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

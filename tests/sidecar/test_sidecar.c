@@ -452,6 +452,9 @@ static void test_health_and_metrics(void **unused) {
   assert_true(metric(b.data, "parley_handler_errors_total") == 0);
   assert_true(metric(b.data, "parley_handler_budget_kills_total") == 0);
   assert_true(metric(b.data, "parley_outbox_size") >= 0);
+  /* Per-handler series: the faq bot answers through its patterns. */
+  assert_non_null(strstr(b.data, "parley_handler_runs_total{handler=\"match "));
+  assert_non_null(strstr(b.data, "parley_handler_duration_seconds_count{handler=\"match "));
 
   customer_free(&s);
   assert_int_equal(tproc_kill(&bot, SIGTERM), 0);
