@@ -1578,6 +1578,50 @@ function rt.import(text)
   end
 end
 
+-- The sidecar API's reply by template (lua/src/proactive.c): the template
+-- rendered in the conversation's locale with vars, as quick replies or a
+-- card when asked, then checked exactly as a ctx:reply is (the same
+-- normalize_content, the same limits). Returns the normalized content, or
+-- raises with a message for the API's caller.
+local function render_reply(conv, text)
+  local req = json_decode(text)
+  if type(req) ~= "table" then error("the reply must be a JSON object", 0) end
+  local rec = convs[conv]
+  local key, vars = rawget(req, "template"), rawget(req, "vars")
+  if type(key) ~= "string" then error("template must be a template key", 0) end
+  if vars ~= nil and type(vars) ~= "table" then error("vars must be an object", 0) end
+  local body = render(rec and rec.locale or default_locale, key, vars, 0)
+  local content = body
+  local qr, card = rawget(req, "quick_replies"), rawget(req, "card")
+  if qr ~= nil and card ~= nil then error("give quick_replies or card, not both", 0) end
+  if qr ~= nil then
+    content = { quick_replies = { text = body, options = qr } }
+  elseif card ~= nil then
+    if type(card) ~= "table" then error("card must be an object", 0) end
+    local c = { title = rawget(card, "title"), image = rawget(card, "image_url"), text = body,
+                buttons = {} }
+    -- The sidecar names a button's postback "payload", as the wire does.
+    local bs = rawget(card, "buttons")
+    if type(bs) == "table" then
+      for i = 1, rawlen(bs) do
+        local b = rawget(bs, i)
+        if type(b) ~= "table" then error("card.buttons[" .. i .. "] must be an object", 0) end
+        c.buttons[i] = { label = rawget(b, "label"), postback = rawget(b, "payload"),
+                         url = rawget(b, "url") }
+      end
+    end
+    content = { card = c }
+  end
+  return normalize_content(content, nil, 1)
+end
+
+function rt.render_reply(conv, text)
+  local ok, c = pcall(render_reply, conv, text)
+  -- The caller is an HTTP client: no runtime positions in the message.
+  if not ok then error((s_gsub(tostring(c), "^runtime[%w/]*:%d+: ", "")), 0) end
+  return c
+end
+
 -- Moves a queued event table between states (reload).
 function rt.event_to_json(ev) return json_encode(ev) end
 function rt.event_from_json(s) return (json_decode(s)) end

@@ -15,6 +15,7 @@
 
 #include "ops/metrics.h"
 #include "rt_metrics.h"
+#include "proactive.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -269,6 +270,93 @@ static void test_metrics(void **state) {
   fd_rm_rf(dir);
 }
 
+static void on_done(void *ud, int status, uint64_t seq, bool dup) {
+  (void)seq;
+  (void)dup;
+  int *calls = ud;
+  *calls += status == 0 ? 1 : 100;
+}
+
+/* The sidecar API's message by template: rendered in the conversation's
+ * locale with vars, as text, quick replies or a card, with the Lua reply's
+ * checks and limits, and the caller's message id. */
+static void test_reply_by_template(void **state) {
+  (void)state;
+  static const char *const files[] = {
+      "bot.yaml", "name: pbot\ndefault_locale: en\n",
+      "templates/en.yaml", "ready: \"Order {id} is ready\"\npick: \"Pick a slot\"\n",
+      "templates/es.yaml", "ready: \"El pedido {id} est\xc3\xa1 listo\"\n",
+      "bot.lua", "local bot = parley.bot()\n",
+      NULL};
+  char dir[256], err[512];
+  snprintf(dir, sizeof dir, "%s", fd_bot_dir(files));
+  fd f;
+  assert_int_equal(fd_open(&f, dir, err, sizeof err), 0);
+  fd_assign(&f, "c-es", "es");
+  fd_pump(&f);
+  uint8_t id[PARLEY_MSG_ID_LEN] = {1, 2, 3};
+  int calls = 0;
+  char why[512] = "";
+  assert_int_equal(plr_runtime_send_reply_json(f.r, "c-es",
+                   "{\"template\":\"ready\",\"vars\":{\"id\":\"A-7\"}}", id, on_done, &calls,
+                   why, sizeof why), 0);
+  fd_pump(&f);
+  const fd_send *sent = fd_last_send(&f, "c-es");
+  assert_non_null(sent);
+  assert_string_equal(sent->text, "El pedido A-7 est\xc3\xa1 listo");
+  assert_memory_equal(sent->msg_id, id, PARLEY_MSG_ID_LEN);
+  assert_int_equal(calls, 1);
+  /* Quick replies: the locale's fallback chain answers "pick" in English. */
+  id[0] = 2;
+  assert_int_equal(plr_runtime_send_reply_json(f.r, "c-es",
+                   "{\"template\":\"pick\",\"quick_replies\":[\"9:00\",{\"label\":\"10:00\","
+                   "\"payload\":\"slot:10\"}]}", id, on_done, &calls, why, sizeof why), 0);
+  fd_pump(&f);
+  sent = fd_last_send(&f, "c-es");
+  assert_int_equal(sent->kind, PARLEY_CONTENT_QUICK_REPLIES);
+  assert_string_equal(sent->text, "Pick a slot");
+  assert_non_null(strstr(sent->buttons, "9:00|9:00"));
+  assert_non_null(strstr(sent->buttons, "10:00|slot:10"));
+  /* A card whose buttons carry payloads and links. */
+  id[0] = 3;
+  assert_int_equal(plr_runtime_send_reply_json(f.r, "c-es",
+                   "{\"template\":\"ready\",\"vars\":{\"id\":\"B\"},\"card\":{\"title\":\"T\","
+                   "\"buttons\":[{\"label\":\"Track\",\"url\":\"https://t.example/B\"}]}}",
+                   id, on_done, &calls, why, sizeof why), 0);
+  fd_pump(&f);
+  sent = fd_last_send(&f, "c-es");
+  assert_int_equal(sent->kind, PARLEY_CONTENT_CARD);
+  assert_string_equal(sent->title, "T");
+  assert_non_null(strstr(sent->buttons, "https://t.example/B"));
+  assert_int_equal(calls, 3);
+  size_t before = fd_count_sends(&f, "c-es");
+  /* Refusals: what a ctx:reply would refuse, with the reason. */
+  static const struct { const char *json, *why; } bad[] = {
+      {"{\"template\":\"nope\"}", "unknown template key 'nope'"},
+      {"{\"template\":\"ready\"}", "needs var 'id'"},
+      {"{\"template\":\"pick\",\"quick_replies\":[\"1\",\"2\",\"3\",\"4\",\"5\",\"6\","
+       "\"7\",\"8\",\"9\",\"10\",\"11\",\"12\",\"13\"]}", "at most 12 quick replies"},
+      {"{\"template\":\"pick\",\"quick_replies\":[],\"card\":{}}", "not both"},
+      {"{\"template\":\"pick\",\"card\":{\"buttons\":[{\"label\":\"x\"}]}}",
+       "needs exactly one of postback or url"},
+  };
+  for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+    why[0] = '\0';
+    assert_int_equal(plr_runtime_send_reply_json(f.r, "c-es", bad[i].json, id, on_done, &calls,
+                                                 why, sizeof why), PARLEY_EINVAL);
+    if (!strstr(why, bad[i].why)) print_message("got: %s\nwanted: %s\n", why, bad[i].why);
+    assert_non_null(strstr(why, bad[i].why));
+  }
+  assert_int_equal(plr_runtime_send_reply_json(f.r, "c-other", "{\"template\":\"pick\"}", id,
+                                               on_done, &calls, why, sizeof why),
+                   PARLEY_ENOTFOUND);
+  fd_pump(&f);
+  assert_int_equal(fd_count_sends(&f, "c-es"), before);
+  assert_int_equal(calls, 3);
+  fd_close(&f);
+  fd_rm_rf(dir);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_appointments_dialog),
@@ -278,6 +366,7 @@ int main(void) {
       cmocka_unit_test(test_settings_typed),
       cmocka_unit_test(test_settings_errors),
       cmocka_unit_test(test_metrics),
+      cmocka_unit_test(test_reply_by_template),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
