@@ -138,8 +138,8 @@ end
 -- \u00XX for other control bytes and DEL, the rest as is.
 local esc = C.json_str
 
-local too_big = {} -- raised (as itself) when the text passes its bound
-
+-- Appends v's JSON to out; returns false as soon as out passes out.max
+-- bytes (the text is then useless and encoding stops).
 local function encode(v, depth, out)
   if depth > 32 then error("value nested too deeply for JSON", 0) end
   local tv = type(v)
@@ -162,7 +162,7 @@ local function encode(v, depth, out)
       o.n = o.n + 1; o[o.n] = "["
       for i = 1, n do
         if i > 1 then o.n = o.n + 1; o[o.n] = "," end
-        encode(rawget(v, i), depth + 1, o)
+        if not encode(rawget(v, i), depth + 1, o) then return false end
       end
       o.n = o.n + 1; o[o.n] = "]"
     else
@@ -183,30 +183,25 @@ local function encode(v, depth, out)
         o.bytes = o.bytes + #ek + 1
         o.n = o.n + 1; o[o.n] = ek
         o.n = o.n + 1; o[o.n] = ":"
-        encode(rawget(v, k), depth + 1, o)
+        if not encode(rawget(v, k), depth + 1, o) then return false end
       end
       o.n = o.n + 1; o[o.n] = "}"
     end
     o.bytes = o.bytes + 2
-    if o.bytes > o.max then error(too_big, 0) end
-    return
+    return o.bytes <= o.max
   else
     error("cannot encode a " .. tv .. " as JSON", 0)
   end
   out.n = out.n + 1
   out[out.n] = piece
   out.bytes = out.bytes + #piece
-  if out.bytes > out.max then error(too_big, 0) end
+  return out.bytes <= out.max
 end
 
 -- The JSON text of v, or nil when it would be longer than max bytes.
 local function json_encode_max(v, max)
   local out = { n = 0, bytes = 0, max = max }
-  local ok, err = pcall(encode, v, 0, out)
-  if not ok then
-    if err == too_big then return nil end
-    error(err, 0)
-  end
+  if not encode(v, 0, out) then return nil end
   out.n, out.bytes, out.max = nil, nil, nil
   return t_concat(out)
 end
@@ -572,8 +567,18 @@ local function encode_state(st)
     if nkeys > STATE_KEYS_MAX then
       raise("ctx.state has more than " .. STATE_KEYS_MAX .. " keys")
     end
-    local ok, enc = pcall(json_encode_max, v, STATE_KEY_MAX)
-    if not ok then raise("ctx.state." .. k .. ": " .. safe_str(enc)) end
+    -- Strings, integers and booleans, the usual state values, are encoded
+    -- here directly: the state is checked before every reply.
+    local tv, enc = type(v), nil
+    if tv == "string" then enc = esc(v)
+    elseif tv == "boolean" then enc = v and "true" or "false"
+    elseif m_type(v) == "integer" then enc = s_format("%d", v)
+    else
+      local ok, e = pcall(json_encode_max, v, STATE_KEY_MAX)
+      if not ok then raise("ctx.state." .. k .. ": " .. safe_str(e)) end
+      enc = e
+    end
+    if enc and #enc > STATE_KEY_MAX then enc = nil end
     if not enc then
       raise("ctx.state." .. k .. " is larger than " .. STATE_KEY_MAX .. " bytes of JSON")
     end
@@ -1354,6 +1359,10 @@ function rt.assign(conv, state, locale, customer, tags, keep)
 end
 
 function rt.forget(conv)
+  local rec = convs[conv]
+  -- A handler dropped while it waited (the conversation left) leaves its
+  -- ctx behind: it dies with the record.
+  if rec and rec.ctx ~= nil then ctx_data[rec.ctx] = nil end
   convs[conv] = nil
 end
 

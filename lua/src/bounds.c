@@ -120,7 +120,10 @@ static int tmove(lua_State *L) {
   if (e >= f) {
     lua_Integer i;
     luaL_argcheck(L, f > 0 || e < LUA_MAXINTEGER + f, 3, "too many elements to move");
-    luaL_argcheck(L, t <= LUA_MAXINTEGER - (e - f) + 1, 4, "destination wrap around");
+    /* As Lua 5.4's ltablib.c: n = e - f + 1 >= 1, so MAXINTEGER - n + 1
+     * cannot overflow (MAXINTEGER - (e - f) + 1 does when e == f). */
+    lua_Integer count = e - f + 1;
+    luaL_argcheck(L, t <= LUA_MAXINTEGER - count + 1, 4, "destination wrap around");
     if (t > e || t <= f || (tt != 1 && !lua_compare(L, 1, tt, LUA_OPEQ))) {
       for (i = 0; i <= e - f; i++) {
         tick(L, &n);

@@ -115,6 +115,12 @@ static void test_handoff_agent_messages(void **state) {
   const fd_commit *c = fd_last_commit(&f, "c1");
   assert_non_null(c);
   assert_int_equal(c->ack_seq, 6);
+  /* on_agent_message ran for the agent's words (bots/handoff notes that a
+   * person answered); the commit of the first one carried it. */
+  bool noted = false;
+  for (size_t i = 0; i < f.ncommits; i++)
+    noted |= f.commits[i].ack_seq == 4 && strstr(f.commits[i].state, "told_waiting=true") != NULL;
+  assert_true(noted);
   fd_close(&f);
 }
 
