@@ -23,7 +23,8 @@ static int usage(FILE *out) {
           "  run <botdir>       run a bot (against the embedded gateway by default)\n"
           "  gateway            run the reference gateway\n"
           "  lint <botdir>      load and check a bot without connecting\n"
-          "  test <botdir>      run a bot's spec files against it (--faults, --seed N)\n"
+          "  test <botdir>      run a bot's spec files against it (--faults, --seed N, --watch)\n"
+          "  new bot NAME       write a starting bot that passes lint and test\n"
           "  chat               a console as a customer or an agent against a gateway\n"
           "  config check FILE  check a gateway, bot or sidecar config\n"
           "  version            print the version\n"
@@ -100,6 +101,7 @@ int main(int argc, char **argv) {
   if (!strcmp(cmd, "test")) return cli_test(argc - 1, argv + 1);
   if (!strcmp(cmd, "chat")) return cli_chat(argc - 1, argv + 1);
   if (!strcmp(cmd, "config")) return cli_config(argc - 1, argv + 1);
+  if (!strcmp(cmd, "new")) return cli_new(argc - 1, argv + 1);
   fprintf(stderr, "parley: unknown command '%s'\n", cmd);
   return usage(stderr);
 }

@@ -29,6 +29,8 @@
 #include "ops/metrics.h"
 #include "ops/sidecar.h"
 #include "rt.h" /* plr_stats */
+#include "rt_metrics.h"
+#include "proactive.h"
 
 struct sidecar {
   uv_loop_t *loop;
@@ -233,6 +235,21 @@ static int hook_send(void *ud, const char *conv, const parley_content *c,
   return rc;
 }
 
+/* A message by template: rendered in the conversation's locale and checked
+ * as a Lua reply is (lua/src/proactive.c). */
+static int hook_send_reply(void *ud, const char *conv, const char *reply_json,
+                           const uint8_t msg_id[PARLEY_MSG_ID_LEN], psc_request *req, char *err,
+                           size_t err_size) {
+  sidecar *s = ud;
+  if (!s->rt || s->draining) return PARLEY_ESHUTDOWN;
+  int rc = plr_runtime_send_reply_json(s->rt, conv, reply_json, msg_id, send_done, req, err,
+                                       err_size);
+  if (rc == PARLEY_ENOTFOUND)
+    plog_conv(s->log, PLOG_WARN, conv, 0, "sidecar send refused: conversation not assigned here",
+              NULL);
+  return rc;
+}
+
 static const char *state_name(parley_conn_state st) {
   switch (st) {
   case PARLEY_CONN_IDLE: return "not started";
@@ -277,10 +294,13 @@ static void hook_metrics(void *ud) {
 
 int sidecar_attach(sidecar *s, plr_runtime *rt) {
   s->rt = rt;
+  /* Per-handler, HTTP, template and dialog counts go to the same registry. */
+  plr_runtime_set_metrics(rt, s->reg);
   if (s->cfg.port < 0) return 0;
   psc_hooks h;
   memset(&h, 0, sizeof h);
   h.send = hook_send;
+  h.send_reply = hook_send_reply;
   h.ready = hook_ready;
   h.before_metrics = hook_metrics;
   h.metrics = s->reg;

@@ -11,6 +11,7 @@
  * still see each reply exactly once and in order. wb.h lists the parts.
  */
 #include "wb.h"
+#include "../cli.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -440,6 +441,8 @@ static int usage_to(FILE *out) {
           "                     connections at random moments (experimental)\n"
           "  --seed N           seed of the fault schedule (default 1)\n"
           "  -v, --verbose      show the bot's log\n"
+          "  --watch            run again whenever a file of the bot changes (Ctrl-C stops)\n"
+          "  --runs N           with --watch, stop after N runs\n"
           "Runs bots' spec/*.yaml (or the files given) against the bot over the embedded\n"
           "gateway; prints PASS/FAIL per case and \"N passed, N failed\".\n");
   return out == stdout ? 0 : 2;
@@ -463,7 +466,38 @@ static void bot_identity(const char *dir, char *out, size_t size, char *locale, 
   pc_doc_free(doc);
 }
 
+/* Takes --watch and --runs N out of argv (they concern the watch loop, not
+ * one run); returns whether --watch was given. */
+static bool take_watch(int *argc, char **argv, long *max_runs) {
+  bool watch = false;
+  int out = 0;
+  for (int i = 0; i < *argc; i++) {
+    if (!strcmp(argv[i], "--watch")) {
+      watch = true;
+    } else if (!strcmp(argv[i], "--runs") && i + 1 < *argc) {
+      *max_runs = strtol(argv[++i], NULL, 10);
+    } else {
+      argv[out++] = argv[i];
+    }
+  }
+  *argc = out;
+  argv[out] = NULL;
+  return watch;
+}
+
 int cli_test(int argc, char **argv) {
+  long max_runs = 0;
+  if (take_watch(&argc, argv, &max_runs)) {
+    /* The bot folder: the first argument that is not an option or an
+     * option's value. */
+    const char *dir = NULL;
+    for (int i = 1; i < argc && !dir; i++) {
+      if (!strcmp(argv[i], "--seed")) i++;
+      else if (argv[i][0] != '-') dir = argv[i];
+    }
+    if (!dir) return usage();
+    return cli_test_watch(argc, argv, dir, max_runs);
+  }
   static const struct option opts[] = {{"faults", no_argument, 0, 'f'},
                                        {"cut", no_argument, 0, 'c'},
                                        {"seed", required_argument, 0, 's'},

@@ -10,6 +10,10 @@
 --   cjson      the lua-cjson module
 local C, templates, config, cjson = ...
 
+-- Typed settings (lua/lib/settings.lua): defaults and declared types,
+-- before anything reads the config.
+load(C.lib("settings"), "=runtime/settings", "t")(config)
+
 local string, table, math, utf8, coroutine = string, table, math, utf8, coroutine
 local type, pairs, ipairs, next, tostring, tonumber = type, pairs, ipairs, next, tostring, tonumber
 local error, select, setmetatable, getmetatable = error, select, setmetatable, getmetatable
@@ -73,6 +77,10 @@ end
 local function raise(msg)
   error(C.where() .. msg, 0)
 end
+
+-- Per-handler metrics (lua/src/rt_metrics.c); absent in a state without
+-- a runtime (lint).
+local c_metric = C.metric or function() end
 
 ------------------------------------------------------------------------------
 -- Read-only proxies for shared tables.
@@ -275,9 +283,15 @@ local function render(locale, key, vars, level)
   if locale ~= nil and type(locale) ~= "string" then
     error("template locale must be a string", level)
   end
+  -- A miss: the first locale of the chain that has templates lacks the
+  -- key, and a fallback locale answers (or none does). It is counted under
+  -- the locale asked for.
+  local served = nil
   for _, loc in ipairs(chain_for(locale)) do
     local t = templates[loc]
     local v = t and t[key]
+    if t and not served then served = loc end
+    if v ~= nil and served ~= loc then c_metric("template_miss", locale or default_locale) end
     if v ~= nil then
       if type(v) == "table" then
         local n = vars and vars.count
@@ -316,6 +330,7 @@ local function render(locale, key, vars, level)
       return out
     end
   end
+  c_metric("template_miss", locale or default_locale)
   error("unknown template key '" .. key .. "'", level)
 end
 
@@ -323,6 +338,16 @@ local function has_template(key)
   for _, t in pairs(templates) do if t[key] ~= nil then return true end end
   return false
 end
+
+-- Dialogs (lua/lib/dialog.lua) are built on the public ctx methods; their
+-- chunk is named "=runtime/dialog" so that errors point at the bot's line.
+local dialog_mod = load(C.lib("dialog"), "=runtime/dialog", "t")({
+  raise = function(msg) error(C.where() .. msg, 0) end,
+  has_template = has_template,
+  metric = function(name, step, outcome)
+    if C.metric then C.metric("dialog", name, step, outcome) end
+  end,
+})
 
 ------------------------------------------------------------------------------
 -- Rich content: normalisation and the plain-text fallback.
@@ -656,7 +681,8 @@ function Bot:on_postback(pattern, fn)
   check_fn(fn, "on_postback")
   local ok, err = pcall(string.find, "", pattern)
   if not ok then error("bad pattern '" .. pattern .. "': " .. tostring(err), 2) end
-  self._postbacks[#self._postbacks + 1] = { pattern = "^" .. pattern .. "$", fn = fn }
+  self._postbacks[#self._postbacks + 1] = { pattern = "^" .. pattern .. "$", raw = pattern,
+                                            fn = fn }
   return self
 end
 
@@ -676,10 +702,39 @@ function Bot:on_timer(name, fn)
   return self
 end
 
+-- Middleware (lua/lib/middleware.lua): bot:use(fn) runs fn(ctx, ev, next)
+-- before every handler.
+local middleware_mod = load(C.lib("middleware"), "=runtime/middleware", "t")({
+  raise = function(msg) error(C.where() .. msg, 0) end,
+})
+
+function Bot:use(fn)
+  check_self(self)
+  self._use[#self._use + 1] = middleware_mod.check(fn)
+  return self
+end
+
+-- bot:dialog(name, spec): a multi-turn form (lua/lib/dialog.lua). While a
+-- conversation is in a dialog, the customer's messages and taps go to the
+-- dialog before any other handler.
+function Bot:dialog(name, spec)
+  check_self(self)
+  if self._dialogs[name] ~= nil then raise("dialog '" .. safe_str(name) .. "' is defined twice") end
+  local d = dialog_mod.new(name, spec, self)
+  self._dialogs[name] = d
+  self._dialog_order[#self._dialog_order + 1] = d
+  if d.nudges and not self._timers[dialog_mod.TIMER] then
+    local dialogs = self._dialogs
+    self._timers[dialog_mod.TIMER] = function(ctx, data) dialog_mod.nudge(ctx, dialogs, data) end
+  end
+  return d
+end
+
 local function new_bot()
   if the_bot then error("parley.bot() may be called only once", 2) end
   the_bot = setmetatable({ _commands = {}, _matches = {}, _postbacks = {}, _events = {},
-                           _timers = {} }, Bot)
+                           _timers = {}, _dialogs = {},
+                           _dialog_order = {}, _use = {} }, Bot)
   return the_bot
 end
 
@@ -976,7 +1031,10 @@ local function dispatch_message(b, ctx, msg)
   local cmd, rest = text:match("^%s*(/[%w_%-]+)%s*(.*)$")
   if cmd then
     local fn = b._commands[cmd:lower()]
-    if fn then return true, fn(ctx, msg, split_args(rest)) end
+    if fn then
+      c_metric("handler", "command " .. cmd:lower())
+      return true, fn(ctx, msg, split_args(rest))
+    end
   end
   local lowered = nil
   for _, m in ipairs(b._matches) do
@@ -985,11 +1043,12 @@ local function dispatch_message(b, ctx, msg)
     local caps = { subject:find(m.pattern) }
     if caps[1] then
       t_remove(caps, 1); t_remove(caps, 1)
+      c_metric("handler", "match " .. m.pattern)
       return true, m.fn(ctx, msg, caps)
     end
   end
-  if b._message then return true, b._message(ctx, msg) end
-  if b._fallback then return true, b._fallback(ctx, msg) end
+  if b._message then c_metric("handler", "on_message") return true, b._message(ctx, msg) end
+  if b._fallback then c_metric("handler", "fallback") return true, b._fallback(ctx, msg) end
   return false
 end
 
@@ -1001,14 +1060,38 @@ local function dispatch(b, ctx, ev)
     -- on_agent_message only; other senders' messages are acknowledged.
     local role = ev.sender_role
     if role == "agent" or role == "bot" or role == "system" then
-      if role == "agent" and b._agent then return true, b._agent(ctx, ev) end
+      if role == "agent" and b._agent then
+        c_metric("handler", "on_agent_message")
+        return true, b._agent(ctx, ev)
+      end
       return false
+    end
+    if next(b._dialogs) ~= nil then
+      local dlg, prog = dialog_mod.current(ctx, b._dialogs)
+      -- A registered command is an explicit request and still reaches its
+      -- handler mid-dialog (help, a new dialog); everything else answers
+      -- the dialog's step.
+      local cmd = ev.content ~= "postback" and s_match(ev.text or "", "^%s*(/[%w_%-]+)")
+      if dlg and not (cmd and b._commands[s_lower(cmd)]) then
+        local text = ev.text
+        if ev.content == "postback" then text = ev.label or ev.payload end
+        c_metric("handler", "dialog " .. dlg.name)
+        return true, dialog_mod.route(ctx, dlg, prog, text)
+      end
+      if not dlg and not cmd and ev.content ~= "postback" then
+        local starting = dialog_mod.starting(b._dialog_order, ev.text)
+        if starting then
+          c_metric("handler", "dialog " .. starting.name)
+          return true, starting:start(ctx)
+        end
+      end
     end
     if ev.content == "postback" then
       for _, p in ipairs(b._postbacks) do
         local caps = { ev.payload:find(p.pattern) }
         if caps[1] then
           t_remove(caps, 1); t_remove(caps, 1)
+          c_metric("handler", "postback " .. p.raw)
           return true, p.fn(ctx, ev, caps)
         end
       end
@@ -1017,13 +1100,13 @@ local function dispatch(b, ctx, ev)
     end
     return dispatch_message(b, ctx, ev)
   elseif kind == "opened" then
-    if b._open then return true, b._open(ctx, ev) end
+    if b._open then c_metric("handler", "on_open") return true, b._open(ctx, ev) end
     local fn = b._events.opened
-    if fn then return true, fn(ctx, ev) end
+    if fn then c_metric("handler", "event opened") return true, fn(ctx, ev) end
     return false
   end
   local fn = b._events[kind]
-  if fn then return true, fn(ctx, ev) end
+  if fn then c_metric("handler", "event " .. safe_str(kind)) return true, fn(ctx, ev) end
   return false
 end
 
@@ -1168,7 +1251,9 @@ local function http_request(req)
   if timeout ~= nil and (type(timeout) ~= "number" or not (timeout > 0 and timeout <= 120)) then
     raise("http timeout must be between 0 and 120 seconds")
   end
-  return C.http(method, url, headers, body, timeout and m_floor(timeout * 1000) or 0)
+  local resp, err = C.http(method, url, headers, body, timeout and m_floor(timeout * 1000) or 0)
+  c_metric("http", host, resp and tostring(rawget(resp, "status")) or "error")
+  return resp, err
 end
 
 local function http_opts(opts, what)
@@ -1326,9 +1411,13 @@ function rt.run(conv, kind, ev, seq)
     end
     local ctx = new_ctx(rec, seq, "timer")
     rec.ctx = ctx
-    fn(ctx, rawget(entry, "data"))
+    local data = rawget(entry, "data")
+    c_metric("handler", "timer " .. safe_str(name))
+    -- Middleware sees a timer as an event of kind "timer".
+    local ran = middleware_mod.run(b._use, ctx, { kind = "timer", timer = name, data = data },
+                                   function() fn(ctx, data) return true end)
     end_handler(rec)
-    return true
+    return ran
   end
   local ek = ev.kind
   if ek == "opened" or ek == "locale_changed" then
@@ -1347,7 +1436,11 @@ function rt.run(conv, kind, ev, seq)
   end
   local ctx = new_ctx(rec, seq, "event")
   rec.ctx = ctx
-  local ran = dispatch(b, ctx, ev)
+  -- An event that middleware answers without next() counts as the
+  -- middleware's; dispatch names the handler it picks.
+  c_metric("handler", b._use[1] and "middleware" or "")
+  local ran = middleware_mod.run(b._use, ctx, ev, function() return (dispatch(b, ctx, ev)) end)
+  if not ran then c_metric("handler", "") end
   end_handler(rec)
   return ran
 end
@@ -1492,6 +1585,50 @@ function rt.import(text)
     rec.tags_add, rec.tags_remove = x.tags_add or {}, x.tags_remove or {}
     rec.timer_next = m_tointeger(x.timer_next)
   end
+end
+
+-- The sidecar API's reply by template (lua/src/proactive.c): the template
+-- rendered in the conversation's locale with vars, as quick replies or a
+-- card when asked, then checked exactly as a ctx:reply is (the same
+-- normalize_content, the same limits). Returns the normalized content, or
+-- raises with a message for the API's caller.
+local function render_reply(conv, text)
+  local req = json_decode(text)
+  if type(req) ~= "table" then error("the reply must be a JSON object", 0) end
+  local rec = convs[conv]
+  local key, vars = rawget(req, "template"), rawget(req, "vars")
+  if type(key) ~= "string" then error("template must be a template key", 0) end
+  if vars ~= nil and type(vars) ~= "table" then error("vars must be an object", 0) end
+  local body = render(rec and rec.locale or default_locale, key, vars, 0)
+  local content = body
+  local qr, card = rawget(req, "quick_replies"), rawget(req, "card")
+  if qr ~= nil and card ~= nil then error("give quick_replies or card, not both", 0) end
+  if qr ~= nil then
+    content = { quick_replies = { text = body, options = qr } }
+  elseif card ~= nil then
+    if type(card) ~= "table" then error("card must be an object", 0) end
+    local c = { title = rawget(card, "title"), image = rawget(card, "image_url"), text = body,
+                buttons = {} }
+    -- The sidecar names a button's postback "payload", as the wire does.
+    local bs = rawget(card, "buttons")
+    if type(bs) == "table" then
+      for i = 1, rawlen(bs) do
+        local b = rawget(bs, i)
+        if type(b) ~= "table" then error("card.buttons[" .. i .. "] must be an object", 0) end
+        c.buttons[i] = { label = rawget(b, "label"), postback = rawget(b, "payload"),
+                         url = rawget(b, "url") }
+      end
+    end
+    content = { card = c }
+  end
+  return normalize_content(content, nil, 1)
+end
+
+function rt.render_reply(conv, text)
+  local ok, c = pcall(render_reply, conv, text)
+  -- The caller is an HTTP client: no runtime positions in the message.
+  if not ok then error((s_gsub(tostring(c), "^runtime[%w/]*:%d+: ", "")), 0) end
+  return c
 end
 
 -- Moves a queued event table between states (reload).

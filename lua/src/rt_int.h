@@ -59,6 +59,7 @@ typedef struct plr_job {
   bool started, done, failed, finished, waiting_http;
   void *http_handle;
   int64_t start_ns;    /* when the handler started, for the latency */
+  char handler[96];    /* the handler's name for metrics (C.metric), or "" */
   plr_psend *psend;    /* JOB_SEND only */
 } plr_job;
 
@@ -114,6 +115,7 @@ struct plr_runtime {
   void (*on_idle)(void *);
   void *ud;
   void (*on_observe)(void *, int, double);
+  struct pmet_registry *metrics; /* per-handler metrics (rt_metrics.c), or NULL */
   plr_conv *buckets[PLR_BUCKETS];
   size_t nconvs;
   plr_job *current;

@@ -10,6 +10,7 @@
  * never carries state of an event it does not acknowledge.
  */
 #include "rt_int.h"
+#include "rt_metrics.h"
 #include "util/hash.h"
 
 #include <lauxlib.h>
@@ -282,6 +283,8 @@ void plr_job_maybe_complete(plr_runtime *r, plr_job *j) {
   j->finished = true;
   if (j->kind != JOB_SEND && r->on_observe && j->start_ns)
     r->on_observe(r->ud, PLR_OBSERVE_HANDLER, (double)(plr_vm_now_ns() - j->start_ns) / 1e9);
+  if (j->kind != JOB_SEND && j->start_ns)
+    plr_metrics_handler_done(r, j, (double)(plr_vm_now_ns() - j->start_ns) / 1e9);
   if (j->kind == JOB_EVENT && j->seq > c->handled_seq) c->handled_seq = j->seq;
   c->job = NULL;
   r->jobs_running--;

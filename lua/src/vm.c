@@ -2,6 +2,8 @@
  * allow-listed libraries, bot.yaml, the templates and bot.lua.
  */
 #include "vm.h"
+#include "settings.h"
+#include "rt_metrics.h"
 
 #include "strmatch.h"
 
@@ -204,7 +206,8 @@ static void push_where(lua_State *L) {
   lua_Debug ar;
   for (int level = 1; lua_getstack(L, level, &ar); level++) {
     if (!lua_getinfo(L, "Sl", &ar)) break;
-    if (ar.currentline <= 0 || strcmp(ar.source, "=runtime") == 0) continue;
+    /* "=runtime" and its modules ("=runtime/dialog") are the runtime's. */
+    if (ar.currentline <= 0 || strncmp(ar.source, "=runtime", 8) == 0) continue;
     lua_pushfstring(L, "%s:%d: ", ar.short_src, ar.currentline);
     return;
   }
@@ -393,7 +396,7 @@ static int cfg_err(const pc_error *pe, char *err, size_t errlen) {
 
 static const char *const BOT_KEYS[] = {"name",   "default_locale", "fallback_reply",
                                        "limits", "http",           "description",
-                                       "settings", NULL};
+                                       "settings", "settings_schema", NULL};
 static const char *const LIMIT_KEYS[] = {
     "memory", "instructions", "load_instructions", "cpu_time", "http_timeout",
     "http_max_body", "queue_max", "conversations_max", NULL};
@@ -415,6 +418,8 @@ static int vm_config(plr_vm *vm, char *err, size_t errlen) {
     return PARLEY_ECONFIG;
   }
   if (pc_check_keys(root, BOT_KEYS, &pe)) return cfg_err(&pe, err, errlen);
+  int src = plr_settings_check(root, err, errlen);
+  if (src) return src;
   const char *s = NULL;
   if (pc_get_str(root, "name", NULL, &s, &pe)) return cfg_err(&pe, err, errlen);
   if (!s || !*s) {
@@ -572,6 +577,15 @@ static const plr_embedded *find_embedded(const char *name) {
   return NULL;
 }
 
+/* C.lib(name): the source of the embedded lua/lib/NAME.lua, for the
+ * runtime's own modules. */
+static int l_lib(lua_State *L) {
+  const plr_embedded *lib = find_embedded(luaL_checkstring(L, 1));
+  if (!lib) return luaL_error(L, "no embedded module '%s'", lua_tostring(L, 1));
+  lua_pushlstring(L, (const char *)lib->data, lib->len);
+  return 1;
+}
+
 /* Runs the embedded runtime.lua with (C, templates, config, cjson) and
  * keeps the table it returns. Stack: templates on top on entry; popped. */
 static int vm_boot(plr_vm *vm, char *err, size_t errlen) {
@@ -600,11 +614,13 @@ static int vm_boot(plr_vm *vm, char *err, size_t errlen) {
                                    {"doomed", l_doomed},
                                    {"url_host", l_url_host},
                                    {"json_str", l_json_str},
+                                   {"lib", l_lib},
                                    {NULL, NULL}};
   luaL_setfuncs(L, prims, 0);
   l_version(L);
   lua_setfield(L, -2, "version");
   plr_rt_bind(L, vm->rt);
+  plr_metrics_bind(L, vm->rt);
   lua_pushvalue(L, tpl);
   plr_push_yaml(L, pc_root(vm->cfg), true);
   luaopen_cjson(L);

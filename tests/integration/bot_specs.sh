@@ -7,7 +7,7 @@ set -euo pipefail
 PARLEY=$1
 SRC=$2
 fail=0
-for bot in faq order-status triage handoff; do
+for bot in faq order-status triage handoff appointments; do
   for args in "" "--faults --seed 1" "--faults --seed 2" "--cut --seed 3"; do
     # shellcheck disable=SC2086 # the options are words
     if out=$("$PARLEY" test $args "$SRC/bots/$bot" 2>&1); then

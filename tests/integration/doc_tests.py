@@ -23,6 +23,11 @@ it is (the comment does not show when the page is rendered):
   <!-- doc-test: http-response -->    the block is the answer to the last
                                       request: same status line, headers, and
                                       JSON body with the same keys
+  <!-- doc-test: lua-top DIR -->      the block is Lua appended to DIR/bot.lua
+                                      (bot-level code: registrations, dialogs),
+                                      after which `parley lint DIR` must pass
+  <!-- doc-test: lua-handler DIR -->  the same, as the body of a command
+                                      handler function(ctx, msg, args)
   <!-- doc-test: example REASON -->   not run, and says why (a formula)
 
 Comments that stand alone, not before a block, run in page order:
@@ -194,6 +199,19 @@ def main():
                                    stderr=subprocess.STDOUT, text=True, timeout=60)
                 if r.returncode != 0 or r.stdout.strip() != "ok":
                     fail(n, f"config check --kind {words[0]}: {r.stdout}")
+            elif kind in ("lua-top", "lua-handler"):
+                # Blocks of a page share one bot: what an earlier block
+                # declared (a dialog, a local) is there for the later ones.
+                path = os.path.join(work, arg, "bot.lua")
+                code = body if kind == "lua-top" else (
+                    f'bot:command("/doc{n}", function(ctx, msg, args)\n{body}end)\n')
+                with open(path, "a", encoding="utf-8") as f:
+                    f.write(f"-- block {n}\n{code}")
+                r = subprocess.run(["parley", "lint", arg], cwd=work, env=env,
+                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                   timeout=60)
+                if r.returncode != 0:
+                    fail(n, f"`parley lint {arg}` with the block:\n{r.stdout}\n{body}")
             elif kind == "example":
                 checked -= 1  # not run; the reason is in the page
                 if not arg:

@@ -452,6 +452,9 @@ static void test_health_and_metrics(void **unused) {
   assert_true(metric(b.data, "parley_handler_errors_total") == 0);
   assert_true(metric(b.data, "parley_handler_budget_kills_total") == 0);
   assert_true(metric(b.data, "parley_outbox_size") >= 0);
+  /* Per-handler series: the faq bot answers through its patterns. */
+  assert_non_null(strstr(b.data, "parley_handler_runs_total{handler=\"match "));
+  assert_non_null(strstr(b.data, "parley_handler_duration_seconds_count{handler=\"match "));
 
   customer_free(&s);
   assert_int_equal(tproc_kill(&bot, SIGTERM), 0);
@@ -521,6 +524,21 @@ static void test_api_idempotent(void **unused) {
   assert_true(seq1 > 0);
   assert_true(seq1 == seq2);
 
+  /* By template, rendered by the bot's runtime in the conversation's
+   * locale, as quick replies; the same key twice is one message. */
+  const char *tbody = "{\"template\": \"help\", \"quick_replies\": [\"Orders\", \"Returns\"]}";
+  hbuf t1, t2, t3;
+  assert_int_equal(http_call(ops, path, tbody, "menu-1", &t1), 200);
+  assert_int_equal(http_call(ops, path, tbody, "menu-1", &t2), 200);
+  print_message("template: %s\nagain: %s\n", t1.data, t2.data);
+  assert_non_null(strstr(t1.data, "\"duplicate\":false"));
+  assert_non_null(strstr(t2.data, "\"duplicate\":true"));
+  /* A template the bot does not have is a 422 that says so. */
+  assert_int_equal(http_call(ops, path, "{\"template\": \"no_such_key\"}", "k2", &t3), 422);
+  assert_non_null(strstr(t3.data, "unknown template key 'no_such_key'"));
+  want wt = {"faq", "I can answer questions about these topics", 1};
+  assert_true(customer_run(&s, 10000, has, &wt));
+
   /* Not this bot's conversation. */
   hbuf b3;
   assert_int_equal(http_call(ops, "/v1/conversations/nobody-here/messages", body, "k", &b3), 404);
@@ -531,6 +549,7 @@ static void test_api_idempotent(void **unused) {
   assert_true(customer_run(&s, 10000, has, &w2));
   customer_run(&s, 1000, NULL, NULL);
   assert_int_equal(count_from(&s, "faq", "parcel left"), 1);
+  assert_int_equal(count_from(&s, "faq", "I can answer questions about these topics"), 1);
   for (int i = 0; i < s.n_seen; i++)
     if (strstr(s.seen[i].text, "parcel left")) assert_true(s.seen[i].seq == seq1);
 

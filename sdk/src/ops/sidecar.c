@@ -285,6 +285,7 @@ typedef struct psc_msg {
   parley_content content;
   parley_button buttons[PSC_MAX_BUTTONS];
   const char *key;
+  bool is_template; /* the body names a template: hooks.send_reply */
 } psc_msg;
 
 static bool parse_card(json_t *card, psc_msg *m, psc_err *e) {
@@ -326,9 +327,29 @@ static bool parse_card(json_t *card, psc_msg *m, psc_err *e) {
 }
 
 /* Reads the JSON body into m. Strings stay owned by root. */
+/* A body by template is checked here only for its shape; the embedder
+ * renders it and checks it as a reply (hooks.send_reply). */
+static bool parse_template_body(json_t *root, psc_msg *m, psc_err *e) {
+  static const char *const known[] = {"template", "vars", "quick_replies", "card",
+                                      "idempotency_key", NULL};
+  if (!only_known(root, known, "", e)) return false;
+  const char *key;
+  if (!get_string(root, "template", "template", true, &key, e)) return false;
+  if (!get_string(root, "idempotency_key", "idempotency_key", false, &m->key, e)) return false;
+  json_t *vars = json_object_get(root, "vars");
+  if (vars && !json_is_null(vars) && !json_is_object(vars))
+    FAIL(e, "vars", "field \"vars\" must be an object");
+  json_t *qr = json_object_get(root, "quick_replies");
+  if (qr && !json_is_null(qr) && !json_is_array(qr))
+    FAIL(e, "quick_replies", "field \"quick_replies\" must be an array");
+  m->is_template = true;
+  return true;
+}
+
 static bool parse_body(json_t *root, psc_msg *m, psc_err *e) {
   static const char *const known[] = {"text", "card", "idempotency_key", NULL};
   if (!json_is_object(root)) FAIL(e, NULL, "the body must be a JSON object");
+  if (json_object_get(root, "template")) return parse_template_body(root, m, e);
   if (!only_known(root, known, "", e)) return false;
   const char *text;
   if (!get_string(root, "text", "text", true, &text, e)) return false;
@@ -453,7 +474,20 @@ static void on_messages(phd_request *http, void *ud) {
   r->in_send = true;
   link_req(s, r);
   if (s->head == r) arm_timer(s);
-  int st = s->hooks.send(s->hooks.ud, r->conversation, &m.content, r->msg_id, r);
+  int st;
+  char why[512] = "";
+  if (m.is_template) {
+    /* The embedder gets the body without the key: what to render. */
+    json_object_del(root, "idempotency_key");
+    char *reply = s->hooks.send_reply ? json_dumps(root, JSON_COMPACT) : NULL;
+    st = !s->hooks.send_reply ? PARLEY_EUNSUPPORTED
+         : reply ? s->hooks.send_reply(s->hooks.ud, r->conversation, reply, r->msg_id, r, why,
+                                       sizeof why)
+                 : PARLEY_ENOMEM;
+    free(reply);
+  } else {
+    st = s->hooks.send(s->hooks.ud, r->conversation, &m.content, r->msg_id, r);
+  }
   r->in_send = false;
   json_decref(root);
   if (st != 0) {
@@ -464,10 +498,11 @@ static void on_messages(phd_request *http, void *ud) {
       unlink_req(r);
       phd_request *h = r->http;
       r->http = NULL;
-      char msg[256];
+      char msg[768];
       snprintf(msg, sizeof msg, "the send to %s could not start: %s", r->conversation,
-               parley_strerror(st));
-      answer_error(h, psc_http_status(st), st, NULL, msg);
+               why[0] ? why : parley_strerror(st));
+      answer_error(h, psc_http_status(st), st, why[0] && st == PARLEY_EINVAL ? "template" : NULL,
+                   msg);
     }
   }
   maybe_free(r);

@@ -9,6 +9,8 @@
  *   GET  /metrics   the registry (hooks.metrics) in Prometheus text 0.0.4.
  *   POST /v1/conversations/{id}/messages
  *        body {"text": "...", "card": {...}?, "idempotency_key": "..."?}
+ *        or {"template": "key", "vars": {...}?, "quick_replies": [...]? |
+ *        "card": {...}?, "idempotency_key": "..."?} (hooks.send_reply)
  *        or the Idempotency-Key header. Answers only after the gateway's
  *        ACK: 200 {"conversation", "seq", "duplicate", "msg_id"}; errors
  *        are {"error": "PARLEY_E...", "message": "...", "field"?: "..."}.
@@ -57,6 +59,14 @@ typedef struct psc_hooks {
    * be called, and the HTTP answer is made from the status. Required. */
   int (*send)(void *ud, const char *conversation, const parley_content *c,
               const uint8_t msg_id[PARLEY_MSG_ID_LEN], psc_request *req);
+  /* A message by template: reply_json is {"template", "vars"?,
+   * "quick_replies"? | "card"?} for the embedder to render in the
+   * conversation's locale. The same contract as send; on PARLEY_EINVAL the
+   * message written to err (err_size bytes) is the 400's. NULL: bodies with
+   * "template" are refused. */
+  int (*send_reply)(void *ud, const char *conversation, const char *reply_json,
+                    const uint8_t msg_id[PARLEY_MSG_ID_LEN], psc_request *req, char *err,
+                    size_t err_size);
   /* Ready to send (connected and resumed)? When not, write a short reason
    * into reason (NUL-terminated, reason_size bytes). NULL: always ready. */
   bool (*ready)(void *ud, char *reason, size_t reason_size);

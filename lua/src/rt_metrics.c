@@ -1,0 +1,87 @@
+/* Per-handler metrics: what the runtime counts into the sidecar's metrics
+ * registry (sdk/src/ops/metrics.h), with Prometheus names and labels:
+ *
+ *   parley_handler_runs_total{handler, outcome}    counter (ok, error)
+ *   parley_handler_duration_seconds{handler}       histogram
+ *   parley_http_requests_total{host, status}       counter (status "error"
+ *                                                  when there was no answer)
+ *   parley_template_misses_total{locale}           counter
+ *   parley_dialog_steps_total{dialog, step, outcome} counter
+ *
+ * Label values come from the bot's own declarations (handler names, the
+ * HTTP allow-list's hosts, dialog and step names) or from locales; the
+ * registry bounds every family at PMET_MAX_SERIES series, and a label set
+ * beyond that is not counted rather than grown without bound.
+ *
+ * Bot code reaches this through C.metric(kind, ...), called by the runtime's
+ * Lua half only: bot code never sees the C table. */
+#include "rt_metrics.h"
+
+#include "rt_int.h"
+
+#include <lauxlib.h>
+#include <string.h>
+
+void plr_runtime_set_metrics(plr_runtime *r, pmet_registry *reg) {
+  if (r) r->metrics = reg;
+}
+
+static void count(plr_runtime *r, const char *name, const char *help, const pmet_label *l,
+                  size_t n) {
+  if (r->metrics) pmet_inc(pmet_counter(r->metrics, name, help, l, n));
+}
+
+void plr_metrics_handler_done(plr_runtime *r, const plr_job *j, double seconds) {
+  if (!r->metrics || !j->handler[0]) return;
+  pmet_label l[] = {{"handler", j->handler}, {"outcome", j->failed ? "error" : "ok"}};
+  count(r, "parley_handler_runs_total", "Handlers run, by handler and outcome.", l, 2);
+  pmet_observe(pmet_histogram(r->metrics, "parley_handler_duration_seconds",
+                              "Time from a handler's start to its end, replies answered "
+                              "included, by handler.",
+                              l, 1, pmet_latency_buckets, pmet_latency_buckets_n),
+               seconds);
+}
+
+/* C.metric(kind, ...):
+ *   "handler", name                  names the running handler
+ *   "http", host, status             an HTTP call's answer (status "error")
+ *   "template_miss", locale          a template key missing in a locale
+ *   "dialog", dialog, step, outcome  a dialog's step outcome */
+static int l_metric(lua_State *L) {
+  plr_runtime *r = lua_touserdata(L, lua_upvalueindex(1));
+  const char *kind = luaL_checkstring(L, 1);
+  if (!strcmp(kind, "handler")) {
+    if (r->current) {
+      const char *name = luaL_checkstring(L, 2);
+      snprintf(r->current->handler, sizeof r->current->handler, "%s", name);
+    }
+    return 0;
+  }
+  if (!r->metrics) return 0;
+  if (!strcmp(kind, "http")) {
+    pmet_label l[] = {{"host", luaL_checkstring(L, 2)}, {"status", luaL_checkstring(L, 3)}};
+    count(r, "parley_http_requests_total", "HTTP calls of handlers, by host and status.", l, 2);
+  } else if (!strcmp(kind, "template_miss")) {
+    pmet_label l[] = {{"locale", luaL_checkstring(L, 2)}};
+    count(r, "parley_template_misses_total",
+          "Template keys missing in the locale asked for (a fallback locale or none answered).",
+          l, 1);
+  } else if (!strcmp(kind, "dialog")) {
+    pmet_label l[] = {{"dialog", luaL_checkstring(L, 2)},
+                      {"step", luaL_checkstring(L, 3)},
+                      {"outcome", luaL_checkstring(L, 4)}};
+    count(r, "parley_dialog_steps_total",
+          "Dialog steps by outcome: started, answered, nudged, completed, and the drop-outs "
+          "cancelled, declined, gave_up.",
+          l, 3);
+  }
+  return 0;
+}
+
+void plr_metrics_bind(lua_State *L, plr_runtime *rt) {
+  if (rt) {
+    lua_pushlightuserdata(L, rt);
+    lua_pushcclosure(L, l_metric, 1);
+    lua_setfield(L, -2, "metric");
+  }
+}
