@@ -77,6 +77,15 @@ static void capture_token(pg_conn *c, struct lws *wsi) {
 static int on_receive(pg_conn *c, struct lws *wsi, const void *in, size_t len) {
   c->last_rx_ms = pg_mono_ms();
   if (c->state == PG_CS_CLOSING) return 0;
+  /* Frames travel in binary messages only. A text message must be UTF-8
+   * (RFC 6455) and is no Frame: decoding it as protobuf would answer a
+   * client's mistake with a confusing MALFORMED, so it is refused by name. */
+  if (!c->rx.active && lws_is_first_fragment(wsi) && !lws_frame_is_binary(wsi)) {
+    pg_conn_error(c, E(MALFORMED), true,
+                  "text WebSocket messages are not part of the protocol: send each Frame in a "
+                  "binary message", NULL, NULL, 0, 0);
+    return 0;
+  }
   /* lws hands a message over in pieces: the fragments of the WebSocket
    * message, and each fragment in as many callbacks as its bytes took. The
    * SDK's reassembler (fuzzed) glues them under the frame limit. */

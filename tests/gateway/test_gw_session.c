@@ -498,6 +498,25 @@ static void test_invalid_frames_named(void **state) {
   wsc_close(c, 1000);
 }
 
+/* A text WebSocket message is refused by name: fatal MALFORMED, close
+ * 4000 + MALFORMED, whatever its bytes. */
+static void test_text_message_refused(void **state) {
+  fx *f = *state;
+  int code = 0;
+  wsc *c = gwh_login(f->h, "carol", R_CUSTOMER, "carol-token", "text", NULL, &code);
+  assert_non_null(c);
+  const char *hello = "hello";
+  raw_frame(c, 0x81, (const uint8_t *)hello, strlen(hello)); /* FIN, opcode 1: text */
+  pw_frame *r = gwh_wait(c, PARLEY__V1__FRAME__BODY_ERROR, 2000);
+  assert_non_null(r);
+  assert_int_equal(r->error->code, PARLEY__V1__ERROR_CODE__ERROR_MALFORMED);
+  assert_true(r->error->fatal);
+  assert_non_null(strstr(r->error->message, "text WebSocket messages"));
+  pw_frame_free(r);
+  assert_int_equal(wsc_recv_close(c, 2000), 4000 + PARLEY__V1__ERROR_CODE__ERROR_MALFORMED);
+  wsc_abort(c);
+}
+
 static void test_fragments_and_garbage(void **state) {
   fx *f = *state;
   wsc *c = wsc_connect("127.0.0.1", gwh_port(f->h), "Bearer carol-token", 2000);
@@ -572,6 +591,7 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_ack_out_of_range, gwh_fx_setup, gwh_fx_teardown),
       cmocka_unit_test_setup_teardown(test_oversized_and_malformed, gwh_fx_setup, gwh_fx_teardown),
       cmocka_unit_test_setup_teardown(test_invalid_frames_named, gwh_fx_setup, gwh_fx_teardown),
+      cmocka_unit_test_setup_teardown(test_text_message_refused, gwh_fx_setup, gwh_fx_teardown),
       cmocka_unit_test_setup_teardown(test_fragments_and_garbage, gwh_fx_setup, gwh_fx_teardown),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
