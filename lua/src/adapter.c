@@ -205,7 +205,6 @@ static const char *state_name(parley_conn_state st) {
 }
 
 static void cb_state(parley_client *c, parley_conn_state st, int status, void *ud) {
-  (void)c;
   plr_adapter *a = ud;
   if (st == PARLEY_CONN_READY) {
     plr_log(a->rt, 1, NULL, 0, "connected to %s as %s", a->url, a->principal);
@@ -215,6 +214,14 @@ static void cb_state(parley_client *c, parley_conn_state st, int status, void *u
   } else if (st == PARLEY_CONN_BACKOFF && status == PARLEY_ETLS) {
     log_cause(a, "TLS handshake failed (a certificate the system does not trust? --insecure "
                  "is for development only)");
+  } else if (st == PARLEY_CONN_BACKOFF && status == PARLEY_EIO &&
+             parley_client_upgrade_status(c) != 0) {
+    char cause[256];
+    snprintf(cause, sizeof cause,
+             "the server answered the WebSocket upgrade with HTTP %u (is this a Parley gateway, "
+             "and is the path %.120s right?)",
+             parley_client_upgrade_status(c), a->where_ok ? a->where.path : "/");
+    log_cause(a, cause);
   } else if (st == PARLEY_CONN_BACKOFF && status == PARLEY_EIO) {
     probe_start(a);
   } else {

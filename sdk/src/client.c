@@ -916,6 +916,10 @@ const char *parley_client_url(const parley_client *c) {
   return c && c->n_urls ? c->urls[c->url_i] : NULL;
 }
 
+unsigned parley_client_upgrade_status(const parley_client *c) {
+  return c && c->ws ? pt_ws_last_http_status(c->ws) : 0;
+}
+
 struct uv_loop_s *parley_client_loop(parley_client *c) {
   return c ? c->loop : NULL;
 }

@@ -2,7 +2,8 @@
 # Errors a user can act on, from `parley run` against a real `parley
 # gateway` process: a refused token stops the run naming the principal, an
 # http:// URL says which scheme is expected, an unreachable gateway is named
-# with its cause once (not ten lines a second), --log-format json prints
+# with its cause once (not ten lines a second), a server that is no gateway
+# by the HTTP status of the upgrade, --log-format json prints
 # only JSON, and customer text cannot forge a log record.
 # usage: run_errors.sh PARLEY_BIN SOURCE_DIR
 set -u
@@ -66,6 +67,21 @@ timeout 3 "$P" run "$BOT" --url ws://127.0.0.1:1/ --token bot-token 2> "$TMP/ref
 cat "$TMP/refused.err"
 grep -q "cannot connect to ws://127.0.0.1:1/: connection refused" "$TMP/refused.err" || fail "refused message"
 [ "$(grep -c 'cannot connect' "$TMP/refused.err")" -eq 1 ] || fail "the cause was repeated"
+
+# Something listens but is no gateway: the HTTP status of the upgrade.
+mkdir -p "$TMP/www"
+python3 -m http.server 0 --bind 127.0.0.1 --directory "$TMP/www" > "$TMP/http.out" 2>&1 &
+HTTPD=$!
+i=0
+while ! grep -q "port" "$TMP/http.out" 2>/dev/null; do
+  i=$((i + 1)); [ $i -gt 100 ] && { kill $HTTPD; fail "http.server did not start"; }
+  sleep 0.1
+done
+HPORT=$(sed -n 's/.*port \([0-9]*\).*/\1/p' "$TMP/http.out" | head -1)
+timeout 3 "$P" run "$BOT" --url "ws://127.0.0.1:$HPORT/nowhere" --token bot-token 2> "$TMP/http.err"
+kill $HTTPD; wait $HTTPD 2>/dev/null
+cat "$TMP/http.err"
+grep -q "cannot connect to ws://127.0.0.1:$HPORT/nowhere: the server answered the WebSocket upgrade with HTTP 404" "$TMP/http.err" || fail "upgrade status message"
 
 # --log-format json: every line on stderr is a JSON object, from the
 # connection's line to the drain.

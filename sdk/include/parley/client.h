@@ -207,6 +207,11 @@ parley_conn_state parley_client_state(const parley_client *c);
 /* The gateway URL the client is connected or connecting to (borrowed
  * while the client lives). */
 const char *parley_client_url(const parley_client *c);
+/* The HTTP status the gateway (or a proxy in front of it) answered the
+ * last failed WebSocket upgrade with, such as 404 or 502; 0 when the
+ * attempt got no HTTP answer (refused, DNS, TLS, reset). For error
+ * messages: the status of a failed connection names the class. */
+unsigned parley_client_upgrade_status(const parley_client *c);
 struct uv_loop_s *parley_client_loop(parley_client *c);
 
 /* Counters for metrics; every field is monotonic unless noted. */

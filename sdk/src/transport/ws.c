@@ -134,6 +134,7 @@ struct pt_ws {
   bool status_set;  /* first cause of the end of this connection */
   int status;
   int status_code;
+  unsigned last_http; /* HTTP status of the last failed upgrade, 0 if none */
   bool in_connect;  /* inside lws_client_connect_via_info */
   bool sync_failed; /* the wsi died inside lws_client_connect_via_info */
 
@@ -541,6 +542,9 @@ static int ws_callback(struct lws *wsi, enum lws_callback_reasons reason,
     return on_writeable(t, wsi);
 
   case LWS_CALLBACK_CLIENT_CONNECTION_ERROR:
+    /* Kept for the error a user reads: a 404 or a 502 from a proxy says
+     * more about a wrong URL than "I/O error". */
+    t->last_http = wsi ? lws_http_client_http_response(wsi) : 0;
     set_status(t, classify_connect_error(wsi, in), 1006);
     return 0;
 
@@ -863,6 +867,8 @@ void pt_ws_destroy(pt_ws *t) {
   else
     release(t);
 }
+
+unsigned pt_ws_last_http_status(const pt_ws *t) { return t ? t->last_http : 0; }
 
 bool pt_ws_is_open(const pt_ws *t) {
   return t->open && !t->closing && !t->kill && !t->destroying;

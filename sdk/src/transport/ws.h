@@ -98,6 +98,10 @@ void pt_ws_destroy(pt_ws *t);
 
 /* The WebSocket handshake completed and the connection is not closing. */
 bool pt_ws_is_open(const pt_ws *t);
+
+/* The HTTP status the server answered the last failed upgrade with (404,
+ * 502, ...), or 0 when no answer came (refused, DNS, TLS, reset). */
+unsigned pt_ws_last_http_status(const pt_ws *t);
 /* A connection or attempt exists (a `closed` hook is still to come). */
 bool pt_ws_busy(const pt_ws *t);
 /* Bytes queued for writing. */
