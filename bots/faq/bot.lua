@@ -1,5 +1,5 @@
 -- FAQ bot: pattern -> answer, a greeting with the top questions as quick
--- replies, and a menu when nothing matched.
+-- replies, a person when asked for one, and a menu when nothing matched.
 local bot = parley.bot()
 local cfg = parley.config.settings
 
@@ -32,6 +32,15 @@ end)
 bot:command("/help", function(ctx)
   menu(ctx, ctx:t("help"))
 end)
+
+-- Asking for a person: the conversation goes to the agents' queue, with
+-- what the customer wrote as the note the agent reads first.
+for _, pattern in ipairs(cfg.human) do
+  bot:match(pattern, function(ctx, msg)
+    ctx:reply(ctx:t("handoff"))
+    ctx:handoff(cfg.queue, "Asked for a person: " .. msg.text)
+  end)
+end
 
 -- Patterns in the order bot.yaml lists them: the first question that
 -- matches answers.
