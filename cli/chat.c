@@ -464,15 +464,8 @@ int cli_chat(int argc, char **argv) {
   while ((ch = getopt_long(argc, argv, "u:t:a:p:c:l:q:w:r:Q:kh", opts, NULL)) != -1) {
     switch (ch) {
     case 'u': {
-      /* A repeated --url adds a failover node (libparley joins a list
-       * given as comma-separated URLs). */
-      static char url_list[4096];
-      size_t n = strlen(url_list);
-      if ((size_t)snprintf(url_list + n, sizeof url_list - n, "%s%s", n ? "," : "", optarg) >=
-          sizeof url_list - n) {
-        fprintf(stderr, "parley: --url: the list of gateway URLs is too long\n");
-        return 2;
-      }
+      static char url_list[CLI_URL_LIST_MAX];
+      if (cli_url_append(url_list, sizeof url_list, optarg)) return 2;
       url = url_list;
       break;
     }

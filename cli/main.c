@@ -105,3 +105,13 @@ int main(int argc, char **argv) {
   fprintf(stderr, "parley: unknown command '%s'\n", cmd);
   return usage(stderr);
 }
+
+int cli_url_append(char *list, size_t cap, const char *url) {
+  size_t n = strnlen(list, cap);
+  if (n >= cap || (size_t)snprintf(list + n, cap - n, "%s%s", n ? "," : "", url) >= cap - n) {
+    if (n < cap) list[n] = '\0'; /* the list stays as it was */
+    fprintf(stderr, "parley: --url: the list of gateway URLs is too long\n");
+    return -1;
+  }
+  return 0;
+}
