@@ -386,7 +386,9 @@ static int cust_init(run *r, cust *c, int idx, const char *url) {
   c->echo_count = calloc((size_t)sc->msgs, sizeof *c->echo_count);
   /* Two events per message (the message and its reply), the opening ones,
    * and room for what a faulty run might add. */
-  c->cap_recs = (size_t)sc->msgs * 3 + 64;
+  /* Per message: the message, its reply, and a STATE_CHANGED or TAGGED
+   * event of the bot's commit at most (as the log check's bound). */
+  c->cap_recs = (size_t)sc->msgs * 4 + 64;
   c->recs = calloc(c->cap_recs, sizeof *c->recs);
   if (!c->ack_seq || !c->ack_id || !c->echo_count || !c->recs) return -1;
   parley_client_options o = PARLEY_CLIENT_OPTIONS_INIT;
