@@ -670,15 +670,19 @@ static int build_headers(ph_client *c, ph_req *r, const ph_request *req) {
     if (nl + vl > 8192)
       return fail(c, PARLEY_ETOOBIG, "request header '%.64s' too long",
                   h->name);
-    char *line = malloc(nl + vl + 3);
+    char *line = malloc(nl + vl + 3); /* "Name: value" and its NUL */
     if (!line)
       return fail(c, PARLEY_ENOMEM, "out of memory%s", NULL);
     /* curl sends "Name;" as a header with an empty value; "Name:" would
-     * remove the header instead. */
-    if (vl)
-      sprintf(line, "%s: %s", h->name, h->value);
-    else
-      sprintf(line, "%s;", h->name);
+     * remove the header instead. Lengths are known, so copy rather than
+     * format. */
+    memcpy(line, h->name, nl);
+    if (vl) {
+      memcpy(line + nl, ": ", 2);
+      memcpy(line + nl + 2, h->value, vl + 1);
+    } else {
+      memcpy(line + nl, ";", 2);
+    }
     l = curl_slist_append(r->headers, line);
     free(line);
     if (!l)
