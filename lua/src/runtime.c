@@ -11,6 +11,7 @@
  */
 #include "rt_int.h"
 #include "rt_metrics.h"
+#include "util/clock.h"
 #include "util/hash.h"
 
 #include <lauxlib.h>
@@ -53,9 +54,7 @@ static plr_conv *conv_get(parley_runtime *r, const char *id) {
 
 int64_t plr_rt_now(parley_runtime *r) {
   if (r && r->drv.now_ms) return r->drv.now_ms(r->drv.ud);
-  struct timespec ts;
-  clock_gettime(CLOCK_REALTIME, &ts);
-  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+  return pu_wall_ms();
 }
 
 void plr_rt_derive(parley_runtime *r, const char *conv, uint64_t seq, uint32_t ord,

@@ -9,6 +9,7 @@
 
 #include "config/config.h"
 #include "http/http.h"
+#include "util/clock.h"
 
 #include <curl/curl.h>
 
@@ -55,11 +56,7 @@ plr_vm *plr_vm_of(lua_State *L) {
  * fires on every instruction and raises every time, so a pcall in the bot
  * catches one error and fails again at its next instruction: only
  * abandoning the coroutine ends it. */
-int64_t plr_vm_now_ns(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
+int64_t plr_vm_now_ns(void) { return (int64_t)pu_clock_ns(); }
 
 /* Threads the budget stopped, in a weak-keyed registry table: the error
  * was raised inside this hook, and Lua leaves hooks off in a thread that

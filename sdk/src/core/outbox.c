@@ -156,7 +156,7 @@ static int send_queue(pe_engine *e, const char *conversation,
   pe_send *s = calloc(1, sizeof *s);
   if (!s) return PARLEY_ENOMEM;
   if (msg_id) memcpy(s->id, msg_id, PARLEY_MSG_ID_LEN);
-  else parley_msg_id_random(s->id);
+  else pe_random_id(e, s->id);
   snd->client_msg_id.data = s->id;
   snd->client_msg_id.len = PARLEY_MSG_ID_LEN;
   snd->conversation = (char *)conversation;
