@@ -105,6 +105,8 @@ static void heap_down(pe_engine *e, size_t i) {
 void pe_timer_cancel(pe_engine *e, pe_timer *t) {
   if (t->idx == SIZE_MAX) return;
   size_t i = t->idx;
+  /* An armed timer knows its slot: nothing else finds it in the heap. */
+  PARLEY_ASSERT(i < e->heap_n && e->heap[i] == t);
   e->heap_n--;
   if (i != e->heap_n) {
     e->heap[i] = e->heap[e->heap_n];
@@ -118,6 +120,7 @@ void pe_timer_cancel(pe_engine *e, pe_timer *t) {
 /* Arms (or re-arms) t at `at`. The heap only grows to the number of timer
  * owners (sends, commits, conversations), each of which is bounded. */
 int pe_timer_set(pe_engine *e, pe_timer *t, uint64_t at) {
+  PARLEY_ASSERT(t->idx == SIZE_MAX || (t->idx < e->heap_n && e->heap[t->idx] == t));
   if (t->idx != SIZE_MAX) {
     t->at = at;
     heap_down(e, t->idx);

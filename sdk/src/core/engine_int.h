@@ -15,6 +15,7 @@
 #include <stdint.h>
 
 #include "core/engine.h"
+#include "util/assert.h"
 #include "util/rand.h"
 #include "wire/wire.h"
 
