@@ -605,8 +605,58 @@ static void test_stop_drains(void **state) {
   assert_int_equal(fd_count_sends(&t->f, "c1"), 1);
 }
 
+/* parley_runtime_new (parley/runtime.h) refuses options it cannot read: a
+ * struct_version newer than the library's, a log format or level outside
+ * its enum. A zeroed struct (version 0) and the initializer are version 1.
+ * Nothing connects: the runtime is freed before the loop runs. */
+static void test_public_options_checked(void **state) {
+  (void)state;
+  uv_loop_t loop;
+  assert_int_equal(uv_loop_init(&loop), 0);
+  char dir[1024], err[512];
+  snprintf(dir, sizeof dir, "%s/bots/faq", PARLEY_SOURCE_DIR);
+  FILE *quiet = fopen("/dev/null", "w");
+  assert_non_null(quiet);
+  parley_runtime_options o = PARLEY_RUNTIME_OPTIONS_INIT;
+  o.loop = &loop;
+  o.bot_dir = dir;
+  o.url = "ws://127.0.0.1:9/v1";
+  o.token = "t";
+  o.log_out = quiet;
+  o.log_level = PARLEY_LOG_ERROR;
+  parley_runtime *r = NULL;
+
+  o.struct_version = PARLEY_RUNTIME_OPTIONS_VERSION + 1;
+  err[0] = '\0';
+  assert_int_equal(parley_runtime_new(&o, &r, err, sizeof err), PARLEY_EINVAL);
+  assert_null(r);
+  assert_non_null(strstr(err, "version 2 is newer"));
+
+  o.struct_version = PARLEY_RUNTIME_OPTIONS_VERSION;
+  o.log_level = (parley_log_level)7;
+  assert_int_equal(parley_runtime_new(&o, &r, err, sizeof err), PARLEY_EINVAL);
+  assert_null(r);
+  assert_non_null(strstr(err, "log_format or log_level"));
+  o.log_level = PARLEY_LOG_ERROR;
+  o.log_format = (parley_log_format)3;
+  assert_int_equal(parley_runtime_new(&o, &r, err, sizeof err), PARLEY_EINVAL);
+  assert_null(r);
+
+  o.log_format = PARLEY_LOG_JSON;
+  o.struct_version = 0;
+  assert_int_equal(parley_runtime_new(&o, &r, err, sizeof err), 0);
+  assert_non_null(r);
+  assert_non_null(parley_runtime_client(r));
+  assert_false(parley_runtime_busy(r));
+  parley_runtime_free(r);
+  uv_run(&loop, UV_RUN_DEFAULT);
+  assert_int_equal(uv_loop_close(&loop), 0);
+  fclose(quiet);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_public_options_checked),
       cmocka_unit_test_setup_teardown(test_reply_ids_and_commit_after_acks, setup, teardown),
       cmocka_unit_test_setup_teardown(test_rich_fallbacks, setup, teardown),
       cmocka_unit_test_setup_teardown(test_state_diff_and_tags, setup, teardown),
