@@ -22,6 +22,17 @@ rc=0; "$tmp/pc_client" >/dev/null 2>&1 || rc=$?
 test "$rc" -eq 2
 
 test -f "$tmp/prefix/include/parley/runtime.h"
+# Every installed header stands alone (a program may include any one of them
+# first), under strict C11, and only public headers are installed.
+for h in "$tmp"/prefix/include/parley/*.h; do
+  name=$(basename "$h")
+  case $name in
+  client.h | error.h | types.h | runtime.h) ;;
+  *) echo "unexpected installed header parley/$name"; exit 1 ;;
+  esac
+  printf '#include <parley/%s>\nint main(void) { return 0; }\n' "$name" |
+    cc -std=c11 -Wall -Wextra -Wpedantic -Werror -fsyntax-only -I"$tmp/prefix/include" -x c -
+done
 cc -std=c11 -Wall -Wextra -Werror -o "$tmp/pc_embed" "$SRC/examples/embed-lua/embed_lua.c" \
   $(pkg-config --cflags --libs parley-lua) -Wl,-rpath,"$libdir"
 rc=0; "$tmp/pc_embed" >/dev/null 2>&1 || rc=$?
