@@ -329,18 +329,11 @@ int cli_run(int argc, char **argv) {
   }
   if (f_listen) snprintf(sc.listen, sizeof sc.listen, "%s", f_listen);
   if (f_drain) {
-    char y[128];
-    snprintf(y, sizeof y, "shutdown:\n  drain: \"%s\"\n", f_drain);
-    pc_doc *d = NULL;
-    pc_error pe;
     uint64_t ms = 0;
-    if (pc_load_string("--drain", y, strlen(y), &d, &pe) != 0 ||
-        pc_get_ms(pc_get(pc_root(d), "shutdown"), "drain", 0, &ms, &pe) != 0 || ms > 3600000u) {
+    if (pc_parse_ms(f_drain, &ms) != 0 || ms > 3600000u) {
       fprintf(stderr, "parley: --drain: a duration such as 500ms, 10s or 1m\n");
-      pc_doc_free(d);
       return 2;
     }
-    pc_doc_free(d);
     sc.drain_ms = (uint32_t)ms;
   }
   if (!url && sc.url[0]) url = sc.url;

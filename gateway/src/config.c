@@ -14,17 +14,13 @@
 #include "store/storage_cfg.h"
 #include "web.h"
 
-/* Records a validation error against a node so the message names file,
- * line and key like every other configuration error. */
+/* A validation error named by the node's own path, or by fallback_key
+ * where the node has none (the document's root, a missing node). */
 static int node_fail(pc_error *err, const pc_node *n, const char *fallback_key,
                      const char *fmt, ...) {
-  /* err->file already names the document (set before validation). */
-  err->line = pc_node_line(n);
-  snprintf(err->key, sizeof err->key, "%s",
-           n && pc_node_path(n)[0] ? pc_node_path(n) : fallback_key);
   va_list ap;
   va_start(ap, fmt);
-  vsnprintf(err->message, sizeof err->message, fmt, ap);
+  pc_vfail(err, n, n && pc_node_path(n)[0] ? NULL : fallback_key, fmt, ap);
   va_end(ap);
   return PARLEY_ECONFIG;
 }
