@@ -15,7 +15,7 @@
 
 #include "cli.h"
 #include "gateway.h"
-#include "runtime.h"
+#include <parley/runtime.h>
 #include "sidecar.h"
 
 static int usage_to(FILE *out) {
@@ -83,7 +83,7 @@ int cli_config(int argc, char **argv) {
         return 1;
       }
     }
-    if (plr_load_check(dir, err, sizeof err) != 0) {
+    if (parley_runtime_check(dir, err, sizeof err) != 0) {
       fprintf(stderr, "%s\n", err);
       return 1;
     }

@@ -13,7 +13,7 @@
 #include "config/config.h"
 #include "rt.h"
 #include "gateway.h"
-#include "runtime.h"
+#include <parley/runtime.h>
 
 static int usage(FILE *out) {
   fprintf(out,
@@ -52,7 +52,7 @@ int cli_lint(int argc, char **argv) {
     return 2;
   }
   char err[4096];
-  if (plr_load_check(dir, err, sizeof err) != 0) {
+  if (parley_runtime_check(dir, err, sizeof err) != 0) {
     fprintf(stderr, "%s\n", err);
     return 1;
   }

@@ -30,7 +30,7 @@
 #include "config/config.h"
 #include "console.h"
 #include "gateway.h"
-#include "runtime.h"
+#include <parley/runtime.h>
 #include "sidecar.h"
 #include "web.h"
 
@@ -41,7 +41,7 @@ typedef struct run_ctx {
   uv_loop_t *loop;
   pg_gateway *gw;
   pg_config *gw_cfg;
-  plr_runtime *rt;
+  parley_runtime *rt;
   sidecar *sc;
   uint32_t drain_ms;
   console *con;
@@ -105,7 +105,7 @@ static void sidecar_closed(void *ud) {
  * last, so /readyz answers "draining" until the very end. */
 static void stop_done(void *ud) {
   run_ctx *r = ud;
-  if (r->rt && plr_runtime_busy(r->rt)) {
+  if (r->rt && parley_runtime_busy(r->rt)) {
     plog_log(sidecar_log(r->sc), PLOG_WARN, "drain time ran out with work left; the gateway "
              "delivers the unacknowledged events again", NULL);
     if (r->exit_code == 0) r->exit_code = 1;
@@ -140,7 +140,7 @@ static void begin_stop(run_ctx *r, int code) {
   if (r->sc) sidecar_set_draining(r->sc);
   if (r->rt) {
     r->pending_stops++;
-    plr_runtime_stop(r->rt, r->drain_ms, stop_done, r);
+    parley_runtime_stop(r->rt, r->drain_ms, stop_done, r);
   } else if (r->sc) {
     r->pending_stops++;
     sidecar_close(r->sc, sidecar_closed, r);
@@ -162,7 +162,7 @@ static void on_signal(uv_signal_t *s, int signum) {
     /* The runtime logs the outcome (in the configured format, once):
      * "reloaded <bot>" or "reload failed, keeping the running bot: ...". */
     char err[1024];
-    if (r->rt) plr_runtime_reload(r->rt, err, sizeof err);
+    if (r->rt) parley_runtime_reload(r->rt, err, sizeof err);
     return;
   }
   begin_stop(r, 0);
@@ -177,8 +177,8 @@ static void on_settle_tick(uv_timer_t *t) {
   const char *conv = console_conversation(r->con);
   uint64_t sent = console_last_sent_seq(r->con);
   uint64_t seen = console_last_seen_seq(r->con);
-  uint64_t committed = plr_runtime_committed(r->rt, conv);
-  bool ok = !plr_runtime_busy(r->rt) && committed >= sent && seen >= committed;
+  uint64_t committed = parley_runtime_committed(r->rt, conv);
+  bool ok = !parley_runtime_busy(r->rt) && committed >= sent && seen >= committed;
   if (sent == 0) ok = true; /* nothing was sent */
   r->settled_rounds = ok ? r->settled_rounds + 1 : 0;
   if (r->settled_rounds >= SETTLE_ROUNDS) {
@@ -348,7 +348,7 @@ int cli_run(int argc, char **argv) {
   if (!principal) principal = name;
 
   char err[2048];
-  if (plr_load_check(bot_dir, err, sizeof err) != 0) {
+  if (parley_runtime_check(bot_dir, err, sizeof err) != 0) {
     start_error(&sc, "cannot load bot %s:\n%s", bot_dir, err);
     return 1;
   }
@@ -428,7 +428,7 @@ int cli_run(int argc, char **argv) {
     return 2;
   }
 
-  plr_options ro = {0};
+  parley_runtime_options ro = {0};
   ro.loop = r.loop;
   ro.bot_dir = bot_dir;
   ro.url = url;
@@ -442,7 +442,7 @@ int cli_run(int argc, char **argv) {
   ro.ud = r.sc;
   ro.on_fatal = on_fatal;
   ro.fatal_ud = &r;
-  int rc = plr_runtime_new(&ro, &r.rt, err, sizeof err);
+  int rc = parley_runtime_new(&ro, &r.rt, err, sizeof err);
   if (rc != 0) {
     start_error(&sc, "%s", err);
     goto out;
@@ -452,7 +452,7 @@ int cli_run(int argc, char **argv) {
             parley_strerror(rc));
     goto out;
   }
-  if ((rc = plr_runtime_start(r.rt)) != 0) {
+  if ((rc = parley_runtime_start(r.rt)) != 0) {
     start_error(&sc, "cannot start the bot: %s", parley_strerror(rc));
     goto out;
   }
@@ -499,7 +499,7 @@ int cli_run(int argc, char **argv) {
 
 out:
   if (r.con) console_free(r.con);
-  if (r.rt) plr_runtime_free(r.rt);
+  if (r.rt) parley_runtime_free(r.rt);
   if (rc && r.sc) {
     /* A failed start may leave the ops port open: close it before freeing. */
     sidecar_close(r.sc, NULL, NULL);

@@ -10,7 +10,7 @@
  * the Lua runtime: readiness is the runtime's client being READY, metrics
  * are the client's counters plus the runtime's handler counters and the
  * latencies it reports through sidecar_observe, and the sidecar API's
- * sends go through plr_runtime_send_proactive, so they carry the
+ * sends go through parley_runtime_send_proactive, so they carry the
  * conversation's epoch and keep their place after a running handler's
  * replies.
  */
@@ -38,7 +38,7 @@ struct sidecar {
   plog_logger *log;
   pmet_registry *reg;
   pmet_parley m;
-  plr_runtime *rt;
+  parley_runtime *rt;
   psc_server *srv;
   bool draining;
   void (*closed)(void *ud);
@@ -209,11 +209,11 @@ int sidecar_new(uv_loop_t *loop, const sidecar_config *cfg, FILE *log_out, sidec
 
 plog_logger *sidecar_log(sidecar *s) { return s ? s->log : NULL; }
 
-void sidecar_observe(void *ud, int what, double seconds) {
+void sidecar_observe(void *ud, parley_runtime_observe what, double seconds) {
   sidecar *s = ud;
   if (!s) return;
-  if (what == PLR_OBSERVE_HANDLER) pmet_observe(s->m.handler_latency, seconds);
-  else if (what == PLR_OBSERVE_ACK) pmet_observe(s->m.ack_latency, seconds);
+  if (what == PARLEY_RUNTIME_OBSERVE_HANDLER) pmet_observe(s->m.handler_latency, seconds);
+  else if (what == PARLEY_RUNTIME_OBSERVE_ACK) pmet_observe(s->m.ack_latency, seconds);
 }
 
 static void send_done(void *ud, int status, uint64_t seq, bool duplicate) {
@@ -224,7 +224,7 @@ static int hook_send(void *ud, const char *conv, const parley_content *c,
                      const uint8_t msg_id[PARLEY_MSG_ID_LEN], psc_request *req) {
   sidecar *s = ud;
   if (!s->rt || s->draining) return PARLEY_ESHUTDOWN;
-  int rc = plr_runtime_send_proactive(s->rt, conv, c, msg_id, send_done, req);
+  int rc = parley_runtime_send_proactive(s->rt, conv, c, msg_id, send_done, req);
   if (rc == PARLEY_ENOTFOUND)
     plog_conv(s->log, PLOG_WARN, conv, 0, "sidecar send refused: conversation not assigned here",
               NULL);
@@ -265,7 +265,7 @@ static bool hook_ready(void *ud, char *reason, size_t size) {
     snprintf(reason, size, "draining");
     return false;
   }
-  parley_client *c = plr_runtime_client(s->rt);
+  parley_client *c = parley_runtime_client(s->rt);
   if (!c) {
     snprintf(reason, size, "no gateway client");
     return false;
@@ -280,7 +280,7 @@ static bool hook_ready(void *ud, char *reason, size_t size) {
 
 static void hook_metrics(void *ud) {
   sidecar *s = ud;
-  parley_client *c = plr_runtime_client(s->rt);
+  parley_client *c = parley_runtime_client(s->rt);
   if (c) pmet_parley_fill(&s->m, c);
   plr_stats st;
   plr_runtime_stats(s->rt, &st);
@@ -288,7 +288,7 @@ static void hook_metrics(void *ud) {
   pmet_counter_set(s->m.handler_budget_kills, (double)st.budget_exceeded);
 }
 
-int sidecar_attach(sidecar *s, plr_runtime *rt) {
+int sidecar_attach(sidecar *s, parley_runtime *rt) {
   s->rt = rt;
   /* Per-handler, HTTP, template and dialog counts go to the same registry. */
   plr_runtime_set_metrics(rt, s->reg);

@@ -10,7 +10,7 @@
 #include <stdint.h>
 
 #include "ops/log.h"
-#include "runtime.h"
+#include <parley/runtime.h>
 
 struct uv_loop_s;
 
@@ -55,11 +55,11 @@ int sidecar_new(struct uv_loop_s *loop, const sidecar_config *cfg, FILE *log_out
                 sidecar **out);
 /* Logger of the sidecar's own lines. */
 plog_logger *sidecar_log(sidecar *s);
-/* For plr_options.on_observe with ud = the sidecar. */
-void sidecar_observe(void *ud, int what, double seconds);
+/* For parley_runtime_options.on_observe with ud = the sidecar. */
+void sidecar_observe(void *ud, parley_runtime_observe what, double seconds);
 /* Starts the ops server on cfg's listen/port, unless the port is off, and
  * prints "ops listening on HOST:PORT" on stdout. */
-int sidecar_attach(sidecar *s, plr_runtime *rt);
+int sidecar_attach(sidecar *s, parley_runtime *rt);
 /* SIGTERM: /readyz answers 503 "draining" from now on. */
 void sidecar_set_draining(sidecar *s);
 /* Closes the ops server; done(ud) when it is gone (may be called at once). */

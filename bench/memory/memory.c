@@ -63,7 +63,7 @@
 #include "bench.h"
 #include "core/engine.h"
 #include "core/engine_int.h"
-#include "core/wire.h"
+#include "wire/wire.h"
 #include "gw.h"
 #include "proc.h"
 

@@ -5,7 +5,7 @@
  * content of sample.h: conversation id, seq, kind, gateway time, sender
  * principal and role, 16-byte message id, about 200 bytes of mixed
  * ASCII/Spanish/Chinese text, two tags).
- *   - parley: the codec the runtime uses, sdk/src/core/wire.c. Encoding
+ *   - parley: the codec the runtime uses, sdk/src/wire/wire.c. Encoding
  *     fills the generated structs and calls pw_encode (sizes, allocates,
  *     packs), then frees the buffer; decoding calls pw_decode (size limit,
  *     protobuf-c unpack, the field-0 and structural validation the engine
@@ -33,7 +33,7 @@
 #include <parley/error.h>
 
 #include "bench.h"
-#include "core/wire.h"
+#include "wire/wire.h"
 #include "sample.h"
 
 /* Timed loops read this thread's CPU clock rather than the wall clock: the
@@ -340,7 +340,7 @@ int main(int argc, char **argv) {
          (double)sizes[0] / (double)sizes[1]);
   bench_note("codec",
              "One Deliver frame, one message event with %zu bytes of UTF-8 text. parley: "
-             "pw_encode/pw_decode of sdk/src/core/wire.c (protobuf-c %s, decode includes the "
+             "pw_encode/pw_decode of sdk/src/wire/wire.c (protobuf-c %s, decode includes the "
              "frame validation); cjson: cJSON %s build+PrintUnformatted, Parse+field reads, "
              "message id as hex. Both free their output. Thread CPU time, median of %d repetitions of %zu frames.",
              strlen(SAMPLE_TEXT), protobuf_c_version(), cJSON_Version(), reps, iters);

@@ -46,7 +46,8 @@
 #include <parley/client.h>
 
 #include "bench.h"
-#include "runtime.h"
+#include <parley/runtime.h>
+#include "event.h"
 #include "sample.h"
 
 /* Timed loops read this thread's CPU clock rather than the wall clock: the

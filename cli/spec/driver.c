@@ -355,7 +355,7 @@ int wb_bot_new(wb *w, char *err, size_t errlen) {
                   .start = d_start,
                   .destroy = d_destroy,
                   .ud = b};
-  plr_options o = {.loop = w->loop,
+  parley_runtime_options o = {.loop = w->loop,
                    .bot_dir = w->bot_dir,
                    .url = wb_client_url(w),
                    .principal = w->principal,
@@ -384,12 +384,12 @@ int wb_bot_new(wb *w, char *err, size_t errlen) {
   co.user_data = b;
   if ((rc = parley_client_new(&co, &b->client)) != 0) {
     snprintf(err, errlen, "cannot create the bot's client: %s", parley_strerror(rc));
-    plr_runtime_free(b->rt); /* destroys b */
+    parley_runtime_free(b->rt); /* destroys b */
     return rc;
   }
-  if ((rc = plr_runtime_start(b->rt)) != 0) {
+  if ((rc = parley_runtime_start(b->rt)) != 0) {
     snprintf(err, errlen, "cannot start the bot: %s", parley_strerror(rc));
-    plr_runtime_free(b->rt);
+    parley_runtime_free(b->rt);
     return rc;
   }
   w->bot = b;
@@ -407,7 +407,7 @@ static void rebirth_fire(uv_timer_t *t) {
 /* A kill: the runtime is freed with whatever it had in flight, and a new
  * one connects to the same gateway a moment later. */
 void wb_bot_kill(wb *w) {
-  if (w->bot) plr_runtime_free(w->bot->rt);
+  if (w->bot) parley_runtime_free(w->bot->rt);
   w->bot = NULL;
   w->bot_pending = 0;
   w->bot_has_conv = false;

@@ -95,7 +95,7 @@ static bool settled_once(wb *w) {
   plr_rt_fire_due(w->bot->rt);
   /* A customer that is reconnecting has not been told everything yet. */
   if (!w->cust || parley_client_state(w->cust) != PARLEY_CONN_READY) return false;
-  bool ok = w->cust_pending == 0 && w->bot_pending == 0 && !plr_runtime_busy(w->bot->rt) &&
+  bool ok = w->cust_pending == 0 && w->bot_pending == 0 && !parley_runtime_busy(w->bot->rt) &&
             w->cust_seen >= w->bot_max_acked && w->cust_seen >= w->cust_last_seq;
   uint64_t need = w->need_seq;
   if (w->gate) {
@@ -104,7 +104,7 @@ static bool settled_once(wb *w) {
     if (!w->n_held) return false;
     need = w->held[0]->ev.seq - 1;
   }
-  if (ok && w->with_bot) ok = plr_runtime_committed(w->bot->rt, w->conv) >= need;
+  if (ok && w->with_bot) ok = parley_runtime_committed(w->bot->rt, w->conv) >= need;
   /* Every event the gateway stored, including what the bot's commit
    * produced (tags, state changes), reached the customer: a push dropped by
    * the fault switches comes back by redelivery. */
@@ -114,7 +114,7 @@ static bool settled_once(wb *w) {
    * the conversation (a new one after a kill) cannot: the commit then
    * comes with the hand back, when the event is handled again. */
   if (ok && !w->with_bot && w->bot_has_conv)
-    ok = plr_runtime_committed(w->bot->rt, w->conv) >= w->handoff_need;
+    ok = parley_runtime_committed(w->bot->rt, w->conv) >= w->handoff_need;
   return ok;
 }
 
@@ -288,7 +288,7 @@ static void run_case(wb *w, const char *file, const pc_node *c, int index, FILE 
     if (!wb_pump_until(w, cond_settled, WB_STEP_TIMEOUT_MS)) {
       snprintf(why, sizeof why, "the bot did not settle within %d ms (committed #%llu of #%llu)",
                WB_STEP_TIMEOUT_MS,
-               (unsigned long long)(w->bot ? plr_runtime_committed(w->bot->rt, w->conv) : 0),
+               (unsigned long long)(w->bot ? parley_runtime_committed(w->bot->rt, w->conv) : 0),
                (unsigned long long)w->need_seq);
     }
     /* What this step caused. The open step leaves out the answer to its
@@ -522,7 +522,7 @@ int cli_test(int argc, char **argv) {
   const char *bot_dir = argv[optind++];
 
   char err[4096];
-  if (plr_load_check(bot_dir, err, sizeof err) != 0) {
+  if (parley_runtime_check(bot_dir, err, sizeof err) != 0) {
     fprintf(stderr, "parley test: cannot load bot %s:\n%s\n", bot_dir, err);
     return 1;
   }
@@ -729,7 +729,7 @@ out_stop:
   wb_pump_until(w, wb_cond_no_kill, 3000);
   if (w->bot) {
     wb_pump_until(w, cond_bot_ready, 3000); /* see wb_kill_fire */
-    plr_runtime_free(w->bot->rt);
+    parley_runtime_free(w->bot->rt);
   }
   w->bot = NULL;
   for (size_t i = 0; i < w->n_agents; i++) parley_client_free(w->agents[i].client);

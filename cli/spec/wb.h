@@ -28,7 +28,7 @@
 #include "faultproxy.h"
 #include "gateway.h"
 #include "rt.h"
-#include "runtime.h"
+#include <parley/runtime.h>
 #include "spec.h"
 
 #define WB_ITEMS_MAX 512
@@ -81,7 +81,7 @@ typedef struct wb_http {
 /* The bot side: a runtime on our driver, and its client. */
 typedef struct wb_bot {
   wb *w;
-  plr_runtime *rt;
+  parley_runtime *rt;
   parley_client *client;
   bool closed;
 } wb_bot;

@@ -7,16 +7,20 @@
  *
  *   embed_lua <botdir> <ws-url> <token>
  */
+/* uv.h needs POSIX's types (pthread_rwlock_t), which strict C11 hides. */
+#ifndef _POSIX_C_SOURCE
+#define _POSIX_C_SOURCE 200809L
+#endif
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 
 #include <uv.h>
 
-#include "runtime.h"
+#include <parley/runtime.h>
 
 typedef struct app {
-  plr_runtime *rt;
+  parley_runtime *rt;
   uv_signal_t sigint, sigterm;
   int exit_code;
 } app;
@@ -33,7 +37,7 @@ static void on_signal(uv_signal_t *s, int signum) {
   (void)signum;
   uv_signal_stop(&a->sigint);
   uv_signal_stop(&a->sigterm);
-  plr_runtime_stop(a->rt, 10000, on_stopped, a);
+  parley_runtime_stop(a->rt, 10000, on_stopped, a);
 }
 
 int main(int argc, char **argv) {
@@ -43,21 +47,22 @@ int main(int argc, char **argv) {
   }
   char err[2048];
   /* The same checks `parley lint` makes, before anything connects. */
-  if (plr_load_check(argv[1], err, sizeof err) != 0) {
+  if (parley_runtime_check(argv[1], err, sizeof err) != 0) {
     fprintf(stderr, "%s\n", err);
     return 1;
   }
   uv_loop_t *loop = uv_default_loop();
   app a = {0};
-  plr_options o = {
+  parley_runtime_options o = {
+      .struct_version = PARLEY_RUNTIME_OPTIONS_VERSION,
       .loop = loop,
       .bot_dir = argv[1],
       .url = argv[2],
       .token = argv[3],
-      .log_format = 1, /* JSON lines on stderr */
-      .log_level = 1,  /* info */
+      .log_format = PARLEY_LOG_JSON, /* JSON lines on stderr */
+      .log_level = PARLEY_LOG_INFO,
   };
-  if (plr_runtime_new(&o, &a.rt, err, sizeof err) != 0) {
+  if (parley_runtime_new(&o, &a.rt, err, sizeof err) != 0) {
     fprintf(stderr, "%s\n", err);
     return 1;
   }
@@ -66,12 +71,12 @@ int main(int argc, char **argv) {
   a.sigint.data = a.sigterm.data = &a;
   uv_signal_start(&a.sigint, on_signal, SIGINT);
   uv_signal_start(&a.sigterm, on_signal, SIGTERM);
-  if (plr_runtime_start(a.rt) != 0) {
+  if (parley_runtime_start(a.rt) != 0) {
     fprintf(stderr, "cannot start the bot\n");
     return 1;
   }
   uv_run(loop, UV_RUN_DEFAULT);
-  plr_runtime_free(a.rt);
+  parley_runtime_free(a.rt);
   uv_loop_close(loop);
   return a.exit_code;
 }

@@ -22,7 +22,7 @@
 
 #include <uv.h>
 
-#include "core/wire.h"
+#include "wire/wire.h"
 #include "transport/reasm.h"
 #include "gateway.h"
 

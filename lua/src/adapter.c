@@ -31,7 +31,7 @@ typedef struct adapter_probe {
 } adapter_probe;
 
 typedef struct plr_adapter {
-  plr_runtime *rt;
+  parley_runtime *rt;
   parley_client *client;
   ph_client *http;
   bool closed;
@@ -86,7 +86,7 @@ static void cb_send_result(parley_client *c, const parley_send_result *r, void *
   void *inner = s ? s->send_ud : NULL;
   if (s) {
     if (r->status == 0 && a->rt->on_observe)
-      a->rt->on_observe(a->rt->ud, PLR_OBSERVE_ACK, (double)(uv_hrtime() - s->t0) / 1e9);
+      a->rt->on_observe(a->rt->ud, PARLEY_RUNTIME_OBSERVE_ACK, (double)(uv_hrtime() - s->t0) / 1e9);
     send_untrack(a, s);
   }
   plr_rt_on_send_result(a->rt, r, inner);
@@ -386,12 +386,12 @@ static void d_destroy(void *ud) {
   free(a);
 }
 
-parley_client *plr_runtime_client(plr_runtime *r) {
+parley_client *parley_runtime_client(parley_runtime *r) {
   if (!r || r->drv.destroy != d_destroy) return NULL;
   return ((plr_adapter *)r->drv.ud)->client;
 }
 
-int plr_runtime_new(const plr_options *o, plr_runtime **out, char *err, size_t errlen) {
+int parley_runtime_new(const parley_runtime_options *o, parley_runtime **out, char *err, size_t errlen) {
   *out = NULL;
   if (!o || !o->loop || !o->url) {
     if (err && errlen) snprintf(err, errlen, "runtime options need a loop and a gateway url");
@@ -425,7 +425,7 @@ int plr_runtime_new(const plr_options *o, plr_runtime **out, char *err, size_t e
                   .quiesce = d_quiesce,
                   .destroy = d_destroy,
                   .ud = a};
-  plr_runtime *r = NULL;
+  parley_runtime *r = NULL;
   int rc = plr_runtime_new_driver(o, &d, &r, err, errlen);
   if (rc) {
     free(a);
@@ -453,7 +453,7 @@ int plr_runtime_new(const plr_options *o, plr_runtime **out, char *err, size_t e
   rc = parley_client_new(&co, &a->client);
   if (rc) {
     if (err && errlen) snprintf(err, errlen, "cannot create the client: %s", parley_strerror(rc));
-    plr_runtime_free(r);
+    parley_runtime_free(r);
     return rc;
   }
   *out = r;

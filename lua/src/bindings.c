@@ -12,7 +12,7 @@
 
 /* Sends. ---------------------------------------------------------------- */
 
-static plr_job *current_job(lua_State *L, plr_runtime *r, const char *conv) {
+static plr_job *current_job(lua_State *L, parley_runtime *r, const char *conv) {
   plr_job *j = r->current;
   if (!j) plr_vm_raise(L, "replies and actions are only possible inside a handler");
   if (strcmp(j->conv->id, conv) != 0)
@@ -22,7 +22,7 @@ static plr_job *current_job(lua_State *L, plr_runtime *r, const char *conv) {
   return j;
 }
 
-static void job_msg_id(plr_runtime *r, plr_job *j, uint8_t id[PARLEY_MSG_ID_LEN]) {
+static void job_msg_id(parley_runtime *r, plr_job *j, uint8_t id[PARLEY_MSG_ID_LEN]) {
   if (j->kind == JOB_TIMER)
     plr_rt_derive(r, j->conv->id, 0,
            PLR_TIMER_ORDINAL + (uint32_t)(j->timer_id % 0x3FFFFF) * 256u + j->ordinal, id);
@@ -50,7 +50,7 @@ static parley_content_kind content_kind(const char *k) {
   return PARLEY_CONTENT_NONE;
 }
 
-static int push_send_status(lua_State *L, plr_runtime *r, plr_job *j, int rc) {
+static int push_send_status(lua_State *L, parley_runtime *r, plr_job *j, int rc) {
   if (rc) {
     r->stats.send_failures++;
     lua_pushnil(L);
@@ -65,7 +65,7 @@ static int push_send_status(lua_State *L, plr_runtime *r, plr_job *j, int rc) {
 
 /* C.send(conv, content, quote): content is runtime.lua's normalised table. */
 static int l_send(lua_State *L) {
-  plr_runtime *r = lua_touserdata(L, lua_upvalueindex(1));
+  parley_runtime *r = lua_touserdata(L, lua_upvalueindex(1));
   const char *conv = luaL_checkstring(L, 1);
   luaL_checktype(L, 2, LUA_TTABLE);
   plr_job *j = current_job(L, r, conv);
@@ -113,7 +113,7 @@ static int l_send(lua_State *L) {
 
 /* C.action(conv, kind, fields). */
 static int l_action(lua_State *L) {
-  plr_runtime *r = lua_touserdata(L, lua_upvalueindex(1));
+  parley_runtime *r = lua_touserdata(L, lua_upvalueindex(1));
   const char *conv = luaL_checkstring(L, 1);
   const char *kind = luaL_checkstring(L, 2);
   luaL_checktype(L, 3, LUA_TTABLE);
@@ -138,7 +138,7 @@ static int l_action(lua_State *L) {
 }
 
 static int l_idem(lua_State *L) {
-  plr_runtime *r = lua_touserdata(L, lua_upvalueindex(1));
+  parley_runtime *r = lua_touserdata(L, lua_upvalueindex(1));
   const char *conv = luaL_checkstring(L, 1);
   uint64_t seq = (uint64_t)luaL_checkinteger(L, 2);
   bool timer = lua_toboolean(L, 3);
@@ -157,7 +157,7 @@ static int l_idem(lua_State *L) {
 static void http_done(void *cb_ud, const plr_http_resp *resp) {
   plr_job *j = cb_ud;
   plr_conv *c = j->conv;
-  plr_runtime *r = NULL;
+  parley_runtime *r = NULL;
   /* The job knows its conversation, the conversation not its runtime: the
    * runtime rides in the job's Lua state. */
   plr_vm *vm = plr_vm_of(j->co);
@@ -211,7 +211,7 @@ static void http_done(void *cb_ud, const plr_http_resp *resp) {
 /* C.http(method, url, headers, body, timeout_ms): yields the handler's
  * coroutine until the response; returns resp or nil, err. */
 static int l_http(lua_State *L) {
-  plr_runtime *r = lua_touserdata(L, lua_upvalueindex(1));
+  parley_runtime *r = lua_touserdata(L, lua_upvalueindex(1));
   plr_job *j = r->current;
   if (!j || L != j->co)
     return plr_vm_raise(L, "http calls are only possible in a handler's own coroutine "
@@ -267,7 +267,7 @@ static int l_unavailable(lua_State *L) {
   return luaL_error(L, "not available while the bot is loading or being checked");
 }
 
-void plr_rt_bind(lua_State *L, plr_runtime *rt) {
+void plr_rt_bind(lua_State *L, parley_runtime *rt) {
   static const luaL_Reg fns[] = {{"send", l_send},       {"action", l_action},
                                  {"http", l_http},       {"sync_timers", plr_l_sync_timers},
                                  {"idem", l_idem},       {NULL, NULL}};

@@ -12,7 +12,7 @@
 
 static void flush_cb(uv_timer_t *t);
 
-void plr_commit_ready(plr_runtime *r, plr_conv *c) {
+void plr_commit_ready(parley_runtime *r, plr_conv *c) {
   if (c->handled_seq <= c->sent_seq) return;
   if (!c->ready) {
     c->ready = true;
@@ -80,7 +80,7 @@ static int build_commit(lua_State *L, plr_conv *c, parley_commit *pc,
 
 /* A conversation that left (revoked, closed) and owes nothing more drops
  * its Lua record and timers; the small C record keeps its watermark. */
-void plr_conv_maybe_forget(plr_runtime *r, plr_conv *c) {
+void plr_conv_maybe_forget(parley_runtime *r, plr_conv *c) {
   if (c->forgotten || !(c->revoked || c->closed) || c->job || c->head || c->ready ||
       c->handled_seq > c->sent_seq || r->freeing)
     return;
@@ -99,7 +99,7 @@ void plr_conv_maybe_forget(plr_runtime *r, plr_conv *c) {
 }
 
 static void flush_cb(uv_timer_t *t) {
-  plr_runtime *r = t->data;
+  parley_runtime *r = t->data;
   r->flush_armed = false;
   plr_vm *vm = r->vm;
   lua_State *L = plr_vm_state(vm);

@@ -11,7 +11,7 @@
 #include <stdarg.h>
 #include <stdio.h>
 
-void plr_log(plr_runtime *r, int level, const char *conv, uint64_t seq, const char *fmt,
+void plr_log(parley_runtime *r, int level, const char *conv, uint64_t seq, const char *fmt,
              ...) {
   if (level < PLOG_DEBUG) level = PLOG_DEBUG;
   if (level > PLOG_ERROR) level = PLOG_ERROR;

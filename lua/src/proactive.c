@@ -3,7 +3,7 @@
  * the runtime renders it in the conversation's locale and checks it with
  * the Lua reply's own code (runtime.lua: render_reply, normalize_content),
  * so a proactive message follows the same reply model and the same limits
- * as ctx:reply. The send itself is plr_runtime_send_proactive's: the
+ * as ctx:reply. The send itself is parley_runtime_send_proactive's: the
  * conversation's current epoch, its queue, the caller's message id. */
 #include "proactive.h"
 #include "rt_int.h"
@@ -22,7 +22,7 @@ static const char *field(lua_State *L, const char *k) {
   return s;
 }
 
-int plr_runtime_send_reply_json(plr_runtime *r, const char *conversation, const char *json,
+int plr_runtime_send_reply_json(parley_runtime *r, const char *conversation, const char *json,
                                 const uint8_t msg_id[PARLEY_MSG_ID_LEN],
                                 void (*done)(void *ud, int status, uint64_t seq, bool duplicate),
                                 void *ud, char *err, size_t errlen) {
@@ -72,7 +72,7 @@ int plr_runtime_send_reply_json(plr_runtime *r, const char *conversation, const 
     c.buttons = buttons;
     c.n_buttons = n;
   }
-  int rc = plr_runtime_send_proactive(r, conversation, &c, msg_id, done, ud);
+  int rc = parley_runtime_send_proactive(r, conversation, &c, msg_id, done, ud);
   if (rc == PARLEY_ENOTFOUND)
     snprintf(err, errlen, "conversation %s is not assigned to this bot", conversation);
   lua_settop(L, top);

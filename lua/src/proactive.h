@@ -8,14 +8,14 @@
 
 #include <parley/types.h>
 
-struct plr_runtime;
+struct parley_runtime;
 
 /* Renders json ({"template", "vars"?, "quick_replies"? | "card"?}) in the
  * conversation's locale, checks it as a Lua reply, and sends it with msg_id
- * as plr_runtime_send_proactive does (done follows on 0). On PARLEY_EINVAL
+ * as parley_runtime_send_proactive does (done follows on 0). On PARLEY_EINVAL
  * (a bad reply: unknown key, missing var, a limit) or PARLEY_ENOTFOUND, err
  * says why. */
-int plr_runtime_send_reply_json(struct plr_runtime *r, const char *conversation,
+int plr_runtime_send_reply_json(struct parley_runtime *r, const char *conversation,
                                 const char *json, const uint8_t msg_id[PARLEY_MSG_ID_LEN],
                                 void (*done)(void *ud, int status, uint64_t seq, bool duplicate),
                                 void *ud, char *err, size_t errlen);

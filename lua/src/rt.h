@@ -9,7 +9,9 @@
 #ifndef PARLEY_LUA_RT_H
 #define PARLEY_LUA_RT_H
 
-#include "runtime.h"
+#include <parley/runtime.h>
+
+#include "event.h"
 
 #include <parley/client.h>
 #include <parley/error.h>
@@ -70,11 +72,11 @@ typedef struct plr_driver {
   /* Closes the connection after draining; calls closed(r) when done. May be
    * NULL (nothing to close). */
   void (*stop)(void *ud, uint32_t drain_ms);
-  /* plr_runtime_start: connects. May be NULL. */
+  /* parley_runtime_start: connects. May be NULL. */
   int (*start)(void *ud);
   /* The runtime stopped: close what holds the loop (HTTP). May be NULL. */
   void (*quiesce)(void *ud);
-  /* plr_runtime_free: releases the driver; no callback may follow. May be
+  /* parley_runtime_free: releases the driver; no callback may follow. May be
    * NULL. */
   void (*destroy)(void *ud);
   void *ud;
@@ -97,7 +99,7 @@ typedef struct plr_limits {
 typedef struct plr_vm plr_vm;
 
 /* Loads a bot folder into a fresh state. rt may be NULL (lint). */
-int plr_vm_load(plr_runtime *rt, const char *bot_dir, plr_vm **out, char *err,
+int plr_vm_load(parley_runtime *rt, const char *bot_dir, plr_vm **out, char *err,
                 size_t errlen);
 void plr_vm_free(plr_vm *vm);
 lua_State *plr_vm_state(plr_vm *vm);
@@ -108,23 +110,23 @@ size_t plr_vm_memory(const plr_vm *vm);
 
 /* A runtime on an explicit driver (the tests' entry point; adapter.c uses
  * it too). The driver is copied. */
-int plr_runtime_new_driver(const plr_options *o, const plr_driver *d,
-                           plr_runtime **out, char *err, size_t errlen);
+int plr_runtime_new_driver(const parley_runtime_options *o, const plr_driver *d,
+                           parley_runtime **out, char *err, size_t errlen);
 
 /* What the driver reports back into the runtime. Pointers are borrowed. */
-void plr_rt_on_assign(plr_runtime *r, const parley_assignment *a);
-void plr_rt_on_revoke(plr_runtime *r, const char *conversation, uint64_t epoch,
+void plr_rt_on_assign(parley_runtime *r, const parley_assignment *a);
+void plr_rt_on_revoke(parley_runtime *r, const char *conversation, uint64_t epoch,
                       const char *reason);
-void plr_rt_on_event(plr_runtime *r, const parley_event *ev);
-void plr_rt_on_send_result(plr_runtime *r, const parley_send_result *res,
+void plr_rt_on_event(parley_runtime *r, const parley_event *ev);
+void plr_rt_on_send_result(parley_runtime *r, const parley_send_result *res,
                            void *send_ud);
-void plr_rt_on_commit_result(plr_runtime *r, const parley_commit_result *res);
+void plr_rt_on_commit_result(parley_runtime *r, const parley_commit_result *res);
 /* Fires every armed timer whose due time (plr_driver.now_ms) has passed,
  * now; for spec runs on a simulated clock. */
-void plr_rt_fire_due(plr_runtime *r);
+void plr_rt_fire_due(parley_runtime *r);
 /* The driver finished plr_driver.stop. */
-void plr_rt_on_stopped(plr_runtime *r);
-const char *plr_rt_principal(const plr_runtime *r);
+void plr_rt_on_stopped(parley_runtime *r);
+const char *plr_rt_principal(const parley_runtime *r);
 
 /* Counters, for metrics and tests. */
 typedef struct plr_stats {
@@ -132,11 +134,11 @@ typedef struct plr_stats {
   uint64_t sends, send_failures, commits, commit_items, http_requests;
   uint64_t timers_fired, reloads, reload_failures;
 } plr_stats;
-void plr_runtime_stats(const plr_runtime *r, plr_stats *out);
-plr_vm *plr_runtime_vm(plr_runtime *r);
+void plr_runtime_stats(const parley_runtime *r, plr_stats *out);
+plr_vm *plr_runtime_vm(parley_runtime *r);
 
 /* Logging shared by the C files: level 0 debug .. 3 error. */
-void plr_log(plr_runtime *r, int level, const char *conversation, uint64_t seq,
+void plr_log(parley_runtime *r, int level, const char *conversation, uint64_t seq,
              const char *fmt, ...)
 #if defined(__GNUC__)
     __attribute__((format(printf, 5, 6)))

@@ -25,7 +25,7 @@
  * the assignment are handled first. */
 #define PLR_ASSIGN_GRACE_MS 1000
 
-/* JOB_SEND: a proactive message (plr_runtime_send_proactive); it runs no
+/* JOB_SEND: a proactive message (parley_runtime_send_proactive); it runs no
  * handler and acknowledges no event. */
 typedef enum job_kind { JOB_EVENT, JOB_TIMER, JOB_ACK, JOB_SEND } job_kind;
 
@@ -65,7 +65,7 @@ typedef struct plr_job {
 
 typedef struct plr_uvt {
   uv_timer_t h;
-  plr_runtime *r;
+  parley_runtime *r;
   plr_conv *conv;
   uint64_t id;
 } plr_uvt;
@@ -104,7 +104,7 @@ struct plr_conv {
 
 #define PLR_CO_POOL 32
 
-struct plr_runtime {
+struct parley_runtime {
   uv_loop_t *loop;
   plr_driver drv;
   plr_vm *vm, *next_vm;
@@ -114,7 +114,7 @@ struct plr_runtime {
   FILE *log_out;
   void (*on_idle)(void *);
   void *ud;
-  void (*on_observe)(void *, int, double);
+  void (*on_observe)(void *, parley_runtime_observe, double);
   struct pmet_registry *metrics; /* per-handler metrics (rt_metrics.c), or NULL */
   plr_conv *buckets[PLR_BUCKETS];
   size_t nconvs;
@@ -141,23 +141,23 @@ struct plr_runtime {
 };
 
 /* runtime.c */
-plr_conv *plr_conv_find(const plr_runtime *r, const char *id);
-void plr_conv_enqueue(plr_runtime *r, plr_conv *c, plr_job *j);
+plr_conv *plr_conv_find(const parley_runtime *r, const char *id);
+void plr_conv_enqueue(parley_runtime *r, plr_conv *c, plr_job *j);
 /* Starts queued jobs of c until one has to wait. */
-void plr_conv_pump(plr_runtime *r, plr_conv *c);
-void plr_rt_maybe_idle(plr_runtime *r);
-void plr_rt_derive(plr_runtime *r, const char *conv, uint64_t seq, uint32_t ord,
+void plr_conv_pump(parley_runtime *r, plr_conv *c);
+void plr_rt_maybe_idle(parley_runtime *r);
+void plr_rt_derive(parley_runtime *r, const char *conv, uint64_t seq, uint32_t ord,
                    uint8_t out[PARLEY_MSG_ID_LEN]);
 /* Frees the runtime's memory once its last uv handle is closed. */
-void plr_rt_release(plr_runtime *r);
-void plr_job_resume(plr_runtime *r, plr_job *j, int nargs);
-void plr_job_fail(plr_runtime *r, plr_job *j, const char *why);
-void plr_job_maybe_complete(plr_runtime *r, plr_job *j);
+void plr_rt_release(parley_runtime *r);
+void plr_job_resume(parley_runtime *r, plr_job *j, int nargs);
+void plr_job_fail(parley_runtime *r, plr_job *j, const char *why);
+void plr_job_maybe_complete(parley_runtime *r, plr_job *j);
 
 /* commit.c */
 /* The conversation has handled events to acknowledge: flush soon. */
-void plr_commit_ready(plr_runtime *r, plr_conv *c);
-void plr_conv_maybe_forget(plr_runtime *r, plr_conv *c);
+void plr_commit_ready(parley_runtime *r, plr_conv *c);
+void plr_conv_maybe_forget(parley_runtime *r, plr_conv *c);
 
 /* timers.c */
 void plr_ctimer_disarm(plr_ctimer *ct);

@@ -22,16 +22,16 @@
 #include <lauxlib.h>
 #include <string.h>
 
-void plr_runtime_set_metrics(plr_runtime *r, pmet_registry *reg) {
+void plr_runtime_set_metrics(parley_runtime *r, pmet_registry *reg) {
   if (r) r->metrics = reg;
 }
 
-static void count(plr_runtime *r, const char *name, const char *help, const pmet_label *l,
+static void count(parley_runtime *r, const char *name, const char *help, const pmet_label *l,
                   size_t n) {
   if (r->metrics) pmet_inc(pmet_counter(r->metrics, name, help, l, n));
 }
 
-void plr_metrics_handler_done(plr_runtime *r, const plr_job *j, double seconds) {
+void plr_metrics_handler_done(parley_runtime *r, const plr_job *j, double seconds) {
   if (!r->metrics || !j->handler[0]) return;
   pmet_label l[] = {{"handler", j->handler}, {"outcome", j->failed ? "error" : "ok"}};
   count(r, "parley_handler_runs_total", "Handlers run, by handler and outcome.", l, 2);
@@ -48,7 +48,7 @@ void plr_metrics_handler_done(plr_runtime *r, const plr_job *j, double seconds) 
  *   "template_miss", locale          a template key missing in a locale
  *   "dialog", dialog, step, outcome  a dialog's step outcome */
 static int l_metric(lua_State *L) {
-  plr_runtime *r = lua_touserdata(L, lua_upvalueindex(1));
+  parley_runtime *r = lua_touserdata(L, lua_upvalueindex(1));
   const char *kind = luaL_checkstring(L, 1);
   if (!strcmp(kind, "handler")) {
     if (r->current) {
@@ -78,7 +78,7 @@ static int l_metric(lua_State *L) {
   return 0;
 }
 
-void plr_metrics_bind(lua_State *L, plr_runtime *rt) {
+void plr_metrics_bind(lua_State *L, parley_runtime *rt) {
   if (rt) {
     lua_pushlightuserdata(L, rt);
     lua_pushcclosure(L, l_metric, 1);

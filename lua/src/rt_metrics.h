@@ -6,14 +6,14 @@
 
 #include <lua.h>
 
-struct plr_runtime;
+struct parley_runtime;
 struct plr_job;
 
 /* Counts into reg from now on (NULL: stop). reg outlives the runtime. */
-void plr_runtime_set_metrics(struct plr_runtime *r, pmet_registry *reg);
+void plr_runtime_set_metrics(struct parley_runtime *r, pmet_registry *reg);
 /* A handler finished (failed or not) after seconds. */
-void plr_metrics_handler_done(struct plr_runtime *r, const struct plr_job *j, double seconds);
+void plr_metrics_handler_done(struct parley_runtime *r, const struct plr_job *j, double seconds);
 /* Sets C.metric in the table on top of L's stack. */
-void plr_metrics_bind(lua_State *L, struct plr_runtime *rt);
+void plr_metrics_bind(lua_State *L, struct parley_runtime *rt);
 
 #endif

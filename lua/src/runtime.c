@@ -20,20 +20,20 @@
 #include <string.h>
 #include <time.h>
 
-static void swap_vm(plr_runtime *r);
-static void check_drained(plr_runtime *r);
+static void swap_vm(parley_runtime *r);
+static void check_drained(parley_runtime *r);
 
 /* Conversations. -------------------------------------------------------- */
 
 static size_t hash_id(const char *s) { return (size_t)(pu_hash_str(s) % PLR_BUCKETS); }
 
-plr_conv *plr_conv_find(const plr_runtime *r, const char *id) {
+plr_conv *plr_conv_find(const parley_runtime *r, const char *id) {
   for (plr_conv *c = r->buckets[hash_id(id)]; c; c = c->hnext)
     if (strcmp(c->id, id) == 0) return c;
   return NULL;
 }
 
-static plr_conv *conv_get(plr_runtime *r, const char *id) {
+static plr_conv *conv_get(parley_runtime *r, const char *id) {
   plr_conv *c = plr_conv_find(r, id);
   if (c) return c;
   if (r->nconvs >= plr_vm_limits(r->vm)->conversations_max) return NULL;
@@ -51,14 +51,14 @@ static plr_conv *conv_get(plr_runtime *r, const char *id) {
   return c;
 }
 
-int64_t plr_rt_now(plr_runtime *r) {
+int64_t plr_rt_now(parley_runtime *r) {
   if (r && r->drv.now_ms) return r->drv.now_ms(r->drv.ud);
   struct timespec ts;
   clock_gettime(CLOCK_REALTIME, &ts);
   return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-void plr_rt_derive(plr_runtime *r, const char *conv, uint64_t seq, uint32_t ord,
+void plr_rt_derive(parley_runtime *r, const char *conv, uint64_t seq, uint32_t ord,
                    uint8_t out[PARLEY_MSG_ID_LEN]) {
   if (r->drv.derive) r->drv.derive(r->principal, conv, seq, ord, out);
   else parley_msg_id_derive(r->principal, conv, seq, ord, out);
@@ -66,7 +66,7 @@ void plr_rt_derive(plr_runtime *r, const char *conv, uint64_t seq, uint32_t ord,
 
 /* uv handles: the runtime's memory goes when the last one is closed. */
 
-void plr_rt_release(plr_runtime *r) {
+void plr_rt_release(parley_runtime *r) {
   for (size_t b = 0; b < PLR_BUCKETS; b++) {
     plr_conv *c = r->buckets[b];
     while (c) {
@@ -83,7 +83,7 @@ void plr_rt_release(plr_runtime *r) {
 }
 
 static void handle_closed(uv_handle_t *h) {
-  plr_runtime *r = h->data;
+  parley_runtime *r = h->data;
   if (--r->handles_open == 0 && r->freeing) plr_rt_release(r);
 }
 
@@ -105,7 +105,7 @@ static void psend_finish(plr_job *j, int status, uint64_t seq, bool dup) {
   psend_free(p);
 }
 
-static void job_free(plr_runtime *r, plr_job *j) {
+static void job_free(parley_runtime *r, plr_job *j) {
   /* A proactive send dropped before its answer (revoked, freed) still
    * answers its caller. */
   psend_finish(j, PARLEY_ENOTFOUND, 0, false);
@@ -133,7 +133,7 @@ static void job_free(plr_runtime *r, plr_job *j) {
   free(j);
 }
 
-void plr_conv_enqueue(plr_runtime *r, plr_conv *c, plr_job *j) {
+void plr_conv_enqueue(parley_runtime *r, plr_conv *c, plr_job *j) {
   j->conv = c;
   if (c->tail) c->tail->next = j;
   else c->head = j;
@@ -143,11 +143,11 @@ void plr_conv_enqueue(plr_runtime *r, plr_conv *c, plr_job *j) {
 }
 
 
-static bool runtime_busy(const plr_runtime *r) {
+static bool runtime_busy(const parley_runtime *r) {
   return r->jobs_running || r->queued || r->ready_head || r->flush_armed || r->inflight;
 }
 
-void plr_rt_maybe_idle(plr_runtime *r) {
+void plr_rt_maybe_idle(parley_runtime *r) {
   if (r->stopping) {
     check_drained(r);
     return;
@@ -156,7 +156,7 @@ void plr_rt_maybe_idle(plr_runtime *r) {
 }
 
 /* Copies a traceback of the failed coroutine into buf. */
-static void job_error_text(plr_runtime *r, plr_job *j, char *buf, size_t size) {
+static void job_error_text(parley_runtime *r, plr_job *j, char *buf, size_t size) {
   lua_State *L = plr_vm_state(r->vm);
   const char *msg = lua_tostring(j->co, -1);
   luaL_traceback(L, j->co, msg ? msg : "(error object is not a string)", 0);
@@ -170,7 +170,7 @@ static void push_job_arg(lua_State *L, plr_job *j) {
 }
 
 /* A handler failed: count, log, roll back, fallback reply. */
-void plr_job_fail(plr_runtime *r, plr_job *j, const char *why) {
+void plr_job_fail(parley_runtime *r, plr_job *j, const char *why) {
   plr_conv *c = j->conv;
   r->stats.failures++;
   if (j->exhausted) r->stats.budget_exceeded++;
@@ -193,7 +193,7 @@ void plr_job_fail(plr_runtime *r, plr_job *j, const char *why) {
   r->current = prev;
 }
 
-void plr_job_resume(plr_runtime *r, plr_job *j, int nargs) {
+void plr_job_resume(parley_runtime *r, plr_job *j, int nargs) {
   plr_vm *vm = r->vm;
   lua_State *L = plr_vm_state(vm);
   r->current = j;
@@ -228,7 +228,7 @@ void plr_job_resume(plr_runtime *r, plr_job *j, int nargs) {
   plr_job_maybe_complete(r, j);
 }
 
-static void job_start(plr_runtime *r, plr_job *j) {
+static void job_start(parley_runtime *r, plr_job *j) {
   plr_vm *vm = r->vm;
   lua_State *L = plr_vm_state(vm);
   j->started = true;
@@ -261,7 +261,7 @@ static void job_start(plr_runtime *r, plr_job *j) {
 
 /* The job is over when its handler returned (or failed) and every send it
  * made was answered. Then its changes go to the commit record. */
-void plr_job_maybe_complete(plr_runtime *r, plr_job *j) {
+void plr_job_maybe_complete(parley_runtime *r, plr_job *j) {
   if (!j->done || j->pending_sends || j->waiting_http || j->finished) return;
   plr_conv *c = j->conv;
   plr_vm *vm = r->vm;
@@ -282,7 +282,7 @@ void plr_job_maybe_complete(plr_runtime *r, plr_job *j) {
   }
   j->finished = true;
   if (j->kind != JOB_SEND && r->on_observe && j->start_ns)
-    r->on_observe(r->ud, PLR_OBSERVE_HANDLER, (double)(plr_vm_now_ns() - j->start_ns) / 1e9);
+    r->on_observe(r->ud, PARLEY_RUNTIME_OBSERVE_HANDLER, (double)(plr_vm_now_ns() - j->start_ns) / 1e9);
   if (j->kind != JOB_SEND && j->start_ns)
     plr_metrics_handler_done(r, j, (double)(plr_vm_now_ns() - j->start_ns) / 1e9);
   if (j->kind == JOB_EVENT && j->seq > c->handled_seq) c->handled_seq = j->seq;
@@ -298,7 +298,7 @@ void plr_job_maybe_complete(plr_runtime *r, plr_job *j) {
 
 /* Starts queued jobs of c until one has to wait. Re-entry (a job that
  * completes inside job_start) continues this loop instead of recursing. */
-void plr_conv_pump(plr_runtime *r, plr_conv *c) {
+void plr_conv_pump(parley_runtime *r, plr_conv *c) {
   if (c->pumping) return;
   c->pumping = true;
   while (!c->job && c->head && !r->next_vm && !r->freeing) {
@@ -342,7 +342,7 @@ void plr_conv_pump(plr_runtime *r, plr_conv *c) {
   c->pumping = false;
 }
 
-static void pump_all(plr_runtime *r) {
+static void pump_all(parley_runtime *r) {
   for (size_t b = 0; b < PLR_BUCKETS; b++)
     for (plr_conv *c = r->buckets[b]; c; c = c->hnext) plr_conv_pump(r, c);
 }
@@ -456,7 +456,7 @@ int plr_event_push(lua_State *L) {
   return 1;
 }
 
-void plr_rt_on_event(plr_runtime *r, const parley_event *ev) {
+void plr_rt_on_event(parley_runtime *r, const parley_event *ev) {
   if (r->stopping || r->freeing || !ev->conversation) return;
   plr_conv *c = conv_get(r, ev->conversation);
   if (!c) {
@@ -509,7 +509,7 @@ void plr_rt_on_event(plr_runtime *r, const parley_event *ev) {
   plr_rt_maybe_idle(r);
 }
 
-void plr_rt_on_assign(plr_runtime *r, const parley_assignment *a) {
+void plr_rt_on_assign(parley_runtime *r, const parley_assignment *a) {
   if (r->freeing || !a->conversation) return;
   plr_conv *c = conv_get(r, a->conversation);
   if (!c) {
@@ -561,7 +561,7 @@ void plr_rt_on_assign(plr_runtime *r, const parley_assignment *a) {
   plr_log(r, 0, c->id, a->acked_seq, "assigned, epoch %llu", (unsigned long long)a->epoch);
 }
 
-void plr_rt_on_revoke(plr_runtime *r, const char *conversation, uint64_t epoch,
+void plr_rt_on_revoke(parley_runtime *r, const char *conversation, uint64_t epoch,
                       const char *reason) {
   plr_conv *c = plr_conv_find(r, conversation);
   if (!c) return;
@@ -589,7 +589,7 @@ void plr_rt_on_revoke(plr_runtime *r, const char *conversation, uint64_t epoch,
   plr_rt_maybe_idle(r);
 }
 
-void plr_rt_on_send_result(plr_runtime *r, const parley_send_result *res, void *send_ud) {
+void plr_rt_on_send_result(parley_runtime *r, const parley_send_result *res, void *send_ud) {
   plr_job *j = send_ud;
   if (!j) return;
   if (j->kind == JOB_SEND) psend_finish(j, res->status, res->seq, res->duplicate);
@@ -607,7 +607,7 @@ void plr_rt_on_send_result(plr_runtime *r, const parley_send_result *res, void *
  * commit carries them instead of losing them. Answers to commits sent
  * before the last Assign are only counted: that Assign rebuilt the record
  * from the gateway's own document. */
-static void commit_answered(plr_runtime *r, plr_conv *c, bool ok) {
+static void commit_answered(parley_runtime *r, plr_conv *c, bool ok) {
   if (c->commits_out) c->commits_out--;
   if (c->commits_stale) {
     c->commits_stale--;
@@ -626,7 +626,7 @@ static void commit_answered(plr_runtime *r, plr_conv *c, bool ok) {
     plr_log(r, 3, c->id, c->handled_seq, "settling a commit failed: %s", err);
 }
 
-void plr_rt_on_commit_result(plr_runtime *r, const parley_commit_result *res) {
+void plr_rt_on_commit_result(parley_runtime *r, const parley_commit_result *res) {
   if (r->inflight) r->inflight--;
   plr_conv *c = res->conversation ? plr_conv_find(r, res->conversation) : NULL;
   if (res->status) {
@@ -641,18 +641,28 @@ void plr_rt_on_commit_result(plr_runtime *r, const parley_commit_result *res) {
 
 /* Lifecycle. ------------------------------------------------------------ */
 
-const char *plr_rt_principal(const plr_runtime *r) { return r->principal; }
-plr_vm *plr_runtime_vm(plr_runtime *r) { return r->vm; }
-void plr_runtime_stats(const plr_runtime *r, plr_stats *out) { *out = r->stats; }
+const char *plr_rt_principal(const parley_runtime *r) { return r->principal; }
+plr_vm *plr_runtime_vm(parley_runtime *r) { return r->vm; }
+void plr_runtime_stats(const parley_runtime *r, plr_stats *out) { *out = r->stats; }
 
-int plr_runtime_new_driver(const plr_options *o, const plr_driver *d, plr_runtime **out,
+int plr_runtime_new_driver(const parley_runtime_options *o, const plr_driver *d, parley_runtime **out,
                            char *err, size_t errlen) {
   *out = NULL;
   if (!o || !o->loop || !o->bot_dir || !d || !d->send || !d->action || !d->commit) {
     if (err && errlen) snprintf(err, errlen, "runtime options need a loop, a bot_dir and a driver");
     return PARLEY_EINVAL;
   }
-  plr_runtime *r = calloc(1, sizeof *r);
+  if (o->struct_version > PARLEY_RUNTIME_OPTIONS_VERSION) {
+    if (err && errlen)
+      snprintf(err, errlen, "runtime options version %u is newer than this library's %u",
+               (unsigned)o->struct_version, (unsigned)PARLEY_RUNTIME_OPTIONS_VERSION);
+    return PARLEY_EINVAL;
+  }
+  if ((unsigned)o->log_format > PARLEY_LOG_LOGFMT || (unsigned)o->log_level > PARLEY_LOG_ERROR) {
+    if (err && errlen) snprintf(err, errlen, "runtime options: unknown log_format or log_level");
+    return PARLEY_EINVAL;
+  }
+  parley_runtime *r = calloc(1, sizeof *r);
   if (!r) return PARLEY_ENOMEM;
   r->loop = o->loop;
   r->drv = *d;
@@ -689,7 +699,7 @@ int plr_runtime_new_driver(const plr_options *o, const plr_driver *d, plr_runtim
   return 0;
 }
 
-static void close_handles(plr_runtime *r) {
+static void close_handles(parley_runtime *r) {
   if (r->handles_closed) return;
   r->handles_closed = true;
   r->flush_armed = false;
@@ -700,8 +710,8 @@ static void close_handles(plr_runtime *r) {
 }
 
 /* Stopped: the runtime's handles close now, so a loop run until it has no
- * handles ends, and plr_runtime_free after it needs no further loop run. */
-static void finish_stop(plr_runtime *r) {
+ * handles ends, and parley_runtime_free after it needs no further loop run. */
+static void finish_stop(parley_runtime *r) {
   if (r->stop_done_called) return;
   r->stop_done_called = true;
   close_handles(r);
@@ -709,29 +719,29 @@ static void finish_stop(plr_runtime *r) {
   if (r->stop_done) r->stop_done(r->stop_ud);
 }
 
-void plr_rt_on_stopped(plr_runtime *r) { finish_stop(r); }
+void plr_rt_on_stopped(parley_runtime *r) { finish_stop(r); }
 
-static void begin_driver_stop(plr_runtime *r, uint32_t left) {
+static void begin_driver_stop(parley_runtime *r, uint32_t left) {
   if (r->stop_called_driver) return;
   r->stop_called_driver = true;
   if (r->drv.stop) r->drv.stop(r->drv.ud, left);
   else finish_stop(r);
 }
 
-static void check_drained(plr_runtime *r) {
+static void check_drained(parley_runtime *r) {
   if (!r->stopping || r->stop_called_driver) return;
   if (runtime_busy(r)) return;
   begin_driver_stop(r, 1000);
 }
 
 static void drain_timeout(uv_timer_t *t) {
-  plr_runtime *r = t->data;
+  parley_runtime *r = t->data;
   plr_log(r, 2, NULL, 0, "drain timed out with %u handlers running, %llu events queued",
           r->jobs_running, (unsigned long long)r->queued);
   begin_driver_stop(r, 0);
 }
 
-void plr_runtime_stop(plr_runtime *r, uint32_t drain_ms, void (*done)(void *ud), void *ud) {
+void parley_runtime_stop(parley_runtime *r, uint32_t drain_ms, void (*done)(void *ud), void *ud) {
   if (!r || r->stopping) return;
   r->stopping = true;
   r->stop_done = done;
@@ -745,12 +755,12 @@ void plr_runtime_stop(plr_runtime *r, uint32_t drain_ms, void (*done)(void *ud),
   check_drained(r);
 }
 
-int plr_runtime_start(plr_runtime *r) {
+int parley_runtime_start(parley_runtime *r) {
   if (!r) return PARLEY_EINVAL;
   return r->drv.start ? r->drv.start(r->drv.ud) : 0;
 }
 
-bool plr_runtime_busy(const plr_runtime *r) { return r && runtime_busy(r); }
+bool parley_runtime_busy(const parley_runtime *r) { return r && runtime_busy(r); }
 
 static bool psend_str(plr_psend *p, const char **dst, const char *src) {
   if (!src) return true;
@@ -762,7 +772,7 @@ static bool psend_str(plr_psend *p, const char **dst, const char *src) {
   return true;
 }
 
-int plr_runtime_send_proactive(plr_runtime *r, const char *conversation,
+int parley_runtime_send_proactive(parley_runtime *r, const char *conversation,
                                const parley_content *content, const uint8_t msg_id[16],
                                void (*done)(void *ud, int status, uint64_t seq, bool duplicate),
                                void *ud) {
@@ -822,13 +832,13 @@ int plr_runtime_send_proactive(plr_runtime *r, const char *conversation,
   return 0;
 }
 
-uint64_t plr_runtime_committed(const plr_runtime *r, const char *conversation) {
+uint64_t parley_runtime_committed(const parley_runtime *r, const char *conversation) {
   const plr_conv *c = r && conversation ? plr_conv_find(r, conversation) : NULL;
   return c ? c->committed : 0;
 }
 
 /* Frees every job of every conversation; running ones are abandoned. */
-static void drop_jobs(plr_runtime *r) {
+static void drop_jobs(parley_runtime *r) {
   for (size_t b = 0; b < PLR_BUCKETS; b++)
     for (plr_conv *c = r->buckets[b]; c; c = c->hnext) {
       while (c->head) {
@@ -848,7 +858,7 @@ static void drop_jobs(plr_runtime *r) {
     }
 }
 
-void plr_runtime_free(plr_runtime *r) {
+void parley_runtime_free(parley_runtime *r) {
   if (!r) return;
   r->freeing = true;
   /* The driver goes first: after this no callback can name a job. */
@@ -866,7 +876,7 @@ void plr_runtime_free(plr_runtime *r) {
 /* Reload. --------------------------------------------------------------- */
 
 /* Moves conversation records and queued events into the new state. */
-static void swap_vm(plr_runtime *r) {
+static void swap_vm(parley_runtime *r) {
   plr_vm *old = r->vm, *nv = r->next_vm;
   lua_State *Lo = plr_vm_state(old), *Ln = plr_vm_state(nv);
   char err[512];
@@ -923,7 +933,7 @@ static void swap_vm(plr_runtime *r) {
   pump_all(r);
 }
 
-int plr_runtime_reload(plr_runtime *r, char *err, size_t errlen) {
+int parley_runtime_reload(parley_runtime *r, char *err, size_t errlen) {
   plr_vm *nv = NULL;
   int rc = plr_vm_load(r, r->bot_dir, &nv, err, errlen);
   if (rc) {

@@ -36,7 +36,7 @@ typedef struct sp_http {
 
 typedef struct sp_run {
   uv_loop_t loop;
-  plr_runtime *r;
+  parley_runtime *r;
   int64_t now;
   uint64_t seq; /* the conversation's last seq, as the gateway would number it */
   sp_item *items[SP_ITEMS_MAX];
@@ -438,7 +438,7 @@ static void run_step(sp_run *s, const pc_node *node, const char *locale) {
 }
 
 static void run_free(sp_run *s) {
-  if (s->r) plr_runtime_free(s->r);
+  if (s->r) parley_runtime_free(s->r);
   uv_run(&s->loop, UV_RUN_DEFAULT);
   uv_loop_close(&s->loop);
   for (size_t i = 0; i < s->nitems; i++) item_free(s->items[i]);
@@ -463,7 +463,7 @@ static bool run_case(const char *bot_dir, const pc_node *c, char *why, size_t wh
   s->stubs = pc_get(c, "http");
   s->log = open_memstream(&s->logbuf, &s->loglen);
   const char *locale = pc_scalar(pc_get(c, "locale"));
-  plr_options o = {.loop = &s->loop, .bot_dir = bot_dir, .log_out = s->log, .log_level = 2};
+  parley_runtime_options o = {.loop = &s->loop, .bot_dir = bot_dir, .log_out = s->log, .log_level = PARLEY_LOG_WARN};
   plr_driver d = {.send = d_send, .action = d_action, .commit = d_commit, .http = d_http,
                   .http_cancel = d_http_cancel, .now_ms = d_now, .ud = s};
   char err[1024] = "";
@@ -541,7 +541,7 @@ int plr_spec_run_dir(const char *bot_dir, FILE *out, plr_spec_result *res) {
   plr_spec_result local = {0};
   if (!res) res = &local;
   char err[2048] = "";
-  int rc = plr_load_check(bot_dir, err, sizeof err);
+  int rc = parley_runtime_check(bot_dir, err, sizeof err);
   if (rc) {
     fprintf(out, "FAIL %s\n", err);
     res->failed++;

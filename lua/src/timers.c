@@ -12,7 +12,7 @@
 
 static void uvt_closed(uv_handle_t *h) {
   plr_uvt *t = (plr_uvt *)h;
-  plr_runtime *r = t->r;
+  parley_runtime *r = t->r;
   free(t);
   if (--r->handles_open == 0 && r->freeing) plr_rt_release(r);
 }
@@ -29,7 +29,7 @@ void plr_ctimer_disarm(plr_ctimer *ct) {
 
 static void uvt_fire(uv_timer_t *h) {
   plr_uvt *t = (plr_uvt *)h;
-  plr_runtime *r = t->r;
+  parley_runtime *r = t->r;
   plr_conv *c = t->conv;
   uint64_t id = t->id;
   for (size_t i = 0; i < c->ntimers; i++) {
@@ -53,7 +53,7 @@ static void uvt_fire(uv_timer_t *h) {
   }
 }
 
-void plr_rt_fire_due(plr_runtime *r) {
+void plr_rt_fire_due(parley_runtime *r) {
   int64_t now = plr_rt_now(r);
   for (size_t b = 0; b < PLR_BUCKETS; b++)
     for (plr_conv *c = r->buckets[b]; c; c = c->hnext) {
@@ -72,7 +72,7 @@ void plr_rt_fire_due(plr_runtime *r) {
     }
 }
 
-static void ctimer_arm(plr_runtime *r, plr_conv *c, plr_ctimer *ct) {
+static void ctimer_arm(parley_runtime *r, plr_conv *c, plr_ctimer *ct) {
   if (ct->uvt || ct->queued || c->revoked || r->freeing || r->stopping) return;
   plr_uvt *t = calloc(1, sizeof *t);
   if (!t) return;
@@ -96,7 +96,7 @@ static void ctimer_arm(plr_runtime *r, plr_conv *c, plr_ctimer *ct) {
 /* C.sync_timers(conv, {{id, due}, ...}): the timers the conversation's state
  * holds. Arms the new ones, disarms the ones that are gone. */
 int plr_l_sync_timers(lua_State *L) {
-  plr_runtime *r = lua_touserdata(L, lua_upvalueindex(1));
+  parley_runtime *r = lua_touserdata(L, lua_upvalueindex(1));
   const char *id = luaL_checkstring(L, 1);
   luaL_checktype(L, 2, LUA_TTABLE);
   plr_conv *c = plr_conv_find(r, id);

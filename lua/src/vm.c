@@ -678,7 +678,7 @@ static int vm_run_bot(plr_vm *vm, char *err, size_t errlen) {
   return status;
 }
 
-int plr_vm_load(plr_runtime *rt, const char *bot_dir, plr_vm **out, char *err,
+int plr_vm_load(parley_runtime *rt, const char *bot_dir, plr_vm **out, char *err,
                 size_t errlen) {
   *out = NULL;
   plr_vm *vm = calloc(1, sizeof *vm);
@@ -741,7 +741,7 @@ const char *plr_vm_default_locale(const plr_vm *vm) { return vm->default_locale;
 const plr_limits *plr_vm_limits(const plr_vm *vm) { return &vm->lim; }
 size_t plr_vm_memory(const plr_vm *vm) { return vm->mem_used; }
 
-int plr_load_check(const char *bot_dir, char *err, size_t errlen) {
+int parley_runtime_check(const char *bot_dir, char *err, size_t errlen) {
   plr_vm *vm = NULL;
   int rc = plr_vm_load(NULL, bot_dir, &vm, err, errlen);
   plr_vm_free(vm);

@@ -20,7 +20,7 @@ struct pc_doc;
 
 struct plr_vm {
   lua_State *L;
-  plr_runtime *rt;      /* NULL when only checking */
+  parley_runtime *rt;      /* NULL when only checking */
   size_t mem_used, mem_limit, mem_peak;
   int64_t budget;       /* instructions left for the code running now */
   bool exhausted;       /* the budget ran out: every hook raises */
@@ -68,7 +68,7 @@ int plr_vm_rt_get(plr_vm *vm, const char *fn);
 
 /* runtime.c: adds send, action, http, sync_timers, idem to the C table on
  * top of the stack (stubs that raise when rt is NULL). */
-void plr_rt_bind(lua_State *L, plr_runtime *rt);
-int64_t plr_rt_now(plr_runtime *rt);
+void plr_rt_bind(lua_State *L, parley_runtime *rt);
+int64_t plr_rt_now(parley_runtime *rt);
 
 #endif

@@ -26,7 +26,7 @@
 #include <parley/client.h>
 
 #include "core/engine.h"
-#include "core/wire.h"
+#include "wire/wire.h"
 #include "transport/url.h"
 #include "transport/ws.h"
 #include "util/clock.h"

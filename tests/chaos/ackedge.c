@@ -21,7 +21,7 @@
 
 #include <parley/error.h>
 
-#include "core/wire.h"
+#include "wire/wire.h"
 #include "proc.h"
 #include "wsclient.h"
 

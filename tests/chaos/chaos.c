@@ -56,7 +56,7 @@
 #include <libwebsockets.h>
 #include <parley/client.h>
 
-#include "core/wire.h"
+#include "wire/wire.h"
 #include "faultproxy.h"
 #include "proc.h"
 #include "wsclient.h"

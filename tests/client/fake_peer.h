@@ -17,7 +17,7 @@
 #include <libwebsockets.h>
 #include <uv.h>
 
-#include "core/wire.h"
+#include "wire/wire.h"
 
 #define FP_MAX_CONNS 8
 #define FP_MAX_FRAMES 32

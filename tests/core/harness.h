@@ -19,7 +19,7 @@
 #include <parley/client.h>
 
 #include "core/engine.h"
-#include "core/wire.h"
+#include "wire/wire.h"
 
 /* Assertions that print both values and are never compiled out. */
 #define H_FAIL(...)                                                   \

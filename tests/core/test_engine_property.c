@@ -39,7 +39,7 @@
 #include <parley/client.h>
 
 #include "core/engine.h"
-#include "core/wire.h"
+#include "wire/wire.h"
 
 #define NCONV 4
 #define MAXLOG 400

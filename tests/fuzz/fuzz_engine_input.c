@@ -40,7 +40,7 @@
 #include <parley/error.h>
 
 #include "core/engine.h"
-#include "core/wire.h"
+#include "wire/wire.h"
 #include "fuzz_common.h"
 
 #define F_BOT 0x01

@@ -1,4 +1,4 @@
-/* Fuzz target: the frame codec (sdk/src/core/wire.h).
+/* Fuzz target: the frame codec (sdk/src/wire/wire.h).
  *
  * Any byte string given to pw_decode must either decode into a frame that
  * passes validation, or fail with one of the documented statuses and a
@@ -9,7 +9,7 @@
  * it is larger and agree with the default limit otherwise. */
 #include <parley/error.h>
 
-#include "core/wire.h"
+#include "wire/wire.h"
 #include "fuzz_common.h"
 
 /* Spare bytes asked of pw_encode, written to prove they are really there. */

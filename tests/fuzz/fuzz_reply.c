@@ -72,7 +72,7 @@ static const char *const BOT[] = {"bot.yaml", "name: fuzzreply\ndefault_locale: 
                                   "bot.lua", BOT_LUA, NULL};
 
 typedef struct fr {
-  plr_runtime *r;
+  parley_runtime *r;
   uv_loop_t loop;
   void *pending[FR_PENDING_MAX]; /* send_ud of sends not yet answered */
   uint8_t pending_id[FR_PENDING_MAX][PARLEY_MSG_ID_LEN];
@@ -259,7 +259,7 @@ static void fr_pump(fr *f) {
 static void fr_cleanup(void) {
   if (g.verbose) fprintf(stderr, "fuzz_reply: %zu sends accepted\n", g.sends);
   if (g.r) {
-    plr_runtime_free(g.r);
+    parley_runtime_free(g.r);
     g.r = NULL;
     uv_run(&g.loop, UV_RUN_DEFAULT);
     uv_loop_close(&g.loop);
@@ -284,7 +284,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv) {
   g.log = fopencookie(NULL, "w", (cookie_io_functions_t){.write = fr_log_write});
   FZ_CHECK(g.log != NULL, "fopencookie failed");
   setvbuf(g.log, NULL, _IOLBF, 0);
-  plr_options o = {.loop = &g.loop, .bot_dir = g.dir, .log_out = g.log, .log_level = 2};
+  parley_runtime_options o = {.loop = &g.loop, .bot_dir = g.dir, .log_out = g.log, .log_level = PARLEY_LOG_WARN};
   plr_driver d = {.send = fr_send,
                   .action = fr_action,
                   .commit = fr_commit,

@@ -17,7 +17,7 @@
 
 #include <parley/types.h>
 
-#include "core/wire.h"
+#include "wire/wire.h"
 
 static const char *g_root;
 

@@ -7,7 +7,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-#include "core/wire.h"
+#include "wire/wire.h"
 #include "wsclient.h"
 
 typedef struct gwh gwh;

@@ -188,7 +188,7 @@ int fd_open(fd *f, const char *dir, char *err, size_t errlen) {
   uv_loop_init(&f->loop);
   f->now = 1700000000000;
   f->logf = fmemopen(f->log, sizeof f->log - 1, "w");
-  plr_options o = {.loop = &f->loop, .bot_dir = dir, .log_out = f->logf, .log_level = 0,
+  parley_runtime_options o = {.loop = &f->loop, .bot_dir = dir, .log_out = f->logf, .log_level = PARLEY_LOG_DEBUG,
                    .log_format = log_format};
   plr_driver d = {.send = fd_send_cb,
                   .action = fd_action_cb,
@@ -207,7 +207,7 @@ int fd_open(fd *f, const char *dir, char *err, size_t errlen) {
 }
 
 void fd_close(fd *f) {
-  plr_runtime_free(f->r);
+  parley_runtime_free(f->r);
   f->r = NULL;
   uv_run(&f->loop, UV_RUN_DEFAULT);
   uv_loop_close(&f->loop);

@@ -45,7 +45,7 @@ typedef struct fd_http {
 } fd_http;
 
 typedef struct fd {
-  plr_runtime *r;
+  parley_runtime *r;
   uv_loop_t loop;
   fd_send sends[FD_MAX];
   size_t nsends;

@@ -16,7 +16,7 @@ static void run_bot(const char *name) {
   char dir[512];
   snprintf(dir, sizeof dir, "%s/bots/%s", PARLEY_SOURCE_DIR, name);
   char err[2048] = "";
-  int rc = plr_load_check(dir, err, sizeof err);
+  int rc = parley_runtime_check(dir, err, sizeof err);
   if (rc) fail_msg("%s: %s", name, err);
   plr_spec_result res = {0};
   rc = plr_spec_run_dir(dir, stdout, &res);

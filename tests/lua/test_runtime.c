@@ -118,13 +118,13 @@ static void test_reply_ids_and_commit_after_acks(void **state) {
   /* No commit while the replies are unanswered, however long we wait. */
   uv_run(&t->f.loop, UV_RUN_NOWAIT);
   assert_int_equal(t->f.ncommits, 0);
-  assert_true(plr_runtime_busy(t->f.r));
+  assert_true(parley_runtime_busy(t->f.r));
   fd_pump(&t->f);
   assert_int_equal(t->f.ncommits, 1);
   assert_int_equal(t->f.commits[0].ack_seq, 3);
   assert_int_equal(t->f.commits[0].epoch, 1);
-  assert_int_equal(plr_runtime_committed(t->f.r, "c1"), 3);
-  assert_false(plr_runtime_busy(t->f.r));
+  assert_int_equal(parley_runtime_committed(t->f.r, "c1"), 3);
+  assert_false(parley_runtime_busy(t->f.r));
 }
 
 static void test_rich_fallbacks(void **state) {
@@ -234,7 +234,7 @@ static void test_order_and_concurrency(void **state) {
   assert_int_equal(fd_count_sends(&t->f, "c1"), 0);
   assert_string_equal(fd_last_send(&t->f, "c2")->text, "count 1");
   assert_null(fd_last_commit(&t->f, "c1"));
-  assert_true(plr_runtime_busy(t->f.r));
+  assert_true(parley_runtime_busy(t->f.r));
   fd_http_complete(&t->f, 0, 200, "{\"state\":\"shipped\"}");
   fd_pump(&t->f);
   assert_int_equal(fd_count_sends(&t->f, "c1"), 2);
@@ -362,7 +362,7 @@ static void test_reload(void **state) {
   fd_message(&t->f, "c1", 2, "/fetch 1");
   fd_pump(&t->f);
   char err[1024] = "";
-  assert_int_equal(plr_runtime_reload(t->f.r, err, sizeof err), 0);
+  assert_int_equal(parley_runtime_reload(t->f.r, err, sizeof err), 0);
   fd_message(&t->f, "c1", 3, "hello?");
   fd_http_complete(&t->f, 0, 200, "{\"state\":\"new\"}");
   fd_pump(&t->f);
@@ -375,7 +375,7 @@ static void test_reload(void **state) {
   fp = fopen(path, "w");
   fputs("local bot = parley.bot(\n", fp);
   fclose(fp);
-  assert_int_not_equal(plr_runtime_reload(t->f.r, err, sizeof err), 0);
+  assert_int_not_equal(parley_runtime_reload(t->f.r, err, sizeof err), 0);
   assert_non_null(strstr(err, "bot.lua"));
   fd_message(&t->f, "c1", 5, "/count");
   fd_pump(&t->f);
@@ -456,7 +456,7 @@ static void test_throughput(void **state) {
   clock_gettime(CLOCK_MONOTONIC, &b);
   double secs = (double)(b.tv_sec - a.tv_sec) + (double)(b.tv_nsec - a.tv_nsec) / 1e9;
   assert_int_equal(replies, CONVS * PER);
-  for (int c = 0; c < CONVS; c++) assert_int_equal(plr_runtime_committed(t->f.r, ids[c]), PER);
+  for (int c = 0; c < CONVS; c++) assert_int_equal(parley_runtime_committed(t->f.r, ids[c]), PER);
   printf("    %d events in %.3f s: %.0f events/s; Lua heap %zu KiB for %d conversations\n",
          CONVS * PER, secs, CONVS * PER / secs, plr_vm_memory(plr_runtime_vm(t->f.r)) / 1024,
          CONVS + 1);
@@ -495,7 +495,7 @@ static void test_commit_retry(void **state) {
   assert_int_equal(fd_count_sends(&t->f, "c1"), 1); /* not handled twice */
   t->f.hold_commits = false;
   fd_pump(&t->f);
-  assert_int_equal(plr_runtime_committed(t->f.r, "c1"), 1);
+  assert_int_equal(parley_runtime_committed(t->f.r, "c1"), 1);
 }
 
 /* The connection is cut while a handler waits on HTTP and the gateway
@@ -547,7 +547,7 @@ static void test_assign_after_unapplied_commit(void **state) {
   assert_int_equal(c->ack_seq, 2);
   assert_int_equal(c->epoch, 2);
   assert_string_equal(c->state, "count=1;got=200;step=\"date\";");
-  assert_int_equal(plr_runtime_committed(t->f.r, "c1"), 2);
+  assert_int_equal(parley_runtime_committed(t->f.r, "c1"), 2);
 }
 
 static bool has_lua_record(rtc *t, const char *conv) {
@@ -571,7 +571,7 @@ static void test_forget_after_leaving(void **state) {
   plr_rt_on_revoke(t->f.r, "c1", 1, "handed_off");
   fd_pump(&t->f);
   assert_false(has_lua_record(t, "c1"));
-  assert_int_equal(plr_runtime_committed(t->f.r, "c1"), 1);
+  assert_int_equal(parley_runtime_committed(t->f.r, "c1"), 1);
   /* Back again: the state comes from the assignment. */
   parley_state_entry st[] = {{.key = "count", .value = "1", .value_len = 1}};
   fd_assign_state(&t->f, "c1", "en", 2, 1, st, 1);
@@ -593,7 +593,7 @@ static void test_stop_drains(void **state) {
   fd_message(&t->f, "c1", 1, "/fetch 9");
   fd_pump(&t->f);
   int done = 0;
-  plr_runtime_stop(t->f.r, 5000, stop_done, &done);
+  parley_runtime_stop(t->f.r, 5000, stop_done, &done);
   fd_pump(&t->f);
   assert_int_equal(done, 0);
   /* New events are not taken while stopping. */

@@ -233,7 +233,7 @@ static const char *check(const char *en, const char *es) {
   char d[256];
   snprintf(d, sizeof d, "%s", dir);
   err[0] = '\0';
-  int rc = plr_load_check(d, err, sizeof err);
+  int rc = parley_runtime_check(d, err, sizeof err);
   fd_rm_rf(d);
   if (rc == 0) return "";
   return err;
@@ -268,7 +268,7 @@ static void test_default_locale_file_required(void **state) {
   char d[256];
   snprintf(d, sizeof d, "%s", dir);
   char err[512] = "";
-  assert_int_not_equal(plr_load_check(d, err, sizeof err), 0);
+  assert_int_not_equal(parley_runtime_check(d, err, sizeof err), 0);
   fd_rm_rf(d);
   EXPECT_ERR(err, "default_locale: no template file templates/de.yaml for the default locale de");
 }
@@ -282,7 +282,7 @@ static void test_bot_lua_errors(void **state) {
   char d[256];
   snprintf(d, sizeof d, "%s", dir);
   char err[512] = "";
-  assert_int_not_equal(plr_load_check(d, err, sizeof err), 0);
+  assert_int_not_equal(parley_runtime_check(d, err, sizeof err), 0);
   EXPECT_ERR(err, "fallback_reply: no template key 'nope'");
   /* A syntax error names bot.lua and the line. */
   FILE *fp;
@@ -295,19 +295,19 @@ static void test_bot_lua_errors(void **state) {
   fp = fopen(path, "w");
   fputs("name: chk\nsurprise: 1\n", fp);
   fclose(fp);
-  assert_int_not_equal(plr_load_check(d, err, sizeof err), 0);
+  assert_int_not_equal(parley_runtime_check(d, err, sizeof err), 0);
   EXPECT_ERR(err, "bot.yaml:2", "surprise");
   fp = fopen(path, "w");
   fputs("name: chk\n", fp);
   fclose(fp);
-  assert_int_not_equal(plr_load_check(d, err, sizeof err), 0);
+  assert_int_not_equal(parley_runtime_check(d, err, sizeof err), 0);
   EXPECT_ERR(err, "bot.lua:3:");
   /* A runaway top level is stopped by the load budget. */
   snprintf(path, sizeof path, "%s/bot.lua", d);
   fp = fopen(path, "w");
   fputs("while true do end\n", fp);
   fclose(fp);
-  assert_int_not_equal(plr_load_check(d, err, sizeof err), 0);
+  assert_int_not_equal(parley_runtime_check(d, err, sizeof err), 0);
   EXPECT_ERR(err, "instruction budget");
   fd_rm_rf(d);
 }

@@ -1,4 +1,4 @@
-/* plr_runtime_send_proactive, the runtime side of the sidecar API, on the
+/* parley_runtime_send_proactive, the runtime side of the sidecar API, on the
  * Lua tests' recording fake driver (no network; the process-level tests
  * are in test_sidecar.c): refused for a conversation the runtime does not
  * hold and while stopping, sent with the conversation's epoch and the
@@ -76,14 +76,14 @@ static void test_not_assigned(void **state) {
   ptc *t = *state;
   outcome o = {0};
   parley_content ct = {.kind = PARLEY_CONTENT_TEXT, .text = "hello"};
-  assert_int_equal(plr_runtime_send_proactive(t->f.r, "nobody", &ct, ID, done_cb, &o),
+  assert_int_equal(parley_runtime_send_proactive(t->f.r, "nobody", &ct, ID, done_cb, &o),
                    PARLEY_ENOTFOUND);
   /* Revoked: no longer this runtime's. */
   fd_assign(&t->f, "c1", "en");
   plr_rt_on_revoke(t->f.r, "c1", 1, "taken");
-  assert_int_equal(plr_runtime_send_proactive(t->f.r, "c1", &ct, ID, done_cb, &o),
+  assert_int_equal(parley_runtime_send_proactive(t->f.r, "c1", &ct, ID, done_cb, &o),
                    PARLEY_ENOTFOUND);
-  assert_int_equal(plr_runtime_send_proactive(t->f.r, "c1", NULL, ID, done_cb, &o),
+  assert_int_equal(parley_runtime_send_proactive(t->f.r, "c1", NULL, ID, done_cb, &o),
                    PARLEY_EINVAL);
   assert_int_equal(o.calls, 0);
   assert_int_equal(t->f.nsends, 0);
@@ -98,7 +98,7 @@ static void test_sent_with_epoch_and_id(void **state) {
   parley_button b[2] = {{.label = "Yes", .payload = "y"}, {.label = "Site", .url = "https://e.x/"}};
   parley_content ct = {.kind = PARLEY_CONTENT_CARD, .title = "T", .text = text, .buttons = b,
                        .n_buttons = 2};
-  assert_int_equal(plr_runtime_send_proactive(t->f.r, "c1", &ct, ID, done_cb, &o), 0);
+  assert_int_equal(parley_runtime_send_proactive(t->f.r, "c1", &ct, ID, done_cb, &o), 0);
   /* The content was copied: the caller's buffers may change now. */
   memset(text, 'x', sizeof text - 1);
   b[0].label = "changed";
@@ -110,12 +110,12 @@ static void test_sent_with_epoch_and_id(void **state) {
   assert_int_equal(s->epoch, 7);
   assert_memory_equal(s->msg_id, ID, PARLEY_MSG_ID_LEN);
   assert_int_equal(o.calls, 0);
-  assert_true(plr_runtime_busy(t->f.r));
+  assert_true(parley_runtime_busy(t->f.r));
   fd_pump(&t->f);
   assert_int_equal(o.calls, 1);
   assert_int_equal(o.status, 0);
   assert_int_equal(o.seq, 1000); /* the fake answers seq 1000 + index */
-  assert_false(plr_runtime_busy(t->f.r));
+  assert_false(parley_runtime_busy(t->f.r));
   /* It acknowledges no event: nothing to commit. */
   assert_null(fd_last_commit(&t->f, "c1"));
 }
@@ -126,7 +126,7 @@ static void test_failure_reported(void **state) {
   t->f.send_status = PARLEY_ECLOSED;
   outcome o = {0};
   parley_content ct = {.kind = PARLEY_CONTENT_TEXT, .text = "late"};
-  assert_int_equal(plr_runtime_send_proactive(t->f.r, "c1", &ct, ID, done_cb, &o), 0);
+  assert_int_equal(parley_runtime_send_proactive(t->f.r, "c1", &ct, ID, done_cb, &o), 0);
   fd_pump(&t->f);
   assert_int_equal(o.calls, 1);
   assert_int_equal(o.status, PARLEY_ECLOSED);
@@ -140,7 +140,7 @@ static void test_after_running_handler(void **state) {
   assert_int_equal(t->f.nhttp, 1); /* the handler waits on HTTP */
   outcome o = {0};
   parley_content ct = {.kind = PARLEY_CONTENT_TEXT, .text = "proactive"};
-  assert_int_equal(plr_runtime_send_proactive(t->f.r, "c1", &ct, ID, done_cb, &o), 0);
+  assert_int_equal(parley_runtime_send_proactive(t->f.r, "c1", &ct, ID, done_cb, &o), 0);
   assert_int_equal(t->f.nsends, 0); /* waits behind the handler */
   fd_http_complete(&t->f, 0, 200, "ok");
   fd_pump(&t->f);
@@ -164,7 +164,7 @@ static void test_queued_then_revoked(void **state) {
   fd_pump(&t->f);
   outcome o = {0};
   parley_content ct = {.kind = PARLEY_CONTENT_TEXT, .text = "proactive"};
-  assert_int_equal(plr_runtime_send_proactive(t->f.r, "c1", &ct, ID, done_cb, &o), 0);
+  assert_int_equal(parley_runtime_send_proactive(t->f.r, "c1", &ct, ID, done_cb, &o), 0);
   plr_rt_on_revoke(t->f.r, "c1", 1, "taken");
   assert_int_equal(o.calls, 1);
   assert_int_equal(o.status, PARLEY_ENOTFOUND);
@@ -180,10 +180,10 @@ static void test_refused_while_stopping(void **state) {
   ptc *t = *state;
   fd_assign(&t->f, "c1", "en");
   bool done = false;
-  plr_runtime_stop(t->f.r, 1000, stopped, &done);
+  parley_runtime_stop(t->f.r, 1000, stopped, &done);
   outcome o = {0};
   parley_content ct = {.kind = PARLEY_CONTENT_TEXT, .text = "too late"};
-  assert_int_equal(plr_runtime_send_proactive(t->f.r, "c1", &ct, ID, done_cb, &o),
+  assert_int_equal(parley_runtime_send_proactive(t->f.r, "c1", &ct, ID, done_cb, &o),
                    PARLEY_ESHUTDOWN);
   fd_pump(&t->f);
   assert_true(done);
@@ -199,7 +199,7 @@ static void test_freed_with_queued_send(void **state) {
   static outcome o;
   memset(&o, 0, sizeof o);
   parley_content ct = {.kind = PARLEY_CONTENT_TEXT, .text = "never"};
-  assert_int_equal(plr_runtime_send_proactive(t->f.r, "c1", &ct, ID, done_cb, &o), 0);
+  assert_int_equal(parley_runtime_send_proactive(t->f.r, "c1", &ct, ID, done_cb, &o), 0);
   fd_close(&t->f);
   assert_int_equal(o.calls, 1);
   assert_int_equal(o.status, PARLEY_ENOTFOUND);

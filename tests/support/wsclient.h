@@ -21,7 +21,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "core/wire.h"
+#include "wire/wire.h"
 
 typedef struct wsc wsc;
 

@@ -158,6 +158,90 @@ typedef struct parley_commit {
   size_t n_tags_remove;
 } parley_commit;
 
+
+/* The outcomes, counters and tuning below belong to the client
+ * (parley/client.h) and are defined here because the protocol engine
+ * underneath it, which sees only this header and parley/error.h, fills
+ * them in. */
+
+/* The outcome of one send (message or action). */
+typedef struct parley_send_result {
+  const char *conversation;
+  uint8_t msg_id[PARLEY_MSG_ID_LEN];
+  int status;             /* 0 stored; PARLEY_E* when it failed for good */
+  uint64_t seq;           /* seq assigned by the gateway (original one if duplicate) */
+  int64_t server_time_ms;
+  bool duplicate;         /* the gateway already had it */
+  uint32_t attempts;      /* how many times it was written */
+  const char *message;    /* detail for a failure, may be NULL */
+} parley_send_result;
+
+/* Bots: the outcome of one conversation's part of a commit. */
+typedef struct parley_commit_result {
+  const char *conversation;
+  uint64_t ack_seq;
+  int status;             /* 0 applied; PARLEY_ESTALE_EPOCH, ... */
+  bool duplicate;         /* already applied before */
+  uint64_t state_version;
+} parley_commit_result;
+
+/* Agents: one conversation waiting in a queue. */
+typedef struct parley_queue_item {
+  const char *conversation;
+  const char *queue;
+  const char *customer;
+  const char *note;
+  int64_t since_ms;
+  uint64_t last_seq;
+  const char *locale;
+} parley_queue_item;
+
+/* Tuning of the protocol engine. Zero means the default in brackets. */
+typedef struct parley_tuning {
+  uint32_t ack_timeout_ms;       /* [2000] resend an unacknowledged send after this */
+  uint32_t retry_max_ms;         /* [30000] cap of the exponential backoff */
+  uint32_t max_attempts;         /* [10] then the send fails with PARLEY_EATTEMPTS */
+  uint32_t send_deadline_ms;     /* [120000] then the send fails with PARLEY_ETIMEOUT */
+  uint32_t outbox_max;           /* [10000] pending sends; then PARLEY_EBACKPRESSURE */
+  uint32_t ack_batch_n;          /* [32] flush cumulative ACKs after this many events */
+  uint32_t ack_batch_ms;         /* [50] ... or after this long */
+  uint32_t heartbeat_ms;         /* [10000] ping interval; peer dead after two */
+  uint32_t reorder_max;          /* [256] early events held per conversation */
+  uint32_t reorder_max_bytes;    /* [8 MiB] early event bytes held in all */
+  uint32_t gap_timeout_ms;       /* [200] then fetch the missing range */
+  uint32_t fetch_page;           /* [200] events per fetch page */
+  uint32_t reconnect_min_ms;     /* [100] first reconnect backoff */
+  uint32_t reconnect_max_ms;     /* [30000] cap of the reconnect backoff */
+  uint32_t max_frame_bytes;      /* [1 MiB] larger inbound frames are refused */
+  uint64_t seed;                 /* [from the clock] jitter; fixed in tests */
+} parley_tuning;
+
+/* Counters for metrics; every field is monotonic unless noted. */
+typedef struct parley_client_stats {
+  uint64_t events_in, events_out, sends, retries, send_failures;
+  uint64_t duplicates_dropped, gaps_fetched, reconnects, commits;
+  uint64_t outbox_size;          /* gauge */
+  uint64_t reorder_events;       /* gauge */
+  uint64_t reorder_bytes;        /* gauge */
+  uint64_t buffered_bytes;       /* gauge: all bytes the engine holds */
+} parley_client_stats;
+
+/* Library version, "MAJOR.MINOR.PATCH". */
+const char *parley_version(void);
+
+/* A reply's client message id derived from (principal, conversation,
+ * inbound seq, reply ordinal) with BLAKE2b: a handler that runs again
+ * sends the same ids, and the gateway drops them as duplicates. */
+void parley_msg_id_derive(const char *principal, const char *conversation,
+                          uint64_t inbound_seq, uint32_t ordinal,
+                          uint8_t out[PARLEY_MSG_ID_LEN]);
+
+/* A random client message id. */
+void parley_msg_id_random(uint8_t out[PARLEY_MSG_ID_LEN]);
+
+/* Hex rendering of a message id: 32 characters and a NUL. */
+void parley_msg_id_hex(const uint8_t id[PARLEY_MSG_ID_LEN], char out[33]);
+
 #ifdef __cplusplus
 }
 #endif

@@ -12,9 +12,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include <parley/client.h>
+#include <parley/error.h>
+#include <parley/types.h>
 
-#include "core/wire.h"
+#include "wire/wire.h"
 
 /* Longest generated fallback text; longer renderings are cut at a UTF-8
  * character boundary. */

@@ -23,7 +23,8 @@
 #ifndef PARLEY_CORE_ENGINE_H
 #define PARLEY_CORE_ENGINE_H
 
-#include <parley/client.h>
+#include <parley/error.h>
+#include <parley/types.h>
 
 typedef struct pe_engine pe_engine;
 

@@ -15,7 +15,7 @@
 #include <stdint.h>
 
 #include "core/engine.h"
-#include "core/wire.h"
+#include "wire/wire.h"
 
 /* ----------------------------------------------------------- constants */
 

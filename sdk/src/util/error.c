@@ -1,6 +1,6 @@
 /* The one error table: names and messages come from PARLEY_ERRNO_MAP. */
 #include <parley/error.h>
-#include <parley/client.h>
+#include <parley/types.h>
 
 const char *parley_strerror(int status) {
   switch (status) {

@@ -1,6 +1,6 @@
 /* Client message ids: derived (BLAKE2b) for replies that must be stable
  * across handler re-runs, random for everything else. */
-#include <parley/client.h>
+#include <parley/types.h>
 
 #include <stdlib.h>
 #include <string.h>

@@ -6,8 +6,8 @@
  * non-zero seqs where required) so that the state machines above never see
  * a structurally invalid frame.
  */
-#ifndef PARLEY_CORE_WIRE_H
-#define PARLEY_CORE_WIRE_H
+#ifndef PARLEY_WIRE_WIRE_H
+#define PARLEY_WIRE_WIRE_H
 
 #include <stdbool.h>
 #include <stddef.h>

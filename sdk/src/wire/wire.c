@@ -1,5 +1,5 @@
 /* Frame codec with structural validation; see wire.h. */
-#include "core/wire.h"
+#include "wire/wire.h"
 
 #include <stddef.h>
 #include <stdint.h>
