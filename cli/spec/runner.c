@@ -607,29 +607,32 @@ int cli_test(int argc, char **argv) {
     rc = 1;
     goto out_files;
   }
-  char hash[8 + 65];
-  pg_token_hash(w->token, hash);
-  char yaml[4096];
-  int n = snprintf(yaml, sizeof yaml,
-                   "listen: 127.0.0.1\nport: 0\ndata_dir: \"%s\"\ndurability: normal\n"
-                   /* A killed bot's connection may die without a close; short
-                    * heartbeats let the gateway reassign within a second. */
-                   "limits:\n  heartbeat: 500ms\n  ack_timeout: 1s\n"
-                   "bot: %s\nprincipals:\n"
-                   "  - {name: \"%s\", role: bot, token_hash: \"%s\"}\n"
-                   "  - {name: customer, role: customer, token_hash: \"%s\"}\n",
-                   w->data_dir, w->principal, w->principal, hash, hash);
-  for (size_t i = 0; i < w->n_agents && n > 0 && (size_t)n < sizeof yaml; i++)
-    n += snprintf(yaml + n, sizeof yaml - (size_t)n,
-                  "  - {name: \"%s\", role: agent, token_hash: \"%s\"}\n", w->agents[i].name, hash);
+  /* One token for all; the bot, the customer and every agent the spec
+   * names are principals. */
+  pg_embedded_principal ps[2 + WB_AGENTS_MAX];
+  size_t np = 0;
+  ps[np++] = (pg_embedded_principal){.name = w->principal, .role = PARLEY_ROLE_BOT,
+                                     .token = w->token};
+  ps[np++] = (pg_embedded_principal){.name = "customer", .role = PARLEY_ROLE_CUSTOMER,
+                                     .token = w->token};
+  for (size_t i = 0; i < w->n_agents; i++)
+    ps[np++] = (pg_embedded_principal){.name = w->agents[i].name, .role = PARLEY_ROLE_AGENT,
+                                       .token = w->token};
   /* --faults: the gateway's test switches drop, double and reorder pushes
    * and send ACKs during the second pass (turned on there). */
-  if (faults && n > 0 && (size_t)n < sizeof yaml)
-    n += snprintf(yaml + n, sizeof yaml - (size_t)n,
-                  "faults:\n  drop_push: 5\n  duplicate_push: 5\n  reorder_push: 10\n"
-                  "  drop_ack: 5\n  duplicate_ack: 5\n  seed: %llu\n",
-                  (unsigned long long)(seed ? seed : 1));
-  if (pg_config_from_string("embedded", yaml, &w->gw_cfg, err, sizeof err) != 0) {
+  pg_embedded_faults fl = {.drop_push = 5, .duplicate_push = 5, .reorder_push = 10,
+                           .drop_ack = 5, .duplicate_ack = 5, .seed = seed ? seed : 1};
+  pg_embedded_config ec = {.data_dir = w->data_dir,
+                           .bot = w->principal,
+                           .principals = ps,
+                           .n_principals = np,
+                           /* A killed bot's connection may die without a close;
+                            * short heartbeats let the gateway reassign within a
+                            * second. */
+                           .heartbeat_ms = 500,
+                           .ack_timeout_ms = 1000,
+                           .faults = faults ? &fl : NULL};
+  if (pg_config_embedded(&ec, &w->gw_cfg, err, sizeof err) != 0) {
     fprintf(stderr, "parley test: embedded gateway config: %s\n", err);
     rc = 1;
     goto out_dir;

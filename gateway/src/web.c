@@ -97,6 +97,15 @@ int pg_web_load(pg_config *c, const pc_node *n, pc_error *err) {
   return 0;
 }
 
+int pg_web_set_templates(pg_web *w, const char *dir) {
+  if (!is_dir(dir)) return PARLEY_EINVAL;
+  char *t = strdup(dir);
+  if (!t) return PARLEY_ENOMEM;
+  free(w->templates);
+  w->templates = t;
+  return 0;
+}
+
 pg_web *pg_web_dup(const pg_web *s) {
   pg_web *w = calloc(1, sizeof *w);
   if (!w) return NULL;
