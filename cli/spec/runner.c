@@ -75,7 +75,7 @@ void wb_quiet_after_free(wb *w) { wb_pump_until(w, cond_never, WB_FREE_QUIET_MS)
 bool wb_cond_no_kill(wb *w) { return !w->kill_armed && !w->rebirth_armed && w->bot; }
 
 static bool cond_bot_ready(wb *w) {
-  return !w->bot || parley_client_state(w->bot->client) == PARLEY_CONN_READY;
+  return !w->bot || parley_client_state(parley_runtime_client(w->bot->rt)) == PARLEY_CONN_READY;
 }
 
 static bool cond_agents_ready(wb *w) {
@@ -732,9 +732,8 @@ out_stop:
   wb_pump_until(w, wb_cond_no_kill, 3000);
   if (w->bot) {
     wb_pump_until(w, cond_bot_ready, 3000); /* see wb_kill_fire */
-    parley_runtime_free(w->bot->rt);
   }
-  w->bot = NULL;
+  wb_bot_free(w);
   for (size_t i = 0; i < w->n_agents; i++) parley_client_free(w->agents[i].client);
   uv_timer_stop(&w->kill_timer);
   uv_close((uv_handle_t *)&w->kill_timer, on_closed_noop);
