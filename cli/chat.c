@@ -116,13 +116,18 @@ static void remember_taken(chat *c, const char *conv) {
   c->taken[c->n_taken++] = xdup(conv);
 }
 
-static int do_action(chat *c, parley_action *a) {
-  if (!c->current[0]) {
-    fprintf(stderr, "parley chat: no conversation: /take one first\n");
-    c->failures++;
-    return -1;
-  }
-  int rc = parley_client_action(c->client, c->current, a, NULL, 0, NULL);
+/* Sends and actions go to the conversation taken last: false (counted as
+ * a failure) when there is none. */
+static bool have_conversation(chat *c) {
+  if (c->current[0]) return true;
+  fprintf(stderr, "parley chat: no conversation: /take one first\n");
+  c->failures++;
+  return false;
+}
+
+/* The outcome of handing a send or an action to the client: pending until
+ * the gateway answers, or a failure now. */
+static int handed(chat *c, int rc) {
   if (rc) {
     fprintf(stderr, "parley chat: cannot send: %s\n", parley_strerror(rc));
     c->failures++;
@@ -130,6 +135,11 @@ static int do_action(chat *c, parley_action *a) {
   }
   c->pending++;
   return 0;
+}
+
+static int do_action(chat *c, parley_action *a) {
+  if (!have_conversation(c)) return -1;
+  return handed(c, parley_client_action(c->client, c->current, a, NULL, 0, NULL));
 }
 
 /* Remembers a message for /quote, in a ring of the most recent ones. */
@@ -152,11 +162,7 @@ static const chat_msg *find_message(chat *c, const char *conv, uint64_t seq) {
 }
 
 static int do_send(chat *c, const char *text, uint64_t quote_seq) {
-  if (!c->current[0]) {
-    fprintf(stderr, "parley chat: no conversation: /take one first\n");
-    c->failures++;
-    return -1;
-  }
+  if (!have_conversation(c)) return -1;
   parley_content ct = {.kind = PARLEY_CONTENT_TEXT, .text = text};
   parley_quote q = {.seq = quote_seq};
   /* The excerpt is the quoted message's start, cut on a character
@@ -174,14 +180,8 @@ static int do_send(chat *c, const char *text, uint64_t quote_seq) {
     q.excerpt = excerpt;
     q.sender = m->sender;
   }
-  int rc = parley_client_send(c->client, c->current, &ct, quote_seq ? &q : NULL, NULL, 0, NULL);
-  if (rc) {
-    fprintf(stderr, "parley chat: cannot send: %s\n", parley_strerror(rc));
-    c->failures++;
-    return rc;
-  }
-  c->pending++;
-  return 0;
+  return handed(c, parley_client_send(c->client, c->current, &ct, quote_seq ? &q : NULL, NULL, 0,
+                                      NULL));
 }
 
 static void agent_command(chat *c, char *line) {
@@ -445,13 +445,13 @@ static int usage(void) { return usage_to(stderr); }
 
 /* What `parley chat` was asked for. */
 typedef struct chat_args {
-  const char *url, *token, *principal, *conversation, *locale;
+  cli_gateway_flags gw; /* --url, --token, --principal, --insecure */
+  const char *conversation, *locale;
   const char *queues[CHAT_MAX_QUEUES];
   size_t n_queues;
-  bool agent, insecure;
+  bool agent;
   uint64_t wait_ms, quiet_ms;
   unsigned want_replies;
-  char url_list[CLI_URL_LIST_MAX];
 } chat_args;
 
 /* "Go on" from chat_parse; anything else is the exit status. */
@@ -459,29 +459,25 @@ enum { CHAT_GO = -1 };
 
 static int chat_parse(int argc, char **argv, chat_args *a) {
   static const struct option opts[] = {
-      {"url", required_argument, 0, 'u'},       {"token", required_argument, 0, 't'},
-      {"as", required_argument, 0, 'a'},        {"principal", required_argument, 0, 'p'},
-      {"conversation", required_argument, 0, 'c'}, {"locale", required_argument, 0, 'l'},
-      {"queue", required_argument, 0, 'q'},     {"wait", required_argument, 0, 'w'},
-      {"replies", required_argument, 0, 'r'},   {"quiet", required_argument, 0, 'Q'},
-      {"insecure", no_argument, 0, 'k'},        {"help", no_argument, 0, 'h'},
+      CLI_GATEWAY_OPTIONS,
+      {"as", required_argument, 0, 'a'},        {"conversation", required_argument, 0, 'c'},
+      {"locale", required_argument, 0, 'l'},    {"queue", required_argument, 0, 'q'},
+      {"wait", required_argument, 0, 'w'},      {"replies", required_argument, 0, 'r'},
+      {"quiet", required_argument, 0, 'Q'},     {"help", no_argument, 0, 'h'},
       {0, 0, 0, 0}};
   const char *as = "customer";
-  a->token = getenv("PARLEY_TOKEN");
+  a->gw.token = getenv("PARLEY_TOKEN");
   a->locale = "en";
   a->wait_ms = 5000;
   a->quiet_ms = CHAT_QUIET_MS;
   optind = 1;
   int ch;
-  while ((ch = getopt_long(argc, argv, "u:t:a:p:c:l:q:w:r:Q:kh", opts, NULL)) != -1) {
+  while ((ch = getopt_long(argc, argv, "u:t:p:ka:c:l:q:w:r:Q:h", opts, NULL)) != -1) {
+    int took = cli_gateway_flag(&a->gw, ch, optarg);
+    if (took < 0) return 2;
+    if (took) continue;
     switch (ch) {
-    case 'u':
-      if (cli_url_append(a->url_list, sizeof a->url_list, optarg)) return 2;
-      a->url = a->url_list;
-      break;
-    case 't': a->token = optarg; break;
     case 'a': as = optarg; break;
-    case 'p': a->principal = optarg; break;
     case 'c': a->conversation = optarg; break;
     case 'l': a->locale = optarg; break;
     case 'q':
@@ -490,14 +486,13 @@ static int chat_parse(int argc, char **argv, chat_args *a) {
     case 'w': a->wait_ms = strtoull(optarg, NULL, 10); break;
     case 'r': a->want_replies = (unsigned)strtoul(optarg, NULL, 10); break;
     case 'Q': a->quiet_ms = strtoull(optarg, NULL, 10); break;
-    case 'k': a->insecure = true; break;
     case 'h': return usage_to(stdout);
     default: return usage();
     }
   }
   a->agent = !strcmp(as, "agent");
-  if ((!a->agent && strcmp(as, "customer")) || !a->url || !a->token) return usage();
-  if (!a->principal) a->principal = a->agent ? "agent" : "customer";
+  if ((!a->agent && strcmp(as, "customer")) || !a->gw.url || !a->gw.token) return usage();
+  if (!a->gw.principal) a->gw.principal = a->agent ? "agent" : "customer";
   return CHAT_GO;
 }
 
@@ -505,15 +500,15 @@ static int chat_parse(int argc, char **argv, chat_args *a) {
 static int chat_start_customer(chat *c, const chat_args *a) {
   console_options co = {0};
   co.loop = c->loop;
-  co.url = a->url;
-  co.principal = a->principal;
-  co.token = a->token;
+  co.url = a->gw.url;
+  co.principal = a->gw.principal;
+  co.token = a->gw.token;
   co.conversation = a->conversation;
   co.locale = a->locale;
   co.interactive = c->interactive;
   co.color = c->color;
   co.out = stdout;
-  co.tls_insecure = a->insecure;
+  co.tls_insecure = a->gw.insecure;
   co.on_input_done = on_customer_done;
   co.ud = c;
   int rc;
@@ -528,14 +523,14 @@ static int chat_start_customer(chat *c, const chat_args *a) {
 /* An agent's client, and its commands from stdin. */
 static int chat_start_agent(chat *c, const chat_args *a) {
   parley_client_options co = PARLEY_CLIENT_OPTIONS_INIT;
-  co.url = a->url;
-  co.principal = a->principal;
-  co.token = a->token;
+  co.url = a->gw.url;
+  co.principal = a->gw.principal;
+  co.token = a->gw.token;
   co.role = PARLEY_ROLE_AGENT;
   co.queues = a->n_queues ? a->queues : NULL;
   co.n_queues = a->n_queues;
   co.loop = c->loop;
-  co.tls_insecure = a->insecure;
+  co.tls_insecure = a->gw.insecure;
   co.cb.on_event = a_on_event;
   co.cb.on_send_result = a_on_send_result;
   co.cb.on_queue = a_on_queue;
@@ -557,7 +552,7 @@ static int chat_start_agent(chat *c, const chat_args *a) {
   }
   if (c->interactive)
     printf("Agent %s. /queue lists waiting conversations, /take <conv> takes one, /quit ends.\n",
-           a->principal);
+           a->gw.principal);
   prompt(c);
   return 0;
 }
@@ -565,7 +560,7 @@ static int chat_start_agent(chat *c, const chat_args *a) {
 /* The loop's handles, then the customer's or the agent's side. 0 or 1. */
 static int chat_setup(chat *c, const chat_args *a) {
   c->loop = uv_default_loop();
-  c->principal = a->principal;
+  c->principal = a->gw.principal;
   c->wait_ms = a->wait_ms;
   c->quiet_ms = a->quiet_ms;
   c->want_replies = a->want_replies;

@@ -269,9 +269,9 @@ typedef struct run_args {
   bool insecure;
   bool quiet; /* embedded, no log level asked for: the console is the show */
   uint32_t wait_ms;
+  cli_gateway_flags gw; /* the flags as given; url and the rest above are resolved */
   sidecar_config sc;
   char name[128];
-  char url_list[CLI_URL_LIST_MAX];
 } run_args;
 
 /* "Go on" from the parse steps; anything else is the exit status. */
@@ -279,31 +279,26 @@ enum { RUN_GO = -1 };
 
 static int run_parse_flags(int argc, char **argv, run_args *a) {
   static const struct option opts[] = {
-      {"url", required_argument, 0, 'u'},       {"token", required_argument, 0, 't'},
-      {"principal", required_argument, 0, 'p'}, {"locale", required_argument, 0, 'l'},
-      {"data-dir", required_argument, 0, 'd'},  {"wait", required_argument, 0, 'w'},
-      {"log-format", required_argument, 0, 'f'}, {"insecure", no_argument, 0, 'k'},
-      {"config", required_argument, 0, 'c'},    {"ops-port", required_argument, 0, 'P'},
+      CLI_GATEWAY_OPTIONS,
+      {"locale", required_argument, 0, 'l'},     {"data-dir", required_argument, 0, 'd'},
+      {"wait", required_argument, 0, 'w'},       {"log-format", required_argument, 0, 'f'},
+      {"config", required_argument, 0, 'c'},     {"ops-port", required_argument, 0, 'P'},
       {"ops-listen", required_argument, 0, 'L'}, {"log-level", required_argument, 0, 'v'},
-      {"drain", required_argument, 0, 'D'},     {"help", no_argument, 0, 'h'},
+      {"drain", required_argument, 0, 'D'},      {"help", no_argument, 0, 'h'},
       {0, 0, 0, 0}};
   a->locale = "en";
   a->wait_ms = 30000;
   optind = 1;
   int ch;
-  while ((ch = getopt_long(argc, argv, "u:t:p:l:d:w:f:kc:P:L:v:D:h", opts, NULL)) != -1) {
+  while ((ch = getopt_long(argc, argv, "u:t:p:kl:d:w:f:c:P:L:v:D:h", opts, NULL)) != -1) {
+    int took = cli_gateway_flag(&a->gw, ch, optarg);
+    if (took < 0) return 2;
+    if (took) continue;
     switch (ch) {
-    case 'u':
-      if (cli_url_append(a->url_list, sizeof a->url_list, optarg)) return 2;
-      a->url = a->url_list;
-      break;
-    case 't': a->token = optarg; break;
-    case 'p': a->principal = optarg; break;
     case 'l': a->locale = optarg; break;
     case 'd': a->data_dir = optarg; break;
     case 'w': a->wait_ms = (uint32_t)strtoul(optarg, NULL, 10); break;
     case 'f': a->f_format = optarg; break;
-    case 'k': a->insecure = true; break;
     case 'c': a->config_path = optarg; break;
     case 'P': a->f_port = optarg; break;
     case 'L': a->f_listen = optarg; break;
@@ -315,6 +310,10 @@ static int run_parse_flags(int argc, char **argv, run_args *a) {
   }
   if (optind >= argc) return usage();
   a->bot_dir = argv[optind];
+  a->url = a->gw.url;
+  a->token = a->gw.token;
+  a->principal = a->gw.principal;
+  a->insecure = a->gw.insecure;
   return RUN_GO;
 }
 

@@ -850,8 +850,11 @@ int pc_parse_ms(const char *s, uint64_t *out) {
   return 0;
 }
 
-int pc_get_ms(const pc_node *map, const char *key, uint64_t def, uint64_t *out,
-              pc_error *err) {
+/* The typed getter over a unit table: the default when key is missing, the
+ * value, or an error that shows the expected form. */
+static int get_with_unit(const pc_node *map, const char *key, uint64_t def,
+                         const pc_unit *units, size_t n_units, const char *what,
+                         const char *expected, uint64_t *out, pc_error *err) {
   const pc_node *n;
   int rc = lookup(map, key, &n, err);
   if (rc <= 0) {
@@ -860,13 +863,9 @@ int pc_get_ms(const pc_node *map, const char *key, uint64_t def, uint64_t *out,
     return rc;
   }
   uint64_t v;
-  rc = parse_with_unit(n, duration_units, sizeof duration_units / sizeof duration_units[0],
-                       "a duration", &v, err);
+  rc = parse_with_unit(n, units, n_units, what, &v, err);
   if (rc == -1) {
-    node_err(err, n,
-             "expected a duration such as 250ms, 5s, 2m, 1h or a number of "
-             "milliseconds, got '%.64s'",
-             n->scalar);
+    node_err(err, n, "expected %s, got '%.64s'", expected, n->scalar);
     return PARLEY_ECONFIG;
   }
   if (rc == 0 && out)
@@ -874,36 +873,26 @@ int pc_get_ms(const pc_node *map, const char *key, uint64_t def, uint64_t *out,
   return rc;
 }
 
+int pc_get_ms(const pc_node *map, const char *key, uint64_t def, uint64_t *out,
+              pc_error *err) {
+  return get_with_unit(map, key, def, duration_units,
+                       sizeof duration_units / sizeof duration_units[0], "a duration",
+                       "a duration such as 250ms, 5s, 2m, 1h or a number of milliseconds",
+                       out, err);
+}
+
 int pc_get_size(const pc_node *map, const char *key, uint64_t def,
                 uint64_t *out, pc_error *err) {
-  const pc_node *n;
-  int rc = lookup(map, key, &n, err);
-  if (rc <= 0) {
-    if (rc == 0 && out)
-      *out = def;
-    return rc;
-  }
   static const pc_unit units[] = {{"", 1},
                                   {"B", 1},
                                   {"KiB", 1ull << 10},
                                   {"MiB", 1ull << 20},
                                   {"GiB", 1ull << 30},
                                   {"TiB", 1ull << 40}};
-  uint64_t v;
-  rc = parse_with_unit(n, units, sizeof units / sizeof units[0], "a size", &v,
-                       err);
-  if (rc == -1) {
-    /* "MB" is ambiguous (10^6 or 2^20); binary units are required so that a
-     * limit means exactly what it says. */
-    node_err(err, n,
-             "expected a size such as 1024, 512KiB, 1MiB or 1GiB (binary "
-             "units), got '%.64s'",
-             n->scalar);
-    return PARLEY_ECONFIG;
-  }
-  if (rc == 0 && out)
-    *out = v;
-  return rc;
+  /* "MB" is ambiguous (10^6 or 2^20); binary units are required so that a
+   * limit means exactly what it says. */
+  return get_with_unit(map, key, def, units, sizeof units / sizeof units[0], "a size",
+                       "a size such as 1024, 512KiB, 1MiB or 1GiB (binary units)", out, err);
 }
 
 /* ---- unknown keys ------------------------------------------------------ */
