@@ -73,6 +73,18 @@ static void set_err(pc_error *err, const char *file, int line, const char *key,
   va_end(ap);
 }
 
+int pc_fail_text(char *buf, size_t size, const pc_node *n, const char *key, const char *fmt,
+                 ...) {
+  pc_error e;
+  memset(&e, 0, sizeof e);
+  va_list ap;
+  va_start(ap, fmt);
+  pc_vfail(&e, n, key, fmt, ap);
+  va_end(ap);
+  pc_error_format(&e, buf, size);
+  return PARLEY_ECONFIG;
+}
+
 /* An error about a node, named by its own path (pc_vfail). */
 static void node_err(pc_error *err, const pc_node *n, const char *fmt, ...) {
   va_list ap;

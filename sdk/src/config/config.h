@@ -41,6 +41,13 @@ int pc_fail(pc_error *err, const pc_node *n, const char *key, const char *fmt, .
 #endif
     ;
 int pc_vfail(pc_error *err, const pc_node *n, const char *key, const char *fmt, va_list ap);
+/* The same for callers that report errors as text: "file:line: key:
+ * message" (pc_error_format) into buf. Returns PARLEY_ECONFIG. */
+int pc_fail_text(char *buf, size_t size, const pc_node *n, const char *key, const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 5, 6)))
+#endif
+    ;
 
 /* Parsing. Malformed YAML is PARLEY_ECONFIG with file and line. */
 int pc_load_file(const char *path, pc_doc **out, pc_error *err);
