@@ -336,14 +336,24 @@ static void gw_start_timers(pg_gateway *g) {
   g->handles_open = 3;
 }
 
-/* Undoes a pg_gateway_new that failed before its loop handles existed:
- * the lws context, the hot state, the store, the copied config. */
+/* Undoes a pg_gateway_new that failed before its own loop handles
+ * existed: the lws context, the hot state, the store, the copied config.
+ * lws and the store close handles on the caller's loop, so it runs a few
+ * passes for them (as pg_gateway_free does), or the caller's
+ * uv_loop_close would find them open and leak the loop. */
 static void gw_discard(pg_gateway *g) {
-  if (g->ctx) lws_context_destroy(g->ctx);
+  for (int i = 0; i < 8 && g->ctx_alive; i++) {
+    lws_context_destroy(g->ctx);
+    for (int k = 0; k < 4; k++) uv_run(g->loop, UV_RUN_NOWAIT);
+  }
+  /* Only once lws is done with the vhost that points at it. */
+  if (g->vh_client_ssl && !g->ctx_alive) SSL_CTX_free(g->vh_client_ssl);
   g->ctx = NULL;
-  if (g->vh_client_ssl) SSL_CTX_free(g->vh_client_ssl);
   pg_hot_free(g);
-  if (g->store) pg_store_close(g->store, NULL, NULL);
+  if (g->store) {
+    pg_store_close(g->store, NULL, NULL);
+    for (int i = 0; i < 4; i++) uv_run(g->loop, UV_RUN_NOWAIT);
+  }
   pg_config_free(g->cfg);
   free(g);
 }
