@@ -12,6 +12,7 @@
 #include <parley/error.h>
 
 #include "gw.h"
+#include "util/clock.h"
 
 #define E(x) PARLEY__V1__ERROR_CODE__ERROR_##x
 
@@ -19,17 +20,9 @@
  * LWS_WRITE_HTTP and LWS_WRITE_PING); lws itself writes Close frames with it. */
 #define PG_LWS_WRITE_CLOSE ((enum lws_write_protocol)4)
 
-uint64_t pg_now_ms(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_REALTIME, &ts);
-  return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
-}
+uint64_t pg_now_ms(void) { return (uint64_t)pu_wall_ms(); }
 
-uint64_t pg_mono_ms(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
-}
+uint64_t pg_mono_ms(void) { return pu_clock_ms(); }
 
 
 bool pg_faults_configured(const pg_config *fc) {

@@ -12,6 +12,7 @@
 #include <parley/error.h>
 
 #include "gw.h"
+#include "util/clock.h"
 
 #define E(x) PARLEY__V1__ERROR_CODE__ERROR_##x
 #define PG_VERSION_MIN 1u
@@ -122,7 +123,7 @@ static void on_hello(pg_conn *c, const Parley__V1__Hello *h) {
      * never the token. */
     static time_t last;
     static unsigned skipped;
-    time_t now = time(NULL);
+    time_t now = (time_t)(pu_wall_ms() / 1000);
     if (now != last) {
       char who[65];
       size_t i = 0;

@@ -9,6 +9,7 @@
 
 #include "http/http.h"
 #include "transport/url.h"
+#include "util/clock.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -54,7 +55,7 @@ static adapter_send *send_track(plr_adapter *a, void *send_ud) {
   adapter_send *s = calloc(1, sizeof *s);
   if (!s) return NULL;
   s->send_ud = send_ud;
-  s->t0 = uv_hrtime();
+  s->t0 = pu_clock_ns();
   s->next = a->sends;
   if (a->sends) a->sends->prev = s;
   a->sends = s;
@@ -91,7 +92,7 @@ static void cb_send_result(parley_client *c, const parley_send_result *r, void *
   void *inner = s ? s->send_ud : NULL;
   if (s) {
     if (r->status == 0 && a->rt->on_observe)
-      a->rt->on_observe(a->rt->ud, PARLEY_RUNTIME_OBSERVE_ACK, (double)(uv_hrtime() - s->t0) / 1e9);
+      a->rt->on_observe(a->rt->ud, PARLEY_RUNTIME_OBSERVE_ACK, (double)(pu_clock_ns() - s->t0) / 1e9);
     send_untrack(a, s);
   }
   if (a->hooks.on_send_result) a->hooks.on_send_result(a->hooks.ud, r);

@@ -13,6 +13,8 @@
 
 #include "ops/log.h"
 #include "rt_metrics.h"
+#include "util/assert.h"
+#include "util/clock.h"
 #include "util/hash.h"
 
 #include <lauxlib.h>
@@ -55,9 +57,7 @@ static plr_conv *conv_get(parley_runtime *r, const char *id) {
 
 int64_t plr_rt_now(parley_runtime *r) {
   if (r && r->drv.now_ms) return r->drv.now_ms(r->drv.ud);
-  struct timespec ts;
-  clock_gettime(CLOCK_REALTIME, &ts);
-  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+  return pu_wall_ms();
 }
 
 void plr_rt_derive(parley_runtime *r, const char *conv, uint64_t seq, uint32_t ord,
@@ -204,8 +204,14 @@ void plr_job_resume(parley_runtime *r, plr_job *j, int nargs) {
   int64_t start = plr_vm_now_ns();
   vm->deadline_ns = start + (int64_t)plr_vm_limits(vm)->cpu_time_ms * 1000000 - j->cpu_ns;
   vm->unlimited = false;
+  /* The values resumed with are on the coroutine's stack, and a handler
+   * (with the C primitives it calls) leaves the main state's stack as it
+   * found it. */
+  PARLEY_ASSERT(lua_gettop(j->co) >= nargs);
+  int main_top = lua_gettop(L);
   int nres = 0;
   int rc = lua_resume(j->co, L, nargs, &nres);
+  PARLEY_ASSERT(lua_gettop(L) == main_top);
   plr_vm_uncapped(vm);
   vm->deadline_ns = 0;
   j->cpu_ns += plr_vm_now_ns() - start;
@@ -246,6 +252,10 @@ static void job_start(parley_runtime *r, plr_job *j) {
     j->co = lua_newthread(L);
     j->co_ref = luaL_ref(L, LUA_REGISTRYINDEX);
   }
+  /* A pooled coroutine is only reused dead with an empty stack (job_free),
+   * so the five values below are all it holds when it starts. */
+  PARLEY_ASSERT(lua_status(j->co) == LUA_OK && lua_gettop(j->co) == 0);
+  int top = lua_gettop(L);
   j->budget = (int64_t)plr_vm_limits(vm)->instructions;
   j->exhausted = false;
   /* The timer is running: its slot may be armed again (a handler that
@@ -258,6 +268,7 @@ static void job_start(parley_runtime *r, plr_job *j) {
   lua_pushstring(L, j->kind == JOB_TIMER ? "timer" : "event");
   push_job_arg(L, j);
   lua_pushinteger(L, (lua_Integer)j->seq);
+  PARLEY_ASSERT(lua_gettop(L) == top + 5);
   lua_xmove(L, j->co, 5);
   plr_job_resume(r, j, 4);
 }

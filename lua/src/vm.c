@@ -9,6 +9,8 @@
 
 #include "config/config.h"
 #include "http/http.h"
+#include "util/assert.h"
+#include "util/clock.h"
 
 #include <curl/curl.h>
 
@@ -55,11 +57,7 @@ plr_vm *plr_vm_of(lua_State *L) {
  * fires on every instruction and raises every time, so a pcall in the bot
  * catches one error and fails again at its next instruction: only
  * abandoning the coroutine ends it. */
-int64_t plr_vm_now_ns(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
+int64_t plr_vm_now_ns(void) { return (int64_t)pu_clock_ns(); }
 
 /* Threads the budget stopped, in a weak-keyed registry table: the error
  * was raised inside this hook, and Lua leaves hooks off in a thread that
@@ -167,6 +165,9 @@ int plr_vm_pcall(plr_vm *vm, int nargs, int nres, char *err, size_t errlen) {
    * their allocations are bounded by the state limits, and they must work
    * when the bot has filled its heap. */
   vm->unlimited = true;
+  /* Stack on entry: ... function args; on return: ... results (nres of
+   * them), or ... alone after an error. Every caller counts on that. */
+  PARLEY_ASSERT(nargs >= 0 && lua_gettop(L) > nargs && lua_isfunction(L, -nargs - 1));
   int base = lua_gettop(L) - nargs;
   lua_pushcfunction(L, plr_msgh);
   lua_insert(L, base);
@@ -175,8 +176,10 @@ int plr_vm_pcall(plr_vm *vm, int nargs, int nres, char *err, size_t errlen) {
   if (rc != LUA_OK) {
     seterr(err, errlen, "%s", lua_tostring(L, -1) ? lua_tostring(L, -1) : "error");
     lua_pop(L, 1);
+    PARLEY_ASSERT(lua_gettop(L) == base - 1);
     return rc == LUA_ERRMEM ? PARLEY_ENOMEM : PARLEY_ELUA;
   }
+  PARLEY_ASSERT(nres == LUA_MULTRET || lua_gettop(L) == base - 1 + nres);
   return 0;
 }
 
@@ -675,6 +678,7 @@ static int vm_run_bot(plr_vm *vm, char *err, size_t errlen) {
     status = rc == LUA_ERRMEM ? PARLEY_ENOMEM : PARLEY_ELUA;
   }
   lua_settop(L, top - 1);
+  PARLEY_ASSERT(lua_gettop(L) == top - 1 && lua_gettop(co) >= 0);
   return status;
 }
 

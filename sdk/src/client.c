@@ -30,6 +30,7 @@
 #include "transport/url.h"
 #include "transport/ws.h"
 #include "util/clock.h"
+#include "util/rand.h"
 
 /* After the drain time given to parley_client_stop, the close handshake
  * gets this long before the connection is dropped without one. */
@@ -66,8 +67,6 @@ struct parley_client {
   int local_close_code;
   uint64_t abort_at;   /* drop the connection if still closing by then */
   uint64_t reconnect_at;
-  uint32_t fail_n;     /* attempts that failed before the WebSocket opened */
-  uint64_t rng;
 
   bool stopping;
   bool stop_pending;   /* stop asked inside an engine call */
@@ -143,6 +142,13 @@ static void set_state(parley_client *c, parley_conn_state s, int status) {
 }
 
 /* ------------------------------------------------------------ engine hooks */
+
+/* The engine takes its random ids from here, so that it has no random
+ * source of its own and stays reproducible under test. */
+static void h_random_id(void *ud, uint8_t out[PARLEY_MSG_ID_LEN]) {
+  (void)ud;
+  parley_msg_id_random(out);
+}
 
 static void h_event(void *ud, const parley_event *ev) {
   parley_client *c = ud;
@@ -294,45 +300,16 @@ static void settle(parley_client *c) {
 
 /* ------------------------------------------------------------ connection */
 
-static uint64_t rng_next(parley_client *c) {
-  /* xorshift64*: jitter only, not security. */
-  uint64_t x = c->rng ? c->rng : 0x9E3779B97F4A7C15ull;
-  x ^= x >> 12;
-  x ^= x << 25;
-  x ^= x >> 27;
-  c->rng = x;
-  return x * 0x2545F4914F6CDD1Dull;
-}
-
-/* When to try again. The engine draws the wait (full jitter, retry-after)
- * when a session it knew is lost. An attempt that failed before the
- * WebSocket opened never reached the engine, so the same capped
- * exponential backoff with full jitter is drawn here for it. */
+/* When to try again: the engine's backoff (pe_engine_on_connect_failed),
+ * which it draws itself when a session it knew is lost. An attempt that
+ * failed before the WebSocket opened never reached the engine, so it is
+ * told here. With several gateway nodes, a node that has not failed yet
+ * this round (url_i != 0 after moving on) is tried after a short jitter;
+ * the backoff grows only once every node failed in a row. */
 static uint64_t next_attempt(parley_client *c, uint64_t now, bool was_open) {
-  uint64_t at = pe_engine_reconnect_at(c->engine);
-  if (was_open && at > now)
-    return at;
-  uint64_t lo = c->opts.tuning.reconnect_min_ms ? c->opts.tuning.reconnect_min_ms : 100;
-  if (c->url_i != 0) {
-    /* Failover: another node of the list has not failed yet this round,
-     * so it is tried after a short jitter; the backoff grows only once
-     * every node failed in a row. */
-    uint64_t wait = rng_next(c) % lo;
-    return at > now + wait ? at : now + wait;
-  }
-  uint64_t hi = c->opts.tuning.reconnect_max_ms ? c->opts.tuning.reconnect_max_ms : 30000;
-  if (hi < lo)
-    hi = lo;
-  uint64_t window = lo;
-  for (uint32_t i = 0; i < c->fail_n && window < hi; i++)
-    window *= 2;
-  if (window > hi)
-    window = hi;
-  if (c->fail_n < 64)
-    c->fail_n++;
-  uint64_t wait = rng_next(c) % window;
-  /* A retry-after from the gateway is already inside the engine's time. */
-  return at > now + wait ? at : now + wait;
+  if (!was_open)
+    pe_engine_on_connect_failed(c->engine, now, c->url_i != 0);
+  return pe_engine_reconnect_at(c->engine);
 }
 
 static void connection_lost(parley_client *c, int status) {
@@ -372,7 +349,6 @@ static void t_open(void *ud) {
   parley_client *c = ud;
   enter(c);
   c->connected = true;
-  c->fail_n = 0;
   set_state(c, PARLEY_CONN_HANDSHAKE, 0);
   c->engine_depth++;
   int rc = pe_engine_on_connect(c->engine, pu_clock_ms());
@@ -666,8 +642,7 @@ int parley_client_new(const parley_client_options *opts, parley_client **out) {
     return rc;
   }
   if (!c->opts.tuning.seed)
-    c->opts.tuning.seed = uv_hrtime() ^ (uint64_t)(uintptr_t)c;
-  c->rng = c->opts.tuning.seed ^ 0xA0761D6478BD642Full;
+    c->opts.tuning.seed = pu_rng_seed_fresh();
 
   if (opts->loop) {
     c->loop = opts->loop;
@@ -696,6 +671,7 @@ int parley_client_new(const parley_client_options *opts, parley_client **out) {
   cfg.tuning = c->opts.tuning;
   pe_hooks hooks = {
       .ud = c,
+      .random_id = h_random_id,
       .event = h_event,
       .send_result = h_send_result,
       .commit_result = h_commit_result,

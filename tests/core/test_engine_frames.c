@@ -652,6 +652,114 @@ static void t_reconnect_backoff(void **state) {
   h_fini(&h);
 }
 
+/* An attempt that failed before the connection opened draws its wait from
+ * the same backoff as a lost session (one backoff for the SDK): it grows
+ * with every failure, a node not yet tried this round gets only a short
+ * jitter, a Welcome resets it, and the waits follow from the seed alone. */
+static void run_failed_attempts(uint64_t seed, uint64_t out[10]) {
+  harness h;
+  pe_config cfg = h_config(PARLEY_ROLE_CUSTOMER);
+  cfg.tuning.reconnect_min_ms = 100;
+  cfg.tuning.reconnect_max_ms = 1000;
+  cfg.tuning.seed = seed;
+  h_init(&h, &cfg);
+  h.quiet = true;
+  for (uint32_t n = 0; n < 8; n++) {
+    pe_engine_on_connect_failed(h.e, h.now, false);
+    uint64_t w = 100ull << n;
+    if (w > 1000) w = 1000;
+    uint64_t at = pe_engine_reconnect_at(h.e);
+    H_TRUE(at >= h.now && at < h.now + w);
+    out[n] = at - h.now;
+    h.now = at + 1;
+  }
+  /* Another node of the list: below reconnect_min, and no growth. */
+  pe_engine_on_connect_failed(h.e, h.now, true);
+  out[8] = pe_engine_reconnect_at(h.e) - h.now;
+  H_TRUE(out[8] < 100);
+  /* A session that reached Welcome resets the count for both paths. */
+  h.now = pe_engine_reconnect_at(h.e);
+  h_connect(&h, 600000);
+  pe_engine_on_disconnect(h.e, h.now);
+  h.now = pe_engine_reconnect_at(h.e);
+  pe_engine_on_connect_failed(h.e, h.now, false);
+  out[9] = pe_engine_reconnect_at(h.e) - h.now;
+  H_TRUE(out[9] < 200);
+  h_fini(&h);
+}
+
+static void t_connect_failed_backoff(void **state) {
+  (void)state;
+  uint64_t a[10], b[10], c[10];
+  run_failed_attempts(7, a);
+  run_failed_attempts(7, b);
+  run_failed_attempts(8, c);
+  H_TRUE(memcmp(a, b, sizeof a) == 0);
+  H_TRUE(memcmp(a, c, sizeof a) != 0);
+}
+
+/* The engine has no random source of its own: a send without an id takes
+ * one from the caller's hook, or else from a generator seeded with
+ * tuning.seed, so the same seed writes the same frames. */
+static void rid_hook(void *ud, uint8_t out[PARLEY_MSG_ID_LEN]) {
+  int *calls = ud;
+  (*calls)++;
+  memset(out, 0xAB, PARLEY_MSG_ID_LEN);
+}
+
+static void first_send_id(uint64_t seed, bool hook, int *calls, uint8_t id[16]) {
+  pe_config cfg = h_config(PARLEY_ROLE_CUSTOMER);
+  cfg.tuning.seed = seed;
+  pe_hooks hooks = {.ud = calls, .random_id = hook ? rid_hook : NULL};
+  pe_engine *e = pe_engine_new(&cfg, &hooks);
+  H_TRUE(e != NULL);
+  parley_content text = {.kind = PARLEY_CONTENT_TEXT, .text = "hi"};
+  H_EQ(pe_engine_send(e, CONV_A, &text, NULL, NULL, 0, NULL, 1000), 0);
+  /* Disconnected, the send waits in the outbox; connecting writes Hello,
+   * and the Send follows the Welcome. */
+  H_EQ(pe_engine_on_connect(e, 1000), 0);
+  const uint8_t *data;
+  size_t len;
+  while (pe_engine_take_output(e, &data, &len)) {}
+  pw_frame *w = mk_welcome(600000, 0);
+  uint8_t *buf;
+  size_t n;
+  H_EQ(pw_encode(w, 0, &buf, &n), 0);
+  h_frame_free(w);
+  H_EQ(pe_engine_on_input(e, buf, n, 1000), 0);
+  free(buf);
+  bool found = false;
+  while (pe_engine_take_output(e, &data, &len)) {
+    pw_frame *f = NULL;
+    const char *why = NULL;
+    H_EQ(pw_decode(data, len, PW_DEFAULT_MAX_FRAME, &f, &why), 0);
+    if (f->body_case == PARLEY__V1__FRAME__BODY_SEND) {
+      H_EQ(f->send->client_msg_id.len, 16);
+      memcpy(id, f->send->client_msg_id.data, 16);
+      found = true;
+    }
+    pw_frame_free(f);
+  }
+  H_TRUE(found);
+  pe_engine_free(e);
+}
+
+static void t_random_ids_from_caller(void **state) {
+  (void)state;
+  int calls = 0;
+  uint8_t a[16], b[16], c[16], d[16], ab[16];
+  first_send_id(5, false, &calls, a);
+  first_send_id(5, false, &calls, b);
+  first_send_id(6, false, &calls, c);
+  H_TRUE(memcmp(a, b, 16) == 0);
+  H_TRUE(memcmp(a, c, 16) != 0);
+  H_EQ(calls, 0);
+  first_send_id(5, true, &calls, d);
+  memset(ab, 0xAB, 16);
+  H_TRUE(memcmp(d, ab, 16) == 0);
+  H_EQ(calls, 1);
+}
+
 static void t_resume(void **state) {
   (void)state;
   harness h;
@@ -1437,6 +1545,8 @@ int main(void) {
       cmocka_unit_test(t_reorder_large),
       cmocka_unit_test(t_heartbeat),
       cmocka_unit_test(t_reconnect_backoff),
+      cmocka_unit_test(t_connect_failed_backoff),
+      cmocka_unit_test(t_random_ids_from_caller),
       cmocka_unit_test(t_resume),
       cmocka_unit_test(t_welcome_cursor_ahead),
       cmocka_unit_test(t_commit),

@@ -25,6 +25,7 @@
 #include <parley/error.h>
 
 #include "store/store.h"
+#include "util/clock.h"
 
 /* The file name in the data directory (SQLite adds -wal, -shm). */
 #define DB_FILE "gateway.db"
@@ -145,11 +146,7 @@ typedef struct qitem {
   pg_store_batch *b;
 } qitem;
 
-static uint64_t now_us(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
-}
+static uint64_t now_us(void) { return pu_clock_ns() / 1000u; }
 
 static int open_conn(const char *path, int durability, sqlite3 **out, char *err, size_t errlen) {
   sqlite3 *h = NULL;

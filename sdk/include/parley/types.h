@@ -213,7 +213,7 @@ typedef struct parley_tuning {
   uint32_t reconnect_min_ms;     /* [100] first reconnect backoff */
   uint32_t reconnect_max_ms;     /* [30000] cap of the reconnect backoff */
   uint32_t max_frame_bytes;      /* [1 MiB] larger inbound frames are refused */
-  uint64_t seed;                 /* [from the clock] jitter; fixed in tests */
+  uint64_t seed;                 /* [random] jitter; fixed in tests */
 } parley_tuning;
 
 /* Counters for metrics; every field is monotonic unless noted. */

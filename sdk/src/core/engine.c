@@ -28,17 +28,18 @@
 
 /* --------------------------------------------------------------- utils */
 
-static uint64_t rng_next(pe_engine *e) {
-  /* splitmix64: tiny, fast, and good enough for jitter. */
-  uint64_t z = (e->rng += 0x9E3779B97F4A7C15ull);
-  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-  return z ^ (z >> 31);
-}
+/* Uniform in [0, n); 0 when n is 0. */
+uint64_t pe_rng_below(pe_engine *e, uint64_t n) { return pu_rng_below(&e->rng, n); }
 
-/* Uniform in [0, n); n > 0. */
-uint64_t pe_rng_below(pe_engine *e, uint64_t n) {
-  return n ? rng_next(e) % n : 0;
+void pe_random_id(pe_engine *e, uint8_t out[PARLEY_MSG_ID_LEN]) {
+  if (e->hooks.random_id) {
+    e->hooks.random_id(e->hooks.ud, out);
+    return;
+  }
+  for (int i = 0; i < PARLEY_MSG_ID_LEN; i += 8) {
+    uint64_t x = pu_rng_next(&e->id_rng);
+    for (int k = 0; k < 8; k++) out[i + k] = (uint8_t)(x >> (8 * k));
+  }
 }
 
 uint64_t pe_add_sat(uint64_t a, uint64_t b) {
@@ -104,6 +105,8 @@ static void heap_down(pe_engine *e, size_t i) {
 void pe_timer_cancel(pe_engine *e, pe_timer *t) {
   if (t->idx == SIZE_MAX) return;
   size_t i = t->idx;
+  /* An armed timer knows its slot: nothing else finds it in the heap. */
+  PARLEY_ASSERT(i < e->heap_n && e->heap[i] == t);
   e->heap_n--;
   if (i != e->heap_n) {
     e->heap[i] = e->heap[e->heap_n];
@@ -117,6 +120,7 @@ void pe_timer_cancel(pe_engine *e, pe_timer *t) {
 /* Arms (or re-arms) t at `at`. The heap only grows to the number of timer
  * owners (sends, commits, conversations), each of which is bounded. */
 int pe_timer_set(pe_engine *e, pe_timer *t, uint64_t at) {
+  PARLEY_ASSERT(t->idx == SIZE_MAX || (t->idx < e->heap_n && e->heap[t->idx] == t));
   if (t->idx != SIZE_MAX) {
     t->at = at;
     heap_down(e, t->idx);
@@ -365,6 +369,29 @@ int pe_engine_on_connect(pe_engine *e, uint64_t now) {
   return 0;
 }
 
+/* The one reconnect backoff of the SDK. Full jitter over
+ * min(reconnect_max, reconnect_min * 2^n), n the sessions lost and attempts
+ * failed since the last Welcome, never under a retry-after the gateway
+ * sent. next_node: the client moves on to a node of its list that has not
+ * failed yet this round, so a short jitter below reconnect_min suffices and
+ * n does not grow. */
+static void draw_reconnect(pe_engine *e, bool next_node) {
+  if (e->closing) {
+    e->reconnect_at = UINT64_MAX;
+    return;
+  }
+  uint64_t wait;
+  if (next_node) {
+    wait = pe_rng_below(e, e->reconnect_min);
+  } else {
+    wait = pe_rng_below(e, pe_exp_window(e->reconnect_min, e->reconnect_n, e->reconnect_max));
+    if (e->reconnect_n < 64) e->reconnect_n++;
+  }
+  if (wait < e->retry_after) wait = e->retry_after;
+  e->retry_after = 0;
+  e->reconnect_at = pe_add_sat(e->now, wait);
+}
+
 /* Everything that was on the wire is lost with the connection: sends and
  * commits go back to their queues (written again after the next Welcome),
  * fetches are forgotten, and the reconnect time is drawn. */
@@ -394,22 +421,20 @@ static void go_down(pe_engine *e) {
   }
   e->ack_pending = 0;
   e->ack_due = 0;
-  if (e->closing) {
-    e->reconnect_at = UINT64_MAX;
-    return;
-  }
-  uint64_t w = pe_exp_window(e->reconnect_min, e->reconnect_n, e->reconnect_max);
-  uint64_t wait = pe_rng_below(e, w);
-  if (wait < e->retry_after) wait = e->retry_after;
-  if (e->reconnect_n < 64) e->reconnect_n++;
-  e->retry_after = 0;
-  e->reconnect_at = pe_add_sat(e->now, wait);
+  draw_reconnect(e, false);
 }
 
 void pe_engine_on_disconnect(pe_engine *e, uint64_t now) {
   if (!e) return;
   e->now = now;
   go_down(e);
+}
+
+void pe_engine_on_connect_failed(pe_engine *e, uint64_t now, bool next_node) {
+  if (!e) return;
+  e->now = now;
+  go_down(e); /* nothing to do unless it was up, which a failed attempt was not */
+  draw_reconnect(e, next_node);
 }
 
 static void want_close(pe_engine *e, int code) {
@@ -777,8 +802,9 @@ pe_engine *pe_engine_new(const pe_config *cfg, const pe_hooks *hooks) {
    * fleet does not reconnect in lockstep) but the engine reads no clock:
    * mix the engine's address with a process-wide counter. */
   static uint64_t counter;
-  e->rng = t->seed ? t->seed
-                   : ((uint64_t)(uintptr_t)e ^ (++counter * 0xD1B54A32D192ED03ull));
+  uint64_t seed = t->seed ? t->seed : ((uint64_t)(uintptr_t)e ^ (++counter * 0xD1B54A32D192ED03ull));
+  pu_rng_seed(&e->rng, seed);
+  pu_rng_seed(&e->id_rng, seed ^ 0xA0761D6478BD642Full);
   return e;
 }
 

@@ -43,6 +43,11 @@ typedef struct pe_hooks {
                 bool update, bool removed);
   void (*ready)(void *ud);                        /* Welcome received */
   void (*peer_error)(void *ud, int status, const char *message);
+  /* Draws the id of a send given none. The engine has no random source of
+   * its own that could serve as one: the client passes
+   * parley_msg_id_random. NULL: ids come from a generator seeded with
+   * tuning.seed, which makes a test's frames reproducible. */
+  void (*random_id)(void *ud, uint8_t out[PARLEY_MSG_ID_LEN]);
 } pe_hooks;
 
 typedef struct pe_config {
@@ -70,6 +75,13 @@ int pe_engine_on_connect(pe_engine *e, uint64_t now);
 int pe_engine_on_input(pe_engine *e, const uint8_t *data, size_t len,
                        uint64_t now);
 void pe_engine_on_disconnect(pe_engine *e, uint64_t now);
+/* An attempt failed before the connection opened (refused, DNS, TLS, an
+ * HTTP answer to the upgrade), so the engine never saw it: the next
+ * attempt's time is drawn as for a lost session, from the same backoff.
+ * next_node: the caller moves on to another gateway node that has not
+ * failed yet this round, so only a short jitter (below reconnect_min) is
+ * drawn and the backoff does not grow. */
+void pe_engine_on_connect_failed(pe_engine *e, uint64_t now, bool next_node);
 int pe_engine_on_tick(pe_engine *e, uint64_t now);
 
 /* The earliest time at which pe_engine_on_tick must be called; UINT64_MAX

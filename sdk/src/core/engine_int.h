@@ -15,6 +15,8 @@
 #include <stdint.h>
 
 #include "core/engine.h"
+#include "util/assert.h"
+#include "util/rand.h"
 #include "wire/wire.h"
 
 /* ----------------------------------------------------------- constants */
@@ -247,13 +249,16 @@ struct pe_engine {
   size_t out_bytes;
   pe_out *lent;
 
-  uint64_t rng;
+  pu_rng rng;    /* jitter, seeded from tuning.seed */
+  pu_rng id_rng; /* message ids when hooks.random_id is NULL */
   parley_client_stats stats;
 };
 
 /* engine.c: utilities, timers, output, conversations. pe_peer_error
  * reports a bad frame or a local failure through the peer_error hook. */
 uint64_t pe_rng_below(pe_engine *e, uint64_t n);
+/* A message id for a send given none: hooks.random_id, or id_rng. */
+void pe_random_id(pe_engine *e, uint8_t out[PARLEY_MSG_ID_LEN]);
 uint64_t pe_add_sat(uint64_t a, uint64_t b);
 uint64_t pe_exp_window(uint64_t base, uint32_t n, uint64_t cap);
 void pe_peer_error(pe_engine *e, int status, const char *fmt, ...)

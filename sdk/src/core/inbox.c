@@ -63,8 +63,11 @@ static const pe_held *held_find(const pe_conv *c, uint64_t s) {
 
 /* Takes the entry at p out of the buffer (its data is the caller's). */
 static pe_held held_take(pe_engine *e, pe_conv *c, hpos p) {
+  PARLEY_ASSERT(p.b < c->n_hb && p.i < c->hb[p.b]->n);
   pe_hblock *b = c->hb[p.b];
   pe_held h = b->e[p.i];
+  /* The engine's totals count every held entry of every conversation. */
+  PARLEY_ASSERT(c->n_held > 0 && e->reorder_events > 0 && e->reorder_bytes >= h.len);
   memmove(&b->e[p.i], &b->e[p.i + 1], (b->n - p.i - 1) * sizeof *b->e);
   b->n--;
   c->n_held--;
@@ -145,10 +148,15 @@ static bool held_insert(pe_conv *c, hpos p, const pe_held *h) {
     gb->cap = ncap;
     c->hb[p.b] = b = gb;
   }
+  PARLEY_ASSERT(p.i <= b->n && b->n < b->cap);
   memmove(&b->e[p.i + 1], &b->e[p.i], (b->n - p.i) * sizeof *b->e);
   b->e[p.i] = *h;
   b->n++;
   c->n_held++;
+  /* Held seqs are unique and ascending within a block: held_lower's
+   * binary search depends on it. */
+  PARLEY_ASSERT(p.i == 0 || b->e[p.i - 1].seq < h->seq);
+  PARLEY_ASSERT(p.i + 1 == b->n || b->e[p.i + 1].seq > h->seq);
   return true;
 }
 
@@ -228,6 +236,7 @@ void pe_ack_flush(pe_engine *e) {
 static uint32_t ack_threshold(const pe_engine *e) {
   uint32_t n = e->ack_batch_n;
   if (e->window && e->window / 2 < n) n = e->window / 2 ? e->window / 2 : 1;
+  PARLEY_ASSERT(n > 0 && (!e->window || n <= e->window));
   return n;
 }
 

@@ -105,6 +105,8 @@ void pe_send_finish(pe_engine *e, pe_send *s, int status, uint64_t seq,
   if (s->gnext) s->gnext->gprev = s->gprev;
   else e->g_tail = s->gprev;
   pe_timer_cancel(e, &s->timer);
+  /* Every send counted here was counted in by send_queue. */
+  PARLEY_ASSERT(e->n_sends > 0 && e->outbox_bytes >= s->len);
   e->n_sends--;
   e->outbox_bytes -= s->len;
   if (s->attempts > 0) done_remember(e, s->id, s->unanswered);
@@ -156,7 +158,7 @@ static int send_queue(pe_engine *e, const char *conversation,
   pe_send *s = calloc(1, sizeof *s);
   if (!s) return PARLEY_ENOMEM;
   if (msg_id) memcpy(s->id, msg_id, PARLEY_MSG_ID_LEN);
-  else parley_msg_id_random(s->id);
+  else pe_random_id(e, s->id);
   snd->client_msg_id.data = s->id;
   snd->client_msg_id.len = PARLEY_MSG_ID_LEN;
   snd->conversation = (char *)conversation;
@@ -471,6 +473,7 @@ void pe_commit_finish(pe_engine *e, pe_commit *k, int status, bool dup,
   if (k->gnext) k->gnext->gprev = k->gprev;
   else e->c_tail = k->gprev;
   pe_timer_cancel(e, &k->timer);
+  PARLEY_ASSERT(e->n_commits > 0 && e->commit_bytes >= k->len);
   e->n_commits--;
   e->commit_bytes -= k->len;
   if (status == 0) {

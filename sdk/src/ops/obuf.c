@@ -7,6 +7,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "util/assert.h"
+
 void pob_init(pob_buf *b, size_t max) {
   memset(b, 0, sizeof *b);
   b->max = max;
@@ -19,6 +21,8 @@ void pob_free(pob_buf *b) {
 
 static bool reserve(pob_buf *b, size_t extra) {
   if (b->failed) return false;
+  /* The limit test below subtracts len from max. */
+  PARLEY_ASSERT(b->len <= b->max && (b->cap == 0 || b->len < b->cap));
   if (extra > b->max - b->len) {
     b->failed = true;
     return false;

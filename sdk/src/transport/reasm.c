@@ -6,6 +6,8 @@
 
 #include <parley/error.h>
 
+#include "util/assert.h"
+
 void pt_reasm_init(pt_reasm *r, size_t max_bytes) {
   memset(r, 0, sizeof *r);
   r->max = max_bytes;
@@ -41,6 +43,7 @@ bool pt_reasm_would_exceed(const pt_reasm *r, size_t more) {
 /* Makes room for `more` bytes. Growth doubles to keep appends amortised
  * O(1) but never allocates past max, which the caller already checked. */
 static int reserve(pt_reasm *r, size_t more) {
+  PARLEY_ASSERT(r->len <= r->max && more <= r->max - r->len);
   size_t need = r->len + more;
   if (need <= r->cap)
     return 0;
@@ -89,6 +92,7 @@ int pt_reasm_feed(pt_reasm *r, const uint8_t *data, size_t len, bool first,
       return fail(r, rc);
     memcpy(r->buf + r->len, data, len);
     r->len += len;
+    PARLEY_ASSERT(r->len <= r->cap && r->cap <= r->max);
   }
   if (!last)
     return 0;
