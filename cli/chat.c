@@ -28,6 +28,7 @@
 #include "cli.h"
 #include "console.h"
 #include "lines.h"
+#include "util/clock.h"
 
 #define CHAT_MAX_QUEUES 16
 #define CHAT_MAX_TAKEN 64
@@ -328,9 +329,7 @@ static void a_on_queue(parley_client *cl, const parley_queue_item *items, size_t
     if (c->pending) c->pending--;
     printf("queue: %zu waiting\n", n);
   }
-  int64_t now = 0;
-  uv_timeval64_t tv;
-  if (uv_gettimeofday(&tv) == 0) now = tv.tv_sec * 1000 + tv.tv_usec / 1000;
+  int64_t now = pu_wall_ms();
   for (size_t i = 0; i < n; i++) {
     const parley_queue_item *q = &items[i];
     printf("%s %s  queue=%s customer=%s locale=%s waiting=%llds%s%s\n",

@@ -36,13 +36,8 @@ void wb_note(wb *w, const char *fmt, ...) {
   va_end(ap);
 }
 
-uint64_t wb_rnd(wb *w) {
-  /* xorshift64*: reproducible from --seed. */
-  uint64_t x = w->rng;
-  x ^= x >> 12, x ^= x << 25, x ^= x >> 27;
-  w->rng = x;
-  return x * 2685821657736338717ULL;
-}
+/* The fault schedule's generator (util/rand.h): reproducible from --seed. */
+uint64_t wb_rnd(wb *w) { return pu_rng_next(&w->rng); }
 
 
 /* ------------------------------------------------------------ the loop */
@@ -575,7 +570,7 @@ int cli_test(int argc, char **argv) {
   if (rc) goto out_files;
 
   w->verbose = verbose;
-  w->rng = seed ? seed * 0x9E3779B97F4A7C15ULL : 0x9E3779B97F4A7C15ULL;
+  pu_rng_seed(&w->rng, seed);
   snprintf(w->bot_dir, sizeof w->bot_dir, "%s", bot_dir);
   bot_identity(bot_dir, w->principal, sizeof w->principal, w->default_locale,
                sizeof w->default_locale);
@@ -661,11 +656,7 @@ int cli_test(int argc, char **argv) {
     w->proxy_on = true;
     snprintf(w->proxy_url, sizeof w->proxy_url, "ws://127.0.0.1:%d/", w->proxy.port);
   }
-  w->clock_base = (int64_t)uv_now(w->loop);
-  {
-    uv_timeval64_t tv;
-    if (uv_gettimeofday(&tv) == 0) w->clock_base = tv.tv_sec * 1000 + tv.tv_usec / 1000;
-  }
+  w->clock_base = pu_wall_ms();
 
   for (size_t i = 0; i < w->n_agents; i++) {
     parley_client_options co = PARLEY_CLIENT_OPTIONS_INIT;

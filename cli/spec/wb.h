@@ -30,6 +30,8 @@
 #include "rt.h"
 #include <parley/runtime.h>
 #include "spec.h"
+#include "util/clock.h"
+#include "util/rand.h"
 
 #define WB_ITEMS_MAX 512
 #define WB_KEYS_MAX 128
@@ -145,7 +147,7 @@ struct wb {
   size_t n_held;
   /* Faults. */
   bool faults;
-  uint64_t rng;
+  pu_rng rng;
   uv_timer_t kill_timer, cut_timer, rebirth_timer;
   bool kill_armed, cut_armed, rebirth_armed;
   unsigned kills, reconnects;
