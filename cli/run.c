@@ -368,7 +368,8 @@ static int run_parse_config(run_args *a) {
 /* --data-dir, or a fresh temporary directory that the tear-down removes. */
 static int run_data_dir(run_ctx *r, const run_args *a) {
   if (a->data_dir) {
-    if ((size_t)snprintf(r->data_dir, sizeof r->data_dir, "%s", a->data_dir) >= sizeof r->data_dir) {
+    size_t n = (size_t)snprintf(r->data_dir, sizeof r->data_dir, "%s", a->data_dir);
+    if (n >= sizeof r->data_dir) {
       start_error(&a->sc, "--data-dir: the path is longer than %zu bytes", sizeof r->data_dir - 1);
       return 1;
     }
