@@ -28,6 +28,7 @@
 #include "cli.h"
 #include "console.h"
 #include "lines.h"
+#include "util/clock.h"
 
 #define CHAT_MAX_QUEUES 16
 #define CHAT_MAX_TAKEN 64
@@ -116,13 +117,18 @@ static void remember_taken(chat *c, const char *conv) {
   c->taken[c->n_taken++] = xdup(conv);
 }
 
-static int do_action(chat *c, parley_action *a) {
-  if (!c->current[0]) {
-    fprintf(stderr, "parley chat: no conversation: /take one first\n");
-    c->failures++;
-    return -1;
-  }
-  int rc = parley_client_action(c->client, c->current, a, NULL, 0, NULL);
+/* Sends and actions go to the conversation taken last: false (counted as
+ * a failure) when there is none. */
+static bool have_conversation(chat *c) {
+  if (c->current[0]) return true;
+  fprintf(stderr, "parley chat: no conversation: /take one first\n");
+  c->failures++;
+  return false;
+}
+
+/* The outcome of handing a send or an action to the client: pending until
+ * the gateway answers, or a failure now. */
+static int handed(chat *c, int rc) {
   if (rc) {
     fprintf(stderr, "parley chat: cannot send: %s\n", parley_strerror(rc));
     c->failures++;
@@ -130,6 +136,11 @@ static int do_action(chat *c, parley_action *a) {
   }
   c->pending++;
   return 0;
+}
+
+static int do_action(chat *c, parley_action *a) {
+  if (!have_conversation(c)) return -1;
+  return handed(c, parley_client_action(c->client, c->current, a, NULL, 0, NULL));
 }
 
 /* Remembers a message for /quote, in a ring of the most recent ones. */
@@ -152,11 +163,7 @@ static const chat_msg *find_message(chat *c, const char *conv, uint64_t seq) {
 }
 
 static int do_send(chat *c, const char *text, uint64_t quote_seq) {
-  if (!c->current[0]) {
-    fprintf(stderr, "parley chat: no conversation: /take one first\n");
-    c->failures++;
-    return -1;
-  }
+  if (!have_conversation(c)) return -1;
   parley_content ct = {.kind = PARLEY_CONTENT_TEXT, .text = text};
   parley_quote q = {.seq = quote_seq};
   /* The excerpt is the quoted message's start, cut on a character
@@ -174,14 +181,8 @@ static int do_send(chat *c, const char *text, uint64_t quote_seq) {
     q.excerpt = excerpt;
     q.sender = m->sender;
   }
-  int rc = parley_client_send(c->client, c->current, &ct, quote_seq ? &q : NULL, NULL, 0, NULL);
-  if (rc) {
-    fprintf(stderr, "parley chat: cannot send: %s\n", parley_strerror(rc));
-    c->failures++;
-    return rc;
-  }
-  c->pending++;
-  return 0;
+  return handed(c, parley_client_send(c->client, c->current, &ct, quote_seq ? &q : NULL, NULL, 0,
+                                      NULL));
 }
 
 static void agent_command(chat *c, char *line) {
@@ -328,9 +329,7 @@ static void a_on_queue(parley_client *cl, const parley_queue_item *items, size_t
     if (c->pending) c->pending--;
     printf("queue: %zu waiting\n", n);
   }
-  int64_t now = 0;
-  uv_timeval64_t tv;
-  if (uv_gettimeofday(&tv) == 0) now = tv.tv_sec * 1000 + tv.tv_usec / 1000;
+  int64_t now = pu_wall_ms();
   for (size_t i = 0; i < n; i++) {
     const parley_queue_item *q = &items[i];
     printf("%s %s  queue=%s customer=%s locale=%s waiting=%llds%s%s\n",
@@ -443,137 +442,166 @@ static int usage_to(FILE *out) {
 
 static int usage(void) { return usage_to(stderr); }
 
-int cli_chat(int argc, char **argv) {
-  static const struct option opts[] = {
-      {"url", required_argument, 0, 'u'},       {"token", required_argument, 0, 't'},
-      {"as", required_argument, 0, 'a'},        {"principal", required_argument, 0, 'p'},
-      {"conversation", required_argument, 0, 'c'}, {"locale", required_argument, 0, 'l'},
-      {"queue", required_argument, 0, 'q'},     {"wait", required_argument, 0, 'w'},
-      {"replies", required_argument, 0, 'r'},   {"quiet", required_argument, 0, 'Q'},
-      {"insecure", no_argument, 0, 'k'},        {"help", no_argument, 0, 'h'},
-      {0, 0, 0, 0}};
-  const char *url = NULL, *token = getenv("PARLEY_TOKEN"), *as = "customer";
-  const char *principal = NULL, *conversation = NULL, *locale = "en";
+/* What `parley chat` was asked for. */
+typedef struct chat_args {
+  cli_gateway_flags gw; /* --url, --token, --principal, --insecure */
+  const char *conversation, *locale;
   const char *queues[CHAT_MAX_QUEUES];
-  size_t n_queues = 0;
-  bool insecure = false;
-  uint64_t wait_ms = 5000, quiet_ms = CHAT_QUIET_MS;
-  unsigned long want_replies = 0;
+  size_t n_queues;
+  bool agent;
+  uint64_t wait_ms, quiet_ms;
+  unsigned want_replies;
+} chat_args;
+
+/* "Go on" from chat_parse; anything else is the exit status. */
+enum { CHAT_GO = -1 };
+
+static int chat_parse(int argc, char **argv, chat_args *a) {
+  static const struct option opts[] = {
+      CLI_GATEWAY_OPTIONS,
+      {"as", required_argument, 0, 'a'},        {"conversation", required_argument, 0, 'c'},
+      {"locale", required_argument, 0, 'l'},    {"queue", required_argument, 0, 'q'},
+      {"wait", required_argument, 0, 'w'},      {"replies", required_argument, 0, 'r'},
+      {"quiet", required_argument, 0, 'Q'},     {"help", no_argument, 0, 'h'},
+      {0, 0, 0, 0}};
+  const char *as = "customer";
+  a->gw.token = getenv("PARLEY_TOKEN");
+  a->locale = "en";
+  a->wait_ms = 5000;
+  a->quiet_ms = CHAT_QUIET_MS;
   optind = 1;
   int ch;
-  while ((ch = getopt_long(argc, argv, "u:t:a:p:c:l:q:w:r:Q:kh", opts, NULL)) != -1) {
+  while ((ch = getopt_long(argc, argv, "u:t:p:ka:c:l:q:w:r:Q:h", opts, NULL)) != -1) {
+    int took = cli_gateway_flag(&a->gw, ch, optarg);
+    if (took < 0) return 2;
+    if (took) continue;
     switch (ch) {
-    case 'u': {
-      static char url_list[CLI_URL_LIST_MAX];
-      if (cli_url_append(url_list, sizeof url_list, optarg)) return 2;
-      url = url_list;
-      break;
-    }
-    case 't': token = optarg; break;
     case 'a': as = optarg; break;
-    case 'p': principal = optarg; break;
-    case 'c': conversation = optarg; break;
-    case 'l': locale = optarg; break;
+    case 'c': a->conversation = optarg; break;
+    case 'l': a->locale = optarg; break;
     case 'q':
-      if (n_queues < CHAT_MAX_QUEUES) queues[n_queues++] = optarg;
+      if (a->n_queues < CHAT_MAX_QUEUES) a->queues[a->n_queues++] = optarg;
       break;
-    case 'w': wait_ms = strtoull(optarg, NULL, 10); break;
-    case 'r': want_replies = strtoul(optarg, NULL, 10); break;
-    case 'Q': quiet_ms = strtoull(optarg, NULL, 10); break;
-    case 'k': insecure = true; break;
+    case 'w': a->wait_ms = strtoull(optarg, NULL, 10); break;
+    case 'r': a->want_replies = (unsigned)strtoul(optarg, NULL, 10); break;
+    case 'Q': a->quiet_ms = strtoull(optarg, NULL, 10); break;
     case 'h': return usage_to(stdout);
     default: return usage();
     }
   }
-  bool agent = !strcmp(as, "agent");
-  if ((!agent && strcmp(as, "customer")) || !url || !token) return usage();
-  if (!principal) principal = agent ? "agent" : "customer";
+  a->agent = !strcmp(as, "agent");
+  if ((!a->agent && strcmp(as, "customer")) || !a->gw.url || !a->gw.token) return usage();
+  if (!a->gw.principal) a->gw.principal = a->agent ? "agent" : "customer";
+  return CHAT_GO;
+}
 
+/* The customer console reads stdin itself. */
+static int chat_start_customer(chat *c, const chat_args *a) {
+  console_options co = {0};
+  co.loop = c->loop;
+  co.url = a->gw.url;
+  co.principal = a->gw.principal;
+  co.token = a->gw.token;
+  co.conversation = a->conversation;
+  co.locale = a->locale;
+  co.interactive = c->interactive;
+  co.color = c->color;
+  co.out = stdout;
+  co.tls_insecure = a->gw.insecure;
+  co.on_input_done = on_customer_done;
+  co.ud = c;
+  int rc;
+  if ((rc = console_new(&co, &c->con)) != 0 || (rc = console_start(c->con)) != 0) {
+    fprintf(stderr, "parley chat: cannot start: %s\n", parley_strerror(rc));
+    return 1;
+  }
+  if (!c->interactive) fprintf(stderr, "conversation %s\n", console_conversation(c->con));
+  return 0;
+}
+
+/* An agent's client, and its commands from stdin. */
+static int chat_start_agent(chat *c, const chat_args *a) {
+  parley_client_options co = PARLEY_CLIENT_OPTIONS_INIT;
+  co.url = a->gw.url;
+  co.principal = a->gw.principal;
+  co.token = a->gw.token;
+  co.role = PARLEY_ROLE_AGENT;
+  co.queues = a->n_queues ? a->queues : NULL;
+  co.n_queues = a->n_queues;
+  co.loop = c->loop;
+  co.tls_insecure = a->gw.insecure;
+  co.cb.on_event = a_on_event;
+  co.cb.on_send_result = a_on_send_result;
+  co.cb.on_queue = a_on_queue;
+  co.cb.on_state = a_on_state;
+  co.cb.on_error = a_on_error;
+  co.user_data = c;
+  int rc;
+  if ((rc = parley_client_new(&co, &c->client)) != 0 ||
+      (rc = parley_client_start(c->client)) != 0) {
+    fprintf(stderr, "parley chat: cannot start: %s\n", parley_strerror(rc));
+    /* Never started, so there is nothing to stop: chat_stop must not try. */
+    parley_client_free(c->client);
+    c->client = NULL;
+    return 1;
+  }
+  if ((rc = cli_lines_start(c->loop, on_lines, c, &c->lines)) != 0) {
+    fprintf(stderr, "parley chat: cannot read standard input: %s\n", parley_strerror(rc));
+    return 1;
+  }
+  if (c->interactive)
+    printf("Agent %s. /queue lists waiting conversations, /take <conv> takes one, /quit ends.\n",
+           a->gw.principal);
+  prompt(c);
+  return 0;
+}
+
+/* The loop's handles, then the customer's or the agent's side. 0 or 1. */
+static int chat_setup(chat *c, const chat_args *a) {
+  c->loop = uv_default_loop();
+  c->principal = a->gw.principal;
+  c->wait_ms = a->wait_ms;
+  c->quiet_ms = a->quiet_ms;
+  c->want_replies = a->want_replies;
+  c->interactive = isatty(STDIN_FILENO) && isatty(STDOUT_FILENO);
+  c->color = c->interactive && getenv("NO_COLOR") == NULL;
+  c->last_event_ms = c->started_ms = uv_now(c->loop);
+  uv_timer_init(c->loop, &c->tick);
+  c->tick.data = c;
+  uv_signal_init(c->loop, &c->sig_int);
+  uv_signal_init(c->loop, &c->sig_term);
+  c->sig_int.data = c->sig_term.data = c;
+  uv_signal_start(&c->sig_int, on_signal, SIGINT);
+  uv_signal_start(&c->sig_term, on_signal, SIGTERM);
+  return a->agent ? chat_start_agent(c, a) : chat_start_customer(c, a);
+}
+
+/* Until chat_stop: end of input and answers seen, a signal, or /quit. */
+static void chat_run(chat *c) {
+  uv_timer_start(&c->tick, on_tick, CHAT_TICK_MS, CHAT_TICK_MS);
+  uv_run(c->loop, UV_RUN_DEFAULT);
+}
+
+/* After a run, or after chat_stop on a failed set-up: the loop runs until
+ * the handles chat_stop closed are closed, then everything is freed. */
+static int chat_teardown(chat *c) {
+  uv_run(c->loop, UV_RUN_DEFAULT);
+  if (c->con) console_free(c->con);
+  parley_client_free(c->client);
+  for (size_t i = 0; i < c->n_taken; i++) free(c->taken[i]);
+  for (size_t i = 0; i < CHAT_HISTORY; i++)
+    free(c->history[i].conversation), free(c->history[i].sender), free(c->history[i].text);
+  uv_loop_close(c->loop);
+  return c->exit_code;
+}
+
+int cli_chat(int argc, char **argv) {
+  chat_args a = {0};
+  int rc = chat_parse(argc, argv, &a);
+  if (rc != CHAT_GO) return rc;
   static chat c;
   memset(&c, 0, sizeof c);
-  c.loop = uv_default_loop();
-  c.principal = principal;
-  c.wait_ms = wait_ms;
-  c.quiet_ms = quiet_ms;
-  c.want_replies = (unsigned)want_replies;
-  c.interactive = isatty(STDIN_FILENO) && isatty(STDOUT_FILENO);
-  c.color = c.interactive && getenv("NO_COLOR") == NULL;
-  c.last_event_ms = c.started_ms = uv_now(c.loop);
-  uv_timer_init(c.loop, &c.tick);
-  c.tick.data = &c;
-  uv_signal_init(c.loop, &c.sig_int);
-  uv_signal_init(c.loop, &c.sig_term);
-  c.sig_int.data = c.sig_term.data = &c;
-  uv_signal_start(&c.sig_int, on_signal, SIGINT);
-  uv_signal_start(&c.sig_term, on_signal, SIGTERM);
-  int rc;
-
-  if (!agent) {
-    /* The customer console reads stdin itself. */
-    console_options co = {0};
-    co.loop = c.loop;
-    co.url = url;
-    co.principal = principal;
-    co.token = token;
-    co.conversation = conversation;
-    co.locale = locale;
-    co.interactive = c.interactive;
-    co.color = c.color;
-    co.out = stdout;
-    co.tls_insecure = insecure;
-    co.on_input_done = on_customer_done;
-    co.ud = &c;
-    if ((rc = console_new(&co, &c.con)) != 0 || (rc = console_start(c.con)) != 0) {
-      fprintf(stderr, "parley chat: cannot start: %s\n", parley_strerror(rc));
-      chat_stop(&c, 1);
-      uv_run(c.loop, UV_RUN_DEFAULT);
-      console_free(c.con);
-      uv_loop_close(c.loop);
-      return 1;
-    }
-    if (!c.interactive) fprintf(stderr, "conversation %s\n", console_conversation(c.con));
-  } else {
-    parley_client_options co = PARLEY_CLIENT_OPTIONS_INIT;
-    co.url = url;
-    co.principal = principal;
-    co.token = token;
-    co.role = PARLEY_ROLE_AGENT;
-    co.queues = n_queues ? queues : NULL;
-    co.n_queues = n_queues;
-    co.loop = c.loop;
-    co.tls_insecure = insecure;
-    co.cb.on_event = a_on_event;
-    co.cb.on_send_result = a_on_send_result;
-    co.cb.on_queue = a_on_queue;
-    co.cb.on_state = a_on_state;
-    co.cb.on_error = a_on_error;
-    co.user_data = &c;
-    if ((rc = parley_client_new(&co, &c.client)) != 0 || (rc = parley_client_start(c.client)) != 0) {
-      fprintf(stderr, "parley chat: cannot start: %s\n", parley_strerror(rc));
-      parley_client_free(c.client);
-      c.client = NULL;
-      chat_stop(&c, 1);
-      uv_run(c.loop, UV_RUN_DEFAULT);
-      uv_loop_close(c.loop);
-      return 1;
-    }
-    if ((rc = cli_lines_start(c.loop, on_lines, &c, &c.lines)) != 0) {
-      fprintf(stderr, "parley chat: cannot read standard input: %s\n", parley_strerror(rc));
-      chat_stop(&c, 1);
-    }
-    if (c.interactive)
-      printf("Agent %s. /queue lists waiting conversations, /take <conv> takes one, /quit ends.\n",
-             principal);
-    prompt(&c);
-  }
-  uv_timer_start(&c.tick, on_tick, CHAT_TICK_MS, CHAT_TICK_MS);
-  uv_run(c.loop, UV_RUN_DEFAULT);
-  int code = c.exit_code;
-  if (c.con) console_free(c.con);
-  parley_client_free(c.client);
-  for (size_t i = 0; i < c.n_taken; i++) free(c.taken[i]);
-  for (size_t i = 0; i < CHAT_HISTORY; i++)
-    free(c.history[i].conversation), free(c.history[i].sender), free(c.history[i].text);
-  uv_loop_close(c.loop);
-  return code;
+  if (chat_setup(&c, &a) == 0) chat_run(&c);
+  else chat_stop(&c, 1);
+  return chat_teardown(&c);
 }

@@ -115,3 +115,16 @@ int cli_url_append(char *list, size_t cap, const char *url) {
   }
   return 0;
 }
+
+int cli_gateway_flag(cli_gateway_flags *f, int ch, const char *arg) {
+  switch (ch) {
+  case 'u':
+    if (cli_url_append(f->url_list, sizeof f->url_list, arg)) return -1;
+    f->url = f->url_list;
+    return 1;
+  case 't': f->token = arg; return 1;
+  case 'p': f->principal = arg; return 1;
+  case 'k': f->insecure = true; return 1;
+  default: return 0;
+  }
+}

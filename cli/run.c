@@ -21,7 +21,6 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include <sodium.h>
 #include <uv.h>
 
 #include <parley/client.h>
@@ -51,11 +50,15 @@ typedef struct run_ctx {
   int settled_rounds;
   uint64_t settle_deadline;
   uint32_t wait_ms;
+  uv_timer_t gw_stopper;
   int exit_code;
   bool stopping;
   int pending_stops;
-  char data_dir[256];
+  char data_dir[1024];
   bool own_data_dir;
+  /* The embedded gateway's URL and the tokens only this process knows. */
+  char gw_url[128];
+  char bot_token[33], customer_token[33], web_token[33], agent_token[33];
 } run_ctx;
 
 static void random_token(char out[33]) {
@@ -257,265 +260,307 @@ static void start_error(const sidecar_config *sc, const char *fmt, ...) {
   else plog_write(stderr, sc->log_format, PLOG_ERROR, NULL, 0, msg, NULL, 0);
 }
 
-int cli_run(int argc, char **argv) {
+/* What `parley run` was asked for: the flags, then the sidecar config with
+ * the flags on top. */
+typedef struct run_args {
+  const char *bot_dir;
+  const char *url, *token, *principal, *locale, *data_dir, *config_path;
+  const char *f_format, *f_level, *f_port, *f_listen, *f_drain;
+  bool insecure;
+  bool quiet; /* embedded, no log level asked for: the console is the show */
+  uint32_t wait_ms;
+  cli_gateway_flags gw; /* the flags as given; url and the rest above are resolved */
+  sidecar_config sc;
+  char name[128];
+} run_args;
+
+/* "Go on" from the parse steps; anything else is the exit status. */
+enum { RUN_GO = -1 };
+
+static int run_parse_flags(int argc, char **argv, run_args *a) {
   static const struct option opts[] = {
-      {"url", required_argument, 0, 'u'},       {"token", required_argument, 0, 't'},
-      {"principal", required_argument, 0, 'p'}, {"locale", required_argument, 0, 'l'},
-      {"data-dir", required_argument, 0, 'd'},  {"wait", required_argument, 0, 'w'},
-      {"log-format", required_argument, 0, 'f'}, {"insecure", no_argument, 0, 'k'},
-      {"config", required_argument, 0, 'c'},    {"ops-port", required_argument, 0, 'P'},
+      CLI_GATEWAY_OPTIONS,
+      {"locale", required_argument, 0, 'l'},     {"data-dir", required_argument, 0, 'd'},
+      {"wait", required_argument, 0, 'w'},       {"log-format", required_argument, 0, 'f'},
+      {"config", required_argument, 0, 'c'},     {"ops-port", required_argument, 0, 'P'},
       {"ops-listen", required_argument, 0, 'L'}, {"log-level", required_argument, 0, 'v'},
-      {"drain", required_argument, 0, 'D'},     {"help", no_argument, 0, 'h'},
+      {"drain", required_argument, 0, 'D'},      {"help", no_argument, 0, 'h'},
       {0, 0, 0, 0}};
-  const char *url = NULL, *token = NULL, *principal = NULL;
-  const char *locale = "en", *data_dir = NULL, *config_path = NULL;
-  const char *f_format = NULL, *f_level = NULL, *f_port = NULL, *f_listen = NULL;
-  const char *f_drain = NULL;
-  bool insecure = false;
-  run_ctx r = {.wait_ms = 30000};
+  a->locale = "en";
+  a->wait_ms = 30000;
   optind = 1;
   int ch;
-  while ((ch = getopt_long(argc, argv, "u:t:p:l:d:w:f:kc:P:L:v:D:h", opts, NULL)) != -1) {
+  while ((ch = getopt_long(argc, argv, "u:t:p:kl:d:w:f:c:P:L:v:D:h", opts, NULL)) != -1) {
+    int took = cli_gateway_flag(&a->gw, ch, optarg);
+    if (took < 0) return 2;
+    if (took) continue;
     switch (ch) {
-    case 'u': {
-      static char url_list[CLI_URL_LIST_MAX];
-      if (cli_url_append(url_list, sizeof url_list, optarg)) return 2;
-      url = url_list;
-      break;
-    }
-    case 't': token = optarg; break;
-    case 'p': principal = optarg; break;
-    case 'l': locale = optarg; break;
-    case 'd': data_dir = optarg; break;
-    case 'w': r.wait_ms = (uint32_t)strtoul(optarg, NULL, 10); break;
-    case 'f': f_format = optarg; break;
-    case 'k': insecure = true; break;
-    case 'c': config_path = optarg; break;
-    case 'P': f_port = optarg; break;
-    case 'L': f_listen = optarg; break;
-    case 'v': f_level = optarg; break;
-    case 'D': f_drain = optarg; break;
+    case 'l': a->locale = optarg; break;
+    case 'd': a->data_dir = optarg; break;
+    case 'w': a->wait_ms = (uint32_t)strtoul(optarg, NULL, 10); break;
+    case 'f': a->f_format = optarg; break;
+    case 'c': a->config_path = optarg; break;
+    case 'P': a->f_port = optarg; break;
+    case 'L': a->f_listen = optarg; break;
+    case 'v': a->f_level = optarg; break;
+    case 'D': a->f_drain = optarg; break;
     case 'h': return usage_to(stdout);
     default: return usage();
     }
   }
   if (optind >= argc) return usage();
-  const char *bot_dir = argv[optind];
+  a->bot_dir = argv[optind];
+  a->url = a->gw.url;
+  a->token = a->gw.token;
+  a->principal = a->gw.principal;
+  a->insecure = a->gw.insecure;
+  return RUN_GO;
+}
 
-  /* The sidecar config: the file (if any) with the environment's
-   * overrides, then the flags on top. */
-  sidecar_config sc;
+/* The sidecar config: the file (if any) with the environment's overrides,
+ * then the flags on top. */
+static int run_parse_config(run_args *a) {
+  sidecar_config *sc = &a->sc;
   char cerr[1024];
-  if (sidecar_config_load(config_path, &sc, cerr, sizeof cerr) != 0) {
+  if (sidecar_config_load(a->config_path, sc, cerr, sizeof cerr) != 0) {
     fprintf(stderr, "parley: %s\n", cerr);
     return 2;
   }
-  if (f_format && plog_parse_format(f_format, &sc.log_format) != 0) {
+  if (a->f_format && plog_parse_format(a->f_format, &sc->log_format) != 0) {
     fprintf(stderr, "parley: --log-format: must be text, json or logfmt\n");
     return 2;
   }
-  if (f_level && plog_parse_level(f_level, &sc.log_level) != 0) {
+  if (a->f_level && plog_parse_level(a->f_level, &sc->log_level) != 0) {
     fprintf(stderr, "parley: --log-level: must be debug, info, warn or error\n");
     return 2;
   }
-  if (f_port) {
+  if (a->f_port) {
     char *end = NULL;
-    unsigned long p = strtoul(f_port, &end, 10);
-    if (!*f_port || *end || p > 65535) {
+    unsigned long p = strtoul(a->f_port, &end, 10);
+    if (!*a->f_port || *end || p > 65535) {
       fprintf(stderr, "parley: --ops-port: must be a port number (0: ephemeral)\n");
       return 2;
     }
-    sc.port = (int)p;
+    sc->port = (int)p;
   }
-  if (f_listen) snprintf(sc.listen, sizeof sc.listen, "%s", f_listen);
-  if (f_drain) {
-    char y[128];
-    snprintf(y, sizeof y, "shutdown:\n  drain: \"%s\"\n", f_drain);
-    pc_doc *d = NULL;
-    pc_error pe;
+  if (a->f_listen) snprintf(sc->listen, sizeof sc->listen, "%s", a->f_listen);
+  if (a->f_drain) {
     uint64_t ms = 0;
-    if (pc_load_string("--drain", y, strlen(y), &d, &pe) != 0 ||
-        pc_get_ms(pc_get(pc_root(d), "shutdown"), "drain", 0, &ms, &pe) != 0 || ms > 3600000u) {
+    if (pc_parse_ms(a->f_drain, &ms) != 0 || ms > 3600000u) {
       fprintf(stderr, "parley: --drain: a duration such as 500ms, 10s or 1m\n");
-      pc_doc_free(d);
       return 2;
     }
-    pc_doc_free(d);
-    sc.drain_ms = (uint32_t)ms;
+    sc->drain_ms = (uint32_t)ms;
   }
-  if (!url && sc.url[0]) url = sc.url;
-  if (!principal && sc.principal[0]) principal = sc.principal;
-  if (!token && sc.token[0]) token = sc.token;
-  if (!token) token = getenv("PARLEY_TOKEN");
-  if (sc.insecure_tls) insecure = true;
-  r.drain_ms = sc.drain_ms;
+  if (!a->url && sc->url[0]) a->url = sc->url;
+  if (!a->principal && sc->principal[0]) a->principal = sc->principal;
+  if (!a->token && sc->token[0]) a->token = sc->token;
+  if (!a->token) a->token = getenv("PARLEY_TOKEN");
+  if (sc->insecure_tls) a->insecure = true;
+  bot_name(a->bot_dir, a->name, sizeof a->name);
+  if (!a->principal) a->principal = a->name;
+  a->quiet = !a->url && !a->f_level && !a->config_path;
+  return RUN_GO;
+}
 
-  char name[128];
-  bot_name(bot_dir, name, sizeof name);
-  if (!principal) principal = name;
+/* ---------------------------------------------------------------- set-up */
 
+/* --data-dir, or a fresh temporary directory that the tear-down removes. */
+static int run_data_dir(run_ctx *r, const run_args *a) {
+  if (a->data_dir) {
+    size_t n = (size_t)snprintf(r->data_dir, sizeof r->data_dir, "%s", a->data_dir);
+    if (n >= sizeof r->data_dir) {
+      start_error(&a->sc, "--data-dir: the path is longer than %zu bytes", sizeof r->data_dir - 1);
+      return 1;
+    }
+    return 0;
+  }
+  const char *tmp = getenv("TMPDIR");
+  snprintf(r->data_dir, sizeof r->data_dir, "%s/parley-run-XXXXXX", tmp && *tmp ? tmp : "/tmp");
+  if (!mkdtemp(r->data_dir)) {
+    start_error(&a->sc, "cannot create a data directory: %s", strerror(errno));
+    return 1;
+  }
+  r->own_data_dir = true;
+  return 0;
+}
+
+/* The embedded gateway: a configuration built here, with tokens only this
+ * process knows, and the bot pointed at it. */
+static int run_embedded_gateway(run_ctx *r, run_args *a) {
+  int rc = run_data_dir(r, a);
+  if (rc) return rc;
+  random_token(r->bot_token);
+  random_token(r->customer_token);
+  random_token(r->web_token);
+  random_token(r->agent_token);
+  pg_embedded_principal ps[] = {
+      {.name = a->principal, .role = PARLEY_ROLE_BOT, .token = r->bot_token},
+      {.name = "customer", .role = PARLEY_ROLE_CUSTOMER, .token = r->customer_token},
+      /* The browser pages: a customer for the widget, an agent for the workbench. */
+      {.name = "web-customer", .role = PARLEY_ROLE_CUSTOMER, .token = r->web_token},
+      {.name = "agent", .role = PARLEY_ROLE_AGENT, .token = r->agent_token, .queue = "support"},
+  };
+  char templates[1100];
+  snprintf(templates, sizeof templates, "%s/templates", a->bot_dir);
+  pg_embedded_config ec = {.data_dir = r->data_dir,
+                           .bot = a->principal,
+                           .principals = ps,
+                           .n_principals = sizeof ps / sizeof ps[0],
+                           .web_templates = web_templates(a->bot_dir) ? templates : NULL};
+  char err[1024];
+  if (pg_config_embedded(&ec, &r->gw_cfg, err, sizeof err) != 0) {
+    start_error(&a->sc, "embedded gateway config: %s", err);
+    return 1;
+  }
+  if ((rc = pg_gateway_new(r->loop, r->gw_cfg, &r->gw)) != 0) {
+    start_error(&a->sc, "cannot start the embedded gateway: %s", parley_strerror(rc));
+    return 1;
+  }
+  snprintf(r->gw_url, sizeof r->gw_url, "ws://127.0.0.1:%d/", pg_gateway_port(r->gw));
+  a->url = r->gw_url;
+  a->token = r->bot_token;
+  pg_web_print_urls(r->gw, "web-customer", r->web_token, "agent", r->agent_token, stderr);
+  return 0;
+}
+
+static int run_start_bot(run_ctx *r, const run_args *a) {
+  parley_runtime_options ro = {0};
+  ro.loop = r->loop;
+  ro.bot_dir = a->bot_dir;
+  ro.url = a->url;
+  ro.principal = a->principal;
+  ro.token = a->token;
+  ro.tls_insecure = a->insecure;
+  ro.log_format = a->sc.log_format;
+  ro.log_out = stderr;
+  ro.log_level = a->quiet ? PLOG_WARN : a->sc.log_level;
+  ro.on_observe = sidecar_observe;
+  ro.ud = r->sc;
+  ro.on_fatal = on_fatal;
+  ro.fatal_ud = r;
   char err[2048];
-  if (parley_runtime_check(bot_dir, err, sizeof err) != 0) {
-    start_error(&sc, "cannot load bot %s:\n%s", bot_dir, err);
+  int rc = parley_runtime_new(&ro, &r->rt, err, sizeof err);
+  if (rc != 0) {
+    start_error(&a->sc, "%s", err);
     return 1;
   }
-
-  r.loop = uv_default_loop();
-  if (sidecar_new(r.loop, &sc, stderr, &r.sc) != 0) {
-    start_error(&sc, "cannot set up the sidecar (out of memory)");
+  if ((rc = sidecar_attach(r->sc, r->rt)) != 0) {
+    start_error(&a->sc, "cannot open the ops port on %s:%d: %s", a->sc.listen, a->sc.port,
+                parley_strerror(rc));
     return 1;
   }
-  /* Embedded: warnings only unless asked, the console is the show. */
-  bool quiet = !url && !f_level && !config_path;
-  if (quiet) plog_set_level(sidecar_log(r.sc), PLOG_WARN);
-  char bot_token[33], customer_token[33], gw_url[128], web_token[33], agent_token[33];
+  if ((rc = parley_runtime_start(r->rt)) != 0) {
+    start_error(&a->sc, "cannot start the bot: %s", parley_strerror(rc));
+    return 1;
+  }
+  return 0;
+}
 
-  if (!url) {
-    /* Embedded gateway: generated config, tokens only this process knows. */
-    random_token(bot_token);
-    random_token(customer_token);
-    random_token(web_token);
-    random_token(agent_token);
-    token = bot_token;
-    if (data_dir) {
-      snprintf(r.data_dir, sizeof r.data_dir, "%s", data_dir);
-    } else {
-      const char *tmp = getenv("TMPDIR");
-      snprintf(r.data_dir, sizeof r.data_dir, "%s/parley-run-XXXXXX", tmp && *tmp ? tmp : "/tmp");
-      if (!mkdtemp(r.data_dir)) {
-        start_error(&sc, "cannot create a data directory: %s", strerror(errno));
-        return 1;
-      }
-      r.own_data_dir = true;
-    }
-    char bot_hash[8 + 65], customer_hash[8 + 65], web_hash[8 + 65], agent_hash[8 + 65];
-    if (sodium_init() < 0) return 1;
-    pg_token_hash(bot_token, bot_hash);
-    pg_token_hash(customer_token, customer_hash);
-    pg_token_hash(web_token, web_hash);
-    pg_token_hash(agent_token, agent_hash);
-    char yaml[4096];
-    snprintf(yaml, sizeof yaml,
-             "listen: 127.0.0.1\n"
-             "port: 0\n"
-             "data_dir: \"%s\"\n"
-             "durability: normal\n"
-             "bot: %s\n"
-             "principals:\n"
-             "  - name: %s\n"
-             "    role: bot\n"
-             "    token_hash: \"%s\"\n"
-             "  - name: customer\n"
-             "    role: customer\n"
-             "    token_hash: \"%s\"\n"
-             /* The browser pages: a customer for the widget, an agent for the workbench. */
-             "  - {name: web-customer, role: customer, token_hash: \"%s\"}\n"
-             "  - {name: agent, role: agent, token_hash: \"%s\", queues: [support]}\n"
-             "%s%s%s",
-             r.data_dir, principal, principal, bot_hash, customer_hash, web_hash, agent_hash,
-             web_templates(bot_dir) ? "web: {templates: \"" : "",
-             web_templates(bot_dir) ? bot_dir : "", web_templates(bot_dir) ? "/templates\"}\n" : "");
-    if (pg_config_from_string("embedded", yaml, &r.gw_cfg, err, sizeof err) != 0) {
-      start_error(&sc, "embedded gateway config: %s", err);
-      return 1;
-    }
-    int rc = pg_gateway_new(r.loop, r.gw_cfg, &r.gw);
-    if (rc != 0) {
-      start_error(&sc, "cannot start the embedded gateway: %s", parley_strerror(rc));
-      pg_config_free(r.gw_cfg);
-      return 1;
-    }
-    snprintf(gw_url, sizeof gw_url, "ws://127.0.0.1:%d/", pg_gateway_port(r.gw));
-    url = gw_url;
-    pg_web_print_urls(r.gw, "web-customer", web_token, "agent", agent_token, stderr);
-  } else if (!token) {
-    start_error(&sc, "--token (or PARLEY_TOKEN, or gateway.token/token_env in --config) "
-                    "is required with --url");
-    sidecar_free(r.sc);
+/* The customer's side of the embedded gateway, on stdin and stdout. */
+static int run_start_console(run_ctx *r, const run_args *a) {
+  console_options co = {0};
+  co.loop = r->loop;
+  co.url = a->url;
+  co.principal = "customer";
+  co.token = r->customer_token;
+  co.locale = a->locale;
+  co.interactive = isatty(STDIN_FILENO) && isatty(STDOUT_FILENO);
+  co.color = co.interactive && getenv("NO_COLOR") == NULL;
+  co.out = stdout;
+  co.on_input_done = on_input_done;
+  co.ud = r;
+  int rc;
+  if ((rc = console_new(&co, &r->con)) != 0 || (rc = console_start(r->con)) != 0) {
+    start_error(&a->sc, "cannot start the console: %s", parley_strerror(rc));
+    return 1;
+  }
+  return 0;
+}
+
+static void run_watch_signals(run_ctx *r) {
+  uv_signal_init(r->loop, &r->sig_term);
+  uv_signal_init(r->loop, &r->sig_int);
+  uv_signal_init(r->loop, &r->sig_hup);
+  r->sig_term.data = r->sig_int.data = r->sig_hup.data = r;
+  uv_signal_start(&r->sig_term, on_signal, SIGTERM);
+  uv_signal_start(&r->sig_int, on_signal, SIGINT);
+  uv_signal_start(&r->sig_hup, on_signal, SIGHUP);
+}
+
+/* Everything the run needs, in order; whatever was made before a failure
+ * is recorded in r for run_teardown. 0 or the exit status. */
+static int run_setup(run_ctx *r, run_args *a) {
+  char err[2048];
+  if (parley_runtime_check(a->bot_dir, err, sizeof err) != 0) {
+    start_error(&a->sc, "cannot load bot %s:\n%s", a->bot_dir, err);
+    return 1;
+  }
+  r->drain_ms = a->sc.drain_ms;
+  r->wait_ms = a->wait_ms;
+  r->loop = uv_default_loop();
+  if (sidecar_new(r->loop, &a->sc, stderr, &r->sc) != 0) {
+    start_error(&a->sc, "cannot set up the sidecar (out of memory)");
+    return 1;
+  }
+  if (a->quiet) plog_set_level(sidecar_log(r->sc), PLOG_WARN);
+  int rc;
+  if (!a->url) {
+    if ((rc = run_embedded_gateway(r, a))) return rc;
+  } else if (!a->token) {
+    start_error(&a->sc, "--token (or PARLEY_TOKEN, or gateway.token/token_env in --config) "
+                        "is required with --url");
     return 2;
   }
+  if ((rc = run_start_bot(r, a))) return rc;
+  if (r->gw && (rc = run_start_console(r, a))) return rc;
+  run_watch_signals(r);
+  return 0;
+}
 
-  parley_runtime_options ro = {0};
-  ro.loop = r.loop;
-  ro.bot_dir = bot_dir;
-  ro.url = url;
-  ro.principal = principal;
-  ro.token = token;
-  ro.tls_insecure = insecure;
-  ro.log_format = sc.log_format;
-  ro.log_out = stderr;
-  ro.log_level = quiet ? PLOG_WARN : sc.log_level;
-  ro.on_observe = sidecar_observe;
-  ro.ud = r.sc;
-  ro.on_fatal = on_fatal;
-  ro.fatal_ud = &r;
-  int rc = parley_runtime_new(&ro, &r.rt, err, sizeof err);
-  if (rc != 0) {
-    start_error(&sc, "%s", err);
-    goto out;
-  }
-  if ((rc = sidecar_attach(r.sc, r.rt)) != 0) {
-    start_error(&sc, "cannot open the ops port on %s:%d: %s", sc.listen, sc.port,
-            parley_strerror(rc));
-    goto out;
-  }
-  if ((rc = parley_runtime_start(r.rt)) != 0) {
-    start_error(&sc, "cannot start the bot: %s", parley_strerror(rc));
-    goto out;
-  }
+/* ------------------------------------------------------ run, tear-down */
 
-  if (r.gw) {
-    console_options co = {0};
-    co.loop = r.loop;
-    co.url = url;
-    co.principal = "customer";
-    co.token = customer_token;
-    co.locale = locale;
-    co.interactive = isatty(STDIN_FILENO) && isatty(STDOUT_FILENO);
-    co.color = co.interactive && getenv("NO_COLOR") == NULL;
-    co.out = stdout;
-    co.on_input_done = on_input_done;
-    co.ud = &r;
-    if ((rc = console_new(&co, &r.con)) != 0 || (rc = console_start(r.con)) != 0) {
-      start_error(&sc, "cannot start the console: %s", parley_strerror(rc));
-      goto out;
-    }
-  }
-
-  uv_signal_init(r.loop, &r.sig_term);
-  uv_signal_init(r.loop, &r.sig_int);
-  uv_signal_init(r.loop, &r.sig_hup);
-  r.sig_term.data = r.sig_int.data = r.sig_hup.data = &r;
-  uv_signal_start(&r.sig_term, on_signal, SIGTERM);
-  uv_signal_start(&r.sig_int, on_signal, SIGINT);
-  uv_signal_start(&r.sig_hup, on_signal, SIGHUP);
-
-  uv_timer_t gw_stopper;
-  if (r.gw) {
-    uv_timer_init(r.loop, &gw_stopper);
-    gw_stopper.data = &r;
-  }
+/* Until every handle is closed: the bot, the console and the ops port stop
+ * first (begin_stop), then the embedded gateway once its clients are gone. */
+static int run_loop(run_ctx *r) {
   bool gw_stopper_started = false;
-  while (uv_run(r.loop, UV_RUN_ONCE)) {
-    if (r.stopping && r.gw && !gw_stopper_started) {
+  while (uv_run(r->loop, UV_RUN_ONCE)) {
+    if (r->stopping && r->gw && !gw_stopper_started) {
       gw_stopper_started = true;
-      uv_timer_start(&gw_stopper, stop_gateway_when_clients_done, 20, 20);
+      uv_timer_init(r->loop, &r->gw_stopper);
+      r->gw_stopper.data = r;
+      uv_timer_start(&r->gw_stopper, stop_gateway_when_clients_done, 20, 20);
     }
   }
-  rc = r.exit_code;
+  return r->exit_code;
+}
 
-out:
-  if (r.con) console_free(r.con);
-  if (r.rt) parley_runtime_free(r.rt);
-  if (rc && r.sc) {
+/* Frees what run_setup made, in reverse, whether the run ended or set-up
+ * stopped half-way; returns status. */
+static int run_teardown(run_ctx *r, int status) {
+  if (r->con) console_free(r->con);
+  if (r->rt) parley_runtime_free(r->rt);
+  if (status && r->sc) {
     /* A failed start may leave the ops port open: close it before freeing. */
-    sidecar_close(r.sc, NULL, NULL);
-    for (int i = 0; i < 8; i++) uv_run(r.loop, UV_RUN_NOWAIT);
+    sidecar_close(r->sc, NULL, NULL);
+    for (int i = 0; i < 8; i++) uv_run(r->loop, UV_RUN_NOWAIT);
   }
-  sidecar_free(r.sc);
-  if (r.gw) pg_gateway_free(r.gw);
-  if (r.gw_cfg) pg_config_free(r.gw_cfg);
-  uv_loop_close(r.loop);
-  if (r.own_data_dir) pg_data_dir_remove(r.data_dir);
-  return rc ? 1 : 0;
+  sidecar_free(r->sc);
+  if (r->gw) pg_gateway_free(r->gw);
+  if (r->gw_cfg) pg_config_free(r->gw_cfg);
+  if (r->loop) uv_loop_close(r->loop);
+  if (r->own_data_dir) pg_data_dir_remove(r->data_dir);
+  return status;
+}
+
+int cli_run(int argc, char **argv) {
+  run_args a = {0};
+  int rc = run_parse_flags(argc, argv, &a);
+  if (rc == RUN_GO) rc = run_parse_config(&a);
+  if (rc != RUN_GO) return rc;
+  run_ctx r = {0};
+  rc = run_setup(&r, &a);
+  if (rc == 0) rc = run_loop(&r);
+  rc = run_teardown(&r, rc);
+  return rc == 2 ? 2 : rc ? 1 : 0;
 }

@@ -56,14 +56,9 @@ void sidecar_config_defaults(sidecar_config *c) {
   c->drain_ms = SIDECAR_DEFAULT_DRAIN_MS;
 }
 
-static int bad(const pc_doc *doc, const pc_node *n, const char *key, const char *msg,
-               pc_error *e) {
-  memset(e, 0, sizeof *e);
-  snprintf(e->file, sizeof e->file, "%s", pc_doc_name(doc) ? pc_doc_name(doc) : "");
-  e->line = pc_node_line(n);
-  snprintf(e->key, sizeof e->key, "%s", key);
-  snprintf(e->message, sizeof e->message, "%s", msg);
-  return PARLEY_ECONFIG;
+/* e->file names the document already (load), for a node that is missing. */
+static int bad(const pc_node *n, const char *key, const char *msg, pc_error *e) {
+  return pc_fail(e, n, key, "%s", msg);
 }
 
 /* A section: absent, or a map with only the allowed keys. */
@@ -72,34 +67,34 @@ static int section(const pc_doc *doc, const char *name, const char *const *allow
   const pc_node *n = pc_get(pc_root(doc), name);
   *out = n;
   if (!n) return 0;
-  if (pc_node_kind(n) != PC_MAP) return bad(doc, n, name, "must be a map", e);
+  if (pc_node_kind(n) != PC_MAP) return bad(n, name, "must be a map", e);
   return pc_check_keys(n, allowed, e);
 }
 
-static int copy_str(const pc_doc *doc, const pc_node *map, const char *key, const char *path,
+static int copy_str(const pc_node *map, const char *key, const char *path,
                     char *dst, size_t size, pc_error *e) {
   const char *v = NULL;
   int rc = pc_get_str(map, key, NULL, &v, e);
   if (rc) return rc;
   if (!v) return 0;
-  if (strlen(v) >= size) return bad(doc, pc_get(map, key), path, "value is too long", e);
+  if (strlen(v) >= size) return bad(pc_get(map, key), path, "value is too long", e);
   snprintf(dst, size, "%s", v);
   return 0;
 }
 
 /* gateway.url: one URL, or a list of gateway nodes for failover, kept as
  * the comma-separated form libparley takes. */
-static int copy_urls(const pc_doc *doc, const pc_node *gw, char *dst, size_t size, pc_error *e) {
+static int copy_urls(const pc_node *gw, char *dst, size_t size, pc_error *e) {
   const pc_node *list = pc_get(gw, "url");
-  if (pc_node_kind(list) != PC_SEQ) return copy_str(doc, gw, "url", "gateway.url", dst, size, e);
-  if (pc_len(list) == 0) return bad(doc, list, "gateway.url", "the list of URLs is empty", e);
+  if (pc_node_kind(list) != PC_SEQ) return copy_str(gw, "url", "gateway.url", dst, size, e);
+  if (pc_len(list) == 0) return bad(list, "gateway.url", "the list of URLs is empty", e);
   size_t n = 0;
   for (size_t i = 0; i < pc_len(list); i++) {
     const char *u = pc_scalar(pc_at(list, i));
     if (!u || (strncmp(u, "ws://", 5) && strncmp(u, "wss://", 6)))
-      return bad(doc, pc_at(list, i), "gateway.url", "must start with ws:// or wss://", e);
+      return bad(pc_at(list, i), "gateway.url", "must start with ws:// or wss://", e);
     if ((size_t)snprintf(dst + n, size - n, "%s%s", i ? "," : "", u) >= size - n)
-      return bad(doc, list, "gateway.url", "the list of URLs is too long", e);
+      return bad(list, "gateway.url", "the list of URLs is too long", e);
     n += strlen(dst + n);
   }
   return 0;
@@ -116,7 +111,7 @@ static int parse_doc(const pc_doc *doc, sidecar_config *c, bool resolve, pc_erro
   static const char *const shut_keys[] = {"drain", NULL};
   const pc_node *root = pc_root(doc);
   if (pc_node_kind(root) == PC_NULL) return 0; /* an empty file: all defaults */
-  if (pc_node_kind(root) != PC_MAP) return bad(doc, root, "", "the config must be a map", e);
+  if (pc_node_kind(root) != PC_MAP) return bad(root, "", "the config must be a map", e);
   int rc = pc_check_keys(root, root_keys, e);
   if (rc) return rc;
   const pc_node *gw, *ops, *log, *shut;
@@ -125,30 +120,30 @@ static int parse_doc(const pc_doc *doc, sidecar_config *c, bool resolve, pc_erro
       (rc = section(doc, "log", log_keys, &log, e)) ||
       (rc = section(doc, "shutdown", shut_keys, &shut, e)))
     return rc;
-  if ((rc = copy_urls(doc, gw, c->url, sizeof c->url, e)) ||
-      (rc = copy_str(doc, gw, "token", "gateway.token", c->token, sizeof c->token, e)) ||
-      (rc = copy_str(doc, gw, "token_env", "gateway.token_env", c->token_env,
+  if ((rc = copy_urls(gw, c->url, sizeof c->url, e)) ||
+      (rc = copy_str(gw, "token", "gateway.token", c->token, sizeof c->token, e)) ||
+      (rc = copy_str(gw, "token_env", "gateway.token_env", c->token_env,
                      sizeof c->token_env, e)) ||
-      (rc = copy_str(doc, gw, "principal", "gateway.principal", c->principal,
+      (rc = copy_str(gw, "principal", "gateway.principal", c->principal,
                      sizeof c->principal, e)) ||
       (rc = pc_get_bool(gw, "insecure_tls", false, &c->insecure_tls, e)) ||
-      (rc = copy_str(doc, ops, "listen", "ops.listen", c->listen, sizeof c->listen, e)))
+      (rc = copy_str(ops, "listen", "ops.listen", c->listen, sizeof c->listen, e)))
     return rc;
   if (c->url[0] && strncmp(c->url, "ws://", 5) && strncmp(c->url, "wss://", 6))
-    return bad(doc, pc_get(gw, "url"), "gateway.url", "must start with ws:// or wss://", e);
+    return bad(pc_get(gw, "url"), "gateway.url", "must start with ws:// or wss://", e);
   if (c->token[0] && c->token_env[0])
-    return bad(doc, pc_get(gw, "token"), "gateway.token",
+    return bad(pc_get(gw, "token"), "gateway.token",
                "give gateway.token or gateway.token_env, not both", e);
   if (c->token_env[0] && resolve) {
     const char *v = getenv(c->token_env);
     if (!v || !*v)
-      return bad(doc, pc_get(gw, "token_env"), "gateway.token_env",
+      return bad(pc_get(gw, "token_env"), "gateway.token_env",
                  "the environment variable it names is not set", e);
     if (strlen(v) >= sizeof c->token)
-      return bad(doc, pc_get(gw, "token_env"), "gateway.token_env", "the token is too long", e);
+      return bad(pc_get(gw, "token_env"), "gateway.token_env", "the token is too long", e);
     snprintf(c->token, sizeof c->token, "%s", v);
   }
-  if (!c->listen[0]) return bad(doc, pc_get(ops, "listen"), "ops.listen", "must not be empty", e);
+  if (!c->listen[0]) return bad(pc_get(ops, "listen"), "ops.listen", "must not be empty", e);
   if (pc_get(ops, "port")) {
     uint64_t port = 0;
     if ((rc = pc_get_u64(ops, "port", 0, 0, 65535, &port, e))) return rc;
@@ -157,15 +152,15 @@ static int parse_doc(const pc_doc *doc, sidecar_config *c, bool resolve, pc_erro
   const char *s = NULL;
   if ((rc = pc_get_str(log, "format", NULL, &s, e))) return rc;
   if (s && plog_parse_format(s, &c->log_format))
-    return bad(doc, pc_get(log, "format"), "log.format", "must be text, json or logfmt", e);
+    return bad(pc_get(log, "format"), "log.format", "must be text, json or logfmt", e);
   s = NULL;
   if ((rc = pc_get_str(log, "level", NULL, &s, e))) return rc;
   if (s && plog_parse_level(s, &c->log_level))
-    return bad(doc, pc_get(log, "level"), "log.level", "must be debug, info, warn or error", e);
+    return bad(pc_get(log, "level"), "log.level", "must be debug, info, warn or error", e);
   uint64_t drain = SIDECAR_DEFAULT_DRAIN_MS;
   if ((rc = pc_get_ms(shut, "drain", SIDECAR_DEFAULT_DRAIN_MS, &drain, e))) return rc;
   if (drain > 3600000u)
-    return bad(doc, pc_get(shut, "drain"), "shutdown.drain", "must be at most 1h", e);
+    return bad(pc_get(shut, "drain"), "shutdown.drain", "must be at most 1h", e);
   c->drain_ms = (uint32_t)drain;
   return 0;
 }
@@ -176,6 +171,7 @@ static int load(const char *path, sidecar_config *out, bool resolve, char *err, 
   pc_error e;
   memset(&e, 0, sizeof e);
   int rc = path ? pc_load_file(path, &doc, &e) : pc_load_string("environment", "{}\n", 3, &doc, &e);
+  if (!rc) snprintf(e.file, sizeof e.file, "%s", pc_doc_name(doc) ? pc_doc_name(doc) : "");
   if (!rc) rc = pc_apply_env(doc, SIDECAR_ENV_PREFIX, &e);
   if (!rc) rc = parse_doc(doc, out, resolve, &e);
   if (rc && err && n) pc_error_format(&e, err, n);

@@ -1,10 +1,13 @@
-/* `parley test`: the bot's side. The runtime runs on a driver of its own
- * (rt.h) that speaks to the gateway through a real parley_client, like
- * lua/src/adapter.c does, but answers the bot's HTTP calls from the case's
- * `http:` stubs and reads a simulated clock that only `wait:` steps move.
- * Fault runs kill it (free it with its handlers in flight) and let a new
- * one connect to the same gateway. */
+/* `parley test`: the bot's side. The runtime runs on the real driver
+ * (lua/src/adapter.c, the one `parley run` uses) through its hooks: the
+ * bot's HTTP calls are answered from the case's `http:` stubs, the clock is
+ * a simulated one that only `wait:` steps move, and the runner watches what
+ * the bot sends, commits and is assigned, and holds events back during an
+ * `open` step. Fault runs kill it (free it with its handlers in flight) and
+ * let a new one connect to the same gateway. */
 #include "wb.h"
+
+#include "adapter.h"
 
 #include <sodium.h>
 
@@ -117,111 +120,60 @@ void wb_held_drop_all(wb *w) {
   w->n_held = 0;
 }
 
-static void bot_cb_event(parley_client *c, const parley_event *ev, void *ud) {
-  (void)c;
-  wb_bot *b = ud;
-  wb *w = b->w;
-  if (w->gate && !strcmp(ev->conversation, w->conv) &&
-      (w->n_held || (ev->kind == PARLEY_EVENT_MESSAGE && ev->sender_role == PARLEY_ROLE_CUSTOMER))) {
-    for (size_t i = 0; i < w->n_held; i++)
-      if (w->held[i]->ev.seq == ev->seq) return; /* pushed again: held once */
-    wb_held *h = w->n_held < WB_HELD_MAX ? held_copy(ev) : NULL;
-    if (h) w->held[w->n_held++] = h;
-    else wb_note(w, "too many events held during the open step");
-    return;
-  }
-  if (b->rt) plr_rt_on_event(b->rt, ev);
+/* Events of the case's conversation are held back while the gate is up
+ * (an `open` step): the runner hands them over later. */
+static bool h_event(void *ud, const parley_event *ev) {
+  wb *w = ud;
+  if (!(w->gate && !strcmp(ev->conversation, w->conv) &&
+        (w->n_held || (ev->kind == PARLEY_EVENT_MESSAGE &&
+                       ev->sender_role == PARLEY_ROLE_CUSTOMER))))
+    return false;
+  for (size_t i = 0; i < w->n_held; i++)
+    if (w->held[i]->ev.seq == ev->seq) return true; /* pushed again: held once */
+  wb_held *h = w->n_held < WB_HELD_MAX ? held_copy(ev) : NULL;
+  if (h) w->held[w->n_held++] = h;
+  else wb_note(w, "too many events held during the open step");
+  return true;
 }
 
-static void bot_cb_send_result(parley_client *c, const parley_send_result *r, void *send_ud,
-                               void *ud) {
-  (void)c;
-  wb_bot *b = ud;
-  wb *w = b->w;
+static void h_sent(void *ud, const char *conv) {
+  wb *w = ud;
+  if (!strcmp(conv, w->conv)) w->bot_pending++;
+}
+
+static void h_send_result(void *ud, const parley_send_result *r) {
+  wb *w = ud;
   if (r->conversation && !strcmp(r->conversation, w->conv)) {
     if (w->bot_pending) w->bot_pending--;
     if (r->status == 0 && r->seq > w->bot_max_acked) w->bot_max_acked = r->seq;
   }
-  if (b->rt) plr_rt_on_send_result(b->rt, r, send_ud);
 }
 
-static void bot_cb_commit_result(parley_client *c, const parley_commit_result *r, void *ud) {
-  (void)c;
-  wb_bot *b = ud;
-  if (b->rt) plr_rt_on_commit_result(b->rt, r);
+static void h_assign(void *ud, const parley_assignment *a) {
+  wb *w = ud;
+  if (strcmp(a->conversation, w->conv)) return;
+  w->bot_has_conv = true;
+  /* The assignment carries the state as committed: it replaces ours. */
+  wb_state_clear(w);
+  for (size_t i = 0; i < a->n_state; i++)
+    if (!a->state[i].deleted)
+      state_set(w, a->state[i].key, a->state[i].value,
+                a->state[i].value_len ? a->state[i].value_len : strlen(a->state[i].value), false);
 }
 
-static void bot_cb_assign(parley_client *c, const parley_assignment *a, void *ud) {
-  (void)c;
-  wb_bot *b = ud;
-  wb *w = b->w;
-  if (!strcmp(a->conversation, w->conv)) {
-    w->bot_has_conv = true;
-    /* The assignment carries the state as committed: it replaces ours. */
-    wb_state_clear(w);
-    for (size_t i = 0; i < a->n_state; i++)
-      if (!a->state[i].deleted)
-        state_set(w, a->state[i].key, a->state[i].value,
-                  a->state[i].value_len ? a->state[i].value_len : strlen(a->state[i].value), false);
-  }
-  if (b->rt) plr_rt_on_assign(b->rt, a);
-}
-
-static void bot_cb_revoke(parley_client *c, const char *conv, uint64_t epoch, const char *reason,
-                          void *ud) {
-  (void)c;
-  wb_bot *b = ud;
-  if (b->rt) plr_rt_on_revoke(b->rt, conv, epoch, reason);
-}
-
-static void bot_cb_state(parley_client *c, parley_conn_state st, int status, void *ud) {
-  (void)c, (void)status;
-  wb_bot *b = ud;
-  if (st == PARLEY_CONN_CLOSED && !b->closed) {
-    b->closed = true;
-    if (b->rt) plr_rt_on_stopped(b->rt);
-  }
-}
-
-static void bot_cb_error(parley_client *c, int status, const char *message, void *ud) {
-  (void)c;
-  wb_bot *b = ud;
-  if (b->w->verbose)
-    fprintf(stderr, "parley test: bot: gateway error: %s%s%s\n", parley_strerror(status),
-            message ? ": " : "", message ? message : "");
-}
-
-static int d_send(void *ud, const char *conv, const parley_content *content,
-                  const parley_quote *quote, const uint8_t id[PARLEY_MSG_ID_LEN], uint64_t epoch,
-                  void *send_ud) {
-  wb_bot *b = ud;
-  int rc = parley_client_send(b->client, conv, content, quote, id, epoch, send_ud);
-  if (rc == 0 && !strcmp(conv, b->w->conv)) b->w->bot_pending++;
-  return rc;
-}
-
-static int d_action(void *ud, const char *conv, const parley_action *action,
-                    const uint8_t id[PARLEY_MSG_ID_LEN], uint64_t epoch, void *send_ud) {
-  wb_bot *b = ud;
-  int rc = parley_client_action(b->client, conv, action, id, epoch, send_ud);
-  if (rc == 0 && !strcmp(conv, b->w->conv)) b->w->bot_pending++;
-  return rc;
-}
-
-static int d_commit(void *ud, const parley_commit *commits, size_t n) {
-  wb_bot *b = ud;
-  wb *w = b->w;
-  /* The committed state as the gateway will store it; an assignment
-   * (after a restart) replaces it with the stored one. */
+/* The committed state as the gateway will store it; an assignment (after a
+ * restart) replaces it with the stored one. */
+static void h_commit(void *ud, const parley_commit *commits, size_t n) {
+  wb *w = ud;
   for (size_t i = 0; i < n; i++) {
     if (strcmp(commits[i].conversation, w->conv)) continue;
     for (size_t k = 0; k < commits[i].n_state; k++) {
       const parley_state_entry *e = &commits[i].state[k];
-      state_set(w, e->key, e->value ? e->value : "", e->value ? (e->value_len ? e->value_len : strlen(e->value)) : 0,
+      state_set(w, e->key, e->value ? e->value : "",
+                e->value ? (e->value_len ? e->value_len : strlen(e->value)) : 0,
                 e->deleted || !e->value);
     }
   }
-  return parley_client_commit(b->client, commits, n);
 }
 
 static void http_closed(uv_handle_t *h) {
@@ -245,8 +197,7 @@ static void http_fire(uv_timer_t *t) {
 /* Finds the case's stub for "METHOD URL". */
 static int d_http(void *ud, const plr_http_req *req, plr_http_done done, void *cb_ud,
                   void **handle) {
-  wb_bot *b = ud;
-  wb *w = b->w;
+  wb *w = ud;
   char want[2048];
   snprintf(want, sizeof want, "%s %s", req->method ? req->method : "GET", req->url);
   const pc_node *stub = NULL;
@@ -291,8 +242,8 @@ static void d_http_cancel(void *ud, void *handle) {
 }
 
 static int64_t d_now(void *ud) {
-  wb_bot *b = ud;
-  return b->w->clock_base + b->w->clock_offset;
+  wb *w = ud;
+  return w->clock_base + w->clock_offset;
 }
 
 /* Remembers which inbound seq a reply id belongs to, so replies can be
@@ -318,25 +269,6 @@ uint64_t wb_inbound_of(wb *w, const uint8_t id[PARLEY_MSG_ID_LEN]) {
   return 0;
 }
 
-static void d_stop(void *ud, uint32_t drain_ms) {
-  wb_bot *b = ud;
-  if (!b->client || parley_client_stop(b->client, drain_ms) != 0) {
-    b->closed = true;
-    if (b->rt) plr_rt_on_stopped(b->rt);
-  }
-}
-
-static int d_start(void *ud) {
-  wb_bot *b = ud;
-  return parley_client_start(b->client);
-}
-
-static void d_destroy(void *ud) {
-  wb_bot *b = ud;
-  parley_client_free(b->client);
-  free(b);
-}
-
 /* Fault runs connect the bot and the customer through the fault layer. */
 const char *wb_client_url(wb *w) { return w->faults && w->proxy_on ? w->proxy_url : w->url; }
 
@@ -344,58 +276,45 @@ int wb_bot_new(wb *w, char *err, size_t errlen) {
   wb_bot *b = calloc(1, sizeof *b);
   if (!b) return PARLEY_ENOMEM;
   b->w = w;
-  plr_driver d = {.send = d_send,
-                  .action = d_action,
-                  .commit = d_commit,
-                  .http = d_http,
-                  .http_cancel = d_http_cancel,
-                  .now_ms = d_now,
-                  .derive = d_derive,
-                  .stop = d_stop,
-                  .start = d_start,
-                  .destroy = d_destroy,
-                  .ud = b};
+  plr_adapter_hooks h = {.http = d_http,
+                         .http_cancel = d_http_cancel,
+                         .now_ms = d_now,
+                         .derive = d_derive,
+                         .on_event = h_event,
+                         .on_sent = h_sent,
+                         .on_send_result = h_send_result,
+                         .on_commit = h_commit,
+                         .on_assign = h_assign,
+                         .seed = wb_rnd(w),
+                         .ud = w};
   parley_runtime_options o = {.loop = w->loop,
-                   .bot_dir = w->bot_dir,
-                   .url = wb_client_url(w),
-                   .principal = w->principal,
-                   .token = w->token,
-                   .log_out = stderr,
-                   .log_level = w->verbose ? 1 : 3};
-  int rc = plr_runtime_new_driver(&o, &d, &b->rt, err, errlen);
+                              .bot_dir = w->bot_dir,
+                              .url = wb_client_url(w),
+                              .principal = w->principal,
+                              .token = w->token,
+                              .log_out = stderr,
+                              .log_level = w->verbose ? PARLEY_LOG_INFO : PARLEY_LOG_ERROR};
+  int rc = plr_runtime_new_hooked(&o, &h, &b->rt, err, errlen);
   if (rc) {
     free(b);
-    return rc;
-  }
-  parley_client_options co = PARLEY_CLIENT_OPTIONS_INIT;
-  co.url = wb_client_url(w);
-  co.principal = plr_rt_principal(b->rt);
-  co.token = w->token;
-  co.role = PARLEY_ROLE_BOT;
-  co.loop = w->loop;
-  co.tuning.seed = wb_rnd(w);
-  co.cb.on_event = bot_cb_event;
-  co.cb.on_send_result = bot_cb_send_result;
-  co.cb.on_commit_result = bot_cb_commit_result;
-  co.cb.on_assign = bot_cb_assign;
-  co.cb.on_revoke = bot_cb_revoke;
-  co.cb.on_state = bot_cb_state;
-  co.cb.on_error = bot_cb_error;
-  co.user_data = b;
-  if ((rc = parley_client_new(&co, &b->client)) != 0) {
-    snprintf(err, errlen, "cannot create the bot's client: %s", parley_strerror(rc));
-    parley_runtime_free(b->rt); /* destroys b */
     return rc;
   }
   if ((rc = parley_runtime_start(b->rt)) != 0) {
     snprintf(err, errlen, "cannot start the bot: %s", parley_strerror(rc));
     parley_runtime_free(b->rt);
+    free(b);
     return rc;
   }
   w->bot = b;
   return 0;
 }
 
+void wb_bot_free(wb *w) {
+  if (!w->bot) return;
+  parley_runtime_free(w->bot->rt);
+  free(w->bot);
+  w->bot = NULL;
+}
 
 static void rebirth_fire(uv_timer_t *t) {
   wb *w = t->data;
@@ -407,8 +326,7 @@ static void rebirth_fire(uv_timer_t *t) {
 /* A kill: the runtime is freed with whatever it had in flight, and a new
  * one connects to the same gateway a moment later. */
 void wb_bot_kill(wb *w) {
-  if (w->bot) parley_runtime_free(w->bot->rt);
-  w->bot = NULL;
+  wb_bot_free(w);
   w->bot_pending = 0;
   w->bot_has_conv = false;
   w->kills++;
@@ -425,7 +343,7 @@ void wb_bot_kill(wb *w) {
  * so a kill that falls there waits for the connection to be back. */
 void wb_kill_fire(uv_timer_t *t) {
   wb *w = t->data;
-  if (!w->bot || parley_client_state(w->bot->client) != PARLEY_CONN_READY) {
+  if (!w->bot || parley_client_state(parley_runtime_client(w->bot->rt)) != PARLEY_CONN_READY) {
     uv_timer_start(&w->kill_timer, wb_kill_fire, 5, 0);
     return;
   }

@@ -36,13 +36,8 @@ void wb_note(wb *w, const char *fmt, ...) {
   va_end(ap);
 }
 
-uint64_t wb_rnd(wb *w) {
-  /* xorshift64*: reproducible from --seed. */
-  uint64_t x = w->rng;
-  x ^= x >> 12, x ^= x << 25, x ^= x >> 27;
-  w->rng = x;
-  return x * 2685821657736338717ULL;
-}
+/* The fault schedule's generator (util/rand.h): reproducible from --seed. */
+uint64_t wb_rnd(wb *w) { return pu_rng_next(&w->rng); }
 
 
 /* ------------------------------------------------------------ the loop */
@@ -75,7 +70,7 @@ void wb_quiet_after_free(wb *w) { wb_pump_until(w, cond_never, WB_FREE_QUIET_MS)
 bool wb_cond_no_kill(wb *w) { return !w->kill_armed && !w->rebirth_armed && w->bot; }
 
 static bool cond_bot_ready(wb *w) {
-  return !w->bot || parley_client_state(w->bot->client) == PARLEY_CONN_READY;
+  return !w->bot || parley_client_state(parley_runtime_client(w->bot->rt)) == PARLEY_CONN_READY;
 }
 
 static bool cond_agents_ready(wb *w) {
@@ -575,7 +570,7 @@ int cli_test(int argc, char **argv) {
   if (rc) goto out_files;
 
   w->verbose = verbose;
-  w->rng = seed ? seed * 0x9E3779B97F4A7C15ULL : 0x9E3779B97F4A7C15ULL;
+  pu_rng_seed(&w->rng, seed);
   snprintf(w->bot_dir, sizeof w->bot_dir, "%s", bot_dir);
   bot_identity(bot_dir, w->principal, sizeof w->principal, w->default_locale,
                sizeof w->default_locale);
@@ -607,29 +602,32 @@ int cli_test(int argc, char **argv) {
     rc = 1;
     goto out_files;
   }
-  char hash[8 + 65];
-  pg_token_hash(w->token, hash);
-  char yaml[4096];
-  int n = snprintf(yaml, sizeof yaml,
-                   "listen: 127.0.0.1\nport: 0\ndata_dir: \"%s\"\ndurability: normal\n"
-                   /* A killed bot's connection may die without a close; short
-                    * heartbeats let the gateway reassign within a second. */
-                   "limits:\n  heartbeat: 500ms\n  ack_timeout: 1s\n"
-                   "bot: %s\nprincipals:\n"
-                   "  - {name: \"%s\", role: bot, token_hash: \"%s\"}\n"
-                   "  - {name: customer, role: customer, token_hash: \"%s\"}\n",
-                   w->data_dir, w->principal, w->principal, hash, hash);
-  for (size_t i = 0; i < w->n_agents && n > 0 && (size_t)n < sizeof yaml; i++)
-    n += snprintf(yaml + n, sizeof yaml - (size_t)n,
-                  "  - {name: \"%s\", role: agent, token_hash: \"%s\"}\n", w->agents[i].name, hash);
+  /* One token for all; the bot, the customer and every agent the spec
+   * names are principals. */
+  pg_embedded_principal ps[2 + WB_AGENTS_MAX];
+  size_t np = 0;
+  ps[np++] = (pg_embedded_principal){.name = w->principal, .role = PARLEY_ROLE_BOT,
+                                     .token = w->token};
+  ps[np++] = (pg_embedded_principal){.name = "customer", .role = PARLEY_ROLE_CUSTOMER,
+                                     .token = w->token};
+  for (size_t i = 0; i < w->n_agents; i++)
+    ps[np++] = (pg_embedded_principal){.name = w->agents[i].name, .role = PARLEY_ROLE_AGENT,
+                                       .token = w->token};
   /* --faults: the gateway's test switches drop, double and reorder pushes
    * and send ACKs during the second pass (turned on there). */
-  if (faults && n > 0 && (size_t)n < sizeof yaml)
-    n += snprintf(yaml + n, sizeof yaml - (size_t)n,
-                  "faults:\n  drop_push: 5\n  duplicate_push: 5\n  reorder_push: 10\n"
-                  "  drop_ack: 5\n  duplicate_ack: 5\n  seed: %llu\n",
-                  (unsigned long long)(seed ? seed : 1));
-  if (pg_config_from_string("embedded", yaml, &w->gw_cfg, err, sizeof err) != 0) {
+  pg_embedded_faults fl = {.drop_push = 5, .duplicate_push = 5, .reorder_push = 10,
+                           .drop_ack = 5, .duplicate_ack = 5, .seed = seed ? seed : 1};
+  pg_embedded_config ec = {.data_dir = w->data_dir,
+                           .bot = w->principal,
+                           .principals = ps,
+                           .n_principals = np,
+                           /* A killed bot's connection may die without a close;
+                            * short heartbeats let the gateway reassign within a
+                            * second. */
+                           .heartbeat_ms = 500,
+                           .ack_timeout_ms = 1000,
+                           .faults = faults ? &fl : NULL};
+  if (pg_config_embedded(&ec, &w->gw_cfg, err, sizeof err) != 0) {
     fprintf(stderr, "parley test: embedded gateway config: %s\n", err);
     rc = 1;
     goto out_dir;
@@ -658,11 +656,7 @@ int cli_test(int argc, char **argv) {
     w->proxy_on = true;
     snprintf(w->proxy_url, sizeof w->proxy_url, "ws://127.0.0.1:%d/", w->proxy.port);
   }
-  w->clock_base = (int64_t)uv_now(w->loop);
-  {
-    uv_timeval64_t tv;
-    if (uv_gettimeofday(&tv) == 0) w->clock_base = tv.tv_sec * 1000 + tv.tv_usec / 1000;
-  }
+  w->clock_base = pu_wall_ms();
 
   for (size_t i = 0; i < w->n_agents; i++) {
     parley_client_options co = PARLEY_CLIENT_OPTIONS_INIT;
@@ -729,9 +723,8 @@ out_stop:
   wb_pump_until(w, wb_cond_no_kill, 3000);
   if (w->bot) {
     wb_pump_until(w, cond_bot_ready, 3000); /* see wb_kill_fire */
-    parley_runtime_free(w->bot->rt);
   }
-  w->bot = NULL;
+  wb_bot_free(w);
   for (size_t i = 0; i < w->n_agents; i++) parley_client_free(w->agents[i].client);
   uv_timer_stop(&w->kill_timer);
   uv_close((uv_handle_t *)&w->kill_timer, on_closed_noop);

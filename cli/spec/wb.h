@@ -30,6 +30,8 @@
 #include "rt.h"
 #include <parley/runtime.h>
 #include "spec.h"
+#include "util/clock.h"
+#include "util/rand.h"
 
 #define WB_ITEMS_MAX 512
 #define WB_KEYS_MAX 128
@@ -78,12 +80,11 @@ typedef struct wb_http {
   bool active;
 } wb_http;
 
-/* The bot side: a runtime on our driver, and its client. */
+/* The bot side: a runtime on the real driver with the runner's hooks
+ * (driver.c). */
 typedef struct wb_bot {
   wb *w;
   parley_runtime *rt;
-  parley_client *client;
-  bool closed;
 } wb_bot;
 
 /* An event of the conversation held back from the bot during an `open`
@@ -146,7 +147,7 @@ struct wb {
   size_t n_held;
   /* Faults. */
   bool faults;
-  uint64_t rng;
+  pu_rng rng;
   uv_timer_t kill_timer, cut_timer, rebirth_timer;
   bool kill_armed, cut_armed, rebirth_armed;
   unsigned kills, reconnects;
@@ -178,6 +179,8 @@ uint64_t wb_inbound_of(wb *w, const uint8_t id[PARLEY_MSG_ID_LEN]);
 const char *wb_client_url(wb *w);
 int wb_bot_new(wb *w, char *err, size_t errlen);
 void wb_bot_kill(wb *w);
+/* Frees the bot (its runtime, driver and client) if there is one. */
+void wb_bot_free(wb *w);
 void wb_kill_fire(uv_timer_t *t);
 
 /* clients.c */

@@ -14,17 +14,13 @@
 #include "store/storage_cfg.h"
 #include "web.h"
 
-/* Records a validation error against a node so the message names file,
- * line and key like every other configuration error. */
+/* A validation error named by the node's own path, or by fallback_key
+ * where the node has none (the document's root, a missing node). */
 static int node_fail(pc_error *err, const pc_node *n, const char *fallback_key,
                      const char *fmt, ...) {
-  /* err->file already names the document (set before validation). */
-  err->line = pc_node_line(n);
-  snprintf(err->key, sizeof err->key, "%s",
-           n && pc_node_path(n)[0] ? pc_node_path(n) : fallback_key);
   va_list ap;
   va_start(ap, fmt);
-  vsnprintf(err->message, sizeof err->message, fmt, ap);
+  pc_vfail(err, n, n && pc_node_path(n)[0] ? NULL : fallback_key, fmt, ap);
   va_end(ap);
   return PARLEY_ECONFIG;
 }
@@ -224,16 +220,12 @@ static int load_faults(pg_config *c, const pc_node *f, pc_error *err) {
   return 0;
 }
 
-static int load_doc(pg_config *c, const pc_node *root, pc_error *err) {
-  static const char *const keys[] = {"listen", "port", "data_dir", "durability", "group_commit",
-                                     "bot", "principals", "customers", "limits", "tls", "faults", "cache",
-                                     "storage", "web", NULL};
+/* The server's own keys (listen, port, data_dir, durability,
+ * group_commit); a NULL root gives the defaults of an empty file. */
+static int load_server(pg_config *c, const pc_node *root, pc_error *err) {
   int rc;
   const char *s;
   uint64_t v;
-  if (pc_node_kind(root) != PC_MAP && pc_node_kind(root) != PC_NULL)
-    return node_fail(err, root, "", "expected a mapping at the top level");
-  if ((rc = pc_check_keys(root, keys, err))) return rc;
   if ((rc = pc_get_str(root, "listen", "127.0.0.1", &s, err))) return rc;
   if (!(c->listen = strdup(s))) return PARLEY_ENOMEM;
   if ((rc = pc_get_u64(root, "port", 7800, 0, 65535, &v, err))) return rc;
@@ -249,6 +241,31 @@ static int load_doc(pg_config *c, const pc_node *root, pc_error *err) {
     return node_fail(err, pc_get(root, "durability"), "durability",
                      "must be full, normal or off, got '%.32s'", s);
   if ((rc = pc_get_bool(root, "group_commit", true, &c->group_commit, err))) return rc;
+  return 0;
+}
+
+/* The sections with defaults of their own (limits, cache, storage,
+ * faults, web); a NULL root gives those of an empty file. */
+static int load_sections(pg_config *c, const pc_node *root, pc_error *err) {
+  int rc;
+  if ((rc = load_limits(c, pc_get(root, "limits"), err))) return rc;
+  if ((rc = load_cache(c, pc_get(root, "cache"), err))) return rc;
+  if ((rc = pg_storage_load(pc_get(root, "storage"), &c->storage_kind, &c->storage_url, err)))
+    return rc;
+  if ((rc = load_faults(c, pc_get(root, "faults"), err))) return rc;
+  return pg_web_load(c, pc_get(root, "web"), err);
+}
+
+static int load_doc(pg_config *c, const pc_node *root, pc_error *err) {
+  static const char *const keys[] = {"listen", "port", "data_dir", "durability", "group_commit",
+                                     "bot", "principals", "customers", "limits", "tls", "faults", "cache",
+                                     "storage", "web", NULL};
+  int rc;
+  const char *s;
+  if (pc_node_kind(root) != PC_MAP && pc_node_kind(root) != PC_NULL)
+    return node_fail(err, root, "", "expected a mapping at the top level");
+  if ((rc = pc_check_keys(root, keys, err))) return rc;
+  if ((rc = load_server(c, root, err))) return rc;
   if ((rc = pc_get_str(root, "bot", NULL, &s, err))) return rc;
   if (!s) return node_fail(err, root, "bot", "bot: the bot principal new conversations go to, "
                            "is required");
@@ -302,12 +319,7 @@ static int load_doc(pg_config *c, const pc_node *root, pc_error *err) {
     c->secret_len = sl;
   }
 
-  if ((rc = load_limits(c, pc_get(root, "limits"), err))) return rc;
-  if ((rc = load_cache(c, pc_get(root, "cache"), err))) return rc;
-  if ((rc = pg_storage_load(pc_get(root, "storage"), &c->storage_kind, &c->storage_url, err)))
-    return rc;
-  if ((rc = load_faults(c, pc_get(root, "faults"), err))) return rc;
-  if ((rc = pg_web_load(c, pc_get(root, "web"), err))) return rc;
+  if ((rc = load_sections(c, root, err))) return rc;
 
   const pc_node *tls = pc_get(root, "tls");
   if (tls && pc_node_kind(tls) != PC_NULL) {
@@ -369,6 +381,130 @@ int pg_config_from_string(const char *name, const char *yaml, pg_config **out, c
   if (sodium_init() < 0) return PARLEY_EINTERNAL;
   int rc = pc_load_string(name, yaml, strlen(yaml), &doc, &err);
   return finish(doc, rc, &err, out, errbuf, errlen);
+}
+
+/* ------------------------------------------------ configurations in code */
+
+static int embedded_fail(char *err, size_t errlen, const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 3, 4)))
+#endif
+    ;
+static int embedded_fail(char *err, size_t errlen, const char *fmt, ...) {
+  if (err && errlen) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
+  }
+  return PARLEY_ECONFIG;
+}
+
+static int role_of(parley_role r) {
+  switch (r) {
+  case PARLEY_ROLE_BOT: return PG_ROLE_BOT;
+  case PARLEY_ROLE_AGENT: return PG_ROLE_AGENT;
+  case PARLEY_ROLE_CUSTOMER: return PG_ROLE_CUSTOMER;
+  default: return 0;
+  }
+}
+
+/* The checks load_principal makes on a file's entry, on one from code. */
+static int embedded_principal(pg_config *c, const pg_embedded_principal *e, char *err,
+                              size_t errlen) {
+  const char *name = e->name ? e->name : "";
+  if (!valid_name(name))
+    return embedded_fail(err, errlen, "principals: '%.140s' is not a principal name: 1-128 bytes "
+                         "of [A-Za-z0-9._:@-]", name);
+  int role = role_of(e->role);
+  if (!role)
+    return embedded_fail(err, errlen, "principals: '%s' needs a role: bot, agent or customer",
+                         name);
+  if (pg_config_principal(c, name))
+    return embedded_fail(err, errlen, "principals: '%s' is listed twice", name);
+  if (!e->token || !e->token[0])
+    return embedded_fail(err, errlen, "principals: '%s' needs a token", name);
+  if (e->queue && (role != PG_ROLE_AGENT || !valid_name(e->queue)))
+    return embedded_fail(err, errlen, "principals: '%s': only agents have queues, named by "
+                         "1-128 bytes of [A-Za-z0-9._:@-]", name);
+  pg_principal *p = &c->principals[c->n_principals++];
+  p->role = role;
+  p->hash_kind = PG_HASH_BLAKE2B;
+  crypto_generichash(p->hash, sizeof p->hash, (const uint8_t *)e->token, strlen(e->token), NULL,
+                     0);
+  if (!(p->name = strdup(name))) return PARLEY_ENOMEM;
+  if (e->queue) {
+    if (!(p->queues = calloc(1, sizeof *p->queues))) return PARLEY_ENOMEM;
+    if (!(p->queues[0] = strdup(e->queue))) return PARLEY_ENOMEM;
+    p->n_queues = 1;
+  }
+  return 0;
+}
+
+static int embedded_build(pg_config *c, const pg_embedded_config *e, char *err, size_t errlen) {
+  pc_error pe;
+  memset(&pe, 0, sizeof pe);
+  int rc;
+  if ((rc = load_server(c, NULL, &pe)) || (rc = load_sections(c, NULL, &pe)))
+    return rc == PARLEY_ENOMEM ? rc : embedded_fail(err, errlen, "%s", pe.message);
+  c->durability = PG_DUR_NORMAL;
+  c->port = 0;
+  if (!e->data_dir || !e->data_dir[0])
+    return embedded_fail(err, errlen, "data_dir: must not be empty");
+  free(c->data_dir);
+  if (!(c->data_dir = strdup(e->data_dir))) return PARLEY_ENOMEM;
+  if (e->heartbeat_ms && (e->heartbeat_ms < 20 || e->heartbeat_ms > 3600000))
+    return embedded_fail(err, errlen, "limits.heartbeat: must be between 20ms and 1h");
+  if (e->ack_timeout_ms && (e->ack_timeout_ms < 10 || e->ack_timeout_ms > 3600000))
+    return embedded_fail(err, errlen, "limits.ack_timeout: must be between 10ms and 1h");
+  if (e->heartbeat_ms) c->heartbeat_ms = e->heartbeat_ms;
+  if (e->ack_timeout_ms) c->ack_timeout_ms = e->ack_timeout_ms;
+  if (e->n_principals > 100000) return embedded_fail(err, errlen, "principals: at most 100000");
+  if (!(c->principals = calloc(e->n_principals ? e->n_principals : 1, sizeof *c->principals)))
+    return PARLEY_ENOMEM;
+  for (size_t i = 0; i < e->n_principals; i++)
+    if ((rc = embedded_principal(c, &e->principals[i], err, errlen))) return rc;
+  const pg_principal *bot = e->bot ? pg_config_principal(c, e->bot) : NULL;
+  if (!bot || bot->role != PG_ROLE_BOT)
+    return embedded_fail(err, errlen, "bot: '%.140s' must be listed under principals with role bot",
+                         e->bot ? e->bot : "");
+  if (!(c->bot = strdup(e->bot))) return PARLEY_ENOMEM;
+  if (e->faults) {
+    const pg_embedded_faults *f = e->faults;
+    uint32_t pct[] = {f->drop_push, f->duplicate_push, f->reorder_push, f->drop_ack,
+                      f->duplicate_ack};
+    for (size_t i = 0; i < sizeof pct / sizeof pct[0]; i++)
+      if (pct[i] > 50) return embedded_fail(err, errlen, "faults: at most 50 percent each");
+    c->fault_drop_push = f->drop_push;
+    c->fault_dup_push = f->duplicate_push;
+    c->fault_reorder_push = f->reorder_push;
+    c->fault_drop_ack = f->drop_ack;
+    c->fault_dup_ack = f->duplicate_ack;
+    c->fault_seed = f->seed ? f->seed : 1;
+  }
+  if (e->web_templates && (rc = pg_web_set_templates(c->web, e->web_templates)))
+    return rc == PARLEY_ENOMEM ? rc
+                               : embedded_fail(err, errlen, "web.templates: '%.200s' is not a "
+                                               "directory", e->web_templates);
+  return 0;
+}
+
+int pg_config_embedded(const pg_embedded_config *e, pg_config **out, char *err, size_t errlen) {
+  *out = NULL;
+  if (sodium_init() < 0) return PARLEY_EINTERNAL;
+  pg_config *c = calloc(1, sizeof *c);
+  if (!c || !(c->name = strdup("embedded"))) {
+    free(c);
+    return PARLEY_ENOMEM;
+  }
+  int rc = embedded_build(c, e, err, errlen);
+  if (rc != 0) {
+    if (rc == PARLEY_ENOMEM && err && errlen) snprintf(err, errlen, "out of memory");
+    pg_config_free(c);
+    return rc == PARLEY_ENOMEM ? rc : PARLEY_ECONFIG;
+  }
+  *out = c;
+  return 0;
 }
 
 int pg_config_set_port(pg_config *c, int port) {

@@ -13,6 +13,8 @@
 
 #include <stddef.h>
 
+#include <parley/types.h>
+
 struct uv_loop_s;
 
 /* A parsed, validated configuration. Immutable once loaded. */
@@ -26,6 +28,40 @@ int pg_config_load(const char *path, pg_config **out, char *err, size_t errlen);
 int pg_config_from_string(const char *name, const char *yaml, pg_config **out,
                           char *err, size_t errlen);
 void pg_config_free(pg_config *c);
+
+/* A gateway embedded in a program (`parley run`, `parley test`) gets its
+ * configuration built in code: no YAML is written or parsed, so a data
+ * directory may hold any byte a path may, and a principal any character a
+ * principal name may. Every key not named here has the default of an empty
+ * file (docs/gateway.md), except two: the port is 0 (an ephemeral one, see
+ * pg_gateway_port) and durability is `normal`, since an embedded gateway's
+ * log serves a demo or a test. Borrowed for the call only. */
+typedef struct pg_embedded_principal {
+  const char *name;  /* 1-128 bytes of [A-Za-z0-9._:@-] */
+  parley_role role;
+  const char *token; /* kept only as its hash, like a token_hash entry */
+  const char *queue; /* agents: the one queue they serve, or NULL */
+} pg_embedded_principal;
+
+/* The test switches of a `faults:` section, in percent (0 to 50). */
+typedef struct pg_embedded_faults {
+  uint32_t drop_push, duplicate_push, reorder_push, drop_ack, duplicate_ack;
+  uint64_t seed; /* 0: 1 */
+} pg_embedded_faults;
+
+typedef struct pg_embedded_config {
+  const char *data_dir; /* required */
+  const char *bot;      /* required: the principal (role bot) new conversations go to */
+  const pg_embedded_principal *principals;
+  size_t n_principals;
+  uint32_t heartbeat_ms, ack_timeout_ms; /* 0: the defaults */
+  const char *web_templates;             /* served at /templates/, or NULL */
+  const pg_embedded_faults *faults;      /* NULL: none */
+} pg_embedded_config;
+
+/* Builds and validates such a configuration. PARLEY_ECONFIG with a message
+ * in err (naming the field) or PARLEY_ENOMEM. */
+int pg_config_embedded(const pg_embedded_config *e, pg_config **out, char *err, size_t errlen);
 
 /* Command-line overrides applied after loading (used by pg_gateway_main). */
 int pg_config_set_port(pg_config *c, int port);

@@ -223,25 +223,16 @@ static void no_signals(void *handle, int signum) {
   (void)signum;
 }
 
-int pg_gateway_new(uv_loop_t *loop, const pg_config *cfg, pg_gateway **out) {
-  *out = NULL;
-  if (sodium_init() < 0) return PARLEY_EINTERNAL;
-  pg_gateway *g = calloc(1, sizeof *g);
-  if (!g) return PARLEY_ENOMEM;
-  g->loop = loop;
-  g->boot_ms = pg_now_ms();
-  g->cfg = pg_config_dup(cfg);
-  if (!g->cfg) {
-    free(g);
-    return PARLEY_ENOMEM;
-  }
+/* Opens the store in cfg's data_dir and loads the hot state's filter of
+ * known message ids. 0, or the status after printing why. */
+static int gw_open_store(pg_gateway *g) {
   char err[512];
   pg_store_options so = PG_STORE_OPTIONS_INIT;
   so.data_dir = g->cfg->data_dir;
   so.backend = g->cfg->storage_kind ? g->cfg->storage_kind : "sqlite";
   so.url = g->cfg->storage_url;
   so.durability = g->cfg->durability;
-  so.loop = loop;
+  so.loop = g->loop;
   so.merge_batches = g->cfg->group_commit;
   so.test_hold_ms = g->cfg->fault_writer_hold_ms;
   if (so.test_hold_ms)
@@ -249,21 +240,17 @@ int pg_gateway_new(uv_loop_t *loop, const pg_config *cfg, pg_gateway **out) {
                     "tests only\n", so.test_hold_ms);
   int rc = pg_store_open(&so, &g->store, err, sizeof err);
   if (rc == 0) pg_store_on_remote(g->store, pg_hot_remote, g);
-  if (rc == 0 && (rc = pg_hot_init(g)) != 0) {
+  if (rc == 0 && (rc = pg_hot_init(g)) != 0)
     snprintf(err, sizeof err, "%s: reading the known message ids: %s", g->cfg->data_dir,
              pg_store_errmsg(g->store));
-    pg_hot_free(g);
-    pg_store_close(g->store, NULL, NULL);
-    g->store = NULL;
-  }
-  if (rc) {
-    fprintf(stderr, "gateway: %s\n", err);
-    pg_config_free(g->cfg);
-    free(g);
-    return rc;
-  }
-  if (pg_faults_configured(g->cfg)) {
-    const pg_config *fc = g->cfg;
+  if (rc) fprintf(stderr, "gateway: %s\n", err);
+  return rc;
+}
+
+/* Test switches and plain tokens are for development: each start says so. */
+static void gw_warn_development(pg_gateway *g) {
+  const pg_config *fc = g->cfg;
+  if (pg_faults_configured(fc)) {
     g->fault_rng = fc->fault_seed;
     fprintf(stderr,
             "gateway: warning: test faults on (drop/duplicate/reorder pushes %u/%u/%u%%, "
@@ -271,13 +258,17 @@ int pg_gateway_new(uv_loop_t *loop, const pg_config *cfg, pg_gateway **out) {
             fc->fault_drop_push, fc->fault_dup_push, fc->fault_reorder_push, fc->fault_drop_ack,
             fc->fault_dup_ack, (unsigned long long)fc->fault_seed);
   }
-  if (g->cfg->plain_tokens)
+  if (fc->plain_tokens)
     fprintf(stderr, "gateway: warning: plain tokens or secrets in %s are for development only\n",
-            g->cfg->name ? g->cfg->name : "the configuration");
+            fc->name ? fc->name : "the configuration");
+}
 
+/* The lws context on the caller's loop and the gateway's vhost, listening.
+ * 0 or PARLEY_EIO. */
+static int gw_listen(pg_gateway *g) {
   struct lws_context_creation_info info;
   memset(&info, 0, sizeof info);
-  g->foreign[0] = loop;
+  g->foreign[0] = g->loop;
   info.options = LWS_SERVER_OPTION_LIBUV | LWS_SERVER_OPTION_EXPLICIT_VHOSTS;
   if (g->cfg->tls_cert) info.options |= LWS_SERVER_OPTION_DO_SSL_GLOBAL_INIT;
   info.foreign_loops = g->foreign;
@@ -285,12 +276,7 @@ int pg_gateway_new(uv_loop_t *loop, const pg_config *cfg, pg_gateway **out) {
   info.user = g;
   info.pcontext = &g->ctx_alive;
   g->ctx = lws_create_context(&info);
-  if (!g->ctx) {
-    pg_store_close(g->store, NULL, NULL);
-    pg_config_free(g->cfg);
-    free(g);
-    return PARLEY_EIO;
-  }
+  if (!g->ctx) return PARLEY_EIO;
   g->ctx_alive = g->ctx;
   memset(&info, 0, sizeof info);
   info.port = g->cfg->port;
@@ -322,32 +308,80 @@ int pg_gateway_new(uv_loop_t *loop, const pg_config *cfg, pg_gateway **out) {
     g->vh = lws_create_vhost(g->ctx, &info);
   if (!g->vh) {
     fprintf(stderr, "gateway: cannot listen on %s:%d\n", g->cfg->listen, g->cfg->port);
-    lws_context_destroy(g->ctx);
-    g->ctx = NULL;
-    if (g->vh_client_ssl) SSL_CTX_free(g->vh_client_ssl);
-    pg_store_close(g->store, NULL, NULL);
-    pg_config_free(g->cfg);
-    free(g);
     return PARLEY_EIO;
   }
   g->port = lws_get_vhost_listen_port(g->vh);
+  return 0;
+}
 
+/* The heartbeat and redelivery tick (a quarter of the shorter of the two
+ * intervals, within 10 ms to 1 s), the per-iteration flush, and the stop
+ * timer: the three handles pg_gateway_stop closes. */
+static void gw_start_timers(pg_gateway *g) {
   uint64_t tick = g->cfg->heartbeat_ms < g->cfg->ack_timeout_ms ? g->cfg->heartbeat_ms
                                                                  : g->cfg->ack_timeout_ms;
   tick /= 4;
   if (tick < 10) tick = 10;
   if (tick > 1000) tick = 1000;
   pg_router_init(g);
-  uv_timer_init(loop, &g->tick);
+  uv_timer_init(g->loop, &g->tick);
   g->tick.data = g;
   uv_timer_start(&g->tick, on_tick, tick, tick);
-  uv_check_init(loop, &g->check);
+  uv_check_init(g->loop, &g->check);
   g->check.data = g;
   uv_check_start(&g->check, on_check);
   uv_unref((uv_handle_t *)&g->check);
-  uv_timer_init(loop, &g->stop_timer);
+  uv_timer_init(g->loop, &g->stop_timer);
   g->stop_timer.data = g;
   g->handles_open = 3;
+}
+
+/* Undoes a pg_gateway_new that failed before its own loop handles
+ * existed: the lws context, the hot state, the store, the copied config.
+ * lws and the store close handles on the caller's loop, so it runs a few
+ * passes for them (as pg_gateway_free does), or the caller's
+ * uv_loop_close would find them open and leak the loop. */
+static void gw_discard(pg_gateway *g) {
+  for (int i = 0; i < 8 && g->ctx_alive; i++) {
+    lws_context_destroy(g->ctx);
+    for (int k = 0; k < 4; k++) uv_run(g->loop, UV_RUN_NOWAIT);
+  }
+  /* Only once lws is done with the vhost that points at it. */
+  if (g->vh_client_ssl && !g->ctx_alive) SSL_CTX_free(g->vh_client_ssl);
+  g->ctx = NULL;
+  pg_hot_free(g);
+  if (g->store) {
+    pg_store_close(g->store, NULL, NULL);
+    for (int i = 0; i < 4; i++) uv_run(g->loop, UV_RUN_NOWAIT);
+  }
+  pg_config_free(g->cfg);
+  free(g);
+}
+
+int pg_gateway_new(uv_loop_t *loop, const pg_config *cfg, pg_gateway **out) {
+  *out = NULL;
+  if (sodium_init() < 0) return PARLEY_EINTERNAL;
+  pg_gateway *g = calloc(1, sizeof *g);
+  if (!g) return PARLEY_ENOMEM;
+  g->loop = loop;
+  g->boot_ms = pg_now_ms();
+  g->cfg = pg_config_dup(cfg);
+  if (!g->cfg) {
+    free(g);
+    return PARLEY_ENOMEM;
+  }
+  int rc = gw_open_store(g);
+  if (rc == 0) {
+    gw_warn_development(g);
+    rc = gw_listen(g);
+  }
+  if (rc) {
+    gw_discard(g);
+    return rc;
+  }
+  gw_start_timers(g);
+  /* From here the loop holds the gateway's handles: pg_gateway_free
+   * closes them. */
   if (pg_web_start(g) != 0) {
     pg_gateway_free(g);
     return PARLEY_EIO;

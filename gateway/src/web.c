@@ -3,7 +3,6 @@
  * hand-written HTTP. By default they share the gateway's port, so the pages
  * and the WebSocket have one origin and the Content-Security-Policy can say
  * `connect-src 'self'`; `web.port` puts them on a port of their own. */
-#include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -50,16 +49,6 @@ struct pg_web {
   struct lws_protocol_vhost_options mime[3];
 };
 
-static int web_fail(pc_error *err, const pc_node *n, const char *key, const char *fmt, ...) {
-  err->line = pc_node_line(n);
-  snprintf(err->key, sizeof err->key, "%s", key);
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(err->message, sizeof err->message, fmt, ap);
-  va_end(ap);
-  return PARLEY_ECONFIG;
-}
-
 static bool is_dir(const char *p) {
   struct stat st;
   return p && p[0] && stat(p, &st) == 0 && S_ISDIR(st.st_mode);
@@ -81,7 +70,7 @@ int pg_web_load(pg_config *c, const pc_node *n, pc_error *err) {
   w->port = -1;
   const char *root = NULL, *templates = NULL, *listen = NULL;
   if (n && pc_node_kind(n) != PC_NULL) {
-    if (pc_node_kind(n) != PC_MAP) return web_fail(err, n, "web", "expected a mapping");
+    if (pc_node_kind(n) != PC_MAP) return pc_fail(err, n, "web", "expected a mapping");
     if ((rc = pc_check_keys(n, keys, err))) return rc;
     uint64_t port = 0;
     if ((rc = pc_get_bool(n, "enabled", true, &w->enabled, err)) ||
@@ -92,9 +81,9 @@ int pg_web_load(pg_config *c, const pc_node *n, pc_error *err) {
       return rc;
     if (pc_get(n, "port")) w->port = (int)port;
     if (root && !is_dir(root))
-      return web_fail(err, pc_get(n, "root"), "web.root", "'%s' is not a directory", root);
+      return pc_fail(err, pc_get(n, "root"), "web.root", "'%s' is not a directory", root);
     if (templates && !is_dir(templates))
-      return web_fail(err, pc_get(n, "templates"), "web.templates", "'%s' is not a directory",
+      return pc_fail(err, pc_get(n, "templates"), "web.templates", "'%s' is not a directory",
                       templates);
   } else {
     w->enabled = true;
@@ -105,6 +94,15 @@ int pg_web_load(pg_config *c, const pc_node *n, pc_error *err) {
   if (root && !(w->root = strdup(root))) return PARLEY_ENOMEM;
   if (templates && !(w->templates = strdup(templates))) return PARLEY_ENOMEM;
   if (listen && !(w->listen = strdup(listen))) return PARLEY_ENOMEM;
+  return 0;
+}
+
+int pg_web_set_templates(pg_web *w, const char *dir) {
+  if (!is_dir(dir)) return PARLEY_EINVAL;
+  char *t = strdup(dir);
+  if (!t) return PARLEY_ENOMEM;
+  free(w->templates);
+  w->templates = t;
   return 0;
 }
 

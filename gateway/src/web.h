@@ -18,6 +18,10 @@ typedef struct pg_web pg_web;
  * the gateway's port) into c->web. PARLEY_ECONFIG with err filled on a bad
  * key or value. */
 int pg_web_load(struct pg_config *c, const pc_node *n, pc_error *err);
+/* Serves a bot's templates folder at /templates/ (an embedded gateway's
+ * `web.templates`). 0, PARLEY_EINVAL when dir is not a directory, or
+ * PARLEY_ENOMEM. */
+int pg_web_set_templates(pg_web *w, const char *dir);
 pg_web *pg_web_dup(const pg_web *w);
 void pg_web_free(pg_web *w);
 

@@ -4,6 +4,9 @@
  */
 #include "rt_int.h"
 
+#include "adapter.h"
+#include "ops/log.h"
+
 #include "http/http.h"
 #include "transport/url.h"
 #include "util/clock.h"
@@ -45,6 +48,7 @@ typedef struct plr_adapter {
   bool fatal;
   void (*on_fatal)(void *ud, int status, const char *message);
   void *fatal_ud;
+  plr_adapter_hooks hooks; /* zero: none */
 } plr_adapter;
 
 static adapter_send *send_track(plr_adapter *a, void *send_ud) {
@@ -76,6 +80,7 @@ typedef struct adapter_req {
 static void cb_event(parley_client *c, const parley_event *ev, void *ud) {
   (void)c;
   plr_adapter *a = ud;
+  if (a->hooks.on_event && a->hooks.on_event(a->hooks.ud, ev)) return;
   plr_rt_on_event(a->rt, ev);
 }
 
@@ -90,6 +95,7 @@ static void cb_send_result(parley_client *c, const parley_send_result *r, void *
       a->rt->on_observe(a->rt->ud, PARLEY_RUNTIME_OBSERVE_ACK, (double)(pu_clock_ns() - s->t0) / 1e9);
     send_untrack(a, s);
   }
+  if (a->hooks.on_send_result) a->hooks.on_send_result(a->hooks.ud, r);
   plr_rt_on_send_result(a->rt, r, inner);
 }
 
@@ -102,6 +108,7 @@ static void cb_commit_result(parley_client *c, const parley_commit_result *r, vo
 static void cb_assign(parley_client *c, const parley_assignment *as, void *ud) {
   (void)c;
   plr_adapter *a = ud;
+  if (a->hooks.on_assign) a->hooks.on_assign(a->hooks.ud, as);
   plr_rt_on_assign(a->rt, as);
 }
 
@@ -162,6 +169,9 @@ static void probe_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *r
 
 /* Starts finding out why a connection failed with an I/O error. */
 static void probe_start(plr_adapter *a) {
+  /* The cause is logged at warn: below that level the connection is not
+   * worth making (`parley test` runs at error unless -v). */
+  if (!plog_enabled(a->rt->log, PLOG_WARN)) return;
   if (a->probe || !a->where_ok) {
     if (!a->where_ok) log_cause(a, "input/output error");
     return;
@@ -254,6 +264,7 @@ static int d_send(void *ud, const char *conv, const parley_content *content,
   if (!s) return PARLEY_ENOMEM;
   int rc = parley_client_send(a->client, conv, content, quote, id, epoch, s);
   if (rc) send_untrack(a, s);
+  else if (a->hooks.on_sent) a->hooks.on_sent(a->hooks.ud, conv);
   return rc;
 }
 
@@ -264,11 +275,13 @@ static int d_action(void *ud, const char *conv, const parley_action *action,
   if (!s) return PARLEY_ENOMEM;
   int rc = parley_client_action(a->client, conv, action, id, epoch, s);
   if (rc) send_untrack(a, s);
+  else if (a->hooks.on_sent) a->hooks.on_sent(a->hooks.ud, conv);
   return rc;
 }
 
 static int d_commit(void *ud, const parley_commit *commits, size_t n) {
   plr_adapter *a = ud;
+  if (a->hooks.on_commit) a->hooks.on_commit(a->hooks.ud, commits, n);
   return parley_client_commit(a->client, commits, n);
 }
 
@@ -387,12 +400,35 @@ static void d_destroy(void *ud) {
   free(a);
 }
 
+/* The hooks' replacements, called with the hooks' ud. */
+static int h_http(void *ud, const plr_http_req *req, plr_http_done done, void *cb_ud,
+                  void **handle) {
+  plr_adapter *a = ud;
+  return a->hooks.http(a->hooks.ud, req, done, cb_ud, handle);
+}
+
+static void h_http_cancel(void *ud, void *handle) {
+  plr_adapter *a = ud;
+  if (a->hooks.http_cancel) a->hooks.http_cancel(a->hooks.ud, handle);
+}
+
+static int64_t h_now(void *ud) {
+  plr_adapter *a = ud;
+  return a->hooks.now_ms(a->hooks.ud);
+}
+
 parley_client *parley_runtime_client(parley_runtime *r) {
   if (!r || r->drv.destroy != d_destroy) return NULL;
   return ((plr_adapter *)r->drv.ud)->client;
 }
 
-int parley_runtime_new(const parley_runtime_options *o, parley_runtime **out, char *err, size_t errlen) {
+int parley_runtime_new(const parley_runtime_options *o, parley_runtime **out, char *err,
+                       size_t errlen) {
+  return plr_runtime_new_hooked(o, NULL, out, err, errlen);
+}
+
+int plr_runtime_new_hooked(const parley_runtime_options *o, const plr_adapter_hooks *hooks,
+                           parley_runtime **out, char *err, size_t errlen) {
   *out = NULL;
   if (!o || !o->loop || !o->url) {
     if (err && errlen) snprintf(err, errlen, "runtime options need a loop and a gateway url");
@@ -416,6 +452,7 @@ int parley_runtime_new(const parley_runtime_options *o, parley_runtime **out, ch
   snprintf(a->url, sizeof a->url, "%s", o->url);
   a->on_fatal = o->on_fatal;
   a->fatal_ud = o->fatal_ud;
+  if (hooks) a->hooks = *hooks;
   plr_driver d = {.send = d_send,
                   .action = d_action,
                   .commit = d_commit,
@@ -426,6 +463,9 @@ int parley_runtime_new(const parley_runtime_options *o, parley_runtime **out, ch
                   .quiesce = d_quiesce,
                   .destroy = d_destroy,
                   .ud = a};
+  if (a->hooks.http) d.http = h_http, d.http_cancel = h_http_cancel;
+  if (a->hooks.now_ms) d.now_ms = h_now;
+  if (a->hooks.derive) d.derive = a->hooks.derive;
   parley_runtime *r = NULL;
   int rc = plr_runtime_new_driver(o, &d, &r, err, errlen);
   if (rc) {
@@ -434,8 +474,8 @@ int parley_runtime_new(const parley_runtime_options *o, parley_runtime **out, ch
   }
   a->rt = r;
   snprintf(a->principal, sizeof a->principal, "%s", plr_rt_principal(r));
-  rc = ph_client_new(o->loop, &a->http);
-  if (rc) a->http = NULL; /* bots without http.allow do not need it */
+  /* Bots without http.allow do not need it, and a hook may answer instead. */
+  if (!a->hooks.http && ph_client_new(o->loop, &a->http) != 0) a->http = NULL;
   parley_client_options co = PARLEY_CLIENT_OPTIONS_INIT;
   co.url = o->url;
   co.principal = plr_rt_principal(r);
@@ -443,6 +483,7 @@ int parley_runtime_new(const parley_runtime_options *o, parley_runtime **out, ch
   co.role = PARLEY_ROLE_BOT;
   co.loop = o->loop;
   co.tls_insecure = o->tls_insecure;
+  co.tuning.seed = a->hooks.seed;
   co.cb.on_event = cb_event;
   co.cb.on_send_result = cb_send_result;
   co.cb.on_commit_result = cb_commit_result;

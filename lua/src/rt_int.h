@@ -110,8 +110,7 @@ struct parley_runtime {
   plr_vm *vm, *next_vm;
   char *principal;
   char *bot_dir;
-  int log_format, log_level;
-  FILE *log_out;
+  struct plog_logger *log; /* the SDK's logger (ops/log.h), on the embedder's stream */
   void (*on_idle)(void *);
   void *ud;
   void (*on_observe)(void *, parley_runtime_observe, double);

@@ -10,6 +10,8 @@
  * never carries state of an event it does not acknowledge.
  */
 #include "rt_int.h"
+
+#include "ops/log.h"
 #include "rt_metrics.h"
 #include "util/assert.h"
 #include "util/clock.h"
@@ -79,6 +81,7 @@ void plr_rt_release(parley_runtime *r) {
   }
   free(r->principal);
   free(r->bot_dir);
+  plog_free(r->log);
   free(r);
 }
 
@@ -675,31 +678,27 @@ int plr_runtime_new_driver(const parley_runtime_options *o, const plr_driver *d,
   }
   parley_runtime *r = calloc(1, sizeof *r);
   if (!r) return PARLEY_ENOMEM;
+  r->log = plog_new(o->log_out ? o->log_out : stderr, (int)o->log_format, (int)o->log_level);
+  if (!r->log) {
+    free(r);
+    return PARLEY_ENOMEM;
+  }
   r->loop = o->loop;
   r->drv = *d;
-  r->log_format = o->log_format;
-  r->log_level = o->log_level;
-  r->log_out = o->log_out;
   r->on_idle = o->on_idle;
   r->on_observe = o->on_observe;
   r->ud = o->ud;
   r->bot_dir = strdup(o->bot_dir);
-  if (!r->bot_dir) {
-    free(r);
-    return PARLEY_ENOMEM;
+  int rc = r->bot_dir ? plr_vm_load(r, o->bot_dir, &r->vm, err, errlen) : PARLEY_ENOMEM;
+  if (rc == 0) {
+    r->principal = strdup(o->principal && *o->principal ? o->principal : plr_vm_name(r->vm));
+    if (!r->principal) rc = PARLEY_ENOMEM;
   }
-  int rc = plr_vm_load(r, o->bot_dir, &r->vm, err, errlen);
   if (rc) {
-    free(r->bot_dir);
-    free(r);
-    return rc;
-  }
-  r->principal = strdup(o->principal && *o->principal ? o->principal : plr_vm_name(r->vm));
-  if (!r->principal) {
+    /* No handle was opened yet: release frees the rest at once. */
     plr_vm_free(r->vm);
-    free(r->bot_dir);
-    free(r);
-    return PARLEY_ENOMEM;
+    plr_rt_release(r);
+    return rc;
   }
   uv_timer_init(r->loop, &r->flush_timer);
   r->flush_timer.data = r;

@@ -24,22 +24,6 @@ static const char *const ENTRY_KEYS[] = {"type",    "required", "default", "patt
                                          "min",     "max",      "description", NULL};
 static const char *const TYPES[] = {"string", "integer", "number", "boolean", "list", "map", NULL};
 
-static int fail(char *err, size_t errlen, const pc_node *at, const char *fmt, ...) {
-  char msg[512];
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(msg, sizeof msg, fmt, ap);
-  va_end(ap);
-  const char *file = pc_node_file(at) ? pc_node_file(at) : "bot.yaml";
-  /* A value from the environment has no line: its "file" names the
-   * variable. */
-  if (pc_node_line(at) > 0)
-    snprintf(err, errlen, "%s:%d: %s", file, pc_node_line(at), msg);
-  else
-    snprintf(err, errlen, "%s: %s", file, msg);
-  return PARLEY_ECONFIG;
-}
-
 static bool is_integer(const char *s) {
   if (!*s) return false;
   errno = 0;
@@ -75,23 +59,24 @@ static int check_value(const entry *e, const pc_node *v, const char *what, char 
   int sline = pc_node_line(e->node);
   if (!strcmp(t, "list") || !strcmp(t, "map")) {
     if (k != (!strcmp(t, "list") ? PC_SEQ : PC_MAP))
-      return fail(err, errlen, v, "%s: must be a %s (settings_schema line %d)", what, t, sline);
+      return pc_fail_text(err, errlen, v, "", "%s: must be a %s (settings_schema line %d)", what, t,
+                          sline);
     return 0;
   }
   if (k != PC_SCALAR)
-    return fail(err, errlen, v, "%s: must be a %s, not a %s (settings_schema line %d)", what, t,
-                k == PC_MAP ? "map" : "list", sline);
+    return pc_fail_text(err, errlen, v, "", "%s: must be a %s, not a %s (settings_schema line %d)",
+                        what, t, k == PC_MAP ? "map" : "list", sline);
   const char *s = pc_scalar(v);
   double num = 0;
   if (!strcmp(t, "integer") && !is_integer(s))
-    return fail(err, errlen, v, "%s: '%s' is not an integer (settings_schema line %d)", what, s,
-                sline);
+    return pc_fail_text(err, errlen, v, "", "%s: '%s' is not an integer (settings_schema line %d)",
+                        what, s, sline);
   if (!strcmp(t, "number") && !to_number(s, &num))
-    return fail(err, errlen, v, "%s: '%s' is not a number (settings_schema line %d)", what, s,
-                sline);
+    return pc_fail_text(err, errlen, v, "", "%s: '%s' is not a number (settings_schema line %d)",
+                        what, s, sline);
   if (!strcmp(t, "boolean") && strcmp(s, "true") && strcmp(s, "false"))
-    return fail(err, errlen, v, "%s: '%s' is not true or false (settings_schema line %d)", what,
-                s, sline);
+    return pc_fail_text(err, errlen, v, "",
+                        "%s: '%s' is not true or false (settings_schema line %d)", what, s, sline);
   if (!strcmp(t, "integer")) to_number(s, &num);
   if (e->min || e->max) {
     double lo = 0, hi = 0;
@@ -99,11 +84,11 @@ static int check_value(const entry *e, const pc_node *v, const char *what, char 
     double x = numeric ? num : (double)strlen(s);
     const char *unit = numeric ? "" : " bytes long";
     if (e->min && to_number(pc_scalar(e->min), &lo) && x < lo)
-      return fail(err, errlen, v, "%s: must be at least %s%s (settings_schema line %d)", what,
-                  pc_scalar(e->min), unit, sline);
+      return pc_fail_text(err, errlen, v, "", "%s: must be at least %s%s (settings_schema line %d)",
+                          what, pc_scalar(e->min), unit, sline);
     if (e->max && to_number(pc_scalar(e->max), &hi) && x > hi)
-      return fail(err, errlen, v, "%s: must be at most %s%s (settings_schema line %d)", what,
-                  pc_scalar(e->max), unit, sline);
+      return pc_fail_text(err, errlen, v, "", "%s: must be at most %s%s (settings_schema line %d)",
+                          what, pc_scalar(e->max), unit, sline);
   }
   if (e->pattern) {
     regex_t re;
@@ -111,8 +96,9 @@ static int check_value(const entry *e, const pc_node *v, const char *what, char 
       int m = regexec(&re, s, 0, NULL, 0);
       regfree(&re);
       if (m != 0)
-        return fail(err, errlen, v, "%s: '%s' does not match the pattern '%s' (settings_schema line %d)",
-                    what, s, pc_scalar(e->pattern), sline);
+        return pc_fail_text(err, errlen, v, "",
+                            "%s: '%s' does not match the pattern '%s' (settings_schema line %d)",
+                            what, s, pc_scalar(e->pattern), sline);
     }
   }
   if (e->allowed) {
@@ -123,8 +109,8 @@ static int check_value(const entry *e, const pc_node *v, const char *what, char 
       size_t used = strlen(list);
       snprintf(list + used, sizeof list - used, "%s%s", i ? ", " : "", a ? a : "?");
     }
-    return fail(err, errlen, v, "%s: '%s' is not one of %s (settings_schema line %d)", what, s,
-                list, sline);
+    return pc_fail_text(err, errlen, v, "", "%s: '%s' is not one of %s (settings_schema line %d)",
+                        what, s, list, sline);
   }
   return 0;
 }
@@ -135,7 +121,8 @@ static int read_entry(const pc_node *n, const char *name, entry *e, char *err, s
   e->node = n;
   e->name = name;
   if (pc_node_kind(n) != PC_MAP)
-    return fail(err, errlen, n, "settings_schema.%s: must be a map like {type: string}", name);
+    return pc_fail_text(err, errlen, n, "", "settings_schema.%s: must be a map like {type: string}",
+                        name);
   pc_error pe;
   if (pc_check_keys(n, ENTRY_KEYS, &pe)) {
     char buf[600];
@@ -144,57 +131,59 @@ static int read_entry(const pc_node *n, const char *name, entry *e, char *err, s
   }
   const pc_node *t = pc_get(n, "type");
   if (!t || !pc_scalar(t))
-    return fail(err, errlen, n, "settings_schema.%s: needs a type (%s)", name,
+    return pc_fail_text(err, errlen, n, "", "settings_schema.%s: needs a type (%s)", name,
                 "string, integer, number, boolean, list or map");
   e->type = pc_scalar(t);
   bool known = false;
   for (const char *const *x = TYPES; *x; x++) known = known || !strcmp(*x, e->type);
   if (!known)
-    return fail(err, errlen, t, "settings_schema.%s.type: unknown type '%s' (%s)", name, e->type,
-                "string, integer, number, boolean, list or map");
+    return pc_fail_text(err, errlen, t, "", "settings_schema.%s.type: unknown type '%s' (%s)", name,
+                        e->type, "string, integer, number, boolean, list or map");
   const pc_node *r = pc_get(n, "required");
   if (r) {
     const char *rs = pc_scalar(r);
     if (!rs || (strcmp(rs, "true") && strcmp(rs, "false")))
-      return fail(err, errlen, r, "settings_schema.%s.required: must be true or false", name);
+      return pc_fail_text(err, errlen, r, "", "settings_schema.%s.required: must be true or false",
+                          name);
     e->required = !strcmp(rs, "true");
   }
   e->pattern = pc_get(n, "pattern");
   if (e->pattern) {
     regex_t re;
     if (!pc_scalar(e->pattern) || strcmp(e->type, "string"))
-      return fail(err, errlen, e->pattern, "settings_schema.%s.pattern: a pattern is a string, for a string",
-                  name);
+      return pc_fail_text(err, errlen, e->pattern, "",
+                          "settings_schema.%s.pattern: a pattern is a string, for a string", name);
     int rc = regcomp(&re, pc_scalar(e->pattern), REG_EXTENDED | REG_NOSUB);
     if (rc) {
       char why[128];
       regerror(rc, &re, why, sizeof why);
-      return fail(err, errlen, e->pattern, "settings_schema.%s.pattern: invalid regular expression: %s",
-                  name, why);
+      return pc_fail_text(err, errlen, e->pattern, "",
+                          "settings_schema.%s.pattern: invalid regular expression: %s", name, why);
     }
     regfree(&re);
   }
   e->allowed = pc_get(n, "enum");
   if (e->allowed) {
     if (pc_node_kind(e->allowed) != PC_SEQ || pc_len(e->allowed) == 0)
-      return fail(err, errlen, e->allowed, "settings_schema.%s.enum: must be a non-empty list",
-                  name);
+      return pc_fail_text(err, errlen, e->allowed, "",
+                          "settings_schema.%s.enum: must be a non-empty list", name);
     for (size_t i = 0; i < pc_len(e->allowed); i++)
       if (pc_node_kind(pc_at(e->allowed, i)) != PC_SCALAR)
-        return fail(err, errlen, pc_at(e->allowed, i),
+        return pc_fail_text(err, errlen, pc_at(e->allowed, i), "",
                     "settings_schema.%s.enum: items must be scalars", name);
   }
   e->min = pc_get(n, "min");
   e->max = pc_get(n, "max");
   double d;
   if (e->min && (!pc_scalar(e->min) || !to_number(pc_scalar(e->min), &d)))
-    return fail(err, errlen, e->min, "settings_schema.%s.min: must be a number", name);
+    return pc_fail_text(err, errlen, e->min, "", "settings_schema.%s.min: must be a number", name);
   if (e->max && (!pc_scalar(e->max) || !to_number(pc_scalar(e->max), &d)))
-    return fail(err, errlen, e->max, "settings_schema.%s.max: must be a number", name);
+    return pc_fail_text(err, errlen, e->max, "", "settings_schema.%s.max: must be a number", name);
   e->def = pc_get(n, "default");
   if (e->def) {
     if (e->required)
-      return fail(err, errlen, e->def, "settings_schema.%s: a required key has no default", name);
+      return pc_fail_text(err, errlen, e->def, "",
+                          "settings_schema.%s: a required key has no default", name);
     char what[200];
     snprintf(what, sizeof what, "settings_schema.%s.default", name);
     int rc = check_value(e, e->def, what, err, errlen);
@@ -207,13 +196,15 @@ int plr_settings_check(const pc_node *root, char *err, size_t errlen) {
   const pc_node *schema = pc_get(root, "settings_schema");
   if (!schema) return 0;
   if (pc_node_kind(schema) != PC_MAP)
-    return fail(err, errlen, schema, "settings_schema: must be a map of setting names");
+    return pc_fail_text(err, errlen, schema, "", "settings_schema: must be a map of setting names");
   size_t n = pc_len(schema);
   if (n > SCHEMA_KEYS_MAX)
-    return fail(err, errlen, schema, "settings_schema: more than %d keys", SCHEMA_KEYS_MAX);
+    return pc_fail_text(err, errlen, schema, "", "settings_schema: more than %d keys",
+                        SCHEMA_KEYS_MAX);
   const pc_node *settings = pc_get(root, "settings");
   if (settings && pc_node_kind(settings) != PC_MAP)
-    return fail(err, errlen, settings, "settings: must be a map when settings_schema is given");
+    return pc_fail_text(err, errlen, settings, "",
+                        "settings: must be a map when settings_schema is given");
   /* Keys the schema does not declare are refused, with a suggestion, as
    * every other key of bot.yaml is: a typo must not pass silently. */
   const char *names[SCHEMA_KEYS_MAX + 1];
@@ -241,7 +232,7 @@ int plr_settings_check(const pc_node *root, char *err, size_t errlen) {
         for (const char *c = names[i]; *c && j + 1 < sizeof env; c++)
           env[j++] = (char)toupper((unsigned char)*c);
         env[j] = '\0';
-        return fail(err, errlen, e.node,
+        return pc_fail_text(err, errlen, e.node, "",
                     "settings.%s: required by settings_schema but not set (in bot.yaml or "
                     "PARLEY_BOT_SETTINGS__%s)", names[i], env);
       }

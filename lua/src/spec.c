@@ -20,7 +20,8 @@
 static const char *const CASE_KEYS[] = {"name", "locale", "http", "steps", NULL};
 static const char *const STEP_KEYS[] = {"send",  "postback", "label",  "open",          "wait",
                                         "event", "agent",    "expect", "handler_fails", NULL};
-static const char *const STEP_ACTIONS[] = {"send", "postback", "open", "wait", "event", "agent", NULL};
+static const char *const STEP_ACTIONS[] = {"send",  "postback", "open", "wait",
+                                           "event", "agent",    NULL};
 static const char *const EVENT_KEYS[] = {"kind", "assignee", "queue", "note", "locale", NULL};
 static const char *const AGENT_KEYS[] = {"text", "as", "quote", "tags", NULL};
 static const char *const OPEN_KEYS[] = {"text", NULL};
@@ -47,18 +48,6 @@ static parley_event_kind event_kind(const char *k) {
   for (int i = 1; k && i < 10; i++)
     if (strcmp(EVENT_NAMES[i], k) == 0) return (parley_event_kind)i;
   return PARLEY_EVENT_UNSPECIFIED;
-}
-
-static int err_at(char *err, size_t errlen, const pc_node *n, const char *fmt, ...) {
-  char msg[512];
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(msg, sizeof msg, fmt, ap);
-  va_end(ap);
-  const char *path = pc_node_path(n);
-  snprintf(err, errlen, "%s:%d: %s%s%s", pc_node_file(n), pc_node_line(n), path && *path ? path : "",
-           path && *path ? ": " : "", msg);
-  return PARLEY_ECONFIG;
 }
 
 static int keys(const pc_node *map, const char *const *allowed, char *err, size_t errlen) {
@@ -96,11 +85,12 @@ int plr_spec_duration_ms(const char *s, uint64_t *ms) {
 static int validate_expect(const pc_node *ex, char *err, size_t errlen) {
   if (!ex || pc_node_kind(ex) == PC_NULL) return 0;
   if (pc_node_kind(ex) != PC_SEQ)
-    return err_at(err, errlen, ex, "expect: is a list of expectations (- reply: ...)");
+    return pc_fail_text(err, errlen, ex, NULL, "expect: is a list of expectations (- reply: ...)");
   for (size_t i = 0; i < pc_len(ex); i++) {
     const pc_node *e = pc_at(ex, i);
     if (pc_node_kind(e) != PC_MAP)
-      return err_at(err, errlen, e, "an expectation is a mapping such as `reply: \"text\"`");
+      return pc_fail_text(err, errlen, e, NULL,
+                          "an expectation is a mapping such as `reply: \"text\"`");
     if (keys(e, EXPECT_KEYS, err, errlen)) return PARLEY_ECONFIG;
     for (size_t k = 0; k < pc_len(e); k++) {
       const char *key = pc_key_at(e, k);
@@ -116,23 +106,24 @@ static int validate_expect(const pc_node *ex, char *err, size_t errlen) {
         const char *s = pc_scalar(v);
         char *end = NULL;
         if (!s || strtol(s, &end, 10) < 0 || *end)
-          return err_at(err, errlen, v, "reply_count: a number of replies");
+          return pc_fail_text(err, errlen, v, NULL, "reply_count: a number of replies");
       }
       if (!strcmp(key, "replies")) {
         if (pc_node_kind(v) != PC_SEQ)
-          return err_at(err, errlen, v, "replies: a list of the replies, in order");
+          return pc_fail_text(err, errlen, v, NULL, "replies: a list of the replies, in order");
         for (size_t j = 0; j < pc_len(v); j++) {
           const pc_node *r = pc_at(v, j);
           if (pc_node_kind(r) == PC_MAP && keys(r, REPLY_ITEM_KEYS, err, errlen))
             return PARLEY_ECONFIG;
           if (pc_node_kind(r) != PC_MAP && pc_node_kind(r) != PC_SCALAR)
-            return err_at(err, errlen, r, "a reply is a text or a mapping such as `card: {...}`");
+            return pc_fail_text(err, errlen, r, NULL,
+                                "a reply is a text or a mapping such as `card: {...}`");
         }
       }
       if (!strcmp(key, "reply_matches")) {
         regex_t re;
         if (!pc_scalar(v) || regcomp(&re, pc_scalar(v), REG_EXTENDED | REG_NOSUB) != 0)
-          return err_at(err, errlen, v, "not a valid regular expression");
+          return pc_fail_text(err, errlen, v, NULL, "not a valid regular expression");
         regfree(&re);
       }
     }
@@ -142,18 +133,19 @@ static int validate_expect(const pc_node *ex, char *err, size_t errlen) {
 
 static int validate_step(const pc_node *st, char *err, size_t errlen) {
   if (pc_node_kind(st) != PC_MAP)
-    return err_at(err, errlen, st, "a step is a mapping such as `send: \"hello\"`");
+    return pc_fail_text(err, errlen, st, NULL, "a step is a mapping such as `send: \"hello\"`");
   if (keys(st, STEP_KEYS, err, errlen)) return PARLEY_ECONFIG;
   int actions = 0;
   for (int i = 0; STEP_ACTIONS[i]; i++) actions += pc_get(st, STEP_ACTIONS[i]) != NULL;
   if (actions != 1)
-    return err_at(err, errlen, st, "a step has exactly one of send, postback, open, wait, event, agent");
+    return pc_fail_text(err, errlen, st, NULL,
+                        "a step has exactly one of send, postback, open, wait, event, agent");
   const pc_node *n;
   if ((n = pc_get(st, "event"))) {
     if (keys(n, EVENT_KEYS, err, errlen)) return PARLEY_ECONFIG;
     const char *k = pc_scalar(pc_get(n, "kind"));
     if (event_kind(k) == PARLEY_EVENT_UNSPECIFIED)
-      return err_at(err, errlen, pc_get(n, "kind") ? pc_get(n, "kind") : n,
+      return pc_fail_text(err, errlen, pc_get(n, "kind") ? pc_get(n, "kind") : n, NULL,
                     "unknown event kind '%s' (one of assigned, handed_off, handed_back, "
                     "closed, tagged, locale_changed, ...)",
                     k ? k : "");
@@ -162,11 +154,13 @@ static int validate_step(const pc_node *st, char *err, size_t errlen) {
     if (pc_node_kind(n) == PC_MAP) {
       if (keys(n, AGENT_KEYS, err, errlen)) return PARLEY_ECONFIG;
       if (!pc_scalar(pc_get(n, "text")))
-        return err_at(err, errlen, n, "agent: needs the text the agent writes");
+        return pc_fail_text(err, errlen, n, NULL, "agent: needs the text the agent writes");
       const pc_node *t = pc_get(n, "tags");
-      if (t && pc_node_kind(t) != PC_SEQ) return err_at(err, errlen, t, "tags: a list of tags");
+      if (t && pc_node_kind(t) != PC_SEQ)
+        return pc_fail_text(err, errlen, t, NULL, "tags: a list of tags");
     } else if (!pc_scalar(n)) {
-      return err_at(err, errlen, n, "agent: the text the agent writes, or {text, as, quote, tags}");
+      return pc_fail_text(err, errlen, n, NULL,
+                          "agent: the text the agent writes, or {text, as, quote, tags}");
     }
   }
   if ((n = pc_get(st, "open")) && pc_node_kind(n) == PC_MAP && keys(n, OPEN_KEYS, err, errlen))
@@ -174,38 +168,40 @@ static int validate_step(const pc_node *st, char *err, size_t errlen) {
   if ((n = pc_get(st, "wait"))) {
     uint64_t ms;
     if (plr_spec_duration_ms(pc_scalar(n), &ms))
-      return err_at(err, errlen, n, "a duration such as 121 (seconds), 90s, 5m or 500ms");
+      return pc_fail_text(err, errlen, n, NULL,
+                          "a duration such as 121 (seconds), 90s, 5m or 500ms");
   }
   if ((n = pc_get(st, "send")) && !pc_scalar(n))
-    return err_at(err, errlen, n, "send: needs the text the customer sends");
+    return pc_fail_text(err, errlen, n, NULL, "send: needs the text the customer sends");
   if ((n = pc_get(st, "postback")) && !pc_scalar(n))
-    return err_at(err, errlen, n, "postback: needs the button's payload");
+    return pc_fail_text(err, errlen, n, NULL, "postback: needs the button's payload");
   if ((n = pc_get(st, "handler_fails"))) {
     const char *b = pc_scalar(n);
     if (!b || (strcmp(b, "true") && strcmp(b, "false")))
-      return err_at(err, errlen, n, "handler_fails: true or false");
+      return pc_fail_text(err, errlen, n, NULL, "handler_fails: true or false");
   }
   return validate_expect(pc_get(st, "expect"), err, errlen);
 }
 
 int plr_spec_validate(const pc_node *root, char *err, size_t errlen) {
   if (pc_node_kind(root) != PC_SEQ)
-    return err_at(err, errlen, root, "a spec file is a list of cases");
+    return pc_fail_text(err, errlen, root, NULL, "a spec file is a list of cases");
   for (size_t c = 0; c < pc_len(root); c++) {
     const pc_node *cs = pc_at(root, c);
     if (pc_node_kind(cs) != PC_MAP)
-      return err_at(err, errlen, cs, "a case is a mapping with name, locale, http and steps");
+      return pc_fail_text(err, errlen, cs, NULL,
+                          "a case is a mapping with name, locale, http and steps");
     if (keys(cs, CASE_KEYS, err, errlen)) return PARLEY_ECONFIG;
     const pc_node *stubs = pc_get(cs, "http");
     for (size_t i = 0; i < pc_len(stubs); i++) {
       const pc_node *s = pc_at(stubs, i);
       if (keys(s, STUB_KEYS, err, errlen)) return PARLEY_ECONFIG;
       if (!pc_scalar(pc_get(s, "request")))
-        return err_at(err, errlen, s, "an http stub needs request: \"METHOD URL\"");
+        return pc_fail_text(err, errlen, s, NULL, "an http stub needs request: \"METHOD URL\"");
     }
     const pc_node *steps = pc_get(cs, "steps");
     if (pc_node_kind(steps) != PC_SEQ)
-      return err_at(err, errlen, steps ? steps : cs, "a case needs a list of steps");
+      return pc_fail_text(err, errlen, steps ? steps : cs, NULL, "a case needs a list of steps");
     for (size_t i = 0; i < pc_len(steps); i++)
       if (validate_step(pc_at(steps, i), err, errlen)) return PARLEY_ECONFIG;
   }

@@ -241,12 +241,47 @@ static void test_get_ms(void **state) {
       assert_int_equal(v, 12345); /* untouched on error */
     }
     pc_doc_free(doc);
+    /* A flag's string reads the same way, without a document. */
+    v = 12345;
+    rc = pc_parse_ms(cases[i].text, &v);
+    assert_int_equal(rc, cases[i].ok ? 0 : PARLEY_EINVAL);
+    assert_int_equal(v, cases[i].ok ? cases[i].ms : 12345);
   }
+  uint64_t none = 7;
+  assert_int_equal(pc_parse_ms("", &none), PARLEY_EINVAL);
+  assert_int_equal(pc_parse_ms(NULL, &none), PARLEY_EINVAL);
+  assert_int_equal(pc_parse_ms("5s\"", &none), PARLEY_EINVAL);
+  assert_int_equal(none, 7);
   pc_error err;
   pc_doc *doc = load("x: 1\n", &err);
   uint64_t v = 0;
   assert_int_equal(pc_get_ms(pc_root(doc), "nope", 10000, &v, &err), 0);
   assert_int_equal(v, 10000);
+  pc_doc_free(doc);
+}
+
+/* pc_fail names the node's document and line, the key given or else the
+ * node's own path, an environment override by its variable, and keeps the
+ * caller's file name for a node that is missing. */
+static void test_fail(void **state) {
+  (void)state;
+  pc_error err;
+  memset(&err, 0, sizeof err);
+  pc_doc *doc = load("a:\n  b: 1\n", &err);
+  const pc_node *b = pc_find(pc_root(doc), "a.b");
+  assert_int_equal(pc_fail(&err, b, NULL, "must be %s", "even"), PARLEY_ECONFIG);
+  assert_string_equal(fmt(&err), "test.yaml:2: a.b: must be even");
+  assert_int_equal(pc_fail(&err, b, "a.other", "no"), PARLEY_ECONFIG);
+  assert_string_equal(fmt(&err), "test.yaml:2: a.other: no");
+  snprintf(err.file, sizeof err.file, "caller.yaml");
+  assert_int_equal(pc_fail(&err, NULL, "a.c", "is required"), PARLEY_ECONFIG);
+  assert_string_equal(fmt(&err), "caller.yaml: a.c: is required");
+  setenv("PCFAIL_A__B", "3", 1);
+  assert_int_equal(pc_apply_env(doc, "PCFAIL", &err), 0);
+  unsetenv("PCFAIL_A__B");
+  assert_int_equal(pc_fail(&err, pc_find(pc_root(doc), "a.b"), NULL, "must be even"),
+                   PARLEY_ECONFIG);
+  assert_string_equal(fmt(&err), "env:PCFAIL_A__B: a.b: must be even");
   pc_doc_free(doc);
 }
 
@@ -632,6 +667,7 @@ int main(void) {
       cmocka_unit_test(test_size_bombs),       cmocka_unit_test(test_load_file),
       cmocka_unit_test(test_env_overrides),    cmocka_unit_test(test_error_format),
       cmocka_unit_test(test_doc_messages),     cmocka_unit_test(test_quoted_scalars),
+      cmocka_unit_test(test_fail),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -193,9 +193,88 @@ static void test_free_without_stop(void **state) {
   assert_int_equal(system(cmd), 0);
 }
 
+/* A configuration built in code: the defaults of an empty file but for
+ * the port and durability, names and paths taken byte for byte (a colon, a
+ * quote, a backslash), tokens checked against their hash, and the same
+ * refusals a file gets. */
+static void test_embedded(void **state) {
+  (void)state;
+  pg_embedded_principal ps[] = {
+      {.name = "@front:desk", .role = PARLEY_ROLE_BOT, .token = "bot-secret"},
+      {.name = "customer", .role = PARLEY_ROLE_CUSTOMER, .token = "cust-secret"},
+      {.name = "agent", .role = PARLEY_ROLE_AGENT, .token = "agent-secret", .queue = "support"},
+  };
+  pg_embedded_faults fl = {.drop_push = 5, .reorder_push = 10};
+  pg_embedded_config ec = {.data_dir = "/tmp/a:b \"c\" d\\e",
+                           .bot = "@front:desk",
+                           .principals = ps,
+                           .n_principals = 3,
+                           .heartbeat_ms = 500,
+                           .faults = &fl};
+  pg_config *c = NULL;
+  char err[512] = "";
+  assert_int_equal(pg_config_embedded(&ec, &c, err, sizeof err), 0);
+  assert_string_equal(c->data_dir, "/tmp/a:b \"c\" d\\e");
+  assert_string_equal(c->bot, "@front:desk");
+  assert_string_equal(c->listen, "127.0.0.1");
+  assert_int_equal(c->port, 0);
+  assert_int_equal(c->durability, PG_DUR_NORMAL);
+  assert_int_equal(c->heartbeat_ms, 500);
+  assert_int_equal(c->ack_timeout_ms, 5000); /* the file's default */
+  assert_int_equal(c->window, 256);
+  assert_int_equal(c->fault_drop_push, 5);
+  assert_int_equal(c->fault_reorder_push, 10);
+  assert_int_equal(c->fault_seed, 1);
+  assert_false(c->plain_tokens);
+  const pg_principal *p = NULL;
+  assert_int_equal(pg_auth(c, "@front:desk", PG_ROLE_BOT, "bot-secret", &p), 0);
+  assert_non_null(p);
+  assert_int_equal(pg_auth(c, "@front:desk", PG_ROLE_BOT, "cust-secret", &p), PARLEY_EUNAUTH);
+  assert_int_equal(pg_auth(c, "agent", PG_ROLE_AGENT, "agent-secret", &p), 0);
+  assert_int_equal(p->n_queues, 1);
+  assert_string_equal(p->queues[0], "support");
+  pg_config_free(c);
+
+  struct {
+    pg_embedded_principal p0;
+    const char *bot, *want;
+  } bad[] = {
+      {{.name = "not a name", .role = PARLEY_ROLE_BOT, .token = "t"}, "not a name",
+       "is not a principal name"},
+      {{.name = "b", .role = PARLEY_ROLE_CUSTOMER, .token = "t"}, "b", "with role bot"},
+      {{.name = "b", .role = PARLEY_ROLE_BOT, .token = ""}, "b", "needs a token"},
+      {{.name = "b", .role = PARLEY_ROLE_BOT, .token = "t", .queue = "q"}, "b",
+       "only agents have queues"},
+      {{.name = "customer", .role = PARLEY_ROLE_BOT, .token = "t"}, "customer", "listed twice"},
+      {{.name = "b", .role = 0, .token = "t"}, "b", "needs a role"},
+  };
+  for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+    pg_embedded_principal two[] = {bad[i].p0, ps[1]};
+    pg_embedded_config e = {.data_dir = "/tmp/x", .bot = bad[i].bot, .principals = two,
+                            .n_principals = 2};
+    err[0] = 0;
+    assert_int_equal(pg_config_embedded(&e, &c, err, sizeof err), PARLEY_ECONFIG);
+    assert_null(c);
+    if (!strstr(err, bad[i].want)) fail_msg("case %zu: '%s' lacks '%s'", i, err, bad[i].want);
+  }
+  pg_embedded_config e = {.data_dir = "", .bot = "@front:desk", .principals = ps,
+                          .n_principals = 3};
+  assert_int_equal(pg_config_embedded(&e, &c, err, sizeof err), PARLEY_ECONFIG);
+  assert_non_null(strstr(err, "data_dir"));
+  e.data_dir = "/tmp/x";
+  e.heartbeat_ms = 5;
+  assert_int_equal(pg_config_embedded(&e, &c, err, sizeof err), PARLEY_ECONFIG);
+  assert_non_null(strstr(err, "limits.heartbeat"));
+  e.heartbeat_ms = 0;
+  e.web_templates = "/nonexistent/templates";
+  assert_int_equal(pg_config_embedded(&e, &c, err, sizeof err), PARLEY_ECONFIG);
+  assert_non_null(strstr(err, "web.templates"));
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_defaults),
+      cmocka_unit_test(test_embedded),
       cmocka_unit_test(test_errors_name_file_line_key),
       cmocka_unit_test(test_env_overrides),
       cmocka_unit_test(test_customer_tokens),

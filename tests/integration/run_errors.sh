@@ -2,7 +2,8 @@
 # Errors a user can act on, from `parley run` against a real `parley
 # gateway` process: a refused token stops the run naming the principal, an
 # http:// URL says which scheme is expected, an unreachable gateway is named
-# with its cause once (not ten lines a second), a server that is no gateway
+# with its cause once (not ten lines a second), a gateway whose port is
+# taken says so and frees what it opened, a server that is no gateway
 # by the HTTP status of the upgrade, --log-format json prints
 # only JSON, and customer text cannot forge a log record.
 # usage: run_errors.sh PARLEY_BIN SOURCE_DIR
@@ -36,6 +37,16 @@ while ! grep -q "listening on" "$TMP/gw.out" 2>/dev/null; do
 done
 PORT=$(sed -n 's/.*127\.0\.0\.1:\([0-9]*\).*/\1/p' "$TMP/gw.out" | head -1)
 URL=ws://127.0.0.1:$PORT/
+
+# A second gateway on the same port: which address is taken, exit 1, and
+# (in the sanitizer build) nothing of the half-started gateway leaked.
+sed "s/^port: 0/port: $PORT/; s|data_dir: .*|data_dir: $TMP/data2|" "$TMP/gw.yaml" > "$TMP/gw2.yaml"
+timeout 20 "$P" gateway --config "$TMP/gw2.yaml" > /dev/null 2> "$TMP/gw2.err"
+rc=$?
+cat "$TMP/gw2.err"
+[ $rc -eq 1 ] || fail "a port in use: exit $rc, expected 1"
+grep -q "cannot listen on 127.0.0.1:$PORT" "$TMP/gw2.err" || fail "a port in use: message"
+grep -q "ERROR: LeakSanitizer" "$TMP/gw2.err" && fail "a gateway that could not listen leaked"
 
 # A wrong token: a clear message naming the principal, and exit 1 soon.
 timeout 20 "$P" run "$BOT" --url "$URL" --token wrong-token 2> "$TMP/auth.err"

@@ -72,7 +72,7 @@ static void test_storage_section(void **unused) {
   assert_non_null(strstr(c->storage_url, "password='from-file'"));
   pg_config_free(c);
 
-  /* Mistakes, each naming its key. */
+  /* Mistakes, each naming the file, its line and its key. */
   struct {
     const char *yaml, *key, *text;
   } bad[] = {
@@ -95,9 +95,11 @@ static void test_storage_section(void **unused) {
     err[0] = 0;
     int rc = load(bad[i].yaml, &c, err, sizeof err);
     if (rc == 0) pg_config_free(c);
-    if (rc == 0 || !strstr(err, bad[i].key) || !strstr(err, bad[i].text))
+    if (rc == 0 || !strstr(err, bad[i].key) || !strstr(err, bad[i].text) ||
+        strncmp(err, "test.yaml:", 10))
       fprintf(stderr, "case %zu: rc %d, err \"%s\"\n", i, rc, err);
     assert_int_not_equal(rc, 0);
+    assert_int_equal(strncmp(err, "test.yaml:", 10), 0);
     assert_non_null(strstr(err, bad[i].key));
     assert_non_null(strstr(err, bad[i].text));
   }

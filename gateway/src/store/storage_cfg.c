@@ -1,7 +1,6 @@
 /* See storage_cfg.h. */
 #include "store/storage_cfg.h"
 
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -15,17 +14,6 @@
 #include <parley/error.h>
 
 #define PASSWORD_MAX 1024
-
-static int fail(pc_error *err, const pc_node *n, const char *key, const char *fmt, ...) {
-  memset(err, 0, sizeof *err);
-  err->line = pc_node_line(n);
-  snprintf(err->key, sizeof err->key, "%s", key);
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(err->message, sizeof err->message, fmt, ap);
-  va_end(ap);
-  return PARLEY_ECONFIG;
-}
 
 void pg_storage_conninfo_free(char *conninfo) {
   if (!conninfo) return;
@@ -65,26 +53,26 @@ static int read_password(const pc_node *n, char *out, pc_error *err) {
       (rc = pc_get_str(n, "password_file", NULL, &file, err)))
     return rc;
   if (env && file)
-    return fail(err, pc_get(n, "password_file"), "storage.password_file",
+    return pc_fail(err, pc_get(n, "password_file"), "storage.password_file",
                 "give password_env or password_file, not both");
   if (env) {
     const char *v = getenv(env);
     if (!v || !v[0])
-      return fail(err, pc_get(n, "password_env"), "storage.password_env",
+      return pc_fail(err, pc_get(n, "password_env"), "storage.password_env",
                   "environment variable %s is not set", env);
     if (strlen(v) >= PASSWORD_MAX)
-      return fail(err, pc_get(n, "password_env"), "storage.password_env", "password too long");
+      return pc_fail(err, pc_get(n, "password_env"), "storage.password_env", "password too long");
     snprintf(out, PASSWORD_MAX, "%s", v);
   } else if (file) {
     FILE *f = fopen(file, "r");
     if (!f)
-      return fail(err, pc_get(n, "password_file"), "storage.password_file",
+      return pc_fail(err, pc_get(n, "password_file"), "storage.password_file",
                   "cannot read %s", file);
     bool ok = fgets(out, PASSWORD_MAX, f) != NULL;
     fclose(f);
     out[strcspn(out, "\r\n")] = 0;
     if (!ok || !out[0])
-      return fail(err, pc_get(n, "password_file"), "storage.password_file",
+      return pc_fail(err, pc_get(n, "password_file"), "storage.password_file",
                   "%s holds no password on its first line", file);
   }
   return 0;
@@ -95,11 +83,11 @@ static int postgres_conninfo(const pc_node *n, char **out, pc_error *err) {
   int rc = pc_get_str(n, "url", NULL, &url, err);
   if (rc) return rc;
   if (!url || !url[0])
-    return fail(err, n, "storage.url", "kind postgres needs url, a libpq connection string");
+    return pc_fail(err, n, "storage.url", "kind postgres needs url, a libpq connection string");
   char *msg = NULL;
   PQconninfoOption *opts = PQconninfoParse(url, &msg);
   if (!opts) {
-    rc = fail(err, pc_get(n, "url"), "storage.url", "%s", msg ? msg : "cannot be parsed");
+    rc = pc_fail(err, pc_get(n, "url"), "storage.url", "%s", msg ? msg : "cannot be parsed");
     if (msg) err->message[strcspn(err->message, "\n")] = 0;
     PQfreemem(msg);
     return rc;
@@ -121,7 +109,7 @@ static int postgres_conninfo(const pc_node *n, char **out, pc_error *err) {
     for (size_t d = 0; d < 4; d++)
       if (!strcmp(o->keyword, defaults[d][0])) given[d] = true;
     if (!strcmp(o->keyword, "password"))
-      rc = fail(err, pc_get(n, "url"), "storage.url",
+      rc = pc_fail(err, pc_get(n, "url"), "storage.url",
                 "holds a password: give it with storage.password_env or "
                 "storage.password_file instead, never in the YAML");
     else
@@ -147,24 +135,24 @@ int pg_storage_load(const pc_node *n, const char **kind, char **conninfo, pc_err
   *kind = "sqlite";
   *conninfo = NULL;
   if (!n || pc_node_kind(n) == PC_NULL) return 0;
-  if (pc_node_kind(n) != PC_MAP) return fail(err, n, "storage", "expected a mapping");
+  if (pc_node_kind(n) != PC_MAP) return pc_fail(err, n, "storage", "expected a mapping");
   int rc = pc_check_keys(n, keys, err);
   if (rc) return rc;
   const char *k = NULL;
   if ((rc = pc_get_str(n, "kind", "sqlite", &k, err))) return rc;
   if (!strcmp(k, "sqlite")) {
     if (pc_get(n, "url"))
-      return fail(err, pc_get(n, "url"), "storage.url", "only kind postgres takes a url");
+      return pc_fail(err, pc_get(n, "url"), "storage.url", "only kind postgres takes a url");
     return 0;
   }
   if (strcmp(k, "postgres") != 0)
-    return fail(err, pc_get(n, "kind"), "storage.kind", "must be sqlite or postgres, got '%.32s'",
+    return pc_fail(err, pc_get(n, "kind"), "storage.kind", "must be sqlite or postgres, got '%.32s'",
                 k);
 #ifdef PARLEY_HAVE_POSTGRES
   *kind = "postgres";
   return postgres_conninfo(n, conninfo, err);
 #else
-  return fail(err, pc_get(n, "kind"), "storage.kind",
+  return pc_fail(err, pc_get(n, "kind"), "storage.kind",
               "this gateway was built without PostgreSQL (PARLEY_POSTGRES=OFF)");
 #endif
 }

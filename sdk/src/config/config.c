@@ -73,15 +73,23 @@ static void set_err(pc_error *err, const char *file, int line, const char *key,
   va_end(ap);
 }
 
-static void node_err(pc_error *err, const pc_node *n, const char *fmt, ...) {
-  if (!err)
-    return;
-  snprintf(err->file, sizeof err->file, "%s", n && n->file ? n->file : "");
-  err->line = n ? n->line : 0;
-  snprintf(err->key, sizeof err->key, "%s", n && n->path ? n->path : "");
+int pc_fail_text(char *buf, size_t size, const pc_node *n, const char *key, const char *fmt,
+                 ...) {
+  pc_error e;
+  memset(&e, 0, sizeof e);
   va_list ap;
   va_start(ap, fmt);
-  vsnprintf(err->message, sizeof err->message, fmt, ap);
+  pc_vfail(&e, n, key, fmt, ap);
+  va_end(ap);
+  pc_error_format(&e, buf, size);
+  return PARLEY_ECONFIG;
+}
+
+/* An error about a node, named by its own path (pc_vfail). */
+static void node_err(pc_error *err, const pc_node *n, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  pc_vfail(err, n, NULL, fmt, ap);
   va_end(ap);
 }
 
@@ -104,6 +112,26 @@ const char *pc_error_format(const pc_error *err, char *buf, size_t size) {
   else
     snprintf(buf, size, "%s: %s", where, err->message);
   return buf;
+}
+
+int pc_vfail(pc_error *err, const pc_node *n, const char *key, const char *fmt,
+             va_list ap) {
+  if (!err)
+    return PARLEY_ECONFIG;
+  if (n && n->file)
+    snprintf(err->file, sizeof err->file, "%s", n->file);
+  err->line = n ? n->line : 0;
+  snprintf(err->key, sizeof err->key, "%s", key ? key : n && n->path ? n->path : "");
+  vsnprintf(err->message, sizeof err->message, fmt, ap);
+  return PARLEY_ECONFIG;
+}
+
+int pc_fail(pc_error *err, const pc_node *n, const char *key, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  int rc = pc_vfail(err, n, key, fmt, ap);
+  va_end(ap);
+  return rc;
 }
 
 /* ---- tree construction ------------------------------------------------- */
@@ -314,134 +342,110 @@ static int parse_scalar(pc_parse *p, yaml_event_t *ev, const char *path,
   return 0;
 }
 
-static int parse_seq(pc_parse *p, yaml_event_t *start, const char *path,
-                     int depth, pc_node **out) {
+/* One item of a sequence, given its first event (the caller deletes it). */
+static int seq_item(pc_parse *p, pc_node *seq, yaml_event_t *ev, const char *path,
+                    int depth) {
+  char child_path[PC_MAX_PATH_BYTES];
+  if (!join_path(child_path, sizeof child_path, path, NULL, (long)seq->len)) {
+    set_err(p->err, p->doc->name, event_line(ev), path, "key path too long");
+    return PARLEY_ECONFIG;
+  }
+  pc_node *item = NULL;
+  int rc = parse_node(p, ev, child_path, depth + 1, &item);
+  if (rc != 0)
+    return rc;
+  if ((rc = node_append(p->doc, seq, NULL, 0, item)) != 0) {
+    node_free(item);
+    return limit_err(p, seq->line, path, rc);
+  }
+  return 0;
+}
+
+/* One key of a mapping and its value, given the key's event (the caller
+ * deletes it); the value's events are read and deleted here. */
+static int map_entry(pc_parse *p, pc_node *map, yaml_event_t *kev, const char *path,
+                     int depth) {
+  int kline = event_line(kev);
+  if (kev->type == YAML_ALIAS_EVENT) {
+    set_err(p->err, p->doc->name, kline, path,
+            "aliases (*name) are not supported in configuration files");
+    return PARLEY_ECONFIG;
+  }
+  if (kev->type != YAML_SCALAR_EVENT) {
+    set_err(p->err, p->doc->name, kline, path,
+            "mapping keys must be plain strings, not %s",
+            kev->type == YAML_MAPPING_START_EVENT ? "a mapping" : "a sequence");
+    return PARLEY_ECONFIG;
+  }
+  const char *key = (const char *)kev->data.scalar.value;
+  size_t klen = kev->data.scalar.length;
+  if (klen > PC_MAX_KEY_BYTES || memchr(key, '\0', klen)) {
+    set_err(p->err, p->doc->name, kline, path,
+            klen > PC_MAX_KEY_BYTES ? "key too long (at most %u bytes)"
+                                    : "key contains a NUL character",
+            PC_MAX_KEY_BYTES);
+    return PARLEY_ECONFIG;
+  }
+  char child_path[PC_MAX_PATH_BYTES];
+  if (!join_path(child_path, sizeof child_path, path, key, 0)) {
+    set_err(p->err, p->doc->name, kline, path, "key path too long");
+    return PARLEY_ECONFIG;
+  }
+  /* Duplicate keys are almost always an editing mistake where the second
+   * value silently wins; both lines are reported. */
+  for (size_t i = 0; i < map->len; i++) {
+    if (!strcmp(map->keys[i], key)) {
+      set_err(p->err, p->doc->name, kline, child_path,
+              "duplicate key '%s' (first defined at line %d)", key, map->key_lines[i]);
+      return PARLEY_ECONFIG;
+    }
+  }
+  if (map->len >= PC_MAX_MAP_ENTRIES) {
+    set_err(p->err, p->doc->name, kline, path,
+            "mapping has too many keys (at most %u)", PC_MAX_MAP_ENTRIES);
+    return PARLEY_ECONFIG;
+  }
+  yaml_event_t vev;
+  int rc = next_event(p, &vev);
+  if (rc != 0)
+    return rc;
+  pc_node *value = NULL;
+  rc = parse_node(p, &vev, child_path, depth + 1, &value);
+  yaml_event_delete(&vev);
+  if (rc != 0)
+    return rc;
+  /* A block collection starts on the line after its key; the key's line is
+   * the one a reader looks for in "limits: expected a string". */
+  if (value->kind != PC_SCALAR && value->kind != PC_NULL)
+    value->line = kline;
+  if ((rc = node_append(p->doc, map, key, kline, value)) != 0) {
+    node_free(value);
+    return limit_err(p, kline, child_path, rc);
+  }
+  return 0;
+}
+
+/* A sequence or a mapping: one loop reads entries up to the closing event,
+ * seq_item or map_entry builds each, and any error frees the whole node. */
+static int parse_collection(pc_parse *p, yaml_event_t *start, const char *path,
+                            int depth, pc_node **out) {
+  bool map = start->type == YAML_MAPPING_START_EVENT;
+  yaml_event_type_t end = map ? YAML_MAPPING_END_EVENT : YAML_SEQUENCE_END_EVENT;
   int line = event_line(start);
-  pc_node *node = node_new(p->doc, PC_SEQ, line, p->doc->name, path);
+  pc_node *node = node_new(p->doc, map ? PC_MAP : PC_SEQ, line, p->doc->name, path);
   if (!node)
     return limit_err(p, line, path, PARLEY_ETOOBIG);
-  int rc = 0;
+  int rc;
   for (;;) {
     yaml_event_t ev;
     if ((rc = next_event(p, &ev)) != 0)
       break;
-    if (ev.type == YAML_SEQUENCE_END_EVENT) {
-      yaml_event_delete(&ev);
-      break;
-    }
-    char child_path[PC_MAX_PATH_BYTES];
-    if (!join_path(child_path, sizeof child_path, path, NULL, (long)node->len)) {
-      set_err(p->err, p->doc->name, event_line(&ev), path, "key path too long");
-      yaml_event_delete(&ev);
-      rc = PARLEY_ECONFIG;
-      break;
-    }
-    pc_node *item = NULL;
-    rc = parse_node(p, &ev, child_path, depth + 1, &item);
+    bool done = ev.type == end;
+    if (!done)
+      rc = map ? map_entry(p, node, &ev, path, depth)
+               : seq_item(p, node, &ev, path, depth);
     yaml_event_delete(&ev);
-    if (rc != 0)
-      break;
-    if ((rc = node_append(p->doc, node, NULL, 0, item)) != 0) {
-      node_free(item);
-      rc = limit_err(p, line, path, rc);
-      break;
-    }
-  }
-  if (rc != 0) {
-    node_free(node);
-    return rc;
-  }
-  *out = node;
-  return 0;
-}
-
-static int parse_map(pc_parse *p, yaml_event_t *start, const char *path,
-                     int depth, pc_node **out) {
-  int line = event_line(start);
-  pc_node *node = node_new(p->doc, PC_MAP, line, p->doc->name, path);
-  if (!node)
-    return limit_err(p, line, path, PARLEY_ETOOBIG);
-  int rc = 0;
-  for (;;) {
-    yaml_event_t kev;
-    if ((rc = next_event(p, &kev)) != 0)
-      break;
-    if (kev.type == YAML_MAPPING_END_EVENT) {
-      yaml_event_delete(&kev);
-      break;
-    }
-    int kline = event_line(&kev);
-    if (kev.type == YAML_ALIAS_EVENT) {
-      set_err(p->err, p->doc->name, kline, path,
-              "aliases (*name) are not supported in configuration files");
-      yaml_event_delete(&kev);
-      rc = PARLEY_ECONFIG;
-      break;
-    }
-    if (kev.type != YAML_SCALAR_EVENT) {
-      set_err(p->err, p->doc->name, kline, path,
-              "mapping keys must be plain strings, not %s",
-              kev.type == YAML_MAPPING_START_EVENT ? "a mapping" : "a sequence");
-      yaml_event_delete(&kev);
-      rc = PARLEY_ECONFIG;
-      break;
-    }
-    const char *key = (const char *)kev.data.scalar.value;
-    size_t klen = kev.data.scalar.length;
-    if (klen > PC_MAX_KEY_BYTES || memchr(key, '\0', klen)) {
-      set_err(p->err, p->doc->name, kline, path,
-              klen > PC_MAX_KEY_BYTES ? "key too long (at most %u bytes)"
-                                      : "key contains a NUL character",
-              PC_MAX_KEY_BYTES);
-      yaml_event_delete(&kev);
-      rc = PARLEY_ECONFIG;
-      break;
-    }
-    char child_path[PC_MAX_PATH_BYTES];
-    if (!join_path(child_path, sizeof child_path, path, key, 0)) {
-      set_err(p->err, p->doc->name, kline, path, "key path too long");
-      yaml_event_delete(&kev);
-      rc = PARLEY_ECONFIG;
-      break;
-    }
-    /* Duplicate keys are almost always an editing mistake where the second
-     * value silently wins; both lines are reported. */
-    for (size_t i = 0; i < node->len; i++) {
-      if (!strcmp(node->keys[i], key)) {
-        set_err(p->err, p->doc->name, kline, child_path,
-                "duplicate key '%s' (first defined at line %d)", key,
-                node->key_lines[i]);
-        rc = PARLEY_ECONFIG;
-        break;
-      }
-    }
-    if (rc == 0 && node->len >= PC_MAX_MAP_ENTRIES) {
-      set_err(p->err, p->doc->name, kline, path,
-              "mapping has too many keys (at most %u)", PC_MAX_MAP_ENTRIES);
-      rc = PARLEY_ECONFIG;
-    }
-    if (rc != 0) {
-      yaml_event_delete(&kev);
-      break;
-    }
-    yaml_event_t vev;
-    if ((rc = next_event(p, &vev)) != 0) {
-      yaml_event_delete(&kev);
-      break;
-    }
-    pc_node *value = NULL;
-    rc = parse_node(p, &vev, child_path, depth + 1, &value);
-    yaml_event_delete(&vev);
-    /* A block collection starts on the line after its key; the key's line is
-     * the one a reader looks for in "limits: expected a string". */
-    if (rc == 0 && value->kind != PC_SCALAR && value->kind != PC_NULL)
-      value->line = kline;
-    if (rc == 0 && (rc = node_append(p->doc, node, key, kline, value)) != 0) {
-      node_free(value);
-      rc = limit_err(p, kline, child_path, rc);
-    }
-    yaml_event_delete(&kev);
-    if (rc != 0)
+    if (done || rc != 0)
       break;
   }
   if (rc != 0) {
@@ -464,9 +468,8 @@ static int parse_node(pc_parse *p, yaml_event_t *ev, const char *path,
   case YAML_SCALAR_EVENT:
     return parse_scalar(p, ev, path, out);
   case YAML_SEQUENCE_START_EVENT:
-    return parse_seq(p, ev, path, depth, out);
   case YAML_MAPPING_START_EVENT:
-    return parse_map(p, ev, path, depth, out);
+    return parse_collection(p, ev, path, depth, out);
   case YAML_ALIAS_EVENT:
     /* Refusing aliases outright is what makes expansion bombs impossible;
      * configuration files gain little from them. */
@@ -802,38 +805,68 @@ typedef struct pc_unit {
   uint64_t mult;
 } pc_unit;
 
-/* Parses "<digits>[ ]<unit>" with the unit looked up in units (an empty
- * unit name stands for a bare number). */
+enum { UNIT_BAD = -1, UNIT_DIGITS_OVERFLOW = -2, UNIT_OVERFLOW = -3 };
+
+/* Reads "<digits>[ ]<unit>" with the unit looked up in units (an empty unit
+ * name stands for a bare number): 0, or one of the UNIT_ codes. */
+static int unit_value(const char *s, const pc_unit *units, size_t n_units, uint64_t *out) {
+  uint64_t v;
+  int nd = parse_digits(s, &v);
+  if (nd < 0)
+    return UNIT_DIGITS_OVERFLOW;
+  const char *unit = s + nd;
+  if (*unit == ' ')
+    unit++;
+  for (size_t i = 0; nd > 0 && i < n_units; i++) {
+    if (strcmp(unit, units[i].name) != 0)
+      continue;
+    if (v != 0 && units[i].mult > UINT64_MAX / v)
+      return UNIT_OVERFLOW;
+    *out = v * units[i].mult;
+    return 0;
+  }
+  return UNIT_BAD;
+}
+
+/* unit_value on a node: overflow is reported here, -1 leaves the message
+ * about the expected form to the caller. */
 static int parse_with_unit(const pc_node *n, const pc_unit *units,
                            size_t n_units, const char *what, uint64_t *out,
                            pc_error *err) {
   int rc = want_scalar(n, what, err);
   if (rc != 0)
     return rc;
-  uint64_t v;
-  int nd = parse_digits(n->scalar, &v);
-  if (nd < 0) {
+  switch (unit_value(n->scalar, units, n_units, out)) {
+  case 0:
+    return 0;
+  case UNIT_DIGITS_OVERFLOW:
     node_err(err, n, "number too large: '%.64s'", n->scalar);
     return PARLEY_ECONFIG;
+  case UNIT_OVERFLOW:
+    node_err(err, n, "value too large: '%.64s'", n->scalar);
+    return PARLEY_ECONFIG;
+  default:
+    return -1;
   }
-  const char *unit = n->scalar + nd;
-  if (*unit == ' ')
-    unit++;
-  for (size_t i = 0; nd > 0 && i < n_units; i++) {
-    if (strcmp(unit, units[i].name) != 0)
-      continue;
-    if (v != 0 && units[i].mult > UINT64_MAX / v) {
-      node_err(err, n, "value too large: '%.64s'", n->scalar);
-      return PARLEY_ECONFIG;
-    }
-    *out = v * units[i].mult;
-    return 0;
-  }
-  return -1;
 }
 
-int pc_get_ms(const pc_node *map, const char *key, uint64_t def, uint64_t *out,
-              pc_error *err) {
+static const pc_unit duration_units[] = {
+    {"", 1}, {"ms", 1}, {"s", 1000}, {"m", 60000}, {"h", 3600000}};
+
+int pc_parse_ms(const char *s, uint64_t *out) {
+  uint64_t v;
+  if (!s || unit_value(s, duration_units, sizeof duration_units / sizeof duration_units[0],
+                       &v) != 0)
+    return PARLEY_EINVAL;
+  *out = v;
+  return 0;
+}
+
+/* The typed getter over a unit table: the default when key is missing, the
+ * value, or an error that shows the expected form. */
+static int get_with_unit(const pc_node *map, const char *key, uint64_t def,
+                         const pc_unit *units, size_t n_units, const char *what,
+                         const char *expected, uint64_t *out, pc_error *err) {
   const pc_node *n;
   int rc = lookup(map, key, &n, err);
   if (rc <= 0) {
@@ -841,16 +874,10 @@ int pc_get_ms(const pc_node *map, const char *key, uint64_t def, uint64_t *out,
       *out = def;
     return rc;
   }
-  static const pc_unit units[] = {
-      {"", 1}, {"ms", 1}, {"s", 1000}, {"m", 60000}, {"h", 3600000}};
   uint64_t v;
-  rc = parse_with_unit(n, units, sizeof units / sizeof units[0], "a duration",
-                       &v, err);
+  rc = parse_with_unit(n, units, n_units, what, &v, err);
   if (rc == -1) {
-    node_err(err, n,
-             "expected a duration such as 250ms, 5s, 2m, 1h or a number of "
-             "milliseconds, got '%.64s'",
-             n->scalar);
+    node_err(err, n, "expected %s, got '%.64s'", expected, n->scalar);
     return PARLEY_ECONFIG;
   }
   if (rc == 0 && out)
@@ -858,36 +885,26 @@ int pc_get_ms(const pc_node *map, const char *key, uint64_t def, uint64_t *out,
   return rc;
 }
 
+int pc_get_ms(const pc_node *map, const char *key, uint64_t def, uint64_t *out,
+              pc_error *err) {
+  return get_with_unit(map, key, def, duration_units,
+                       sizeof duration_units / sizeof duration_units[0], "a duration",
+                       "a duration such as 250ms, 5s, 2m, 1h or a number of milliseconds",
+                       out, err);
+}
+
 int pc_get_size(const pc_node *map, const char *key, uint64_t def,
                 uint64_t *out, pc_error *err) {
-  const pc_node *n;
-  int rc = lookup(map, key, &n, err);
-  if (rc <= 0) {
-    if (rc == 0 && out)
-      *out = def;
-    return rc;
-  }
   static const pc_unit units[] = {{"", 1},
                                   {"B", 1},
                                   {"KiB", 1ull << 10},
                                   {"MiB", 1ull << 20},
                                   {"GiB", 1ull << 30},
                                   {"TiB", 1ull << 40}};
-  uint64_t v;
-  rc = parse_with_unit(n, units, sizeof units / sizeof units[0], "a size", &v,
-                       err);
-  if (rc == -1) {
-    /* "MB" is ambiguous (10^6 or 2^20); binary units are required so that a
-     * limit means exactly what it says. */
-    node_err(err, n,
-             "expected a size such as 1024, 512KiB, 1MiB or 1GiB (binary "
-             "units), got '%.64s'",
-             n->scalar);
-    return PARLEY_ECONFIG;
-  }
-  if (rc == 0 && out)
-    *out = v;
-  return rc;
+  /* "MB" is ambiguous (10^6 or 2^20); binary units are required so that a
+   * limit means exactly what it says. */
+  return get_with_unit(map, key, def, units, sizeof units / sizeof units[0], "a size",
+                       "a size such as 1024, 512KiB, 1MiB or 1GiB (binary units)", out, err);
 }
 
 /* ---- unknown keys ------------------------------------------------------ */

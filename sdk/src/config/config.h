@@ -10,6 +10,7 @@
 #ifndef PARLEY_CONFIG_CONFIG_H
 #define PARLEY_CONFIG_CONFIG_H
 
+#include <stdarg.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -28,6 +29,25 @@ typedef struct pc_error {
 
 /* Formats an error as "file:line: key: message" into buf. */
 const char *pc_error_format(const pc_error *err, char *buf, size_t size);
+
+/* Records a validation error against a node, for the checks that readers of
+ * a document make beyond the typed getters: the node's file (its document,
+ * or "env:NAME" for an environment override; err->file is kept when n is
+ * NULL) and line, key (NULL: the node's own dotted path) and the message.
+ * Returns PARLEY_ECONFIG, so a check can end with `return pc_fail(...)`. */
+int pc_fail(pc_error *err, const pc_node *n, const char *key, const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 4, 5)))
+#endif
+    ;
+int pc_vfail(pc_error *err, const pc_node *n, const char *key, const char *fmt, va_list ap);
+/* The same for callers that report errors as text: "file:line: key:
+ * message" (pc_error_format) into buf. Returns PARLEY_ECONFIG. */
+int pc_fail_text(char *buf, size_t size, const pc_node *n, const char *key, const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 5, 6)))
+#endif
+    ;
 
 /* Parsing. Malformed YAML is PARLEY_ECONFIG with file and line. */
 int pc_load_file(const char *path, pc_doc **out, pc_error *err);
@@ -67,6 +87,9 @@ int pc_get_u64(const pc_node *map, const char *key, uint64_t def,
 /* Durations: "250ms", "5s", "2m", "1h" or a bare number of milliseconds. */
 int pc_get_ms(const pc_node *map, const char *key, uint64_t def, uint64_t *out,
               pc_error *err);
+/* The same duration syntax for a string that comes from elsewhere (a
+ * command-line flag): 0, or PARLEY_EINVAL when s is not a duration. */
+int pc_parse_ms(const char *s, uint64_t *out);
 /* Sizes: "1MiB", "512KiB", "1024" bytes. */
 int pc_get_size(const pc_node *map, const char *key, uint64_t def,
                 uint64_t *out, pc_error *err);

@@ -9,6 +9,7 @@
 #include <time.h>
 
 #include "ops/obuf.h"
+#include "util/clock.h"
 
 /* The longest line a record can produce stays well under this (values and
  * the message are cut, pairs are capped); it is the buffer's hard maximum. */
@@ -25,9 +26,7 @@ struct plog_logger {
 
 static int64_t realtime_ms(void *ud) {
   (void)ud;
-  struct timespec ts;
-  clock_gettime(CLOCK_REALTIME, &ts);
-  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+  return pu_wall_ms();
 }
 
 plog_logger *plog_new(FILE *out, int format, int min_level) {
