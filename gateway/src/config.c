@@ -53,6 +53,7 @@ void pg_config_free(pg_config *c) {
   free(c->tls_cert);
   free(c->tls_key);
   pg_web_free(c->web);
+  pg_open_policy_free(c);
   free(c);
 }
 
@@ -227,7 +228,7 @@ static int load_faults(pg_config *c, const pc_node *f, pc_error *err) {
 static int load_doc(pg_config *c, const pc_node *root, pc_error *err) {
   static const char *const keys[] = {"listen", "port", "data_dir", "durability", "group_commit",
                                      "bot", "principals", "customers", "limits", "tls", "faults", "cache",
-                                     "storage", "web", NULL};
+                                     "storage", "web", "proactive", NULL};
   int rc;
   const char *s;
   uint64_t v;
@@ -308,6 +309,7 @@ static int load_doc(pg_config *c, const pc_node *root, pc_error *err) {
     return rc;
   if ((rc = load_faults(c, pc_get(root, "faults"), err))) return rc;
   if ((rc = pg_web_load(c, pc_get(root, "web"), err))) return rc;
+  if ((rc = pg_open_policy_load(c, pc_get(root, "proactive"), err))) return rc;
 
   const pc_node *tls = pc_get(root, "tls");
   if (tls && pc_node_kind(tls) != PC_NULL) {
@@ -421,6 +423,7 @@ pg_config *pg_config_dup(const pg_config *s) {
     ok = c->customer_secret != NULL;
     if (ok) memcpy(c->customer_secret, s->customer_secret, s->secret_len);
   }
+  if (pg_open_policy_dup(c, s) != 0) ok = false;
   if (!ok) {
     pg_config_free(c);
     return NULL;
