@@ -192,6 +192,8 @@ int pg_open_check(pg_gateway *g, pg_op *op, const Parley__V1__Open *o, const pg_
                   "the gateway's proactive policy does not let %.40s open conversations with "
                   "%.40s",
                   op->principal, customer);
+  if (o->locale && strlen(o->locale) >= locale_size)
+    return refuse(op, E(INVALID), "open.locale is longer than 35 bytes%s%s", "", "");
   if (o->locale && o->locale[0]) snprintf(locale, locale_size, "%s", o->locale);
   else customer_locale(g, customer, locale, locale_size);
   return 0;

@@ -17,6 +17,11 @@
  *   anything is opened; no key: 400.
  * - From Lua: a handler sets a timer whose handler calls
  *   ctx:open_conversation; the customer gets the new conversation.
+ * - From C (parley_client_open, a second bot principal): the OPENED seq,
+ *   the Assign with the customer's locale and epoch 1, a first message
+ *   with that epoch; the same id again is a duplicate; another id for an
+ *   existing conversation, a customer outside the policy and an overlong
+ *   locale are refused; a customer client cannot open.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -290,9 +295,11 @@ static const char GATEWAY[] =
     "  - {name: alice, role: customer, token: alice-secret}\n"
     "  - {name: carol, role: customer, token: carol-secret}\n"
     "  - {name: pat-1, role: customer, token: pat-1-secret}\n"
+    "  - {name: reminders, role: bot, token: reminders-secret}\n"
     "proactive:\n"
     "  - bot: clinic\n"
-    "    customers: [alice, \"pat-*\"]\n";
+    "    customers: [alice, \"pat-*\"]\n"
+    "  - {bot: reminders, customers: [alice]}\n";
 
 static const char BOT_YAML[] = "name: clinic\ndefault_locale: en\n";
 static const char EN[] =
@@ -504,6 +511,137 @@ static void test_open_offline_and_lua(void **unused) {
   fx_stop(&f);
 }
 
+/* A bot written in C with libparley: parley_client_open against the real
+ * gateway, then the first message with the Assign's epoch. */
+typedef struct cbot {
+  uv_loop_t loop;
+  parley_client *client;
+  bool ready;
+  int results;
+  parley_send_result last;
+  char assigned[140], locale[40];
+  uint64_t epoch;
+} cbot;
+
+static void b_state(parley_client *c, parley_conn_state st, int status, void *ud) {
+  (void)c, (void)status;
+  if (st == PARLEY_CONN_READY) ((cbot *)ud)->ready = true;
+}
+
+static void b_result(parley_client *c, const parley_send_result *r, void *sud, void *ud) {
+  (void)c, (void)sud;
+  cbot *b = ud;
+  b->results++;
+  b->last = *r;
+  b->last.conversation = NULL;
+  b->last.message = NULL;
+}
+
+static void b_assign(parley_client *c, const parley_assignment *a, void *ud) {
+  (void)c;
+  cbot *b = ud;
+  snprintf(b->assigned, sizeof b->assigned, "%s", a->conversation);
+  snprintf(b->locale, sizeof b->locale, "%s", a->locale ? a->locale : "");
+  b->epoch = a->epoch;
+}
+
+static void b_event(parley_client *c, const parley_event *ev, void *ud) { (void)c, (void)ev, (void)ud; }
+
+static void bot_run_until(cbot *b, int *counter, int want, int ms) {
+  uint64_t end = uv_now(&b->loop) + (uint64_t)ms;
+  while (*counter < want && uv_now(&b->loop) < end) uv_run(&b->loop, UV_RUN_ONCE);
+}
+
+static int open_and_wait(cbot *b, const char *conv, const char *who, const char *locale,
+                         uint32_t idn) {
+  uint8_t id[PARLEY_MSG_ID_LEN] = {0};
+  id[0] = 0xA5;
+  id[1] = (uint8_t)idn;
+  int before = b->results;
+  int rc = parley_client_open(b->client, conv, who, locale, id, NULL);
+  if (rc) return rc;
+  bot_run_until(b, &b->results, before + 1, 10000);
+  return b->results == before + 1 ? 0 : PARLEY_ETIMEOUT;
+}
+
+static void test_open_from_c(void **unused) {
+  (void)unused;
+  fx f;
+  fx_start(&f);
+  customer alice;
+  customer_start(&alice, f.gport, "alice", "fr");
+  cbot b;
+  memset(&b, 0, sizeof b);
+  uv_loop_init(&b.loop);
+  char url[128];
+  snprintf(url, sizeof url, "ws://127.0.0.1:%d/", f.gport);
+  parley_client_options o = PARLEY_CLIENT_OPTIONS_INIT;
+  o.url = url;
+  o.principal = "reminders";
+  o.token = "reminders-secret";
+  o.role = PARLEY_ROLE_BOT;
+  o.loop = &b.loop;
+  o.cb.on_state = b_state;
+  o.cb.on_send_result = b_result;
+  o.cb.on_assign = b_assign;
+  o.cb.on_event = b_event;
+  o.user_data = &b;
+  assert_int_equal(parley_client_new(&o, &b.client), 0);
+  assert_int_equal(parley_client_start(b.client), 0);
+  uint64_t end = uv_now(&b.loop) + 10000;
+  while (!b.ready && uv_now(&b.loop) < end) uv_run(&b.loop, UV_RUN_ONCE);
+  assert_true(b.ready);
+
+  /* Opened: the OPENED seq; the Assign follows with alice's locale. */
+  assert_int_equal(open_and_wait(&b, "rem-1", "alice", NULL, 1), 0);
+  assert_int_equal(b.last.status, 0);
+  assert_int_equal(b.last.seq, 1);
+  assert_false(b.last.duplicate);
+  end = uv_now(&b.loop) + 10000;
+  while (strcmp(b.assigned, "rem-1") && uv_now(&b.loop) < end) uv_run(&b.loop, UV_RUN_ONCE);
+  assert_string_equal(b.assigned, "rem-1");
+  assert_string_equal(b.locale, "fr");
+  assert_int_equal(b.epoch, 1);
+  parley_content ct = {.kind = PARLEY_CONTENT_TEXT, .text = "N'oubliez pas demain"};
+  int before = b.results;
+  assert_int_equal(parley_client_send(b.client, "rem-1", &ct, NULL, NULL, b.epoch, NULL), 0);
+  bot_run_until(&b, &b.results, before + 1, 10000);
+  assert_int_equal(b.last.status, 0);
+  assert_true(wait_count(&alice, "rem-1", "N'oubliez pas demain", 1, 10000));
+
+  /* The same id again: the original seq, flagged. */
+  assert_int_equal(open_and_wait(&b, "rem-1", "alice", NULL, 1), 0);
+  assert_int_equal(b.last.status, 0);
+  assert_int_equal(b.last.seq, 1);
+  assert_true(b.last.duplicate);
+  /* Another id for a conversation that exists: refused, not reopened. */
+  assert_int_equal(open_and_wait(&b, "rem-1", "alice", NULL, 2), 0);
+  assert_int_equal(b.last.status, PARLEY_EINVAL);
+  /* Outside the policy, and a locale that is not one. */
+  assert_int_equal(open_and_wait(&b, "rem-2", "carol", NULL, 3), 0);
+  assert_int_equal(b.last.status, PARLEY_EFORBIDDEN);
+  assert_int_equal(open_and_wait(&b, "rem-3", "alice",
+                                 "a-locale-name-that-is-far-too-long-to-be-one", 4),
+                   0);
+  assert_int_equal(b.last.status, PARLEY_EINVAL);
+  /* A customer cannot open one this way. */
+  assert_int_equal(parley_client_open(alice.client, "rem-4", "alice", NULL, NULL, NULL),
+                   PARLEY_EINVAL);
+  customer_run(&alice, 300);
+  assert_null(find(&alice, "rem-2", PARLEY_EVENT_OPENED));
+  assert_null(find(&alice, "rem-3", PARLEY_EVENT_OPENED));
+  assert_int_equal(count(&alice, "rem-1", "N'oubliez"), 1);
+
+  parley_client_stop(b.client, 1000);
+  for (int i = 0; i < 100 && parley_client_state(b.client) != PARLEY_CONN_CLOSED; i++)
+    uv_run(&b.loop, UV_RUN_ONCE);
+  parley_client_free(b.client);
+  uv_run(&b.loop, UV_RUN_DEFAULT);
+  uv_loop_close(&b.loop);
+  customer_free(&alice);
+  fx_stop(&f);
+}
+
 int main(void) {
   signal(SIGPIPE, SIG_IGN);
   lws_set_log_level(LLL_ERR | LLL_WARN, NULL);
@@ -512,6 +650,7 @@ int main(void) {
       cmocka_unit_test_teardown(test_open_online_idempotent, kill_children),
       cmocka_unit_test_teardown(test_open_refused_and_limits, kill_children),
       cmocka_unit_test_teardown(test_open_offline_and_lua, kill_children),
+      cmocka_unit_test_teardown(test_open_from_c, kill_children),
   };
   int rc = cmocka_run_group_tests(tests, NULL, NULL);
   curl_global_cleanup();
