@@ -622,6 +622,11 @@ int cli_test(int argc, char **argv) {
   for (size_t i = 0; i < w->n_agents && n > 0 && (size_t)n < sizeof yaml; i++)
     n += snprintf(yaml + n, sizeof yaml - (size_t)n,
                   "  - {name: \"%s\", role: agent, token_hash: \"%s\"}\n", w->agents[i].name, hash);
+  /* The bot under test may open conversations with any customer
+   * (ctx:open_conversation), as a production gateway's policy would let it. */
+  if (n > 0 && (size_t)n < sizeof yaml)
+    n += snprintf(yaml + n, sizeof yaml - (size_t)n,
+                  "proactive:\n  - {bot: \"%s\", customers: [\"*\"]}\n", w->principal);
   /* --faults: the gateway's test switches drop, double and reorder pushes
    * and send ACKs during the second pass (turned on there). */
   if (faults && n > 0 && (size_t)n < sizeof yaml)
