@@ -246,6 +246,26 @@ static int hook_send_reply(void *ud, const char *conv, const char *reply_json,
   return rc;
 }
 
+static void open_done(void *ud, int status, const char *conversation, uint64_t seq,
+                      bool duplicate, const char *why) {
+  psc_open_done(ud, status, conversation, seq, duplicate, why);
+}
+
+/* A proactive conversation (lua/src/proactive.c): opened where the
+ * gateway's policy allows it, its first message rendered in the customer's
+ * locale and checked as a Lua reply is. */
+static int hook_open(void *ud, const char *customer, const char *key, const char *reply_json,
+                     psc_request *req, char *conversation, uint8_t msg_id[PARLEY_MSG_ID_LEN],
+                     char *err, size_t err_size) {
+  sidecar *s = ud;
+  if (!s->rt || s->draining) return PARLEY_ESHUTDOWN;
+  char conv[PLR_OPEN_CONV_LEN + 1] = "";
+  int rc = plr_runtime_open_json(s->rt, customer, key, reply_json, open_done, req, conv, msg_id,
+                                 err, err_size);
+  snprintf(conversation, PARLEY_MAX_CONVERSATION_ID + 1, "%s", conv);
+  return rc;
+}
+
 static const char *state_name(parley_conn_state st) {
   switch (st) {
   case PARLEY_CONN_IDLE: return "not started";
@@ -297,6 +317,7 @@ int sidecar_attach(sidecar *s, parley_runtime *rt) {
   memset(&h, 0, sizeof h);
   h.send = hook_send;
   h.send_reply = hook_send_reply;
+  h.open = hook_open;
   h.ready = hook_ready;
   h.before_metrics = hook_metrics;
   h.metrics = s->reg;

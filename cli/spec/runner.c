@@ -626,7 +626,11 @@ int cli_test(int argc, char **argv) {
                             * second. */
                            .heartbeat_ms = 500,
                            .ack_timeout_ms = 1000,
-                           .faults = faults ? &fl : NULL};
+                           .faults = faults ? &fl : NULL,
+                           /* The bot under test may open conversations with
+                            * any customer, as a production gateway's policy
+                            * would let it. */
+                           .bot_opens_any = true};
   if (pg_config_embedded(&ec, &w->gw_cfg, err, sizeof err) != 0) {
     fprintf(stderr, "parley test: embedded gateway config: %s\n", err);
     rc = 1;

@@ -464,15 +464,22 @@ static int tagged_event(pg_gateway *g, stage *st, const pg_op *op, const char *n
 
 /* ------------------------------------------------------------------ send */
 
-static int open_conversation(pg_gateway *g, pg_op *op, const Parley__V1__Send *s, stage *st) {
-  const char *locale = s->locale && s->locale[0] ? s->locale : op->locale;
+/* A customer opens a conversation with its first message; a bot opens one
+ * with Action.open (open.c checked it; locale is the customer's): OPENED
+ * then carries the action and the Send's id, and no message follows. */
+static int open_conversation(pg_gateway *g, pg_op *op, const Parley__V1__Send *s, stage *st,
+                             const char *bot_locale) {
+  bool by_bot = bot_locale != NULL;
+  const char *locale = by_bot ? bot_locale : s->locale && s->locale[0] ? s->locale : op->locale;
   if (locale[0] && !valid_locale(locale)) return refuse(op, E(INVALID), "send.locale is invalid");
+  const char *customer = by_bot ? s->action->open->customer : op->principal;
+  const char *bot = by_bot ? op->principal : g->cfg->bot;
   memset(st, 0, sizeof *st);
   pg_store_conv r = {0};
   r.id = s->conversation;
-  r.customer = op->principal;
-  r.assignee = g->cfg->bot;
-  r.bot = g->cfg->bot;
+  r.customer = (char *)customer;
+  r.assignee = (char *)bot;
+  r.bot = (char *)bot;
   r.locale = (char *)locale;
   r.status = PG_CONV_OPEN;
   r.epoch = 1;
@@ -480,17 +487,23 @@ static int open_conversation(pg_gateway *g, pg_op *op, const Parley__V1__Send *s
   if (rc) return rc;
   Parley__V1__Event ev;
   event_from(&ev, op, PARLEY__V1__EVENT_KIND__EVENT_OPENED);
-  ev.customer = op->principal;
+  ev.customer = (char *)customer;
   ev.locale = (char *)locale;
-  rc = append_event(g, st, &ev, NULL);
+  if (by_bot) {
+    ev.action = s->action;
+    ev.client_msg_id = s->client_msg_id;
+  }
+  rc = append_event(g, st, &ev, by_bot ? &s->client_msg_id : NULL);
+  if (rc == 0 && by_bot) op->seq = st->row.last_seq;
   if (rc == 0) {
     parley__v1__event__init(&ev);
     ev.kind = PARLEY__V1__EVENT_KIND__EVENT_ASSIGNED;
     ev.sender = "";
     ev.sender_role = PARLEY__V1__ROLE__ROLE_SYSTEM;
-    ev.assignee = g->cfg->bot;
+    ev.assignee = (char *)bot;
     rc = append_event(g, st, &ev, NULL);
   }
+  if (rc == 0 && by_bot) return 0;
   if (rc == 0) {
     event_from(&ev, op, PARLEY__V1__EVENT_KIND__EVENT_MESSAGE);
     ev.client_msg_id = s->client_msg_id;
@@ -604,11 +617,22 @@ static int apply_send(pg_gateway *g, pg_turn *t, pg_op *op) {
     return refuse(op, E(INVALID), "quote.excerpt is longer than 280 bytes");
   stage st;
   pg_conv *cv = pg_hot_conv(g, s->conversation, true);
+  if (s->body_case == PARLEY__V1__SEND__BODY_ACTION &&
+      s->action->body_case == PARLEY__V1__ACTION__BODY_OPEN) {
+    char locale[36];
+    if (pg_open_check(g, op, s->action->open, cv ? &cv->row : NULL, locale, sizeof locale))
+      return 1;
+    if ((rc = open_conversation(g, op, s, &st, locale)) == 0 &&
+        (rc = stage_commit(g, t, &st, op)) == 0 && (cv = pg_hot_conv(g, s->conversation, true)))
+      cv->opener = op->conn ? op->conn->id : 0;
+    if (rc) stage_abort(&st);
+    return rc;
+  }
   if (!cv) {
     if (op->role != PG_ROLE_CUSTOMER) return refuse(op, E(NOT_FOUND), "unknown conversation");
     if (s->body_case != PARLEY__V1__SEND__BODY_CONTENT)
       return refuse(op, E(NOT_FOUND), "a conversation opens with a message");
-    rc = open_conversation(g, op, s, &st);
+    rc = open_conversation(g, op, s, &st, NULL);
     if (rc) {
       stage_abort(&st);
       return rc;

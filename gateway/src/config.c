@@ -49,6 +49,7 @@ void pg_config_free(pg_config *c) {
   free(c->tls_cert);
   free(c->tls_key);
   pg_web_free(c->web);
+  pg_open_policy_free(c);
   free(c);
 }
 
@@ -253,13 +254,14 @@ static int load_sections(pg_config *c, const pc_node *root, pc_error *err) {
   if ((rc = pg_storage_load(pc_get(root, "storage"), &c->storage_kind, &c->storage_url, err)))
     return rc;
   if ((rc = load_faults(c, pc_get(root, "faults"), err))) return rc;
-  return pg_web_load(c, pc_get(root, "web"), err);
+  if ((rc = pg_web_load(c, pc_get(root, "web"), err))) return rc;
+  return pg_open_policy_load(c, pc_get(root, "proactive"), err);
 }
 
 static int load_doc(pg_config *c, const pc_node *root, pc_error *err) {
   static const char *const keys[] = {"listen", "port", "data_dir", "durability", "group_commit",
                                      "bot", "principals", "customers", "limits", "tls", "faults", "cache",
-                                     "storage", "web", NULL};
+                                     "storage", "web", "proactive", NULL};
   int rc;
   const char *s;
   if (pc_node_kind(root) != PC_MAP && pc_node_kind(root) != PC_NULL)
@@ -482,6 +484,7 @@ static int embedded_build(pg_config *c, const pg_embedded_config *e, char *err, 
     c->fault_dup_ack = f->duplicate_ack;
     c->fault_seed = f->seed ? f->seed : 1;
   }
+  if (e->bot_opens_any && (rc = pg_open_policy_allow_all(c, c->bot))) return rc;
   if (e->web_templates && (rc = pg_web_set_templates(c->web, e->web_templates)))
     return rc == PARLEY_ENOMEM ? rc
                                : embedded_fail(err, errlen, "web.templates: '%.200s' is not a "
@@ -557,6 +560,7 @@ pg_config *pg_config_dup(const pg_config *s) {
     ok = c->customer_secret != NULL;
     if (ok) memcpy(c->customer_secret, s->customer_secret, s->secret_len);
   }
+  if (pg_open_policy_dup(c, s) != 0) ok = false;
   if (!ok) {
     pg_config_free(c);
     return NULL;

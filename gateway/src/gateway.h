@@ -57,6 +57,9 @@ typedef struct pg_embedded_config {
   uint32_t heartbeat_ms, ack_timeout_ms; /* 0: the defaults */
   const char *web_templates;             /* served at /templates/, or NULL */
   const pg_embedded_faults *faults;      /* NULL: none */
+  /* The proactive rule {bot, customers: ["*"]}: the bot may open
+   * conversations with any customer (ctx:open_conversation). */
+  bool bot_opens_any;
 } pg_embedded_config;
 
 /* Builds and validates such a configuration. PARLEY_ECONFIG with a message

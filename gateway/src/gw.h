@@ -84,6 +84,9 @@ struct pg_config {
   size_t cache_tail_bytes;  /* per conversation */
   size_t cache_max_bytes;   /* all tails together */
   size_t cache_recent_ids;  /* recent (sender, msg id) kept in memory */
+  /* `proactive:` (open.c): which bots may open conversations with whom. */
+  struct pg_open_rule *open_rules;
+  size_t n_open_rules;
 };
 
 pg_config *pg_config_dup(const pg_config *c);
@@ -207,6 +210,9 @@ typedef struct pg_conv {
    * when its batch is still with the store. Filled on first use. */
   struct pg_wm *wms;
   size_t n_wms, cap_wms;
+  /* Opened by a bot (Action.open): the id of the connection that opened
+   * it, which its first placement prefers (open.c); 0 otherwise. */
+  uint64_t opener;
 } pg_conv;
 
 /* The conversation, from memory or loaded from the store; NULL when it
@@ -419,5 +425,26 @@ bool pg_router_participant(const pg_conn *c, const pg_conv *cv);
 void pg_router_queue_update(pg_gateway *g, const pg_store_conv *r, const char *queue,
                             bool removed);
 int pg_queue_item(const pg_store_conv *r, Parley__V1__QueueItem *it);
+
+/* ------------------------------------------- proactive conversations */
+
+/* open.c: the `proactive:` policy and the check of Action.open. */
+typedef struct pg_open_rule pg_open_rule;
+struct pc_node;
+struct pc_error;
+int pg_open_policy_load(pg_config *c, const struct pc_node *n, struct pc_error *err);
+int pg_open_policy_dup(pg_config *dst, const pg_config *src);
+/* Adds the rule {bot, customers: ["*"]}: 0 or PARLEY_ENOMEM. */
+int pg_open_policy_allow_all(pg_config *c, const char *bot);
+void pg_open_policy_free(pg_config *c);
+bool pg_open_allowed(const pg_config *c, const char *bot, const char *customer);
+/* Checks an Action.open Send (existing: the row when the id is taken).
+ * Returns 0 with the conversation's locale in locale (possibly empty), or
+ * 1 with op->error and op->msg set. */
+int pg_open_check(pg_gateway *g, pg_op *op, const Parley__V1__Open *o,
+                  const pg_store_conv *existing, char *locale, size_t locale_size);
+/* The connection cv should be placed on first (the one that opened it,
+ * when still open), or NULL; forgets the hint. */
+pg_conn *pg_open_placement(pg_gateway *g, pg_conv *cv);
 
 #endif

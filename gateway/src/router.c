@@ -440,7 +440,9 @@ static void place(pg_gateway *g, pg_conv **list, size_t n) {
   if (!to) return;
   for (size_t i = 0; i < n; i++) {
     if (list[i]->placing) continue; /* a placement is already on its way */
-    to[i] = pick_bot(g, list[i]->pub.bot);
+    /* A conversation a bot opened goes to the connection that opened it. */
+    to[i] = pg_open_placement(g, list[i]);
+    if (!to[i]) to[i] = pick_bot(g, list[i]->pub.bot);
     if (!to[i]) continue;
     to[i]->n_owned++; /* so the next pick balances */
     if (list[i]->placed_epoch == list[i]->pub.epoch) {

@@ -1624,6 +1624,40 @@ local function render_reply(conv, text)
   return normalize_content(content, nil, 1)
 end
 
+-- Opens a new conversation with a customer and sends it a first message by
+-- template, in the customer's locale (proactive conversations;
+-- docs/lua-api.md). The message is checked here as a sidecar template
+-- reply is, so a wrong key, a missing var or a limit raises at once; the
+-- open itself goes on after the handler, and its outcome is logged.
+local OPEN_KEYS = { customer = true, template = true, vars = true, quick_replies = true,
+                    card = true, key = true }
+
+function Ctx:open_conversation(spec)
+  local d = ctx_of(self)
+  if type(spec) ~= "table" then
+    raise("open_conversation needs a table {customer, template, vars?, quick_replies? | card?, key?}")
+  end
+  for k in next, spec do
+    if not OPEN_KEYS[k] then raise("open_conversation: unknown field '" .. tostring(k) .. "'") end
+  end
+  local customer, key = rawget(spec, "customer"), rawget(spec, "key")
+  if type(customer) ~= "string" or #customer == 0 or #customer > 128
+     or s_find(customer, "[^%w%._:@%-]") then
+    raise("open_conversation needs a customer name of 1 to 128 bytes of [A-Za-z0-9._:@-]")
+  end
+  if key ~= nil and (type(key) ~= "string" or #key == 0 or #key > 255) then
+    raise("open_conversation: key must be a string of 1 to 255 bytes")
+  end
+  local req = { template = rawget(spec, "template"), vars = rawget(spec, "vars"),
+                quick_replies = rawget(spec, "quick_replies"), card = rawget(spec, "card") }
+  local ok, text = pcall(json_encode, req)
+  if not ok then raise("open_conversation: vars, quick_replies and card must be plain data") end
+  local ok2, e = pcall(render_reply, nil, text)
+  if not ok2 then raise("open_conversation: " .. s_gsub(tostring(e), "^runtime[%w/]*:%d+: ", "")) end
+  check_limits(d)
+  return C.open(d.rec.id, customer, key, text)
+end
+
 function rt.render_reply(conv, text)
   local ok, c = pcall(render_reply, conv, text)
   -- The caller is an HTTP client: no runtime positions in the message.

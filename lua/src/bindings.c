@@ -1,6 +1,7 @@
 /* The C primitives runtime.lua calls for a running handler: replies and
  * actions with derived ids, the idempotency key, and HTTP, which suspends
  * the handler's coroutine until the response. */
+#include "proactive.h"
 #include "rt_int.h"
 
 #include <lauxlib.h>
@@ -270,7 +271,8 @@ static int l_unavailable(lua_State *L) {
 void plr_rt_bind(lua_State *L, parley_runtime *rt) {
   static const luaL_Reg fns[] = {{"send", l_send},       {"action", l_action},
                                  {"http", l_http},       {"sync_timers", plr_l_sync_timers},
-                                 {"idem", l_idem},       {NULL, NULL}};
+                                 {"idem", l_idem},       {"open", plr_l_open},
+                                 {NULL, NULL}};
   for (const luaL_Reg *f = fns; f->name; f++) {
     if (rt) {
       lua_pushlightuserdata(L, rt);

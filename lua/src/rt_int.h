@@ -27,7 +27,9 @@
 
 /* JOB_SEND: a proactive message (parley_runtime_send_proactive); it runs no
  * handler and acknowledges no event. */
-typedef enum job_kind { JOB_EVENT, JOB_TIMER, JOB_ACK, JOB_SEND } job_kind;
+/* JOB_OPEN: the open of a proactive conversation (proactive.c); never
+ * queued on a conversation, only the open's send_ud. */
+typedef enum job_kind { JOB_EVENT, JOB_TIMER, JOB_ACK, JOB_SEND, JOB_OPEN } job_kind;
 
 /* The copied content and the callback of a JOB_SEND. */
 typedef struct plr_psend {
@@ -115,6 +117,7 @@ struct parley_runtime {
   void *ud;
   void (*on_observe)(void *, parley_runtime_observe, double);
   struct pmet_registry *metrics; /* per-handler metrics (rt_metrics.c), or NULL */
+  struct plr_open *opens; /* proactive conversations under way (proactive.c) */
   plr_conv *buckets[PLR_BUCKETS];
   size_t nconvs;
   plr_job *current;

@@ -9,6 +9,7 @@
  * So a commit never acknowledges an event whose replies are not stored, and
  * never carries state of an event it does not acknowledge.
  */
+#include "proactive.h"
 #include "rt_int.h"
 
 #include "ops/log.h"
@@ -573,6 +574,7 @@ void plr_rt_on_assign(parley_runtime *r, const parley_assignment *a) {
     plr_log(r, 3, c->id, a->acked_seq, "assignment failed: %s", err);
   c->assigning = false;
   plr_log(r, 0, c->id, a->acked_seq, "assigned, epoch %llu", (unsigned long long)a->epoch);
+  if (r->opens) plr_open_on_assign(r, c->id);
 }
 
 void plr_rt_on_revoke(parley_runtime *r, const char *conversation, uint64_t epoch,
@@ -606,6 +608,10 @@ void plr_rt_on_revoke(parley_runtime *r, const char *conversation, uint64_t epoc
 void plr_rt_on_send_result(parley_runtime *r, const parley_send_result *res, void *send_ud) {
   plr_job *j = send_ud;
   if (!j) return;
+  if (j->kind == JOB_OPEN) {
+    plr_open_on_result(r, j, res);
+    return;
+  }
   if (j->kind == JOB_SEND) psend_finish(j, res->status, res->seq, res->duplicate);
   if (res->status) {
     r->stats.send_failures++;
@@ -873,6 +879,7 @@ void parley_runtime_free(parley_runtime *r) {
   r->freeing = true;
   /* The driver goes first: after this no callback can name a job. */
   if (r->drv.destroy) r->drv.destroy(r->drv.ud);
+  plr_open_drop_all(r);
   drop_jobs(r);
   r->n_co_pool = 0;
   plr_vm_free(r->vm);

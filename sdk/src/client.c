@@ -846,6 +846,21 @@ int parley_client_action(parley_client *c, const char *conversation,
   return rc;
 }
 
+int parley_client_open(parley_client *c, const char *conversation,
+                       const char *customer, const char *locale,
+                       const uint8_t *msg_id, void *send_ud) {
+  int rc = api_check(c);
+  if (rc)
+    return rc;
+  enter(c);
+  c->engine_depth++;
+  rc = pe_engine_open(c->engine, conversation, customer, locale, msg_id,
+                      send_ud, pu_clock_ms());
+  c->engine_depth--;
+  leave(c);
+  return rc;
+}
+
 int parley_client_ack(parley_client *c, const char *conversation,
                       uint64_t seq) {
   int rc = api_check(c);

@@ -941,6 +941,50 @@ static void t_commit(void **state) {
 
 /* ------------------------------------------------------------ bad input */
 
+/* A bot opens a conversation: Action.open with the customer (and the
+ * locale when given), epoch 0, the caller's id, one result; the same id
+ * answered as a duplicate completes it with the original seq. Only bots
+ * may open; a bad customer name is refused before anything is written. */
+static void t_open(void **state) {
+  (void)state;
+  harness h;
+  pe_config cfg = h_config(PARLEY_ROLE_BOT);
+  h_init(&h, &cfg);
+  h_connect(&h, 600000);
+  uint8_t id[16];
+  h_id(id, 41);
+  H_EQ(pe_engine_open(h.e, "px-new", "alice", NULL, id, NULL, h.now), 0);
+  pw_frame *f = h_expect(&h, PARLEY__V1__FRAME__BODY_SEND);
+  H_STREQ(f->send->conversation, "px-new");
+  H_EQ(f->send->epoch, 0);
+  H_EQ(f->send->body_case, PARLEY__V1__SEND__BODY_ACTION);
+  H_EQ(f->send->action->body_case, PARLEY__V1__ACTION__BODY_OPEN);
+  H_STREQ(f->send->action->open->customer, "alice");
+  H_STREQ(f->send->action->open->locale, "");
+  if (memcmp(f->send->client_msg_id.data, id, 16) != 0) H_FAIL("Send carries another id");
+  pw_frame_free(f);
+  feed_free(&h, mk_send_ack(id, "px-new", 1, true, 0), 0);
+  H_EQ(h.n_results, 1);
+  H_EQ(h.results[0].status, 0);
+  H_EQ(h.results[0].seq, 1);
+  H_TRUE(h.results[0].duplicate);
+  h_id(id, 42);
+  H_EQ(pe_engine_open(h.e, "px-fr", "bob", "fr", id, NULL, h.now), 0);
+  f = h_expect(&h, PARLEY__V1__FRAME__BODY_SEND);
+  H_STREQ(f->send->action->open->locale, "fr");
+  pw_frame_free(f);
+  H_EQ(pe_engine_open(h.e, "px-bad", "no spaces", NULL, NULL, NULL, h.now), PARLEY_EINVAL);
+  H_EQ(pe_engine_open(h.e, "px-bad", NULL, NULL, NULL, NULL, h.now), PARLEY_EINVAL);
+  h_expect_none(&h);
+  h_fini(&h);
+  cfg = h_config(PARLEY_ROLE_CUSTOMER);
+  h_init(&h, &cfg);
+  h_connect(&h, 600000);
+  H_EQ(pe_engine_open(h.e, "px-new", "alice", NULL, NULL, NULL, h.now), PARLEY_EINVAL);
+  h_expect_none(&h);
+  h_fini(&h);
+}
+
 static void t_bad_input(void **state) {
   (void)state;
   harness h;
@@ -1550,6 +1594,7 @@ int main(void) {
       cmocka_unit_test(t_resume),
       cmocka_unit_test(t_welcome_cursor_ahead),
       cmocka_unit_test(t_commit),
+      cmocka_unit_test(t_open),
       cmocka_unit_test(t_bad_input),
       cmocka_unit_test(t_reentrant),
       cmocka_unit_test(t_same_id_rerun),

@@ -169,6 +169,45 @@ static void test_fault_switches(void **state) {
   expect_error(BASE "faults:\n  drop: 5\n", "gw.yaml:5: faults.drop: unknown key");
 }
 
+/* proactive: which bots may open conversations with which customers. */
+static void test_proactive_policy(void **state) {
+  (void)state;
+  pg_config *c = NULL;
+  char err[512] = "";
+  assert_int_equal(pg_config_from_string("gw.yaml", BASE, &c, err, sizeof err), 0);
+  assert_false(pg_open_allowed(c, "faqbot", "alice")); /* nothing without a rule */
+  pg_config_free(c);
+  c = NULL;
+  assert_int_equal(pg_config_from_string("gw.yaml",
+                                         BASE "  - {name: rem, role: bot, token: x}\n"
+                                              "proactive:\n"
+                                              "  - {bot: faqbot, customers: [alice, \"shop-*\"]}\n"
+                                              "  - {bot: rem, customers: [\"*\"]}\n",
+                                         &c, err, sizeof err),
+                   0);
+  assert_true(pg_open_allowed(c, "faqbot", "alice"));
+  assert_true(pg_open_allowed(c, "faqbot", "shop-17"));
+  assert_false(pg_open_allowed(c, "faqbot", "alice2"));
+  assert_false(pg_open_allowed(c, "faqbot", "bob"));
+  assert_true(pg_open_allowed(c, "rem", "bob"));
+  assert_false(pg_open_allowed(c, "nobody", "alice"));
+  /* The copy the server keeps has its own rules. */
+  pg_config *d = pg_config_dup(c);
+  pg_config_free(c);
+  assert_non_null(d);
+  assert_true(pg_open_allowed(d, "faqbot", "shop-1"));
+  assert_false(pg_open_allowed(d, "faqbot", "bob"));
+  pg_config_free(d);
+  expect_error(BASE "proactive:\n  - {bot: ghost, customers: [a]}\n",
+               "gw.yaml:5: proactive.bot: must name a principal listed under principals with "
+               "role bot");
+  expect_error(BASE "proactive:\n  - {bot: faqbot, customers: []}\n", "proactive.customers");
+  expect_error(BASE "proactive:\n  - {bot: faqbot, customers: [\"a*b\"]}\n",
+               "gw.yaml:5: proactive.customers: a customer name");
+  expect_error(BASE "proactive:\n  - {bot: faqbot, customer: [a]}\n", "unknown key");
+  expect_error(BASE "proactive: {bot: faqbot}\n", "gw.yaml:4: proactive: a list");
+}
+
 static void test_free_without_stop(void **state) {
   (void)state;
   char dir[] = "/tmp/parley-gwcfg-XXXXXX";
@@ -280,6 +319,7 @@ int main(void) {
       cmocka_unit_test(test_customer_tokens),
       cmocka_unit_test(test_example_loads),
       cmocka_unit_test(test_fault_switches),
+      cmocka_unit_test(test_proactive_policy),
       cmocka_unit_test(test_free_without_stop),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);

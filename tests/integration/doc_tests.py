@@ -15,6 +15,9 @@ it is (the comment does not show when the page is rendered):
                                       --kind KIND` says ok for the block
   <!-- doc-test: c-compile -->        the block compiles as the body of a
                                       function (with the SDK's headers)
+  <!-- doc-test: c-compile runtime --> the same with the Lua runtime's
+                                      runtime.h, given uv_loop_t *loop and
+                                      const char *token
   <!-- doc-test: output-shape COMMAND -->  like output-of, but a sample line
                                       `name{labels} value` matches any value
                                       and `...` lines are skipped (metrics)
@@ -25,9 +28,23 @@ it is (the comment does not show when the page is rendered):
                                       JSON body with the same keys
   <!-- doc-test: lua-top DIR -->      the block is Lua appended to DIR/bot.lua
                                       (bot-level code: registrations, dialogs),
-                                      after which `parley lint DIR` must pass
+                                      after which `parley lint DIR` must pass,
+                                      and then it runs: `parley test DIR` plays
+                                      spec steps that reach what it registered
+                                      (below), and a handler that fails (a
+                                      wrong API, a missing template) fails it
   <!-- doc-test: lua-handler DIR -->  the same, as the body of a command
-                                      handler function(ctx, msg, args)
+                                      handler function(ctx, msg, args) that a
+                                      customer's "/docN" runs
+    Lines after the first of a lua-* comment say how it runs. For lua-top
+    they are spec steps (docs/lua-api.md, "Specs"), with expectations if
+    wanted; `- timer: NAME LUA-DATA` fires the bot's timer NAME with that
+    data (through a hidden command that arms it). Without them, each
+    bot:command of the block is sent, bot:on_open gets `open: {}`, and each
+    bot:on_timer fires with no data; a block that registers nothing of that
+    kind must give steps. For lua-handler they are Lua put before the block
+    in the handler: the values the example takes as given (`local resp =
+    {status = 503}`).
   <!-- doc-test: example REASON -->   not run, and says why (a formula)
 
 Comments that stand alone, not before a block, run in page order:
@@ -53,6 +70,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import textwrap
 import time
 
 BLOCK = re.compile(r"(<!-- doc-test: (.*?)\s*-->\n *)?```(\w*)\n(.*?)```"
@@ -109,6 +127,51 @@ def contains_in_order(actual, expected):
             return e
         j += 1
     return None
+
+
+def lua_top_steps(n, body, extra):
+    """The spec steps that run a lua-top block, and the Lua of the hidden
+    commands they use; None when the block needs explicit steps."""
+    lines = extra.split("\n") if extra else []
+    if not lines:
+        for cmd in re.findall(r'bot:command\("(/[^"\s]+)"', body):
+            lines.append(f'- send: "{cmd}"')
+        if "bot:on_open(" in body:
+            lines.append("- open: {}")
+        for name in re.findall(r'bot:on_timer\("([^"]+)"', body):
+            lines.append(f"- timer: {name}")
+        if not lines:
+            return None
+    steps, helpers = [], ""
+    for i, line in enumerate(lines):
+        m = re.match(r"- timer: (\S+)\s*(.*)$", line)
+        if not m:
+            steps.append(line)
+            continue
+        cmd = f"/doc{n}-timer{i}"
+        data = m.group(2).strip() or "nil"
+        helpers += (f'bot:command("{cmd}", function(ctx) ctx:after(0, "{m.group(1)}", {data}) '
+                    f"end)\n")
+        steps += [f'- send: "{cmd}"', "- wait: 1"]
+    return steps, helpers
+
+
+def run_lua_block(work, env, botdir, n, steps):
+    """Runs one block's steps as a spec case; None when it passed, else
+    what `parley test` said (with the bot's log)."""
+    spec = os.path.join(work, botdir, f"doc-block-{n}.yaml")
+    with open(spec, "w", encoding="utf-8") as f:
+        f.write(f"- name: block {n}\n  steps:\n")
+        f.write("".join("    " + l + "\n" for l in "\n".join(steps).split("\n")))
+    r = subprocess.run(["parley", "test", botdir, spec], cwd=work, env=env,
+                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                       timeout=120)
+    os.unlink(spec)
+    if r.returncode == 0 and f"PASS {spec}: block {n}" in r.stdout.replace(work + "/", ""):
+        return None
+    if r.returncode == 0 and re.search(rf"PASS \S*: block {n}\b", r.stdout):
+        return None
+    return r.stdout
 
 
 def main():
@@ -202,16 +265,33 @@ def main():
             elif kind in ("lua-top", "lua-handler"):
                 # Blocks of a page share one bot: what an earlier block
                 # declared (a dialog, a local) is there for the later ones.
-                path = os.path.join(work, arg, "bot.lua")
-                code = body if kind == "lua-top" else (
-                    f'bot:command("/doc{n}", function(ctx, msg, args)\n{body}end)\n')
+                botdir, _, extra = arg.partition("\n")
+                botdir = botdir.strip()
+                extra = textwrap.dedent(extra).strip("\n")
+                path = os.path.join(work, botdir, "bot.lua")
+                if kind == "lua-top":
+                    code, steps = body, lua_top_steps(n, body, extra)
+                else:
+                    code = (f'bot:command("/doc{n}", function(ctx, msg, args)\n'
+                            f'{extra}\n{body}end)\n')
+                    steps = ([f'- send: "/doc{n}"'], "")
                 with open(path, "a", encoding="utf-8") as f:
-                    f.write(f"-- block {n}\n{code}")
-                r = subprocess.run(["parley", "lint", arg], cwd=work, env=env,
+                    f.write(f"-- block {n}\n{code}{steps[1] if steps else ''}")
+                r = subprocess.run(["parley", "lint", botdir], cwd=work, env=env,
                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                    timeout=60)
                 if r.returncode != 0:
-                    fail(n, f"`parley lint {arg}` with the block:\n{r.stdout}\n{body}")
+                    fail(n, f"`parley lint {botdir}` with the block:\n{r.stdout}\n{body}")
+                    continue
+                if steps is None:
+                    fail(n, "a lua-top block that registers no command, on_open or on_timer "
+                            "needs spec steps that run it (lines after the doc-test line)")
+                    continue
+                # The block runs against the bot as it is now (a later
+                # block may register what takes the same messages).
+                out = run_lua_block(work, env, botdir, n, steps[0])
+                if out is not None:
+                    fail(n, f"ran it with `parley test`:\n{out}\n{body}")
             elif kind == "example":
                 checked -= 1  # not run; the reason is in the page
                 if not arg:
@@ -280,15 +360,24 @@ def main():
                     fail(n, "c-compile needs the source folder")
                     continue
                 path = os.path.join(work, f"block{n}.c")
+                # `c-compile runtime`: the Lua runtime's embedding API, with
+                # the loop and the token an embedder has at hand.
+                runtime = arg.strip() == "runtime"
+                head = ("#include <stdio.h>\n#include <stdint.h>\n#include <parley/error.h>\n"
+                        "#include \"config/config.h\"\n")
+                sig = "int doc_example(const char *path)"
+                if runtime:
+                    # libuv's header needs POSIX types (as the build defines).
+                    head = ("#define _GNU_SOURCE\n" + head +
+                            "#include <uv.h>\n#include <parley/runtime.h>\n")
+                    sig = "int doc_example(uv_loop_t *loop, const char *token)"
                 with open(path, "w", encoding="utf-8") as f:
-                    f.write("#include <stdio.h>\n#include <stdint.h>\n#include <parley/error.h>\n"
-                            "#include \"config/config.h\"\n"
-                            "int doc_example(const char *path);\n"
-                            "int doc_example(const char *path) {\n" + body + "\n  return 0;\n}\n")
+                    f.write(head + sig + ";\n" + sig + " {\n" + body + "\n  return 0;\n}\n")
                 r = subprocess.run(["cc", "-std=c11", "-fsyntax-only", "-Wall", "-Werror",
                                     "-Wno-unused-variable", "-Wno-unused-but-set-variable",
                                     "-I", os.path.join(src, "sdk/include"),
-                                    "-I", os.path.join(src, "sdk/src"), path],
+                                    "-I", os.path.join(src, "sdk/src"),
+                                    "-I", os.path.join(src, "lua/include"), path],
                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
                 if r.returncode != 0:
                     fail(n, f"does not compile:\n{r.stdout}")

@@ -7,6 +7,7 @@
  * loses its conversation answered PARLEY_ENOTFOUND.
  */
 #include "fake_driver.h"
+#include "proactive.h"
 
 #include <setjmp.h>
 #include <stdarg.h>
@@ -21,6 +22,7 @@ static const char *const BOT[] = {
     "bot.yaml",
     "name: pbot\ndefault_locale: en\nhttp:\n  allow: [svc.test]\n",
     "templates/en.yaml", "hi: \"Hi\"\n",
+    "templates/fr.yaml", "hi: \"Salut\"\n",
     "bot.lua",
     "local bot = parley.bot()\n"
     "bot:command('/slow', function(ctx)\n"
@@ -208,6 +210,119 @@ static void test_freed_with_queued_send(void **state) {
   assert_int_equal(fd_open(&t->f, t->dir, err, sizeof err), 0);
 }
 
+/* Proactive conversations (plr_runtime_open_json): the open goes first
+ * (Action.open, epoch 0, ids derived from the key), the first message only
+ * once the open is answered and the conversation assigned, rendered in the
+ * Assign's locale, with the Assign's epoch; the caller hears once. */
+typedef struct open_outcome {
+  int calls, status;
+  uint64_t seq;
+  bool dup;
+  char conv[64];
+} open_outcome;
+
+static void open_cb(void *ud, int status, const char *conv, uint64_t seq, bool dup,
+                    const char *why) {
+  (void)why;
+  open_outcome *o = ud;
+  o->calls++;
+  o->status = status;
+  o->seq = seq;
+  o->dup = dup;
+  snprintf(o->conv, sizeof o->conv, "%s", conv);
+}
+
+static void test_open_flow(void **state) {
+  ptc *t = *state;
+  open_outcome o = {0};
+  char conv[PLR_OPEN_CONV_LEN + 1], err[256] = "";
+  uint8_t mid[PARLEY_MSG_ID_LEN];
+  const char *json = "{\"template\": \"hi\", \"quick_replies\": [\"OK\"]}";
+  assert_int_equal(plr_runtime_open_json(t->f.r, "alice", "k1", json, open_cb, &o, conv, mid,
+                                         err, sizeof err),
+                   0);
+  char want[PLR_OPEN_CONV_LEN + 1];
+  uint8_t oid[PARLEY_MSG_ID_LEN], mid2[PARLEY_MSG_ID_LEN];
+  plr_open_ids("pbot", "alice", "k1", want, oid, mid2);
+  assert_string_equal(conv, want);
+  assert_memory_equal(mid, mid2, PARLEY_MSG_ID_LEN);
+  assert_int_equal(t->f.nsends, 1);
+  const fd_send *s = &t->f.sends[0];
+  assert_string_equal(s->conv, conv);
+  assert_int_equal(s->kind, 100 + PARLEY_ACTION_OPEN);
+  assert_int_equal(s->epoch, 0);
+  assert_memory_equal(s->msg_id, oid, PARLEY_MSG_ID_LEN);
+  /* Answered, but not assigned yet: nothing more goes out. */
+  fd_pump(&t->f);
+  assert_int_equal(t->f.nsends, 1);
+  assert_int_equal(o.calls, 0);
+  /* The Assign brings the customer's locale and the epoch. */
+  fd_assign_state(&t->f, conv, "fr", 1, 2, NULL, 0);
+  assert_int_equal(t->f.nsends, 2);
+  s = &t->f.sends[1];
+  assert_string_equal(s->text, "Salut");
+  assert_int_equal(s->kind, PARLEY_CONTENT_QUICK_REPLIES);
+  assert_int_equal(s->epoch, 1);
+  assert_memory_equal(s->msg_id, mid, PARLEY_MSG_ID_LEN);
+  fd_pump(&t->f);
+  assert_int_equal(o.calls, 1);
+  assert_int_equal(o.status, 0);
+  assert_int_equal(o.seq, 1001);
+  assert_string_equal(o.conv, conv);
+  /* Another key, another conversation; another customer too. */
+  char c2[PLR_OPEN_CONV_LEN + 1], c3[PLR_OPEN_CONV_LEN + 1];
+  uint8_t x[PARLEY_MSG_ID_LEN];
+  plr_open_ids("pbot", "alice", "k2", c2, x, x);
+  plr_open_ids("pbot", "bob", "k1", c3, x, x);
+  assert_string_not_equal(conv, c2);
+  assert_string_not_equal(conv, c3);
+}
+
+static void test_open_refused_before_sending(void **state) {
+  ptc *t = *state;
+  open_outcome o = {0};
+  char conv[PLR_OPEN_CONV_LEN + 1], err[256] = "";
+  assert_int_equal(plr_runtime_open_json(t->f.r, "alice", "k", "{\"template\": \"nope\"}",
+                                         open_cb, &o, conv, NULL, err, sizeof err),
+                   PARLEY_EINVAL);
+  assert_non_null(strstr(err, "unknown template key 'nope'"));
+  assert_null(strstr(err, "traceback"));
+  assert_int_equal(plr_runtime_open_json(t->f.r, "bad name", "k", "{\"template\": \"hi\"}",
+                                         open_cb, &o, conv, NULL, err, sizeof err),
+                   PARLEY_EINVAL);
+  assert_int_equal(plr_runtime_open_json(t->f.r, "alice", "", "{\"template\": \"hi\"}",
+                                         open_cb, &o, conv, NULL, err, sizeof err),
+                   PARLEY_EINVAL);
+  assert_int_equal(t->f.nsends, 0);
+  /* The gateway's refusal (the policy) is the caller's outcome. */
+  t->f.send_status = PARLEY_EFORBIDDEN;
+  assert_int_equal(plr_runtime_open_json(t->f.r, "alice", "k", "{\"template\": \"hi\"}",
+                                         open_cb, &o, conv, NULL, err, sizeof err),
+                   0);
+  fd_pump(&t->f);
+  assert_int_equal(o.calls, 1);
+  assert_int_equal(o.status, PARLEY_EFORBIDDEN);
+  assert_int_equal(t->f.nsends, 1);
+}
+
+/* An open still under way when the runtime is freed answers once. */
+static void test_open_freed_pending(void **state) {
+  ptc *t = *state;
+  static open_outcome o;
+  memset(&o, 0, sizeof o);
+  char conv[PLR_OPEN_CONV_LEN + 1], err[256] = "";
+  assert_int_equal(plr_runtime_open_json(t->f.r, "alice", "k", "{\"template\": \"hi\"}",
+                                         open_cb, &o, conv, NULL, err, sizeof err),
+                   0);
+  fd_pump(&t->f); /* answered; waits for the Assign */
+  assert_int_equal(o.calls, 0);
+  fd_close(&t->f);
+  assert_int_equal(o.calls, 1);
+  assert_int_equal(o.status, PARLEY_ESHUTDOWN);
+  char e[256];
+  assert_int_equal(fd_open(&t->f, t->dir, e, sizeof e), 0);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(test_not_assigned, setup, teardown),
@@ -217,6 +332,9 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_queued_then_revoked, setup, teardown),
       cmocka_unit_test_setup_teardown(test_refused_while_stopping, setup, teardown),
       cmocka_unit_test_setup_teardown(test_freed_with_queued_send, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_open_flow, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_open_refused_before_sending, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_open_freed_pending, setup, teardown),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

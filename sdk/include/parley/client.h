@@ -139,6 +139,21 @@ int parley_client_action(parley_client *c, const char *conversation,
                          const parley_action *action, const uint8_t *msg_id,
                          uint64_t epoch, void *send_ud);
 
+/* Bots: opens a new conversation with a customer (a proactive
+ * conversation), where the gateway's policy (`proactive:` in its config)
+ * lets this bot principal do so. conversation is the new id; msg_id (NULL:
+ * random) makes the open idempotent: the same id again is answered with
+ * the original seq and duplicate = true. locale may be NULL: the gateway
+ * then uses the customer's (their connection's, else their latest
+ * conversation's). on_send_result answers with the OPENED event's seq, or
+ * PARLEY_EFORBIDDEN when the policy refuses, PARLEY_EINVAL when the id is
+ * taken. The conversation then arrives with on_assign like any other; the
+ * first message goes out with parley_client_send and the Assign's epoch.
+ * PARLEY_EINVAL at once when this client is not a bot. */
+int parley_client_open(parley_client *c, const char *conversation,
+                       const char *customer, const char *locale,
+                       const uint8_t *msg_id, void *send_ud);
+
 /* manual_ack: everything up to seq in the conversation is applied. */
 int parley_client_ack(parley_client *c, const char *conversation, uint64_t seq);
 

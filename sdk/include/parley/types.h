@@ -86,6 +86,8 @@ typedef enum parley_action_kind {
   PARLEY_ACTION_TAKE = 4,
   PARLEY_ACTION_CLOSE = 5,
   PARLEY_ACTION_SET_LOCALE = 6,
+  /* Bots: open a new conversation with a customer (parley_client_open). */
+  PARLEY_ACTION_OPEN = 7,
 } parley_action_kind;
 
 /* A conversation action, sent like a message and recorded as an event. */
@@ -97,7 +99,8 @@ typedef struct parley_action {
   size_t n_tags_remove;
   const char *queue;  /* HANDOFF */
   const char *note;   /* HANDOFF, HAND_BACK; CLOSE reason */
-  const char *locale; /* SET_LOCALE */
+  const char *locale; /* SET_LOCALE; OPEN (optional) */
+  const char *customer; /* OPEN: the customer principal */
 } parley_action;
 
 /* One event of a conversation's stream, in seq order. */

@@ -106,6 +106,10 @@ int pe_action_check(const parley_action *a, const char **why) {
   case PARLEY_ACTION_SET_LOCALE:
     if (!a->locale || !a->locale[0]) *why = "set_locale needs a locale";
     break;
+  case PARLEY_ACTION_OPEN:
+    if (!a->customer || !pw_valid_conversation(a->customer))
+      *why = "open needs a customer principal (1-128 bytes of [A-Za-z0-9._:@-])";
+    break;
   case PARLEY_ACTION_HAND_BACK:
   case PARLEY_ACTION_TAKE:
   case PARLEY_ACTION_CLOSE:
@@ -365,6 +369,16 @@ Parley__V1__Action *pe_action_to_wire(pe_arena *a, const parley_action *act) {
     w->set_locale = l;
     break;
   }
+  case PARLEY_ACTION_OPEN: {
+    Parley__V1__Open *o = pe_arena_alloc(a, sizeof *o);
+    if (!o) return NULL;
+    parley__v1__open__init(o);
+    o->customer = pe_str(act->customer);
+    o->locale = pe_str(act->locale);
+    w->body_case = PARLEY__V1__ACTION__BODY_OPEN;
+    w->open = o;
+    break;
+  }
   default:
     return NULL;
   }
@@ -480,6 +494,11 @@ void pe_action_from_wire(const Parley__V1__Action *in, parley_action *out) {
   case PARLEY__V1__ACTION__BODY_SET_LOCALE:
     out->kind = PARLEY_ACTION_SET_LOCALE;
     out->locale = in->set_locale->locale;
+    break;
+  case PARLEY__V1__ACTION__BODY_OPEN:
+    out->kind = PARLEY_ACTION_OPEN;
+    out->customer = in->open->customer;
+    out->locale = in->open->locale;
     break;
   default:
     break;

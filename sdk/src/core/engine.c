@@ -283,6 +283,18 @@ static void on_queue_update(pe_engine *e, const Parley__V1__QueueUpdate *q) {
   if (e->hooks.queue) e->hooks.queue(e->hooks.ud, &it, 1, true, q->removed);
 }
 
+int pe_engine_open(pe_engine *e, const char *conversation, const char *customer,
+                   const char *locale, const uint8_t *msg_id, void *send_ud,
+                   uint64_t now) {
+  /* Only bots open conversations this way; a customer opens one by
+   * sending its first message, and the gateway would refuse the action
+   * from anyone else anyway: saying so here names the mistake. */
+  if (!e || e->role != PARLEY_ROLE_BOT) return PARLEY_EINVAL;
+  parley_action a = {.kind = PARLEY_ACTION_OPEN, .customer = customer,
+                     .locale = locale && locale[0] ? locale : NULL};
+  return pe_engine_action(e, conversation, &a, msg_id, 0, send_ud, now);
+}
+
 int pe_engine_queue(pe_engine *e, const char *queue, uint64_t now) {
   if (!e) return PARLEY_EINVAL;
   e->now = now;

@@ -108,6 +108,13 @@ int pe_engine_send(pe_engine *e, const char *conversation,
 int pe_engine_action(pe_engine *e, const char *conversation,
                      const parley_action *action, const uint8_t *msg_id,
                      uint64_t epoch, void *send_ud, uint64_t now);
+/* Bots: opens conversation (a new id) with customer, through the outbox
+ * like an action (Action.open, epoch 0): same retry, same idempotency by
+ * msg_id, one send_result. locale may be NULL (the gateway picks the
+ * customer's). PARLEY_EINVAL for another role or a bad customer name. */
+int pe_engine_open(pe_engine *e, const char *conversation, const char *customer,
+                   const char *locale, const uint8_t *msg_id, void *send_ud,
+                   uint64_t now);
 int pe_engine_ack(pe_engine *e, const char *conversation, uint64_t seq,
                   uint64_t now);
 int pe_engine_commit(pe_engine *e, const parley_commit *commits, size_t n,

@@ -45,6 +45,8 @@ struct psc_request {
   int status;
   uint64_t seq;
   bool duplicate;
+  bool is_open;         /* POST /v1/conversations */
+  char why[256];        /* the gateway's or the runtime's reason, if any */
 };
 
 /* ---- answers ----------------------------------------------------------- */
@@ -115,9 +117,9 @@ static void answer_outcome(psc_request *r) {
   phd_request *http = r->http;
   r->http = NULL;
   if (r->status != 0) {
-    char msg[256];
-    snprintf(msg, sizeof msg, "the send to %s failed: %s", r->conversation,
-             parley_strerror(r->status));
+    char msg[600];
+    snprintf(msg, sizeof msg, "the %s %s failed: %s%s%s", r->is_open ? "open of" : "send to",
+             r->conversation, parley_strerror(r->status), r->why[0] ? ": " : "", r->why);
     answer_error(http, psc_http_status(r->status), r->status, NULL, msg);
     return;
   }
@@ -508,6 +510,141 @@ static void on_messages(phd_request *http, void *ud) {
   maybe_free(r);
 }
 
+void psc_open_done(psc_request *r, int status, const char *conversation, uint64_t seq,
+                   bool duplicate, const char *why) {
+  if (!r || r->done_called) return;
+  if (conversation && strlen(conversation) <= PARLEY_MAX_CONVERSATION_ID)
+    snprintf(r->conversation, sizeof r->conversation, "%s", conversation);
+  if (why) snprintf(r->why, sizeof r->why, "%s", why);
+  psc_send_done(r, status, seq, duplicate);
+}
+
+/* POST /v1/conversations: opens a conversation with a customer and sends
+ * it a first message by template (hooks.open). The body is a template
+ * reply with "customer", and the idempotency key is required: without it
+ * a retry would open a second conversation. */
+static void on_open(phd_request *http, void *ud) {
+  psc_server *s = ud;
+  if (strcmp(phd_req_path(http), "/v1/conversations") != 0) {
+    answer_error(http, 404, PARLEY_ENOTFOUND, NULL,
+                 "no such resource; conversations are opened with POST /v1/conversations");
+    return;
+  }
+  const char *ctype = phd_req_header(http, "Content-Type");
+  if (ctype && strncasecmp(ctype, "application/json", 16) != 0) {
+    answer_error(http, 415, PARLEY_EINVAL, NULL, "the body must be application/json");
+    return;
+  }
+  if (!s->hooks.open) {
+    answer_error(http, 501, PARLEY_EUNSUPPORTED, NULL, "this sidecar cannot open conversations");
+    return;
+  }
+  size_t blen;
+  const uint8_t *body = phd_req_body(http, &blen);
+  json_error_t jerr;
+  json_t *root = json_loadb((const char *)body, blen, JSON_REJECT_DUPLICATES, &jerr);
+  if (!root) {
+    char msg[256];
+    snprintf(msg, sizeof msg, "invalid JSON at line %d, column %d: %s", jerr.line, jerr.column,
+             jerr.text);
+    answer_error(http, 400, PARLEY_EINVAL, NULL, msg);
+    return;
+  }
+  static const char *const known[] = {"customer", "template", "vars", "quick_replies", "card",
+                                      "idempotency_key", NULL};
+  psc_msg m;
+  memset(&m, 0, sizeof m);
+  psc_err e = {0};
+  const char *customer = NULL;
+  bool ok = json_is_object(root);
+  if (!ok) snprintf(e.message, sizeof e.message, "the body must be a JSON object");
+  ok = ok && only_known(root, known, "", &e) &&
+       get_string(root, "customer", "customer", true, &customer, &e);
+  if (ok && !valid_conversation(customer, strlen(customer))) {
+    snprintf(e.field, sizeof e.field, "customer");
+    snprintf(e.message, sizeof e.message,
+             "customer must be 1 to 128 characters from [A-Za-z0-9._:@-]");
+    ok = false;
+  }
+  if (ok) json_incref(json_object_get(root, "customer"));
+  json_t *cust = ok ? json_object_get(root, "customer") : NULL;
+  if (ok) json_object_del(root, "customer");
+  ok = ok && parse_template_body(root, &m, &e);
+  const char *hkey = phd_req_header(http, "Idempotency-Key");
+  if (ok && hkey && m.key && strcmp(hkey, m.key) != 0) {
+    snprintf(e.field, sizeof e.field, "idempotency_key");
+    snprintf(e.message, sizeof e.message,
+             "the Idempotency-Key header and the idempotency_key field differ");
+    ok = false;
+  }
+  if (ok && !m.key) m.key = hkey;
+  if (ok && (!m.key || !valid_key(m.key))) {
+    snprintf(e.field, sizeof e.field, "idempotency_key");
+    snprintf(e.message, sizeof e.message,
+             "an idempotency key (1 to 255 visible ASCII characters) is required to open a "
+             "conversation, so that a retry does not open a second one");
+    ok = false;
+  }
+  if (!ok) {
+    answer_error(http, 400, PARLEY_EINVAL, e.field[0] ? e.field : NULL, e.message);
+    json_decref(cust);
+    json_decref(root);
+    return;
+  }
+  char reason[200] = "";
+  if (s->hooks.ready && !s->hooks.ready(s->hooks.ud, reason, sizeof reason)) {
+    char msg[256];
+    snprintf(msg, sizeof msg, "not connected to the gateway: %s", reason[0] ? reason : "not ready");
+    answer_error(http, 503, PARLEY_EDISCONNECTED, NULL, msg);
+    json_decref(cust);
+    json_decref(root);
+    return;
+  }
+  psc_request *r = calloc(1, sizeof *r);
+  char *key = m.key ? strdup(m.key) : NULL;
+  json_object_del(root, "idempotency_key");
+  char *reply = json_dumps(root, JSON_COMPACT);
+  if (!r || !key || !reply) {
+    answer_error(http, 500, PARLEY_ENOMEM, NULL, NULL);
+    free(r);
+    free(key);
+    free(reply);
+    json_decref(cust);
+    json_decref(root);
+    return;
+  }
+  r->is_open = true;
+  r->http = http;
+  r->deadline_ms = uv_now(s->loop) + s->hooks.send_timeout_ms;
+  r->outcome_pending = true;
+  r->in_send = true;
+  link_req(s, r);
+  if (s->head == r) arm_timer(s);
+  char why[512] = "";
+  int st = s->hooks.open(s->hooks.ud, json_string_value(cust), key, reply, r, r->conversation,
+                         r->msg_id, why, sizeof why);
+  r->in_send = false;
+  free(key);
+  free(reply);
+  if (st != 0) {
+    r->outcome_pending = false;
+    if (r->http) {
+      log_outcome(s, r, st, "sidecar open refused");
+      unlink_req(r);
+      phd_request *h = r->http;
+      r->http = NULL;
+      char msg[768];
+      snprintf(msg, sizeof msg, "the conversation with %s could not be opened: %s",
+               json_string_value(cust), why[0] ? why : parley_strerror(st));
+      answer_error(h, psc_http_status(st), st, why[0] && st == PARLEY_EINVAL ? "template" : NULL,
+                   msg);
+    }
+  }
+  json_decref(cust);
+  json_decref(root);
+  maybe_free(r);
+}
+
 static void on_healthz(phd_request *http, void *ud) {
   (void)ud;
   phd_respond(http, 200, "text/plain; charset=utf-8", "ok\n", 3);
@@ -578,7 +715,8 @@ int psc_server_start(uv_loop_t *loop, const char *host, uint16_t port, const psc
   if ((rc = phd_route(s->http, "GET", "/healthz", on_healthz, s)) ||
       (rc = phd_route(s->http, "GET", "/readyz", on_readyz, s)) ||
       (rc = phd_route(s->http, "GET", "/metrics", on_metrics, s)) ||
-      (rc = phd_route(s->http, "POST", PSC_PREFIX, on_messages, s))) {
+      (rc = phd_route(s->http, "POST", PSC_PREFIX, on_messages, s)) ||
+      (rc = phd_route(s->http, "POST", "/v1/conversations", on_open, s))) {
     /* Routes only fail on memory; the server is closed and freed by the
      * loop, so s itself can go now. */
     phd_server_close(s->http, NULL, NULL);

@@ -14,6 +14,13 @@
  *        or the Idempotency-Key header. Answers only after the gateway's
  *        ACK: 200 {"conversation", "seq", "duplicate", "msg_id"}; errors
  *        are {"error": "PARLEY_E...", "message": "...", "field"?: "..."}.
+ *   POST /v1/conversations
+ *        body {"customer": "...", "template": "key", "vars": {...}?,
+ *        "quick_replies": [...]? | "card": {...}?, "idempotency_key": "..."}
+ *        (or the Idempotency-Key header; required): opens a conversation
+ *        with the customer and sends the template as its first message
+ *        (hooks.open). Answers like a send, with the new conversation's id;
+ *        the same key again answers the same conversation, duplicate: true.
  *
  * Idempotency: the client message id is BLAKE2b(domain, conversation, key)
  * (psc_msg_id_from_key), so a request retried with the same key carries the
@@ -67,6 +74,15 @@ typedef struct psc_hooks {
   int (*send_reply)(void *ud, const char *conversation, const char *reply_json,
                     const uint8_t msg_id[PARLEY_MSG_ID_LEN], psc_request *req, char *err,
                     size_t err_size);
+  /* Opens a conversation with customer and sends reply_json (as for
+   * send_reply) as its first message; key is the idempotency key. Writes
+   * the new conversation's id to conversation (PARLEY_MAX_CONVERSATION_ID
+   * + 1 bytes) and its first message's id to msg_id at once. The same
+   * contract as send, but the outcome goes through psc_open_done. NULL:
+   * POST /v1/conversations answers 501. */
+  int (*open)(void *ud, const char *customer, const char *key, const char *reply_json,
+              psc_request *req, char *conversation, uint8_t msg_id[PARLEY_MSG_ID_LEN],
+              char *err, size_t err_size);
   /* Ready to send (connected and resumed)? When not, write a short reason
    * into reason (NUL-terminated, reason_size bytes). NULL: always ready. */
   bool (*ready)(void *ud, char *reason, size_t reason_size);
@@ -102,6 +118,10 @@ uint16_t psc_server_port(const psc_server *s);
  * psc_server_close: then it only frees. */
 void psc_send_done(psc_request *req, int status, uint64_t seq, bool duplicate);
 
+/* The outcome of an open: like psc_send_done, with the conversation's id
+ * and, on failure, why (both copied; may be NULL). */
+void psc_open_done(psc_request *req, int status, const char *conversation, uint64_t seq,
+                   bool duplicate, const char *why);
 /* Closes the server. Sends still waiting are answered 503 (shutting down);
  * their psc_request handles stay valid until psc_send_done. done (may be
  * NULL) is called once the server is freed. */
