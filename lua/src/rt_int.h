@@ -116,6 +116,15 @@ struct plr_runtime {
   void *ud;
   void (*on_observe)(void *, int, double);
   struct pmet_registry *metrics; /* per-handler metrics (rt_metrics.c), or NULL */
+  /* The series of the handlers run last (rt_metrics.c): looking a series
+   * up in the registry checks its name and labels and scans the family,
+   * which cost more than the rest of the metrics on every event. */
+  struct plr_metric_slot {
+    char handler[96];
+    struct pmet_metric *runs[2]; /* outcome ok, error */
+    struct pmet_metric *duration;
+  } metric_slots[8];
+  unsigned metric_next;
   plr_conv *buckets[PLR_BUCKETS];
   size_t nconvs;
   plr_job *current;
