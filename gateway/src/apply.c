@@ -588,14 +588,14 @@ static int apply_action(pg_gateway *g, pg_op *op, const Parley__V1__Send *s, sta
  * says why) or a negative error (nothing applied). */
 static int apply_send(pg_gateway *g, pg_turn *t, pg_op *op) {
   Parley__V1__Send *s = op->frame->send;
-  snprintf(op->conv, sizeof op->conv, "%s", s->conversation);
+  gw_copy(op->conv, sizeof op->conv, s->conversation);
   char conv[129];
   uint64_t seq;
   int rc = pg_hot_sent_get(g, op->principal, s->client_msg_id.data, conv, &seq);
   if (rc == 0) {
     op->seq = seq;
     op->duplicate = true;
-    snprintf(op->conv, sizeof op->conv, "%s", conv);
+    gw_copy(op->conv, sizeof op->conv, conv);
     return 0;
   }
   if (rc != PARLEY_ENOTFOUND) return rc;

@@ -28,8 +28,7 @@ bool pg_router_participant(const pg_conn *c, const pg_conv *cv) {
 /* ---------------------------------------------------------------- streams */
 
 static void seen_key(const pg_conn *c, const char *conv, char *buf, size_t n) {
-  snprintf(buf, n, "%s\x1f%s\x1f%s", c->principal, c->role == PG_ROLE_BOT ? "" : c->device,
-           conv);
+  gw_join(buf, n, c->principal, c->role == PG_ROLE_BOT ? "" : c->device, conv);
 }
 
 /* Queues a stream the window or its share held back, once. */
@@ -47,7 +46,7 @@ pg_stream *pg_router_stream(pg_conn *c, const char *conv, bool create) {
   if (s || !create) return s;
   s = calloc(1, sizeof *s);
   if (!s) return NULL;
-  snprintf(s->conv, sizeof s->conv, "%s", conv);
+  gw_copy(s->conv, sizeof s->conv, conv);
   s->active = true;
   /* Where the principal's device stands, as applied: an Ack whose batch
    * is still with the store counts (a client that acknowledged and

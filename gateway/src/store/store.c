@@ -190,7 +190,7 @@ int pg_store_batch_state(pg_store_batch *b, const char *conv, const char *key, c
   /* The map key joins conv and key with a unit separator, which neither
    * may contain (conversation ids are [A-Za-z0-9._:@-]). */
   char mk[300];
-  snprintf(mk, sizeof mk, "%s\x1f%s", conv, key);
+  gw_join(mk, sizeof mk, conv, key, NULL);
   uintptr_t ix = (uintptr_t)gw_map_get(&b->state_ix, mk);
   pg_store_state_rec *r;
   if (ix) {
@@ -217,7 +217,7 @@ int pg_store_batch_state(pg_store_batch *b, const char *conv, const char *key, c
 int pg_store_batch_watermark(pg_store_batch *b, const char *principal, const char *device,
                              const char *conv, uint64_t acked) {
   char mk[420];
-  snprintf(mk, sizeof mk, "%s\x1f%s\x1f%s", principal, device, conv);
+  gw_join(mk, sizeof mk, principal, device, conv);
   uintptr_t ix = (uintptr_t)gw_map_get(&b->wm_ix, mk);
   if (ix) {
     pg_store_wm_rec *r = &b->wms[ix - 1];
@@ -260,7 +260,7 @@ void pg_store_batch_view_get(const pg_store_batch *b, pg_store_batch_view *out) 
 void pg_store__complete(pg_store *st, pg_store_batch *b, int status, const char *why,
                         uint64_t commit_us) {
   b->status = status;
-  snprintf(b->why, sizeof b->why, "%s", status < 0 && why ? why : "");
+  gw_copy(b->why, sizeof b->why, status < 0 && why ? why : "");
   b->next = NULL;
   pthread_mutex_lock(&st->mu);
   if (status < 0) {
