@@ -150,7 +150,7 @@ static int push_one(void *ud, uint64_t seq, const void *blob, size_t len) {
   bool red = seq <= p->s->seen || seq <= p->cv->boot_last_seq;
   size_t need = p->len + 1 + 10 + len + 2;
   if (need > p->cap) {
-    size_t nc = p->cap ? p->cap * 2 : 1024;
+    size_t nc = p->cap ? p->cap * 2 : 256;
     while (nc < need) nc *= 2;
     uint8_t *t = realloc(p->buf, nc);
     if (!t) return PARLEY_ENOMEM;

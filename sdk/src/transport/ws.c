@@ -527,9 +527,9 @@ static int write_queued(pt_ws *t, struct lws *wsi) {
 
 /* Runs once per loop iteration that queued frames, just before the loop
  * polls: the frames go out with lws_write at once instead of through
- * lws_callback_on_writable, which added and removed POLLOUT with two or
- * more epoll_ctl calls per write (a bot turn made about a dozen, most of
- * them failing ones that libuv retries). As the gateway does: when lws
+ * lws_callback_on_writable, which added and removed POLLOUT with several
+ * epoll_ctl calls per write (about twelve per send() of a busy bot, most
+ * of them failing ones that libuv retries). As the gateway does: when lws
  * still holds part of an earlier write, or a close is under way, the
  * WRITEABLE callback writes instead. */
 static void flush_cb(uv_prepare_t *h) {
