@@ -506,7 +506,10 @@ local convs = {}   -- [conversation id] = record
 -- One empty table shared where a turn would otherwise make a new empty one
 -- (an unchanged state's encoding, a commit without state or tag changes):
 -- nothing ever writes to it, and bot code never sees it.
-local NOTHING = {}
+local NOTHING = setmetatable({}, {
+  __newindex = function() error("internal error: the shared empty table was written to") end,
+  __metatable = false,
+})
 local NOTHING_INFLIGHT = { pending = NOTHING, add = NOTHING, rm = NOTHING }
 
 local function conv_rec(id)
@@ -891,9 +894,17 @@ local function tag_count(d)
   return n
 end
 
+-- A handler's tag changes start as the shared empty table (most handlers
+-- change no tag) and get tables of their own on the first change.
+local function own_tags(d)
+  if d.tags_add == NOTHING then d.tags_add, d.tags_remove = {}, {} end
+end
+
 function Ctx:tag(...)
   local d = ctx_of(self)
-  for _, t in ipairs(tag_list(...)) do
+  local list = tag_list(...)
+  own_tags(d)
+  for _, t in ipairs(list) do
     if not d.tags_add[t] and (not d.rec.tags[t] or d.tags_remove[t]) then
       d.tags_add[t] = true; d.tags_remove[t] = nil
       if tag_count(d) > TAGS_MAX then
@@ -907,7 +918,9 @@ end
 
 function Ctx:untag(...)
   local d = ctx_of(self)
-  for _, t in ipairs(tag_list(...)) do d.tags_remove[t] = true; d.tags_add[t] = nil end
+  local list = tag_list(...)
+  own_tags(d)
+  for _, t in ipairs(list) do d.tags_remove[t] = true; d.tags_add[t] = nil end
 end
 
 function Ctx:has_tag(t)
@@ -1025,7 +1038,7 @@ end
 
 local function new_ctx(rec, seq, kind)
   local ctx = C.proxy(CtxMT)
-  ctx_data[ctx] = { rec = rec, seq = seq, kind = kind, tags_add = {}, tags_remove = {} }
+  ctx_data[ctx] = { rec = rec, seq = seq, kind = kind, tags_add = NOTHING, tags_remove = NOTHING }
   return ctx
 end
 

@@ -75,8 +75,12 @@ static int l_metric(lua_State *L) {
   const char *kind = luaL_checkstring(L, 1);
   if (!strcmp(kind, "handler")) {
     if (r->current) {
-      const char *name = luaL_checkstring(L, 2);
-      snprintf(r->current->handler, sizeof r->current->handler, "%s", name);
+      size_t len;
+      const char *name = luaL_checklstring(L, 2, &len);
+      /* Named on every event: a copy, cut like snprintf would. */
+      if (len >= sizeof r->current->handler) len = sizeof r->current->handler - 1;
+      memcpy(r->current->handler, name, len);
+      r->current->handler[len] = 0;
     }
     return 0;
   }
