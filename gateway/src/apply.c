@@ -932,7 +932,7 @@ static void submit(pg_gateway *g, pg_turn *t) {
   /* Each touched conversation's row as this batch leaves it: what routing
    * will see once the batch is durable. */
   for (size_t i = 0; i < t->n_touch; i++) {
-    if (pg_store_conv_copy(&t->touch[i].snap, &t->touch[i].cv->row)) t->broken = true;
+    if (pg_store_conv_pack(&t->touch[i].snap, &t->touch[i].cv->row)) t->broken = true;
     t->touch[i].snap.last_seq = t->touch[i].cv->row.last_seq;
   }
   if (t->broken) {

@@ -62,7 +62,25 @@ static const pg_store_backend *const backends[] = {&pg_store_sqlite,
 
 /* ----------------------------------------------------------- conv rows */
 
+/* Whether the row's strings were laid out by pg_store_conv_pack: each one
+ * starts right after the previous one's terminator. Separately allocated
+ * strings are never laid out so: malloc keeps a header or an alignment gap
+ * between blocks, and at the least the short ones ("en", "") would leave
+ * one. */
+static bool is_packed(const pg_store_conv *c) {
+  const char *s[8] = {c->id,     c->customer, c->assignee, c->bot,
+                      c->locale, c->queue,    c->note,     c->tags};
+  for (int i = 0; i < 7; i++)
+    if (!s[i] || !s[i + 1] || s[i + 1] != s[i] + strlen(s[i]) + 1) return false;
+  return true;
+}
+
 void pg_store_conv_clear(pg_store_conv *c) {
+  if (is_packed(c)) {
+    free(c->id);
+    memset(c, 0, sizeof *c);
+    return;
+  }
   free(c->id);
   free(c->customer);
   free(c->assignee);
@@ -90,6 +108,30 @@ int pg_store_conv_copy(pg_store_conv *dst, const pg_store_conv *src) {
       !dst->queue || !dst->note || !dst->tags) {
     pg_store_conv_clear(dst);
     return PARLEY_ENOMEM;
+  }
+  return 0;
+}
+
+int pg_store_conv_pack(pg_store_conv *dst, const pg_store_conv *src) {
+  const char *in[8] = {src->id,     src->customer, src->assignee, src->bot,
+                       src->locale, src->queue,    src->note,     src->tags};
+  size_t len[8], total = 0;
+  for (int i = 0; i < 8; i++) {
+    if (!in[i]) in[i] = "";
+    len[i] = strlen(in[i]) + 1;
+    total += len[i];
+  }
+  char *p = malloc(total);
+  if (!p) {
+    memset(dst, 0, sizeof *dst);
+    return PARLEY_ENOMEM;
+  }
+  *dst = *src;
+  char **out[8] = {&dst->id,     &dst->customer, &dst->assignee, &dst->bot,
+                   &dst->locale, &dst->queue,    &dst->note,     &dst->tags};
+  for (int i = 0; i < 8; i++) {
+    *out[i] = memcpy(p, in[i], len[i]);
+    p += len[i];
   }
   return 0;
 }
@@ -154,7 +196,7 @@ int pg_store_batch_event(pg_store_batch *b, const pg_store_event *ev) {
 int pg_store_batch_conv(pg_store_batch *b, const pg_store_conv *c, unsigned flags) {
   uintptr_t ix = (uintptr_t)gw_map_get(&b->conv_ix, c->id);
   pg_store_conv copy;
-  if (pg_store_conv_copy(&copy, c)) return PARLEY_ENOMEM;
+  if (pg_store_conv_pack(&copy, c)) return PARLEY_ENOMEM;
   if (ix) {
     pg_store_conv_rec *r = &b->convs[ix - 1];
     pg_store_conv_clear(&r->c);

@@ -86,6 +86,12 @@ typedef struct pg_store_conv {
 void pg_store_conv_clear(pg_store_conv *c);
 /* Deep copy of src into dst (dst's old contents are not freed). */
 int pg_store_conv_copy(pg_store_conv *dst, const pg_store_conv *src);
+/* The same copy with the strings in one allocation, for rows that are only
+ * read and then dropped whole (snapshots, a batch's rows): one malloc
+ * instead of eight. Such a row's strings must not be replaced one by one;
+ * pg_store_conv_clear sees that each string follows the previous one in
+ * the block and frees the block. */
+int pg_store_conv_pack(pg_store_conv *dst, const pg_store_conv *src);
 
 /* One event of a conversation's log. */
 typedef struct pg_store_event {
