@@ -590,6 +590,30 @@ static double proc_cpu_s(pid_t pid) {
   return (double)(ut + st) / (double)sysconf(_SC_CLK_TCK);
 }
 
+/* BENCH_TURNS_WRAP_GW and BENCH_TURNS_WRAP_BOT put a command in front of
+ * the gateway or the bot, words split at spaces, for profiling one process
+ * in the real benchmark (the first word a full path), for example
+ * BENCH_TURNS_WRAP_BOT="/usr/bin/valgrind --tool=callgrind --callgrind-out-file=/tmp/cg.bot"
+ * (CPU per turn then counts the profiler). The result is never freed: the
+ * process runs once. */
+static char **wrap_argv(const char *env, char **argv) {
+  const char *w = getenv(env);
+  if (!w || !*w) return argv;
+  size_t n = 0, words = 0;
+  while (argv[n]) n++;
+  char *copy = strdup(w);
+  if (!copy) die("out of memory");
+  for (char *p = copy; *p; p++)
+    if (*p != ' ' && (p == copy || p[-1] == ' ')) words++;
+  char **out = calloc(words + n + 1, sizeof *out);
+  if (!out) die("out of memory");
+  size_t k = 0;
+  for (char *save = NULL, *t = strtok_r(copy, " ", &save); t; t = strtok_r(NULL, " ", &save))
+    out[k++] = t;
+  for (size_t i = 0; i < n; i++) out[k++] = argv[i];
+  return out;
+}
+
 static int run_parley(bot_kind kind, const char *durability, int n_open, presult *out) {
   char dir[256], data[320], cfg[320], log[320];
   if (tmpdir_make(dir, sizeof dir, "bench-turns") != 0) die("cannot make a temporary directory");
@@ -626,7 +650,8 @@ static int run_parley(bot_kind kind, const char *durability, int n_open, presult
 
   static tproc gw, bot;
   snprintf(log, sizeof log, "%s/gateway.log", dir);
-  char *gargv[] = {(char *)PARLEY_BIN, "gateway", "--config", cfg, NULL};
+  char *gargv0[] = {(char *)PARLEY_BIN, "gateway", "--config", cfg, NULL};
+  char **gargv = wrap_argv("BENCH_TURNS_WRAP_GW", gargv0);
   if (tproc_start(&gw, gargv, log) != 0) die("cannot start %s", PARLEY_BIN);
   track_proc(&gw);
   char line[512];
@@ -648,7 +673,8 @@ static int run_parley(bot_kind kind, const char *durability, int n_open, presult
                    "--log-level", "warn", "--drain", "1s", NULL};
   char *cargv[] = {(char *)BENCH_CBOT, "--url", url, "--token", BOT_TOKEN, "--principal",
                    BOT_NAME, NULL};
-  if (tproc_start(&bot, kind == BOT_LUA ? largv : cargv, botlog) != 0) die("cannot start the bot");
+  char **bargv = wrap_argv("BENCH_TURNS_WRAP_BOT", kind == BOT_LUA ? largv : cargv);
+  if (tproc_start(&bot, bargv, botlog) != 0) die("cannot start the bot");
   track_proc(&bot);
 
   static driver d;

@@ -85,11 +85,8 @@ static pg_turn *turn_new(pg_gateway *g) {
 
 static void op_free(pg_op *op) {
   pw_frame_free(op->frame);
-  free(op->principal);
-  free(op->device);
-  free(op->locale);
   free(op->outcomes);
-  free(op);
+  free(op); /* its strings live in the same block (pg_apply_enqueue) */
 }
 
 static void turn_free(pg_turn *t) {
@@ -601,14 +598,14 @@ static int apply_action(pg_gateway *g, pg_op *op, const Parley__V1__Send *s, sta
  * says why) or a negative error (nothing applied). */
 static int apply_send(pg_gateway *g, pg_turn *t, pg_op *op) {
   Parley__V1__Send *s = op->frame->send;
-  snprintf(op->conv, sizeof op->conv, "%s", s->conversation);
+  gw_copy(op->conv, sizeof op->conv, s->conversation);
   char conv[129];
   uint64_t seq;
   int rc = pg_hot_sent_get(g, op->principal, s->client_msg_id.data, conv, &seq);
   if (rc == 0) {
     op->seq = seq;
     op->duplicate = true;
-    snprintf(op->conv, sizeof op->conv, "%s", conv);
+    gw_copy(op->conv, sizeof op->conv, conv);
     return 0;
   }
   if (rc != PARLEY_ENOTFOUND) return rc;
@@ -959,7 +956,7 @@ static void submit(pg_gateway *g, pg_turn *t) {
   /* Each touched conversation's row as this batch leaves it: what routing
    * will see once the batch is durable. */
   for (size_t i = 0; i < t->n_touch; i++) {
-    if (pg_store_conv_copy(&t->touch[i].snap, &t->touch[i].cv->row)) t->broken = true;
+    if (pg_store_conv_pack(&t->touch[i].snap, &t->touch[i].cv->row)) t->broken = true;
     t->touch[i].snap.last_seq = t->touch[i].cv->row.last_seq;
   }
   if (t->broken) {
@@ -996,19 +993,19 @@ void pg_apply_enqueue(pg_gateway *g, pg_conn *c, pw_frame *f) {
     pw_frame_free(f);
     return;
   }
-  pg_op *op = calloc(1, sizeof *op);
+  /* The operation and copies of its connection's names in one block: the
+   * connection may close before the operation's batch is durable, and
+   * three strdup and free per frame were a visible share of the loop. */
+  const char *locale = c->locale ? c->locale : "";
+  size_t lp = strlen(c->principal) + 1, ld = strlen(c->device) + 1, ll = strlen(locale) + 1;
+  pg_op *op = calloc(1, sizeof *op + lp + ld + ll);
   if (op) {
-    op->principal = strdup(c->principal);
-    op->device = strdup(c->device);
-    op->locale = strdup(c->locale ? c->locale : "");
+    char *p = (char *)(op + 1);
+    op->principal = memcpy(p, c->principal, lp);
+    op->device = memcpy(p + lp, c->device, ld);
+    op->locale = memcpy(p + lp + ld, locale, ll);
   }
-  if (!op || !op->principal || !op->device || !op->locale) {
-    if (op) {
-      free(op->principal);
-      free(op->device);
-      free(op->locale);
-      free(op);
-    }
+  if (!op) {
     pw_frame_free(f);
     pg_conn_error(c, E(INTERNAL), false, "out of memory", NULL, NULL, 0, 100);
     return;

@@ -197,7 +197,7 @@ static void wms_clear(pg_conv *cv) {
 static pg_wm *wm_find(pg_gateway *g, pg_conv *cv, const char *principal, const char *device,
                       int *rc) {
   char who[300];
-  snprintf(who, sizeof who, "%s\x1f%s", principal, device);
+  gw_join(who, sizeof who, principal, device, NULL);
   *rc = 0;
   for (size_t i = 0; i < cv->n_wms; i++)
     if (!strcmp(cv->wms[i].who, who)) return &cv->wms[i];

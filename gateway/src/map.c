@@ -128,3 +128,33 @@ bool gw_map_next(const gw_map *m, size_t *i, const char **key, void **val) {
   }
   return false;
 }
+
+/* Appends s at *at, keeping room for the terminator. */
+static void put(char *buf, size_t n, size_t *at, const char *s) {
+  size_t len = strlen(s), room = n - 1 - *at;
+  if (len > room) len = room;
+  memcpy(buf + *at, s, len);
+  *at += len;
+}
+
+char *gw_copy(char *buf, size_t n, const char *s) {
+  if (!n) return buf;
+  size_t at = 0;
+  put(buf, n, &at, s);
+  buf[at] = 0;
+  return buf;
+}
+
+char *gw_join(char *buf, size_t n, const char *a, const char *b, const char *c) {
+  if (!n) return buf;
+  size_t at = 0;
+  put(buf, n, &at, a);
+  put(buf, n, &at, "\x1f");
+  put(buf, n, &at, b);
+  if (c) {
+    put(buf, n, &at, "\x1f");
+    put(buf, n, &at, c);
+  }
+  buf[at] = 0;
+  return buf;
+}

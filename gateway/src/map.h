@@ -21,4 +21,12 @@ void gw_map_clear(gw_map *m);
 /* Iteration: for (size_t i = 0; gw_map_next(m, &i, &k, &v);) */
 bool gw_map_next(const gw_map *m, size_t *i, const char **key, void **val);
 
+/* Map keys and names are built on every frame, where snprintf's format
+ * parsing cost more than the map lookup. Both write what snprintf(buf, n,
+ * ...) would, cut at n - 1 bytes, and return buf.
+ * gw_copy: "%s" of s. gw_join: a, b and c (c may be NULL for two parts)
+ * joined with the unit separator 0x1f. */
+char *gw_copy(char *buf, size_t n, const char *s);
+char *gw_join(char *buf, size_t n, const char *a, const char *b, const char *c);
+
 #endif

@@ -28,8 +28,7 @@ bool pg_router_participant(const pg_conn *c, const pg_conv *cv) {
 /* ---------------------------------------------------------------- streams */
 
 static void seen_key(const pg_conn *c, const char *conv, char *buf, size_t n) {
-  snprintf(buf, n, "%s\x1f%s\x1f%s", c->principal, c->role == PG_ROLE_BOT ? "" : c->device,
-           conv);
+  gw_join(buf, n, c->principal, c->role == PG_ROLE_BOT ? "" : c->device, conv);
 }
 
 /* Queues a stream the window or its share held back, once. */
@@ -47,7 +46,7 @@ pg_stream *pg_router_stream(pg_conn *c, const char *conv, bool create) {
   if (s || !create) return s;
   s = calloc(1, sizeof *s);
   if (!s) return NULL;
-  snprintf(s->conv, sizeof s->conv, "%s", conv);
+  gw_copy(s->conv, sizeof s->conv, conv);
   s->active = true;
   /* Where the principal's device stands, as applied: an Ack whose batch
    * is still with the store counts (a client that acknowledged and
@@ -151,7 +150,7 @@ static int push_one(void *ud, uint64_t seq, const void *blob, size_t len) {
   bool red = seq <= p->s->seen || seq <= p->cv->boot_last_seq;
   size_t need = p->len + 1 + 10 + len + 2;
   if (need > p->cap) {
-    size_t nc = p->cap ? p->cap * 2 : 1024;
+    size_t nc = p->cap ? p->cap * 2 : 256;
     while (nc < need) nc *= 2;
     uint8_t *t = realloc(p->buf, nc);
     if (!t) return PARLEY_ENOMEM;

@@ -25,10 +25,10 @@ local rawget, rawset, rawequal, rawlen, load, pcall, xpcall, assert =
 local s_format, s_find, s_sub, s_byte, s_gsub, s_match, s_lower, s_gmatch =
   string.format, string.find, string.sub, string.byte, string.gsub, string.match,
   string.lower, string.gmatch
-local t_concat, t_sort, t_remove, t_pack, t_unpack =
-  table.concat, table.sort, table.remove, table.pack, table.unpack
-local m_type, m_floor, m_tointeger, m_huge, m_min =
-  math.type, math.floor, math.tointeger, math.huge, math.min
+local t_concat, t_sort, t_remove, t_pack, t_unpack, t_move =
+  table.concat, table.sort, table.remove, table.pack, table.unpack, table.move
+local m_type, m_floor, m_tointeger, m_huge, m_min, m_max =
+  math.type, math.floor, math.tointeger, math.huge, math.min, math.max
 local utf8_len = utf8.len
 local co_create, co_resume, co_close, co_running, co_status =
   coroutine.create, coroutine.resume, coroutine.close, coroutine.running, coroutine.status
@@ -503,6 +503,15 @@ end
 
 local convs = {}   -- [conversation id] = record
 
+-- One empty table shared where a turn would otherwise make a new empty one
+-- (an unchanged state's encoding, a commit without state or tag changes):
+-- nothing ever writes to it, and bot code never sees it.
+local NOTHING = setmetatable({}, {
+  __newindex = function() error("internal error: the shared empty table was written to") end,
+  __metatable = false,
+})
+local NOTHING_INFLIGHT = { pending = NOTHING, add = NOTHING, rm = NOTHING }
+
 local function conv_rec(id)
   local rec = convs[id]
   if not rec then
@@ -532,8 +541,12 @@ end
 
 -- Hands the C side the timers it should have armed for the conversation.
 local function sync_timers(rec)
-  local list = {}
   local tm = timers_of(rec.state)
+  -- Most conversations have no timers: once the C side was told so, an
+  -- empty list again changes nothing there (it drops timers only when told).
+  if not tm and rec.no_timers then return end
+  rec.no_timers = not tm
+  local list = {}
   if tm then
     local tl = rawget(tm, "list")
     for i = 1, m_min(rawlen(tl), TIMERS_MAX) do
@@ -555,6 +568,7 @@ end
 -- when a handler is running). Raw access only: no bot code runs here.
 local function encode_state(st)
   if type(st) ~= "table" then raise("ctx.state must stay a table") end
+  if next(st) == nil then return NOTHING end
   local seen, total, nkeys = {}, 0, 0
   for k, v in next, st do
     if type(k) ~= "string" then
@@ -833,7 +847,8 @@ local function quote_of(rec, q)
   -- The quote shows what the conversation holds for that seq, never text
   -- or a sender the bot made up.
   local r = rec.recent
-  for i = #r, 1, -1 do
+  local last = #r
+  for i = last, m_max(1, last - RECENT_MAX + 1), -1 do
     local m = r[i]
     if m.seq == seq then
       return { seq = seq, excerpt = clean_cut(m.text, EXCERPT_MAX),
@@ -879,9 +894,17 @@ local function tag_count(d)
   return n
 end
 
+-- A handler's tag changes start as the shared empty table (most handlers
+-- change no tag) and get tables of their own on the first change.
+local function own_tags(d)
+  if d.tags_add == NOTHING then d.tags_add, d.tags_remove = {}, {} end
+end
+
 function Ctx:tag(...)
   local d = ctx_of(self)
-  for _, t in ipairs(tag_list(...)) do
+  local list = tag_list(...)
+  own_tags(d)
+  for _, t in ipairs(list) do
     if not d.tags_add[t] and (not d.rec.tags[t] or d.tags_remove[t]) then
       d.tags_add[t] = true; d.tags_remove[t] = nil
       if tag_count(d) > TAGS_MAX then
@@ -895,7 +918,9 @@ end
 
 function Ctx:untag(...)
   local d = ctx_of(self)
-  for _, t in ipairs(tag_list(...)) do d.tags_remove[t] = true; d.tags_add[t] = nil end
+  local list = tag_list(...)
+  own_tags(d)
+  for _, t in ipairs(list) do d.tags_remove[t] = true; d.tags_add[t] = nil end
 end
 
 function Ctx:has_tag(t)
@@ -1013,7 +1038,7 @@ end
 
 local function new_ctx(rec, seq, kind)
   local ctx = C.proxy(CtxMT)
-  ctx_data[ctx] = { rec = rec, seq = seq, kind = kind, tags_add = {}, tags_remove = {} }
+  ctx_data[ctx] = { rec = rec, seq = seq, kind = kind, tags_add = NOTHING, tags_remove = NOTHING }
   return ctx
 end
 
@@ -1429,9 +1454,15 @@ function rt.run(conv, kind, ev, seq)
   elseif ek == "message" then
     if not ev.locale then ev.locale = rec.locale end
     if ev.text then
+      -- The list grows to twice RECENT_MAX and is then cut back to the
+      -- last RECENT_MAX at once: removing the oldest on every message
+      -- moved the whole list each time. quote_of reads the last RECENT_MAX.
       local r = rec.recent
-      r[#r + 1] = { seq = ev.seq, text = ev.text, sender = ev.sender or "" }
-      if #r > RECENT_MAX then t_remove(r, 1) end
+      local n = #r + 1
+      r[n] = { seq = ev.seq, text = ev.text, sender = ev.sender or "" }
+      if n >= 2 * RECENT_MAX then
+        rec.recent = t_move(r, n - RECENT_MAX + 1, n, 1, {})
+      end
     end
   end
   local ctx = new_ctx(rec, seq, "event")
@@ -1492,6 +1523,9 @@ end
 function rt.take_commit(conv)
   local rec = convs[conv]
   if not rec then return {}, {}, {} end
+  if next(rec.tags_add) == nil and next(rec.tags_remove) == nil then
+    return rec.pending, NOTHING, NOTHING
+  end
   local add, rm = {}, {}
   for t in pairs(rec.tags_add) do add[#add + 1] = t end
   for t in pairs(rec.tags_remove) do rm[#rm + 1] = t end
@@ -1505,6 +1539,12 @@ function rt.commit_sent(conv)
   local rec = convs[conv]
   if not rec then return end
   local fl = rec.inflight
+  if next(rec.pending) == nil and next(rec.tags_add) == nil and next(rec.tags_remove) == nil then
+    -- Only a watermark: nothing to give back if the commit is refused, and
+    -- the empty tables stay the record's.
+    fl[#fl + 1] = NOTHING_INFLIGHT
+    return
+  end
   fl[#fl + 1] = { pending = rec.pending, add = rec.tags_add, rm = rec.tags_remove }
   rec.pending, rec.tags_add, rec.tags_remove = {}, {}, {}
 end

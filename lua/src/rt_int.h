@@ -118,6 +118,15 @@ struct parley_runtime {
   void (*on_observe)(void *, parley_runtime_observe, double);
   struct pmet_registry *metrics; /* per-handler metrics (rt_metrics.c), or NULL */
   struct plr_open *opens; /* proactive conversations under way (proactive.c) */
+  /* The series of the handlers run last (rt_metrics.c): looking a series
+   * up in the registry checks its name and labels and scans the family,
+   * which cost more than the rest of the metrics on every event. */
+  struct plr_metric_slot {
+    char handler[96];
+    struct pmet_metric *runs[2]; /* outcome ok, error */
+    struct pmet_metric *duration;
+  } metric_slots[8];
+  unsigned metric_next;
   plr_conv *buckets[PLR_BUCKETS];
   size_t nconvs;
   plr_job *current;

@@ -23,7 +23,34 @@
 #include <string.h>
 
 void plr_runtime_set_metrics(parley_runtime *r, pmet_registry *reg) {
-  if (r) r->metrics = reg;
+  if (!r) return;
+  r->metrics = reg;
+  memset(r->metric_slots, 0, sizeof r->metric_slots);
+  r->metric_next = 0;
+}
+
+/* The cached series of a handler, registered on first use. A registry never
+ * drops a series, so a cached pointer stays valid while r->metrics is the
+ * same registry; plr_runtime_set_metrics empties the cache. */
+static struct plr_metric_slot *handler_slot(parley_runtime *r, const char *handler) {
+  size_t nslots = sizeof r->metric_slots / sizeof r->metric_slots[0];
+  for (size_t i = 0; i < nslots; i++) {
+    struct plr_metric_slot *s = &r->metric_slots[i];
+    if (s->handler[0] && strcmp(s->handler, handler) == 0) return s;
+  }
+  struct plr_metric_slot *s = &r->metric_slots[r->metric_next++ % nslots];
+  snprintf(s->handler, sizeof s->handler, "%s", handler);
+  for (int o = 0; o < 2; o++) {
+    pmet_label l[] = {{"handler", handler}, {"outcome", o ? "error" : "ok"}};
+    s->runs[o] = pmet_counter(r->metrics, "parley_handler_runs_total",
+                              "Handlers run, by handler and outcome.", l, 2);
+  }
+  pmet_label l[] = {{"handler", handler}};
+  s->duration = pmet_histogram(r->metrics, "parley_handler_duration_seconds",
+                               "Time from a handler's start to its end, replies answered "
+                               "included, by handler.",
+                               l, 1, pmet_latency_buckets, pmet_latency_buckets_n);
+  return s;
 }
 
 static void count(parley_runtime *r, const char *name, const char *help, const pmet_label *l,
@@ -33,13 +60,9 @@ static void count(parley_runtime *r, const char *name, const char *help, const p
 
 void plr_metrics_handler_done(parley_runtime *r, const plr_job *j, double seconds) {
   if (!r->metrics || !j->handler[0]) return;
-  pmet_label l[] = {{"handler", j->handler}, {"outcome", j->failed ? "error" : "ok"}};
-  count(r, "parley_handler_runs_total", "Handlers run, by handler and outcome.", l, 2);
-  pmet_observe(pmet_histogram(r->metrics, "parley_handler_duration_seconds",
-                              "Time from a handler's start to its end, replies answered "
-                              "included, by handler.",
-                              l, 1, pmet_latency_buckets, pmet_latency_buckets_n),
-               seconds);
+  struct plr_metric_slot *s = handler_slot(r, j->handler);
+  pmet_inc(s->runs[j->failed ? 1 : 0]);
+  pmet_observe(s->duration, seconds);
 }
 
 /* C.metric(kind, ...):
@@ -52,8 +75,12 @@ static int l_metric(lua_State *L) {
   const char *kind = luaL_checkstring(L, 1);
   if (!strcmp(kind, "handler")) {
     if (r->current) {
-      const char *name = luaL_checkstring(L, 2);
-      snprintf(r->current->handler, sizeof r->current->handler, "%s", name);
+      size_t len;
+      const char *name = luaL_checklstring(L, 2, &len);
+      /* Named on every event: a copy, cut like snprintf would. */
+      if (len >= sizeof r->current->handler) len = sizeof r->current->handler - 1;
+      memcpy(r->current->handler, name, len);
+      r->current->handler[len] = 0;
     }
     return 0;
   }

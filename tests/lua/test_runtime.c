@@ -32,6 +32,9 @@
   "  ctx:reply({image = {url = 'https://example.com/i.png', alt = 'a cat'}})\n"      \
   "end)\n"                                                                            \
   "bot:command('/quote', function(ctx, msg) ctx:reply('quoted', {quote = msg}) end)\n" \
+  "bot:command('/qseq', function(ctx, msg, args)\n"                                  \
+  "  if not pcall(ctx.reply, ctx, 'q', {quote = tonumber(args[1])}) then ctx:reply('noquote') end\n" \
+  "end)\n"                                                                            \
   "bot:command('/fail', function(ctx) ctx.state.count = 999; ctx:tag('x'); error('boom') end)\n" \
   "bot:command('/tag', function(ctx, msg, args) ctx:tag(args[1]); ctx:untag('old') end)\n" \
   "bot:command('/profile', function(ctx)\n"                                           \
@@ -654,6 +657,33 @@ static void test_public_options_checked(void **state) {
   fclose(quiet);
 }
 
+/* A reply quotes one of the conversation's last 32 inbound messages and no
+ * older one, however many came before (the list is cut back in steps). */
+static void test_quote_window(void **state) {
+  rtc *t = *state;
+  for (uint64_t s = 1; s <= 140; s++) {
+    bool in_window = s % 2;
+    uint64_t target = in_window ? s - 31 : s - 32;
+    char text[32];
+    snprintf(text, sizeof text, "/qseq %llu", (unsigned long long)target);
+    fd_message(&t->f, "c9", s, text);
+    fd_pump(&t->f);
+    if (s < 33) continue; /* target 0 or below: not a seq */
+    const fd_send *r = fd_last_send(&t->f, "c9");
+    assert_non_null(r);
+    if (in_window) {
+      assert_string_equal(r->text, "q");
+      assert_int_equal(r->quote_seq, target);
+      char want[32];
+      uint64_t its = target % 2 ? target - 31 : target - 32; /* what message target asked */
+      snprintf(want, sizeof want, "/qseq %llu", (unsigned long long)its);
+      assert_string_equal(r->quote_excerpt, want);
+    } else {
+      assert_string_equal(r->text, "noquote");
+    }
+  }
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_public_options_checked),
@@ -665,6 +695,7 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_redelivered_state_and_open, setup, teardown),
       cmocka_unit_test_setup_teardown(test_order_and_concurrency, setup, teardown),
       cmocka_unit_test_setup_teardown(test_match_postback_quote_idem, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_quote_window, setup, teardown),
       cmocka_unit_test_setup_teardown(test_timers_in_state, setup, teardown),
       cmocka_unit_test_setup_teardown(test_reload, setup, teardown),
       cmocka_unit_test_setup_teardown(test_stop_drains, setup, teardown),

@@ -63,6 +63,11 @@ static const pg_store_backend *const backends[] = {&pg_store_sqlite,
 /* ----------------------------------------------------------- conv rows */
 
 void pg_store_conv_clear(pg_store_conv *c) {
+  if (c->packed) {
+    free(c->id);
+    memset(c, 0, sizeof *c);
+    return;
+  }
   free(c->id);
   free(c->customer);
   free(c->assignee);
@@ -78,6 +83,7 @@ static char *dup0(const char *s) { return strdup(s ? s : ""); }
 
 int pg_store_conv_copy(pg_store_conv *dst, const pg_store_conv *src) {
   *dst = *src;
+  dst->packed = false;
   dst->id = dup0(src->id);
   dst->customer = dup0(src->customer);
   dst->assignee = dup0(src->assignee);
@@ -90,6 +96,31 @@ int pg_store_conv_copy(pg_store_conv *dst, const pg_store_conv *src) {
       !dst->queue || !dst->note || !dst->tags) {
     pg_store_conv_clear(dst);
     return PARLEY_ENOMEM;
+  }
+  return 0;
+}
+
+int pg_store_conv_pack(pg_store_conv *dst, const pg_store_conv *src) {
+  const char *in[8] = {src->id,     src->customer, src->assignee, src->bot,
+                       src->locale, src->queue,    src->note,     src->tags};
+  size_t len[8], total = 0;
+  for (int i = 0; i < 8; i++) {
+    if (!in[i]) in[i] = "";
+    len[i] = strlen(in[i]) + 1;
+    total += len[i];
+  }
+  char *p = malloc(total);
+  if (!p) {
+    memset(dst, 0, sizeof *dst);
+    return PARLEY_ENOMEM;
+  }
+  *dst = *src;
+  dst->packed = true;
+  char **out[8] = {&dst->id,     &dst->customer, &dst->assignee, &dst->bot,
+                   &dst->locale, &dst->queue,    &dst->note,     &dst->tags};
+  for (int i = 0; i < 8; i++) {
+    *out[i] = memcpy(p, in[i], len[i]);
+    p += len[i];
   }
   return 0;
 }
@@ -154,7 +185,7 @@ int pg_store_batch_event(pg_store_batch *b, const pg_store_event *ev) {
 int pg_store_batch_conv(pg_store_batch *b, const pg_store_conv *c, unsigned flags) {
   uintptr_t ix = (uintptr_t)gw_map_get(&b->conv_ix, c->id);
   pg_store_conv copy;
-  if (pg_store_conv_copy(&copy, c)) return PARLEY_ENOMEM;
+  if (pg_store_conv_pack(&copy, c)) return PARLEY_ENOMEM;
   if (ix) {
     pg_store_conv_rec *r = &b->convs[ix - 1];
     pg_store_conv_clear(&r->c);
@@ -190,7 +221,7 @@ int pg_store_batch_state(pg_store_batch *b, const char *conv, const char *key, c
   /* The map key joins conv and key with a unit separator, which neither
    * may contain (conversation ids are [A-Za-z0-9._:@-]). */
   char mk[300];
-  snprintf(mk, sizeof mk, "%s\x1f%s", conv, key);
+  gw_join(mk, sizeof mk, conv, key, NULL);
   uintptr_t ix = (uintptr_t)gw_map_get(&b->state_ix, mk);
   pg_store_state_rec *r;
   if (ix) {
@@ -217,7 +248,7 @@ int pg_store_batch_state(pg_store_batch *b, const char *conv, const char *key, c
 int pg_store_batch_watermark(pg_store_batch *b, const char *principal, const char *device,
                              const char *conv, uint64_t acked) {
   char mk[420];
-  snprintf(mk, sizeof mk, "%s\x1f%s\x1f%s", principal, device, conv);
+  gw_join(mk, sizeof mk, principal, device, conv);
   uintptr_t ix = (uintptr_t)gw_map_get(&b->wm_ix, mk);
   if (ix) {
     pg_store_wm_rec *r = &b->wms[ix - 1];
@@ -260,7 +291,7 @@ void pg_store_batch_view_get(const pg_store_batch *b, pg_store_batch_view *out) 
 void pg_store__complete(pg_store *st, pg_store_batch *b, int status, const char *why,
                         uint64_t commit_us) {
   b->status = status;
-  snprintf(b->why, sizeof b->why, "%s", status < 0 && why ? why : "");
+  gw_copy(b->why, sizeof b->why, status < 0 && why ? why : "");
   b->next = NULL;
   pthread_mutex_lock(&st->mu);
   if (status < 0) {

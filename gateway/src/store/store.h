@@ -81,11 +81,20 @@ typedef struct pg_store_conv {
   /* The highest seq stored. Derived by the backend from the events on
    * read (the store never writes it separately); ignored on write. */
   uint64_t last_seq;
+  /* Set by pg_store_conv_pack: the eight strings share one allocation
+   * starting at id, and pg_store_conv_clear frees that block alone. A zeroed
+   * or separately filled row has it false. */
+  bool packed;
 } pg_store_conv;
 
 void pg_store_conv_clear(pg_store_conv *c);
 /* Deep copy of src into dst (dst's old contents are not freed). */
 int pg_store_conv_copy(pg_store_conv *dst, const pg_store_conv *src);
+/* The same copy with the strings in one allocation, for rows that are only
+ * read and then dropped whole (snapshots, a batch's rows): one malloc
+ * instead of eight. Such a row's strings must not be replaced one by one;
+ * it is marked `packed`, and pg_store_conv_clear frees the block. */
+int pg_store_conv_pack(pg_store_conv *dst, const pg_store_conv *src);
 
 /* One event of a conversation's log. */
 typedef struct pg_store_event {

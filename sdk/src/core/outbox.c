@@ -268,6 +268,13 @@ pe_send *pe_send_lookup(pe_engine *e, const char *conversation,
 void pe_on_send_ack(pe_engine *e, const Parley__V1__SendAck *a) {
   char hex[33];
   pe_send *s = pe_send_lookup(e, a->conversation, a->client_msg_id.data);
+  if (s && s->attempts && a->error == PARLEY__V1__ERROR_CODE__ERROR_NONE) {
+    /* Stored is stored, whichever write this answers. The ring of completed
+     * sends (a scan of up to PE_DONE_RING ids) is read only for the other
+     * answers: on this, the usual one, it cost more than the rest. */
+    pe_send_finish(e, s, 0, a->seq, a->server_time_ms, a->duplicate, NULL);
+    return;
+  }
   struct pe_done *d = done_find(e, a->client_msg_id.data);
   if (!s || s->attempts == 0) {
     if (d) {
@@ -277,11 +284,6 @@ void pe_on_send_ack(pe_engine *e, const Parley__V1__SendAck *a) {
     id_hex(a->client_msg_id.data, a->client_msg_id.len, hex);
     pe_peer_error(e, PARLEY_EPROTOCOL, "SendAck for client_msg_id %s that is not pending%s%s",
                hex, a->conversation[0] ? " in conversation " : "", a->conversation);
-    return;
-  }
-  if (a->error == PARLEY__V1__ERROR_CODE__ERROR_NONE) {
-    /* Stored is stored, whichever write this answers. */
-    pe_send_finish(e, s, 0, a->seq, a->server_time_ms, a->duplicate, NULL);
     return;
   }
   if (d && d->owed) {

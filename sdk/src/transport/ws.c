@@ -142,6 +142,14 @@ struct pt_ws {
   size_t q_bytes;
   uint8_t *wbuf;       /* frames written together (write_coalesced) */
   size_t wbuf_cap;
+  /* Writes the queued frames before the loop next polls (flush_cb). */
+  uv_prepare_t flush;
+  bool flush_on;
+  /* Masking keys drawn from OpenSSL's generator 64 at a time, each used
+   * once: a draw per write cost a getpid() (OpenSSL's fork check) and the
+   * generator's work for two or three frames. */
+  uint8_t keys[4 * 64];
+  size_t keys_left;
 
   /* Teardown. */
   bool destroying;
@@ -209,6 +217,18 @@ static void shared_free(pt_ws_shared *sh) {
 }
 
 /* The transport's own handle is closed: `destroyed` is the last hook. */
+static void done_closed(uv_handle_t *h);
+
+/* The flush handle closes first, then `done`, whose close ends the
+ * transport: libuv runs close callbacks newest first, so closing both at
+ * once would free the transport before the flush handle's turn. */
+static void flush_closed(uv_handle_t *h) {
+  pt_ws *t = h->data;
+  uv_close((uv_handle_t *)&t->done, done_closed);
+}
+
+static void close_handles(pt_ws *t) { uv_close((uv_handle_t *)&t->flush, flush_closed); }
+
 static void done_closed(uv_handle_t *h) {
   pt_ws *t = h->data;
   if (t->hooks.destroyed)
@@ -225,7 +245,7 @@ static void reaper_closed(uv_handle_t *h) {
   pt_ws *last = sh->last;
   shared_free(sh);
   if (last)
-    uv_close((uv_handle_t *)&last->done, done_closed);
+    close_handles(last);
 }
 
 static void reap_tick(uv_timer_t *h) {
@@ -280,7 +300,7 @@ static void release(pt_ws *t) {
   }
   pthread_mutex_unlock(&pt_reg_lock);
   if (!last) {
-    uv_close((uv_handle_t *)&t->done, done_closed);
+    close_handles(t);
     return;
   }
   sh->last = t;
@@ -352,6 +372,8 @@ static void close_with(pt_ws *t, struct lws *wsi, int status, int code,
   snprintf(t->close_reason, sizeof t->close_reason, "%s", reason);
   lws_callback_on_writable(wsi);
 }
+
+static void kill_conn(pt_ws *t);
 
 static int on_receive(pt_ws *t, struct lws *wsi, const uint8_t *in,
                       size_t len) {
@@ -456,8 +478,8 @@ static void pop_frame(pt_ws *t) {
  * reply Send and a Commit, often with others' in the same loop turn, and a
  * syscall per frame cost more than the frames. lws masks what lws_write
  * frames itself; here the frames are masked with keys from OpenSSL's
- * generator (unpredictable, as RFC 6455 asks, without a syscall each) and
- * written raw. Returns 0, or -1 to drop the connection. */
+ * generator (unpredictable, as RFC 6455 asks, each used once, drawn 64 at
+ * a time: t->keys) and written raw. Returns 0, or -1 to drop the connection. */
 static int write_coalesced(pt_ws *t, struct lws *wsi) {
   size_t total = 0, n = 0;
   for (pt_frame *f = t->q_head;
@@ -470,36 +492,71 @@ static int write_coalesced(pt_ws *t, struct lws *wsi) {
     t->wbuf = b;
     t->wbuf_cap = LWS_PRE + total;
   }
-  uint8_t keys[4 * 64];
   uint8_t *w = t->wbuf + LWS_PRE;
   size_t off = 0;
   for (size_t i = 0; i < n; i++) {
-    if (i % 64 == 0 && RAND_bytes(keys, sizeof keys) != 1)
-      return -1;
-    off += ws_frame(w + off, t->q_head->buf + LWS_PRE, t->q_head->len, keys + 4 * (i % 64));
+    if (t->keys_left < 4) {
+      if (RAND_bytes(t->keys, sizeof t->keys) != 1)
+        return -1;
+      t->keys_left = sizeof t->keys;
+    }
+    const uint8_t *key = t->keys + sizeof t->keys - t->keys_left;
+    t->keys_left -= 4;
+    off += ws_frame(w + off, t->q_head->buf + LWS_PRE, t->q_head->len, key);
     pop_frame(t);
   }
   int wrote = lws_write(wsi, w, off, LWS_WRITE_RAW);
   return wrote < 0 || (size_t)wrote < off ? -1 : 0;
 }
 
+/* Writes what is queued (up to PT_COALESCE_BYTES). Returns 0, or -1 to
+ * drop the connection. */
+static int write_queued(pt_ws *t, struct lws *wsi) {
+  if (!t->q_head->next) {
+    /* One frame: lws frames and masks it in place, no copy. lws keeps
+     * any part the socket does not take and delays the next WRITEABLE
+     * until it is out, so a short count is a real failure. */
+    pt_frame *f = t->q_head;
+    size_t want = f->len;
+    int n = lws_write(wsi, f->buf + LWS_PRE, f->len, LWS_WRITE_BINARY);
+    pop_frame(t);
+    return n < 0 || (size_t)n < want ? -1 : 0;
+  }
+  return write_coalesced(t, wsi);
+}
+
+/* Runs once per loop iteration that queued frames, just before the loop
+ * polls: the frames go out with lws_write at once instead of through
+ * lws_callback_on_writable, which added and removed POLLOUT with several
+ * epoll_ctl calls per write (about twelve per send() of a busy bot, most
+ * of them failing ones that libuv retries). As the gateway does: when lws
+ * still holds part of an earlier write, or a close is under way, the
+ * WRITEABLE callback writes instead. */
+static void flush_cb(uv_prepare_t *h) {
+  pt_ws *t = h->data;
+  t->flush_on = false;
+  uv_prepare_stop(h);
+  struct lws *wsi = t->wsi;
+  if (!wsi || !t->open || t->kill || t->destroying || !t->q_head)
+    return;
+  if (t->closing || lws_partial_buffered(wsi)) {
+    lws_callback_on_writable(wsi);
+    return;
+  }
+  if (write_queued(t, wsi) < 0) {
+    set_status(t, PARLEY_EIO, 1006);
+    kill_conn(t);
+    return;
+  }
+  if (t->q_head)
+    lws_callback_on_writable(wsi);
+}
+
 static int on_writeable(pt_ws *t, struct lws *wsi) {
   if (t->kill)
     return 0; /* lws kills the connection on its next service */
   if (t->q_head) {
-    int rc;
-    if (!t->q_head->next) {
-      /* One frame: lws frames and masks it in place, no copy. lws keeps
-       * any part the socket does not take and delays the next WRITEABLE
-       * until it is out, so a short count is a real failure. */
-      pt_frame *f = t->q_head;
-      size_t want = f->len;
-      int n = lws_write(wsi, f->buf + LWS_PRE, f->len, LWS_WRITE_BINARY);
-      pop_frame(t);
-      rc = n < 0 || (size_t)n < want ? -1 : 0;
-    } else {
-      rc = write_coalesced(t, wsi);
-    }
+    int rc = write_queued(t, wsi);
     if (rc < 0) {
       set_status(t, PARLEY_EIO, 1006);
       return -1;
@@ -741,6 +798,8 @@ int pt_ws_new(uv_loop_t *loop, const pt_ws_config *cfg,
   t->ctx = t->sh->ctx;
   uv_timer_init(loop, &t->done);
   t->done.data = t;
+  uv_prepare_init(loop, &t->flush);
+  t->flush.data = t;
   *out = t;
   return 0;
 }
@@ -826,7 +885,10 @@ int pt_ws_send(pt_ws *t, const uint8_t *data, size_t len) {
     t->q_head = f;
   t->q_tail = f;
   t->q_bytes += len;
-  lws_callback_on_writable(t->wsi);
+  if (!t->flush_on) {
+    t->flush_on = true;
+    uv_prepare_start(&t->flush, flush_cb);
+  }
   return 0;
 }
 

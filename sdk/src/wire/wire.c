@@ -156,6 +156,11 @@ typedef struct pw_arena {
 
 #define PW_PREFIX sizeof(max_align_t)
 #define PW_CHUNK_MAX ((size_t)1 << 20)
+/* What a small frame's first chunk may hold: malloc's request, header
+ * included, stays at 1,000 bytes. A 65-byte Deliver decodes into about
+ * 930. */
+#define PW_SMALL_CAP (1000 - sizeof(pw_chunk))
+#define PW_SMALL_FRAME 256
 
 static size_t pw_round(size_t n) {
   return (n + sizeof(max_align_t) - 1) & ~(sizeof(max_align_t) - 1);
@@ -206,8 +211,13 @@ int pw_decode(const uint8_t *data, size_t len, size_t max_bytes,
     return PARLEY_ETOOBIG;
   }
   /* The first chunk holds the arena and, usually, the whole frame: decoded
-   * structs take a few times the wire size. */
+   * structs take a few times the wire size. A small frame's chunk stays
+   * under 1,000 bytes, in glibc's small bins and per-thread cache: a larger
+   * request first consolidates every freed small chunk (malloc_consolidate),
+   * which the many small blocks a Lua runtime frees make costly on every
+   * frame. A frame that needs more takes a second chunk. */
   size_t cap = pw_round(sizeof(pw_arena)) + 4 * len + 1024;
+  if (len <= PW_SMALL_FRAME && cap > PW_SMALL_CAP) cap = PW_SMALL_CAP;
   pw_chunk *first = malloc(sizeof *first + cap);
   if (!first) {
     if (why) *why = "out of memory";
