@@ -398,6 +398,66 @@ void psc_msg_id_from_key(const char *conversation, const char *key,
   crypto_generichash_final(&st, out, PARLEY_MSG_ID_LEN);
 }
 
+/* The request's JSON body, or NULL once an error is answered (a content
+ * type other than JSON, or a body that does not parse). */
+static json_t *json_body(phd_request *http) {
+  const char *ctype = phd_req_header(http, "Content-Type");
+  if (ctype && strncasecmp(ctype, "application/json", 16) != 0) {
+    answer_error(http, 415, PARLEY_EINVAL, NULL, "the body must be application/json");
+    return NULL;
+  }
+  size_t blen;
+  const uint8_t *body = phd_req_body(http, &blen);
+  json_error_t jerr;
+  json_t *root = json_loadb((const char *)body, blen, JSON_REJECT_DUPLICATES, &jerr);
+  if (!root) {
+    char msg[256];
+    snprintf(msg, sizeof msg, "invalid JSON at line %d, column %d: %s", jerr.line, jerr.column,
+             jerr.text);
+    answer_error(http, 400, PARLEY_EINVAL, NULL, msg);
+  }
+  return root;
+}
+
+/* Whether the embedder can send now; answers 503 when it cannot. */
+static bool gateway_ready(psc_server *s, phd_request *http) {
+  char reason[200] = "";
+  if (!s->hooks.ready || s->hooks.ready(s->hooks.ud, reason, sizeof reason)) return true;
+  char msg[256];
+  snprintf(msg, sizeof msg, "not connected to the gateway: %s", reason[0] ? reason : "not ready");
+  answer_error(http, 503, PARLEY_EDISCONNECTED, NULL, msg);
+  return false;
+}
+
+/* Links r as under way for http, with the send timeout running, before
+ * the embedder's hook is called (which may already complete it). */
+static void req_begin(psc_server *s, psc_request *r, phd_request *http) {
+  r->http = http;
+  r->deadline_ms = uv_now(s->loop) + s->hooks.send_timeout_ms;
+  r->outcome_pending = true;
+  r->in_send = true;
+  link_req(s, r);
+  if (s->head == r) arm_timer(s);
+}
+
+/* The hook returned st: 0, or a refusal before anything started, so no
+ * outcome will come and the request is answered here ("<what>: <why>"). */
+static void req_started(psc_server *s, psc_request *r, int st, const char *what,
+                        const char *why, const char *log) {
+  r->in_send = false;
+  if (st == 0) return;
+  r->outcome_pending = false;
+  if (!r->http) return;
+  log_outcome(s, r, st, log);
+  unlink_req(r);
+  phd_request *h = r->http;
+  r->http = NULL;
+  char msg[768];
+  snprintf(msg, sizeof msg, "%s: %s", what, why[0] ? why : parley_strerror(st));
+  answer_error(h, psc_http_status(st), st, why[0] && st == PARLEY_EINVAL ? "template" : NULL,
+               msg);
+}
+
 static void on_messages(phd_request *http, void *ud) {
   psc_server *s = ud;
   const char *path = phd_req_path(http) + strlen(PSC_PREFIX);
@@ -413,22 +473,8 @@ static void on_messages(phd_request *http, void *ud) {
                  "conversation id must be 1 to 128 characters from [A-Za-z0-9._:@-]");
     return;
   }
-  const char *ctype = phd_req_header(http, "Content-Type");
-  if (ctype && strncasecmp(ctype, "application/json", 16) != 0) {
-    answer_error(http, 415, PARLEY_EINVAL, NULL, "the body must be application/json");
-    return;
-  }
-  size_t blen;
-  const uint8_t *body = phd_req_body(http, &blen);
-  json_error_t jerr;
-  json_t *root = json_loadb((const char *)body, blen, JSON_REJECT_DUPLICATES, &jerr);
-  if (!root) {
-    char msg[256];
-    snprintf(msg, sizeof msg, "invalid JSON at line %d, column %d: %s", jerr.line, jerr.column,
-             jerr.text);
-    answer_error(http, 400, PARLEY_EINVAL, NULL, msg);
-    return;
-  }
+  json_t *root = json_body(http);
+  if (!root) return;
   psc_msg m;
   memset(&m, 0, sizeof m);
   psc_err e = {0};
@@ -451,11 +497,7 @@ static void on_messages(phd_request *http, void *ud) {
     json_decref(root);
     return;
   }
-  char reason[200] = "";
-  if (s->hooks.ready && !s->hooks.ready(s->hooks.ud, reason, sizeof reason)) {
-    char msg[256];
-    snprintf(msg, sizeof msg, "not connected to the gateway: %s", reason[0] ? reason : "not ready");
-    answer_error(http, 503, PARLEY_EDISCONNECTED, NULL, msg);
+  if (!gateway_ready(s, http)) {
     json_decref(root);
     return;
   }
@@ -470,12 +512,7 @@ static void on_messages(phd_request *http, void *ud) {
   r->conversation[idlen] = '\0';
   if (m.key) psc_msg_id_from_key(r->conversation, m.key, r->msg_id);
   else parley_msg_id_random(r->msg_id);
-  r->http = http;
-  r->deadline_ms = uv_now(s->loop) + s->hooks.send_timeout_ms;
-  r->outcome_pending = true;
-  r->in_send = true;
-  link_req(s, r);
-  if (s->head == r) arm_timer(s);
+  req_begin(s, r, http);
   int st;
   char why[512] = "";
   if (m.is_template) {
@@ -490,23 +527,10 @@ static void on_messages(phd_request *http, void *ud) {
   } else {
     st = s->hooks.send(s->hooks.ud, r->conversation, &m.content, r->msg_id, r);
   }
-  r->in_send = false;
   json_decref(root);
-  if (st != 0) {
-    /* The send never started, so no outcome will come. */
-    r->outcome_pending = false;
-    if (r->http) {
-      log_outcome(s, r, st, "sidecar send refused");
-      unlink_req(r);
-      phd_request *h = r->http;
-      r->http = NULL;
-      char msg[768];
-      snprintf(msg, sizeof msg, "the send to %s could not start: %s", r->conversation,
-               why[0] ? why : parley_strerror(st));
-      answer_error(h, psc_http_status(st), st, why[0] && st == PARLEY_EINVAL ? "template" : NULL,
-                   msg);
-    }
-  }
+  char what[200];
+  snprintf(what, sizeof what, "the send to %s could not start", r->conversation);
+  req_started(s, r, st, what, why, "sidecar send refused");
   maybe_free(r);
 }
 
@@ -530,26 +554,12 @@ static void on_open(phd_request *http, void *ud) {
                  "no such resource; conversations are opened with POST /v1/conversations");
     return;
   }
-  const char *ctype = phd_req_header(http, "Content-Type");
-  if (ctype && strncasecmp(ctype, "application/json", 16) != 0) {
-    answer_error(http, 415, PARLEY_EINVAL, NULL, "the body must be application/json");
-    return;
-  }
   if (!s->hooks.open) {
     answer_error(http, 501, PARLEY_EUNSUPPORTED, NULL, "this sidecar cannot open conversations");
     return;
   }
-  size_t blen;
-  const uint8_t *body = phd_req_body(http, &blen);
-  json_error_t jerr;
-  json_t *root = json_loadb((const char *)body, blen, JSON_REJECT_DUPLICATES, &jerr);
-  if (!root) {
-    char msg[256];
-    snprintf(msg, sizeof msg, "invalid JSON at line %d, column %d: %s", jerr.line, jerr.column,
-             jerr.text);
-    answer_error(http, 400, PARLEY_EINVAL, NULL, msg);
-    return;
-  }
+  json_t *root = json_body(http);
+  if (!root) return;
   static const char *const known[] = {"customer", "template", "vars", "quick_replies", "card",
                                       "idempotency_key", NULL};
   psc_msg m;
@@ -591,11 +601,7 @@ static void on_open(phd_request *http, void *ud) {
     json_decref(root);
     return;
   }
-  char reason[200] = "";
-  if (s->hooks.ready && !s->hooks.ready(s->hooks.ud, reason, sizeof reason)) {
-    char msg[256];
-    snprintf(msg, sizeof msg, "not connected to the gateway: %s", reason[0] ? reason : "not ready");
-    answer_error(http, 503, PARLEY_EDISCONNECTED, NULL, msg);
+  if (!gateway_ready(s, http)) {
     json_decref(cust);
     json_decref(root);
     return;
@@ -614,32 +620,16 @@ static void on_open(phd_request *http, void *ud) {
     return;
   }
   r->is_open = true;
-  r->http = http;
-  r->deadline_ms = uv_now(s->loop) + s->hooks.send_timeout_ms;
-  r->outcome_pending = true;
-  r->in_send = true;
-  link_req(s, r);
-  if (s->head == r) arm_timer(s);
+  req_begin(s, r, http);
   char why[512] = "";
   int st = s->hooks.open(s->hooks.ud, json_string_value(cust), key, reply, r, r->conversation,
                          r->msg_id, why, sizeof why);
-  r->in_send = false;
   free(key);
   free(reply);
-  if (st != 0) {
-    r->outcome_pending = false;
-    if (r->http) {
-      log_outcome(s, r, st, "sidecar open refused");
-      unlink_req(r);
-      phd_request *h = r->http;
-      r->http = NULL;
-      char msg[768];
-      snprintf(msg, sizeof msg, "the conversation with %s could not be opened: %s",
-               json_string_value(cust), why[0] ? why : parley_strerror(st));
-      answer_error(h, psc_http_status(st), st, why[0] && st == PARLEY_EINVAL ? "template" : NULL,
-                   msg);
-    }
-  }
+  char what[200];
+  snprintf(what, sizeof what, "the conversation with %.128s could not be opened",
+           json_string_value(cust));
+  req_started(s, r, st, what, why, "sidecar open refused");
   json_decref(cust);
   json_decref(root);
   maybe_free(r);
