@@ -153,7 +153,12 @@ struct parley_runtime {
 
 /* runtime.c */
 plr_conv *plr_conv_find(const parley_runtime *r, const char *id);
-void plr_conv_enqueue(parley_runtime *r, plr_conv *c, plr_job *j);
+/* A zeroed job of that kind at the conversation's position seq, with no
+ * Lua references yet (calloc; NULL when out of memory). */
+plr_job *plr_job_new(job_kind kind, uint64_t seq);
+/* Queues j on c, starts what can start and tells the embedder when the
+ * runtime went idle: how every job enters a conversation. */
+void plr_conv_submit(parley_runtime *r, plr_conv *c, plr_job *j);
 /* Starts queued jobs of c until one has to wait. */
 void plr_conv_pump(parley_runtime *r, plr_conv *c);
 void plr_rt_maybe_idle(parley_runtime *r);

@@ -137,13 +137,25 @@ static void job_free(parley_runtime *r, plr_job *j) {
   free(j);
 }
 
-void plr_conv_enqueue(parley_runtime *r, plr_conv *c, plr_job *j) {
+plr_job *plr_job_new(job_kind kind, uint64_t seq) {
+  plr_job *j = calloc(1, sizeof *j);
+  if (!j) return NULL;
+  j->kind = kind;
+  j->seq = seq;
+  j->ev_ref = LUA_NOREF;
+  j->co_ref = LUA_NOREF;
+  return j;
+}
+
+void plr_conv_submit(parley_runtime *r, plr_conv *c, plr_job *j) {
   j->conv = c;
   if (c->tail) c->tail->next = j;
   else c->head = j;
   c->tail = j;
   c->qlen++;
   r->queued++;
+  plr_conv_pump(r, c);
+  plr_rt_maybe_idle(r);
 }
 
 
@@ -493,17 +505,12 @@ void plr_rt_on_event(parley_runtime *r, const parley_event *ev) {
     plr_log(r, 2, c->id, ev->seq, "queue full; the event will be delivered again");
     return;
   }
-  plr_job *j = calloc(1, sizeof *j);
-  if (!j) return;
-  j->seq = ev->seq;
-  j->ev_ref = LUA_NOREF;
-  j->co_ref = LUA_NOREF;
   bool own = ev->sender && strcmp(ev->sender, r->principal) == 0;
+  plr_job *j = plr_job_new(own ? JOB_ACK : JOB_EVENT, ev->seq);
+  if (!j) return;
   if (own) {
-    j->kind = JOB_ACK;
     r->stats.acked_only++;
   } else {
-    j->kind = JOB_EVENT;
     lua_State *L = plr_vm_state(r->vm);
     plr_vm_budget(r->vm, L, PLR_INTERNAL_BUDGET, false);
     plr_vm_uncapped(r->vm);
@@ -519,9 +526,7 @@ void plr_rt_on_event(parley_runtime *r, const parley_event *ev) {
   }
   c->last_seq = ev->seq;
   if (ev->kind == PARLEY_EVENT_CLOSED) c->closed = true;
-  plr_conv_enqueue(r, c, j);
-  plr_conv_pump(r, c);
-  plr_rt_maybe_idle(r);
+  plr_conv_submit(r, c, j);
 }
 
 void plr_rt_on_assign(parley_runtime *r, const parley_assignment *a) {
@@ -803,7 +808,7 @@ int parley_runtime_send_proactive(parley_runtime *r, const char *conversation,
   if (!c || c->revoked || c->epoch == 0) return PARLEY_ENOTFOUND;
   if (c->qlen >= plr_vm_limits(r->vm)->queue_max) return PARLEY_EBACKPRESSURE;
   plr_psend *p = calloc(1, sizeof *p);
-  plr_job *j = calloc(1, sizeof *j);
+  plr_job *j = plr_job_new(JOB_SEND, c->handled_seq);
   if (!p || !j) {
     free(p);
     free(j);
@@ -837,14 +842,8 @@ int parley_runtime_send_proactive(parley_runtime *r, const char *conversation,
   memcpy(p->msg_id, msg_id, PARLEY_MSG_ID_LEN);
   p->done = done;
   p->ud = ud;
-  j->kind = JOB_SEND;
-  j->seq = c->handled_seq;
-  j->ev_ref = LUA_NOREF;
-  j->co_ref = LUA_NOREF;
   j->psend = p;
-  plr_conv_enqueue(r, c, j);
-  plr_conv_pump(r, c);
-  plr_rt_maybe_idle(r);
+  plr_conv_submit(r, c, j);
   return 0;
 }
 

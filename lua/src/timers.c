@@ -37,18 +37,12 @@ static void uvt_fire(uv_timer_t *h) {
     if (ct->id != id || ct->uvt != t) continue;
     plr_ctimer_disarm(ct);
     if (c->revoked || r->stopping) return;
-    plr_job *j = calloc(1, sizeof *j);
+    plr_job *j = plr_job_new(JOB_TIMER, c->handled_seq);
     if (!j) return;
-    j->kind = JOB_TIMER;
     j->timer_id = id;
-    j->seq = c->handled_seq;
-    j->ev_ref = LUA_NOREF;
-    j->co_ref = LUA_NOREF;
     ct->queued = true;
     r->stats.timers_fired++;
-    plr_conv_enqueue(r, c, j);
-    plr_conv_pump(r, c);
-    plr_rt_maybe_idle(r);
+    plr_conv_submit(r, c, j);
     return;
   }
 }
