@@ -432,6 +432,23 @@ void pg_store_on_remote(pg_store *st, pg_store_remote_fn fn, void *ud) {
   if (st->be->on_remote) st->be->on_remote(st->impl, fn, ud);
 }
 
+int pg_store_bot_presence(pg_store *st, const char *bot, unsigned conns) {
+  return st->be->bot_presence ? st->be->bot_presence(st->impl, bot, conns) : 0;
+}
+
+int pg_store_placement(pg_store *st, const char *conv, const char *bot) {
+  return st->be->placement ? st->be->placement(st->impl, conv, bot) : PG_STORE_PLACE_HERE;
+}
+
+int pg_store_place_elsewhere(pg_store *st, const char *bot, const char *const *convs, size_t n) {
+  return st->be->place_elsewhere ? st->be->place_elsewhere(st->impl, bot, convs, n)
+                                 : PARLEY_ENOTFOUND;
+}
+
+void pg_store_on_place(pg_store *st, pg_store_place_fn fn, void *ud) {
+  if (st->be->on_place) st->be->on_place(st->impl, fn, ud);
+}
+
 int pg_store_sent_each(pg_store *st,
                        int (*fn)(void *ud, const char *sender, const uint8_t msg_id[16]),
                        void *ud) {
