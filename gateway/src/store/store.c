@@ -57,6 +57,7 @@ struct pg_store {
 static const pg_store_backend *const backends[] = {&pg_store_sqlite,
 #ifdef PARLEY_HAVE_POSTGRES
                                                    &pg_store_postgres,
+                                                   &pg_store_postgres_shards,
 #endif
                                                    NULL};
 

@@ -411,5 +411,8 @@ bool pg_store__poisoned(pg_store *st, const pg_store_batch *b);
 extern const pg_store_backend pg_store_sqlite;
 /* store/pg.c, when built with PostgreSQL (PARLEY_HAVE_POSTGRES). */
 extern const pg_store_backend pg_store_postgres;
+/* store/shard.c: several PostgreSQL databases, conversations spread by a
+ * hash of their id (storage.shards). */
+extern const pg_store_backend pg_store_postgres_shards;
 
 #endif
