@@ -131,6 +131,7 @@ typedef struct pgb {
   struct peer *peers; /* live nodes with bot connections, by node */
   size_t n_peers;
   bool peers_dirty; /* a node announced a change of its connections */
+  bool presence_lost; /* a write of this node's connections failed */
   uint64_t peers_at_us, swept_us;
   uv_timer_t *tick;
   /* Writer thread -> loop: conversations whose placement rows this node
@@ -1325,12 +1326,8 @@ static int notify_now(pgb *p, const char *payload) {
   return 0;
 }
 
-static int pgb_bot_presence(void *impl, const char *bot, unsigned conns) {
-  pgb *p = impl;
-  uintptr_t was = (uintptr_t)gw_map_get(&p->local, bot);
-  if (conns) gw_map_put(&p->local, bot, (void *)(uintptr_t)conns);
-  else gw_map_del(&p->local, bot);
-  if (was == conns && conns) return 0;
+/* Writes this node's count of one bot's connections. */
+static int presence_write(pgb *p, const char *bot, unsigned conns) {
   params ps = {0};
   p_text(&ps, p->tag);
   p_text(&ps, bot);
@@ -1344,10 +1341,22 @@ static int pgb_bot_presence(void *impl, const char *bot, unsigned conns) {
   char msg[40];
   snprintf(msg, sizeof msg, "%s\n!", p->tag);
   p->peers_dirty = true;
+  return notify_now(p, msg);
+}
+
+static int pgb_bot_presence(void *impl, const char *bot, unsigned conns) {
+  pgb *p = impl;
+  uintptr_t was = (uintptr_t)gw_map_get(&p->local, bot);
+  if (conns) gw_map_put(&p->local, bot, (void *)(uintptr_t)conns);
+  else gw_map_del(&p->local, bot);
+  if (was == conns && conns && !p->presence_lost) return 0;
+  int rc = presence_write(p, bot, conns);
+  /* The database is away (a restart): the tick writes it again. */
+  if (rc) p->presence_lost = true;
   /* A bot that just arrived looks for conversations whose holder is gone
    * at the next tick. */
   if (!was && conns) p->swept_us = 0;
-  return notify_now(p, msg);
+  return rc;
 }
 
 static int pgb_place_elsewhere(void *impl, const char *bot, const char *const *convs, size_t n) {
@@ -1460,6 +1469,25 @@ static void on_tick(uv_timer_t *t) {
   pgb *p = t->data;
   if (!p || !p->place) return;
   moved_drain(p);
+  if (p->presence_lost) {
+    /* This node's rows are set to 0 first, so that a count whose
+     * lowering was lost does not linger, then its current counts are
+     * written again. */
+    params ps = {0};
+    p_text(&ps, p->tag);
+    PGresult *r = read_q(p, "UPDATE parley_bot_nodes SET conns=0 WHERE node=$1", &ps, 0);
+    bool ok = r != NULL;
+    PQclear(r);
+    size_t i = 0;
+    const char *k;
+    void *v;
+    while (ok && gw_map_next(&p->local, &i, &k, &v))
+      ok = presence_write(p, k, (unsigned)(uintptr_t)v) == 0;
+    if (ok) {
+      p->presence_lost = false;
+      p->swept_us = 0;
+    }
+  }
   if (!p->local.len || !p->ls) return;
   bool lost = false;
   if (peers_load(p, &lost) != 0) return;
