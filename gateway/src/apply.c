@@ -1099,7 +1099,7 @@ int pg_apply_bump_epoch(pg_gateway *g, pg_conv *cv, pg_conn *to) {
     t->cap_places = nc;
   }
   cv->row.epoch++;
-  if (pg_store_batch_conv(t->batch, &cv->row, 0)) {
+  if (pg_store_batch_conv(t->batch, &cv->row, PG_STORE_CONV_EPOCH)) {
     cv->row.epoch--;
     return PARLEY_ENOMEM;
   }

@@ -60,6 +60,9 @@ static void hot_reload(pg_gateway *g, pg_conv *cv) {
   cv->row = row;
   cv->bot_wm_loaded = false;
   cv->reload = false;
+  /* The stored epoch may be one another node gave its bot connection:
+   * placing it here bumps it first. */
+  cv->placed_epoch = cv->pub.epoch;
 }
 
 /* Another node moved a conversation this node holds in memory: its rows
@@ -99,6 +102,8 @@ static void remote_one(pg_gateway *g, pg_conv *cv, uint64_t last_seq) {
   cv->row = row;
   cv->reload = false;
   cv->bot_wm_loaded = false;
+  /* Another node may have given this epoch to its bot connection. */
+  cv->placed_epoch = cv->pub.epoch;
   tail_clear(g, cv);
   cv->placing = true;
   if (g->route.published) g->route.published(g, cv, &old, false);

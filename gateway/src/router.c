@@ -436,13 +436,27 @@ static void assign(pg_conn *c, pg_conv *cv) {
 static void place(pg_gateway *g, pg_conv **list, size_t n) {
   if (!n || g->stopping) return;
   pg_conn **to = calloc(n, sizeof *to);
-  if (!to) return;
+  bool *away = calloc(n, sizeof *away);
+  if (!to || !away) {
+    free(to);
+    free(away);
+    return;
+  }
   for (size_t i = 0; i < n; i++) {
     if (list[i]->placing) continue; /* a placement is already on its way */
     /* A conversation a bot opened goes to the connection that opened it. */
     to[i] = pg_open_placement(g, list[i]);
-    if (!to[i]) to[i] = pick_bot(g, list[i]->pub.bot);
-    if (!to[i]) continue;
+    if (!to[i]) {
+      /* Several nodes: a live bot connection of another node has it. */
+      if (pg_store_placement(g->store, list[i]->pub.id, list[i]->pub.bot) ==
+          PG_STORE_PLACE_ELSEWHERE)
+        continue;
+      to[i] = pick_bot(g, list[i]->pub.bot);
+      if (!to[i]) {
+        away[i] = true;
+        continue;
+      }
+    }
     to[i]->n_owned++; /* so the next pick balances */
     if (list[i]->placed_epoch == list[i]->pub.epoch) {
       if (pg_apply_bump_epoch(g, list[i], to[i]) != 0) to[i]->n_owned--;
@@ -459,7 +473,39 @@ static void place(pg_gateway *g, pg_conv **list, size_t n) {
     pg_stream *s = pg_router_stream(to[i], list[i]->pub.id, false);
     if (s) pump_stream(to[i], s, list[i]);
   }
+  /* No connection of the bot here: a node that has one is asked, one
+   * request per bot principal. */
+  const char **ids = calloc(n, sizeof *ids);
+  for (size_t i = 0; ids && i < n; i++) {
+    if (!away[i]) continue;
+    size_t m = 0;
+    for (size_t j = i; j < n; j++)
+      if (away[j] && !strcmp(list[j]->pub.bot, list[i]->pub.bot)) {
+        ids[m++] = list[j]->pub.id;
+        if (j > i) away[j] = false;
+      }
+    pg_store_place_elsewhere(g->store, list[i]->pub.bot, ids, m);
+  }
+  free(ids);
+  free(away);
   free(to);
+}
+
+/* Tells the store how many live connections of a bot principal this node
+ * has (gone: one about to close, not counted). */
+static void presence(pg_gateway *g, const char *bot, const pg_conn *gone) {
+  unsigned k = 0;
+  for (pg_conn *c = pg_router_conns_of(g, bot); c; c = c->pnext)
+    if (c != gone && live(c) && c->role == PG_ROLE_BOT) k++;
+  pg_store_bot_presence(g->store, bot, k);
+}
+
+/* Another node asks this one to place a conversation (or its holder went
+ * away and this node takes it over). */
+static void on_place_request(void *ud, const char *id) {
+  pg_gateway *g = ud;
+  pg_conv *cv = pg_router_conv(g, id);
+  if (cv) pg_router_replace(g, cv);
 }
 
 /* A placement's epoch bump is durable (or failed: to is NULL). */
@@ -505,6 +551,7 @@ static int collect_assigned(void *ud, const pg_store_conv *r) {
 }
 
 void pg_router_bot_joined(pg_conn *c) {
+  presence(c->g, c->principal, NULL);
   collect_ctx cc = {.g = c->g};
   pg_store_conv_each(c->g->store, PG_STORE_BY_ASSIGNEE, c->principal, collect_assigned, &cc);
   /* Conversations waiting in a queue are still their bot's. */
@@ -516,6 +563,7 @@ void pg_router_bot_joined(pg_conn *c) {
 }
 
 void pg_router_conn_gone(pg_conn *c) {
+  if (c->role == PG_ROLE_BOT) presence(c->g, c->principal, c);
   collect_ctx cc = {.g = c->g};
   size_t i = 0;
   const char *k;
@@ -627,4 +675,5 @@ void pg_router_init(pg_gateway *g) {
   g->route.committed = on_committed;
   g->route.pump = pg_router_pump;
   g->route.closing = pg_router_conn_gone;
+  pg_store_on_place(g->store, on_place_request, g);
 }

@@ -156,12 +156,14 @@ static int bot_start(fo_state *r) {
   argv[a++] = (char *)PARLEY_BIN;
   argv[a++] = "run";
   argv[a++] = botdir;
+  /* Spread: the bot starts on the last node, the customers elsewhere. */
+  int rot = r->sc->spread ? r->sc->nodes - 1 : 0;
   for (int i = 0; i < r->sc->nodes && i < 2; i++) {
     argv[a++] = "--url";
-    argv[a++] = r->urls[i];
+    argv[a++] = r->urls[(i + rot) % r->sc->nodes];
   }
   if (r->sc->nodes > 2) {
-    snprintf(joined, sizeof joined, "%s", r->urls[2]);
+    snprintf(joined, sizeof joined, "%s", r->urls[(2 + rot) % r->sc->nodes]);
     argv[a++] = "--url";
     argv[a++] = joined;
   }
@@ -308,10 +310,11 @@ static int cust_init(fo_state *r, cust *c, int idx) {
    * the urls array: both spellings of the option are exercised. */
   char joined[FO_MAX_NODES * 64 + 8] = "";
   const char *list[FO_MAX_NODES];
+  int rot = r->sc->spread ? idx % r->sc->nodes : 0;
   for (int i = 0; i < r->sc->nodes; i++) {
-    list[i] = r->urls[i];
+    list[i] = r->urls[(i + rot) % r->sc->nodes];
     size_t n = strlen(joined);
-    snprintf(joined + n, sizeof joined - n, "%s%s", i ? "," : "", r->urls[i]);
+    snprintf(joined + n, sizeof joined - n, "%s%s", i ? "," : "", list[i]);
   }
   if (idx == 0) {
     o.url = joined;
@@ -374,7 +377,8 @@ static bool all_ready(fo_state *r) {
     /* Everyone on the node about to die (alternating shape: the one up;
      * shared shape: the next victim), so that the kill moves them all. */
     int on = r->sc->shared_store ? (int)(r->k.kills % (uint64_t)r->sc->nodes) : r->current;
-    if (!r->sc->fault && strcmp(parley_client_url(c), r->urls[on]) != 0) return false;
+    if (!r->sc->fault && !r->sc->spread && strcmp(parley_client_url(c), r->urls[on]) != 0)
+      return false;
   }
   return true;
 }

@@ -43,6 +43,11 @@ typedef struct fo_scenario {
    * the database) and no node is killed. */
   void (*fault)(void *ud);
   int deadline_s;
+  /* Shared shape only: customer i starts on node i % nodes (its URL list
+   * rotated) and the bot on the last node, so that customers and the bot
+   * are on different nodes and delivery and bot placement go between
+   * nodes; each kill takes node kills % nodes, whoever is on it. */
+  bool spread;
 } fo_scenario;
 
 typedef struct fo_counts {

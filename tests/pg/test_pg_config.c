@@ -72,6 +72,27 @@ static void test_storage_section(void **unused) {
   assert_non_null(strstr(c->storage_url, "password='from-file'"));
   pg_config_free(c);
 
+  /* Several databases: one connection string each, in the order given,
+   * each with the password and the defaults. */
+  setenv("TEST_PG_PW", "pw2", 1);
+  assert_int_equal(load("storage:\n  kind: postgres\n"
+                        "  shards: [\"host=db1 dbname=p\", \"postgresql://u@db2/p\"]\n"
+                        "  password_env: TEST_PG_PW\n  pool: 5\n",
+                        &c, err, sizeof err),
+                   0);
+  assert_string_equal(c->storage_kind, "postgres-shards");
+  {
+    const char *sep = strchr(c->storage_url, '\x1e');
+    assert_non_null(sep);
+    assert_null(strchr(sep + 1, '\x1e'));
+    assert_non_null(strstr(c->storage_url, "host='db1'"));
+    assert_non_null(strstr(sep, "host='db2'"));
+    assert_true(strstr(c->storage_url, "host='db1'") < sep);
+    assert_non_null(strstr(sep, "password='pw2'"));
+    assert_true(strstr(c->storage_url, "password='pw2'") < sep);
+  }
+  pg_config_free(c);
+
   /* Mistakes, each naming the file, its line and its key. */
   struct {
     const char *yaml, *key, *text;
@@ -89,6 +110,16 @@ static void test_storage_section(void **unused) {
       {"storage:\n  kind: postgres\n  url: host=db\n  password_file: /nonexistent/pw\n",
        "storage.password_file", "cannot read"},
       {"storage:\n  kind: postgres\n  url: host=db\n  pasword_env: X\n", "storage", ""},
+      {"storage:\n  kind: postgres\n  url: host=db\n  shards: [host=db2]\n", "storage.url",
+       "not both"},
+      {"storage:\n  kind: postgres\n  shards: []\n", "storage.shards", "list"},
+      {"storage:\n  kind: postgres\n  shards: host=db\n", "storage.shards", "list"},
+      {"storage:\n  kind: postgres\n  shards: [host=a, \"host=b password=x\"]\n",
+       "storage.shards[1]", "never in the YAML"},
+      {"storage:\n  kind: postgres\n  url: host=db\n  pool: 2\n", "storage.pool",
+       "at least 3"},
+      {"storage:\n  kind: sqlite\n  shards: [host=db]\n", "storage.shards",
+       "only kind postgres"},
   };
   unsetenv("TEST_PG_UNSET");
   for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {

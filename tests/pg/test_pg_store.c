@@ -174,13 +174,15 @@ static void test_schema_versions(void **unused) {
   assert_int_equal(node_open(&n, url, err, sizeof err), 0);
   node_close(&n);
   PGconn *a = admin(url);
-  assert_int_equal(scalar(a, "SELECT count(*) FROM parley_schema"), 2);
-  assert_int_equal(scalar(a, "SELECT max(version) FROM parley_schema"), 2);
+  assert_int_equal(scalar(a, "SELECT count(*) FROM parley_schema"), PGB_SCHEMA_VERSION);
+  assert_int_equal(scalar(a, "SELECT max(version) FROM parley_schema"), PGB_SCHEMA_VERSION);
   /* A schema a newer gateway migrated is refused with a clear message. */
   PQclear(PQexec(a, "INSERT INTO parley_schema(version) VALUES (99)"));
   err[0] = 0;
   assert_int_equal(node_open(&n, url, err, sizeof err), PARLEY_EDB);
-  assert_non_null(strstr(err, "version 99, newer than this gateway knows (2)"));
+  char want[96];
+  snprintf(want, sizeof want, "version 99, newer than this gateway knows (%d)", PGB_SCHEMA_VERSION);
+  assert_non_null(strstr(err, want));
   PQfinish(a);
 
   /* A database at version 1 is migrated to the current version. */
@@ -196,6 +198,10 @@ static void test_schema_versions(void **unused) {
   node_close(&n);
   assert_int_equal(scalar(a, "SELECT max(version) FROM parley_schema"), PGB_SCHEMA_VERSION);
   assert_int_equal(scalar(a, "SELECT count(*) FROM pg_proc WHERE proname = 'parley_conv_put'"), 1);
+  assert_int_equal(scalar(a, "SELECT count(*) FROM pg_proc WHERE proname = 'parley_conv_place'"), 1);
+  assert_int_equal(scalar(a, "SELECT count(*) FROM information_schema.columns "
+                             "WHERE table_name = 'parley_conversations' AND column_name = 'node'"),
+                   1);
   PQfinish(a);
 
   /* Unparsable connection strings and missing URLs are configuration errors. */

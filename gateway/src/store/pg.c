@@ -61,6 +61,7 @@
 
 #include <parley/error.h>
 
+#include "map.h"
 #include "store/pg_schema.h"
 #include "store/store.h"
 
@@ -121,7 +122,29 @@ typedef struct pgb {
   void *remote_ud;
   bool missed; /* the listener was down: announcements may be lost */
   unsigned retry_ms; /* the next wait before reconnecting it */
+
+  /* Bot placement across nodes (see "placement" below), loop thread. */
+  pg_store_place_fn place;
+  void *place_ud;
+  gw_map holders;   /* conv -> the node holding its placement (strdup'd) */
+  gw_map local;     /* bot -> this node's live connections (uintptr_t) */
+  struct peer *peers; /* live nodes with bot connections, by node */
+  size_t n_peers;
+  bool peers_dirty; /* a node announced a change of its connections */
+  bool presence_lost; /* a write of this node's connections failed */
+  uint64_t peers_at_us, swept_us;
+  uv_timer_t *tick;
+  /* Writer thread -> loop: conversations whose placement rows this node
+   * committed, so the loop forgets what it had cached of their holder. */
+  char **moved;
+  size_t n_moved, cap_moved;
 } pgb;
+
+typedef struct peer {
+  char node[24];
+  char *bot;
+  unsigned conns;
+} peer;
 
 static uint64_t now_us(void) {
   struct timespec ts;
@@ -257,12 +280,12 @@ static int migrate(PGconn *c, char *err, size_t errlen) {
 
 /* ------------------------------------------------------------ parameters */
 
-/* Up to 13 parameters of one statement, text or binary. */
+/* Up to 16 parameters of one statement, text or binary. */
 typedef struct params {
-  const char *v[13];
-  int len[13];
-  int fmt[13];
-  char num[13][24];
+  const char *v[16];
+  int len[16];
+  int fmt[16];
+  char num[16][24];
   int n;
 } params;
 
@@ -316,12 +339,14 @@ static const struct {
 } stmts[S_COUNT] = {
     [S_CONV_INS] = {"parley_conv_ins", "new conversation",
                     "INSERT INTO parley_conversations(id,customer,assignee,bot,locale,queue,note,"
-                    "tags,status,epoch,state_version,queued_ms) "
-                    "VALUES($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12)"},
-    /* parley_conv_put fails unless the row exists with an epoch and state
-     * version not above the new ones: a node never moves them back. */
-    [S_CONV_PUT] = {"parley_conv_put", "conversation",
-                    "SELECT parley_conv_put($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12)"},
+                    "tags,status,epoch,state_version,queued_ms,node) "
+                    "VALUES($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13)"},
+    /* parley_conv_place fails unless the row exists with an epoch and
+     * state version not above the new ones (a node never moves them
+     * back), and, for a placement, with the epoch just below the new one;
+     * a raised epoch records this node as the holder (pg_schema.h, 3). */
+    [S_CONV_PUT] = {"parley_conv_place", "conversation",
+                    "SELECT parley_conv_place($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14)"},
     [S_ADVANCE] = {"parley_advance", "seq", "SELECT parley_advance($1,$2,$3)"},
     [S_EV_PUT] = {"parley_ev_put", "event",
                   "INSERT INTO parley_events(conv,seq,blob,sender,msg_id) VALUES($1,$2,$3,$4,$5)"},
@@ -489,7 +514,10 @@ static int apply_batch(pgb *p, const pg_store_batch *b) {
     params ps = {0};
     if (t[i].rec) {
       conv_params(&ps, &t[i].rec->c);
-      rc = step(p, (t[i].rec->flags & PG_STORE_CONV_NEW) ? S_CONV_INS : S_CONV_PUT, &ps);
+      p_text(&ps, p->tag);
+      bool ins = t[i].rec->flags & PG_STORE_CONV_NEW;
+      if (!ins) p_text(&ps, (t[i].rec->flags & PG_STORE_CONV_EPOCH) ? "t" : "f");
+      rc = step(p, ins ? S_CONV_INS : S_CONV_PUT, &ps);
     }
     if (!rc && t[i].first) {
       params pa = {0};
@@ -644,6 +672,24 @@ static int announce(pgb *p, qitem *list, int limit) {
       memcpy(buf + len, line, (size_t)n + 1);
       len += (size_t)n;
     }
+    /* "@conv": a row whose assignment may have moved (its holder, its
+     * epoch): the other nodes forget the holder they cached and re-read
+     * the row if they hold it. */
+    for (size_t c = 0; c < v.n_convs && !rc; c++) {
+      if (!(v.convs[c].flags & (PG_STORE_CONV_KEYS | PG_STORE_CONV_EPOCH))) continue;
+      char line[180];
+      int n = snprintf(line, sizeof line, "\n@%s", v.convs[c].c.id);
+      if (n <= 0 || (size_t)n >= sizeof line) continue;
+      if (len + (size_t)n > PGB_NOTIFY_MAX) {
+        params ps = {0};
+        p_text(&ps, buf);
+        rc = step(p, S_NOTIFY, &ps);
+        len = head;
+        buf[len] = 0;
+      }
+      memcpy(buf + len, line, (size_t)n + 1);
+      len += (size_t)n;
+    }
   }
   if (!rc && len > head) {
     params ps = {0};
@@ -778,6 +824,30 @@ static void complete_group(pgb *p, qitem *list, const group *g, uint64_t took) {
   }
 }
 
+/* Hands the loop the ids of the placement rows the first n batches
+ * committed (before their completions run, so that a placement decided in
+ * a completion reads the new holder). */
+static void note_moved(pgb *p, qitem *list, int n) {
+  pthread_mutex_lock(&p->mu);
+  for (int i = 0; list && i < n; list = list->next, i++) {
+    pg_store_batch_view v;
+    pg_store_batch_view_get(list->b, &v);
+    for (size_t c = 0; c < v.n_convs; c++) {
+      if (!(v.convs[c].flags & (PG_STORE_CONV_KEYS | PG_STORE_CONV_EPOCH))) continue;
+      if (p->n_moved == p->cap_moved) {
+        size_t nc = p->cap_moved ? p->cap_moved * 2 : 16;
+        char **t = realloc(p->moved, nc * sizeof *t);
+        if (!t) break;
+        p->moved = t;
+        p->cap_moved = nc;
+      }
+      char *id = strdup(v.convs[c].c.id);
+      if (id) p->moved[p->n_moved++] = id;
+    }
+  }
+  pthread_mutex_unlock(&p->mu);
+}
+
 static void run_group(pgb *p, qitem *list) {
   uint64_t t0 = now_us();
   uint64_t deadline = t0 + (uint64_t)PGB_OUTAGE_MS * 1000u;
@@ -806,6 +876,7 @@ static void run_group(pgb *p, qitem *list) {
     /* The database stayed away: the whole group fails, unapplied. */
     memset(&g, 0, sizeof g);
   }
+  note_moved(p, list, g.n_ok);
   complete_group(p, list, &g, now_us() - t0);
 }
 
@@ -864,6 +935,7 @@ static void pgb_drain(void *impl) {
 
 static void listen_drop(pgb *p);
 static void free_handle(uv_handle_t *h);
+static void placement_free(pgb *p);
 
 static void pgb_close(void *impl) {
   pgb *p = impl;
@@ -876,8 +948,11 @@ static void pgb_close(void *impl) {
     pthread_join(p->th, NULL);
   }
   if (p->wr) PQfinish(p->wr);
+  p->wr = NULL;
+  placement_free(p);
   if (p->rd) PQfinish(p->rd);
   p->remote = NULL;
+  p->place = NULL;
   listen_drop(p);
   if (p->retry) {
     uv_timer_stop(p->retry);
@@ -1000,7 +1075,10 @@ static void schedule_retry(pgb *p) {
                                                           : p->retry_ms * 2;
 }
 
-/* One announcement of another node: "tag\nconv seq\nconv seq...". */
+static void placement_line(pgb *p, const char *line, size_t n);
+
+/* One announcement of another node: "tag\nconv seq\nconv seq...", with
+ * the placement lines "@conv", "!" and "#node conv" among them. */
 static void dispatch(pgb *p, const char *payload) {
   size_t tl = strlen(p->tag);
   if (!strncmp(payload, p->tag, tl) && (payload[tl] == '\n' || !payload[tl])) return;
@@ -1009,6 +1087,11 @@ static void dispatch(pgb *p, const char *payload) {
     line++;
     const char *end = strchr(line, '\n');
     size_t n = end ? (size_t)(end - line) : strlen(line);
+    if (n && (line[0] == '@' || line[0] == '!' || line[0] == '#')) {
+      placement_line(p, line, n);
+      line = end;
+      continue;
+    }
     char conv[160];
     unsigned long long seq = 0;
     const char *sp = memchr(line, ' ', n);
@@ -1040,8 +1123,13 @@ static void on_listen(uv_poll_t *h, int status, int events) {
 
 static void listen_start(pgb *p) {
   char err[300];
+  /* The listening session is the node's sign of life for the others
+   * (pg_schema.h, 3): it carries the node's name. */
+  char name[96];
+  snprintf(name, sizeof name, "SET application_name = 'parley-node:%s'", p->tag);
   p->ls = connect_db(p, err, sizeof err);
-  if (!p->ls || !exec_ok(p->ls, "LISTEN " PGB_CHANNEL, err, sizeof err) ||
+  if (!p->ls || !exec_ok(p->ls, name, err, sizeof err) ||
+      !exec_ok(p->ls, "LISTEN " PGB_CHANNEL, err, sizeof err) ||
       PQsetnonblocking(p->ls, 1) != 0) {
     if (p->ls) PQfinish(p->ls);
     p->ls = NULL;
@@ -1062,6 +1150,9 @@ static void listen_start(pgb *p) {
   p->retry_ms = 0;
   uv_unref((uv_handle_t *)p->poll);
   uv_poll_start(p->poll, UV_READABLE, on_listen);
+  /* Back: the other nodes and what they hold are read again. */
+  p->peers_dirty = true;
+  p->swept_us = 0;
   if (p->missed && p->remote) {
     /* Back after an outage: whatever was announced meanwhile is lost. */
     p->missed = false;
@@ -1077,6 +1168,373 @@ static void pgb_on_remote(void *impl, pg_store_remote_fn fn, void *ud) {
     p->missed = false;
     listen_start(p);
   }
+}
+
+/* ------------------------------------------------------------ placement */
+
+/* Bots across nodes. Each conversation's row names the node holding its
+ * placement (the one that last raised its epoch). A node places a
+ * conversation on its own bot connections only when it holds it, or when
+ * its holder is gone (no listening session) or has no connection of the
+ * bot any more; otherwise the holder's bot keeps it, so a bot joining one
+ * node does not take conversations a bot on another node is serving. A
+ * node with no connection of the bot asks one that has (the "#node conv"
+ * line, the node chosen by a hash of the conversation among the live
+ * nodes with that bot). Every PGB_TICK_MS a node with bot connections
+ * re-reads the live nodes, and when one went away (or every
+ * PGB_SWEEP_MS) looks for conversations of its bots whose holder is gone:
+ * the one live node the hash names takes each over. Epochs fence every
+ * move (parley_conv_place): of two nodes placing one conversation at once
+ * one fails and re-reads. */
+#define PGB_TICK_MS 1000
+#define PGB_SWEEP_MS 5000
+
+static PGresult *read_q(pgb *p, const char *sql, const params *ps, int fmt);
+static char *col_dup(PGresult *r, int row, int col);
+
+static void holder_forget(pgb *p, const char *conv) { free(gw_map_del(&p->holders, conv)); }
+
+static void holder_set(pgb *p, const char *conv, const char *node) {
+  char *v = strdup(node);
+  if (!v) return;
+  char *old = gw_map_del(&p->holders, conv);
+  free(old);
+  if (gw_map_put(&p->holders, conv, v) != 0) free(v);
+}
+
+/* Forgets the holders of the rows this node committed since last time. */
+static void moved_drain(pgb *p) {
+  pthread_mutex_lock(&p->mu);
+  char **m = p->moved;
+  size_t n = p->n_moved;
+  p->moved = NULL;
+  p->n_moved = p->cap_moved = 0;
+  pthread_mutex_unlock(&p->mu);
+  for (size_t i = 0; i < n; i++) {
+    holder_forget(p, m[i]);
+    free(m[i]);
+  }
+  free(m);
+}
+
+static void peers_free(peer *v, size_t n) {
+  for (size_t i = 0; i < n; i++) free(v[i].bot);
+  free(v);
+}
+
+static const peer *peer_find(const peer *v, size_t n, const char *node, const char *bot) {
+  for (size_t i = 0; i < n; i++)
+    if (!strcmp(v[i].node, node) && !strcmp(v[i].bot, bot)) return &v[i];
+  return NULL;
+}
+
+/* Re-reads the live nodes with bot connections (by bot, then node, so
+ * that every node sees the same order). *lost: a node or a bot
+ * connection count that was there before is gone. */
+static int peers_load(pgb *p, bool *lost) {
+  PGresult *r = read_q(p,
+                       "SELECT b.node, b.bot, b.conns FROM parley_bot_nodes b "
+                       "WHERE b.conns > 0 AND EXISTS (SELECT 1 FROM pg_stat_activity a "
+                       "  WHERE a.application_name = 'parley-node:' || b.node) "
+                       "ORDER BY b.bot, b.node",
+                       NULL, 0);
+  if (!r) return PARLEY_EDB;
+  size_t n = (size_t)PQntuples(r);
+  peer *v = n ? calloc(n, sizeof *v) : NULL;
+  if (n && !v) {
+    PQclear(r);
+    return PARLEY_ENOMEM;
+  }
+  for (size_t i = 0; i < n; i++) {
+    snprintf(v[i].node, sizeof v[i].node, "%s", PQgetvalue(r, (int)i, 0));
+    v[i].bot = col_dup(r, (int)i, 1);
+    v[i].conns = (unsigned)strtoul(PQgetvalue(r, (int)i, 2), NULL, 10);
+    if (!v[i].bot) {
+      PQclear(r);
+      peers_free(v, n);
+      return PARLEY_ENOMEM;
+    }
+  }
+  PQclear(r);
+  bool gone = false;
+  for (size_t i = 0; i < p->n_peers && !gone; i++)
+    gone = !peer_find(v, n, p->peers[i].node, p->peers[i].bot);
+  if (lost) *lost = gone;
+  peers_free(p->peers, p->n_peers);
+  p->peers = v;
+  p->n_peers = n;
+  p->peers_dirty = false;
+  p->peers_at_us = now_us();
+  return 0;
+}
+
+static void peers_fresh(pgb *p) {
+  if (p->peers_dirty || now_us() - p->peers_at_us > (uint64_t)PGB_TICK_MS * 1000u)
+    peers_load(p, NULL);
+}
+
+static uint32_t fnv1a(const char *s) {
+  uint32_t h = 2166136261u;
+  for (; *s; s++) h = (h ^ (uint8_t)*s) * 16777619u;
+  return h;
+}
+
+/* The live node with a connection of bot that conv goes to, by a hash of
+ * conv among them (others: this node left out); NULL when none. */
+static const char *pick_node(pgb *p, const char *bot, const char *conv, bool others) {
+  size_t n = 0;
+  for (size_t i = 0; i < p->n_peers; i++)
+    if (!strcmp(p->peers[i].bot, bot) && !(others && !strcmp(p->peers[i].node, p->tag))) n++;
+  if (!n) return NULL;
+  size_t k = fnv1a(conv) % n;
+  for (size_t i = 0; i < p->n_peers; i++)
+    if (!strcmp(p->peers[i].bot, bot) && !(others && !strcmp(p->peers[i].node, p->tag)) &&
+        !k--)
+      return p->peers[i].node;
+  return NULL;
+}
+
+static int pgb_placement(void *impl, const char *conv, const char *bot) {
+  pgb *p = impl;
+  moved_drain(p);
+  const char *h = gw_map_get(&p->holders, conv);
+  if (!h) {
+    params ps = {0};
+    p_text(&ps, conv);
+    PGresult *r = read_q(p, "SELECT node FROM parley_conversations WHERE id=$1", &ps, 0);
+    /* Unreadable: placing here is still fenced by the epoch. */
+    if (!r) return PG_STORE_PLACE_HERE;
+    if (PQntuples(r) == 1) holder_set(p, conv, PQgetvalue(r, 0, 0));
+    PQclear(r);
+    h = gw_map_get(&p->holders, conv);
+    if (!h) return PG_STORE_PLACE_HERE;
+  }
+  if (!h[0] || !strcmp(h, p->tag)) return PG_STORE_PLACE_HERE;
+  peers_fresh(p);
+  return peer_find(p->peers, p->n_peers, h, bot) ? PG_STORE_PLACE_ELSEWHERE
+                                                 : PG_STORE_PLACE_HERE;
+}
+
+/* Sends one announcement on the loop's connection (autocommit: delivered
+ * at once). */
+static int notify_now(pgb *p, const char *payload) {
+  params ps = {0};
+  p_text(&ps, payload);
+  PGresult *r = read_q(p, "SELECT pg_notify('" PGB_CHANNEL "', $1)", &ps, 0);
+  if (!r) return PARLEY_EDB;
+  PQclear(r);
+  return 0;
+}
+
+/* Writes this node's count of one bot's connections. */
+static int presence_write(pgb *p, const char *bot, unsigned conns) {
+  params ps = {0};
+  p_text(&ps, p->tag);
+  p_text(&ps, bot);
+  p_u64(&ps, conns);
+  PGresult *r = read_q(p,
+                       "INSERT INTO parley_bot_nodes(node,bot,conns) VALUES($1,$2,$3) "
+                       "ON CONFLICT(node,bot) DO UPDATE SET conns=excluded.conns",
+                       &ps, 0);
+  if (!r) return PARLEY_EDB;
+  PQclear(r);
+  char msg[40];
+  snprintf(msg, sizeof msg, "%s\n!", p->tag);
+  p->peers_dirty = true;
+  return notify_now(p, msg);
+}
+
+static int pgb_bot_presence(void *impl, const char *bot, unsigned conns) {
+  pgb *p = impl;
+  uintptr_t was = (uintptr_t)gw_map_get(&p->local, bot);
+  if (conns) gw_map_put(&p->local, bot, (void *)(uintptr_t)conns);
+  else gw_map_del(&p->local, bot);
+  if (was == conns && conns && !p->presence_lost) return 0;
+  int rc = presence_write(p, bot, conns);
+  /* The database is away (a restart): the tick writes it again. */
+  if (rc) p->presence_lost = true;
+  /* A bot that just arrived looks for conversations whose holder is gone
+   * at the next tick. */
+  if (!was && conns) p->swept_us = 0;
+  return rc;
+}
+
+static int pgb_place_elsewhere(void *impl, const char *bot, const char *const *convs, size_t n) {
+  pgb *p = impl;
+  peers_fresh(p);
+  char buf[PGB_NOTIFY_MAX + 200];
+  size_t head = (size_t)snprintf(buf, sizeof buf, "%s", p->tag), len = head;
+  size_t sent = 0;
+  int rc = 0;
+  for (size_t i = 0; i < n && !rc; i++) {
+    const char *to = pick_node(p, bot, convs[i], true);
+    if (!to) continue;
+    char line[200];
+    int k = snprintf(line, sizeof line, "\n#%s %s", to, convs[i]);
+    if (k <= 0 || (size_t)k >= sizeof line) continue;
+    if (len + (size_t)k > PGB_NOTIFY_MAX) {
+      rc = notify_now(p, buf);
+      len = head;
+      buf[len] = 0;
+    }
+    memcpy(buf + len, line, (size_t)k + 1);
+    len += (size_t)k;
+    sent++;
+  }
+  if (!rc && len > head) rc = notify_now(p, buf);
+  if (rc) return rc;
+  return sent ? 0 : PARLEY_ENOTFOUND;
+}
+
+/* A placement line of another node's announcement. */
+static void placement_line(pgb *p, const char *line, size_t n) {
+  char a[200], b[200];
+  if (line[0] == '!') {
+    p->peers_dirty = true;
+    return;
+  }
+  if (line[0] == '@') {
+    if (n - 1 >= sizeof a) return;
+    memcpy(a, line + 1, n - 1);
+    a[n - 1] = 0;
+    holder_forget(p, a);
+    /* Its epoch may have moved: a node holding it re-reads it. */
+    if (p->remote && a[0]) p->remote(p->remote_ud, a, 0);
+    return;
+  }
+  /* "#node conv": node is asked to place conv. */
+  const char *sp = memchr(line, ' ', n);
+  if (!sp || (size_t)(sp - line - 1) >= sizeof a || n - (size_t)(sp - line) - 1 >= sizeof b)
+    return;
+  memcpy(a, line + 1, (size_t)(sp - line - 1));
+  a[sp - line - 1] = 0;
+  size_t bl = n - (size_t)(sp - line) - 1;
+  memcpy(b, sp + 1, bl);
+  b[bl] = 0;
+  if (strcmp(a, p->tag) || !b[0]) return;
+  /* The node that asked holds it and gives it up to this one. */
+  holder_set(p, b, "");
+  if (p->place) p->place(p->place_ud, b);
+}
+
+/* Conversations of this node's bots whose holder is gone: the ones the
+ * hash gives to this node are placed here. */
+static void sweep(pgb *p) {
+  char arr[4096];
+  size_t len = 0;
+  arr[len++] = '{';
+  size_t i = 0;
+  const char *k;
+  void *v;
+  while (gw_map_next(&p->local, &i, &k, &v) && len + strlen(k) + 4 < sizeof arr)
+    len += (size_t)snprintf(arr + len, sizeof arr - len, "%s\"%s\"", len > 1 ? "," : "", k);
+  if (len == 1) return;
+  arr[len++] = '}';
+  arr[len] = 0;
+  params ps = {0};
+  p_text(&ps, arr);
+  p_text(&ps, p->tag);
+  PGresult *r = read_q(p,
+                       "SELECT c.id, c.bot FROM parley_conversations c "
+                       "WHERE c.bot = ANY($1::text[]) AND c.status <> 2 "
+                       "  AND (c.status = 1 OR c.assignee = c.bot) AND c.node <> $2 "
+                       "  AND NOT EXISTS (SELECT 1 FROM parley_bot_nodes b "
+                       "    WHERE b.node = c.node AND b.bot = c.bot AND b.conns > 0 "
+                       "      AND EXISTS (SELECT 1 FROM pg_stat_activity a "
+                       "        WHERE a.application_name = 'parley-node:' || b.node)) "
+                       "ORDER BY c.id LIMIT 100000",
+                       &ps, 0);
+  if (!r) return;
+  p->swept_us = now_us();
+  int n = PQntuples(r);
+  char **mine = n ? calloc((size_t)n, sizeof *mine) : NULL;
+  size_t m = 0;
+  for (int j = 0; mine && j < n; j++) {
+    const char *to = pick_node(p, PQgetvalue(r, j, 1), PQgetvalue(r, j, 0), false);
+    if (to && !strcmp(to, p->tag)) mine[m++] = col_dup(r, j, 0);
+  }
+  PQclear(r);
+  /* The callback may read on this connection: the result is gone first. */
+  for (size_t j = 0; j < m; j++) {
+    if (mine[j]) {
+      holder_set(p, mine[j], "");
+      if (p->place) p->place(p->place_ud, mine[j]);
+    }
+    free(mine[j]);
+  }
+  free(mine);
+}
+
+static void on_tick(uv_timer_t *t) {
+  pgb *p = t->data;
+  if (!p || !p->place) return;
+  moved_drain(p);
+  if (p->presence_lost) {
+    /* This node's rows are set to 0 first, so that a count whose
+     * lowering was lost does not linger, then its current counts are
+     * written again. */
+    params ps = {0};
+    p_text(&ps, p->tag);
+    PGresult *r = read_q(p, "UPDATE parley_bot_nodes SET conns=0 WHERE node=$1", &ps, 0);
+    bool ok = r != NULL;
+    PQclear(r);
+    size_t i = 0;
+    const char *k;
+    void *v;
+    while (ok && gw_map_next(&p->local, &i, &k, &v))
+      ok = presence_write(p, k, (unsigned)(uintptr_t)v) == 0;
+    if (ok) {
+      p->presence_lost = false;
+      p->swept_us = 0;
+    }
+  }
+  if (!p->local.len || !p->ls) return;
+  bool lost = false;
+  if (peers_load(p, &lost) != 0) return;
+  if (lost || !p->swept_us || now_us() - p->swept_us > (uint64_t)PGB_SWEEP_MS * 1000u)
+    sweep(p);
+}
+
+static void pgb_on_place(void *impl, pg_store_place_fn fn, void *ud) {
+  pgb *p = impl;
+  p->place = fn;
+  p->place_ud = ud;
+  if (fn && !p->tick && p->loop) {
+    p->tick = malloc(sizeof *p->tick);
+    if (!p->tick) return;
+    uv_timer_init(p->loop, p->tick);
+    uv_unref((uv_handle_t *)p->tick);
+    p->tick->data = p;
+    uv_timer_start(p->tick, on_tick, PGB_TICK_MS, PGB_TICK_MS);
+  }
+}
+
+static void placement_free(pgb *p) {
+  if (p->tick) {
+    uv_timer_stop(p->tick);
+    p->tick->data = NULL;
+    uv_close((uv_handle_t *)p->tick, free_handle);
+    p->tick = NULL;
+  }
+  /* The others stop counting on this node's bots at once. */
+  if (p->rd && p->local.len && PQstatus(p->rd) == CONNECTION_OK) {
+    params ps = {0};
+    p_text(&ps, p->tag);
+    PGresult *r = run(p->rd, "DELETE FROM parley_bot_nodes WHERE node=$1", &ps, 0);
+    PQclear(r);
+  }
+  size_t i = 0;
+  const char *k;
+  void *v;
+  while (gw_map_next(&p->holders, &i, &k, &v)) free(v);
+  gw_map_clear(&p->holders);
+  gw_map_clear(&p->local);
+  peers_free(p->peers, p->n_peers);
+  p->peers = NULL;
+  p->n_peers = 0;
+  for (size_t j = 0; j < p->n_moved; j++) free(p->moved[j]);
+  free(p->moved);
+  p->moved = NULL;
 }
 
 static const char *pgb_errmsg(void *impl) {
@@ -1340,6 +1798,10 @@ const pg_store_backend pg_store_postgres = {
     .sent_get = pgb_sent_get,
     .sent_each = pgb_sent_each,
     .on_remote = pgb_on_remote,
+    .bot_presence = pgb_bot_presence,
+    .placement = pgb_placement,
+    .place_elsewhere = pgb_place_elsewhere,
+    .on_place = pgb_on_place,
     .watermark_get = pgb_watermark_get,
     .state_each = pgb_state_each,
 };

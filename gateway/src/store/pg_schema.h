@@ -12,7 +12,7 @@
 #ifndef PARLEY_GW_PG_SCHEMA_H
 #define PARLEY_GW_PG_SCHEMA_H
 
-#define PGB_SCHEMA_VERSION 2
+#define PGB_SCHEMA_VERSION 3
 
 /* The advisory lock key held while migrating ("parley" in ASCII). */
 #define PGB_MIGRATION_LOCK 0x7061726c6579LL
@@ -92,6 +92,46 @@ static const char *const pgb_migrations[PGB_SCHEMA_VERSION + 1] = {
           "    status = status_, epoch = epoch_, state_version = state_version_, "
           "    queued_ms = queued_ms_ "
           "    WHERE id = c AND epoch <= epoch_ AND state_version <= state_version_; "
+          "  IF NOT FOUND THEN "
+          "    RAISE EXCEPTION 'parley: conversation % is missing or newer in the database', c "
+          "      USING ERRCODE = '40001'; "
+          "  END IF; "
+          "END $$;",
+    /* 3: bot placement across nodes. parley_conversations.node is the
+     * node that last raised the conversation's epoch: it holds the
+     * placement (its bot connection has the conversation, or it is
+     * finding one). parley_bot_nodes says which node has how many live
+     * connections of which bot principal; a node is alive while its
+     * listening session (application_name 'parley-node:<node>') is in
+     * pg_stat_activity, so a node killed with SIGKILL stops counting as
+     * soon as the server sees its socket close.
+     *
+     * parley_conv_place is parley_conv_put plus the placement: it records
+     * node_ when the epoch rises, and when moved (the writer is placing
+     * the conversation, epoch_ = stored epoch + 1) it fails unless the
+     * stored epoch is still epoch_ - 1, so that two nodes placing one
+     * conversation at once cannot both hand out the same epoch. */
+    [3] = "ALTER TABLE parley_conversations ADD COLUMN node text NOT NULL DEFAULT '';"
+          "CREATE INDEX parley_conv_bot_open ON parley_conversations (bot, node) "
+          "  WHERE status <> 2;"
+          "CREATE TABLE parley_bot_nodes ("
+          "  node text NOT NULL,"
+          "  bot text NOT NULL,"
+          "  conns integer NOT NULL,"
+          "  PRIMARY KEY (node, bot));"
+          "CREATE FUNCTION parley_conv_place(c text, customer_ text, assignee_ text, bot_ text, "
+          "  locale_ text, queue_ text, note_ text, tags_ text, status_ smallint, "
+          "  epoch_ bigint, state_version_ bigint, queued_ms_ bigint, node_ text, "
+          "  moved boolean) "
+          "RETURNS void LANGUAGE plpgsql AS $$ "
+          "BEGIN "
+          "  UPDATE parley_conversations SET customer = customer_, assignee = assignee_, "
+          "    bot = bot_, locale = locale_, queue = queue_, note = note_, tags = tags_, "
+          "    status = status_, epoch = epoch_, state_version = state_version_, "
+          "    queued_ms = queued_ms_, "
+          "    node = CASE WHEN epoch_ > epoch THEN node_ ELSE node END "
+          "    WHERE id = c AND state_version <= state_version_ "
+          "      AND (CASE WHEN moved THEN epoch = epoch_ - 1 ELSE epoch <= epoch_ END); "
           "  IF NOT FOUND THEN "
           "    RAISE EXCEPTION 'parley: conversation % is missing or newer in the database', c "
           "      USING ERRCODE = '40001'; "

@@ -57,6 +57,7 @@ struct pg_store {
 static const pg_store_backend *const backends[] = {&pg_store_sqlite,
 #ifdef PARLEY_HAVE_POSTGRES
                                                    &pg_store_postgres,
+                                                   &pg_store_postgres_shards,
 #endif
                                                    NULL};
 
@@ -461,6 +462,23 @@ int pg_store_state_each(pg_store *st, const char *conv,
 
 void pg_store_on_remote(pg_store *st, pg_store_remote_fn fn, void *ud) {
   if (st->be->on_remote) st->be->on_remote(st->impl, fn, ud);
+}
+
+int pg_store_bot_presence(pg_store *st, const char *bot, unsigned conns) {
+  return st->be->bot_presence ? st->be->bot_presence(st->impl, bot, conns) : 0;
+}
+
+int pg_store_placement(pg_store *st, const char *conv, const char *bot) {
+  return st->be->placement ? st->be->placement(st->impl, conv, bot) : PG_STORE_PLACE_HERE;
+}
+
+int pg_store_place_elsewhere(pg_store *st, const char *bot, const char *const *convs, size_t n) {
+  return st->be->place_elsewhere ? st->be->place_elsewhere(st->impl, bot, convs, n)
+                                 : PARLEY_ENOTFOUND;
+}
+
+void pg_store_on_place(pg_store *st, pg_store_place_fn fn, void *ud) {
+  if (st->be->on_place) st->be->on_place(st->impl, fn, ud);
 }
 
 int pg_store_sent_each(pg_store *st,

@@ -233,7 +233,12 @@ int pg_store_batch_event(pg_store_batch *b, const pg_store_event *ev);
  * PG_STORE_CONV_KEYS when customer, assignee, bot, queue or status changed
  * (the columns a backend indexes), so a backend may skip its indexes when
  * only the rest changed. */
-enum { PG_STORE_CONV_NEW = 1, PG_STORE_CONV_KEYS = 2 };
+enum { PG_STORE_CONV_NEW = 1, PG_STORE_CONV_KEYS = 2, PG_STORE_CONV_EPOCH = 4 };
+/* PG_STORE_CONV_EPOCH marks a row whose epoch is the stored one + 1 because
+ * this node is placing the conversation on a bot connection: a backend
+ * shared by several nodes fails the batch unless the stored epoch is still
+ * the one before, so two nodes placing one conversation at once cannot
+ * both hand out the same epoch. */
 int pg_store_batch_conv(pg_store_batch *b, const pg_store_conv *c, unsigned flags);
 int pg_store_batch_state(pg_store_batch *b, const char *conv, const char *key, const void *val,
                          size_t len, bool deleted);
@@ -296,6 +301,37 @@ void pg_store_stats_get(const pg_store *st, pg_store_stats *out);
  * backend of one node (SQLite) never calls it. NULL fn turns it off. */
 typedef void (*pg_store_remote_fn)(void *ud, const char *conv, uint64_t last_seq);
 void pg_store_on_remote(pg_store *st, pg_store_remote_fn fn, void *ud);
+
+/* ------------------------------------------------ bots across nodes */
+
+/* Where a shared store keeps each conversation's bot placement: the node
+ * that last moved its epoch holds it. A backend of one node (SQLite) has
+ * no other nodes: every conversation is placed here, nothing is ever sent
+ * elsewhere, and these calls do nothing.
+ *
+ * pg_store_bot_presence: this node now has `conns` live connections of
+ * bot principal `bot` (0 when the last one left), so that other nodes can
+ * send it conversations and stop counting on it when it has none.
+ *
+ * pg_store_placement: PG_STORE_PLACE_HERE when this node may place conv
+ * on one of its bot connections (it holds it, or its holder is gone or
+ * has no connection of `bot` any more), PG_STORE_PLACE_ELSEWHERE when a
+ * live node with a connection of `bot` holds it. Answered from memory.
+ *
+ * pg_store_place_elsewhere: asks nodes that have connections of `bot` to
+ * place the n conversations (each goes to one node, chosen by a hash of
+ * its id); PARLEY_ENOTFOUND when no other node has one.
+ *
+ * pg_store_on_place: fn(ud, conv) runs on the loop when another node asks
+ * this one to place conv, or when conv's holder went away and this node is
+ * the one that takes it over; the gateway then places it if it is still
+ * waiting for a bot connection. */
+enum { PG_STORE_PLACE_HERE = 0, PG_STORE_PLACE_ELSEWHERE = 1 };
+typedef void (*pg_store_place_fn)(void *ud, const char *conv);
+int pg_store_bot_presence(pg_store *st, const char *bot, unsigned conns);
+int pg_store_placement(pg_store *st, const char *conv, const char *bot);
+int pg_store_place_elsewhere(pg_store *st, const char *bot, const char *const *convs, size_t n);
+void pg_store_on_place(pg_store *st, pg_store_place_fn fn, void *ud);
 
 /* ------------------------------------------------------ for backends */
 
@@ -363,6 +399,11 @@ typedef struct pg_store_backend {
                    int (*fn)(void *ud, const char *sender, const uint8_t msg_id[16]), void *ud);
   /* May be NULL (a backend of one node). See pg_store_on_remote. */
   void (*on_remote)(void *impl, pg_store_remote_fn fn, void *ud);
+  /* May all be NULL (a backend of one node). See "bots across nodes". */
+  int (*bot_presence)(void *impl, const char *bot, unsigned conns);
+  int (*placement)(void *impl, const char *conv, const char *bot);
+  int (*place_elsewhere)(void *impl, const char *bot, const char *const *convs, size_t n);
+  void (*on_place)(void *impl, pg_store_place_fn fn, void *ud);
 } pg_store_backend;
 
 /* Reports a submitted batch finished (thread-safe). commit_us is the time
@@ -379,5 +420,8 @@ bool pg_store__poisoned(pg_store *st, const pg_store_batch *b);
 extern const pg_store_backend pg_store_sqlite;
 /* store/pg.c, when built with PostgreSQL (PARLEY_HAVE_POSTGRES). */
 extern const pg_store_backend pg_store_postgres;
+/* store/shard.c: several PostgreSQL databases, conversations spread by a
+ * hash of their id (storage.shards). */
+extern const pg_store_backend pg_store_postgres_shards;
 
 #endif
