@@ -10,6 +10,7 @@
 #include <parley/error.h>
 
 #include "gw.h"
+#include "util/array.h"
 
 static bool live(const pg_conn *c) { return c && c->state == PG_CS_OPEN && c->wsi; }
 
@@ -533,13 +534,7 @@ typedef struct collect_ctx {
 } collect_ctx;
 
 static void collect(collect_ctx *cc, pg_conv *cv) {
-  if (cc->n == cc->cap) {
-    size_t nc = cc->cap ? cc->cap * 2 : 16;
-    pg_conv **t = realloc(cc->list, nc * sizeof *t);
-    if (!t) return;
-    cc->list = t;
-    cc->cap = nc;
-  }
+  if (pu_reserve(&cc->list, &cc->cap, cc->n, sizeof *cc->list, 16)) return;
   cc->list[cc->n++] = cv;
 }
 

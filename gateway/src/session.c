@@ -13,6 +13,7 @@
 
 #include "gw.h"
 #include "util/clock.h"
+#include "util/array.h"
 
 #define E(x) PARLEY__V1__ERROR_CODE__ERROR_##x
 #define PG_VERSION_MIN 1u
@@ -68,13 +69,7 @@ static int hello_stream(void *ud, const pg_store_conv *stored) {
   size_t cost = strlen(s->conv) + 16;
   if (hc->bytes + cost > c->g->cfg->max_frame_bytes - 4096) return 0;
   hc->bytes += cost;
-  if (hc->n == hc->cap) {
-    size_t nc = hc->cap ? hc->cap * 2 : 16;
-    Parley__V1__ResumeCursor *t = realloc(hc->cur, nc * sizeof *t);
-    if (!t) return 0;
-    hc->cur = t;
-    hc->cap = nc;
-  }
+  if (pu_reserve(&hc->cur, &hc->cap, hc->n, sizeof *hc->cur, 16)) return 0;
   Parley__V1__ResumeCursor *rc = &hc->cur[hc->n++];
   parley__v1__resume_cursor__init(rc);
   rc->conversation = s->conv;
@@ -310,13 +305,7 @@ typedef struct queue_ctx {
 static int queue_one(void *ud, const pg_store_conv *r) {
   queue_ctx *qc = ud;
   if (qc->n >= PG_QUEUE_MAX_ITEMS) return 1;
-  if (qc->n == qc->cap) {
-    size_t nc = qc->cap ? qc->cap * 2 : 16;
-    pg_store_conv *t = realloc(qc->rows, nc * sizeof *t);
-    if (!t) return 1;
-    qc->rows = t;
-    qc->cap = nc;
-  }
+  if (pu_reserve(&qc->rows, &qc->cap, qc->n, sizeof *qc->rows, 16)) return 1;
   /* Steal the strings: the caller clears only its own copy. */
   pg_store_conv *dst = &qc->rows[qc->n++];
   memset(dst, 0, sizeof *dst);

@@ -14,6 +14,7 @@
 #include "rt.h"
 
 #include "config/config.h"
+#include "util/array.h"
 
 #include <lauxlib.h>
 #include <unicode/uenum.h>
@@ -162,13 +163,7 @@ static tpl_entry *add_entry(tpl_load *t, tpl_file *f, const char *key, int line)
     tpl_err(t, "%s:%d: %s: more than %d template keys", f->path, line, key, TPL_MAX_KEYS);
     return NULL;
   }
-  if (f->n == f->cap) {
-    size_t cap = f->cap ? f->cap * 2 : 32;
-    tpl_entry *ne = realloc(f->e, cap * sizeof *ne);
-    if (!ne) return NULL;
-    f->e = ne;
-    f->cap = cap;
-  }
+  if (pu_reserve(&f->e, &f->cap, f->n, sizeof *f->e, 32)) return NULL;
   tpl_entry *e = &f->e[f->n];
   memset(e, 0, sizeof *e);
   e->key = strdup(key);

@@ -37,6 +37,7 @@
 
 #include "store/storage_cfg.h"
 #include "store/store.h"
+#include "util/array.h"
 
 struct outer_item;
 
@@ -274,13 +275,7 @@ typedef struct gather {
 
 static int gather_one(void *ud, const pg_store_conv *c) {
   gather *g = ud;
-  if (g->n == g->cap) {
-    size_t nc = g->cap ? g->cap * 2 : 16;
-    pg_store_conv *t = realloc(g->v, nc * sizeof *t);
-    if (!t) return g->rc = PARLEY_ENOMEM;
-    g->v = t;
-    g->cap = nc;
-  }
+  if (pu_reserve(&g->v, &g->cap, g->n, sizeof *g->v, 16)) return g->rc = PARLEY_ENOMEM;
   if (pg_store_conv_copy(&g->v[g->n], c) != 0) return g->rc = PARLEY_ENOMEM;
   g->v[g->n].last_seq = c->last_seq;
   g->n++;

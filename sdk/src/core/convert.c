@@ -1,5 +1,6 @@
 /* Wire <-> public type conversion and fallback rendering; see convert.h. */
 #include "core/convert.h"
+#include "util/array.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -13,15 +14,9 @@ char *pe_str(const char *s) { return (char *)(s ? s : ""); }
 
 void *pe_arena_alloc(pe_arena *a, size_t size) {
   if (a->failed) return NULL;
-  if (a->n == a->cap) {
-    size_t ncap = a->cap ? a->cap * 2 : 16;
-    void **np = realloc(a->ptrs, ncap * sizeof *np);
-    if (!np) {
-      a->failed = 1;
-      return NULL;
-    }
-    a->ptrs = np;
-    a->cap = ncap;
+  if (pu_reserve(&a->ptrs, &a->cap, a->n, sizeof *a->ptrs, 16)) {
+    a->failed = 1;
+    return NULL;
   }
   void *p = calloc(1, size ? size : 1);
   if (!p) {

@@ -25,6 +25,7 @@
 #include "core/convert.h"
 #include "core/engine_int.h"
 #include "util/hash.h"
+#include "util/array.h"
 
 /* --------------------------------------------------------------- utils */
 
@@ -127,13 +128,7 @@ int pe_timer_set(pe_engine *e, pe_timer *t, uint64_t at) {
     heap_up(e, t->idx);
     return 0;
   }
-  if (e->heap_n == e->heap_cap) {
-    size_t ncap = e->heap_cap ? e->heap_cap * 2 : 64;
-    pe_timer **nh = realloc(e->heap, ncap * sizeof *nh);
-    if (!nh) return PARLEY_ENOMEM;
-    e->heap = nh;
-    e->heap_cap = ncap;
-  }
+  if (pu_reserve(&e->heap, &e->heap_cap, e->heap_n, sizeof *e->heap, 64)) return PARLEY_ENOMEM;
   t->at = at;
   t->idx = e->heap_n;
   e->heap[e->heap_n++] = t;
