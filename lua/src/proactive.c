@@ -25,23 +25,31 @@ static const char *field(lua_State *L, const char *k) {
   return s;
 }
 
+/* Renders json as a reply in conversation's locale (runtime.lua's
+ * render_reply), with the internal budget, as the commit bookkeeping does:
+ * no bot code runs here. On 0 the normalized content is on top of the
+ * stack; otherwise err says why and the stack is as before. */
+static int render_reply(parley_runtime *r, const char *conversation, const char *json,
+                        char *err, size_t errlen) {
+  plr_vm *vm = r->vm;
+  lua_State *L = plr_vm_state(vm);
+  plr_vm_budget(vm, L, PLR_INTERNAL_BUDGET, false);
+  plr_vm_uncapped(vm);
+  plr_vm_rt_get(vm, "render_reply");
+  lua_pushstring(L, conversation);
+  lua_pushstring(L, json);
+  return plr_vm_pcall(vm, 2, 1, err, errlen);
+}
+
 int plr_runtime_send_reply_json(parley_runtime *r, const char *conversation, const char *json,
                                 const uint8_t msg_id[PARLEY_MSG_ID_LEN],
                                 void (*done)(void *ud, int status, uint64_t seq, bool duplicate),
                                 void *ud, char *err, size_t errlen) {
   if (!r || !conversation || !json || !msg_id) return PARLEY_EINVAL;
   if (r->stopping || r->freeing) return PARLEY_ESHUTDOWN;
-  plr_vm *vm = r->vm;
-  lua_State *L = plr_vm_state(vm);
+  lua_State *L = plr_vm_state(r->vm);
   int top = lua_gettop(L);
-  /* Rendering runs the runtime's Lua with the internal budget, as the
-   * commit bookkeeping does: no bot code runs here. */
-  plr_vm_budget(vm, L, PLR_INTERNAL_BUDGET, false);
-  plr_vm_uncapped(vm);
-  plr_vm_rt_get(vm, "render_reply");
-  lua_pushstring(L, conversation);
-  lua_pushstring(L, json);
-  if (plr_vm_pcall(vm, 2, 1, err, errlen) != 0) {
+  if (render_reply(r, conversation, json, err, errlen) != 0) {
     lua_settop(L, top);
     return PARLEY_EINVAL;
   }
@@ -271,15 +279,9 @@ static int open_start(parley_runtime *r, const char *customer, const char *key, 
    * key, a missing var or a limit is the caller's error at once. */
   int bad = 0;
   if (!checked) {
-    plr_vm *vm = r->vm;
-    lua_State *L = plr_vm_state(vm);
+    lua_State *L = plr_vm_state(r->vm);
     int top = lua_gettop(L);
-    plr_vm_budget(vm, L, PLR_INTERNAL_BUDGET, false);
-    plr_vm_uncapped(vm);
-    plr_vm_rt_get(vm, "render_reply");
-    lua_pushstring(L, o->conv);
-    lua_pushstring(L, json);
-    bad = plr_vm_pcall(vm, 2, 1, err, errlen);
+    bad = render_reply(r, o->conv, json, err, errlen);
     lua_settop(L, top);
     /* The caller is an HTTP client: the reason, not the runtime's stack. */
     char *tb = bad && err ? strstr(err, "\nstack traceback:") : NULL;
