@@ -31,6 +31,8 @@ typedef struct adapter_probe {
   uv_getaddrinfo_t gai;
   uv_connect_t conn;
   uv_tcp_t tcp;
+  char url[512]; /* the node probed: the one the failed attempt went to */
+  pt_url where;  /* url, parsed */
   char cause[600];
 } adapter_probe;
 
@@ -41,10 +43,14 @@ typedef struct plr_adapter {
   bool closed;
   adapter_send *sends;
   char url[512], principal[128];
-  pt_url where;
-  bool where_ok;
   adapter_probe *probe; /* in flight, or NULL */
-  char last_cause[600]; /* the last cause logged: repeats are debug lines */
+  /* The last cause logged for each node tried since the last connection:
+   * repeats are debug lines, however the client rotates through them. */
+  struct {
+    char url[512];
+    char cause[600];
+  } causes[PARLEY_MAX_URLS];
+  size_t n_causes;
   bool fatal;
   void (*on_fatal)(void *ud, int status, const char *message);
   void *fatal_ud;
@@ -119,19 +125,36 @@ static void cb_revoke(parley_client *c, const char *conv, uint64_t epoch, const 
   plr_rt_on_revoke(a->rt, conv, epoch, reason);
 }
 
-/* Logs a cause of a lost connection at warn the first time, at debug
- * while it stays the same, so a gateway that is down for a minute gives
- * one clear line and not ten a second. */
-static void log_cause(plr_adapter *a, const char *cause) {
-  bool repeat = !strcmp(a->last_cause, cause);
-  plr_log(a->rt, repeat ? 0 : 2, NULL, 0, "cannot connect to %s: %s; retrying", a->url, cause);
-  snprintf(a->last_cause, sizeof a->last_cause, "%s", cause);
+/* The gateway node the client is connected or connecting to: one URL of
+ * the configured list, which is what a message about a connection names. */
+static const char *node_url(const plr_adapter *a) {
+  const char *u = a->client ? parley_client_url(a->client) : NULL;
+  return u && *u ? u : a->url;
+}
+
+/* Logs a cause of a lost connection to url at warn the first time, at
+ * debug while it stays the same, so a gateway that is down for a minute
+ * gives one clear line and not ten a second. */
+static void log_cause(plr_adapter *a, const char *url, const char *cause) {
+  size_t i = 0;
+  while (i < a->n_causes && strcmp(a->causes[i].url, url)) i++;
+  if (i == a->n_causes) {
+    /* More nodes than the client holds cannot happen; reuse the last slot
+     * rather than drop the line. */
+    if (a->n_causes < PARLEY_MAX_URLS) a->n_causes++;
+    else i = PARLEY_MAX_URLS - 1;
+    snprintf(a->causes[i].url, sizeof a->causes[i].url, "%s", url);
+    a->causes[i].cause[0] = '\0';
+  }
+  bool repeat = !strcmp(a->causes[i].cause, cause);
+  plr_log(a->rt, repeat ? 0 : 2, NULL, 0, "cannot connect to %s: %s; retrying", url, cause);
+  snprintf(a->causes[i].cause, sizeof a->causes[i].cause, "%s", cause);
 }
 
 static void probe_closed(uv_handle_t *h) {
   adapter_probe *p = h->data;
   if (p->a) {
-    log_cause(p->a, p->cause);
+    log_cause(p->a, p->url, p->cause);
     p->a->probe = NULL;
   }
   free(p);
@@ -141,14 +164,14 @@ static void probe_connected(uv_connect_t *req, int status) {
   adapter_probe *p = req->data;
   if (status == UV_ECONNREFUSED)
     snprintf(p->cause, sizeof p->cause, "connection refused (nothing listens on %.200s port %d)",
-             p->a ? p->a->where.host : "the host", p->a ? p->a->where.port : 0);
+             p->where.host, p->where.port);
   else if (status < 0)
     snprintf(p->cause, sizeof p->cause, "TCP connection failed: %s", uv_strerror(status));
   else
     snprintf(p->cause, sizeof p->cause,
              "the TCP connection works but the WebSocket upgrade failed (is this a Parley "
              "gateway, and is the path %.200s right?)",
-             p->a ? p->a->where.path : "/");
+             p->where.path);
   uv_close((uv_handle_t *)&p->tcp, probe_closed);
 }
 
@@ -156,7 +179,7 @@ static void probe_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *r
   adapter_probe *p = req->data;
   if (status < 0 || !res || !p->a) {
     snprintf(p->cause, sizeof p->cause, "cannot resolve host '%s': %s",
-             p->a ? p->a->where.host : "", status < 0 ? uv_strerror(status) : "no address");
+             p->where.host, status < 0 ? uv_strerror(status) : "no address");
     if (res) uv_freeaddrinfo(res);
     uv_close((uv_handle_t *)&p->tcp, probe_closed);
     return;
@@ -172,23 +195,27 @@ static void probe_start(plr_adapter *a) {
   /* The cause is logged at warn: below that level the connection is not
    * worth making (`parley test` runs at error unless -v). */
   if (!plog_enabled(a->rt->log, PLOG_WARN)) return;
-  if (a->probe || !a->where_ok) {
-    if (!a->where_ok) log_cause(a, "input/output error");
-    return;
-  }
+  if (a->probe) return;
   adapter_probe *p = calloc(1, sizeof *p);
   if (!p) return;
+  snprintf(p->url, sizeof p->url, "%s", node_url(a));
+  const char *why = NULL;
+  if (pt_url_parse(p->url, &p->where, &why) != 0) {
+    log_cause(a, p->url, "input/output error");
+    free(p);
+    return;
+  }
   p->a = a;
   uv_loop_t *loop = a->rt->loop;
   uv_tcp_init(loop, &p->tcp);
   p->tcp.data = p;
   p->gai.data = p;
   char port[8];
-  snprintf(port, sizeof port, "%d", a->where.port);
+  snprintf(port, sizeof port, "%d", p->where.port);
   struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
-  int rc = uv_getaddrinfo(loop, &p->gai, probe_resolved, a->where.host, port, &hints);
+  int rc = uv_getaddrinfo(loop, &p->gai, probe_resolved, p->where.host, port, &hints);
   if (rc) {
-    snprintf(p->cause, sizeof p->cause, "cannot resolve host '%s': %s", a->where.host,
+    snprintf(p->cause, sizeof p->cause, "cannot resolve host '%s': %s", p->where.host,
              uv_strerror(rc));
     uv_close((uv_handle_t *)&p->tcp, probe_closed);
   }
@@ -203,7 +230,7 @@ static void refused(plr_adapter *a, int status, const char *message) {
   snprintf(msg, sizeof msg,
            "the gateway at %.500s refused bot principal '%.120s': %s%s%.300s (check the token and that "
            "the principal is a bot in the gateway's config)",
-           a->url, a->principal, parley_strerror(status), message && *message ? ": " : "",
+           node_url(a), a->principal, parley_strerror(status), message && *message ? ": " : "",
            message && *message ? message : "");
   plr_log(a->rt, 3, NULL, 0, "%s", msg);
   if (a->on_fatal) a->on_fatal(a->fatal_ud, status, msg);
@@ -218,21 +245,24 @@ static const char *state_name(parley_conn_state st) {
 static void cb_state(parley_client *c, parley_conn_state st, int status, void *ud) {
   plr_adapter *a = ud;
   if (st == PARLEY_CONN_READY) {
-    plr_log(a->rt, 1, NULL, 0, "connected to %s as %s", a->url, a->principal);
-    a->last_cause[0] = '\0';
+    plr_log(a->rt, 1, NULL, 0, "connected to %s as %s", node_url(a), a->principal);
+    a->n_causes = 0;
   } else if (st == PARLEY_CONN_BACKOFF && (status == PARLEY_EUNAUTH || status == PARLEY_EFORBIDDEN)) {
     refused(a, status, NULL);
   } else if (st == PARLEY_CONN_BACKOFF && status == PARLEY_ETLS) {
-    log_cause(a, "TLS handshake failed (a certificate the system does not trust? --insecure "
-                 "is for development only)");
+    log_cause(a, node_url(a), "TLS handshake failed (a certificate the system does not trust? "
+                              "--insecure is for development only)");
   } else if (st == PARLEY_CONN_BACKOFF && status == PARLEY_EIO &&
              parley_client_upgrade_status(c) != 0) {
+    pt_url w;
+    const char *why = NULL;
+    const char *url = node_url(a);
     char cause[256];
     snprintf(cause, sizeof cause,
              "the server answered the WebSocket upgrade with HTTP %u (is this a Parley gateway, "
              "and is the path %.120s right?)",
-             parley_client_upgrade_status(c), a->where_ok ? a->where.path : "/");
-    log_cause(a, cause);
+             parley_client_upgrade_status(c), pt_url_parse(url, &w, &why) == 0 ? w.path : "/");
+    log_cause(a, url, cause);
   } else if (st == PARLEY_CONN_BACKOFF && status == PARLEY_EIO) {
     probe_start(a);
   } else {
@@ -447,8 +477,6 @@ int plr_runtime_new_hooked(const parley_runtime_options *o, const plr_adapter_ho
   }
   plr_adapter *a = calloc(1, sizeof *a);
   if (!a) return PARLEY_ENOMEM;
-  a->where = where;
-  a->where_ok = true;
   snprintf(a->url, sizeof a->url, "%s", o->url);
   a->on_fatal = o->on_fatal;
   a->fatal_ud = o->fatal_ud;

@@ -79,6 +79,18 @@ cat "$TMP/refused.err"
 grep -q "cannot connect to ws://127.0.0.1:1/: connection refused" "$TMP/refused.err" || fail "refused message"
 [ "$(grep -c 'cannot connect' "$TMP/refused.err")" -eq 1 ] || fail "the cause was repeated"
 
+# Two nodes, neither up: each line names the node it is about (not the
+# list), and each node's cause is said once however the client rotates.
+timeout 4 "$P" run "$BOT" --url ws://127.0.0.1:1/ --url ws://127.0.0.1:2/ --token bot-token \
+  2> "$TMP/refused2.err"
+cat "$TMP/refused2.err"
+grep -q "cannot connect to ws://127.0.0.1:1/: connection refused" "$TMP/refused2.err" ||
+  fail "first node's refused message"
+grep -q "cannot connect to ws://127.0.0.1:2/: connection refused" "$TMP/refused2.err" ||
+  fail "second node's refused message"
+grep 'cannot connect' "$TMP/refused2.err" | grep -q ',' && fail "a line names the URL list"
+[ "$(grep -c 'cannot connect' "$TMP/refused2.err")" -eq 2 ] || fail "a node's cause was repeated"
+
 # Something listens but is no gateway: the HTTP status of the upgrade.
 mkdir -p "$TMP/www"
 python3 -m http.server 0 --bind 127.0.0.1 --directory "$TMP/www" > "$TMP/http.out" 2>&1 &
