@@ -227,6 +227,7 @@ local function machine()
     { "libwebsockets", sh("pkg-config --modversion libwebsockets") },
     { "protobuf-c", sh("pkg-config --modversion libprotobuf-c") },
     { "SQLite", sh("pkg-config --modversion sqlite3") },
+    { "PostgreSQL", sh("pg_config --version") },
     { "Lua", sh("pkg-config --modversion lua5.4") },
     { "cJSON", sh("pkg-config --modversion libcjson") },
     { "mosquitto", sh("dpkg-query -W -f='${Version}' mosquitto") },
