@@ -176,7 +176,7 @@ int main(int argc, char **argv) {
   snprintf(initdb, sizeof initdb, "%s/initdb", bd && *bd ? bd : PARLEY_PG_BINDIR);
   if (access(initdb, X_OK) != 0) {
     printf("bench_pg: skipped: PostgreSQL is not installed (no %s; scripts/bootstrap.sh "
-           "installs it, PARLEY_PG_BINDIR points elsewhere)\n", initdb);
+           "installs it; PARLEY_PG_BINDIR names another bin directory)\n", initdb);
     bench_note("pg", "Skipped: PostgreSQL is not installed on this machine (no %s).", initdb);
     return 0;
   }
