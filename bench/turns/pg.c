@@ -29,8 +29,10 @@
  * Why a bot on every node: with one bot on node 1, a conversation whose
  * customer is on node 2 is written by two nodes in turn (the customer's
  * message by node 2, the reply by node 1), and with this gateway some of
- * those customers' sends are never ACKed (`bench_pg --tiny --nodes 2
- * --one-bot` loses about ten turns out of a few thousand within the 30 s
+ * those events are never handed to the connection on the other node: the
+ * customer's message stays in the database without reaching the bot, or
+ * the bot's reply without reaching the customer (`bench_pg --tiny --nodes 2
+ * --one-bot` stalls about ten of twenty conversations within the 30 s
  * drain), which fails the run as it must. With a bot on every node each
  * conversation is written by one node, the deployment docs/scaling.md
  * recommends.
