@@ -200,6 +200,9 @@ int main(int argc, char **argv) {
          "50%%%s\n", S.convs, S.closed_s, S.open_s, tiny ? " (tiny)" : "");
 
   presult sq = {0}, pg[MAX_NODES + 1] = {{0}};
+  /* Line by line, so that an interrupted run's log shows how far it got. */
+  setvbuf(stdout, NULL, _IOLBF, 0);
+  if (!only_nodes) printf("sqlite, one node:\n");
   if (!only_nodes && run_parley_on(BOT_C, "normal", 1, "", 1, 0, &sq) != 0) return 1;
 
   if (pgs_start(&g_pg, "parley") != 0) die("cannot start PostgreSQL (see the lines above)");
@@ -215,6 +218,7 @@ int main(int argc, char **argv) {
     if (pgs_create_db(&g_pg, db) != 0) die("cannot create the database %s", db);
     snprintf(url, sizeof url, "host=127.0.0.1 port=%d dbname=%s user=%s", g_pg.port, db,
              g_pg.role);
+    printf("postgres, %d node%s over one database:\n", n, n > 1 ? "s" : "");
     if (run_parley_on(BOT_C, "normal", 1, url, n, pm, &pg[n]) != 0) return 1;
   }
 
