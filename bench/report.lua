@@ -457,7 +457,7 @@ for _, bt in ipairs(TITLES) do
   local bench = bt[1]
   local has = false
   for _, key in ipairs(order) do if figures[key].bench == bench then has = true end end
-  if has or results[bench] then
+  if has or results[bench] or notes[bench] then
     w("## " .. bt[2])
     w()
     local told = {}
@@ -502,8 +502,9 @@ for _, bt in ipairs(TITLES) do
       w()
     end
     -- What a single run's table cannot say (what limits each figure, from
-    -- profiles), kept by hand in bench/notes/<bench>.md.
-    local nf = io.open(args.source .. "/bench/notes/" .. bench .. ".md", "r")
+    -- profiles), kept by hand in bench/notes/<bench>.md; not under a
+    -- section whose program was skipped.
+    local nf = has and io.open(args.source .. "/bench/notes/" .. bench .. ".md", "r")
     if nf then
       w((nf:read("a"):gsub("%s+$", "")))
       nf:close()
