@@ -77,7 +77,7 @@ local TARGETS = {
 local PROGRAM_OF = {
   codec = "bench_codec", ack_rtt = "bench_ack_rtt", turns = "bench_turns",
   durability = "bench_durability", lua_hook = "bench_lua_hook", reorder = "bench_reorder",
-  memory = "bench_memory",
+  memory = "bench_memory", pg = "bench_pg",
 }
 -- lua_hook's end-to-end figures come from the turns program.
 local function program_of(t)
@@ -93,6 +93,26 @@ local TITLES = {
   { "lua_hook", "5. Lua hook cost" },
   { "reorder", "6. Reorder buffer and dedup" },
   { "memory", "7. Memory per connection and per conversation" },
+  { "pg", "8. PostgreSQL backend: one, two and three gateway nodes over one database" },
+}
+
+-- Sections shown as one row per configuration, a column per metric,
+-- instead of one row per figure: { bench, {metric, heading}... , rows =
+-- {{subject, param, label}...} }.
+local PIVOTS = {
+  pg = {
+    cols = {
+      { "turns_per_s", "turns/s" }, { "ack_p50_us", "ACK p50 us" }, { "ack_p99_us", "ACK p99 us" },
+      { "p50_ms", "turn p50 ms" }, { "p99_ms", "turn p99 ms" },
+      { "gateway_cpu_us_per_turn", "gateway CPU us/turn" },
+      { "db_cpu_us_per_turn", "PostgreSQL CPU us/turn" }, { "bot_cpu_us_per_turn", "bot CPU us/turn" },
+      { "customers_cpu_us_per_turn", "customers CPU us/turn" },
+    },
+    rows = {
+      { "sqlite", "nodes=1", "SQLite, 1 node" }, { "postgres", "nodes=1", "PostgreSQL, 1 node" },
+      { "postgres", "nodes=2", "PostgreSQL, 2 nodes" }, { "postgres", "nodes=3", "PostgreSQL, 3 nodes" },
+    },
+  },
 }
 
 -- Reading the figures ------------------------------------------------------
@@ -207,6 +227,7 @@ local function machine()
     { "libwebsockets", sh("pkg-config --modversion libwebsockets") },
     { "protobuf-c", sh("pkg-config --modversion libprotobuf-c") },
     { "SQLite", sh("pkg-config --modversion sqlite3") },
+    { "PostgreSQL", sh("pg_config --version") },
     { "Lua", sh("pkg-config --modversion lua5.4") },
     { "cJSON", sh("pkg-config --modversion libcjson") },
     { "mosquitto", sh("dpkg-query -W -f='${Version}' mosquitto") },
@@ -355,6 +376,24 @@ if sh("command -v gnuplot") ~= "" then
         { "SQLite, synchronous=FULL, 1 row/txn", "sqlite" } },
       { "senders=1", "senders=16", "senders=256" }),
     { "1 sender", "16 senders", "256 senders" }, { logy = true })
+  -- PostgreSQL: CPU per turn of each process by configuration.
+  do
+    local rows = PIVOTS.pg.rows
+    local series = {}
+    for _, m in ipairs({ { "gateway (all nodes)", "gateway_cpu_us_per_turn" },
+      { "PostgreSQL (all processes)", "db_cpu_us_per_turn" }, { "bot", "bot_cpu_us_per_turn" } }) do
+      local v = {}
+      for i, r in ipairs(rows) do
+        local f = fig("pg", m[2], r[1], r[2])
+        v[i] = f and f.value or nil
+      end
+      series[#series + 1] = { m[1], v }
+    end
+    local labels = {}
+    for i, r in ipairs(rows) do labels[i] = r[3] end
+    gnuplot("pg_cpu", "CPU time per turn, SQLite and PostgreSQL backends", "microseconds per turn",
+      series, labels)
+  end
   -- Reorder: insertion cost by buffer size.
   gnuplot("reorder", "Out-of-order insertion cost per event", "nanoseconds (log)",
     values("reorder", "insert_ns", { { "parley (binary search)", "parley" }, { "linear scan", "linear" } },
@@ -418,7 +457,7 @@ for _, bt in ipairs(TITLES) do
   local bench = bt[1]
   local has = false
   for _, key in ipairs(order) do if figures[key].bench == bench then has = true end end
-  if has or results[bench] then
+  if has or results[bench] or notes[bench] then
     w("## " .. bt[2])
     w()
     local told = {}
@@ -435,19 +474,45 @@ for _, bt in ipairs(TITLES) do
     end
     for _, n in ipairs(notes[bench] or {}) do w("- " .. n) end
     w()
-    w("| metric | subject | param | value |")
-    w("|---|---|---|---|")
-    for _, key in ipairs(order) do
-      local f = figures[key]
-      if f.bench == bench then
-        w(string.format("| %s | %s | %s | %s %s |", f.metric, f.subject, f.param ~= "" and f.param or "-",
-          num(f.value), f.unit))
+    local pv = PIVOTS[bench]
+    if pv and has then
+      local head, rule = { "| configuration" }, { "|---" }
+      for _, c in ipairs(pv.cols) do head[#head + 1] = c[2]; rule[#rule + 1] = "---" end
+      w(table.concat(head, " | ") .. " |")
+      w(table.concat(rule, "|") .. "|")
+      for _, r in ipairs(pv.rows) do
+        local cells = { "| " .. r[3] }
+        for _, c in ipairs(pv.cols) do
+          local f = fig(bench, c[1], r[1], r[2])
+          cells[#cells + 1] = f and num(f.value) or "-"
+        end
+        w(table.concat(cells, " | ") .. " |")
       end
+      w()
+    elseif not pv then
+      w("| metric | subject | param | value |")
+      w("|---|---|---|---|")
+      for _, key in ipairs(order) do
+        local f = figures[key]
+        if f.bench == bench then
+          w(string.format("| %s | %s | %s | %s %s |", f.metric, f.subject, f.param ~= "" and f.param or "-",
+            num(f.value), f.unit))
+        end
+      end
+      w()
     end
-    w()
+    -- What a single run's table cannot say (what limits each figure, from
+    -- profiles), kept by hand in bench/notes/<bench>.md; not under a
+    -- section whose program was skipped.
+    local nf = has and io.open(args.source .. "/bench/notes/" .. bench .. ".md", "r")
+    if nf then
+      w((nf:read("a"):gsub("%s+$", "")))
+      nf:close()
+      w()
+    end
     local pl = {
       ack_rtt = { "ack_rtt" }, turns = { "turns_throughput", "turns_latency" },
-      durability = { "durability" }, reorder = { "reorder" },
+      durability = { "durability" }, reorder = { "reorder" }, pg = { "pg_cpu" },
     }
     for _, name in ipairs(pl[bench] or {}) do
       if plots[name] then w("![" .. name .. "](" .. plots[name] .. ")"); w() end

@@ -64,6 +64,7 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <netinet/in.h>
+#include <dirent.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -107,6 +108,8 @@ typedef struct settings {
 
 static settings S;
 static bool g_trace; /* BENCH_TURNS_TRACE: print slow turns */
+/* Several gateway nodes: a bot on every node instead of one on node 1. */
+static bool g_bot_per_node;
 
 /* ------------------------------------------------- cleanup of children */
 
@@ -210,13 +213,18 @@ typedef enum phase {
 } phase;
 
 static double proc_cpu_s(pid_t pid);
+static double pg_tree_cpu_s(pid_t postmaster);
 
 /* Processes whose CPU time is read at the start and end of the closed-loop
- * window: the server (gateway or broker), the bot, and this process (the
- * customers). */
-enum { CPU_SERVER, CPU_BOT, CPU_SELF, CPU_N };
+ * window: the server (gateway or broker; the sum over every gateway node
+ * when there are several), the bot, this process (the customers), and the
+ * database server (PostgreSQL's postmaster and its children, bench_pg). */
+enum { CPU_SERVER, CPU_BOT, CPU_SELF, CPU_DB, CPU_N };
+#define MAX_NODES 3
 
 typedef struct driver driver;
+/* The CPU time of one accounted role so far, in seconds. */
+static double role_cpu_s(const driver *d, int k);
 struct driver {
   const char *name;
   int n;
@@ -237,6 +245,10 @@ struct driver {
   uint64_t completed;
   double max_tps;
   pid_t cpu_pid[CPU_N];
+  pid_t node_pid[MAX_NODES]; /* several gateway nodes: CPU_SERVER sums them */
+  int n_nodes;
+  pid_t bot_pid[MAX_NODES]; /* a bot per node: CPU_BOT sums them */
+  int n_bots;
   double cpu0[CPU_N], cpu_per_turn_us[CPU_N];
   /* Open loop. */
   double rate;
@@ -361,7 +373,7 @@ static bool driver_tick(driver *d) {
       d->ph_t0 = now;
       d->ph_end = now + (uint64_t)(S.closed_s * 1e9);
       d->completed = 0;
-      for (int k = 0; k < CPU_N; k++) d->cpu0[k] = proc_cpu_s(d->cpu_pid[k]);
+      for (int k = 0; k < CPU_N; k++) d->cpu0[k] = role_cpu_s(d, k);
     } else if (now - d->ph_t0 > CONNECT_TIMEOUT_NS) {
       fail(d, "%s: some conversations never answered during the warm-up", d->name);
     }
@@ -370,7 +382,7 @@ static bool driver_tick(driver *d) {
     if (now >= d->ph_end) {
       d->max_tps = (double)d->completed / ((double)(now - d->ph_t0) / 1e9);
       for (int k = 0; k < CPU_N; k++)
-        d->cpu_per_turn_us[k] = d->completed ? (proc_cpu_s(d->cpu_pid[k]) - d->cpu0[k]) * 1e6 /
+        d->cpu_per_turn_us[k] = d->completed ? (role_cpu_s(d, k) - d->cpu0[k]) * 1e6 /
                                                    (double)d->completed
                                              : 0;
       d->ph = PH_DRAIN;
@@ -455,6 +467,10 @@ typedef struct pcust {
   parley_client *c;
   bool ready, closed;
   struct psides *ps;
+  /* Send times of the messages not ACKed yet, oldest first: one
+   * conversation per client, so its ACKs come in send order. */
+  uint64_t n_sent, n_acked;
+  uint64_t ack_t[RING];
 } pcust;
 
 typedef struct psides {
@@ -463,9 +479,14 @@ typedef struct psides {
   pcust *cs;
   int n_ready, n_open_clients;
   driver *d;
-  tproc *gw, *bot;
+  tproc *gw[MAX_NODES], *bot[MAX_NODES];
+  int n_nodes, n_bots;
   uint64_t acked, send_failures;
   bool stopping;
+  /* ACK round trips (send call to ACK received, microseconds) of the sends
+   * in the first open-loop phase's measured span. */
+  double *ack_lat;
+  size_t n_ack_lat;
 } psides;
 
 static int p_send(driver *d, int i, uint64_t k) {
@@ -474,6 +495,7 @@ static int p_send(driver *d, int i, uint64_t k) {
   char text[64];
   snprintf(text, sizeof text, "c%d-%" PRIu64, i, k);
   parley_content ct = {.kind = PARLEY_CONTENT_TEXT, .text = text};
+  c->ack_t[c->n_sent++ % RING] = bench_now_ns();
   int rc = parley_client_send(c->c, c->conv, &ct, NULL, NULL, 0, NULL);
   if (rc) snprintf(d->why, sizeof d->why, "%s", parley_strerror(rc));
   return rc ? -1 : 0;
@@ -506,6 +528,13 @@ static void p_on_send_result(parley_client *pc, const parley_send_result *r, voi
   pcust *c = ud;
   if (r->status == 0) {
     c->ps->acked++;
+    driver *d = c->ps->d;
+    if (c->n_acked < c->n_sent) {
+      uint64_t t = c->ack_t[c->n_acked++ % RING];
+      if (d->open_i == 0 && (d->ph == PH_OPEN || d->ph == PH_DRAIN) && t >= d->lat_from &&
+          t < d->lat_until && c->ps->n_ack_lat < LAT_MAX)
+        c->ps->ack_lat[c->ps->n_ack_lat++] = (double)(bench_now_ns() - t) / 1e3;
+    }
   } else {
     c->ps->send_failures++;
     fail(c->ps->d, "parley: conversation %d: a send failed: %s%s%s", c->idx,
@@ -546,11 +575,14 @@ static void p_tick(uv_timer_t *t) {
   }
   static unsigned every;
   if (++every % 256 == 0 && !ps->stopping) {
-    drain_out(ps->gw);
-    drain_out(ps->bot);
+    for (int k = 0; k < ps->n_nodes; k++) drain_out(ps->gw[k]);
+    for (int k = 0; k < ps->n_bots; k++) drain_out(ps->bot[k]);
     /* A child that died fails the run now rather than at the drain timeout. */
-    if (tproc_wait(ps->gw, 0) == 0) fail(ps->d, "parley: the gateway exited during the run");
-    if (tproc_wait(ps->bot, 0) == 0) fail(ps->d, "parley: the bot exited during the run");
+    for (int k = 0; k < ps->n_nodes; k++)
+      if (tproc_wait(ps->gw[k], 0) == 0)
+        fail(ps->d, "parley: gateway node %d exited during the run", k + 1);
+    for (int k = 0; k < ps->n_bots; k++)
+      if (tproc_wait(ps->bot[k], 0) == 0) fail(ps->d, "parley: the bot exited during the run");
   }
 }
 
@@ -569,6 +601,8 @@ typedef struct presult {
   size_t lat_n[2];
   uint64_t turns;
   double cpu_us[CPU_N]; /* CPU per turn in the closed-loop window */
+  double ack_p50_us, ack_p99_us; /* ACK round trip in the first open-loop phase */
+  size_t ack_n;
 } presult;
 
 /* utime + stime of a child, in seconds, from /proc/<pid>/stat. */
@@ -588,6 +622,57 @@ static double proc_cpu_s(pid_t pid) {
   if (sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &ut, &st) != 2)
     return 0;
   return (double)(ut + st) / (double)sysconf(_SC_CLK_TCK);
+}
+
+/* The CPU time of a PostgreSQL server in seconds: the postmaster's own and
+ * that of its children it has reaped (cutime, cstime), plus the live
+ * children's (backends, WAL writer, checkpointer...), found by their parent
+ * pid in /proc. The gateways' connections are long-lived backends, so a
+ * window sees the same children at its start and its end. */
+static double pg_tree_cpu_s(pid_t postmaster) {
+  double hz = (double)sysconf(_SC_CLK_TCK), total = 0;
+  char path[300], buf[1024];
+  DIR *dir = opendir("/proc");
+  if (!dir) return 0;
+  struct dirent *e;
+  while ((e = readdir(dir)) != NULL) {
+    if (e->d_name[0] < '1' || e->d_name[0] > '9') continue;
+    snprintf(path, sizeof path, "/proc/%s/stat", e->d_name);
+    FILE *f = fopen(path, "r");
+    if (!f) continue; /* exited meanwhile */
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = 0;
+    char *p = strrchr(buf, ')');
+    if (!p) continue;
+    int ppid = 0;
+    unsigned long ut = 0, st = 0;
+    long cut = 0, cst = 0;
+    /* state(3) ppid(4) ... utime(14) stime(15) cutime(16) cstime(17). */
+    if (sscanf(p + 2, "%*c %d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu %ld %ld", &ppid, &ut,
+               &st, &cut, &cst) != 5)
+      continue;
+    pid_t pid = (pid_t)atoi(e->d_name);
+    if (pid == postmaster) total += (double)(ut + st) + (double)(cut + cst);
+    else if (ppid == postmaster) total += (double)(ut + st);
+  }
+  closedir(dir);
+  return total / hz;
+}
+
+static double role_cpu_s(const driver *d, int k) {
+  if (k == CPU_SERVER && d->n_nodes > 0) {
+    double t = 0;
+    for (int i = 0; i < d->n_nodes; i++) t += proc_cpu_s(d->node_pid[i]);
+    return t;
+  }
+  if (k == CPU_BOT && d->n_bots > 0) {
+    double t = 0;
+    for (int i = 0; i < d->n_bots; i++) t += proc_cpu_s(d->bot_pid[i]);
+    return t;
+  }
+  if (k == CPU_DB) return d->cpu_pid[CPU_DB] > 0 ? pg_tree_cpu_s(d->cpu_pid[CPU_DB]) : 0;
+  return proc_cpu_s(d->cpu_pid[k]);
 }
 
 /* BENCH_TURNS_WRAP_GW and BENCH_TURNS_WRAP_BOT put a command in front of
@@ -614,68 +699,90 @@ static char **wrap_argv(const char *env, char **argv) {
   return out;
 }
 
-static int run_parley(bot_kind kind, const char *durability, int n_open, presult *out) {
+/* One gateway (nodes 1, storage from PARLEY_TEST_PG_URL or SQLite) or
+ * several nodes over the PostgreSQL database pg_url, customer i on node
+ * i % nodes, the bot on node 1. db_pid: the postmaster, whose tree's CPU
+ * is accounted (0: none). */
+static int run_parley_on(bot_kind kind, const char *durability, int n_open, const char *pg_url,
+                         int nodes, pid_t db_pid, presult *out) {
   char dir[256], data[320], cfg[320], log[320];
+  if (nodes < 1 || nodes > MAX_NODES) die("nodes must be 1 to %d", MAX_NODES);
   if (tmpdir_make(dir, sizeof dir, "bench-turns") != 0) die("cannot make a temporary directory");
   snprintf(g_dir, sizeof g_dir, "%s", dir);
-  snprintf(data, sizeof data, "%s/data", dir);
-  snprintf(cfg, sizeof cfg, "%s/gateway.yaml", dir);
-  mkdir(data, 0700);
+  snprintf(log, sizeof log, "%s/gateway1.log", dir);
   /* The bot holds up to two unacknowledged events per conversation (the
    * customer's message and its own reply) until its commit, so its window
    * must cover all conversations; mosquitto gets no in-flight cap either. */
   /* PARLEY_TEST_PG_URL (tests/pg/with_pg) puts the gateway's log on
    * PostgreSQL: `with_pg bench_turns --only c` measures that backend. */
   char storage[512] = "";
-  const char *pg_url = getenv("PARLEY_TEST_PG_URL");
+  if (!pg_url) pg_url = getenv("PARLEY_TEST_PG_URL");
   if (pg_url && *pg_url)
     snprintf(storage, sizeof storage, "storage:\n  kind: postgres\n  url: \"%s\"\n", pg_url);
-  char yaml[1536];
-  snprintf(yaml, sizeof yaml,
-           "%s"
-           "listen: 127.0.0.1\n"
-           "port: 0\n"
-           "data_dir: %s\n"
-           "durability: %s\n"
-           "group_commit: true\n"
-           "bot: " BOT_NAME "\n"
-           "customers:\n"
-           "  secret: \"" CUSTOMER_SECRET "\"\n"
-           "limits:\n"
-           "  window: %d\n"
-           "principals:\n"
-           "  - {name: " BOT_NAME ", role: bot, token: " BOT_TOKEN "}\n",
-           storage, data, durability, S.convs * 4 < 256 ? 256 : S.convs * 4);
-  if (write_file(cfg, yaml) != 0) die("cannot write %s", cfg);
-
-  static tproc gw, bot;
-  snprintf(log, sizeof log, "%s/gateway.log", dir);
-  char *gargv0[] = {(char *)PARLEY_BIN, "gateway", "--config", cfg, NULL};
-  char **gargv = wrap_argv("BENCH_TURNS_WRAP_GW", gargv0);
-  if (tproc_start(&gw, gargv, log) != 0) die("cannot start %s", PARLEY_BIN);
-  track_proc(&gw);
-  char line[512];
-  if (!tproc_wait_for(&gw, "listening on", line, sizeof line, 15000))
-    die("the gateway did not start (log kept in %s)", log);
-  const char *colon = strrchr(line, ':');
-  int port = colon ? atoi(colon + 1) : 0;
-  if (port <= 0) die("cannot read the gateway's port from \"%s\"", line);
-
-  char url[64], botlog[320], botdir[512];
-  snprintf(url, sizeof url, "ws://127.0.0.1:%d/", port);
+  static tproc gw[MAX_NODES], bots[MAX_NODES];
+  tproc *bot = &bots[0];
+  int n_bots = g_bot_per_node ? nodes : 1;
+  char urls[MAX_NODES][64];
+  for (int k = 0; k < nodes; k++) {
+    /* Each node has its own data directory (its SQLite log, or nothing
+     * when the log is on PostgreSQL) and its own port. */
+    snprintf(data, sizeof data, "%s/data%d", dir, k + 1);
+    snprintf(cfg, sizeof cfg, "%s/gateway%d.yaml", dir, k + 1);
+    mkdir(data, 0700);
+    char yaml[1536];
+    snprintf(yaml, sizeof yaml,
+             "%s"
+             "listen: 127.0.0.1\n"
+             "port: 0\n"
+             "data_dir: %s\n"
+             "durability: %s\n"
+             "group_commit: true\n"
+             "bot: " BOT_NAME "\n"
+             "customers:\n"
+             "  secret: \"" CUSTOMER_SECRET "\"\n"
+             "limits:\n"
+             "  window: %d\n"
+             "principals:\n"
+             "  - {name: " BOT_NAME ", role: bot, token: " BOT_TOKEN "}\n",
+             storage, data, durability, S.convs * 4 < 256 ? 256 : S.convs * 4);
+    if (write_file(cfg, yaml) != 0) die("cannot write %s", cfg);
+    char nlog[320];
+    snprintf(nlog, sizeof nlog, "%s/gateway%d.log", dir, k + 1);
+    char *gargv0[] = {(char *)PARLEY_BIN, "gateway", "--config", cfg, NULL};
+    char **gargv = wrap_argv("BENCH_TURNS_WRAP_GW", gargv0);
+    if (tproc_start(&gw[k], gargv, nlog) != 0) die("cannot start %s", PARLEY_BIN);
+    track_proc(&gw[k]);
+    char line[512];
+    if (!tproc_wait_for(&gw[k], "listening on", line, sizeof line, 30000)) {
+      print_tail("gateway log", nlog);
+      die("gateway node %d did not start", k + 1);
+    }
+    const char *colon = strrchr(line, ':');
+    int port = colon ? atoi(colon + 1) : 0;
+    if (port <= 0) die("cannot read the gateway's port from \"%s\"", line);
+    snprintf(urls[k], sizeof urls[k], "ws://127.0.0.1:%d/", port);
+  }
+  char botlog[320], botdir[512];
   snprintf(botlog, sizeof botlog, "%s/bot.log", dir);
   /* BENCH_TURNS_BOTDIR replaces the Lua bot (to check that a wrong bot
    * fails the run). */
   const char *bd = getenv("BENCH_TURNS_BOTDIR");
   if (bd && *bd) snprintf(botdir, sizeof botdir, "%s", bd);
   else snprintf(botdir, sizeof botdir, "%s/bench/turns/echo-bot", PARLEY_SOURCE_DIR);
-  char *largv[] = {(char *)PARLEY_BIN, "run", botdir, "--url", url, "--token", BOT_TOKEN,
-                   "--log-level", "warn", "--drain", "1s", NULL};
-  char *cargv[] = {(char *)BENCH_CBOT, "--url", url, "--token", BOT_TOKEN, "--principal",
-                   BOT_NAME, NULL};
-  char **bargv = wrap_argv("BENCH_TURNS_WRAP_BOT", kind == BOT_LUA ? largv : cargv);
-  if (tproc_start(&bot, bargv, botlog) != 0) die("cannot start the bot");
-  track_proc(&bot);
+  for (int b = 0; b < n_bots; b++) {
+    /* One bot on node 1, or (g_bot_per_node) one on every node, a fleet
+     * of the same bot principal. */
+    char *burl = urls[b], blog[320];
+    if (b == 0) snprintf(blog, sizeof blog, "%s", botlog);
+    else snprintf(blog, sizeof blog, "%s/bot%d.log", dir, b + 1);
+    char *largv[] = {(char *)PARLEY_BIN, "run", botdir, "--url", burl, "--token", BOT_TOKEN,
+                     "--log-level", "warn", "--drain", "1s", NULL};
+    char *cargv[] = {(char *)BENCH_CBOT, "--url", burl, "--token", BOT_TOKEN, "--principal",
+                     BOT_NAME, NULL};
+    char **bargv = wrap_argv("BENCH_TURNS_WRAP_BOT", kind == BOT_LUA ? largv : cargv);
+    if (tproc_start(&bots[b], bargv, blog) != 0) die("cannot start the bot");
+    track_proc(&bots[b]);
+  }
 
   static driver d;
   static psides ps;
@@ -684,12 +791,25 @@ static int run_parley(bot_kind kind, const char *durability, int n_open, presult
     die("out of memory");
   d.send = p_send;
   d.ready = p_ready;
-  d.cpu_pid[CPU_SERVER] = gw.pid;
-  d.cpu_pid[CPU_BOT] = bot.pid;
+  d.cpu_pid[CPU_SERVER] = gw[0].pid;
+  d.cpu_pid[CPU_BOT] = bot->pid;
+  d.n_bots = n_bots;
+  for (int b = 0; b < n_bots; b++) {
+    d.bot_pid[b] = bots[b].pid;
+    ps.bot[b] = &bots[b];
+  }
+  ps.n_bots = n_bots;
+  d.cpu_pid[CPU_DB] = db_pid;
+  d.n_nodes = nodes;
+  for (int k = 0; k < nodes; k++) {
+    d.node_pid[k] = gw[k].pid;
+    ps.gw[k] = &gw[k];
+  }
+  ps.n_nodes = nodes;
   d.impl = &ps;
   ps.d = &d;
-  ps.gw = &gw;
-  ps.bot = &bot;
+  ps.ack_lat = malloc(LAT_MAX * sizeof *ps.ack_lat);
+  if (!ps.ack_lat) die("out of memory");
   if (uv_loop_init(&ps.loop) != 0) die("uv_loop_init failed");
   ps.cs = calloc((size_t)S.convs, sizeof *ps.cs);
   if (!ps.cs) die("out of memory");
@@ -701,7 +821,7 @@ static int run_parley(bot_kind kind, const char *durability, int n_open, presult
     snprintf(c->conv, sizeof c->conv, "conv-%d", i);
     mint_token(c->principal, c->token);
     parley_client_options o = PARLEY_CLIENT_OPTIONS_INIT;
-    o.url = url;
+    o.url = urls[i % nodes];
     o.principal = c->principal;
     o.token = c->token;
     o.role = PARLEY_ROLE_CUSTOMER;
@@ -735,22 +855,31 @@ static int run_parley(bot_kind kind, const char *durability, int n_open, presult
 
   /* Stop the bot and the gateway cleanly; a bot that exits with an error
    * (a failed reply or commit, for the C bot) fails the run. */
-  tproc_kill(&bot, SIGTERM);
-  if (tproc_wait(&bot, 10000) != 0 && !d.failed) fail(&d, "the bot did not stop on SIGTERM");
-  if (kind == BOT_C && bot.reaped && (!WIFEXITED(bot.status) || WEXITSTATUS(bot.status) != 0) &&
-      !d.failed)
-    fail(&d, "the C bot reported failures (see %s)", botlog);
-  tproc_stop(&bot);
-  untrack_proc(&bot);
-  tproc_kill(&gw, SIGTERM);
-  if (tproc_wait(&gw, 15000) != 0 && !d.failed) fail(&d, "the gateway did not stop on SIGTERM");
-  tproc_stop(&gw);
-  untrack_proc(&gw);
+  for (int b = 0; b < n_bots; b++) tproc_kill(&bots[b], SIGTERM);
+  for (int b = 0; b < n_bots; b++) {
+    tproc *bp = &bots[b];
+    if (tproc_wait(bp, 10000) != 0 && !d.failed) fail(&d, "the bot did not stop on SIGTERM");
+    if (kind == BOT_C && bp->reaped && (!WIFEXITED(bp->status) || WEXITSTATUS(bp->status) != 0) &&
+        !d.failed)
+      fail(&d, "the C bot reported failures (see %s)", botlog);
+    tproc_stop(bp);
+    untrack_proc(bp);
+  }
+  for (int k = 0; k < nodes; k++) tproc_kill(&gw[k], SIGTERM);
+  for (int k = 0; k < nodes; k++) {
+    if (tproc_wait(&gw[k], 15000) != 0 && !d.failed)
+      fail(&d, "gateway node %d did not stop on SIGTERM", k + 1);
+    tproc_stop(&gw[k]);
+    untrack_proc(&gw[k]);
+  }
 
   int rc = 0;
   if (d.failed) {
     fprintf(stderr, "bench_turns: %s\n", d.why);
-    print_tail("gateway log", log);
+    for (int k = 0; k < nodes; k++) {
+      snprintf(log, sizeof log, "%s/gateway%d.log", dir, k + 1);
+      print_tail("gateway log", log);
+    }
     print_tail("bot log", botlog);
     rc = -1;
   } else {
@@ -764,14 +893,22 @@ static int run_parley(bot_kind kind, const char *durability, int n_open, presult
     }
     out->turns = d.total_turns;
     memcpy(out->cpu_us, d.cpu_per_turn_us, sizeof out->cpu_us);
+    out->ack_n = ps.n_ack_lat;
+    out->ack_p50_us = bench_percentile(ps.ack_lat, ps.n_ack_lat, 50);
+    out->ack_p99_us = bench_percentile(ps.ack_lat, ps.n_ack_lat, 99);
     printf("  %-28s %8.0f turns/s max, %" PRIu64 " turns verified in %.1f s\n", d.name,
            d.max_tps, d.total_turns, wall);
   }
+  free(ps.ack_lat);
   if (!getenv("BENCH_TURNS_KEEP")) tmpdir_remove(dir);
   else fprintf(stderr, "bench_turns: kept %s\n", dir);
   g_dir[0] = 0;
   driver_free(&d);
   return rc;
+}
+
+static int run_parley(bot_kind kind, const char *durability, int n_open, presult *out) {
+  return run_parley_on(kind, durability, n_open, NULL, 1, 0, out);
 }
 
 /* ----------------------------------------------------------- mosquitto */
@@ -1021,6 +1158,8 @@ static void print_latency(const char *subject, const presult *r) {
            subject, loads[j], r->achieved[j], r->lat_n[j], r->p50[j], r->p90[j], r->p99[j]);
 }
 
+/* bench/turns/pg.c includes this file for bench_pg, with its own main. */
+#ifndef BENCH_PG
 int main(int argc, char **argv) {
   bool tiny = bench_tiny(argc, argv), with_full = true;
   const char *only = NULL;
@@ -1151,3 +1290,4 @@ int main(int argc, char **argv) {
          pl.turns, pc.turns, mq.turns);
   return 0;
 }
+#endif /* BENCH_PG */
