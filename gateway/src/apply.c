@@ -912,6 +912,9 @@ static void turn_done(void *ud, int status, const char *why) {
     for (pg_op *op = t->ops; op; op = op->next)
       if (op->conn && op->frame->body_case == PARLEY__V1__FRAME__BODY_COMMIT && g->route.pump)
         g->route.pump(op->conn);
+    /* News another node announced while these writes were in flight. */
+    for (size_t i = 0; i < t->n_touch; i++) pg_hot_remote_again(g, t->touch[i].cv);
+    for (size_t i = 0; i < t->n_places; i++) pg_hot_remote_again(g, t->places[i].cv);
     uncork_all(t);
   } else {
     const char *reason = status < 0 ? (why && why[0] ? why : "the batch did not commit")

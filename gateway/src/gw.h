@@ -213,6 +213,13 @@ typedef struct pg_conv {
   /* Opened by a bot (Action.open): the id of the connection that opened
    * it, which its first placement prefers (open.c); 0 otherwise. */
   uint64_t opener;
+  /* Another node announced news while this node's own writes to the
+   * conversation were in flight (or a placement was): re-reading then
+   * would forget them, so the news is looked at again once they are
+   * durable (pg_hot_remote_again). A write that does not conflict with the
+   * other node's (a bot's commit beside a customer's message) would
+   * otherwise leave its event unseen here until the next announcement. */
+  bool remote_missed;
 } pg_conv;
 
 /* The conversation, from memory or loaded from the store; NULL when it
@@ -253,6 +260,8 @@ int pg_hot_init(pg_gateway *g);
 /* For pg_store_on_remote (ud is the gateway): another node sharing the
  * store wrote conv up to last_seq (conv NULL: anything may have moved). */
 void pg_hot_remote(void *ud, const char *conv, uint64_t last_seq);
+/* A turn that touched cv is durable: news announced meanwhile is read now. */
+void pg_hot_remote_again(pg_gateway *g, pg_conv *cv);
 /* Bytes the hot state holds (tails and recent ids), for the benchmarks. */
 size_t pg_hot_bytes(const pg_gateway *g);
 

@@ -76,14 +76,18 @@ static void hot_reload(pg_gateway *g, pg_conv *cv) {
  * its batch, which fails on the conflict if the other node moved it, and
  * the rollback re-reads it. */
 static void remote_one(pg_gateway *g, pg_conv *cv, uint64_t last_seq) {
-  if (!cv->exists || cv->placing) return;
+  if (!cv->exists) return;
   if (last_seq && last_seq <= cv->pub.last_seq) return;
   /* Writes in flight: re-reading now would forget them (their seqs would
    * be given again). If the other node moved it, they fail on the
-   * conflict and the rollback re-reads it. */
-  if (cv->row.last_seq != cv->pub.last_seq || cv->row.epoch != cv->pub.epoch ||
-      cv->row.state_version != cv->pub.state_version)
+   * conflict and the rollback re-reads it; if they do not conflict, the
+   * turn that makes them durable looks again (pg_hot_remote_again). */
+  if (cv->placing || cv->row.last_seq != cv->pub.last_seq || cv->row.epoch != cv->pub.epoch ||
+      cv->row.state_version != cv->pub.state_version) {
+    cv->remote_missed = true;
     return;
+  }
+  cv->remote_missed = false;
   pg_store_conv fresh, row;
   if (pg_store_conv_get(g->store, cv->pub.id, &fresh) != 0) return;
   if (fresh.last_seq <= cv->pub.last_seq && fresh.epoch == cv->pub.epoch &&
@@ -109,6 +113,10 @@ static void remote_one(pg_gateway *g, pg_conv *cv, uint64_t last_seq) {
   if (g->route.published) g->route.published(g, cv, &old, false);
   cv->placing = false;
   pg_store_conv_clear(&old);
+}
+
+void pg_hot_remote_again(pg_gateway *g, pg_conv *cv) {
+  if (cv->remote_missed) remote_one(g, cv, 0);
 }
 
 void pg_hot_remote(void *ud, const char *conv, uint64_t last_seq) {
