@@ -135,6 +135,12 @@ typedef struct sq {
   size_t queued;
   bool busy, stop;
   bool merge;     /* commit the batches waiting together in one transaction */
+  /* Small batches committed on the loop thread, see sq_submit. inline_bytes
+   * 0 turns it off (durability full, the test hold, or the environment). */
+  size_t inline_bytes;
+  bool on_loop;       /* a commit runs on the loop thread (it holds busy) */
+  bool ckpt_pending;  /* that commit filled the WAL (loop thread only) */
+  bool ckpt_due;      /* under mu: the writer owes a checkpoint */
   uint32_t hold_ms;          /* test switch, see pg_store_options */
   char hold_path[4096];      /* data_dir/writer-hold */
   char werr[256]; /* the writer's last error (writer thread only) */
@@ -147,6 +153,29 @@ typedef struct qitem {
 } qitem;
 
 static uint64_t now_us(void) { return pu_clock_ns() / 1000u; }
+
+/* WAL pages after which the writer checkpoints: 8,192 (32 MiB of WAL)
+ * instead of SQLite's 1,000, so that a page written many times between two
+ * checkpoints (a busy conversation's leaf, an index page) is copied into
+ * the database once. */
+#define CKPT_PAGES 8192
+
+/* Default for inline_bytes. Only a batch of one event is committed on the
+ * loop: under load a batch holds several, and committing those one loop
+ * iteration at a time, instead of merged on the writer, cost more CPU per
+ * turn (bench_turns --only c: 99-117 -> 109-124 us with a 4 KiB limit alone). */
+#define INLINE_BYTES_DEFAULT 4096
+
+/* Replaces SQLite's automatic checkpoint on the writer's connection, so
+ * that a commit made on the loop thread never checkpoints there: it leaves
+ * the checkpoint to the writer thread. */
+static int on_wal(void *arg, sqlite3 *db, const char *name, int pages) {
+  sq *q = arg;
+  if (pages < CKPT_PAGES) return SQLITE_OK;
+  if (q->on_loop) q->ckpt_pending = true;
+  else sqlite3_wal_checkpoint(db, name);
+  return SQLITE_OK;
+}
 
 static int open_conn(const char *path, int durability, sqlite3 **out, char *err, size_t errlen) {
   sqlite3 *h = NULL;
@@ -235,16 +264,20 @@ static int sq_open(const pg_store_options *o, void **out, char *err, size_t errl
   snprintf(q->hold_path, sizeof q->hold_path, "%.4000s/writer-hold", dir);
   int rc = open_conn(path, o->durability, &q->wr, err, errlen);
   if (!rc) rc = setup_schema(q->wr, path, err, errlen);
-  /* The writer checkpoints every 8,192 pages (32 MiB of WAL) instead of
-   * SQLite's 1,000: a page written many times between two checkpoints (a
-   * busy conversation's leaf, an index page) is copied into the database
-   * once, and the copy runs on the writer thread, off the loop. Its page
-   * cache holds the pages a batch touches. */
-  if (!rc && sqlite3_exec(q->wr, "PRAGMA wal_autocheckpoint=8192; PRAGMA cache_size=-16384;",
-                          NULL, NULL, NULL) != SQLITE_OK) {
+  /* The writer checkpoints every CKPT_PAGES pages (on_wal), on its own
+   * thread, off the loop. Its page cache holds the pages a batch touches. */
+  if (!rc && sqlite3_exec(q->wr, "PRAGMA cache_size=-16384;", NULL, NULL, NULL) != SQLITE_OK) {
     snprintf(err, errlen, "%s: %s", path, sqlite3_errmsg(q->wr));
     rc = PARLEY_EDB;
   }
+  if (!rc) sqlite3_wal_hook(q->wr, on_wal, q);
+  /* Only durability normal and off commit without waiting for the disk
+   * (WAL with synchronous=NORMAL or OFF does not fsync at commit), so only
+   * they may commit on the loop thread. */
+  q->inline_bytes = INLINE_BYTES_DEFAULT;
+  const char *ib = getenv("PARLEY_SQLITE_INLINE_BYTES");
+  if (ib && *ib) q->inline_bytes = (size_t)strtoull(ib, NULL, 10);
+  if (o->durability == PG_DUR_FULL || q->hold_ms) q->inline_bytes = 0;
   if (!rc) rc = open_conn(path, o->durability, &q->rd, err, errlen);
   for (int i = 0; !rc && i < W_COUNT; i++)
     if (sqlite3_prepare_v3(q->wr, write_sql[i], -1, SQLITE_PREPARE_PERSISTENT, &q->w[i], NULL)) {
@@ -437,8 +470,20 @@ static void *writer_main(void *arg) {
   sq *q = arg;
   pthread_mutex_lock(&q->mu);
   for (;;) {
-    while (!q->head && !q->stop) pthread_cond_wait(&q->wake, &q->mu);
-    if (!q->head) break;
+    while (((!q->head && !q->ckpt_due) || q->busy) && !q->stop)
+      pthread_cond_wait(&q->wake, &q->mu);
+    if (!q->head && (q->stop || !q->ckpt_due)) break;
+    if (!q->head) {
+      /* A commit on the loop thread filled the WAL: checkpoint here. */
+      q->ckpt_due = false;
+      q->busy = true;
+      pthread_mutex_unlock(&q->mu);
+      sqlite3_wal_checkpoint(q->wr, NULL);
+      pthread_mutex_lock(&q->mu);
+      q->busy = false;
+      if (!q->head) pthread_cond_broadcast(&q->idle);
+      continue;
+    }
     qitem *list = q->head;
     if (q->merge) {
       q->head = q->tail = NULL;
@@ -470,7 +515,37 @@ static void sq_submit(void *impl, pg_store *st, pg_store_batch *b) {
   it->next = NULL;
   it->st = st;
   it->b = b;
+  bool small = false;
+  if (q->inline_bytes) {
+    pg_store_batch_view v;
+    pg_store_batch_view_get(b, &v);
+    small = v.n_events <= 1 && v.bytes <= q->inline_bytes;
+  }
   pthread_mutex_lock(&q->mu);
+  /* With nothing queued and the writer idle, a small batch is committed
+   * here, on the loop thread: without the two thread hand-overs (a futex
+   * wake-up of the writer, then the writer's wake-up of the loop) a quiet
+   * moment's send is answered sooner. The answer still waits for the commit:
+   * done runs from the completion queue, as for the writer's batches. Under
+   * load the writer is busy or batches are large, and they go to the writer
+   * as before; a checkpoint always does (on_wal). */
+  if (q->inline_bytes && !q->head && !q->busy && !q->ckpt_due && small) {
+    q->busy = true;
+    pthread_mutex_unlock(&q->mu);
+    q->on_loop = true;
+    write_group(q, it);
+    q->on_loop = false;
+    pthread_mutex_lock(&q->mu);
+    q->busy = false;
+    if (q->ckpt_pending) {
+      q->ckpt_pending = false;
+      q->ckpt_due = true;
+    }
+    if (q->ckpt_due) pthread_cond_signal(&q->wake);
+    else pthread_cond_broadcast(&q->idle);
+    pthread_mutex_unlock(&q->mu);
+    return;
+  }
   if (q->tail) q->tail->next = it;
   else q->head = it;
   q->tail = it;
