@@ -7,6 +7,7 @@
  * conversation's current epoch, its queue, the caller's message id. */
 #include "proactive.h"
 #include "rt_int.h"
+#include "util/idhash.h"
 
 #include <parley/error.h>
 
@@ -106,25 +107,11 @@ typedef struct plr_open plr_open;
 
 static const char open_domain[] = "parley.open.v1";
 
-static void absorb(crypto_generichash_state *st, const char *s) {
-  uint8_t len[8];
-  size_t n = strlen(s);
-  for (int i = 0; i < 8; i++) len[i] = (uint8_t)((uint64_t)n >> (8 * i));
-  crypto_generichash_update(st, len, sizeof len);
-  crypto_generichash_update(st, (const unsigned char *)s, n);
-}
-
 /* BLAKE2b over length-prefixed fields under the domain string. */
 static void hash_fields(const char *a, const char *b, const char *c, const char *d, uint8_t *out,
                         size_t outlen) {
-  crypto_generichash_state st;
-  crypto_generichash_init(&st, NULL, 0, outlen);
-  absorb(&st, open_domain);
-  absorb(&st, a);
-  absorb(&st, b);
-  absorb(&st, c);
-  absorb(&st, d);
-  crypto_generichash_final(&st, out, outlen);
+  const char *const f[] = {open_domain, a, b, c, d};
+  pu_hash_fields(f, 5, out, outlen);
 }
 
 void plr_open_ids(const char *principal, const char *customer, const char *key,

@@ -15,6 +15,7 @@
 #include <uv.h>
 
 #include "ops/obuf.h"
+#include "util/idhash.h"
 
 #define PSC_PREFIX "/v1/conversations/"
 /* JSON answers are small; this bounds them all the same. */
@@ -376,26 +377,14 @@ static bool parse_body(json_t *root, psc_msg *m, psc_err *e) {
 
 static const char psc_domain[] = "parley.sidecar.idempotency.v1";
 
-static void absorb(crypto_generichash_state *st, const char *s) {
-  uint8_t len[8];
-  size_t n = strlen(s);
-  for (int i = 0; i < 8; i++) len[i] = (uint8_t)((uint64_t)n >> (8 * i));
-  crypto_generichash_update(st, len, sizeof len);
-  crypto_generichash_update(st, (const unsigned char *)s, n);
-}
-
 void psc_msg_id_from_key(const char *conversation, const char *key,
                          uint8_t out[PARLEY_MSG_ID_LEN]) {
   /* Length-prefixed fields under a domain string: ("ab","c") and ("a","bc")
    * differ, and no other BLAKE2b use in Parley can produce the same id. The
    * conversation is part of it, so one key reused for another conversation
    * is another message, not the first one's duplicate. */
-  crypto_generichash_state st;
-  crypto_generichash_init(&st, NULL, 0, PARLEY_MSG_ID_LEN);
-  absorb(&st, psc_domain);
-  absorb(&st, conversation);
-  absorb(&st, key);
-  crypto_generichash_final(&st, out, PARLEY_MSG_ID_LEN);
+  const char *const f[] = {psc_domain, conversation, key};
+  pu_hash_fields(f, 3, out, PARLEY_MSG_ID_LEN);
 }
 
 /* The request's JSON body, or NULL once an error is answered (a content

@@ -7,6 +7,8 @@
 
 #include <sodium.h>
 
+#include "util/idhash.h"
+
 /* The domain string keeps these hashes apart from any other use of
  * BLAKE2b over similar fields. */
 static const char msgid_domain[] = "parley.msgid.v1";
@@ -23,6 +25,13 @@ static void absorb_field(crypto_generichash_state *st, const char *s) {
   put_u64le(len, (uint64_t)n);
   crypto_generichash_update(st, len, sizeof len);
   if (n) crypto_generichash_update(st, (const unsigned char *)s, n);
+}
+
+void pu_hash_fields(const char *const *fields, size_t n, uint8_t *out, size_t outlen) {
+  crypto_generichash_state st;
+  crypto_generichash_init(&st, NULL, 0, outlen);
+  for (size_t i = 0; i < n; i++) absorb_field(&st, fields[i]);
+  crypto_generichash_final(&st, out, outlen);
 }
 
 void parley_msg_id_derive(const char *principal, const char *conversation,
