@@ -38,10 +38,13 @@ return {
     "the CPU time per turn of each process depends less on that than the rate.",
 
   ["turns|p99_ms|parley|load=50%"] =
-    "Checkpoints and commits now run on the store's writer thread, off the loop. What is " ..
-    "left is this shared machine: in the same run mosquitto's own p99 at 50% load was of the " ..
-    "same order (see the table), with a load average of about 6 on two cores from other " ..
-    "work; on a quiet machine the gateway's p99 follows its CPU per turn.",
+    "Not explained yet. On a quiet machine (load average 0.15, 2026-12-08) the Lua bot's " ..
+    "turns at 50% load had a median of 3.95 ms and a p99 of 120 ms against mosquitto's " ..
+    "0.40 and 2.24 ms. Checkpoints and commits run on the store's writer thread, off the " ..
+    "loop, and the checkpoints' fdatasync calls took at most 29 ms in that benchmark " ..
+    "(strace), so they do not account for it alone; at 50% of the closed-loop maximum the " ..
+    "gateway, the bot and the customers' process together need most of the two cores, and " ..
+    "queueing between them is the next thing to measure.",
 
   ["durability|sends_per_s|parley-fsync|senders=16"] =
     "With 16 senders at most 16 sends wait for one fsync, and the gateway's CPU per send " ..
