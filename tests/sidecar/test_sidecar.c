@@ -47,59 +47,10 @@
 
 #include <parley/client.h>
 
+#include "harness.h"
 #include "proc.h"
 
 #define MAX_SEEN 128
-
-/* HTTP with libcurl. ---------------------------------------------------- */
-
-typedef struct hbuf {
-  char data[65536];
-  size_t len;
-} hbuf;
-
-static size_t hbuf_write(char *p, size_t size, size_t n, void *ud) {
-  hbuf *b = ud;
-  size_t k = size * n;
-  size_t room = sizeof b->data - 1 - b->len;
-  size_t c = k < room ? k : room;
-  memcpy(b->data + b->len, p, c);
-  b->len += c;
-  b->data[b->len] = 0;
-  return k;
-}
-
-/* GET or POST (body != NULL) to 127.0.0.1:port; returns the HTTP status,
- * 0 when no answer. */
-static long http_call(int port, const char *path, const char *body, const char *key, hbuf *out) {
-  char url[256];
-  snprintf(url, sizeof url, "http://127.0.0.1:%d%s", port, path);
-  out->len = 0;
-  out->data[0] = 0;
-  CURL *c = curl_easy_init();
-  if (!c) return 0;
-  struct curl_slist *hs = NULL;
-  char keyh[300];
-  curl_easy_setopt(c, CURLOPT_URL, url);
-  curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, hbuf_write);
-  curl_easy_setopt(c, CURLOPT_WRITEDATA, out);
-  curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, 15000L);
-  curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
-  if (body) {
-    hs = curl_slist_append(hs, "Content-Type: application/json");
-    if (key) {
-      snprintf(keyh, sizeof keyh, "Idempotency-Key: %s", key);
-      hs = curl_slist_append(hs, keyh);
-    }
-    curl_easy_setopt(c, CURLOPT_HTTPHEADER, hs);
-    curl_easy_setopt(c, CURLOPT_POSTFIELDS, body);
-  }
-  long status = 0;
-  if (curl_easy_perform(c) == CURLE_OK) curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
-  curl_slist_free_all(hs);
-  curl_easy_cleanup(c);
-  return status;
-}
 
 /* The value of an unlabelled sample ("name value"), -1 when absent. */
 static double metric(const char *text, const char *name) {
@@ -108,40 +59,6 @@ static double metric(const char *text, const char *name) {
     if (strncmp(p, name, n) == 0 && p[n] == ' ') return strtod(p + n + 1, NULL);
   }
   return -1;
-}
-
-static bool wait_ready(int ops, int timeout_ms) {
-  hbuf b;
-  for (int waited = 0; waited < timeout_ms; waited += 100) {
-    if (http_call(ops, "/readyz", NULL, NULL, &b) == 200) return true;
-    usleep(100 * 1000);
-  }
-  return false;
-}
-
-/* Processes. ------------------------------------------------------------ */
-
-/* Every child started, so that a failed assertion (which leaves its test
- * early) does not leave processes behind: the teardown kills those that
- * are still unreaped children of this process. */
-static pid_t children[32];
-static int n_children;
-
-static void track(const tproc *p) {
-  if (p->pid > 0 && n_children < (int)(sizeof children / sizeof children[0])) children[n_children++] = p->pid;
-}
-
-static int kill_children(void **state) {
-  (void)state;
-  for (int i = 0; i < n_children; i++) {
-    int st;
-    if (waitpid(children[i], &st, WNOHANG) == 0) {
-      kill(children[i], SIGKILL);
-      waitpid(children[i], &st, 0);
-    }
-  }
-  n_children = 0;
-  return 0;
 }
 
 static int gateway_for(tproc *gw, const char *dir, const char *bot, const char *token) {
@@ -162,25 +79,6 @@ static int gateway_for(tproc *gw, const char *dir, const char *bot, const char *
   int port = tproc_start_gateway(gw, dir, yaml);
   track(gw);
   return port;
-}
-
-/* Starts `parley run botdir --config <dir>/<name>.yaml [extra...]` and
- * returns its ops port (0 on failure). */
-static int start_bot(tproc *p, const char *dir, const char *name, const char *botdir,
-                     const char *config, const char *extra1, const char *extra2) {
-  char cfg[512], log[512];
-  snprintf(cfg, sizeof cfg, "%s/%s.yaml", dir, name);
-  snprintf(log, sizeof log, "%s/%s.log", dir, name);
-  if (write_file(cfg, config) != 0) return 0;
-  memset(p, 0, sizeof *p);
-  char *argv[] = {(char *)PARLEY_BIN, "run", (char *)botdir, "--config", cfg,
-                  (char *)extra1, (char *)extra2, NULL};
-  if (tproc_start(p, argv, log) != 0) return 0;
-  track(p);
-  char line[512];
-  if (!tproc_wait_for(p, "ops listening on", line, sizeof line, 15000)) return 0;
-  const char *colon = strrchr(line, ':');
-  return colon ? atoi(colon + 1) : 0;
 }
 
 static int exit_status(tproc *p) {
