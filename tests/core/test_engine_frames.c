@@ -283,6 +283,54 @@ static void t_retry_backoff(void **state) {
   h_fini(&h);
 }
 
+/* Late answers to resends of completed sends: 300 conversations each
+ * resend their message once (the gateway is slow), the first answers
+ * complete all 300, then the answers to the resends arrive. More sends
+ * completed than the ring of recent ones holds (PE_DONE_RING, 256), and
+ * none of the late answers may be reported as a protocol violation. */
+static void t_late_answers_many(void **state) {
+  (void)state;
+  harness h;
+  pe_config cfg = h_config(PARLEY_ROLE_BOT);
+  cfg.tuning.ack_timeout_ms = 1000;
+  cfg.tuning.send_deadline_ms = 1000000;
+  h_init(&h, &cfg);
+  h_connect(&h, 600000);
+  enum { N = 300 };
+  char conv[N][16];
+  for (uint32_t i = 0; i < N; i++) {
+    snprintf(conv[i], sizeof conv[i], "conv-%u", i);
+    H_EQ(h_send_text(&h, conv[i], "x", i + 1), 0);
+  }
+  H_EQ(h_drain(&h), N);
+  /* Every send written again at least once (resends come after 250 to
+   * 1,000 ms, so some twice). */
+  h_advance(&h, 1000);
+  uint32_t writes[N] = {0};
+  pw_frame *f;
+  while ((f = h_take(&h))) {
+    H_EQ(f->body_case, PARLEY__V1__FRAME__BODY_SEND);
+    for (uint32_t i = 0; i < N; i++) {
+      uint8_t id[16];
+      h_id(id, i + 1);
+      if (memcmp(f->send->client_msg_id.data, id, 16) == 0) writes[i]++;
+    }
+    pw_frame_free(f);
+  }
+  for (uint32_t i = 0; i < N; i++) H_TRUE(writes[i] >= 1);
+  for (uint32_t i = 0; i < N; i++) ack_send(&h, conv[i], i + 1, 1, false);
+  H_EQ(h.n_results, N);
+  for (uint32_t i = 0; i < N; i++)
+    for (uint32_t k = 0; k < writes[i]; k++) ack_send(&h, conv[i], i + 1, 1, true);
+  H_EQ(h.n_errors, 0);
+  H_EQ(h.n_results, N);
+  /* Paid in full: a third answer to the first send is not owed. */
+  h.quiet = true;
+  ack_send(&h, conv[0], 1, 1, true);
+  H_EQ(h.n_errors, 1);
+  h_fini(&h);
+}
+
 static void t_send_deadline(void **state) {
   (void)state;
   harness h;
@@ -1598,6 +1646,7 @@ int main(void) {
       cmocka_unit_test(t_bad_input),
       cmocka_unit_test(t_reentrant),
       cmocka_unit_test(t_same_id_rerun),
+      cmocka_unit_test(t_late_answers_many),
       cmocka_unit_test(t_restamp_repeated_refusal),
       cmocka_unit_test(t_backoff_per_connection),
       cmocka_unit_test(t_fuzz_input),

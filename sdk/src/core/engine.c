@@ -837,6 +837,7 @@ void pe_engine_free(pe_engine *e) {
     free(c);
   }
   free(e->tab);
+  free(e->done_spill);
   free(e->heap);
   out_clear(e);
   if (e->lent) {

@@ -235,6 +235,13 @@ struct pe_engine {
     uint32_t owed;
   } done_ring[PE_DONE_RING];
   size_t done_pos, done_n;
+  /* Completed sends that still owe answers when the ring moves past them
+   * (more than PE_DONE_RING sends completed while resends of theirs were
+   * unanswered: many conversations under a slow gateway). Each leaves when
+   * its last answer comes or the connection ends, so this holds at most
+   * one entry per write in flight. */
+  struct pe_done *done_spill;
+  size_t done_spill_n, done_spill_cap;
 
   /* Acknowledgements waiting to be flushed. */
   pe_conv *dirty_head;

@@ -17,6 +17,7 @@
 
 #include "core/convert.h"
 #include "core/engine_int.h"
+#include "util/array.h"
 
 /* ------------------------------------------------------------ sends */
 
@@ -39,8 +40,17 @@ uint64_t pe_retry_delay(pe_engine *e, uint32_t attempts) {
 }
 
 static void done_remember(pe_engine *e, const uint8_t *id, uint32_t owed) {
-  memcpy(e->done_ring[e->done_pos].id, id, PARLEY_MSG_ID_LEN);
-  e->done_ring[e->done_pos].owed = owed;
+  struct pe_done *slot = &e->done_ring[e->done_pos];
+  /* A send the ring forgets while answers are still on their way keeps
+   * its place in the spill: without it each late answer was reported as
+   * a protocol violation by the gateway. Out of memory, it is forgotten
+   * (its late answers are then reported, nothing else changes). */
+  if (e->done_n == PE_DONE_RING && slot->owed &&
+      pu_reserve(&e->done_spill, &e->done_spill_cap, e->done_spill_n, sizeof *e->done_spill,
+                 16) == 0)
+    e->done_spill[e->done_spill_n++] = *slot;
+  memcpy(slot->id, id, PARLEY_MSG_ID_LEN);
+  slot->owed = owed;
   e->done_pos = (e->done_pos + 1) % PE_DONE_RING;
   if (e->done_n < PE_DONE_RING) e->done_n++;
 }
@@ -51,12 +61,23 @@ static struct pe_done *done_find(pe_engine *e, const uint8_t *id) {
     size_t i = (e->done_pos + PE_DONE_RING - k) % PE_DONE_RING;
     if (memcmp(e->done_ring[i].id, id, PARLEY_MSG_ID_LEN) == 0) return &e->done_ring[i];
   }
+  for (size_t i = 0; i < e->done_spill_n; i++)
+    if (memcmp(e->done_spill[i].id, id, PARLEY_MSG_ID_LEN) == 0) return &e->done_spill[i];
   return NULL;
+}
+
+/* One answer of a completed send's arrived; a spilled send that is owed
+ * nothing more leaves the spill. */
+static void done_paid(pe_engine *e, struct pe_done *d) {
+  if (d->owed) d->owed--;
+  if (d->owed || d < e->done_spill || d >= e->done_spill + e->done_spill_n) return;
+  *d = e->done_spill[--e->done_spill_n];
 }
 
 /* Answers still owed by completed sends die with the connection. */
 void pe_done_forget_owed(pe_engine *e) {
   for (size_t i = 0; i < e->done_n; i++) e->done_ring[i].owed = 0;
+  e->done_spill_n = 0;
 }
 
 static void send_write(pe_engine *e, pe_send *s) {
@@ -271,14 +292,16 @@ void pe_on_send_ack(pe_engine *e, const Parley__V1__SendAck *a) {
   if (s && s->attempts && a->error == PARLEY__V1__ERROR_CODE__ERROR_NONE) {
     /* Stored is stored, whichever write this answers. The ring of completed
      * sends (a scan of up to PE_DONE_RING ids) is read only for the other
-     * answers: on this, the usual one, it cost more than the rest. */
+     * answers: on this, the usual one, it cost more than the rest. This
+     * answer is one of the writes' answers: the others are still owed. */
+    if (s->unanswered) s->unanswered--;
     pe_send_finish(e, s, 0, a->seq, a->server_time_ms, a->duplicate, NULL);
     return;
   }
   struct pe_done *d = done_find(e, a->client_msg_id.data);
   if (!s || s->attempts == 0) {
     if (d) {
-      if (d->owed) d->owed--;
+      done_paid(e, d);
       return; /* a late answer to a completed send */
     }
     id_hex(a->client_msg_id.data, a->client_msg_id.len, hex);
@@ -287,7 +310,7 @@ void pe_on_send_ack(pe_engine *e, const Parley__V1__SendAck *a) {
     return;
   }
   if (d && d->owed) {
-    d->owed--; /* the refusal of an earlier send with this id */
+    done_paid(e, d); /* the refusal of an earlier send with this id */
     return;
   }
   if (a->error == PARLEY__V1__ERROR_CODE__ERROR_STALE_EPOCH && s->stale_owed) {
