@@ -257,6 +257,10 @@ struct driver {
   size_t n_lat;
   double p50[4], p90[4], p99[4], achieved[4];
   size_t lat_n[4];
+  /* CPU per turn over each open-loop phase's schedule: small batches cost
+   * more per turn than the closed loop's, and how much more says whether
+   * the phase's rate was within what the processes could do. */
+  double open_cpu_us[4][CPU_N];
   uint64_t total_turns;
   bool failed;
   char why[512];
@@ -346,6 +350,7 @@ static void start_open(driver *d, uint64_t now) {
   d->ph_t0 = now;
   d->ph_end = now + (uint64_t)(S.open_s * 1e9);
   d->issued = 0;
+  for (int k = 0; k < CPU_N; k++) d->cpu0[k] = role_cpu_s(d, k);
   d->n_lat = 0;
   d->lat_from = now + (uint64_t)(S.open_warm_s * 1e9);
   d->lat_until = d->ph_end;
@@ -400,6 +405,9 @@ static bool driver_tick(driver *d) {
       d->issued++;
     }
     if (now >= d->ph_end) {
+      for (int k = 0; k < CPU_N; k++)
+        d->open_cpu_us[d->open_i][k] =
+            d->issued ? (role_cpu_s(d, k) - d->cpu0[k]) * 1e6 / (double)d->issued : 0;
       d->ph = PH_DRAIN;
       d->drain_deadline = now + DRAIN_TIMEOUT_NS;
     }
@@ -601,6 +609,7 @@ typedef struct presult {
   size_t lat_n[2];
   uint64_t turns;
   double cpu_us[CPU_N]; /* CPU per turn in the closed-loop window */
+  double open_cpu_us[2][CPU_N]; /* ... in each open-loop phase */
   double ack_p50_us, ack_p99_us; /* ACK round trip in the first open-loop phase */
   size_t ack_n;
 } presult;
@@ -890,6 +899,7 @@ static int run_parley_on(bot_kind kind, const char *durability, int n_open, cons
       out->p99[j] = d.p99[j];
       out->achieved[j] = d.achieved[j];
       out->lat_n[j] = d.lat_n[j];
+      memcpy(out->open_cpu_us[j], d.open_cpu_us[j], sizeof out->open_cpu_us[j]);
     }
     out->turns = d.total_turns;
     memcpy(out->cpu_us, d.cpu_per_turn_us, sizeof out->cpu_us);
@@ -1136,6 +1146,7 @@ static int run_mosquitto(presult *out) {
       out->p99[j] = d.p99[j];
       out->achieved[j] = d.achieved[j];
       out->lat_n[j] = d.lat_n[j];
+      memcpy(out->open_cpu_us[j], d.open_cpu_us[j], sizeof out->open_cpu_us[j]);
     }
     out->turns = d.total_turns;
     memcpy(out->cpu_us, d.cpu_per_turn_us, sizeof out->cpu_us);
@@ -1154,8 +1165,10 @@ static void print_latency(const char *subject, const presult *r) {
   static const char *const loads[] = {"50%", "90%"};
   for (int j = 0; j < 2; j++)
     printf("  %-12s load=%-4s %8.0f turns/s offered  %7zu turns  p50 %7.2f ms  p90 %7.2f ms  "
-           "p99 %7.2f ms\n",
-           subject, loads[j], r->achieved[j], r->lat_n[j], r->p50[j], r->p90[j], r->p99[j]);
+           "p99 %7.2f ms  CPU us/turn: server %.1f bot %.1f customers %.1f\n",
+           subject, loads[j], r->achieved[j], r->lat_n[j], r->p50[j], r->p90[j], r->p99[j],
+           r->open_cpu_us[j][CPU_SERVER], r->open_cpu_us[j][CPU_BOT],
+           r->open_cpu_us[j][CPU_SELF]);
 }
 
 /* bench/turns/pg.c includes this file for bench_pg, with its own main. */
