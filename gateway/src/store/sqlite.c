@@ -549,6 +549,16 @@ static void hold(sq *q, const char *phase) {
   nanosleep(&ts, NULL);
 }
 
+/* Whether a batch has rows to write besides device watermarks. */
+static bool has_rows(const pg_store_batch *b) {
+  pg_store_batch_view v;
+  pg_store_batch_view_get(b, &v);
+  if (v.n_events || v.n_convs || v.n_state) return true;
+  for (size_t i = 0; i < v.n_wms; i++)
+    if (!v.wms[i].device[0]) return true;
+  return false;
+}
+
 /* Whether the next transaction writes wm_lazy: on the writer thread (a
  * loop-thread commit stays one event long), when the interval is over or
  * flush is forced (close). */
@@ -566,9 +576,13 @@ static void write_group(sq *q, qitem *list, bool force_flush) {
   bool flush = flush_due(q, force_flush, t0);
   /* Nothing of this transaction is lazy when it writes wm_lazy anyway. */
   bool lazy = q->wm_flush_ms && !flush;
-  bool open = step_done(q->w[W_BEGIN]) == 0;
-  int rc = open ? 0 : PARLEY_EDB;
-  if (!open) snprintf(q->werr, sizeof q->werr, "begin: %s", sqlite3_errmsg(q->wr));
+  /* Batches of customers' Acks alone (lazy watermarks, nothing else) need
+   * no transaction at all: their watermarks only join wm_lazy. */
+  bool need_tx = !lazy;
+  for (qitem *it = list; !need_tx && it; it = it->next) need_tx = has_rows(it->b);
+  bool open = need_tx && step_done(q->w[W_BEGIN]) == 0;
+  int rc = open || !need_tx ? 0 : PARLEY_EDB;
+  if (rc) snprintf(q->werr, sizeof q->werr, "begin: %s", sqlite3_errmsg(q->wr));
   q->n_staged = 0;
   q->wm_kick = false;
   if (!rc && flush && put_lazy(q) != 0) {
