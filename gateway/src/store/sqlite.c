@@ -213,10 +213,27 @@ static int on_wal(void *arg, sqlite3 *db, const char *name, int pages) {
   return SQLITE_OK;
 }
 
+/* The gateway's process holds the database file alone: SQLite's
+ * "unix-excl" VFS takes an exclusive lock on it once, for the life of the
+ * connection, and keeps the WAL index in the heap instead of the -shm file,
+ * so that the two connections of this process (writer and reader) lock it
+ * with a mutex instead of six fcntl() calls on the -shm file per
+ * transaction (strace -c of bench_ack_rtt: 68,301 -> 415 fcntl for 11,000
+ * commits). Another process cannot open the file while the gateway runs (a
+ * second gateway on the same data_dir fails at start); the environment
+ * variable PARLEY_SQLITE_SHARED=1 goes back to SQLite's default VFS, for
+ * the sqlite3 shell's online backup of a running gateway. */
+static bool sqlite_exclusive(void) {
+  const char *shared = getenv("PARLEY_SQLITE_SHARED");
+  return !(shared && *shared && strcmp(shared, "0") != 0);
+}
+
+static const char *sqlite_vfs(void) { return sqlite_exclusive() ? "unix-excl" : NULL; }
+
 static int open_conn(const char *path, int durability, sqlite3 **out, char *err, size_t errlen) {
   sqlite3 *h = NULL;
   if (sqlite3_open_v2(path, &h, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
-                      NULL) != SQLITE_OK) {
+                      sqlite_vfs()) != SQLITE_OK) {
     snprintf(err, errlen, "%s: %s", path, h ? sqlite3_errmsg(h) : "cannot open");
     sqlite3_close(h);
     return PARLEY_EDB;
@@ -233,8 +250,12 @@ static int open_conn(const char *path, int durability, sqlite3 **out, char *err,
            "PRAGMA busy_timeout=5000;",
            sync);
   char *msg = NULL;
-  if (sqlite3_exec(h, pragmas, NULL, NULL, &msg) != SQLITE_OK) {
-    snprintf(err, errlen, "%s: %s", path, msg ? msg : sqlite3_errmsg(h));
+  int rc = sqlite3_exec(h, pragmas, NULL, NULL, &msg);
+  if (rc != SQLITE_OK) {
+    if ((rc & 0xff) == SQLITE_BUSY && sqlite_exclusive())
+      snprintf(err, errlen, "%s: in use by another process (another gateway on this data_dir?)",
+               path);
+    else snprintf(err, errlen, "%s: %s", path, msg ? msg : sqlite3_errmsg(h));
     sqlite3_free(msg);
     sqlite3_close(h);
     return PARLEY_EDB;
