@@ -25,6 +25,7 @@
 #include <parley/error.h>
 
 #include "map.h"
+#include "store/sqlite_vfs.h"
 #include "store/store.h"
 #include "util/clock.h"
 
@@ -228,7 +229,9 @@ static bool sqlite_exclusive(void) {
   return !(shared && *shared && strcmp(shared, "0") != 0);
 }
 
-static const char *sqlite_vfs(void) { return sqlite_exclusive() ? "unix-excl" : NULL; }
+/* Over that, store/sqlite_vfs.c writes each commit's WAL frames with one
+ * pwrite() instead of two per frame. */
+static const char *sqlite_vfs(void) { return pg_sqlite_vfs(sqlite_exclusive()); }
 
 static int open_conn(const char *path, int durability, sqlite3 **out, char *err, size_t errlen) {
   sqlite3 *h = NULL;
