@@ -11,7 +11,13 @@
  *
  * Each event is one row of `events`, its idempotency key (sender, msg_id)
  * in the same row and found through a partial unique index. A
- * conversation's last seq is not stored: it is max(seq) of its events. */
+ * conversation's last seq is not stored: it is max(seq) of its events. A
+ * bot's watermark is written with its commit; customers' and agents' are
+ * written lazily (WM_FLUSH_MS_DEFAULT).
+ *
+ * The file is opened through store/sqlite_vfs.c: the process holds it
+ * alone (no file locks per transaction) and each commit's WAL frames go
+ * out in one write. */
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>

@@ -173,11 +173,25 @@ static int wb_unfetch(sqlite3_file *f, sqlite3_int64 off, void *p) {
 }
 
 static const sqlite3_io_methods wb_io = {
-    3,           wb_close,          wb_read,     wb_write,
-    wb_truncate, wb_sync,           wb_file_size, wb_lock,
-    wb_unlock,   wb_check_reserved, wb_file_control, wb_sector_size,
-    wb_device_characteristics, wb_shm_map, wb_shm_lock, wb_shm_barrier,
-    wb_shm_unmap, wb_fetch, wb_unfetch,
+    .iVersion = 3,
+    .xClose = wb_close,
+    .xRead = wb_read,
+    .xWrite = wb_write,
+    .xTruncate = wb_truncate,
+    .xSync = wb_sync,
+    .xFileSize = wb_file_size,
+    .xLock = wb_lock,
+    .xUnlock = wb_unlock,
+    .xCheckReservedLock = wb_check_reserved,
+    .xFileControl = wb_file_control,
+    .xSectorSize = wb_sector_size,
+    .xDeviceCharacteristics = wb_device_characteristics,
+    .xShmMap = wb_shm_map,
+    .xShmLock = wb_shm_lock,
+    .xShmBarrier = wb_shm_barrier,
+    .xShmUnmap = wb_shm_unmap,
+    .xFetch = wb_fetch,
+    .xUnfetch = wb_unfetch,
 };
 
 static int wb_open(sqlite3_vfs *v, sqlite3_filename name, sqlite3_file *f, int flags,
