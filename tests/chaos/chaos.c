@@ -1216,6 +1216,12 @@ static void test_clock_jump(void **unused) {
 void test_ack_edges(void **unused);
 int test_ack_edges_teardown(void **unused);
 
+/* (7) Customer Acks whose watermark was not yet written, then SIGKILL:
+ * lazywm.c. */
+void test_lazy_watermark(void **unused);
+void test_lazy_watermark_timer(void **unused);
+int test_lazy_watermark_teardown(void **unused);
+
 /* After a scenario that an assertion ended early: its child processes
  * are killed and its directory removed (the rest is left to the exit). */
 static int scenario_teardown(void **unused) {
@@ -1247,6 +1253,8 @@ int main(int argc, char **argv) {
       cmocka_unit_test_teardown(test_replica_pause, scenario_teardown),
       cmocka_unit_test_teardown(test_ack_edges, test_ack_edges_teardown),
       cmocka_unit_test_teardown(test_clock_jump, scenario_teardown),
+      cmocka_unit_test_teardown(test_lazy_watermark, test_lazy_watermark_teardown),
+      cmocka_unit_test_teardown(test_lazy_watermark_timer, test_lazy_watermark_teardown),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

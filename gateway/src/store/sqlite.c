@@ -12,20 +12,27 @@
  *
  * Each event is one row of `events`, its idempotency key (sender, msg_id)
  * in the same row and found through a partial unique index. A
- * conversation's last seq is not stored: it is max(seq) of its events. */
+ * conversation's last seq is not stored: it is max(seq) of its events. A
+ * bot's watermark is written with its commit; customers' and agents' are
+ * written lazily (WM_FLUSH_MS_DEFAULT).
+ *
+ * The file is opened through store/sqlite_vfs.c: the process holds it
+ * alone (no file locks per transaction) and each commit's WAL frames go
+ * out in one write. */
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
-#include <fcntl.h>
 #include <sys/stat.h>
 
 #include <sqlite3.h>
 
 #include <parley/error.h>
 
+#include "map.h"
+#include "store/sqlite_vfs.h"
 #include "store/store.h"
 #include "util/clock.h"
 
@@ -140,6 +147,7 @@ typedef struct sq {
   /* Small batches committed on the loop thread, see sq_submit. inline_bytes
    * 0 turns it off (durability full, the test hold, or the environment). */
   size_t inline_bytes;
+  bool on_loop;       /* a commit runs on the loop thread (it holds busy) */
   bool ckpt_due;      /* under mu: the writer owes the end of a checkpoint */
   bool ckpt_hard;     /* under mu: ... of all of the WAL (CKPT_HARD_MULT) */
   /* The checkpointer thread and what it is asked, under ck_mu. */
@@ -151,12 +159,31 @@ typedef struct sq {
   /* Held around every checkpoint call: SQLite answers SQLITE_BUSY at once,
    * without waiting, to a checkpoint while another connection's runs. */
   pthread_mutex_t ck_lock;
-  int db_fd;          /* the database file, for the checkpointer's fdatasync */
+  bool ck_sync;       /* the checkpointer syncs the database after its passes */
   int ckpt_pages;     /* WAL pages that start a checkpoint */
+  /* Device watermarks (customers' and agents') written lazily, see
+   * WM_FLUSH_MS_DEFAULT. wm_lazy holds the ones committed since the last
+   * flush, keyed (principal, device, conv), each a lazy_wm; only the thread
+   * running write_group (it holds busy) changes it, under wm_mu, and the
+   * loop's reads look into it under wm_mu. wm_staged are the current
+   * transaction's, moved into wm_lazy once it has committed. */
+  uint32_t wm_flush_ms;      /* 0: every watermark in its own batch's transaction */
+  uint64_t wm_next_flush_us; /* when the writer next writes wm_lazy (busy holder only) */
+  pthread_mutex_t wm_mu;
+  gw_map wm_lazy;
+  const pg_store_wm_rec **wm_staged;
+  size_t n_staged, cap_staged;
+  bool wm_kick; /* a loop-thread commit started wm_lazy: the writer must time it */
   uint32_t hold_ms;          /* test switch, see pg_store_options */
   char hold_path[4096];      /* data_dir/writer-hold */
   char werr[256]; /* the writer's last error (writer thread only) */
 } sq;
+
+/* A device's watermark committed as acknowledged but not yet written. */
+typedef struct lazy_wm {
+  const char *principal, *device, *conv; /* in the same allocation */
+  uint64_t acked;
+} lazy_wm;
 
 typedef struct qitem {
   struct qitem *next;
@@ -191,6 +218,22 @@ static uint64_t now_us(void) { return pu_clock_ns() / 1000u; }
  * turn (bench_turns --only c: 99-117 -> 109-124 us with a 4 KiB limit alone). */
 #define INLINE_BYTES_DEFAULT 4096
 
+/* A customer's or an agent's watermark (a device's: a bot's has none) is
+ * not written in its batch's transaction but kept in memory (wm_lazy) and
+ * written at most this often, by the writer thread, in the transaction of
+ * a later batch or in one of its own when the gateway is quiet, and when
+ * the store closes. Losing one to a crash is harmless: the device's
+ * client resumes from its own cursor (Hello.resume) or drops the events
+ * pushed again as duplicates (seq below its next), and a client with no
+ * memory of them gets them flagged redelivered, as it would had its Ack
+ * been lost on the wire (docs/gateway.md, "Durability"). A bot's watermark
+ * is its commit, atomic with its state: it stays in its transaction.
+ * PARLEY_SQLITE_WM_FLUSH_MS overrides it; 0 writes every watermark with its
+ * batch. */
+#define WM_FLUSH_MS_DEFAULT 1000
+/* Past this many waiting, the next transaction of the writer writes them. */
+#define WM_LAZY_MAX 65536
+
 /* Replaces SQLite's automatic checkpoint on the writer's connection: a
  * commit, on the writer thread or the loop's, never checkpoints itself; it
  * asks the checkpointer thread. */
@@ -213,10 +256,29 @@ static int on_wal(void *arg, sqlite3 *db, const char *name, int pages) {
   return SQLITE_OK;
 }
 
+/* The gateway's process holds the database file alone: SQLite's
+ * "unix-excl" VFS takes an exclusive lock on it once, for the life of the
+ * connection, and keeps the WAL index in the heap instead of the -shm file,
+ * so that the two connections of this process (writer and reader) lock it
+ * with a mutex instead of six fcntl() calls on the -shm file per
+ * transaction (strace -c of bench_ack_rtt: 68,301 -> 415 fcntl for 11,000
+ * commits). Another process cannot open the file while the gateway runs (a
+ * second gateway on the same data_dir fails at start); the environment
+ * variable PARLEY_SQLITE_SHARED=1 goes back to SQLite's default VFS, for
+ * the sqlite3 shell's online backup of a running gateway. */
+static bool sqlite_exclusive(void) {
+  const char *shared = getenv("PARLEY_SQLITE_SHARED");
+  return !(shared && *shared && strcmp(shared, "0") != 0);
+}
+
+/* Over that, store/sqlite_vfs.c writes each commit's WAL frames with one
+ * pwrite() instead of two per frame. */
+static const char *sqlite_vfs(void) { return pg_sqlite_vfs(sqlite_exclusive()); }
+
 static int open_conn(const char *path, int durability, sqlite3 **out, char *err, size_t errlen) {
   sqlite3 *h = NULL;
   if (sqlite3_open_v2(path, &h, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
-                      NULL) != SQLITE_OK) {
+                      sqlite_vfs()) != SQLITE_OK) {
     snprintf(err, errlen, "%s: %s", path, h ? sqlite3_errmsg(h) : "cannot open");
     sqlite3_close(h);
     return PARLEY_EDB;
@@ -233,8 +295,12 @@ static int open_conn(const char *path, int durability, sqlite3 **out, char *err,
            "PRAGMA busy_timeout=5000;",
            sync);
   char *msg = NULL;
-  if (sqlite3_exec(h, pragmas, NULL, NULL, &msg) != SQLITE_OK) {
-    snprintf(err, errlen, "%s: %s", path, msg ? msg : sqlite3_errmsg(h));
+  int rc = sqlite3_exec(h, pragmas, NULL, NULL, &msg);
+  if (rc != SQLITE_OK) {
+    if ((rc & 0xff) == SQLITE_BUSY && sqlite_exclusive())
+      snprintf(err, errlen, "%s: in use by another process (another gateway on this data_dir?)",
+               path);
+    else snprintf(err, errlen, "%s: %s", path, msg ? msg : sqlite3_errmsg(h));
     sqlite3_free(msg);
     sqlite3_close(h);
     return PARLEY_EDB;
@@ -275,6 +341,8 @@ static int setup_schema(sqlite3 *h, const char *path, char *err, size_t errlen) 
 static void *writer_main(void *arg);
 static void *checkpointer_main(void *arg);
 static void sq_close(void *impl);
+static void write_group(sq *q, struct qitem *list, bool force_flush);
+static void lazy_clear(sq *q);
 
 static int sq_open(const pg_store_options *o, void **out, char *err, size_t errlen) {
   *out = NULL;
@@ -299,12 +367,16 @@ static int sq_open(const pg_store_options *o, void **out, char *err, size_t errl
   pthread_mutex_init(&q->ck_mu, NULL);
   pthread_mutex_init(&q->ck_lock, NULL);
   pthread_cond_init(&q->ck_wake, NULL);
-  q->db_fd = -1;
   q->ckpt_pages = CKPT_PAGES_DEFAULT;
   const char *cp = getenv("PARLEY_SQLITE_CKPT_PAGES");
   if (cp && atoi(cp) > 0) q->ckpt_pages = atoi(cp);
+  pthread_mutex_init(&q->wm_mu, NULL);
   q->merge = o->merge_batches;
   q->hold_ms = o->test_hold_ms;
+  q->wm_flush_ms = WM_FLUSH_MS_DEFAULT;
+  const char *wf = getenv("PARLEY_SQLITE_WM_FLUSH_MS");
+  if (wf && *wf) q->wm_flush_ms = (uint32_t)strtoul(wf, NULL, 10);
+  q->wm_next_flush_us = now_us() + (uint64_t)q->wm_flush_ms * 1000u;
   snprintf(q->hold_path, sizeof q->hold_path, "%.4000s/writer-hold", dir);
   int rc = open_conn(path, o->durability, &q->wr, err, errlen);
   if (!rc) rc = setup_schema(q->wr, path, err, errlen);
@@ -324,7 +396,7 @@ static int sq_open(const pg_store_options *o, void **out, char *err, size_t errl
   if (o->durability == PG_DUR_FULL || q->hold_ms) q->inline_bytes = 0;
   if (!rc) rc = open_conn(path, o->durability, &q->rd, err, errlen);
   if (!rc) rc = open_conn(path, o->durability, &q->ck, err, errlen);
-  if (!rc && o->durability != PG_DUR_OFF) q->db_fd = open(path, O_RDONLY | O_CLOEXEC);
+  q->ck_sync = o->durability != PG_DUR_OFF;
   for (int i = 0; !rc && i < W_COUNT; i++)
     if (sqlite3_prepare_v3(q->wr, write_sql[i], -1, SQLITE_PREPARE_PERSISTENT, &q->w[i], NULL)) {
       snprintf(err, errlen, "%s: prepare: %s", path, sqlite3_errmsg(q->wr));
@@ -372,6 +444,8 @@ static void sq_close(void *impl) {
     pthread_cond_signal(&q->wake);
     pthread_mutex_unlock(&q->mu);
     pthread_join(q->thread, NULL);
+    /* The device watermarks still waiting are written before the end. */
+    if (q->wm_lazy.len) write_group(q, NULL, true);
   }
   /* After the writer: nothing asks the checkpointer any more. */
   if (q->ck_started) {
@@ -381,12 +455,13 @@ static void sq_close(void *impl) {
     pthread_mutex_unlock(&q->ck_mu);
     pthread_join(q->ck_thread, NULL);
   }
+  lazy_clear(q);
+  free(q->wm_staged);
   for (int i = 0; i < R_COUNT; i++) sqlite3_finalize(q->r[i]);
   for (int i = 0; i < W_COUNT; i++) sqlite3_finalize(q->w[i]);
   /* The writer's connection last: SQLite's close of the last connection
    * checkpoints the whole WAL and removes it. */
   sqlite3_close(q->ck);
-  if (q->db_fd >= 0) close(q->db_fd);
   sqlite3_close(q->rd);
   sqlite3_close(q->wr);
   pthread_cond_destroy(&q->ck_wake);
@@ -395,6 +470,7 @@ static void sq_close(void *impl) {
   pthread_cond_destroy(&q->wake);
   pthread_cond_destroy(&q->idle);
   pthread_mutex_destroy(&q->mu);
+  pthread_mutex_destroy(&q->wm_mu);
   free(q);
 }
 
@@ -463,7 +539,21 @@ static int put_wm(sq *q, const pg_store_wm_rec *r) {
   return step_done(s);
 }
 
-static int apply_batch(sq *q, const pg_store_batch *b) {
+/* Keeps a device watermark of the open transaction for wm_lazy. */
+static int stage_wm(sq *q, const pg_store_wm_rec *r) {
+  if (q->n_staged == q->cap_staged) {
+    size_t nc = q->cap_staged ? q->cap_staged * 2 : 64;
+    const pg_store_wm_rec **t = realloc(q->wm_staged, nc * sizeof *t);
+    if (!t) return PARLEY_ENOMEM;
+    q->wm_staged = t;
+    q->cap_staged = nc;
+  }
+  q->wm_staged[q->n_staged++] = r;
+  return 0;
+}
+
+/* lazy: device watermarks are staged for wm_lazy instead of written. */
+static int apply_batch(sq *q, const pg_store_batch *b, bool lazy) {
   pg_store_batch_view v;
   pg_store_batch_view_get(b, &v);
   int rc = 0;
@@ -472,8 +562,69 @@ static int apply_batch(sq *q, const pg_store_batch *b) {
   for (size_t i = 0; !rc && i < v.n_convs; i++) rc = put_conv(q, &v.convs[i]);
   for (size_t i = 0; !rc && i < v.n_events; i++) rc = put_event(q, &v.events[i]);
   for (size_t i = 0; !rc && i < v.n_state; i++) rc = put_state(q, &v.state[i]);
-  for (size_t i = 0; !rc && i < v.n_wms; i++) rc = put_wm(q, &v.wms[i]);
+  for (size_t i = 0; !rc && i < v.n_wms; i++)
+    rc = lazy && v.wms[i].device[0] ? stage_wm(q, &v.wms[i]) : put_wm(q, &v.wms[i]);
   return rc;
+}
+
+/* Writes every waiting device watermark into the open transaction. */
+static int put_lazy(sq *q) {
+  size_t i = 0;
+  const char *k;
+  void *v;
+  int rc = 0;
+  while (!rc && gw_map_next(&q->wm_lazy, &i, &k, &v)) {
+    const lazy_wm *w = v;
+    pg_store_wm_rec r = {(char *)w->principal, (char *)w->device, (char *)w->conv, w->acked};
+    rc = put_wm(q, &r);
+  }
+  return rc;
+}
+
+static void lazy_clear(sq *q) {
+  size_t i = 0;
+  const char *k;
+  void *v;
+  while (gw_map_next(&q->wm_lazy, &i, &k, &v)) free(v);
+  gw_map_clear(&q->wm_lazy);
+}
+
+/* After a commit: the staged watermarks join wm_lazy (the higher one wins).
+ * One that cannot be kept (no memory, the map full) is written by the next
+ * transaction instead: wm_next_flush_us is set to now. */
+static void lazy_merge(sq *q) {
+  if (!q->n_staged) return;
+  bool lost = false;
+  pthread_mutex_lock(&q->wm_mu);
+  if (!q->wm_lazy.len) q->wm_kick = true;
+  for (size_t i = 0; i < q->n_staged; i++) {
+    const pg_store_wm_rec *r = q->wm_staged[i];
+    char mk[420];
+    gw_join(mk, sizeof mk, r->principal, r->device, r->conv);
+    lazy_wm *w = gw_map_get(&q->wm_lazy, mk);
+    if (w) {
+      if (r->acked > w->acked) w->acked = r->acked;
+      continue;
+    }
+    size_t lp = strlen(r->principal) + 1, ld = strlen(r->device) + 1, lc = strlen(r->conv) + 1;
+    w = malloc(sizeof *w + lp + ld + lc);
+    if (!w || gw_map_put(&q->wm_lazy, mk, w)) {
+      free(w);
+      lost = true;
+      continue;
+    }
+    char *m = (char *)(w + 1);
+    memcpy(m, r->principal, lp);
+    memcpy(m + lp, r->device, ld);
+    memcpy(m + lp + ld, r->conv, lc);
+    w->principal = m;
+    w->device = m + lp;
+    w->conv = m + lp + ld;
+    w->acked = r->acked;
+  }
+  if (lost || q->wm_lazy.len >= WM_LAZY_MAX) q->wm_next_flush_us = 0;
+  pthread_mutex_unlock(&q->wm_mu);
+  q->n_staged = 0;
 }
 
 /* Test switch: marks the phase in data_dir/writer-hold (written aside and
@@ -497,20 +648,53 @@ static void hold(sq *q, const char *phase) {
   nanosleep(&ts, NULL);
 }
 
+/* Whether a batch has rows to write besides device watermarks. */
+static bool has_rows(const pg_store_batch *b) {
+  pg_store_batch_view v;
+  pg_store_batch_view_get(b, &v);
+  if (v.n_events || v.n_convs || v.n_state) return true;
+  for (size_t i = 0; i < v.n_wms; i++)
+    if (!v.wms[i].device[0]) return true;
+  return false;
+}
+
+/* Whether the next transaction writes wm_lazy: on the writer thread (a
+ * loop-thread commit stays one event long), when the interval is over or
+ * flush is forced (close). */
+static bool flush_due(const sq *q, bool force, uint64_t now) {
+  if (!q->wm_flush_ms) return false;
+  if (force) return true;
+  return !q->on_loop && q->wm_lazy.len && now >= q->wm_next_flush_us;
+}
+
 /* Commits the batches of one wake-up in one transaction. A batch that must
- * fail (one before it failed) fails alone, unapplied. */
-static void write_group(sq *q, qitem *list) {
+ * fail (one before it failed) fails alone, unapplied. list NULL: a
+ * transaction of the waiting watermarks alone (flush true). */
+static void write_group(sq *q, qitem *list, bool force_flush) {
   uint64_t t0 = now_us();
-  bool open = step_done(q->w[W_BEGIN]) == 0;
-  int rc = open ? 0 : PARLEY_EDB;
-  if (!open) snprintf(q->werr, sizeof q->werr, "begin: %s", sqlite3_errmsg(q->wr));
+  bool flush = flush_due(q, force_flush, t0);
+  /* Nothing of this transaction is lazy when it writes wm_lazy anyway. */
+  bool lazy = q->wm_flush_ms && !flush;
+  /* Batches of customers' Acks alone (lazy watermarks, nothing else) need
+   * no transaction at all: their watermarks only join wm_lazy. */
+  bool need_tx = !lazy;
+  for (qitem *it = list; !need_tx && it; it = it->next) need_tx = has_rows(it->b);
+  bool open = need_tx && step_done(q->w[W_BEGIN]) == 0;
+  int rc = open || !need_tx ? 0 : PARLEY_EDB;
+  if (rc) snprintf(q->werr, sizeof q->werr, "begin: %s", sqlite3_errmsg(q->wr));
+  q->n_staged = 0;
+  q->wm_kick = false;
+  if (!rc && flush && put_lazy(q) != 0) {
+    rc = PARLEY_EDB;
+    snprintf(q->werr, sizeof q->werr, "write: %s", sqlite3_errmsg(q->wr));
+  }
   qitem *applied = NULL, **tail = &applied;
   while (list) {
     qitem *it = list;
     list = it->next;
     it->next = NULL;
     if (!rc && !pg_store__poisoned(it->st, it->b)) {
-      rc = apply_batch(q, it->b);
+      rc = apply_batch(q, it->b, lazy);
       if (rc) snprintf(q->werr, sizeof q->werr, "write: %s", sqlite3_errmsg(q->wr));
       *tail = it;
       tail = &it->next;
@@ -520,14 +704,27 @@ static void write_group(sq *q, qitem *list) {
                        rc ? q->werr : "an earlier batch failed", 0);
     free(it);
   }
-  if (open && !rc) hold(q, "commit");
+  /* The test hold marks batches; a transaction of watermarks alone is none. */
+  bool marked = applied != NULL;
+  if (open && !rc && marked) hold(q, "commit");
   if (open && !rc && step_done(q->w[W_COMMIT]) != 0) {
     rc = PARLEY_EDB;
     snprintf(q->werr, sizeof q->werr, "commit: %s", sqlite3_errmsg(q->wr));
   }
   if (open && rc && !sqlite3_get_autocommit(q->wr)) step_done(q->w[W_ROLLBACK]);
-  if (open && !rc) hold(q, "complete");
-  hold(q, NULL);
+  if (!rc && flush) {
+    /* Written: nothing waits any more. */
+    pthread_mutex_lock(&q->wm_mu);
+    lazy_clear(q);
+    pthread_mutex_unlock(&q->wm_mu);
+    q->wm_next_flush_us = now_us() + (uint64_t)q->wm_flush_ms * 1000u;
+  }
+  /* Committed watermarks become readable (sq_watermark_get) before the
+   * batches' completions run. */
+  if (!rc) lazy_merge(q);
+  q->n_staged = 0;
+  if (open && !rc && marked) hold(q, "complete");
+  if (marked) hold(q, NULL);
   uint64_t took = now_us() - t0;
   for (qitem *it = applied; it;) {
     qitem *n = it->next;
@@ -548,6 +745,16 @@ static void write_group(sq *q, qitem *list) {
  * left, and then the writer copies that remainder between two of its
  * transactions (ckpt_due): no commit lands in between, the WAL is fully
  * copied and the next commit starts it over. */
+/* fdatasync of the database file, through the connection's own file (a
+ * descriptor of our own would drop the process's POSIX locks on the file
+ * when closed). */
+static void sync_db(sqlite3 *db) {
+  sqlite3_file *f = NULL;
+  if (sqlite3_file_control(db, "main", SQLITE_FCNTL_FILE_POINTER, &f) == SQLITE_OK && f &&
+      f->pMethods)
+    (void)f->pMethods->xSync(f, SQLITE_SYNC_NORMAL | SQLITE_SYNC_DATAONLY);
+}
+
 static void *checkpointer_main(void *arg) {
   sq *q = arg;
   pthread_mutex_lock(&q->ck_mu);
@@ -579,7 +786,7 @@ static void *checkpointer_main(void *arg) {
      * copies the last frame); the writer's end of the checkpoint would
      * then flush all of them while no commit can run. Flushed here, it
      * only flushes its own remainder. */
-    if (rc == SQLITE_OK && q->db_fd >= 0) (void)fdatasync(q->db_fd);
+    if (rc == SQLITE_OK && q->ck_sync) sync_db(q->ck);
     /* An error (a busy lock, a full disk) leaves the WAL as it is; the
      * writer's end of the checkpoint tries again, as its own checkpoint
      * used to, and the next commit asks again. */
@@ -594,12 +801,49 @@ static void *checkpointer_main(void *arg) {
   return NULL;
 }
 
+/* Under mu, writer thread: whether device watermarks wait (wm_mu is taken
+ * inside mu, never the other way round). */
+static bool lazy_waiting(sq *q) {
+  if (!q->wm_flush_ms) return false;
+  pthread_mutex_lock(&q->wm_mu);
+  bool any = q->wm_lazy.len > 0;
+  pthread_mutex_unlock(&q->wm_mu);
+  return any;
+}
+
 static void *writer_main(void *arg) {
   sq *q = arg;
   pthread_mutex_lock(&q->mu);
   for (;;) {
-    while (((!q->head && !q->ckpt_due) || q->busy) && !q->stop)
-      pthread_cond_wait(&q->wake, &q->mu);
+    bool flush_now = false;
+    while (((!q->head && !q->ckpt_due) || q->busy) && !q->stop) {
+      /* Quiet, with watermarks waiting: wake up when they are due and
+       * write them in a transaction of their own. */
+      if (!q->busy && lazy_waiting(q)) {
+        uint64_t due = q->wm_next_flush_us, now = now_us();
+        if (now >= due) {
+          flush_now = true;
+          break;
+        }
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        uint64_t ns = (uint64_t)ts.tv_nsec + (due - now) * 1000u;
+        ts.tv_sec += (time_t)(ns / 1000000000u);
+        ts.tv_nsec = (long)(ns % 1000000000u);
+        pthread_cond_timedwait(&q->wake, &q->mu, &ts);
+      } else {
+        pthread_cond_wait(&q->wake, &q->mu);
+      }
+    }
+    if (flush_now && !q->head && !q->stop) {
+      q->busy = true;
+      pthread_mutex_unlock(&q->mu);
+      write_group(q, NULL, true);
+      pthread_mutex_lock(&q->mu);
+      q->busy = false;
+      if (!q->head) pthread_cond_broadcast(&q->idle);
+      continue;
+    }
     if (!q->head && (q->stop || !q->ckpt_due)) break;
     if (q->ckpt_due) {
       /* The end of a checkpoint (checkpointer_main), before the next
@@ -631,7 +875,7 @@ static void *writer_main(void *arg) {
     }
     q->busy = true;
     pthread_mutex_unlock(&q->mu);
-    write_group(q, list);
+    write_group(q, list, false);
     pthread_mutex_lock(&q->mu);
     q->busy = false;
     if (!q->head) pthread_cond_broadcast(&q->idle);
@@ -667,11 +911,15 @@ static void sq_submit(void *impl, pg_store *st, pg_store_batch *b) {
   if (q->inline_bytes && !q->head && !q->busy && !q->ckpt_due && small) {
     q->busy = true;
     pthread_mutex_unlock(&q->mu);
-    write_group(q, it);
+    q->on_loop = true;
+    write_group(q, it, false);
+    q->on_loop = false;
     pthread_mutex_lock(&q->mu);
     q->busy = false;
-    if (q->ckpt_due) pthread_cond_signal(&q->wake);
-    else pthread_cond_broadcast(&q->idle);
+    /* The writer may be asleep without a timer while watermarks wait now. */
+    if (q->ckpt_due || q->wm_kick) pthread_cond_signal(&q->wake);
+    q->wm_kick = false;
+    if (!q->ckpt_due) pthread_cond_broadcast(&q->idle);
     pthread_mutex_unlock(&q->mu);
     return;
   }
@@ -821,7 +1069,17 @@ static int sq_watermark_get(void *impl, const char *principal, const char *devic
   *acked = rc == SQLITE_ROW ? (uint64_t)sqlite3_column_int64(s, 0) : 0;
   sqlite3_reset(s);
   sqlite3_clear_bindings(s);
-  return rc == SQLITE_ROW || rc == SQLITE_DONE ? 0 : PARLEY_EDB;
+  if (rc != SQLITE_ROW && rc != SQLITE_DONE) return PARLEY_EDB;
+  if (device[0] && q->wm_flush_ms) {
+    /* Committed but not yet written: the higher one is the watermark. */
+    char mk[420];
+    gw_join(mk, sizeof mk, principal, device, conv);
+    pthread_mutex_lock(&q->wm_mu);
+    const lazy_wm *w = gw_map_get(&q->wm_lazy, mk);
+    if (w && w->acked > *acked) *acked = w->acked;
+    pthread_mutex_unlock(&q->wm_mu);
+  }
+  return 0;
 }
 
 static int sq_state_each(void *impl, const char *conv,
