@@ -10,7 +10,10 @@
  *     again (the checkpoint sequence number in its header counts that),
  *     and the file stays far smaller than everything written;
  *   - every event committed is there after the store is closed and opened
- *     again, in order and intact.
+ *     again, in order and intact;
+ *   - another program (Python's sqlite3 module) backs up the file of an
+ *     open store, by default; with PARLEY_SQLITE_EXCLUSIVE=1 it is kept
+ *     out.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -164,12 +167,75 @@ static void test_wal_bounded_under_a_stream_of_commits(void **unused) {
   tmpdir_remove(dir);
 }
 
+/* Python's sqlite3 backs up dir/gateway.db into dir/copy.db and prints the
+ * copy's event count; returns its exit status (0 on success). It reads the
+ * file first: its backup() retries a locked file for ever, a read gives up
+ * after the connection's timeout. */
+static int backup_by_another_program(const char *dir, long *events) {
+  char cmd[2048];
+  snprintf(cmd, sizeof cmd,
+           "python3 -c \"import sqlite3,sys; s=sqlite3.connect(sys.argv[1], timeout=0.5); "
+           "s.execute('select count(*) from events').fetchone(); "
+           "d=sqlite3.connect(sys.argv[2]); s.backup(d); "
+           "print(d.execute('select count(*) from events').fetchone()[0])\" "
+           "'%s/gateway.db' '%s/copy.db' 2>/dev/null",
+           dir, dir);
+  FILE *p = popen(cmd, "r");
+  assert_non_null(p);
+  if (fscanf(p, "%ld", events) != 1) *events = -1;
+  return pclose(p);
+}
+
+static void put_events(node *n, uint64_t count) {
+  pg_store_batch *b = pg_store_batch_new();
+  assert_non_null(b);
+  pg_store_conv c = {.id = "c1", .customer = "carol", .assignee = "bot", .bot = "bot",
+                     .locale = "en", .queue = "", .note = "", .tags = "",
+                     .status = PG_CONV_OPEN, .epoch = 1};
+  assert_int_equal(pg_store_batch_conv(b, &c, PG_STORE_CONV_NEW), 0);
+  static uint8_t blob[BLOB];
+  for (uint64_t seq = 1; seq <= count; seq++) {
+    fill(blob, seq);
+    pg_store_event e = {.conv = "c1", .seq = seq, .blob = blob, .len = BLOB};
+    assert_int_equal(pg_store_batch_event(b, &e), 0);
+  }
+  assert_int_equal(pg_store_submit(n->st, b, on_done, n), 0);
+  pg_store_drain(n->st);
+  assert_int_equal(n->failed, 0);
+}
+
+static void test_online_backup(void **unused) {
+  (void)unused;
+  char dir[512];
+  assert_int_equal(tmpdir_make(dir, sizeof dir, "backup"), 0);
+  node n;
+  node_open(&n, dir, true);
+  put_events(&n, 10);
+  long events = 0;
+  assert_int_equal(backup_by_another_program(dir, &events), 0);
+  assert_int_equal(events, 10);
+  node_close(&n);
+
+  /* Held alone: the same backup is refused while the store is open. */
+  char dir2[512];
+  assert_int_equal(tmpdir_make(dir2, sizeof dir2, "backup-excl"), 0);
+  setenv("PARLEY_SQLITE_EXCLUSIVE", "1", 1);
+  node_open(&n, dir2, true);
+  put_events(&n, 10);
+  assert_int_not_equal(backup_by_another_program(dir2, &events), 0);
+  node_close(&n);
+  unsetenv("PARLEY_SQLITE_EXCLUSIVE");
+  tmpdir_remove(dir);
+  tmpdir_remove(dir2);
+}
+
 int main(void) {
   char pages[16];
   snprintf(pages, sizeof pages, "%d", CKPT_PAGES);
   setenv("PARLEY_SQLITE_CKPT_PAGES", pages, 1);
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_wal_bounded_under_a_stream_of_commits),
+      cmocka_unit_test(test_online_backup),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -262,13 +262,14 @@ static int on_wal(void *arg, sqlite3 *db, const char *name, int pages) {
  * so that the two connections of this process (writer and reader) lock it
  * with a mutex instead of six fcntl() calls on the -shm file per
  * transaction (strace -c of bench_ack_rtt: 68,301 -> 415 fcntl for 11,000
- * commits). Another process cannot open the file while the gateway runs (a
- * second gateway on the same data_dir fails at start); the environment
- * variable PARLEY_SQLITE_SHARED=1 goes back to SQLite's default VFS, for
- * the sqlite3 shell's online backup of a running gateway. */
+ * commits). Then another process cannot open the file while the gateway
+ * runs (a second gateway on the same data_dir fails at start, and so does
+ * the sqlite3 shell's online backup), so it is asked for with the
+ * environment variable PARLEY_SQLITE_EXCLUSIVE=1; by default the gateway
+ * uses SQLite's usual locking and can be backed up while it serves. */
 static bool sqlite_exclusive(void) {
-  const char *shared = getenv("PARLEY_SQLITE_SHARED");
-  return !(shared && *shared && strcmp(shared, "0") != 0);
+  const char *excl = getenv("PARLEY_SQLITE_EXCLUSIVE");
+  return excl && *excl && strcmp(excl, "0") != 0;
 }
 
 /* Over that, store/sqlite_vfs.c writes each commit's WAL frames with one
