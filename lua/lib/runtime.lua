@@ -510,7 +510,6 @@ local NOTHING = setmetatable({}, {
   __newindex = function() error("internal error: the shared empty table was written to") end,
   __metatable = false,
 })
-local NOTHING_INFLIGHT = { pending = NOTHING, add = NOTHING, rm = NOTHING }
 
 local function conv_rec(id)
   local rec = convs[id]
@@ -1401,16 +1400,28 @@ end
 -- The end of a handler, still in its coroutine and under its budget: the
 -- state is encoded and checked (a limit broken here fails the handler),
 -- and the ctx dies. rt.finish applies the result once the replies are
--- stored.
+-- stored. Returns true when there is nothing to apply: an empty state and
+-- an empty committed base, no tag changes and no timers the C side holds.
+-- Then rt.finish would change nothing (until it runs, no bot code runs for
+-- the conversation, and an Assign settles the record itself), so the C
+-- side does not call it.
 local function end_handler(rec)
   local d = rec.ctx and ctx_data[rec.ctx]
   local seen = encode_state(rec.state)
   kill_ctx(rec)
-  rec.done = { seen = seen, tags_add = d and d.tags_add, tags_remove = d and d.tags_remove }
+  local add, rm = d and d.tags_add, d and d.tags_remove
+  if seen == NOTHING and add == NOTHING and rm == NOTHING and rec.no_timers
+     and next(rec.base) == nil then
+    rec.done = nil
+    return true
+  end
+  rec.done = { seen = seen, tags_add = add, tags_remove = rm }
+  return false
 end
 
 -- Runs inside the handler's coroutine. kind is "event" or "timer"; for a
--- timer, ev is its id. Returns true when a handler ran.
+-- timer, ev is its id. Returns true when a handler ran, and true when the
+-- handler left nothing for rt.finish to do (end_handler).
 function rt.run(conv, kind, ev, seq)
   handler_threads[co_running()] = true
   local rec = conv_rec(conv)
@@ -1441,8 +1452,7 @@ function rt.run(conv, kind, ev, seq)
     -- Middleware sees a timer as an event of kind "timer".
     local ran = middleware_mod.run(b._use, ctx, { kind = "timer", timer = name, data = data },
                                    function() fn(ctx, data) return true end)
-    end_handler(rec)
-    return ran
+    return ran, end_handler(rec)
   end
   local ek = ev.kind
   if ek == "opened" or ek == "locale_changed" then
@@ -1472,12 +1482,12 @@ function rt.run(conv, kind, ev, seq)
   c_metric("handler", b._use[1] and "middleware" or "")
   local ran = middleware_mod.run(b._use, ctx, ev, function() return (dispatch(b, ctx, ev)) end)
   if not ran then c_metric("handler", "") end
-  end_handler(rec)
-  return ran
+  return ran, end_handler(rec)
 end
 
 -- After a handler's sends are answered: state changes into pending, tags,
 -- timers. Raw access only: this runs outside every handler's budget.
+-- Returns true when the record holds changes for the next commit.
 function rt.finish(conv)
   local rec = conv_rec(conv)
   kill_ctx(rec)
@@ -1489,6 +1499,7 @@ function rt.finish(conv)
   end
   if done then apply_state(rec, done.seen) else diff_state(rec) end
   sync_timers(rec)
+  return next(rec.pending) ~= nil or next(rec.tags_add) ~= nil or next(rec.tags_remove) ~= nil
 end
 
 -- A handler failed: state back to before the event, the fallback reply.
@@ -1533,30 +1544,35 @@ function rt.take_commit(conv)
   return rec.pending, add, rm
 end
 
--- The pending changes went out in a commit: they stay in flight until the
--- gateway answers (rt.commit_done), in the order the commits went.
-function rt.commit_sent(conv)
+-- The pending changes went out in the commit with ordinal n (the C side
+-- counts a conversation's commits): they stay in flight until the gateway
+-- answers (rt.commit_done), in the order the commits went. Returns true
+-- when the commit carried changes; a commit that is only a watermark has
+-- nothing to give back if it is refused, and gets no entry.
+function rt.commit_sent(conv, n)
   local rec = convs[conv]
-  if not rec then return end
-  local fl = rec.inflight
+  if not rec then return false end
   if next(rec.pending) == nil and next(rec.tags_add) == nil and next(rec.tags_remove) == nil then
-    -- Only a watermark: nothing to give back if the commit is refused, and
-    -- the empty tables stay the record's.
-    fl[#fl + 1] = NOTHING_INFLIGHT
-    return
+    return false
   end
-  fl[#fl + 1] = { pending = rec.pending, add = rec.tags_add, rm = rec.tags_remove }
+  local fl = rec.inflight
+  fl[#fl + 1] = { pending = rec.pending, add = rec.tags_add, rm = rec.tags_remove, n = n }
   rec.pending, rec.tags_add, rec.tags_remove = {}, {}, {}
+  return true
 end
 
--- The gateway answered the oldest commit in flight. A refused commit's
--- changes go back to pending, under whatever a later handler changed since
--- (pending, or a commit still in flight), so that the next commit carries
--- them: the record's base already counts them as the gateway's.
-function rt.commit_done(conv, ok)
+-- The gateway answered the commit with ordinal n. Only commits that
+-- carried changes have an entry (the oldest first); the C side calls this
+-- for answers up to the newest of those. A refused commit's changes go back
+-- to pending, under whatever a later handler changed since (pending, or a
+-- commit still in flight), so that the next commit carries them: the
+-- record's base already counts them as the gateway's.
+function rt.commit_done(conv, ok, n)
   local rec = convs[conv]
-  if not rec or not rec.inflight or #rec.inflight == 0 then return end
-  local it = table.remove(rec.inflight, 1)
+  if not rec or not rec.inflight then return end
+  local it = rec.inflight[1]
+  if not it or it.n ~= n then return end
+  table.remove(rec.inflight, 1)
   if ok then return end
   local newer_keys, newer_tags = {}, {}
   for _, later in ipairs(rec.inflight) do
@@ -1592,7 +1608,7 @@ function rt.export()
     end
     local inflight = {}
     for i, it in ipairs(rec.inflight) do
-      inflight[i] = { pending = changes(it.pending), add = it.add, rm = it.rm }
+      inflight[i] = { pending = changes(it.pending), add = it.add, rm = it.rm, n = it.n }
     end
     out[id] = { base = rec.base, pending = changes(rec.pending), tags = tags,
                 locale = rec.locale, customer = rec.customer, recent = rec.recent,
@@ -1615,7 +1631,8 @@ function rt.import(text)
     rec.pending = changes(x.pending)
     rec.inflight = {}
     for i, it in ipairs(x.inflight or {}) do
-      rec.inflight[i] = { pending = changes(it.pending), add = it.add or {}, rm = it.rm or {} }
+      rec.inflight[i] = { pending = changes(it.pending), add = it.add or {}, rm = it.rm or {},
+                          n = m_tointeger(it.n) }
     end
     rec.state = decode_state(rec.base)
     rec.tags = {}

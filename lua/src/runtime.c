@@ -207,6 +207,7 @@ void plr_job_fail(parley_runtime *r, plr_job *j, const char *why) {
   if (plr_vm_pcall(vm, 4, 0, err, sizeof err))
     plr_log(r, 3, c->id, j->seq, "rolling back failed: %s", err);
   r->current = prev;
+  c->dirty = true;
 }
 
 void plr_job_resume(parley_runtime *r, plr_job *j, int nargs) {
@@ -239,7 +240,10 @@ void plr_job_resume(parley_runtime *r, plr_job *j, int nargs) {
     /* The last error was swallowed where no Lua instruction followed. */
     plr_job_fail(r, j, "handler exceeded its instruction budget");
   } else if (rc == LUA_OK) {
+    /* rt.run's results: whether a handler ran, and whether it left nothing
+     * for rt.finish to apply. */
     if (nres > 0 && lua_toboolean(j->co, -nres)) r->stats.handled++;
+    j->quiet = nres > 1 && lua_toboolean(j->co, -nres + 1);
     lua_pop(j->co, nres);
     j->done = true;
   } else {
@@ -293,18 +297,21 @@ void plr_job_maybe_complete(parley_runtime *r, plr_job *j) {
   plr_conv *c = j->conv;
   plr_vm *vm = r->vm;
   lua_State *L = plr_vm_state(vm);
-  if (!j->failed && j->kind != JOB_SEND) {
+  if (!j->failed && j->kind != JOB_SEND && !j->quiet) {
     plr_vm_uncapped(vm);
     plr_vm_rt_get(vm, "finish");
     lua_pushstring(L, c->id);
     plr_job *prev = r->current;
     r->current = j;
     char err[1024];
-    int rc = plr_vm_pcall(vm, 1, 0, err, sizeof err);
+    int rc = plr_vm_pcall(vm, 1, 1, err, sizeof err);
     r->current = prev;
     if (rc) {
       plr_job_fail(r, j, err);
       if (j->pending_sends) return; /* the fallback reply is on its way */
+    } else {
+      if (lua_toboolean(L, -1)) c->dirty = true;
+      lua_pop(L, 1);
     }
   }
   j->finished = true;
@@ -543,6 +550,7 @@ void plr_rt_on_assign(parley_runtime *r, const parley_assignment *a) {
    * document, and the gateway delivers again what it did not apply. */
   bool keep = c->job || c->head;
   c->commits_stale = c->commits_out;
+  c->dirty = true; /* rt.assign rebuilds the record's pending changes */
   c->epoch = a->epoch;
   c->revoked = false;
   c->leaving = false;
@@ -634,11 +642,15 @@ void plr_rt_on_send_result(parley_runtime *r, const parley_send_result *res, voi
  * from the gateway's own document. */
 static void commit_answered(parley_runtime *r, plr_conv *c, bool ok) {
   if (c->commits_out) c->commits_out--;
+  uint64_t n = ++c->commits_answered;
   if (c->commits_stale) {
     c->commits_stale--;
     return;
   }
   if (c->forgotten || r->freeing) return;
+  /* A watermark-only commit has no entry in runtime.lua's record: there is
+   * nothing to settle, refused or not. */
+  if (n > c->changes_upto) return;
   plr_vm *vm = r->vm;
   lua_State *L = plr_vm_state(vm);
   if (!lua_checkstack(L, 4)) return;
@@ -646,9 +658,11 @@ static void commit_answered(parley_runtime *r, plr_conv *c, bool ok) {
   plr_vm_rt_get(vm, "commit_done");
   lua_pushstring(L, c->id);
   lua_pushboolean(L, ok);
+  lua_pushinteger(L, (lua_Integer)n);
   char err[256];
-  if (plr_vm_pcall(vm, 2, 0, err, sizeof err))
+  if (plr_vm_pcall(vm, 3, 0, err, sizeof err))
     plr_log(r, 3, c->id, c->handled_seq, "settling a commit failed: %s", err);
+  if (!ok) c->dirty = true; /* its changes went back to pending */
 }
 
 void plr_rt_on_commit_result(parley_runtime *r, const parley_commit_result *res) {
@@ -940,6 +954,10 @@ static void swap_vm(parley_runtime *r) {
         plr_vm_uncapped(nv);
         j->ev_ref = luaL_ref(Ln, LUA_REGISTRYINDEX);
       }
+  /* The new state's records came from the export: whatever they hold is
+   * for the next commits to carry. */
+  for (size_t b = 0; b < PLR_BUCKETS; b++)
+    for (plr_conv *c = r->buckets[b]; c; c = c->hnext) c->dirty = true;
   r->vm = nv;
   r->next_vm = NULL;
   r->n_co_pool = 0; /* those threads belong to the old state */
