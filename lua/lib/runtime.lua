@@ -860,6 +860,17 @@ end
 
 function Ctx:reply(content, opts)
   local d = ctx_of(self)
+  -- A text without options, the usual reply: no content table, and
+  -- C.send_text makes check_text's checks itself. Before the state's limits
+  -- are checked the text is, as below; an empty state has none to check.
+  if opts == nil and type(content) == "string" then
+    local st = d.rec.state
+    if type(st) ~= "table" or next(st) ~= nil then
+      check_text(content, "reply text", 2)
+      check_limits(d)
+    end
+    return C.send_text(d.rec.id, content)
+  end
   if opts ~= nil and type(opts) ~= "table" then raise("reply options must be a table") end
   local c = normalize_content(content, opts and rawget(opts, "fallback"), 2)
   local q = quote_of(d.rec, opts and rawget(opts, "quote"))
@@ -1052,16 +1063,21 @@ end
 
 local function dispatch_message(b, ctx, msg)
   local text = msg.text or ""
-  local cmd, rest = text:match("^%s*(/[%w_%-]+)%s*(.*)$")
+  -- Without commands or patterns (an echo bot, a bot of dialogs) there is
+  -- nothing to match the text against.
+  local commands = b._commands
+  local cmd, rest
+  if next(commands) ~= nil then cmd, rest = text:match("^%s*(/[%w_%-]+)%s*(.*)$") end
   if cmd then
-    local fn = b._commands[cmd:lower()]
+    local fn = commands[cmd:lower()]
     if fn then
       c_metric("handler", "command " .. cmd:lower())
       return true, fn(ctx, msg, split_args(rest))
     end
   end
   local lowered = nil
-  for _, m in ipairs(b._matches) do
+  local matches = b._matches
+  if matches[1] ~= nil then for _, m in ipairs(matches) do
     local subject = text
     if m.ci then lowered = lowered or text:lower(); subject = lowered end
     local caps = { subject:find(m.pattern) }
@@ -1070,7 +1086,7 @@ local function dispatch_message(b, ctx, msg)
       c_metric("handler", "match " .. m.pattern)
       return true, m.fn(ctx, msg, caps)
     end
-  end
+  end end
   if b._message then c_metric("handler", "on_message") return true, b._message(ctx, msg) end
   if b._fallback then c_metric("handler", "fallback") return true, b._fallback(ctx, msg) end
   return false
@@ -1478,9 +1494,15 @@ function rt.run(conv, kind, ev, seq)
   local ctx = new_ctx(rec, seq, "event")
   rec.ctx = ctx
   -- An event that middleware answers without next() counts as the
-  -- middleware's; dispatch names the handler it picks.
-  c_metric("handler", b._use[1] and "middleware" or "")
-  local ran = middleware_mod.run(b._use, ctx, ev, function() return (dispatch(b, ctx, ev)) end)
+  -- middleware's; dispatch names the handler it picks. Without middleware
+  -- the name starts empty, as the C side's job does.
+  local ran
+  if b._use[1] == nil then
+    ran = (dispatch(b, ctx, ev))
+  else
+    c_metric("handler", "middleware")
+    ran = middleware_mod.run(b._use, ctx, ev, function() return (dispatch(b, ctx, ev)) end)
+  end
   if not ran then c_metric("handler", "") end
   return ran, end_handler(rec)
 end
