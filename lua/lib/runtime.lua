@@ -514,11 +514,35 @@ local NOTHING = setmetatable({}, {
 local function conv_rec(id)
   local rec = convs[id]
   if not rec then
+    -- rseq, rtext, rsender: the conversation's last RECENT_MAX inbound
+    -- messages (for quoting) in a ring of three arrays, rn messages so
+    -- far; a table per message made these most of the objects the
+    -- collector walks when a bot holds many conversations.
     rec = { id = id, state = {}, base = {}, pending = {}, tags = {}, inflight = {},
-            tags_add = {}, tags_remove = {}, recent = {}, locale = default_locale }
+            tags_add = {}, tags_remove = {}, rseq = {}, rtext = {}, rsender = {}, rn = 0,
+            locale = default_locale }
     convs[id] = rec
   end
   return rec
+end
+
+-- Remembers an inbound message for quoting.
+local function remember(rec, seq, text, sender)
+  local n = rec.rn + 1
+  local i = (n - 1) % RECENT_MAX + 1
+  rec.rn = n
+  rec.rseq[i], rec.rtext[i], rec.rsender[i] = seq, text, sender
+end
+
+-- The remembered messages, oldest first, as a list of {seq, text, sender}
+-- (reload).
+local function recent_list(rec)
+  local out, n = {}, rec.rn
+  for k = m_max(1, n - RECENT_MAX + 1), n do
+    local i = (k - 1) % RECENT_MAX + 1
+    out[#out + 1] = { seq = rec.rseq[i], text = rec.rtext[i], sender = rec.rsender[i] }
+  end
+  return out
 end
 
 local function decode_state(base)
@@ -845,13 +869,12 @@ local function quote_of(rec, q)
   if m_type(seq) ~= "integer" or seq < 1 then raise("quote needs a positive seq") end
   -- The quote shows what the conversation holds for that seq, never text
   -- or a sender the bot made up.
-  local r = rec.recent
-  local last = #r
-  for i = last, m_max(1, last - RECENT_MAX + 1), -1 do
-    local m = r[i]
-    if m.seq == seq then
-      return { seq = seq, excerpt = clean_cut(m.text, EXCERPT_MAX),
-               sender = clean_cut(m.sender, 128) }
+  local n = rec.rn
+  for k = n, m_max(1, n - RECENT_MAX + 1), -1 do
+    local i = (k - 1) % RECENT_MAX + 1
+    if rec.rseq[i] == seq then
+      return { seq = seq, excerpt = clean_cut(rec.rtext[i], EXCERPT_MAX),
+               sender = clean_cut(rec.rsender[i], 128) }
     end
   end
   raise("quote: seq " .. seq .. " is not one of the conversation's last " .. RECENT_MAX ..
@@ -1046,9 +1069,15 @@ function Ctx:timers()
   return out
 end
 
+-- The record behind a ctx is the conversation's own table, filled again
+-- for each handler: only one handler of a conversation runs at a time,
+-- and the ctx of an earlier one no longer reaches it (kill_ctx).
 local function new_ctx(rec, seq, kind)
   local ctx = C.proxy(CtxMT)
-  ctx_data[ctx] = { rec = rec, seq = seq, kind = kind, tags_add = NOTHING, tags_remove = NOTHING }
+  local d = rec.ctxd
+  if d == nil then d = {}; rec.ctxd = d end
+  d.rec, d.seq, d.kind, d.tags_add, d.tags_remove, d.idem = rec, seq, kind, NOTHING, NOTHING, nil
+  ctx_data[ctx] = d
   return ctx
 end
 
@@ -1479,17 +1508,7 @@ function rt.run(conv, kind, ev, seq)
     for _, t in ipairs(ev.tags) do rec.tags[t] = true end
   elseif ek == "message" then
     if not ev.locale then ev.locale = rec.locale end
-    if ev.text then
-      -- The list grows to twice RECENT_MAX and is then cut back to the
-      -- last RECENT_MAX at once: removing the oldest on every message
-      -- moved the whole list each time. quote_of reads the last RECENT_MAX.
-      local r = rec.recent
-      local n = #r + 1
-      r[n] = { seq = ev.seq, text = ev.text, sender = ev.sender or "" }
-      if n >= 2 * RECENT_MAX then
-        rec.recent = t_move(r, n - RECENT_MAX + 1, n, 1, {})
-      end
-    end
+    if ev.text then remember(rec, ev.seq, ev.text, ev.sender or "") end
   end
   local ctx = new_ctx(rec, seq, "event")
   rec.ctx = ctx
@@ -1633,7 +1652,7 @@ function rt.export()
       inflight[i] = { pending = changes(it.pending), add = it.add, rm = it.rm, n = it.n }
     end
     out[id] = { base = rec.base, pending = changes(rec.pending), tags = tags,
-                locale = rec.locale, customer = rec.customer, recent = rec.recent,
+                locale = rec.locale, customer = rec.customer, recent = recent_list(rec),
                 tags_add = rec.tags_add, tags_remove = rec.tags_remove,
                 inflight = inflight, timer_next = rec.timer_next }
   end
@@ -1660,7 +1679,12 @@ function rt.import(text)
     rec.tags = {}
     for _, t in ipairs(x.tags or {}) do rec.tags[t] = true end
     rec.locale, rec.customer = x.locale or rec.locale, x.customer
-    rec.recent = x.recent or {}
+    rec.rseq, rec.rtext, rec.rsender, rec.rn = {}, {}, {}, 0
+    for _, m in ipairs(x.recent or {}) do
+      if type(m) == "table" and m_type(m.seq) == "integer" and type(m.text) == "string" then
+        remember(rec, m.seq, m.text, type(m.sender) == "string" and m.sender or "")
+      end
+    end
     rec.tags_add, rec.tags_remove = x.tags_add or {}, x.tags_remove or {}
     rec.timer_next = m_tointeger(x.timer_next)
   end

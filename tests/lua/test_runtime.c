@@ -383,6 +383,13 @@ static void test_reload(void **state) {
   fd_message(&t->f, "c1", 5, "/count");
   fd_pump(&t->f);
   assert_string_equal(fd_last_send(&t->f, "c1")->text, "count 3");
+  /* The messages remembered for quoting came along: seq 1 arrived before
+   * the reload. */
+  fd_message(&t->f, "c1", 6, "/qseq 1");
+  fd_pump(&t->f);
+  assert_string_equal(fd_last_send(&t->f, "c1")->text, "q");
+  assert_int_equal(fd_last_send(&t->f, "c1")->quote_seq, 1);
+  assert_string_equal(fd_last_send(&t->f, "c1")->quote_excerpt, "/count");
   plr_stats st;
   plr_runtime_stats(t->f.r, &st);
   assert_int_equal(st.reloads, 1);
