@@ -882,7 +882,7 @@ local function quote_of(rec, q)
 end
 
 function Ctx:reply(content, opts)
-  local d = ctx_of(self)
+  local d = ctx_data[self] or ctx_of(self)
   -- A text without options, the usual reply: no content table, and
   -- C.send_text makes check_text's checks itself. Before the state's limits
   -- are checked the text is, as below; an empty state has none to check.
@@ -1451,9 +1451,13 @@ end
 -- the conversation, and an Assign settles the record itself), so the C
 -- side does not call it.
 local function end_handler(rec)
-  local d = rec.ctx and ctx_data[rec.ctx]
-  local seen = encode_state(rec.state)
-  kill_ctx(rec)
+  local ctx, st = rec.ctx, rec.state
+  local d = ctx and ctx_data[ctx]
+  -- An empty state is encode_state's first answer, without the call.
+  local seen = NOTHING
+  if type(st) ~= "table" or next(st) ~= nil then seen = encode_state(st) end
+  rec.ctx = nil
+  if ctx ~= nil then ctx_data[ctx] = nil end
   local add, rm = d and d.tags_add, d and d.tags_remove
   if seen == NOTHING and add == NOTHING and rm == NOTHING and rec.no_timers
      and next(rec.base) == nil then
@@ -1469,8 +1473,8 @@ end
 -- handler left nothing for rt.finish to do (end_handler).
 function rt.run(conv, kind, ev, seq)
   handler_threads[co_running()] = true
-  local rec = conv_rec(conv)
-  kill_ctx(rec)
+  local rec = convs[conv] or conv_rec(conv)
+  if rec.ctx ~= nil then kill_ctx(rec) end
   rec.done = nil
   local b = the_bot
   if kind == "timer" then
