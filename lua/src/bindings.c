@@ -153,6 +153,9 @@ static int l_send_text(lua_State *L) {
   size_t len;
   const char *text = luaL_checklstring(L, 2, &len);
   if (len > PLR_TEXT_MAX) return plr_vm_raise(L, "reply text is longer than %d bytes", PLR_TEXT_MAX);
+  /* The handler is charged for the bytes checked, as the bounded utf8.len
+   * that check_text calls charges them. */
+  plr_vm_tick(L, (int64_t)(len / 64) + 1);
   if (!lua_utf8_valid(text, len)) return plr_vm_raise(L, "reply text is not valid UTF-8");
   /* The C side reads texts as C strings: a NUL would cut the text. */
   if (memchr(text, 0, len)) return plr_vm_raise(L, "reply text contains a NUL byte");
