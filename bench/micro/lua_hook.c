@@ -9,7 +9,7 @@
  *   - lua-table: what the Lua runtime does today (lua/src/runtime.c). The
  *     runtime cannot be driven without its VM, driver and commit
  *     machinery, so this file calls its conversion function,
- *     plr_event_push, and mirrors the rest: plr_event_push runs under
+ *     plr_event_push_fn's closure, and mirrors the rest: it runs under
  *     lua_pcall and fills a fresh table with every field (kind, conversation, seq,
  *     time, sender, sender_role, redelivered, hex id, content, text,
  *     tags...), the table is kept in the registry (plr_rt_on_event), then
@@ -202,13 +202,20 @@ typedef struct bench_ctx {
   int pooled_ref;
 } bench_ctx;
 
+/* Pushes a conversion: the runtime's (conv NULL), the closure it keeps
+ * per state, or conv. */
+static void push_conv(lua_State *L, lua_CFunction conv) {
+  if (conv) lua_pushcfunction(L, conv);
+  else if (!plr_event_push_fn(L)) abort();
+}
+
 /* One event through the runtime's path: conversion under pcall, registry
  * reference, a pooled coroutine, hook, resume, the coroutine back to the
  * pool. */
 static int one_coroutine(bench_ctx *b, lua_CFunction conv) {
   lua_State *L = b->L;
   lua_sethook(L, budget_hook, LUA_MASKCOUNT, HOOK_STEP);
-  lua_pushcfunction(L, conv);
+  push_conv(L, conv);
   lua_pushlightuserdata(L, (void *)b->ev);
   if (lua_pcall(L, 1, 1, 0) != LUA_OK) return 1;
   int ev_ref = luaL_ref(L, LUA_REGISTRYINDEX);
@@ -248,7 +255,7 @@ static int one_coroutine(bench_ctx *b, lua_CFunction conv) {
 
 static int one_pcall(bench_ctx *b, lua_CFunction conv) {
   lua_State *L = b->L;
-  lua_pushcfunction(L, conv);
+  push_conv(L, conv);
   lua_pushlightuserdata(L, (void *)b->ev);
   if (lua_pcall(L, 1, 1, 0) != LUA_OK) return 1;
   lua_rawgeti(L, LUA_REGISTRYINDEX, b->handler_ref);
@@ -259,8 +266,8 @@ static int one_pcall(bench_ctx *b, lua_CFunction conv) {
   return ok ? 0 : 1;
 }
 
-static int v_table_co(bench_ctx *b) { return one_coroutine(b, plr_event_push); }
-static int v_table(bench_ctx *b) { return one_pcall(b, plr_event_push); }
+static int v_table_co(bench_ctx *b) { return one_coroutine(b, NULL); }
+static int v_table(bench_ctx *b) { return one_pcall(b, NULL); }
 static int v_ud_co(bench_ctx *b) { return one_coroutine(b, push_lazy); }
 static int v_ud(bench_ctx *b) { return one_pcall(b, push_lazy); }
 
@@ -403,7 +410,7 @@ int main(int argc, char **argv) {
     lua_close(L);
   }
   bench_note("lua_hook",
-             "%s in-process. lua-table is lua/src/runtime.c's plr_event_push under pcall as the runtime runs it ("
+             "%s in-process. lua-table is lua/src/runtime.c's event conversion (plr_event_push_fn) under pcall as the runtime runs it ("
              "registry ref, a pooled coroutine with the budget count hook, CPU clock around "
              "lua_resume), without runtime.lua's dispatch and commit wrappers. lua-userdata: "
              "the event copied into one userdata, fields made on first access by __index. "

@@ -510,16 +510,39 @@ local NOTHING = setmetatable({}, {
   __newindex = function() error("internal error: the shared empty table was written to") end,
   __metatable = false,
 })
-local NOTHING_INFLIGHT = { pending = NOTHING, add = NOTHING, rm = NOTHING }
 
 local function conv_rec(id)
   local rec = convs[id]
   if not rec then
+    -- rseq, rtext, rsender: the conversation's last RECENT_MAX inbound
+    -- messages (for quoting) in a ring of three arrays, rn messages so
+    -- far; a table per message made these most of the objects the
+    -- collector walks when a bot holds many conversations.
     rec = { id = id, state = {}, base = {}, pending = {}, tags = {}, inflight = {},
-            tags_add = {}, tags_remove = {}, recent = {}, locale = default_locale }
+            tags_add = {}, tags_remove = {}, rseq = {}, rtext = {}, rsender = {}, rn = 0,
+            locale = default_locale }
     convs[id] = rec
   end
   return rec
+end
+
+-- Remembers an inbound message for quoting.
+local function remember(rec, seq, text, sender)
+  local n = rec.rn + 1
+  local i = (n - 1) % RECENT_MAX + 1
+  rec.rn = n
+  rec.rseq[i], rec.rtext[i], rec.rsender[i] = seq, text, sender
+end
+
+-- The remembered messages, oldest first, as a list of {seq, text, sender}
+-- (reload).
+local function recent_list(rec)
+  local out, n = {}, rec.rn
+  for k = m_max(1, n - RECENT_MAX + 1), n do
+    local i = (k - 1) % RECENT_MAX + 1
+    out[#out + 1] = { seq = rec.rseq[i], text = rec.rtext[i], sender = rec.rsender[i] }
+  end
+  return out
 end
 
 local function decode_state(base)
@@ -846,13 +869,12 @@ local function quote_of(rec, q)
   if m_type(seq) ~= "integer" or seq < 1 then raise("quote needs a positive seq") end
   -- The quote shows what the conversation holds for that seq, never text
   -- or a sender the bot made up.
-  local r = rec.recent
-  local last = #r
-  for i = last, m_max(1, last - RECENT_MAX + 1), -1 do
-    local m = r[i]
-    if m.seq == seq then
-      return { seq = seq, excerpt = clean_cut(m.text, EXCERPT_MAX),
-               sender = clean_cut(m.sender, 128) }
+  local n = rec.rn
+  for k = n, m_max(1, n - RECENT_MAX + 1), -1 do
+    local i = (k - 1) % RECENT_MAX + 1
+    if rec.rseq[i] == seq then
+      return { seq = seq, excerpt = clean_cut(rec.rtext[i], EXCERPT_MAX),
+               sender = clean_cut(rec.rsender[i], 128) }
     end
   end
   raise("quote: seq " .. seq .. " is not one of the conversation's last " .. RECENT_MAX ..
@@ -860,7 +882,18 @@ local function quote_of(rec, q)
 end
 
 function Ctx:reply(content, opts)
-  local d = ctx_of(self)
+  local d = ctx_data[self] or ctx_of(self)
+  -- A text without options, the usual reply: no content table, and
+  -- C.send_text makes check_text's checks itself. Before the state's limits
+  -- are checked the text is, as below; an empty state has none to check.
+  if opts == nil and type(content) == "string" then
+    local st = d.rec.state
+    if type(st) ~= "table" or next(st) ~= nil then
+      check_text(content, "reply text", 2)
+      check_limits(d)
+    end
+    return C.send_text(d.rec.id, content)
+  end
   if opts ~= nil and type(opts) ~= "table" then raise("reply options must be a table") end
   local c = normalize_content(content, opts and rawget(opts, "fallback"), 2)
   local q = quote_of(d.rec, opts and rawget(opts, "quote"))
@@ -1036,9 +1069,15 @@ function Ctx:timers()
   return out
 end
 
+-- The record behind a ctx is the conversation's own table, filled again
+-- for each handler: only one handler of a conversation runs at a time,
+-- and the ctx of an earlier one no longer reaches it (kill_ctx).
 local function new_ctx(rec, seq, kind)
   local ctx = C.proxy(CtxMT)
-  ctx_data[ctx] = { rec = rec, seq = seq, kind = kind, tags_add = NOTHING, tags_remove = NOTHING }
+  local d = rec.ctxd
+  if d == nil then d = {}; rec.ctxd = d end
+  d.rec, d.seq, d.kind, d.tags_add, d.tags_remove, d.idem = rec, seq, kind, NOTHING, NOTHING, nil
+  ctx_data[ctx] = d
   return ctx
 end
 
@@ -1053,16 +1092,21 @@ end
 
 local function dispatch_message(b, ctx, msg)
   local text = msg.text or ""
-  local cmd, rest = text:match("^%s*(/[%w_%-]+)%s*(.*)$")
+  -- Without commands or patterns (an echo bot, a bot of dialogs) there is
+  -- nothing to match the text against.
+  local commands = b._commands
+  local cmd, rest
+  if next(commands) ~= nil then cmd, rest = text:match("^%s*(/[%w_%-]+)%s*(.*)$") end
   if cmd then
-    local fn = b._commands[cmd:lower()]
+    local fn = commands[cmd:lower()]
     if fn then
       c_metric("handler", "command " .. cmd:lower())
       return true, fn(ctx, msg, split_args(rest))
     end
   end
   local lowered = nil
-  for _, m in ipairs(b._matches) do
+  local matches = b._matches
+  if matches[1] ~= nil then for _, m in ipairs(matches) do
     local subject = text
     if m.ci then lowered = lowered or text:lower(); subject = lowered end
     local caps = { subject:find(m.pattern) }
@@ -1071,7 +1115,7 @@ local function dispatch_message(b, ctx, msg)
       c_metric("handler", "match " .. m.pattern)
       return true, m.fn(ctx, msg, caps)
     end
-  end
+  end end
   if b._message then c_metric("handler", "on_message") return true, b._message(ctx, msg) end
   if b._fallback then c_metric("handler", "fallback") return true, b._fallback(ctx, msg) end
   return false
@@ -1401,20 +1445,36 @@ end
 -- The end of a handler, still in its coroutine and under its budget: the
 -- state is encoded and checked (a limit broken here fails the handler),
 -- and the ctx dies. rt.finish applies the result once the replies are
--- stored.
+-- stored. Returns true when there is nothing to apply: an empty state and
+-- an empty committed base, no tag changes and no timers the C side holds.
+-- Then rt.finish would change nothing (until it runs, no bot code runs for
+-- the conversation, and an Assign settles the record itself), so the C
+-- side does not call it.
 local function end_handler(rec)
-  local d = rec.ctx and ctx_data[rec.ctx]
-  local seen = encode_state(rec.state)
-  kill_ctx(rec)
-  rec.done = { seen = seen, tags_add = d and d.tags_add, tags_remove = d and d.tags_remove }
+  local ctx, st = rec.ctx, rec.state
+  local d = ctx and ctx_data[ctx]
+  -- An empty state is encode_state's first answer, without the call.
+  local seen = NOTHING
+  if type(st) ~= "table" or next(st) ~= nil then seen = encode_state(st) end
+  rec.ctx = nil
+  if ctx ~= nil then ctx_data[ctx] = nil end
+  local add, rm = d and d.tags_add, d and d.tags_remove
+  if seen == NOTHING and add == NOTHING and rm == NOTHING and rec.no_timers
+     and next(rec.base) == nil then
+    rec.done = nil
+    return true
+  end
+  rec.done = { seen = seen, tags_add = add, tags_remove = rm }
+  return false
 end
 
 -- Runs inside the handler's coroutine. kind is "event" or "timer"; for a
--- timer, ev is its id. Returns true when a handler ran.
+-- timer, ev is its id. Returns true when a handler ran, and true when the
+-- handler left nothing for rt.finish to do (end_handler).
 function rt.run(conv, kind, ev, seq)
   handler_threads[co_running()] = true
-  local rec = conv_rec(conv)
-  kill_ctx(rec)
+  local rec = convs[conv] or conv_rec(conv)
+  if rec.ctx ~= nil then kill_ctx(rec) end
   rec.done = nil
   local b = the_bot
   if kind == "timer" then
@@ -1441,8 +1501,7 @@ function rt.run(conv, kind, ev, seq)
     -- Middleware sees a timer as an event of kind "timer".
     local ran = middleware_mod.run(b._use, ctx, { kind = "timer", timer = name, data = data },
                                    function() fn(ctx, data) return true end)
-    end_handler(rec)
-    return ran
+    return ran, end_handler(rec)
   end
   local ek = ev.kind
   if ek == "opened" or ek == "locale_changed" then
@@ -1453,31 +1512,27 @@ function rt.run(conv, kind, ev, seq)
     for _, t in ipairs(ev.tags) do rec.tags[t] = true end
   elseif ek == "message" then
     if not ev.locale then ev.locale = rec.locale end
-    if ev.text then
-      -- The list grows to twice RECENT_MAX and is then cut back to the
-      -- last RECENT_MAX at once: removing the oldest on every message
-      -- moved the whole list each time. quote_of reads the last RECENT_MAX.
-      local r = rec.recent
-      local n = #r + 1
-      r[n] = { seq = ev.seq, text = ev.text, sender = ev.sender or "" }
-      if n >= 2 * RECENT_MAX then
-        rec.recent = t_move(r, n - RECENT_MAX + 1, n, 1, {})
-      end
-    end
+    if ev.text then remember(rec, ev.seq, ev.text, ev.sender or "") end
   end
   local ctx = new_ctx(rec, seq, "event")
   rec.ctx = ctx
   -- An event that middleware answers without next() counts as the
-  -- middleware's; dispatch names the handler it picks.
-  c_metric("handler", b._use[1] and "middleware" or "")
-  local ran = middleware_mod.run(b._use, ctx, ev, function() return (dispatch(b, ctx, ev)) end)
+  -- middleware's; dispatch names the handler it picks. Without middleware
+  -- the name starts empty, as the C side's job does.
+  local ran
+  if b._use[1] == nil then
+    ran = (dispatch(b, ctx, ev))
+  else
+    c_metric("handler", "middleware")
+    ran = middleware_mod.run(b._use, ctx, ev, function() return (dispatch(b, ctx, ev)) end)
+  end
   if not ran then c_metric("handler", "") end
-  end_handler(rec)
-  return ran
+  return ran, end_handler(rec)
 end
 
 -- After a handler's sends are answered: state changes into pending, tags,
 -- timers. Raw access only: this runs outside every handler's budget.
+-- Returns true when the record holds changes for the next commit.
 function rt.finish(conv)
   local rec = conv_rec(conv)
   kill_ctx(rec)
@@ -1489,6 +1544,7 @@ function rt.finish(conv)
   end
   if done then apply_state(rec, done.seen) else diff_state(rec) end
   sync_timers(rec)
+  return next(rec.pending) ~= nil or next(rec.tags_add) ~= nil or next(rec.tags_remove) ~= nil
 end
 
 -- A handler failed: state back to before the event, the fallback reply.
@@ -1533,30 +1589,35 @@ function rt.take_commit(conv)
   return rec.pending, add, rm
 end
 
--- The pending changes went out in a commit: they stay in flight until the
--- gateway answers (rt.commit_done), in the order the commits went.
-function rt.commit_sent(conv)
+-- The pending changes went out in the commit with ordinal n (the C side
+-- counts a conversation's commits): they stay in flight until the gateway
+-- answers (rt.commit_done), in the order the commits went. Returns true
+-- when the commit carried changes; a commit that is only a watermark has
+-- nothing to give back if it is refused, and gets no entry.
+function rt.commit_sent(conv, n)
   local rec = convs[conv]
-  if not rec then return end
-  local fl = rec.inflight
+  if not rec then return false end
   if next(rec.pending) == nil and next(rec.tags_add) == nil and next(rec.tags_remove) == nil then
-    -- Only a watermark: nothing to give back if the commit is refused, and
-    -- the empty tables stay the record's.
-    fl[#fl + 1] = NOTHING_INFLIGHT
-    return
+    return false
   end
-  fl[#fl + 1] = { pending = rec.pending, add = rec.tags_add, rm = rec.tags_remove }
+  local fl = rec.inflight
+  fl[#fl + 1] = { pending = rec.pending, add = rec.tags_add, rm = rec.tags_remove, n = n }
   rec.pending, rec.tags_add, rec.tags_remove = {}, {}, {}
+  return true
 end
 
--- The gateway answered the oldest commit in flight. A refused commit's
--- changes go back to pending, under whatever a later handler changed since
--- (pending, or a commit still in flight), so that the next commit carries
--- them: the record's base already counts them as the gateway's.
-function rt.commit_done(conv, ok)
+-- The gateway answered the commit with ordinal n. Only commits that
+-- carried changes have an entry (the oldest first); the C side calls this
+-- for answers up to the newest of those. A refused commit's changes go back
+-- to pending, under whatever a later handler changed since (pending, or a
+-- commit still in flight), so that the next commit carries them: the
+-- record's base already counts them as the gateway's.
+function rt.commit_done(conv, ok, n)
   local rec = convs[conv]
-  if not rec or not rec.inflight or #rec.inflight == 0 then return end
-  local it = table.remove(rec.inflight, 1)
+  if not rec or not rec.inflight then return end
+  local it = rec.inflight[1]
+  if not it or it.n ~= n then return end
+  table.remove(rec.inflight, 1)
   if ok then return end
   local newer_keys, newer_tags = {}, {}
   for _, later in ipairs(rec.inflight) do
@@ -1592,10 +1653,10 @@ function rt.export()
     end
     local inflight = {}
     for i, it in ipairs(rec.inflight) do
-      inflight[i] = { pending = changes(it.pending), add = it.add, rm = it.rm }
+      inflight[i] = { pending = changes(it.pending), add = it.add, rm = it.rm, n = it.n }
     end
     out[id] = { base = rec.base, pending = changes(rec.pending), tags = tags,
-                locale = rec.locale, customer = rec.customer, recent = rec.recent,
+                locale = rec.locale, customer = rec.customer, recent = recent_list(rec),
                 tags_add = rec.tags_add, tags_remove = rec.tags_remove,
                 inflight = inflight, timer_next = rec.timer_next }
   end
@@ -1615,13 +1676,19 @@ function rt.import(text)
     rec.pending = changes(x.pending)
     rec.inflight = {}
     for i, it in ipairs(x.inflight or {}) do
-      rec.inflight[i] = { pending = changes(it.pending), add = it.add or {}, rm = it.rm or {} }
+      rec.inflight[i] = { pending = changes(it.pending), add = it.add or {}, rm = it.rm or {},
+                          n = m_tointeger(it.n) }
     end
     rec.state = decode_state(rec.base)
     rec.tags = {}
     for _, t in ipairs(x.tags or {}) do rec.tags[t] = true end
     rec.locale, rec.customer = x.locale or rec.locale, x.customer
-    rec.recent = x.recent or {}
+    rec.rseq, rec.rtext, rec.rsender, rec.rn = {}, {}, {}, 0
+    for _, m in ipairs(x.recent or {}) do
+      if type(m) == "table" and m_type(m.seq) == "integer" and type(m.text) == "string" then
+        remember(rec, m.seq, m.text, type(m.sender) == "string" and m.sender or "")
+      end
+    end
     rec.tags_add, rec.tags_remove = x.tags_add or {}, x.tags_remove or {}
     rec.timer_next = m_tointeger(x.timer_next)
   end

@@ -112,6 +112,64 @@ static int l_send(lua_State *L) {
   return push_send_status(L, r, j, rc);
 }
 
+/* Whether s[0..len) is what Lua 5.4's utf8.len accepts (strict: no
+ * surrogates, nothing above U+10FFFF, no overlong forms): lutf8lib.c's
+ * utf8_decode, byte for byte, so that a text checked here passes exactly
+ * when runtime.lua's check_text would pass it. s is a Lua string, NUL
+ * terminated, so reading one byte past a cut sequence finds the NUL. */
+static bool lua_utf8_valid(const char *s, size_t len) {
+  static const uint32_t limits[] = {~(uint32_t)0, 0x80, 0x800, 0x10000u, 0x200000u, 0x4000000u};
+  const unsigned char *p = (const unsigned char *)s, *end = p + len;
+  while (p < end) {
+    unsigned int c = p[0];
+    uint32_t res = 0;
+    int count = 0;
+    if (c < 0x80) {
+      res = c;
+    } else {
+      for (; c & 0x40; c <<= 1) {
+        unsigned int cc = p[++count];
+        if ((cc & 0xC0) != 0x80) return false;
+        res = (res << 6) | (cc & 0x3F);
+      }
+      res |= ((uint32_t)(c & 0x7F) << (count * 5));
+      if (count > 5 || res > 0x7FFFFFFFu || res < limits[count]) return false;
+      p += count;
+    }
+    if (res > 0x10FFFFu || (res >= 0xD800u && res <= 0xDFFFu)) return false;
+    p++;
+  }
+  return true;
+}
+
+/* C.send_text(conv, text): ctx:reply(text) without options, the usual
+ * reply, with runtime.lua's check_text done here (its messages, in its
+ * order: length, UTF-8, NUL) instead of a content table built in Lua and
+ * read back field by field. runtime.lua calls it only once the state's
+ * limits are checked. */
+static int l_send_text(lua_State *L) {
+  parley_runtime *r = lua_touserdata(L, lua_upvalueindex(1));
+  const char *conv = luaL_checkstring(L, 1);
+  size_t len;
+  const char *text = luaL_checklstring(L, 2, &len);
+  if (len > PLR_TEXT_MAX) return plr_vm_raise(L, "reply text is longer than %d bytes", PLR_TEXT_MAX);
+  /* The handler is charged for the bytes checked, as the bounded utf8.len
+   * that check_text calls charges them. */
+  plr_vm_tick(L, (int64_t)(len / 64) + 1);
+  if (!lua_utf8_valid(text, len)) return plr_vm_raise(L, "reply text is not valid UTF-8");
+  /* The C side reads texts as C strings: a NUL would cut the text. */
+  if (memchr(text, 0, len)) return plr_vm_raise(L, "reply text contains a NUL byte");
+  plr_job *j = current_job(L, r, conv);
+  parley_content ct;
+  memset(&ct, 0, sizeof ct);
+  ct.kind = PARLEY_CONTENT_TEXT;
+  ct.text = text;
+  uint8_t id[PARLEY_MSG_ID_LEN];
+  job_msg_id(r, j, id);
+  int rc = r->drv.send(r->drv.ud, conv, &ct, NULL, id, j->conv->epoch, j);
+  return push_send_status(L, r, j, rc);
+}
+
 /* C.action(conv, kind, fields). */
 static int l_action(lua_State *L) {
   parley_runtime *r = lua_touserdata(L, lua_upvalueindex(1));
@@ -269,7 +327,8 @@ static int l_unavailable(lua_State *L) {
 }
 
 void plr_rt_bind(lua_State *L, parley_runtime *rt) {
-  static const luaL_Reg fns[] = {{"send", l_send},       {"action", l_action},
+  static const luaL_Reg fns[] = {{"send", l_send},       {"send_text", l_send_text},
+                                 {"action", l_action},
                                  {"http", l_http},       {"sync_timers", plr_l_sync_timers},
                                  {"idem", l_idem},       {"open", plr_l_open},
                                  {NULL, NULL}};

@@ -107,6 +107,7 @@ static void flush_cb(uv_timer_t *t) {
   parley_state_entry *ents[PLR_COMMIT_BATCH];
   const char **tags[PLR_COMMIT_BATCH];
   plr_conv *convs[PLR_COMMIT_BATCH];
+  bool asked[PLR_COMMIT_BATCH]; /* its changes came from rt.take_commit */
   size_t n = 0;
   int top = lua_gettop(L);
   plr_vm_uncapped(vm);
@@ -117,6 +118,16 @@ static void flush_cb(uv_timer_t *t) {
     c->rnext = NULL;
     c->ready = false;
     if (c->handled_seq <= c->sent_seq) continue;
+    ents[n] = NULL;
+    tags[n] = NULL;
+    if (!c->dirty) {
+      /* Nothing in runtime.lua's record is waiting: a watermark. */
+      items[n] = (parley_commit){.conversation = c->id, .epoch = c->epoch,
+                                 .ack_seq = c->handled_seq};
+      asked[n] = false;
+      convs[n++] = c;
+      continue;
+    }
     plr_vm_uncapped(vm);
     plr_vm_rt_get(vm, "take_commit");
     lua_pushstring(L, c->id);
@@ -125,14 +136,13 @@ static void flush_cb(uv_timer_t *t) {
       plr_log(r, 3, c->id, c->handled_seq, "collecting the commit failed: %s", err);
       continue;
     }
-    ents[n] = NULL;
-    tags[n] = NULL;
     if (build_commit(L, c, &items[n], &ents[n], &tags[n])) {
       free(ents[n]);
       free(tags[n]);
       plr_log(r, 3, c->id, c->handled_seq, "out of memory building a commit");
       continue;
     }
+    asked[n] = true;
     convs[n] = c;
     n++;
   }
@@ -154,13 +164,22 @@ static void flush_cb(uv_timer_t *t) {
       r->stats.commit_items += n;
       r->inflight += n;
       for (size_t i = 0; i < n; i++) {
-        convs[i]->sent_seq = items[i].ack_seq;
-        convs[i]->commits_out++;
+        plr_conv *c = convs[i];
+        c->sent_seq = items[i].ack_seq;
+        c->commits_out++;
+        uint64_t ord = ++c->commits_made;
+        if (!asked[i]) continue;
         plr_vm_rt_get(vm, "commit_sent");
-        lua_pushstring(L, convs[i]->id);
+        lua_pushstring(L, c->id);
+        lua_pushinteger(L, (lua_Integer)ord);
         char err[256];
-        if (plr_vm_pcall(vm, 1, 0, err, sizeof err))
-          plr_log(r, 3, convs[i]->id, items[i].ack_seq, "clearing a commit failed: %s", err);
+        if (plr_vm_pcall(vm, 2, 1, err, sizeof err)) {
+          plr_log(r, 3, c->id, items[i].ack_seq, "clearing a commit failed: %s", err);
+          continue;
+        }
+        if (lua_toboolean(L, -1)) c->changes_upto = ord;
+        lua_pop(L, 1);
+        c->dirty = false;
       }
       for (size_t i = 0; i < n; i++) plr_conv_maybe_forget(r, convs[i]);
     }

@@ -1,5 +1,5 @@
 /* The event as Lua handlers see it, and the names they see for kinds and
- * roles. Internal to the runtime; bench/micro measures plr_event_push on
+ * roles. Internal to the runtime; bench/micro measures the conversion on
  * its own, which is why it is not static in runtime.c.
  */
 #ifndef PARLEY_LUA_EVENT_H
@@ -7,12 +7,18 @@
 
 #include <parley/types.h>
 
+#include <stdbool.h>
+
 struct lua_State;
 
-/* Pushes an inbound event (a parley_event, given as a light userdata in
- * argument 1) as the table handlers receive it. A lua_CFunction, to be run
- * protected; the runtime calls it for every event. */
-int plr_event_push(struct lua_State *L);
+/* Pushes the function that converts an inbound event (a parley_event,
+ * given as a light userdata in its argument 1) into the table handlers
+ * receive: a C closure made once per Lua state (it holds the table's keys,
+ * interned) and kept in the registry. The function is to be called
+ * protected; the runtime calls it for every event. The first push in a
+ * state makes the closure (the state's boot does, with the cap lifted);
+ * returns false, pushing nothing, when the stack cannot hold its names. */
+bool plr_event_push_fn(struct lua_State *L);
 /* The names handlers see for an event's kind, a sender's role and a
  * content kind ("message", "customer", "text"...). */
 const char *plr_event_kind_name(parley_event_kind kind);

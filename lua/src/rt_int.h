@@ -59,6 +59,9 @@ typedef struct plr_job {
   uint32_t ordinal;    /* replies and actions sent so far */
   uint32_t pending_sends;
   bool started, done, failed, finished, waiting_http;
+  /* The handler ended leaving nothing for rt.finish to apply (no state, no
+   * tag changes, no timers): its end needs no call into Lua. */
+  bool quiet;
   void *http_handle;
   int64_t start_ns;    /* when the handler started, for the latency */
   char handler[96];    /* the handler's name for metrics (C.metric), or "" */
@@ -98,6 +101,17 @@ struct plr_conv {
    * order the commits went, and those of the older ones say nothing about
    * the record the Assign rebuilt. */
   uint32_t commits_out, commits_stale;
+  /* Whether runtime.lua's record may hold changes that no commit carried
+   * yet (pending state keys, tags to add or remove). When it cannot, a
+   * commit is only a watermark and is built without calling into Lua; every
+   * call that can add changes (finish, fail, assign, a refused commit, a
+   * reload) sets it. */
+  bool dirty;
+  /* Ordinals of the commits handed to the client and of those answered
+   * (answers come in the order the commits went), and the ordinal of the
+   * newest commit that carried changes: runtime.lua keeps a record of those
+   * only, so an answer after that one needs no call into Lua. */
+  uint64_t commits_made, commits_answered, changes_upto;
   plr_ctimer *timers;    /* PLR_TIMERS_MAX slots, allocated on first use */
   size_t ntimers;
   bool closed;           /* a CLOSED event was queued */

@@ -207,6 +207,7 @@ void plr_job_fail(parley_runtime *r, plr_job *j, const char *why) {
   if (plr_vm_pcall(vm, 4, 0, err, sizeof err))
     plr_log(r, 3, c->id, j->seq, "rolling back failed: %s", err);
   r->current = prev;
+  c->dirty = true;
 }
 
 void plr_job_resume(parley_runtime *r, plr_job *j, int nargs) {
@@ -239,7 +240,10 @@ void plr_job_resume(parley_runtime *r, plr_job *j, int nargs) {
     /* The last error was swallowed where no Lua instruction followed. */
     plr_job_fail(r, j, "handler exceeded its instruction budget");
   } else if (rc == LUA_OK) {
+    /* rt.run's results: whether a handler ran, and whether it left nothing
+     * for rt.finish to apply. */
     if (nres > 0 && lua_toboolean(j->co, -nres)) r->stats.handled++;
+    j->quiet = nres > 1 && lua_toboolean(j->co, -nres + 1);
     lua_pop(j->co, nres);
     j->done = true;
   } else {
@@ -293,18 +297,21 @@ void plr_job_maybe_complete(parley_runtime *r, plr_job *j) {
   plr_conv *c = j->conv;
   plr_vm *vm = r->vm;
   lua_State *L = plr_vm_state(vm);
-  if (!j->failed && j->kind != JOB_SEND) {
+  if (!j->failed && j->kind != JOB_SEND && !j->quiet) {
     plr_vm_uncapped(vm);
     plr_vm_rt_get(vm, "finish");
     lua_pushstring(L, c->id);
     plr_job *prev = r->current;
     r->current = j;
     char err[1024];
-    int rc = plr_vm_pcall(vm, 1, 0, err, sizeof err);
+    int rc = plr_vm_pcall(vm, 1, 1, err, sizeof err);
     r->current = prev;
     if (rc) {
       plr_job_fail(r, j, err);
       if (j->pending_sends) return; /* the fallback reply is on its way */
+    } else {
+      if (lua_toboolean(L, -1)) c->dirty = true;
+      lua_pop(L, 1);
     }
   }
   j->finished = true;
@@ -413,74 +420,133 @@ const char *plr_content_name(parley_content_kind k) {
   }
 }
 
-static void set_str(lua_State *L, const char *k, const char *v) {
+/* The keys of an event table and the names of kinds, roles and contents,
+ * interned once per Lua state as upvalues of the converting closure: a
+ * key given as a C string (lua_setfield) is looked up in Lua's string
+ * cache and compared on every field of every event. */
+#define EV_NAMES(X)                                                                      \
+  X(K_KIND, "kind") X(K_CONVERSATION, "conversation") X(K_SEQ, "seq") X(K_TIME, "time")  \
+  X(K_SENDER, "sender") X(K_SENDER_ROLE, "sender_role") X(K_REDELIVERED, "redelivered")  \
+  X(K_ID, "id") X(K_CONTENT, "content") X(K_PAYLOAD, "payload") X(K_LABEL, "label")      \
+  X(K_SOURCE_SEQ, "source_seq") X(K_TEXT, "text") X(K_TITLE, "title")                    \
+  X(K_IMAGE_URL, "image_url") X(K_QUOTE, "quote") X(K_EXCERPT, "excerpt")                \
+  X(K_QUEUE, "queue") X(K_NOTE, "note") X(K_TAGS_ADD, "tags_add")                        \
+  X(K_TAGS_REMOVE, "tags_remove") X(K_ASSIGNEE, "assignee") X(K_TAGS, "tags")            \
+  X(K_STATE_KEYS, "state_keys") X(K_LOCALE, "locale") X(K_CUSTOMER, "customer")          \
+  X(V_MESSAGE, "message") X(V_CUSTOMERROLE, "customer") X(V_AGENT, "agent")              \
+  X(V_BOT, "bot") X(V_TEXTKIND, "text")
+#define EV_ENUM(id, name) id,
+enum { EV_FIRST = 0, EV_NAMES(EV_ENUM) EV_N };
+#define EV_UP(id) lua_upvalueindex(id)
+
+/* Sets t[key] (t on top of the stack) to the string v, when there is one. */
+static void set_str(lua_State *L, int key, const char *v) {
   if (!v) return;
+  lua_pushvalue(L, EV_UP(key));
   lua_pushstring(L, v);
-  lua_setfield(L, -2, k);
+  lua_rawset(L, -3);
 }
 
-static void set_list(lua_State *L, const char *k, const char *const *v, size_t n) {
+/* t[key] = a name: one of the closure's interned ones, or v. */
+static void set_name(lua_State *L, int key, int interned, const char *v) {
+  lua_pushvalue(L, EV_UP(key));
+  if (interned) lua_pushvalue(L, EV_UP(interned));
+  else lua_pushstring(L, v);
+  lua_rawset(L, -3);
+}
+
+static void set_int(lua_State *L, int key, lua_Integer v) {
+  lua_pushvalue(L, EV_UP(key));
+  lua_pushinteger(L, v);
+  lua_rawset(L, -3);
+}
+
+static void set_list(lua_State *L, int key, const char *const *v, size_t n) {
   if (!v && !n) return;
+  lua_pushvalue(L, EV_UP(key));
   lua_createtable(L, (int)n, 0);
   for (size_t i = 0; i < n; i++) {
     lua_pushstring(L, v[i] ? v[i] : "");
     lua_rawseti(L, -2, (lua_Integer)i + 1);
   }
-  lua_setfield(L, -2, k);
+  lua_rawset(L, -3);
 }
 
-/* Pushes an event as the table handlers get. Runs protected. */
-int plr_event_push(lua_State *L) {
+/* Builds an event as the table handlers get. The closure of
+ * plr_event_push_fn; runs protected. */
+static int event_push(lua_State *L) {
   const parley_event *ev = lua_touserdata(L, 1);
   lua_createtable(L, 0, 16);
-  set_str(L, "kind", plr_event_kind_name(ev->kind));
-  set_str(L, "conversation", ev->conversation);
-  lua_pushinteger(L, (lua_Integer)ev->seq);
-  lua_setfield(L, -2, "seq");
-  lua_pushinteger(L, (lua_Integer)ev->server_time_ms);
-  lua_setfield(L, -2, "time");
-  set_str(L, "sender", ev->sender ? ev->sender : "");
-  set_str(L, "sender_role", plr_role_name(ev->sender_role));
+  set_name(L, K_KIND, ev->kind == PARLEY_EVENT_MESSAGE ? V_MESSAGE : 0,
+           plr_event_kind_name(ev->kind));
+  set_str(L, K_CONVERSATION, ev->conversation);
+  set_int(L, K_SEQ, (lua_Integer)ev->seq);
+  set_int(L, K_TIME, (lua_Integer)ev->server_time_ms);
+  set_str(L, K_SENDER, ev->sender ? ev->sender : "");
+  int role = ev->sender_role == PARLEY_ROLE_CUSTOMER ? V_CUSTOMERROLE
+             : ev->sender_role == PARLEY_ROLE_AGENT  ? V_AGENT
+             : ev->sender_role == PARLEY_ROLE_BOT    ? V_BOT
+                                                     : 0;
+  set_name(L, K_SENDER_ROLE, role, plr_role_name(ev->sender_role));
+  lua_pushvalue(L, EV_UP(K_REDELIVERED));
   lua_pushboolean(L, ev->redelivered);
-  lua_setfield(L, -2, "redelivered");
+  lua_rawset(L, -3);
   if (ev->has_msg_id) {
     char hex[33];
     parley_msg_id_hex(ev->msg_id, hex);
-    set_str(L, "id", hex);
+    lua_pushvalue(L, EV_UP(K_ID));
+    lua_pushlstring(L, hex, 32);
+    lua_rawset(L, -3);
   }
   if (ev->kind == PARLEY_EVENT_MESSAGE) {
     const parley_content *c = &ev->content;
-    set_str(L, "content", plr_content_name(c->kind));
+    set_name(L, K_CONTENT, c->kind == PARLEY_CONTENT_TEXT ? V_TEXTKIND : 0,
+             plr_content_name(c->kind));
     if (c->kind == PARLEY_CONTENT_POSTBACK) {
-      set_str(L, "payload", c->payload ? c->payload : "");
-      set_str(L, "label", c->label);
-      lua_pushinteger(L, (lua_Integer)c->source_seq);
-      lua_setfield(L, -2, "source_seq");
+      set_str(L, K_PAYLOAD, c->payload ? c->payload : "");
+      set_str(L, K_LABEL, c->label);
+      set_int(L, K_SOURCE_SEQ, (lua_Integer)c->source_seq);
     } else {
-      set_str(L, "text", c->text ? c->text : (c->fallback ? c->fallback : ""));
-      set_str(L, "title", c->title);
-      set_str(L, "image_url", c->image_url);
+      set_str(L, K_TEXT, c->text ? c->text : (c->fallback ? c->fallback : ""));
+      set_str(L, K_TITLE, c->title);
+      set_str(L, K_IMAGE_URL, c->image_url);
     }
     if (ev->quote.seq) {
+      lua_pushvalue(L, EV_UP(K_QUOTE));
       lua_createtable(L, 0, 3);
-      lua_pushinteger(L, (lua_Integer)ev->quote.seq);
-      lua_setfield(L, -2, "seq");
-      set_str(L, "excerpt", ev->quote.excerpt);
-      set_str(L, "sender", ev->quote.sender);
-      lua_setfield(L, -2, "quote");
+      set_int(L, K_SEQ, (lua_Integer)ev->quote.seq);
+      set_str(L, K_EXCERPT, ev->quote.excerpt);
+      set_str(L, K_SENDER, ev->quote.sender);
+      lua_rawset(L, -3);
     }
   }
   const parley_action *a = &ev->action;
-  set_str(L, "queue", a->queue);
-  set_str(L, "note", a->note);
-  set_list(L, "tags_add", a->tags_add, a->n_tags_add);
-  set_list(L, "tags_remove", a->tags_remove, a->n_tags_remove);
-  set_str(L, "assignee", ev->assignee);
-  set_list(L, "tags", ev->tags, ev->n_tags);
-  set_list(L, "state_keys", ev->state_keys, ev->n_state_keys);
-  set_str(L, "locale", ev->locale ? ev->locale : a->locale);
-  set_str(L, "customer", ev->customer);
+  set_str(L, K_QUEUE, a->queue);
+  set_str(L, K_NOTE, a->note);
+  set_list(L, K_TAGS_ADD, a->tags_add, a->n_tags_add);
+  set_list(L, K_TAGS_REMOVE, a->tags_remove, a->n_tags_remove);
+  set_str(L, K_ASSIGNEE, ev->assignee);
+  set_list(L, K_TAGS, ev->tags, ev->n_tags);
+  set_list(L, K_STATE_KEYS, ev->state_keys, ev->n_state_keys);
+  set_str(L, K_LOCALE, ev->locale ? ev->locale : a->locale);
+  set_str(L, K_CUSTOMER, ev->customer);
   return 1;
+}
+
+/* The registry key of each state's converting closure. */
+static const char event_push_key = 'e';
+
+bool plr_event_push_fn(lua_State *L) {
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &event_push_key) == LUA_TFUNCTION) return true;
+  lua_pop(L, 1);
+  if (!lua_checkstack(L, EV_N + 2)) return false;
+#define EV_NAME(id, name) lua_pushliteral(L, name);
+  EV_NAMES(EV_NAME)
+#undef EV_NAME
+  lua_pushcclosure(L, event_push, EV_N - 1);
+  lua_pushvalue(L, -1);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &event_push_key);
+  return true;
 }
 
 void plr_rt_on_event(parley_runtime *r, const parley_event *ev) {
@@ -514,7 +580,11 @@ void plr_rt_on_event(parley_runtime *r, const parley_event *ev) {
     lua_State *L = plr_vm_state(r->vm);
     plr_vm_budget(r->vm, L, PLR_INTERNAL_BUDGET, false);
     plr_vm_uncapped(r->vm);
-    lua_pushcfunction(L, plr_event_push);
+    if (!plr_event_push_fn(L)) {
+      plr_log(r, 3, c->id, ev->seq, "cannot convert the event: out of memory");
+      free(j);
+      return;
+    }
     lua_pushlightuserdata(L, (void *)ev);
     if (lua_pcall(L, 1, 1, 0) != LUA_OK) {
       plr_log(r, 3, c->id, ev->seq, "cannot convert the event: %s", lua_tostring(L, -1));
@@ -543,6 +613,7 @@ void plr_rt_on_assign(parley_runtime *r, const parley_assignment *a) {
    * document, and the gateway delivers again what it did not apply. */
   bool keep = c->job || c->head;
   c->commits_stale = c->commits_out;
+  c->dirty = true; /* rt.assign rebuilds the record's pending changes */
   c->epoch = a->epoch;
   c->revoked = false;
   c->leaving = false;
@@ -634,11 +705,15 @@ void plr_rt_on_send_result(parley_runtime *r, const parley_send_result *res, voi
  * from the gateway's own document. */
 static void commit_answered(parley_runtime *r, plr_conv *c, bool ok) {
   if (c->commits_out) c->commits_out--;
+  uint64_t n = ++c->commits_answered;
   if (c->commits_stale) {
     c->commits_stale--;
     return;
   }
   if (c->forgotten || r->freeing) return;
+  /* A watermark-only commit has no entry in runtime.lua's record: there is
+   * nothing to settle, refused or not. */
+  if (n > c->changes_upto) return;
   plr_vm *vm = r->vm;
   lua_State *L = plr_vm_state(vm);
   if (!lua_checkstack(L, 4)) return;
@@ -646,9 +721,11 @@ static void commit_answered(parley_runtime *r, plr_conv *c, bool ok) {
   plr_vm_rt_get(vm, "commit_done");
   lua_pushstring(L, c->id);
   lua_pushboolean(L, ok);
+  lua_pushinteger(L, (lua_Integer)n);
   char err[256];
-  if (plr_vm_pcall(vm, 2, 0, err, sizeof err))
+  if (plr_vm_pcall(vm, 3, 0, err, sizeof err))
     plr_log(r, 3, c->id, c->handled_seq, "settling a commit failed: %s", err);
+  if (!ok) c->dirty = true; /* its changes went back to pending */
 }
 
 void plr_rt_on_commit_result(parley_runtime *r, const parley_commit_result *res) {
@@ -940,6 +1017,10 @@ static void swap_vm(parley_runtime *r) {
         plr_vm_uncapped(nv);
         j->ev_ref = luaL_ref(Ln, LUA_REGISTRYINDEX);
       }
+  /* The new state's records came from the export: whatever they hold is
+   * for the next commits to carry. */
+  for (size_t b = 0; b < PLR_BUCKETS; b++)
+    for (plr_conv *c = r->buckets[b]; c; c = c->hnext) c->dirty = true;
   r->vm = nv;
   r->next_vm = NULL;
   r->n_co_pool = 0; /* those threads belong to the old state */

@@ -2,6 +2,7 @@
  * allow-listed libraries, bot.yaml, the templates and bot.lua.
  */
 #include "vm.h"
+#include "event.h"
 #include "settings.h"
 #include "rt_metrics.h"
 
@@ -624,6 +625,8 @@ static int vm_boot(plr_vm *vm, char *err, size_t errlen) {
   lua_setfield(L, -2, "version");
   plr_rt_bind(L, vm->rt);
   plr_metrics_bind(L, vm->rt);
+  /* The event converter's closure, made while the cap is lifted. */
+  if (vm->rt && plr_event_push_fn(L)) lua_pop(L, 1);
   lua_pushvalue(L, tpl);
   plr_push_yaml(L, pc_root(vm->cfg), true);
   luaopen_cjson(L);

@@ -383,6 +383,13 @@ static void test_reload(void **state) {
   fd_message(&t->f, "c1", 5, "/count");
   fd_pump(&t->f);
   assert_string_equal(fd_last_send(&t->f, "c1")->text, "count 3");
+  /* The messages remembered for quoting came along: seq 1 arrived before
+   * the reload. */
+  fd_message(&t->f, "c1", 6, "/qseq 1");
+  fd_pump(&t->f);
+  assert_string_equal(fd_last_send(&t->f, "c1")->text, "q");
+  assert_int_equal(fd_last_send(&t->f, "c1")->quote_seq, 1);
+  assert_string_equal(fd_last_send(&t->f, "c1")->quote_excerpt, "/count");
   plr_stats st;
   plr_runtime_stats(t->f.r, &st);
   assert_int_equal(st.reloads, 1);
@@ -499,6 +506,57 @@ static void test_commit_retry(void **state) {
   t->f.hold_commits = false;
   fd_pump(&t->f);
   assert_int_equal(parley_runtime_committed(t->f.r, "c1"), 1);
+}
+
+/* Commits that carry no changes (a plain reply's watermark) and commits
+ * that do are answered in the order they went; runtime.lua keeps an entry
+ * only for the latter. A refused watermark gives nothing back and must not
+ * settle the entry of the commit after it (accepted, that one leaves
+ * nothing pending); a refused commit with changes gives them to the next
+ * commit. */
+static void answer_commit(rtc *t, size_t i, int status) {
+  t->f.commits[i].answered = true;
+  parley_commit_result res = {.conversation = t->f.commits[i].conv,
+                              .ack_seq = t->f.commits[i].ack_seq,
+                              .status = status};
+  plr_rt_on_commit_result(t->f.r, &res);
+}
+
+static void test_refused_watermark_then_changes(void **state) {
+  rtc *t = *state;
+  t->f.hold_commits = true;
+  fd_message(&t->f, "c1", 1, "hello"); /* the fallback: a reply, no change */
+  fd_pump(&t->f);
+  fd_message(&t->f, "c1", 2, "/count");
+  fd_pump(&t->f);
+  assert_int_equal(t->f.ncommits, 2);
+  assert_string_equal(t->f.commits[0].state, "");
+  assert_string_equal(t->f.commits[1].state, "count=1;");
+  answer_commit(t, 0, PARLEY_EINTERNAL);
+  answer_commit(t, 1, 0);
+  fd_message(&t->f, "c1", 3, "hello again");
+  fd_pump(&t->f);
+  assert_int_equal(t->f.ncommits, 3);
+  assert_int_equal(t->f.commits[2].ack_seq, 3);
+  assert_string_equal(t->f.commits[2].state, "");
+  answer_commit(t, 2, 0);
+  /* Tag changes only, in a conversation without state: the handler after
+   * them changes nothing itself, and its commit carries them again. */
+  fd_assign(&t->f, "c2", "en");
+  fd_message(&t->f, "c2", 1, "/tag vip");
+  fd_pump(&t->f);
+  assert_int_equal(t->f.ncommits, 4);
+  assert_string_equal(t->f.commits[3].tags, "+vip -old ");
+  answer_commit(t, 3, PARLEY_EINTERNAL);
+  fd_message(&t->f, "c2", 2, "hello");
+  fd_pump(&t->f);
+  assert_int_equal(t->f.ncommits, 5);
+  assert_int_equal(t->f.commits[4].ack_seq, 2);
+  assert_string_equal(t->f.commits[4].tags, "+vip -old ");
+  t->f.hold_commits = false;
+  fd_pump(&t->f);
+  assert_int_equal(parley_runtime_committed(t->f.r, "c1"), 3);
+  assert_int_equal(parley_runtime_committed(t->f.r, "c2"), 2);
 }
 
 /* The connection is cut while a handler waits on HTTP and the gateway
@@ -698,6 +756,7 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_quote_window, setup, teardown),
       cmocka_unit_test_setup_teardown(test_timers_in_state, setup, teardown),
       cmocka_unit_test_setup_teardown(test_reload, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_refused_watermark_then_changes, setup, teardown),
       cmocka_unit_test_setup_teardown(test_stop_drains, setup, teardown),
       cmocka_unit_test_setup_teardown(test_commits_batched, setup, teardown),
       cmocka_unit_test_setup_teardown(test_log_formats, setup, teardown),

@@ -174,6 +174,54 @@ static void test_yield_outside_coroutine(void **state) {
           "not in bot.yaml http.allow");
 }
 
+/* A plain text reply is checked in C (C.send_text), the other replies in
+ * runtime.lua: both must accept exactly the texts utf8.len accepts without
+ * a NUL byte. Edge sequences (overlong forms, surrogates, past U+10FFFF,
+ * cut sequences, five- and six-byte forms) and pseudo-random strings over
+ * the bytes where UTF-8 rules change, each sent both ways. */
+#define UTF8_PROBE(cases)                                                          \
+  "local ctx = ... local bad, n = {}, 0\n"                                         \
+  "local function try(s)\n"                                                        \
+  "  n = n + 1\n"                                                                  \
+  "  local want = utf8.len(s) ~= nil and not s:find('\\0', 1, true)\n"            \
+  "  local ok1 = pcall(ctx.reply, ctx, s)\n"                                       \
+  "  local ok2 = pcall(ctx.reply, ctx, {text = s})\n"                             \
+  "  if ok1 ~= want or ok2 ~= want then bad[#bad + 1] = s:gsub('.', function(c)\n" \
+  "    return string.format('%02x', c:byte()) end) end\n"                          \
+  "end\n" cases                                                                    \
+  "return #bad .. ' of ' .. n .. ' ' .. table.concat(bad, ',')"
+
+static void test_reply_utf8_checks(void **state) {
+  probe *p = *state;
+  REFUSED(p, UTF8_PROBE(
+      "for _, s in ipairs({'', 'a', '\\0', 'a\\0b', '\\x7f', '\\x80', '\\xbf', '\\xc0\\x80',\n"
+      "  '\\xc1\\xbf', '\\xc2\\x80', '\\xdf\\xbf', '\\xc2', '\\xc2a', '\\xe0\\x80\\x80',\n"
+      "  '\\xe0\\x9f\\xbf', '\\xe0\\xa0\\x80', '\\xed\\x9f\\xbf', '\\xed\\xa0\\x80',\n"
+      "  '\\xed\\xbf\\xbf', '\\xee\\x80\\x80', '\\xef\\xbf\\xbf', '\\xe2\\x82',\n"
+      "  '\\xf0\\x8f\\xbf\\xbf', '\\xf0\\x90\\x80\\x80', '\\xf4\\x8f\\xbf\\xbf',\n"
+      "  '\\xf4\\x90\\x80\\x80', '\\xf5\\x80\\x80\\x80', '\\xf0\\x90\\x80',\n"
+      "  '\\xf8\\x88\\x80\\x80\\x80', '\\xfc\\x84\\x80\\x80\\x80\\x80', '\\xfe', '\\xff',\n"
+      "  'caf\\xc3\\xa9', '\\xe2\\x82\\xac1', 'x\\xf0\\x9f\\x98\\x80y'}) do try(s) end\n"),
+      "ok: 0 of 35 ");
+  /* Mostly invalid by construction: the valid ones are sent twice each. */
+  const char *fuzz = UTF8_PROBE(
+      "local B = {0x00, 0x41, 0x7f, 0x80, 0x8f, 0x90, 0x9f, 0xa0, 0xbf, 0xc0, 0xc1,\n"
+      "  0xc2, 0xdf, 0xe0, 0xe1, 0xed, 0xef, 0xf0, 0xf4, 0xf5, 0xf8, 0xfc, 0xfe, 0xff}\n"
+      "local x = SEED\n"
+      "for i = 1, 80 do\n"
+      "  local t = {}\n"
+      "  for k = 1, 1 + i % 4 do x = (x * 1103515245 + 12345) % 2147483648\n"
+      "    t[k] = string.char(B[1 + (x >> 16) % #B]) end\n"
+      "  try(table.concat(t))\n"
+      "end\n");
+  for (int seed = 1; seed <= 2; seed++) {
+    char code[4096];
+    const char *at = strstr(fuzz, "SEED");
+    snprintf(code, sizeof code, "%.*s%d%s", (int)(at - fuzz), fuzz, seed, at + 4);
+    REFUSED(p, code, "ok: 0 of 80 ");
+  }
+}
+
 /* The bindings: misuse raises, expected failures return nil, err. */
 static void test_bindings_misuse(void **state) {
   probe *p = *state;
@@ -230,6 +278,7 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_yield_outside_coroutine, setup, teardown),
       cmocka_unit_test_setup_teardown(test_heap_full_between_events, setup, teardown),
       cmocka_unit_test_setup_teardown(test_bindings_misuse, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_reply_utf8_checks, setup, teardown),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
