@@ -208,11 +208,27 @@ static void on_tick(uv_timer_t *t) {
   pg_router_redeliver(g, now);
 }
 
+/* Rounds of flush and completions one iteration runs before it leaves
+ * the rest to the next one (completions can queue more: placements). */
+#define PG_CHECK_ROUNDS 4
+
 /* Once per loop iteration, after every frame that arrived in it was read:
- * what they changed goes to the store as one batch. */
+ * what they changed goes to the store as one batch. A batch the store
+ * committed right away on this thread (SQLite's inline commit of a
+ * one-event batch) is answered in the same iteration: its completion runs
+ * here, and its SendAck goes out with this iteration's send(), instead of
+ * after an eventfd write and another pass through the loop (three system
+ * calls and a poll on the ACK's path). */
 static void on_check(uv_check_t *h) {
   pg_gateway *g = h->data;
-  pg_apply_flush(g);
+  bool more = true;
+  for (int i = 0; more && i < PG_CHECK_ROUNDS; i++) {
+    pg_apply_flush(g);
+    more = g->store && pg_store_poll(g->store) > 0;
+  }
+  /* Completions of the last round may have queued operations or left
+   * finished batches: the store's async wakes the loop for them. */
+  if (more) pg_store_wake(g->store);
   pg_out_flush(g);
 }
 
@@ -240,6 +256,8 @@ static int gw_open_store(pg_gateway *g) {
                     "tests only\n", so.test_hold_ms);
   int rc = pg_store_open(&so, &g->store, err, sizeof err);
   if (rc == 0) pg_store_on_remote(g->store, pg_hot_remote, g);
+  /* on_check polls the store after each flush (pg_store_set_loop_polls). */
+  if (rc == 0) pg_store_set_loop_polls(g->store, true);
   if (rc == 0 && (rc = pg_hot_init(g)) != 0)
     snprintf(err, sizeof err, "%s: reading the known message ids: %s", g->cfg->data_dir,
              pg_store_errmsg(g->store));
@@ -420,6 +438,7 @@ static void on_stop_timer(uv_timer_t *t) {
   pg_gateway *g = t->data;
   uint64_t waited = pg_mono_ms() - g->stop_started_ms;
   pg_apply_flush(g);
+  if (g->store) pg_store_poll(g->store);
   if (!g->destroy_calls && g->n_conns && waited < 1000) return;
   /* With a foreign loop lws finishes destroying its context in steps: the
    * first call closes its handles, which needs the loop to run; later calls
