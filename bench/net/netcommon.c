@@ -170,6 +170,13 @@ bool bn_wait_port(tproc *p, int port, int timeout_ms) {
   return false;
 }
 
+/* PARLEY_BENCH_BUSY_POLL_US sets the gateway's busy_poll_us (default 0),
+ * to measure that trade (docs/gateway.md, "Busy polling"). */
+static const char *bn_busy_poll(void) {
+  const char *v = getenv("PARLEY_BENCH_BUSY_POLL_US");
+  return v && *v ? v : "0";
+}
+
 int bn_gateway_start(tproc *p, const char *dir, const char *durability, int customers) {
   size_t cap = 2048 + (size_t)customers * 80;
   char *y = malloc(cap);
@@ -181,13 +188,14 @@ int bn_gateway_start(tproc *p, const char *dir, const char *durability, int cust
                    "port: 0\n"
                    "durability: %s\n"
                    "group_commit: true\n"
+                   "busy_poll_us: %s\n"
                    "bot: benchbot\n"
                    "limits:\n"
                    "  ack_timeout: 30s\n"
                    "  heartbeat: 30s\n"
                    "principals:\n"
                    "  - {name: benchbot, role: bot, token: bot-token}\n",
-                   durability);
+                   durability, bn_busy_poll());
   for (int i = 0; i < customers; i++)
     n += snprintf(y + n, cap - (size_t)n,
                   "  - {name: cust%d, role: customer, token: tok-cust%d}\n", i, i);

@@ -57,6 +57,7 @@ struct pg_config {
   char *storage_url;
   int durability;
   bool group_commit;
+  uint32_t busy_poll_us; /* 0: the loop sleeps in epoll_wait when idle */
   char *bot;
   pg_principal *principals;
   size_t n_principals;
@@ -337,6 +338,11 @@ struct pg_gateway {
   int port;
   uv_timer_t tick;
   uv_check_t check;
+  /* busy_poll_us: while active (until spin_until_ns, after a write), the
+   * loop polls without blocking instead of sleeping in epoll_wait. */
+  uv_idle_t spin;
+  bool spin_on;
+  uint64_t spin_until_ns;
   uv_timer_t stop_timer;
   int handles_open;
   pg_conn *conns;

@@ -13,6 +13,7 @@
 #include <parley/error.h>
 
 #include "gw.h"
+#include "util/clock.h"
 #include "web.h"
 
 #define E(x) PARLEY__V1__ERROR_CODE__ERROR_##x
@@ -208,6 +209,28 @@ static void on_tick(uv_timer_t *t) {
   pg_router_redeliver(g, now);
 }
 
+/* busy_poll_us: the idle handle keeps libuv polling with a zero timeout
+ * until spin_until_ns, then stops itself and the loop sleeps again. */
+static void on_spin(uv_idle_t *h) {
+  pg_gateway *g = h->data;
+  if (pu_clock_ns() < g->spin_until_ns) return;
+  uv_idle_stop(h);
+  g->spin_on = false;
+}
+
+/* After a write the peer's answer usually follows within tens of
+ * microseconds (a bot's reply, a customer's next message): with
+ * busy_poll_us set the loop waits for it awake. On a virtual machine an
+ * idle CPU's wake-up costs 10-20 us on each side of a round trip
+ * (docs/benchmarks.md, "Where the ACK round trip's time goes"), which
+ * this spends CPU time to avoid. */
+static void spin_after_write(pg_gateway *g) {
+  g->spin_until_ns = pu_clock_ns() + (uint64_t)g->cfg->busy_poll_us * 1000u;
+  if (g->spin_on || g->stopping) return;
+  g->spin_on = true;
+  uv_idle_start(&g->spin, on_spin);
+}
+
 /* Rounds of flush and completions one iteration runs before it leaves
  * the rest to the next one (completions can queue more: placements). */
 #define PG_CHECK_ROUNDS 4
@@ -229,6 +252,7 @@ static void on_check(uv_check_t *h) {
   /* Completions of the last round may have queued operations or left
    * finished batches: the store's async wakes the loop for them. */
   if (more) pg_store_wake(g->store);
+  if (g->cfg->busy_poll_us && g->dirty_head) spin_after_write(g);
   pg_out_flush(g);
 }
 
@@ -333,8 +357,9 @@ static int gw_listen(pg_gateway *g) {
 }
 
 /* The heartbeat and redelivery tick (a quarter of the shorter of the two
- * intervals, within 10 ms to 1 s), the per-iteration flush, and the stop
- * timer: the three handles pg_gateway_stop closes. */
+ * intervals, within 10 ms to 1 s), the per-iteration flush, the busy-poll
+ * idle handle and the stop timer: the four handles pg_gateway_stop
+ * closes. */
 static void gw_start_timers(pg_gateway *g) {
   uint64_t tick = g->cfg->heartbeat_ms < g->cfg->ack_timeout_ms ? g->cfg->heartbeat_ms
                                                                  : g->cfg->ack_timeout_ms;
@@ -349,9 +374,12 @@ static void gw_start_timers(pg_gateway *g) {
   g->check.data = g;
   uv_check_start(&g->check, on_check);
   uv_unref((uv_handle_t *)&g->check);
+  uv_idle_init(g->loop, &g->spin);
+  g->spin.data = g;
+  uv_unref((uv_handle_t *)&g->spin);
   uv_timer_init(g->loop, &g->stop_timer);
   g->stop_timer.data = g;
-  g->handles_open = 3;
+  g->handles_open = 4;
 }
 
 /* Undoes a pg_gateway_new that failed before its own loop handles
@@ -458,6 +486,7 @@ static void on_stop_timer(uv_timer_t *t) {
   close_store(g);
   uv_close((uv_handle_t *)&g->tick, on_handle_closed);
   uv_close((uv_handle_t *)&g->check, on_handle_closed);
+  uv_close((uv_handle_t *)&g->spin, on_handle_closed);
   uv_close((uv_handle_t *)&g->stop_timer, on_handle_closed);
 }
 
@@ -494,6 +523,7 @@ void pg_gateway_free(pg_gateway *g) {
     close_store(g);
     uv_close((uv_handle_t *)&g->tick, on_handle_closed);
     uv_close((uv_handle_t *)&g->check, on_handle_closed);
+    uv_close((uv_handle_t *)&g->spin, on_handle_closed);
     uv_close((uv_handle_t *)&g->stop_timer, on_handle_closed);
     for (int i = 0; i < 100 && g->handles_open > 0; i++) uv_run(g->loop, UV_RUN_NOWAIT);
   }
