@@ -587,6 +587,24 @@ static void t_malformed(void **state) {
   const uint8_t wt3[] = {0x1a, 0x03, 0x0a, 0x01, 0x00};
   H_EQ(decode_rc(wt3, sizeof wt3, 0), PARLEY_EMALFORMED);
 
+  /* Field number 0 in the long form protobuf-c keeps as unknown (80 00),
+   * at each depth the check walks: in the Frame, in a Ping body, in the
+   * second Event of a Deliver (a repeated field), and inside an Event's
+   * content. Without the nested walk the deeper ones would come back
+   * EINVAL from the body checks instead. */
+  const uint8_t z0[] = {0x80, 0x00, 0x01, 0x1a, 0x00};
+  H_EQ(decode_rc(z0, sizeof z0, 0), PARLEY_EMALFORMED);
+  const uint8_t z1[] = {0x1a, 0x03, 0x80, 0x00, 0x01};
+  H_EQ(decode_rc(z1, sizeof z1, 0), PARLEY_EMALFORMED);
+  const uint8_t z2[] = {0x3a, 0x07, 0x0a, 0x00, 0x0a, 0x03, 0x80, 0x00, 0x01};
+  H_EQ(decode_rc(z2, sizeof z2, 0), PARLEY_EMALFORMED);
+  /* Deliver{events: [Event{content (10): Content{80 00 01}}]}. */
+  const uint8_t z3[] = {0x3a, 0x07, 0x0a, 0x05, 0x52, 0x03, 0x80, 0x00, 0x01};
+  H_EQ(decode_rc(z3, sizeof z3, 0), PARLEY_EMALFORMED);
+  /* The same frames without the field-0 bytes are not malformed. */
+  const uint8_t ok3[] = {0x3a, 0x04, 0x0a, 0x02, 0x52, 0x00};
+  H_TRUE(decode_rc(ok3, sizeof ok3, 0) != PARLEY_EMALFORMED);
+
   /* No body: empty input, and a frame with only an unknown field. */
   H_EQ(decode_rc((const uint8_t *)"", 0, 0), PARLEY_EUNSUPPORTED);
   const uint8_t unknown[] = {0xa8, 0x06, 0x01}; /* field 101, varint */
