@@ -676,11 +676,13 @@ static double role_cpu_s(const driver *d, int k) {
   return proc_cpu_s(d->cpu_pid[k]);
 }
 
-/* PARLEY_BENCH_BUSY_POLL_US sets the gateway's busy_poll_us (default 0),
- * to measure that trade (docs/gateway.md, "Busy polling"). */
-static const char *busy_poll(void) {
+/* PARLEY_BENCH_BUSY_POLL_US sets the gateway's busy_poll_us, to measure
+ * that trade (docs/gateway.md, "Busy polling"); unset, the key is left
+ * out (a gateway older than the key runs the same configuration). */
+static void busy_poll(char *out, size_t n) {
   const char *v = getenv("PARLEY_BENCH_BUSY_POLL_US");
-  return v && *v ? v : "0";
+  snprintf(out, n, "%s%.16s%s", v && *v ? "busy_poll_us: " : "", v && *v ? v : "",
+           v && *v ? "\n" : "");
 }
 
 /* BENCH_TURNS_WRAP_GW and BENCH_TURNS_WRAP_BOT put a command in front of
@@ -737,7 +739,8 @@ static int run_parley_on(bot_kind kind, const char *durability, int n_open, cons
     snprintf(data, sizeof data, "%s/data%d", dir, k + 1);
     snprintf(cfg, sizeof cfg, "%s/gateway%d.yaml", dir, k + 1);
     mkdir(data, 0700);
-    char yaml[1536];
+    char yaml[1536], bp[64];
+    busy_poll(bp, sizeof bp);
     snprintf(yaml, sizeof yaml,
              "%s"
              "listen: 127.0.0.1\n"
@@ -745,7 +748,7 @@ static int run_parley_on(bot_kind kind, const char *durability, int n_open, cons
              "data_dir: %s\n"
              "durability: %s\n"
              "group_commit: true\n"
-             "busy_poll_us: %s\n"
+             "%s"
              "bot: " BOT_NAME "\n"
              "customers:\n"
              "  secret: \"" CUSTOMER_SECRET "\"\n"
@@ -753,7 +756,7 @@ static int run_parley_on(bot_kind kind, const char *durability, int n_open, cons
              "  window: %d\n"
              "principals:\n"
              "  - {name: " BOT_NAME ", role: bot, token: " BOT_TOKEN "}\n",
-             storage, data, durability, busy_poll(), S.convs * 4 < 256 ? 256 : S.convs * 4);
+             storage, data, durability, bp, S.convs * 4 < 256 ? 256 : S.convs * 4);
     if (write_file(cfg, yaml) != 0) die("cannot write %s", cfg);
     char nlog[320];
     snprintf(nlog, sizeof nlog, "%s/gateway%d.log", dir, k + 1);
