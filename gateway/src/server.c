@@ -222,7 +222,7 @@ static void on_spin(uv_idle_t *h) {
  * microseconds (a bot's reply, a customer's next message): with
  * busy_poll_us set the loop waits for it awake. On a virtual machine an
  * idle CPU's wake-up costs 10-20 us on each side of a round trip
- * (docs/benchmarks.md, "Where the ACK round trip's time goes"), which
+ * (docs/benchmarks.md, "The loop thread and the ACK's path"), which
  * this spends CPU time to avoid. */
 static void spin_after_write(pg_gateway *g) {
   g->spin_until_ns = pu_clock_ns() + (uint64_t)g->cfg->busy_poll_us * 1000u;
