@@ -8,7 +8,8 @@
  * BENCH_TURNS_CONVS overrides the number of conversations,
  * BENCH_TURNS_BOTDIR replaces the Lua bot's folder (a wrong bot must fail
  * the run), BENCH_TURNS_KEEP keeps the temporary directory and its logs,
- * BENCH_TURNS_TRACE prints every open-loop turn slower than 20 ms.
+ * BENCH_TURNS_TRACE prints every open-loop turn slower than 20 ms,
+ * PARLEY_BENCH_BUSY_POLL_US sets the gateway's busy_poll_us.
  *
  * A turn: a customer sends a message, the gateway ACKs it, the bot receives
  * it, replies, the gateway ACKs the reply and the bot commits, and the
@@ -684,6 +685,15 @@ static double role_cpu_s(const driver *d, int k) {
   return proc_cpu_s(d->cpu_pid[k]);
 }
 
+/* PARLEY_BENCH_BUSY_POLL_US sets the gateway's busy_poll_us, to measure
+ * that trade (docs/gateway.md, "Busy polling"); unset, the key is left
+ * out (a gateway older than the key runs the same configuration). */
+static void busy_poll(char *out, size_t n) {
+  const char *v = getenv("PARLEY_BENCH_BUSY_POLL_US");
+  snprintf(out, n, "%s%.16s%s", v && *v ? "busy_poll_us: " : "", v && *v ? v : "",
+           v && *v ? "\n" : "");
+}
+
 /* BENCH_TURNS_WRAP_GW and BENCH_TURNS_WRAP_BOT put a command in front of
  * the gateway or the bot, words split at spaces, for profiling one process
  * in the real benchmark (the first word a full path), for example
@@ -738,7 +748,8 @@ static int run_parley_on(bot_kind kind, const char *durability, int n_open, cons
     snprintf(data, sizeof data, "%s/data%d", dir, k + 1);
     snprintf(cfg, sizeof cfg, "%s/gateway%d.yaml", dir, k + 1);
     mkdir(data, 0700);
-    char yaml[1536];
+    char yaml[1536], bp[64];
+    busy_poll(bp, sizeof bp);
     snprintf(yaml, sizeof yaml,
              "%s"
              "listen: 127.0.0.1\n"
@@ -746,6 +757,7 @@ static int run_parley_on(bot_kind kind, const char *durability, int n_open, cons
              "data_dir: %s\n"
              "durability: %s\n"
              "group_commit: true\n"
+             "%s"
              "bot: " BOT_NAME "\n"
              "customers:\n"
              "  secret: \"" CUSTOMER_SECRET "\"\n"
@@ -753,7 +765,7 @@ static int run_parley_on(bot_kind kind, const char *durability, int n_open, cons
              "  window: %d\n"
              "principals:\n"
              "  - {name: " BOT_NAME ", role: bot, token: " BOT_TOKEN "}\n",
-             storage, data, durability, S.convs * 4 < 256 ? 256 : S.convs * 4);
+             storage, data, durability, bp, S.convs * 4 < 256 ? 256 : S.convs * 4);
     if (write_file(cfg, yaml) != 0) die("cannot write %s", cfg);
     char nlog[320];
     snprintf(nlog, sizeof nlog, "%s/gateway%d.log", dir, k + 1);

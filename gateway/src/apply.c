@@ -111,14 +111,27 @@ static pg_turn *current(pg_gateway *g) {
   return g->cur;
 }
 
+/* A batch touches few conversations when the gateway is not busy (one or
+ * two per turn): up to this many are found by comparing ids, without the
+ * index map and its copy of each key; past it the map is built. */
+#define TOUCH_SCAN 8
+
 static void touch_conv(pg_turn *t, pg_conv *cv, bool opened) {
-  uintptr_t ix = (uintptr_t)gw_map_get(&t->touch_ix, cv->row.id);
+  uintptr_t ix = 0;
+  if (t->touch_ix.len) {
+    ix = (uintptr_t)gw_map_get(&t->touch_ix, cv->row.id);
+  } else {
+    for (size_t i = 0; i < t->n_touch && !ix; i++)
+      if (!strcmp(t->touch[i].cv->row.id, cv->row.id)) ix = i + 1;
+  }
   if (ix) {
     t->touch[ix - 1].opened |= opened;
     return;
   }
   if (t->n_touch == t->cap_touch) {
-    size_t nc = t->cap_touch ? t->cap_touch * 2 : 16;
+    /* Four to start: an entry holds a row snapshot (about 120 bytes), and
+     * sixteen of them were a large-bin malloc on every turn. */
+    size_t nc = t->cap_touch ? t->cap_touch * 2 : 4;
     touch *n = realloc(t->touch, nc * sizeof *n);
     if (!n) {
       t->broken = true;
@@ -127,9 +140,19 @@ static void touch_conv(pg_turn *t, pg_conv *cv, bool opened) {
     t->touch = n;
     t->cap_touch = nc;
   }
-  if (gw_map_put(&t->touch_ix, cv->row.id, (void *)(uintptr_t)(t->n_touch + 1))) {
-    t->broken = true;
-    return;
+  if (t->n_touch >= TOUCH_SCAN) {
+    /* The first time past TOUCH_SCAN the entries so far go in as well. */
+    bool fill = t->touch_ix.len == 0;
+    for (size_t i = 0; fill && i < t->n_touch; i++)
+      if (gw_map_put(&t->touch_ix, t->touch[i].cv->row.id, (void *)(uintptr_t)(i + 1))) {
+        gw_map_clear(&t->touch_ix);
+        t->broken = true;
+        return;
+      }
+    if (gw_map_put(&t->touch_ix, cv->row.id, (void *)(uintptr_t)(t->n_touch + 1))) {
+      t->broken = true;
+      return;
+    }
   }
   t->touch[t->n_touch++] = (touch){.cv = cv, .opened = opened};
 }

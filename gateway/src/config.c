@@ -222,7 +222,7 @@ static int load_faults(pg_config *c, const pc_node *f, pc_error *err) {
 }
 
 /* The server's own keys (listen, port, data_dir, durability,
- * group_commit); a NULL root gives the defaults of an empty file. */
+ * group_commit, busy_poll_us); a NULL root gives the defaults of an empty file. */
 static int load_server(pg_config *c, const pc_node *root, pc_error *err) {
   int rc;
   const char *s;
@@ -242,6 +242,8 @@ static int load_server(pg_config *c, const pc_node *root, pc_error *err) {
     return node_fail(err, pc_get(root, "durability"), "durability",
                      "must be full, normal or off, got '%.32s'", s);
   if ((rc = pc_get_bool(root, "group_commit", true, &c->group_commit, err))) return rc;
+  if ((rc = pc_get_u64(root, "busy_poll_us", 0, 0, 1000, &v, err))) return rc;
+  c->busy_poll_us = (uint32_t)v;
   return 0;
 }
 
@@ -260,7 +262,7 @@ static int load_sections(pg_config *c, const pc_node *root, pc_error *err) {
 
 static int load_doc(pg_config *c, const pc_node *root, pc_error *err) {
   static const char *const keys[] = {"listen", "port", "data_dir", "durability", "group_commit",
-                                     "bot", "principals", "customers", "limits", "tls", "faults", "cache",
+                                     "busy_poll_us", "bot", "principals", "customers", "limits", "tls", "faults", "cache",
                                      "storage", "web", "proactive", NULL};
   int rc;
   const char *s;

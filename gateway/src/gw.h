@@ -57,6 +57,7 @@ struct pg_config {
   char *storage_url;
   int durability;
   bool group_commit;
+  uint32_t busy_poll_us; /* 0: the loop sleeps in epoll_wait when idle */
   char *bot;
   pg_principal *principals;
   size_t n_principals;
@@ -118,11 +119,15 @@ typedef struct pg_stream {
   struct pg_stream *wnext;
 } pg_stream;
 
+/* A queued frame is one allocation: this node at its start, then LWS_PRE
+ * bytes of room, then the frame (encoders give PG_OUT_NODE + LWS_PRE bytes
+ * of headroom, and pg_conn_send_encoded takes the block over). */
 typedef struct pg_outbuf {
   struct pg_outbuf *next;
-  uint8_t *buf;          /* LWS_PRE headroom in front */
+  uint8_t *buf;          /* PG_OUT_NODE bytes into the block: LWS_PRE, then the frame */
   size_t len;
 } pg_outbuf;
+#define PG_OUT_NODE ((sizeof(pg_outbuf) + 15) & ~(size_t)15)
 
 #define PG_TOKEN_MAX 512
 #define PG_OUTQ_MAX_BYTES (64u * 1024u * 1024u)
@@ -337,6 +342,11 @@ struct pg_gateway {
   int port;
   uv_timer_t tick;
   uv_check_t check;
+  /* busy_poll_us: while active (until spin_until_ns, after a write), the
+   * loop polls without blocking instead of sleeping in epoll_wait. */
+  uv_idle_t spin;
+  bool spin_on;
+  uint64_t spin_until_ns;
   uv_timer_t stop_timer;
   int handles_open;
   pg_conn *conns;
@@ -380,8 +390,9 @@ uint64_t pg_mono_ms(void); /* monotonic, for timeouts */
 
 /* out.c: a connection's outgoing side */
 int pg_conn_send_frame(pg_conn *c, const pw_frame *f);
-/* Queues a frame already encoded: buf holds LWS_PRE bytes of headroom and
- * then the len bytes of the Frame; it is taken over (freed on error too). */
+/* Queues a frame already encoded: buf (a malloc'd block) holds
+ * PG_OUT_NODE + LWS_PRE bytes of headroom and then the len bytes of the
+ * Frame; it is taken over (freed on error too). */
 int pg_conn_send_encoded(pg_conn *c, Parley__V1__Frame__BodyCase kind, uint8_t *buf,
                          size_t len);
 /* The one answer to a Send refused before it reached a batch. */

@@ -436,8 +436,10 @@ static uint64_t mix64(uint64_t x) {
   return x ^ (x >> 31);
 }
 
+/* The filter lives in memory only (pg_hot_init fills it at start-up), so
+ * its hash may change between versions. */
 static void bloom_hashes(const char *key, uint64_t *h1, uint64_t *h2) {
-  uint64_t h = pu_hash_str(key);
+  uint64_t h = pu_hash_mem(key, strlen(key));
   *h1 = mix64(h);
   *h2 = mix64(h ^ 0x9e3779b97f4a7c15ull) | 1;
 }

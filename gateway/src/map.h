@@ -4,13 +4,20 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 /* Open addressing, string keys copied in, values borrowed. Growth stops at
  * GW_MAP_MAX entries: gw_map_put then fails with PARLEY_ETOOBIG. */
 #define GW_MAP_MAX (1u << 22)
+/* A slot keeps its key's hash: a probe compares hashes before strings, and
+ * growing rehashes nothing. */
+typedef struct gw_slot {
+  char *key; /* NULL: empty; the map's tombstone: deleted */
+  void *val;
+  uint64_t hash;
+} gw_slot;
 typedef struct gw_map {
-  char **keys;
-  void **vals;
+  gw_slot *slots;
   size_t cap, len, tombs;
 } gw_map;
 

@@ -61,15 +61,13 @@ static bool fault_roll(pg_gateway *g, uint32_t percent) {
 }
 
 static pg_outbuf *outbuf_copy(const pg_outbuf *b) {
-  pg_outbuf *d = calloc(1, sizeof *d);
-  if (!d) return NULL;
-  d->buf = malloc(LWS_PRE + b->len + 1);
-  if (!d->buf) {
-    free(d);
-    return NULL;
-  }
-  memcpy(d->buf, b->buf, LWS_PRE + b->len);
+  uint8_t *block = malloc(PG_OUT_NODE + LWS_PRE + b->len + 1);
+  if (!block) return NULL;
+  pg_outbuf *d = (pg_outbuf *)(void *)block;
+  d->next = NULL;
+  d->buf = block + PG_OUT_NODE;
   d->len = b->len;
+  memcpy(d->buf + LWS_PRE, b->buf + LWS_PRE, b->len);
   return d;
 }
 
@@ -85,7 +83,6 @@ static bool apply_faults(pg_conn *c, Parley__V1__Frame__BodyCase kind, pg_outbuf
   bool ack = kind == PARLEY__V1__FRAME__BODY_SEND_ACK;
   if (!push && !ack) return false;
   if (fault_roll(g, push ? cfg->fault_drop_push : cfg->fault_drop_ack)) {
-    free(b->buf);
     free(b);
     g->fault_counts[0]++;
     return true;
@@ -154,7 +151,7 @@ int pg_conn_send_frame(pg_conn *c, const pw_frame *f) {
   if (!c->wsi || c->close_code) return PARLEY_EDISCONNECTED;
   uint8_t *buf;
   size_t len;
-  if (pw_encode(f, LWS_PRE, &buf, &len) != 0) return PARLEY_ENOMEM;
+  if (pw_encode(f, PG_OUT_NODE + LWS_PRE, &buf, &len) != 0) return PARLEY_ENOMEM;
   return pg_conn_send_encoded(c, f->body_case, buf, len);
 }
 
@@ -164,12 +161,11 @@ int pg_conn_send_encoded(pg_conn *c, Parley__V1__Frame__BodyCase kind, uint8_t *
     free(buf);
     return PARLEY_EDISCONNECTED;
   }
-  pg_outbuf *b = calloc(1, sizeof *b);
-  if (!b) {
-    free(buf);
-    return PARLEY_ENOMEM;
-  }
-  b->buf = buf;
+  /* The node lives at the start of the frame's own block: no allocation
+   * per queued frame besides the encoder's. */
+  pg_outbuf *b = (pg_outbuf *)(void *)buf;
+  b->next = NULL;
+  b->buf = buf + PG_OUT_NODE;
   b->len = len;
   if (c->g->fault_rng && apply_faults(c, kind, b)) {
     mark_dirty(c);
@@ -177,7 +173,6 @@ int pg_conn_send_encoded(pg_conn *c, Parley__V1__Frame__BodyCase kind, uint8_t *
   }
   /* A peer that does not read is cut off rather than buffered forever. */
   if (c->out_bytes + b->len > PG_OUTQ_MAX_BYTES) {
-    free(b->buf);
     free(b);
     pg_conn_close(c, 4000 + E(BUSY), "peer does not read");
     return PARLEY_EBACKPRESSURE;
@@ -252,7 +247,6 @@ static void outbuf_pop(pg_conn *c) {
   c->out_head = b->next;
   if (!c->out_head) c->out_tail = NULL;
   c->out_bytes -= b->len;
-  free(b->buf);
   free(b);
 }
 
@@ -329,14 +323,12 @@ void pg_conn_refuse_send(pg_conn *c, const Parley__V1__Send *s, Parley__V1__Erro
 
 void pg_conn_free_out(pg_conn *c) {
   if (c->fault_held) {
-    free(c->fault_held->buf);
     free(c->fault_held);
     c->fault_held = NULL;
   }
   while (c->out_head) {
     pg_outbuf *b = c->out_head;
     c->out_head = b->next;
-    free(b->buf);
     free(b);
   }
   c->out_tail = NULL;

@@ -108,7 +108,7 @@ typedef struct push_ctx {
   int rc;
 } push_ctx;
 
-#define PUSH_HEAD (LWS_PRE + 11)
+#define PUSH_HEAD (PG_OUT_NODE + LWS_PRE + 11)
 
 static size_t put_varint(uint8_t *p, uint64_t v) {
   size_t n = 0;
@@ -123,14 +123,14 @@ static size_t put_varint(uint8_t *p, uint64_t v) {
 static void push_flush(push_ctx *p) {
   if (!p->n) return;
   /* The frame's header goes right in front of the events; the frame is
-   * then moved to start LWS_PRE bytes into the buffer, as queued frames
+   * then moved to start PG_OUT_NODE + LWS_PRE bytes into the buffer, as queued frames
    * do. */
   uint8_t head[11];
   size_t h = 0;
   head[h++] = (7 << 3) | 2;
   h += put_varint(head + h, p->len - PUSH_HEAD);
-  memmove(p->buf + LWS_PRE + h, p->buf + PUSH_HEAD, p->len - PUSH_HEAD);
-  memcpy(p->buf + LWS_PRE, head, h);
+  memmove(p->buf + PG_OUT_NODE + LWS_PRE + h, p->buf + PUSH_HEAD, p->len - PUSH_HEAD);
+  memcpy(p->buf + PG_OUT_NODE + LWS_PRE, head, h);
   size_t frame = h + p->len - PUSH_HEAD;
   uint8_t *b = p->buf;
   p->buf = NULL;

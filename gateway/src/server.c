@@ -13,6 +13,7 @@
 #include <parley/error.h>
 
 #include "gw.h"
+#include "util/clock.h"
 #include "web.h"
 
 #define E(x) PARLEY__V1__ERROR_CODE__ERROR_##x
@@ -208,11 +209,50 @@ static void on_tick(uv_timer_t *t) {
   pg_router_redeliver(g, now);
 }
 
+/* busy_poll_us: the idle handle keeps libuv polling with a zero timeout
+ * until spin_until_ns, then stops itself and the loop sleeps again. */
+static void on_spin(uv_idle_t *h) {
+  pg_gateway *g = h->data;
+  if (pu_clock_ns() < g->spin_until_ns) return;
+  uv_idle_stop(h);
+  g->spin_on = false;
+}
+
+/* After a write the peer's answer usually follows within tens of
+ * microseconds (a bot's reply, a customer's next message): with
+ * busy_poll_us set the loop waits for it awake. On a virtual machine an
+ * idle CPU's wake-up costs 10-20 us on each side of a round trip
+ * (docs/benchmarks.md, "The loop thread and the ACK's path"), which
+ * this spends CPU time to avoid. */
+static void spin_after_write(pg_gateway *g) {
+  g->spin_until_ns = pu_clock_ns() + (uint64_t)g->cfg->busy_poll_us * 1000u;
+  if (g->spin_on || g->stopping) return;
+  g->spin_on = true;
+  uv_idle_start(&g->spin, on_spin);
+}
+
+/* Rounds of flush and completions one iteration runs before it leaves
+ * the rest to the next one (completions can queue more: placements). */
+#define PG_CHECK_ROUNDS 4
+
 /* Once per loop iteration, after every frame that arrived in it was read:
- * what they changed goes to the store as one batch. */
+ * what they changed goes to the store as one batch. A batch the store
+ * committed right away on this thread (SQLite's inline commit of a
+ * one-event batch) is answered in the same iteration: its completion runs
+ * here, and its SendAck goes out with this iteration's send(), instead of
+ * after an eventfd write and another pass through the loop (three system
+ * calls and a poll on the ACK's path). */
 static void on_check(uv_check_t *h) {
   pg_gateway *g = h->data;
-  pg_apply_flush(g);
+  bool more = true;
+  for (int i = 0; more && i < PG_CHECK_ROUNDS; i++) {
+    pg_apply_flush(g);
+    more = g->store && pg_store_poll(g->store) > 0;
+  }
+  /* Completions of the last round may have queued operations or left
+   * finished batches: the store's async wakes the loop for them. */
+  if (more) pg_store_wake(g->store);
+  if (g->cfg->busy_poll_us && g->dirty_head) spin_after_write(g);
   pg_out_flush(g);
 }
 
@@ -240,6 +280,8 @@ static int gw_open_store(pg_gateway *g) {
                     "tests only\n", so.test_hold_ms);
   int rc = pg_store_open(&so, &g->store, err, sizeof err);
   if (rc == 0) pg_store_on_remote(g->store, pg_hot_remote, g);
+  /* on_check polls the store after each flush (pg_store_set_loop_polls). */
+  if (rc == 0) pg_store_set_loop_polls(g->store, true);
   if (rc == 0 && (rc = pg_hot_init(g)) != 0)
     snprintf(err, sizeof err, "%s: reading the known message ids: %s", g->cfg->data_dir,
              pg_store_errmsg(g->store));
@@ -315,8 +357,9 @@ static int gw_listen(pg_gateway *g) {
 }
 
 /* The heartbeat and redelivery tick (a quarter of the shorter of the two
- * intervals, within 10 ms to 1 s), the per-iteration flush, and the stop
- * timer: the three handles pg_gateway_stop closes. */
+ * intervals, within 10 ms to 1 s), the per-iteration flush, the busy-poll
+ * idle handle and the stop timer: the four handles pg_gateway_stop
+ * closes. */
 static void gw_start_timers(pg_gateway *g) {
   uint64_t tick = g->cfg->heartbeat_ms < g->cfg->ack_timeout_ms ? g->cfg->heartbeat_ms
                                                                  : g->cfg->ack_timeout_ms;
@@ -331,9 +374,12 @@ static void gw_start_timers(pg_gateway *g) {
   g->check.data = g;
   uv_check_start(&g->check, on_check);
   uv_unref((uv_handle_t *)&g->check);
+  uv_idle_init(g->loop, &g->spin);
+  g->spin.data = g;
+  uv_unref((uv_handle_t *)&g->spin);
   uv_timer_init(g->loop, &g->stop_timer);
   g->stop_timer.data = g;
-  g->handles_open = 3;
+  g->handles_open = 4;
 }
 
 /* Undoes a pg_gateway_new that failed before its own loop handles
@@ -420,6 +466,7 @@ static void on_stop_timer(uv_timer_t *t) {
   pg_gateway *g = t->data;
   uint64_t waited = pg_mono_ms() - g->stop_started_ms;
   pg_apply_flush(g);
+  if (g->store) pg_store_poll(g->store);
   if (!g->destroy_calls && g->n_conns && waited < 1000) return;
   /* With a foreign loop lws finishes destroying its context in steps: the
    * first call closes its handles, which needs the loop to run; later calls
@@ -439,6 +486,7 @@ static void on_stop_timer(uv_timer_t *t) {
   close_store(g);
   uv_close((uv_handle_t *)&g->tick, on_handle_closed);
   uv_close((uv_handle_t *)&g->check, on_handle_closed);
+  uv_close((uv_handle_t *)&g->spin, on_handle_closed);
   uv_close((uv_handle_t *)&g->stop_timer, on_handle_closed);
 }
 
@@ -475,6 +523,7 @@ void pg_gateway_free(pg_gateway *g) {
     close_store(g);
     uv_close((uv_handle_t *)&g->tick, on_handle_closed);
     uv_close((uv_handle_t *)&g->check, on_handle_closed);
+    uv_close((uv_handle_t *)&g->spin, on_handle_closed);
     uv_close((uv_handle_t *)&g->stop_timer, on_handle_closed);
     for (int i = 0; i < 100 && g->handles_open > 0; i++) uv_run(g->loop, UV_RUN_NOWAIT);
   }

@@ -21,6 +21,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <sodium.h>
 #include <uv.h>
 
 #include <parley/client.h>
@@ -59,6 +60,9 @@ struct parley_client {
   pt_ws *ws;
   uv_timer_t timer;
   bool timer_init;
+  /* Random message ids drawn PC_ID_POOL at a time (h_random_id). */
+  uint8_t id_pool[PARLEY_MSG_ID_LEN * 16];
+  size_t ids_left;
 
   parley_conn_state state;
   bool started;
@@ -144,10 +148,20 @@ static void set_state(parley_client *c, parley_conn_state s, int status) {
 /* ------------------------------------------------------------ engine hooks */
 
 /* The engine takes its random ids from here, so that it has no random
- * source of its own and stays reproducible under test. */
+ * source of its own and stays reproducible under test. They come from
+ * libsodium's generator as parley_msg_id_random's do, sixteen at a time:
+ * one getrandom(2) per id was a system call on every send. */
 static void h_random_id(void *ud, uint8_t out[PARLEY_MSG_ID_LEN]) {
-  (void)ud;
-  parley_msg_id_random(out);
+  parley_client *c = ud;
+  const size_t n = sizeof c->id_pool / PARLEY_MSG_ID_LEN;
+  if (c->ids_left == 0) {
+    /* Initialises libsodium (once per process) and draws the first id. */
+    parley_msg_id_random(c->id_pool);
+    randombytes_buf(c->id_pool + PARLEY_MSG_ID_LEN, sizeof c->id_pool - PARLEY_MSG_ID_LEN);
+    c->ids_left = n;
+  }
+  memcpy(out, c->id_pool + PARLEY_MSG_ID_LEN * (n - c->ids_left), PARLEY_MSG_ID_LEN);
+  c->ids_left--;
 }
 
 static void h_event(void *ud, const parley_event *ev) {

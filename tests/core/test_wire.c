@@ -587,6 +587,24 @@ static void t_malformed(void **state) {
   const uint8_t wt3[] = {0x1a, 0x03, 0x0a, 0x01, 0x00};
   H_EQ(decode_rc(wt3, sizeof wt3, 0), PARLEY_EMALFORMED);
 
+  /* Field number 0 in the long form protobuf-c keeps as unknown (80 00),
+   * at each depth the check walks: in the Frame, in a Ping body, in the
+   * second Event of a Deliver (a repeated field), and inside an Event's
+   * content. Without the nested walk the deeper ones would come back
+   * EINVAL from the body checks instead. */
+  const uint8_t z0[] = {0x80, 0x00, 0x01, 0x1a, 0x00};
+  H_EQ(decode_rc(z0, sizeof z0, 0), PARLEY_EMALFORMED);
+  const uint8_t z1[] = {0x1a, 0x03, 0x80, 0x00, 0x01};
+  H_EQ(decode_rc(z1, sizeof z1, 0), PARLEY_EMALFORMED);
+  const uint8_t z2[] = {0x3a, 0x07, 0x0a, 0x00, 0x0a, 0x03, 0x80, 0x00, 0x01};
+  H_EQ(decode_rc(z2, sizeof z2, 0), PARLEY_EMALFORMED);
+  /* Deliver{events: [Event{content (10): Content{80 00 01}}]}. */
+  const uint8_t z3[] = {0x3a, 0x07, 0x0a, 0x05, 0x52, 0x03, 0x80, 0x00, 0x01};
+  H_EQ(decode_rc(z3, sizeof z3, 0), PARLEY_EMALFORMED);
+  /* The same frames without the field-0 bytes are not malformed. */
+  const uint8_t ok3[] = {0x3a, 0x04, 0x0a, 0x02, 0x52, 0x00};
+  H_TRUE(decode_rc(ok3, sizeof ok3, 0) != PARLEY_EMALFORMED);
+
   /* No body: empty input, and a frame with only an unknown field. */
   H_EQ(decode_rc((const uint8_t *)"", 0, 0), PARLEY_EUNSUPPORTED);
   const uint8_t unknown[] = {0xa8, 0x06, 0x01}; /* field 101, varint */
@@ -725,6 +743,55 @@ static void t_status_map(void **state) {
   H_EQ(pw_code_from_status(PARLEY_EFORBIDDEN), PARLEY__V1__ERROR_CODE__ERROR_FORBIDDEN);
 }
 
+/* pw_encode writes SendAck frames itself (wire.c, encode_send_ack): the
+ * bytes must be protobuf-c's, for every combination of present and absent
+ * fields, long and short varints, negative times and error codes, and the
+ * frames must decode back to the same values. */
+static void t_send_ack_fast_path(void **state) {
+  (void)state;
+  uint64_t x = 77;
+  static const char *const convs[] = {NULL, "", "c", "rtt-0", "a-conversation-id-of-sixty-bytes-"
+                                      "xxxxxxxxxxxxxxxxxxxxxxxxxx"};
+  static const char *const msgs[] = {NULL, "", "stored", "a much longer refusal message"};
+  uint8_t id[16];
+  for (int i = 0; i < 4000; i++) {
+    x = x * 6364136223846793005ull + 1442695040888963407ull;
+    for (int k = 0; k < 16; k++) id[k] = (uint8_t)(x >> (k * 4));
+    Parley__V1__SendAck a = PARLEY__V1__SEND_ACK__INIT;
+    if (x & 1) {
+      a.client_msg_id.data = id;
+      a.client_msg_id.len = (x >> 8) & 1 ? 16 : (size_t)((x >> 9) % 16);
+    }
+    a.conversation = (char *)convs[(x >> 12) % 5];
+    a.message = (char *)msgs[(x >> 15) % 4];
+    int shift = (int)((x >> 20) % 64);
+    a.seq = (x >> 26) & 1 ? (x >> shift) : 0;
+    a.server_time_ms = (x >> 27) & 1 ? (int64_t)(x >> shift) * ((x >> 28) & 1 ? -1 : 1) : 0;
+    a.duplicate = (x >> 29) & 1;
+    a.error = (Parley__V1__ErrorCode)((x >> 30) & 1 ? (int)((x >> 31) % 20) - 2 : 0);
+    pw_frame f = PARLEY__V1__FRAME__INIT;
+    f.body_case = PARLEY__V1__FRAME__BODY_SEND_ACK;
+    f.send_ack = &a;
+    size_t want_len = parley__v1__frame__get_packed_size(&f);
+    uint8_t *want = malloc(want_len + 1);
+    H_TRUE(want != NULL);
+    parley__v1__frame__pack(&f, want);
+    uint8_t *got = NULL;
+    size_t got_len = 0;
+    H_EQ(pw_encode(&f, 16, &got, &got_len), 0);
+    H_EQ(got_len, want_len);
+    H_TRUE(memcmp(got + 16, want, want_len) == 0);
+    Parley__V1__Frame *d = parley__v1__frame__unpack(NULL, got_len, got + 16);
+    H_TRUE(d != NULL && d->body_case == PARLEY__V1__FRAME__BODY_SEND_ACK);
+    H_EQ(d->send_ack->seq, a.seq);
+    H_EQ(d->send_ack->server_time_ms, a.server_time_ms);
+    H_EQ(d->send_ack->error, a.error);
+    parley__v1__frame__free_unpacked(d, NULL);
+    free(got);
+    free(want);
+  }
+}
+
 static void t_msg_id(void **state) {
   (void)state;
   uint8_t a[16], b[16], c[16];
@@ -753,7 +820,7 @@ int main(void) {
       cmocka_unit_test(t_actions),        cmocka_unit_test(t_stream_frames),
       cmocka_unit_test(t_bot_agent_frames), cmocka_unit_test(t_malformed),
       cmocka_unit_test(t_fuzz_smoke),     cmocka_unit_test(t_status_map),
-      cmocka_unit_test(t_msg_id),
+      cmocka_unit_test(t_msg_id),         cmocka_unit_test(t_send_ack_fast_path),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

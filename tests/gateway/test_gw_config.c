@@ -40,6 +40,12 @@ static void test_defaults(void **state) {
   assert_int_equal(c->port, 7800);
   assert_int_equal(c->durability, PG_DUR_FULL);
   assert_true(c->group_commit);
+  assert_int_equal(c->busy_poll_us, 0);
+  pg_config *bp = NULL;
+  assert_int_equal(pg_config_from_string("gw.yaml", BASE "busy_poll_us: 50\n", &bp, err,
+                                         sizeof err), 0);
+  assert_int_equal(bp->busy_poll_us, 50);
+  pg_config_free(bp);
   assert_int_equal(c->max_frame_bytes, 1024 * 1024);
   assert_int_equal(c->window, 256);
   assert_int_equal(c->ack_timeout_ms, 5000);
@@ -62,6 +68,7 @@ static void test_errors_name_file_line_key(void **state) {
   expect_error(BASE "limits:\n  window: 0\n", "gw.yaml:5: limits.window");
   expect_error(BASE "limits:\n  ack_timeout: 5 parsecs\n", "limits.ack_timeout");
   expect_error(BASE "port: 70000\n", "gw.yaml:4: port");
+  expect_error(BASE "busy_poll_us: 5000\n", "gw.yaml:4: busy_poll_us");
   expect_error("bot: ghost\nprincipals: []\n", "gw.yaml:1: bot: 'ghost' must be listed");
   expect_error("bot: b\nprincipals:\n  - {name: b, role: robot, token: x}\n",
                "gw.yaml:3: principals[0].role");

@@ -52,6 +52,9 @@ struct pg_store {
   bool closing;
   void (*closed)(void *);
   void *closed_ud;
+  /* pg_store_set_loop_polls: completions on loop_thread skip the async. */
+  bool loop_polls;
+  pthread_t loop_thread;
 };
 
 static const pg_store_backend *const backends[] = {&pg_store_sqlite,
@@ -309,7 +312,9 @@ void pg_store__complete(pg_store *st, pg_store_batch *b, int status, const char 
   else st->done_head = b;
   st->done_tail = b;
   pthread_mutex_unlock(&st->mu);
-  uv_async_send(&st->async);
+  /* loop_polls is set and read on the loop thread only. */
+  if (!(pthread_equal(pthread_self(), st->loop_thread) && st->loop_polls))
+    uv_async_send(&st->async);
 }
 
 bool pg_store__poisoned(pg_store *st, const pg_store_batch *b) {
@@ -321,21 +326,40 @@ bool pg_store__poisoned(pg_store *st, const pg_store_batch *b) {
 
 /* Runs the callbacks of finished batches, in the order they finished
  * (which is the order they were submitted). */
-static void run_completions(pg_store *st) {
+static size_t run_completions(pg_store *st) {
   pthread_mutex_lock(&st->mu);
   pg_store_batch *b = st->done_head;
   st->done_head = st->done_tail = NULL;
   pthread_mutex_unlock(&st->mu);
+  size_t n_run = 0;
   while (b) {
     pg_store_batch *n = b->next;
     st->pending--;
     if (b->done) b->done(b->ud, b->status, b->why);
     pg_store_batch_free(b);
     b = n;
+    n_run++;
   }
+  return n_run;
 }
 
-static void on_async(uv_async_t *a) { run_completions(a->data); }
+static void on_async(uv_async_t *a) { (void)run_completions(a->data); }
+
+size_t pg_store_poll(pg_store *st) {
+  if (!st) return 0;
+  pthread_mutex_lock(&st->mu);
+  bool any = st->done_head != NULL;
+  pthread_mutex_unlock(&st->mu);
+  return any ? run_completions(st) : 0;
+}
+
+void pg_store_set_loop_polls(pg_store *st, bool on) {
+  if (st) st->loop_polls = on;
+}
+
+void pg_store_wake(pg_store *st) {
+  if (st && !st->closing) uv_async_send(&st->async);
+}
 
 /* ----------------------------------------------------------- front door */
 
@@ -358,6 +382,7 @@ int pg_store_open(const pg_store_options *o, pg_store **out, char *err, size_t e
   st->be = be;
   st->loop = o->loop;
   st->gen = 1;
+  st->loop_thread = pthread_self();
   pthread_mutex_init(&st->mu, NULL);
   int rc = be->open(o, &st->impl, err, errlen);
   if (rc) {

@@ -279,6 +279,23 @@ size_t pg_store_pending(const pg_store *st);
  * their completions, in order, before returning. For stop and tests. */
 void pg_store_drain(pg_store *st);
 
+/* Runs now, on the loop thread, the completions of the batches that are
+ * finished (in order); returns how many ran. Does not wait. */
+size_t pg_store_poll(pg_store *st);
+
+/* With on set, the caller promises to call pg_store_poll after each
+ * pg_store_submit and once per loop iteration: a batch a backend
+ * finishes on the loop thread itself (SQLite's inline commit) then wakes
+ * no one through the loop's async handle (an eventfd write, then a loop
+ * iteration to read it) before its answer can go out. Batches finished on
+ * other threads still wake the loop. Off by default. */
+void pg_store_set_loop_polls(pg_store *st, bool on);
+
+/* Wakes the loop through the store's async handle, whose callback runs
+ * the finished batches' completions: for a caller that leaves work queued
+ * after its last pg_store_poll of an iteration. */
+void pg_store_wake(pg_store *st);
+
 /* Counters since open, for logs and the benchmarks. */
 typedef struct pg_store_stats {
   uint64_t batches;      /* transactions committed */

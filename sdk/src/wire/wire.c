@@ -1,6 +1,7 @@
 /* Frame codec with structural validation; see wire.h. */
 #include "wire/wire.h"
 
+#include <pthread.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -8,6 +9,8 @@
 #include <string.h>
 
 #include <parley/error.h>
+
+#include "util/assert.h"
 
 int pw_valid_conversation(const char *id) {
   if (!id) return 0;
@@ -106,6 +109,89 @@ static const char *check_frame(const pw_frame *f) {
   }
 }
 
+/* Which fields of each message type are messages, found once: walking
+ * every field of every decoded message (the Frame's eighteen bodies, an
+ * Event's twenty fields) to find the few sub-messages cost about as much
+ * as a small frame's checks. Built for every type reachable from Frame on
+ * first use (pthread_once); a type not in the table is walked field by
+ * field as before. */
+#define PW_META_SLOTS 256
+#define PW_META_FIELDS 24
+#define PW_META_ONEOFS 4
+typedef struct pw_meta {
+  const ProtobufCMessageDescriptor *d;
+  unsigned n, n_oneofs;
+  uint16_t idx[PW_META_FIELDS];          /* message fields outside oneofs */
+  uint32_t oneof_case[PW_META_ONEOFS];   /* offsets of oneofs with message members */
+} pw_meta;
+static pw_meta pw_metas[PW_META_SLOTS];
+static pthread_once_t pw_metas_once = PTHREAD_ONCE_INIT;
+
+static size_t meta_slot(const ProtobufCMessageDescriptor *d) {
+  uintptr_t h = (uintptr_t)d;
+  h ^= h >> 17;
+  h *= 0x9e3779b97f4a7c15ull;
+  return (size_t)(h >> 56) & (PW_META_SLOTS - 1);
+}
+
+static const pw_meta *meta_find(const ProtobufCMessageDescriptor *d) {
+  for (size_t i = meta_slot(d), k = 0; k < PW_META_SLOTS; k++, i = (i + 1) & (PW_META_SLOTS - 1)) {
+    if (pw_metas[i].d == d) return &pw_metas[i];
+    if (!pw_metas[i].d) return NULL;
+  }
+  return NULL;
+}
+
+static void meta_add(const ProtobufCMessageDescriptor *d, size_t *filled) {
+  if (meta_find(d) || *filled + 1 >= PW_META_SLOTS / 2) return;
+  pw_meta m = {.d = d};
+  for (unsigned f = 0; f < d->n_fields; f++) {
+    const ProtobufCFieldDescriptor *fd = &d->fields[f];
+    if (fd->type != PROTOBUF_C_TYPE_MESSAGE) continue;
+    if (fd->flags & PROTOBUF_C_FIELD_FLAG_ONEOF) {
+      unsigned k = 0;
+      while (k < m.n_oneofs && m.oneof_case[k] != fd->quantifier_offset) k++;
+      if (k == m.n_oneofs) {
+        if (m.n_oneofs == PW_META_ONEOFS) return; /* not in the table: walked in full */
+        m.oneof_case[m.n_oneofs++] = fd->quantifier_offset;
+      }
+    } else {
+      if (m.n == PW_META_FIELDS) return;
+      m.idx[m.n++] = (uint16_t)f;
+    }
+  }
+  size_t i = meta_slot(d);
+  while (pw_metas[i].d) i = (i + 1) & (PW_META_SLOTS - 1);
+  pw_metas[i] = m; /* d set: a recursive call below sees it and stops */
+  (*filled)++;
+  for (unsigned f = 0; f < d->n_fields; f++)
+    if (d->fields[f].type == PROTOBUF_C_TYPE_MESSAGE)
+      meta_add((const ProtobufCMessageDescriptor *)d->fields[f].descriptor, filled);
+}
+
+static void metas_build(void) {
+  size_t filled = 0;
+  meta_add(&parley__v1__frame__descriptor, &filled);
+}
+
+static int has_field_zero(const ProtobufCMessage *m, int depth);
+
+/* Field fd of m, a message field that is set (a oneof's active member, or
+ * a plain one): 1 when it, or what it holds, has field number 0. */
+static inline int field_has_zero(const ProtobufCMessage *m, const ProtobufCFieldDescriptor *fd,
+                                 int depth) {
+  const char *base = (const char *)m;
+  if (fd->label == PROTOBUF_C_LABEL_REPEATED) {
+    size_t n = *(const size_t *)(base + fd->quantifier_offset);
+    ProtobufCMessage *const *v = *(ProtobufCMessage *const *const *)(base + fd->offset);
+    for (size_t k = 0; k < n; k++)
+      if (has_field_zero(v[k], depth + 1)) return 1;
+    return 0;
+  }
+  const ProtobufCMessage *sub = *(ProtobufCMessage *const *)(base + fd->offset);
+  return sub && has_field_zero(sub, depth + 1);
+}
+
 /* protobuf-c accepts field number 0 when its tag is written in a long form
  * and keeps it as an unknown field, but refuses the short form it writes
  * back: such a frame would decode once and never again after re-encoding
@@ -117,21 +203,26 @@ static int has_field_zero(const ProtobufCMessage *m, int depth) {
     if (m->unknown_fields[i].tag == 0) return 1;
   const ProtobufCMessageDescriptor *d = m->descriptor;
   const char *base = (const char *)m;
+  const pw_meta *meta = meta_find(d);
+  if (meta) {
+    for (unsigned i = 0; i < meta->n; i++)
+      if (field_has_zero(m, &d->fields[meta->idx[i]], depth)) return 1;
+    /* A oneof: only its active member, found by its field number. */
+    for (unsigned i = 0; i < meta->n_oneofs; i++) {
+      uint32_t id = *(const uint32_t *)(base + meta->oneof_case[i]);
+      const ProtobufCFieldDescriptor *fd = id ? protobuf_c_message_descriptor_get_field(d, id)
+                                              : NULL;
+      if (fd && fd->type == PROTOBUF_C_TYPE_MESSAGE && field_has_zero(m, fd, depth)) return 1;
+    }
+    return 0;
+  }
   for (unsigned i = 0; i < d->n_fields; i++) {
     const ProtobufCFieldDescriptor *fd = &d->fields[i];
     if (fd->type != PROTOBUF_C_TYPE_MESSAGE) continue;
-    if (fd->label == PROTOBUF_C_LABEL_REPEATED) {
-      size_t n = *(const size_t *)(base + fd->quantifier_offset);
-      ProtobufCMessage *const *v = *(ProtobufCMessage *const *const *)(base + fd->offset);
-      for (size_t k = 0; k < n; k++)
-        if (has_field_zero(v[k], depth + 1)) return 1;
-      continue;
-    }
     if ((fd->flags & PROTOBUF_C_FIELD_FLAG_ONEOF) &&
         *(const uint32_t *)(base + fd->quantifier_offset) != fd->id)
       continue;
-    const ProtobufCMessage *sub = *(ProtobufCMessage *const *)(base + fd->offset);
-    if (sub && has_field_zero(sub, depth + 1)) return 1;
+    if (field_has_zero(m, fd, depth)) return 1;
   }
   return 0;
 }
@@ -238,6 +329,7 @@ int pw_decode(const uint8_t *data, size_t len, size_t max_bytes,
   }
   const char *bad = NULL;
   int rc = 0;
+  pthread_once(&pw_metas_once, metas_build);
   if (has_field_zero(&f->base, 0)) {
     bad = "field number 0";
     rc = PARLEY_EMALFORMED;
@@ -261,7 +353,89 @@ void pw_frame_free(pw_frame *f) {
   arena_release(*(pw_arena **)(void *)((uint8_t *)f - PW_PREFIX));
 }
 
+/* --------------------------------------------------- SendAck fast path */
+
+static size_t varint_len(uint64_t v) {
+  size_t n = 1;
+  while (v >= 0x80) {
+    v >>= 7;
+    n++;
+  }
+  return n;
+}
+
+static uint8_t *varint_put(uint8_t *p, uint64_t v) {
+  while (v >= 0x80) {
+    *p++ = (uint8_t)(v | 0x80);
+    v >>= 7;
+  }
+  *p++ = (uint8_t)v;
+  return p;
+}
+
+static uint8_t *len_field(uint8_t *p, uint8_t tag, const void *data, size_t n) {
+  *p++ = tag;
+  p = varint_put(p, n);
+  memcpy(p, data, n);
+  return p + n;
+}
+
+/* A SendAck is the frame the gateway writes most (one per Send), and
+ * protobuf-c's descriptor-driven get_packed_size and pack took about 2,500
+ * instructions for its seven fields. This writes the same bytes directly:
+ * proto3 leaves out fields at their zero value, fields go in number order,
+ * an enum is an int32 (a negative one sign-extended to ten bytes), as
+ * protobuf-c does; test_wire checks the two agree byte for byte. */
+static int encode_send_ack(const Parley__V1__SendAck *a, size_t headroom, uint8_t **out,
+                           size_t *len) {
+  size_t idl = a->client_msg_id.len;
+  const char *conv = a->conversation ? a->conversation : "";
+  const char *msg = a->message ? a->message : "";
+  size_t cl = strlen(conv), ml = strlen(msg);
+  uint64_t err = (uint64_t)(int64_t)(int32_t)a->error;
+  size_t body = 0;
+  if (idl) body += 1 + varint_len(idl) + idl;
+  if (cl) body += 1 + varint_len(cl) + cl;
+  if (a->seq) body += 1 + varint_len(a->seq);
+  if (a->server_time_ms) body += 1 + varint_len((uint64_t)a->server_time_ms);
+  if (a->duplicate) body += 2;
+  if (err) body += 1 + varint_len(err);
+  if (ml) body += 1 + varint_len(ml) + ml;
+  size_t n = 1 + varint_len(body) + body;
+  uint8_t *buf = malloc(headroom + n + 1);
+  if (!buf) return PARLEY_ENOMEM;
+  uint8_t *p = buf + headroom;
+  *p++ = (6 << 3) | 2; /* Frame.send_ack */
+  p = varint_put(p, body);
+  if (idl) p = len_field(p, (1 << 3) | 2, a->client_msg_id.data, idl);
+  if (cl) p = len_field(p, (2 << 3) | 2, conv, cl);
+  if (a->seq) {
+    *p++ = 3 << 3;
+    p = varint_put(p, a->seq);
+  }
+  if (a->server_time_ms) {
+    *p++ = 4 << 3;
+    p = varint_put(p, (uint64_t)a->server_time_ms);
+  }
+  if (a->duplicate) {
+    *p++ = 5 << 3;
+    *p++ = 1;
+  }
+  if (err) {
+    *p++ = 6 << 3;
+    p = varint_put(p, err);
+  }
+  if (ml) p = len_field(p, (7 << 3) | 2, msg, ml);
+  PARLEY_ASSERT((size_t)(p - (buf + headroom)) == n);
+  *out = buf;
+  *len = n;
+  return 0;
+}
+
 int pw_encode(const pw_frame *f, size_t headroom, uint8_t **out, size_t *len) {
+  if (f->body_case == PARLEY__V1__FRAME__BODY_SEND_ACK && f->send_ack &&
+      !f->base.n_unknown_fields && !f->send_ack->base.n_unknown_fields)
+    return encode_send_ack(f->send_ack, headroom, out, len);
   size_t n = parley__v1__frame__get_packed_size(f);
   uint8_t *buf = malloc(headroom + n + 1);
   if (!buf) return PARLEY_ENOMEM;
