@@ -17,42 +17,38 @@ return {
     "relies on. A decoder with an arena allocator would remove most of the allocation cost.",
 
   ["ack_rtt|p50_us|parley|durability=normal"] =
-    "A send is answered once its batch is durable: the loop hands the batch to the store's " ..
-    "writer thread (a futex wake-up), the writer commits it (two or three WAL pages written " ..
-    "with pwrite, the event row and its idempotency index entry) and wakes the loop again " ..
-    "(an eventfd), which then writes the SendAck and the Deliver in one send(). The two " ..
-    "thread hand-overs cost about as much as the commit on this virtual machine (the median " ..
-    "was 96 us with the commit on the loop thread, 107-122 us with the writer thread, whose " ..
-    "gain is the tail and the loop's throughput); mosquitto QoS 1 with persistence off " ..
-    "answers from memory without any of the three.",
+    "A send is answered once its event is committed, and a one-event SQLite WAL commit " ..
+    "alone costs 25-39 us on this machine (docs/benchmarks.md, \"The loop thread and the " ..
+    "ACK's path\"), as much as or more than mosquitto's whole round trip, which answers from " ..
+    "memory. Of the rest, the two hops between processes (each send() and the wake-up of " ..
+    "the other side's idle virtual CPU) are about 66 us and Parley's code on both sides " ..
+    "about 15 us. PARLEY_SQLITE_EXCLUSIVE=1 saves about 10 us (no fcntl per commit); a " ..
+    "gateway option, busy_poll_us, keeps its CPU warm and cut the round trip to 77 us, at " ..
+    "the cost of CPU the bot and the customers need on two cores.",
 
   ["turns|turns_per_s|parley|"] =
-    "perf (DWARF call graphs) of the gateway under bench_turns: 36% of its samples are the " ..
-    "writer thread in SQLite (per turn two event rows, their two idempotency index entries, " ..
-    "the bot's and the customer's watermark rows; WAL frames written with pwrite and copied " ..
-    "again at checkpoints), 17% applying operations to the hot state, 15% publishing durable " ..
-    "batches (routing, answers, pushes), " ..
-    "14% in send() (one per connection per loop iteration), 10% in thread wake-ups, 7% " ..
-    "reading and decoding frames. mosquitto with persistence off writes nothing. The " ..
-    "gateway, the bot and the benchmark's 1,000 customers share two cores with other work; " ..
-    "the CPU time per turn of each process depends less on that than the rate.",
+    "The rate follows the CPU per turn: the gateway, the bot and the customers' process " ..
+    "share two cores, and the gateway's CPU per turn is about 2.8x mosquitto's. About half " ..
+    "of the gateway's instructions per turn are the writer thread's SQLite work (two event " ..
+    "rows and their message-id index entries in B-trees, the bot's watermark, the WAL " ..
+    "frames, the same pages again at checkpoints), which mosquitto with persistence off " ..
+    "never spends; the other half is the loop thread (lws's read and parse, decoding, the " ..
+    "hot state, completions, send()). The CPU time per turn of each process depends less on " ..
+    "the machine's other load than the rate.",
 
   ["turns|p99_ms|parley|load=50%"] =
-    "Not explained yet. On a quiet machine (load average 0.15, 2026-12-08) the Lua bot's " ..
-    "turns at 50% load had a median of 3.95 ms and a p99 of 120 ms against mosquitto's " ..
-    "0.40 and 2.24 ms. Checkpoints and commits run on the store's writer thread, off the " ..
-    "loop, and the checkpoints' fdatasync calls took at most 29 ms in that benchmark " ..
-    "(strace), so they do not account for it alone; at 50% of the closed-loop maximum the " ..
-    "gateway, the bot and the customers' process together need most of the two cores, and " ..
-    "queueing between them is the next thing to measure.",
+    "Checkpoints used to hold every commit for 100-160 ms about once a second (p99 120 ms " ..
+    "on a quiet machine); they now run beside the writer, which only copies their last " ..
+    "pages (two small fsyncs). What remains is not yet taken apart: the end of each " ..
+    "checkpoint, and the higher CPU per turn of small batches at this rate (bench_turns " ..
+    "prints each phase's CPU per turn) with three processes on two cores.",
 
   ["durability|sends_per_s|parley-fsync|senders=16"] =
-    "With 16 senders at most 16 sends wait for one fsync, and the gateway's CPU per send " ..
-    "(decode, apply, the WebSocket frames) rather than the fsync sets the rate; the writer " ..
-    "thread commits every batch waiting when it wakes in one transaction, so the sends per " ..
-    "fsync grow with the senders: against SQLite's one row per transaction the ratio was " ..
-    "5.5x and 10.2x, then 7.5x and 6.6x, in two runs of the same day, above the 5x of " ..
-    "issue 12 and below this table's 10x.",
+    "The ratio follows the disk's fsync latency: with a fast fsync (about 130 us in some " ..
+    "runs here) the SQLite peer is fast too and the gateway's rate is set by its CPU per " ..
+    "send, not by the disk; its rate without any fsync (parley-nofsync in the same run) " ..
+    "bounds the ratio from above. With an fsync of about 1 ms the ratio was 7.5x and 6.6x " ..
+    "(16 and 256 senders).",
 
   ["durability|sends_per_s|parley-fsync|senders=256"] =
     "As with 16 senders: the gateway's CPU per send, not fsync, sets its rate on this disk.",
