@@ -18,6 +18,7 @@
 #include "core/convert.h"
 #include "core/engine_int.h"
 #include "util/array.h"
+#include "util/varint.h"
 
 /* ------------------------------------------------------------ sends */
 
@@ -383,31 +384,13 @@ static bool commit_eligible(const pe_commit *k) {
   return !c->sq_head || c->sq_head->serial > k->barrier;
 }
 
-static size_t varint_len(uint64_t v) {
-  size_t n = 1;
-  while (v >= 0x80) {
-    v >>= 7;
-    n++;
-  }
-  return n;
-}
-
-static uint8_t *put_varint(uint8_t *p, uint64_t v) {
-  while (v >= 0x80) {
-    *p++ = (uint8_t)(v | 0x80);
-    v >>= 7;
-  }
-  *p++ = (uint8_t)v;
-  return p;
-}
-
 /* Writes one Commit frame holding the given stored items. The items are
  * already encoded, so the frame is assembled from them directly:
  * Frame{11: Commit{1: request_id, 2: item...}}. */
 static void commit_emit(pe_engine *e, pe_commit **items, size_t n, uint64_t req) {
-  size_t body = 1 + varint_len(req);
-  for (size_t i = 0; i < n; i++) body += 1 + varint_len(items[i]->len) + items[i]->len;
-  size_t total = 1 + varint_len(body) + body;
+  size_t body = 1 + pu_varint_len(req);
+  for (size_t i = 0; i < n; i++) body += 1 + pu_varint_len(items[i]->len) + items[i]->len;
+  size_t total = 1 + pu_varint_len(body) + body;
   uint8_t *buf = malloc(total);
   if (!buf) {
     pe_peer_error(e, PARLEY_ENOMEM, "out of memory encoding a Commit frame");
@@ -415,12 +398,12 @@ static void commit_emit(pe_engine *e, pe_commit **items, size_t n, uint64_t req)
   }
   uint8_t *p = buf;
   *p++ = (11 << 3) | 2;
-  p = put_varint(p, body);
+  p = pu_varint_put(p, body);
   *p++ = (1 << 3) | 0;
-  p = put_varint(p, req);
+  p = pu_varint_put(p, req);
   for (size_t i = 0; i < n; i++) {
     *p++ = (2 << 3) | 2;
-    p = put_varint(p, items[i]->len);
+    p = pu_varint_put(p, items[i]->len);
     memcpy(p, items[i]->item, items[i]->len);
     p += items[i]->len;
   }

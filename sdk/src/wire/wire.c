@@ -11,6 +11,7 @@
 #include <parley/error.h>
 
 #include "util/assert.h"
+#include "util/varint.h"
 
 int pw_valid_conversation(const char *id) {
   if (!id) return 0;
@@ -355,27 +356,9 @@ void pw_frame_free(pw_frame *f) {
 
 /* --------------------------------------------------- SendAck fast path */
 
-static size_t varint_len(uint64_t v) {
-  size_t n = 1;
-  while (v >= 0x80) {
-    v >>= 7;
-    n++;
-  }
-  return n;
-}
-
-static uint8_t *varint_put(uint8_t *p, uint64_t v) {
-  while (v >= 0x80) {
-    *p++ = (uint8_t)(v | 0x80);
-    v >>= 7;
-  }
-  *p++ = (uint8_t)v;
-  return p;
-}
-
 static uint8_t *len_field(uint8_t *p, uint8_t tag, const void *data, size_t n) {
   *p++ = tag;
-  p = varint_put(p, n);
+  p = pu_varint_put(p, n);
   memcpy(p, data, n);
   return p + n;
 }
@@ -394,28 +377,28 @@ static int encode_send_ack(const Parley__V1__SendAck *a, size_t headroom, uint8_
   size_t cl = strlen(conv), ml = strlen(msg);
   uint64_t err = (uint64_t)(int64_t)(int32_t)a->error;
   size_t body = 0;
-  if (idl) body += 1 + varint_len(idl) + idl;
-  if (cl) body += 1 + varint_len(cl) + cl;
-  if (a->seq) body += 1 + varint_len(a->seq);
-  if (a->server_time_ms) body += 1 + varint_len((uint64_t)a->server_time_ms);
+  if (idl) body += 1 + pu_varint_len(idl) + idl;
+  if (cl) body += 1 + pu_varint_len(cl) + cl;
+  if (a->seq) body += 1 + pu_varint_len(a->seq);
+  if (a->server_time_ms) body += 1 + pu_varint_len((uint64_t)a->server_time_ms);
   if (a->duplicate) body += 2;
-  if (err) body += 1 + varint_len(err);
-  if (ml) body += 1 + varint_len(ml) + ml;
-  size_t n = 1 + varint_len(body) + body;
+  if (err) body += 1 + pu_varint_len(err);
+  if (ml) body += 1 + pu_varint_len(ml) + ml;
+  size_t n = 1 + pu_varint_len(body) + body;
   uint8_t *buf = malloc(headroom + n + 1);
   if (!buf) return PARLEY_ENOMEM;
   uint8_t *p = buf + headroom;
   *p++ = (6 << 3) | 2; /* Frame.send_ack */
-  p = varint_put(p, body);
+  p = pu_varint_put(p, body);
   if (idl) p = len_field(p, (1 << 3) | 2, a->client_msg_id.data, idl);
   if (cl) p = len_field(p, (2 << 3) | 2, conv, cl);
   if (a->seq) {
     *p++ = 3 << 3;
-    p = varint_put(p, a->seq);
+    p = pu_varint_put(p, a->seq);
   }
   if (a->server_time_ms) {
     *p++ = 4 << 3;
-    p = varint_put(p, (uint64_t)a->server_time_ms);
+    p = pu_varint_put(p, (uint64_t)a->server_time_ms);
   }
   if (a->duplicate) {
     *p++ = 5 << 3;
@@ -423,7 +406,7 @@ static int encode_send_ack(const Parley__V1__SendAck *a, size_t headroom, uint8_
   }
   if (err) {
     *p++ = 6 << 3;
-    p = varint_put(p, err);
+    p = pu_varint_put(p, err);
   }
   if (ml) p = len_field(p, (7 << 3) | 2, msg, ml);
   PARLEY_ASSERT((size_t)(p - (buf + headroom)) == n);
