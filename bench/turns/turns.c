@@ -881,8 +881,12 @@ static int run_parley_on(bot_kind kind, const char *durability, int n_open, cons
     tproc *bp = &bots[b];
     if (tproc_wait(bp, 10000) != 0 && !d.failed) fail(&d, "the bot did not stop on SIGTERM");
     if (kind == BOT_C && bp->reaped && (!WIFEXITED(bp->status) || WEXITSTATUS(bp->status) != 0) &&
-        !d.failed)
-      fail(&d, "the C bot reported failures (see %s)", botlog);
+        !d.failed) {
+      if (!WIFEXITED(bp->status))
+        fail(&d, "C bot %d died of signal %d", b + 1, WTERMSIG(bp->status));
+      else
+        fail(&d, "C bot %d reported failures", b + 1);
+    }
     tproc_stop(bp);
     untrack_proc(bp);
   }
@@ -901,7 +905,11 @@ static int run_parley_on(bot_kind kind, const char *durability, int n_open, cons
       snprintf(log, sizeof log, "%s/gateway%d.log", dir, k + 1);
       print_tail("gateway log", log);
     }
-    print_tail("bot log", botlog);
+    for (int b = 0; b < n_bots; b++) {
+      if (b == 0) snprintf(log, sizeof log, "%s", botlog);
+      else snprintf(log, sizeof log, "%s/bot%d.log", dir, b + 1);
+      print_tail("bot log", log);
+    }
     rc = -1;
   } else {
     out->max_tps = d.max_tps;
