@@ -9,6 +9,7 @@
  * idempotently). Every send and every commit item gets exactly one result.
  */
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -56,23 +57,28 @@ static void done_remember(pe_engine *e, const uint8_t *id, uint32_t owed) {
   if (e->done_n < PE_DONE_RING) e->done_n++;
 }
 
-/* The most recent completed send with this id, or NULL. */
-static struct pe_done *done_find(pe_engine *e, const uint8_t *id) {
+/* The most recent completed send with this id, or NULL; *spill_i is its
+ * index in the spill, or SIZE_MAX when it is in the ring (or not found). */
+static struct pe_done *done_find(pe_engine *e, const uint8_t *id, size_t *spill_i) {
+  *spill_i = SIZE_MAX;
   for (size_t k = 1; k <= e->done_n; k++) {
     size_t i = (e->done_pos + PE_DONE_RING - k) % PE_DONE_RING;
     if (memcmp(e->done_ring[i].id, id, PARLEY_MSG_ID_LEN) == 0) return &e->done_ring[i];
   }
   for (size_t i = 0; i < e->done_spill_n; i++)
-    if (memcmp(e->done_spill[i].id, id, PARLEY_MSG_ID_LEN) == 0) return &e->done_spill[i];
+    if (memcmp(e->done_spill[i].id, id, PARLEY_MSG_ID_LEN) == 0) {
+      *spill_i = i;
+      return &e->done_spill[i];
+    }
   return NULL;
 }
 
 /* One answer of a completed send's arrived; a spilled send that is owed
  * nothing more leaves the spill. */
-static void done_paid(pe_engine *e, struct pe_done *d) {
+static void done_paid(pe_engine *e, struct pe_done *d, size_t spill_i) {
   if (d->owed) d->owed--;
-  if (d->owed || d < e->done_spill || d >= e->done_spill + e->done_spill_n) return;
-  *d = e->done_spill[--e->done_spill_n];
+  if (d->owed || spill_i == SIZE_MAX) return;
+  e->done_spill[spill_i] = e->done_spill[--e->done_spill_n];
 }
 
 /* Answers still owed by completed sends die with the connection. */
@@ -299,10 +305,11 @@ void pe_on_send_ack(pe_engine *e, const Parley__V1__SendAck *a) {
     pe_send_finish(e, s, 0, a->seq, a->server_time_ms, a->duplicate, NULL);
     return;
   }
-  struct pe_done *d = done_find(e, a->client_msg_id.data);
+  size_t spill_i;
+  struct pe_done *d = done_find(e, a->client_msg_id.data, &spill_i);
   if (!s || s->attempts == 0) {
     if (d) {
-      done_paid(e, d);
+      done_paid(e, d, spill_i);
       return; /* a late answer to a completed send */
     }
     id_hex(a->client_msg_id.data, a->client_msg_id.len, hex);
@@ -311,7 +318,7 @@ void pe_on_send_ack(pe_engine *e, const Parley__V1__SendAck *a) {
     return;
   }
   if (d && d->owed) {
-    done_paid(e, d); /* the refusal of an earlier send with this id */
+    done_paid(e, d, spill_i); /* the refusal of an earlier send with this id */
     return;
   }
   if (a->error == PARLEY__V1__ERROR_CODE__ERROR_STALE_EPOCH && s->stale_owed) {
