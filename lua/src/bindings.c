@@ -132,8 +132,11 @@ static bool lua_utf8_valid(const char *s, size_t len) {
         if ((cc & 0xC0) != 0x80) return false;
         res = (res << 6) | (cc & 0x3F);
       }
+      /* More than five continuation bytes is invalid (as in Lua), and
+       * checked before the shift, which would pass 31 bits. */
+      if (count > 5) return false;
       res |= ((uint32_t)(c & 0x7F) << (count * 5));
-      if (count > 5 || res > 0x7FFFFFFFu || res < limits[count]) return false;
+      if (res > 0x7FFFFFFFu || res < limits[count]) return false;
       p += count;
     }
     if (res > 0x10FFFFu || (res >= 0xD800u && res <= 0xDFFFu)) return false;
